@@ -1,0 +1,40 @@
+# xattr: `make demo` and `make test` set themselves up from nothing (see README).
+SHELL := /bin/bash
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
+# Torch builds that lie on this machine's disk (pip takes them offline); override for other machines.
+TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
+export WANDB_MODE ?= offline
+export HYDRA_FULL_ERROR ?= 0
+
+.PHONY: install demo test test-slow lint bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q $(TORCH_PINS)
+	$(BIN)/pip install -q -e '.[dev]' $(TORCH_PINS)
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+demo: install
+	$(BIN)/python -m xattr.run experiment=demo
+
+test: install
+	$(BIN)/python -m pytest -q -n 2 -m "not slow" tests
+
+test-slow: install
+	$(BIN)/python -m pytest -q -m slow tests
+
+lint: install
+	$(BIN)/ruff check src tests scripts
+
+bench: install
+	for s in scripts/bench_*.py; do $(BIN)/python $$s || exit 1; done
+
+clean:
+	rm -rf outputs multirun .pytest_cache

@@ -1,0 +1,36 @@
+"""Random baseline: i.i.d. uniform maps (the "Random" row of every table)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from xattr.methods.base import Attribution
+
+
+class RandomAttribution(Attribution):
+    """Uniform random map per image, ``(B, 1, H, W)``; ``seed`` makes it reproducible per call.
+
+    ``tile`` > 1 draws one value per ``tile x tile`` block (a coarse random map).
+    """
+
+    name = "random"
+    requires_grad = False
+
+    def __init__(self, model: nn.Module, seed: int | None = 0, tile: int = 1) -> None:
+        super().__init__(model)
+        self.seed = seed
+        self.tile = tile
+
+    def _attribute(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        g = torch.Generator(device="cpu")
+        if self.seed is not None:
+            g.manual_seed(self.seed)
+        else:
+            g.seed()
+        h, w = x.shape[-2:]
+        hh, ww = -(-h // self.tile), -(-w // self.tile)
+        maps = torch.rand(x.shape[0], 1, hh, ww, generator=g)
+        if self.tile > 1:
+            maps = maps.repeat_interleave(self.tile, -2).repeat_interleave(self.tile, -1)[..., :h, :w]
+        return maps.to(x.device)
