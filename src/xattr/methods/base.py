@@ -15,6 +15,8 @@ attribute; the engine never runs such methods under ``torch.inference_mode``.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Iterable
+from pathlib import Path
 from typing import ClassVar
 
 import torch
@@ -67,6 +69,16 @@ class Attribution(ABC):
             return next(self.model.parameters()).device
         except StopIteration:
             return torch.device("cpu")
+
+    def fit(self, loader: Iterable[dict], cache_dir: Path | None = None) -> None:
+        """Estimate what the method needs from data before attributing (feature statistics, a read-out
+        network, ...). ``loader`` yields batches (dicts with ``x``) of the *estimation* split, on any
+        device; ``cache_dir`` is where results may be cached under a visible key. Default: nothing.
+        The engine calls it once before the first ``attribute`` when a subclass overrides it."""
+
+    @property
+    def needs_fit(self) -> bool:
+        return type(self).fit is not Attribution.fit
 
     def attribute(self, x: torch.Tensor, target: torch.Tensor | int) -> torch.Tensor:
         """Attribute ``target`` for the batch ``x``; returns detached maps (see module docstring)."""
