@@ -1,0 +1,335 @@
+"""The information bottleneck of IBA, reusable: the noise layer, its closed-form KL and the batched
+per-sample optimisation of alpha.
+
+Schulz et al., "Restricting the Flow: Information Bottlenecks for Attribution", ICLR 2020, sec. 3:
+
+- eq. 2: ``z = lambda * r + (1 - lambda) * eps``, ``eps ~ N(mu_R, sigma_R^2)`` (per neuron);
+- eq. 7: ``lambda = blur(sigma_s, sigmoid(alpha))``;
+- eq. 5: ``L_I = E_R[KL(P(Z|R) || Q(Z))]`` with ``Q(Z) = N(mu_R, sigma_R^2)``, in closed form per
+  feature (see :func:`kl_divergence`);
+- eq. 6: ``L = L_CE + beta * L_I``, Adam, lr 1, 10 steps, 10 noisy copies, alpha initialised to 5.
+
+Parity with the authors' code (BioroboticsLab/IBA @7b2fbd53, ../shared/REFERENCE.md): the 0/1
+active-neuron mask multiplies both the KL and ``z``; the std is floored at ``min_std``; ``z`` is
+clamped at 0 when ``relu`` (post-ReLU layer); ``L_I`` is the *mean* over C, h, w (so ``beta = 10`` is the
+paper's ``beta = 10 / k``); the heatmap is the KL of the last forward pass (before the last Adam step).
+
+Reuse (InputIBA builds on this file): subclass :class:`Bottleneck` and override :meth:`Bottleneck.kl`
+(and/or :meth:`Bottleneck.sample`), then call :func:`optimize_alpha` with any ``tail`` callable mapping
+``z`` ``(B * copies, C, h, w)`` to outputs ``(B * copies, K)`` and a per-image ``model_loss``.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from collections.abc import Callable, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from xattr.errors import XattrConfigError
+
+
+def kl_divergence(r: torch.Tensor, lam: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """Per-feature ``KL(P(Z|R=r) || Q(Z))`` in nats (eq. 5, closed form of two normals).
+
+    ``P(Z|r) = N(lam * r + (1 - lam) * mu, (1 - lam)^2 sigma^2)`` and ``Q = N(mu, sigma^2)``; in units
+    normalised by ``r_n = (r - mu) / sigma``:
+    ``KL = -0.5 * (1 + log((1 - lam)^2) - (lam * r_n)^2 - (1 - lam)^2)``.
+    The variance is floored at 1e-12 so that ``lam == 1`` (float rounding of ``sigmoid``) stays finite.
+    Shapes broadcast; returns the broadcast shape.
+    """
+    r_norm = (r - mean) / std
+    var_z = (1 - lam) ** 2
+    log_var_z = torch.log(var_z.clamp_min(1e-12))
+    return -0.5 * (1 + log_var_z - (lam * r_norm) ** 2 - var_z)
+
+
+def gaussian_kernel(sigma: float) -> torch.Tensor:
+    """2-d Gaussian ``(k, k)``, ``k = round(2 sigma) * 2 + 1`` (the reference's size), summing to 1."""
+    k = int(round(2 * sigma)) * 2 + 1
+    t = torch.arange(k, dtype=torch.float64) - (k - 1) / 2
+    g = torch.exp(-(t**2) / (2 * sigma**2))
+    g2 = torch.outer(g, g)
+    return (g2 / g2.sum()).float()
+
+
+class Smoothing(nn.Module):
+    """Depth-wise Gaussian blur with reflection padding (eq. 7's ``blur``); identity for ``sigma`` <= 0.
+
+    Maps smaller than the padding (reflection impossible) are padded by replication instead.
+    """
+
+    def __init__(self, sigma: float | None) -> None:
+        super().__init__()
+        self.sigma = float(sigma or 0.0)
+        kernel = gaussian_kernel(self.sigma) if self.sigma > 0 else torch.ones(1, 1)
+        self.register_buffer("kernel", kernel[None, None], persistent=False)
+
+    def forward(self, m: torch.Tensor) -> torch.Tensor:  # (B, C, h, w)
+        if self.sigma <= 0:
+            return m
+        b, c, h, w = m.shape
+        pad = self.kernel.shape[-1] // 2
+        mode = "reflect" if pad < min(h, w) else "replicate"
+        flat = F.pad(m.reshape(b * c, 1, h, w), (pad, pad, pad, pad), mode=mode)
+        return F.conv2d(flat, self.kernel.to(m.dtype)).reshape(b, c, h, w)
+
+
+class Bottleneck(nn.Module):
+    """The noise layer with a fitted prior ``N(mean, std^2)`` per neuron.
+
+    Args:
+        mean, std: ``(C, h, w)`` (or broadcastable) feature statistics; ``std`` is floored at ``min_std``.
+        active: 0/1 mask of active neurons (multiplies KL and ``z``); ``None``: all active.
+        sigma: smoothing of ``sigmoid(alpha)`` (eq. 7); 0 or ``None``: none.
+        relu: clamp ``z`` at 0 (when the hooked layer's output is post-ReLU).
+        min_std: floor of the std.
+    """
+
+    def __init__(
+        self,
+        mean: torch.Tensor,
+        std: torch.Tensor,
+        active: torch.Tensor | None = None,
+        sigma: float | None = 1.0,
+        relu: bool = False,
+        min_std: float = 0.01,
+    ) -> None:
+        super().__init__()
+        self.register_buffer("mean", mean.detach().float())
+        self.register_buffer("std", std.detach().float().clamp_min(min_std))
+        act = torch.ones_like(self.mean) if active is None else active.detach().float()
+        self.register_buffer("active", act)
+        self.smooth = Smoothing(sigma)
+        self.relu = relu
+
+    def lam(self, alpha: torch.Tensor) -> torch.Tensor:
+        """``lambda = blur(sigma_s, sigmoid(alpha))`` (eq. 7), ``(B, C, h, w)``."""
+        return self.smooth(torch.sigmoid(alpha))
+
+    def kl(self, r: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
+        """Per-feature KL in nats, masked by the active neurons, ``(B, C, h, w)``."""
+        return kl_divergence(r, lam, self.mean, self.std) * self.active
+
+    def sample(self, r: torch.Tensor, lam: torch.Tensor, eps: torch.Tensor, inverse: bool = False) -> torch.Tensor:
+        """``z = lam r + (1 - lam) eps'`` (eq. 2) with ``eps' = mean + std * eps`` and ``eps`` standard normal.
+
+        ``inverse``: Inverse IBA's ``z_inv = lam eps' + (1 - lam) r`` (ch. 8, sec. 2.1). Shapes: ``r`` and
+        ``lam`` ``(B, 1, C, h, w)`` or ``(B, C, h, w)``, ``eps`` broadcastable to the output.
+        """
+        noise = self.mean + self.std * eps
+        z = lam * noise + (1 - lam) * r if inverse else lam * r + (1 - lam) * noise
+        z = z * self.active
+        return z.clamp_min(0) if self.relu else z
+
+
+# --------------------------------------------------------------------------------------- heatmaps
+
+
+def to_bits_map(kl: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Per-feature KL ``(B, C, h, w)`` in nats -> bits per input pixel ``(B, 1, H, W)``.
+
+    Channel sum (NaN-safe), divided by ln 2, times ``(h w) / (H W)``, bilinear resize (the reference's
+    "saliency" mode), so the map's sum over pixels approximates the layer's total bits.
+    """
+    h, w = kl.shape[-2:]
+    m = torch.nansum(kl.float(), dim=1, keepdim=True) / math.log(2) * (h * w) / (size[0] * size[1])
+    if (h, w) == tuple(size):
+        return m
+    return F.interpolate(m, size=size, mode="bilinear", align_corners=False)
+
+
+# --------------------------------------------------------------------------------------- noise seeds
+
+
+def image_seeds(x: torch.Tensor, seed: int) -> list[int]:
+    """One seed per image from ``seed`` and the image's bytes (CRC-32), so that an image draws the same
+    noise wherever it sits in a batch (batched == one at a time)."""
+    flat = x.detach().float().reshape(x.shape[0], -1).cpu().numpy()
+    return [(zlib.crc32(row.tobytes()) ^ (seed * 2654435761)) & 0x7FFFFFFFFFFF for row in flat]
+
+
+def make_generators(seeds: Sequence[int] | None, device: torch.device) -> list[torch.Generator] | None:
+    if seeds is None:
+        return None
+    return [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
+
+
+def draw_noise(
+    shape: tuple[int, ...], n: int, generators: Sequence[torch.Generator] | None, device: torch.device
+) -> torch.Tensor:
+    """Standard normal noise ``(n, *shape)``; image ``i`` draws from ``generators[i]`` when given."""
+    if generators is None:
+        return torch.randn((n, *shape), device=device)
+    return torch.stack([torch.randn(shape, generator=g, device=device) for g in generators])
+
+
+# --------------------------------------------------------------------------------------- optimisation
+
+ModelLoss = Callable[[torch.Tensor], torch.Tensor]
+"""``outputs (B, copies, K) -> (B,)`` per-image loss (averaged over the copies)."""
+
+
+@dataclass
+class AlphaResult:
+    """What :func:`optimize_alpha` returns (all detached).
+
+    ``alpha`` ``(B, C, h, w)`` after the last step; ``kl`` ``(B, C, h, w)`` nats of the last forward pass
+    (the reference's heatmap); ``outputs`` ``(B, copies, K)`` of the last forward pass; ``losses``
+    ``(steps, B)`` model-loss per step and ``info`` ``(steps, B)`` mean KL per step.
+    """
+
+    alpha: torch.Tensor
+    kl: torch.Tensor
+    outputs: torch.Tensor
+    losses: torch.Tensor
+    info: torch.Tensor
+
+
+def optimize_alpha(
+    tail: Callable[[torch.Tensor], torch.Tensor],
+    r: torch.Tensor,
+    bottleneck: Bottleneck,
+    model_loss: ModelLoss,
+    *,
+    beta: float = 10.0,
+    steps: int = 10,
+    lr: float = 1.0,
+    copies: int = 10,
+    init_alpha: float = 5.0,
+    inverse: bool = False,
+    generators: Sequence[torch.Generator] | None = None,
+    autocast_dtype: torch.dtype | None = None,
+) -> AlphaResult:
+    """Per-sample bottleneck: optimise one alpha per image, all images and copies in one graph.
+
+    Per step: ``lam = bottleneck.lam(alpha)``, ``z`` for ``copies`` noisy copies of each image
+    (``(B * copies, C, h, w)``, image-major), ``outputs = tail(z)``, loss per image
+    ``model_loss + beta * mean_{C,h,w} KL`` (Inverse IBA: ``-model_loss + beta * KL``, eq. 4 of ch. 8),
+    summed over images so each alpha gets its single-image gradient (Adam is per element, hence
+    batched == one at a time exactly up to float rounding).
+
+    Args:
+        tail: the network after the bottleneck (``z -> outputs``), parameters frozen by the caller.
+        r: ``(B, C, h, w)`` feature (detached) at the bottleneck.
+        bottleneck: prior, smoothing, KL and sampling.
+        model_loss: ``outputs (B, copies, K) -> (B,)``.
+        generators: one per image for seed-identical noise; ``None``: the global RNG.
+        autocast_dtype: e.g. ``torch.bfloat16`` to run ``tail`` under autocast (alpha, KL stay fp32).
+    """
+    if steps < 1 or copies < 1:
+        raise XattrConfigError(f"steps and copies must be >= 1; got steps={steps}, copies={copies}")
+    r = r.detach().float()
+    b = r.shape[0]
+    alpha = torch.full_like(r, float(init_alpha), requires_grad=True)
+    opt = torch.optim.Adam([alpha], lr=lr)
+    losses, infos = [], []
+    kl = outputs = None
+    dev = r.device
+    for _ in range(steps):
+        opt.zero_grad(set_to_none=True)
+        lam = bottleneck.lam(alpha)  # (B, C, h, w)
+        kl = bottleneck.kl(r, lam)
+        eps = draw_noise((copies, *r.shape[1:]), b, generators, dev)  # (B, copies, C, h, w)
+        z = bottleneck.sample(r[:, None], lam[:, None], eps, inverse=inverse).flatten(0, 1)
+        with torch.autocast(dev.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            out = tail(z)
+        outputs = out.float().reshape(b, copies, *out.shape[1:])
+        ml = model_loss(outputs)  # (B,)
+        info = kl.flatten(1).mean(1)  # (B,)
+        per_image = (-ml if inverse else ml) + beta * info
+        per_image.sum().backward()
+        opt.step()
+        losses.append(ml.detach())
+        infos.append(info.detach())
+    return AlphaResult(
+        alpha=alpha.detach(),
+        kl=kl.detach(),
+        outputs=outputs.detach(),
+        losses=torch.stack(losses),
+        info=torch.stack(infos),
+    )
+
+
+def cross_entropy_loss(target: torch.Tensor) -> ModelLoss:
+    """Softmax cross-entropy of ``target`` ``(B,)``, averaged over the copies (the paper's L_CE)."""
+
+    def loss(outputs: torch.Tensor) -> torch.Tensor:  # (B, copies, K)
+        logp = torch.log_softmax(outputs, dim=-1)
+        idx = target.view(-1, 1, 1).expand(-1, outputs.shape[1], 1)
+        return -logp.gather(-1, idx).squeeze(-1).mean(1)
+
+    return loss
+
+
+def bce_loss(target: torch.Tensor) -> ModelLoss:
+    """Binary cross-entropy with logits against the one-hot ``target`` (multi-label heads, CheXplain)."""
+
+    def loss(outputs: torch.Tensor) -> torch.Tensor:
+        onehot = F.one_hot(target, outputs.shape[-1]).float()[:, None].expand_as(outputs)
+        return F.binary_cross_entropy_with_logits(outputs, onehot, reduction="none").flatten(1).mean(1)
+
+    return loss
+
+
+MODEL_LOSSES = {"ce": cross_entropy_loss, "bce": bce_loss}
+
+
+# --------------------------------------------------------------------------------------- hooks
+
+
+@contextmanager
+def frozen(model: nn.Module):
+    """Parameters' ``requires_grad`` off inside, restored on exit (also on error)."""
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    try:
+        for p, _ in flags:
+            p.requires_grad_(False)
+        yield model
+    finally:
+        for p, f in flags:
+            p.requires_grad_(f)
+
+
+class _Stop(Exception):
+    pass
+
+
+@contextmanager
+def hooked(layer: nn.Module, fn: Callable[[torch.Tensor], torch.Tensor | None]):
+    """Forward hook on ``layer`` calling ``fn(output)`` (a returned tensor replaces the output);
+    removed on exit, also on error."""
+    handle = layer.register_forward_hook(lambda _m, _i, out: fn(out))
+    try:
+        yield handle
+    finally:
+        handle.remove()
+
+
+def capture(model: nn.Module, layer: nn.Module, x: torch.Tensor, stop: bool = True) -> torch.Tensor:
+    """The output of ``layer`` for input ``x`` (the rest of the network is skipped when ``stop``)."""
+    box: list[torch.Tensor] = []
+
+    def grab(out: torch.Tensor) -> None:
+        box.append(out)
+        if stop:
+            raise _Stop
+
+    with hooked(layer, grab):
+        try:
+            model(x)
+        except _Stop:
+            pass
+    if not box:
+        raise XattrConfigError(f"layer {type(layer).__name__} was not called by the model's forward")
+    return box[0]
+
+
+def has_hooks(model: nn.Module) -> bool:
+    """True if any submodule carries a forward (pre-)hook: for tests that hooks are removed."""
+    return any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())

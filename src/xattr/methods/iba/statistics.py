@@ -1,0 +1,188 @@
+"""Per-neuron feature statistics of a layer (mean, std, share of non-zero activations), cached on disk.
+
+Schulz et al., ICLR 2020, sec. 3.1: ``mu_R`` and ``sigma_R`` are estimated empirically per feature
+(C x h x w). The reference (BioroboticsLab/IBA) runs Welford's algorithm one sample at a time; here each
+batch's mean and sum of squares are merged with Chan et al.'s parallel update, which is Welford's
+update for a block of samples (same result up to rounding, accumulated in float64).
+"Active neurons": non-zero in more than ``threshold`` (1%) of the samples.
+
+The cache file name shows the key: ``{model}-{weights}-{layer}-{dataset}-n{n}-{hash}.pt`` where the
+hash covers the key fields plus a fingerprint of the weights. The key is stored in the file and checked on
+load; a mismatch (stale file) is reported and recomputed, never reused silently.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import warnings
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from xattr.methods.iba.bottleneck import hooked
+from xattr.models.layers import layer_path
+
+MIN_SAMPLES_WARN = 1000
+
+
+@dataclass
+class FeatureStats:
+    """``mean``, ``std`` (unbiased, not floored) and ``nonzero`` (share of samples != 0) per neuron."""
+
+    mean: torch.Tensor
+    std: torch.Tensor
+    nonzero: torch.Tensor
+    n: int
+
+    def active(self, threshold: float = 0.01) -> torch.Tensor:
+        """0/1 float mask of neurons non-zero in more than ``threshold`` of the samples."""
+        return (self.nonzero > threshold).float()
+
+    def to(self, device: torch.device | str) -> FeatureStats:
+        return FeatureStats(self.mean.to(device), self.std.to(device), self.nonzero.to(device), self.n)
+
+    def state(self) -> dict:
+        return {"mean": self.mean.cpu(), "std": self.std.cpu(), "nonzero": self.nonzero.cpu(), "n": self.n}
+
+
+class Welford:
+    """Running per-neuron mean / variance / non-zero count over batches ``(B, ...)``."""
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.mean: torch.Tensor | None = None
+        self.m2: torch.Tensor | None = None
+        self.nz: torch.Tensor | None = None
+
+    def update(self, batch: torch.Tensor) -> None:
+        xb = batch.detach().double()
+        nb = xb.shape[0]
+        if nb == 0:
+            return
+        mb = xb.mean(0)
+        m2b = ((xb - mb) ** 2).sum(0)
+        nzb = (xb != 0).sum(0).double()
+        if self.mean is None:
+            self.n, self.mean, self.m2, self.nz = nb, mb, m2b, nzb
+            return
+        n = self.n + nb
+        delta = mb - self.mean
+        self.mean = self.mean + delta * (nb / n)
+        self.m2 = self.m2 + m2b + delta**2 * (self.n * nb / n)
+        self.nz = self.nz + nzb
+        self.n = n
+
+    def result(self) -> FeatureStats:
+        if self.mean is None or self.n < 2:
+            raise ValueError(f"need at least 2 samples to estimate feature statistics, got {self.n}")
+        std = (self.m2 / (self.n - 1)).sqrt()
+        return FeatureStats(self.mean.float(), std.float(), (self.nz / self.n).float(), self.n)
+
+
+def batch_images(batch) -> torch.Tensor:
+    """The images of a loader batch: a dict with ``x``, a tuple/list (first item) or a tensor."""
+    if isinstance(batch, dict):
+        return batch["x"]
+    if isinstance(batch, (list, tuple)):
+        return batch[0]
+    return batch
+
+
+@torch.no_grad()
+def estimate(
+    model: nn.Module, layers: Sequence[str], loader: Iterable, n_samples: int = 10_000,
+    device: torch.device | None = None,
+) -> dict[str, FeatureStats]:
+    """Statistics of the outputs of ``layers`` over the first ``n_samples`` images of ``loader``."""
+    device = device or next(model.parameters()).device
+    paths = [layer_path(model, name) for name in layers]
+    est = {p: Welford() for p in paths}
+    seen = 0
+    handles = []
+    try:
+        for p in paths:
+            handles.append(model.get_submodule(p).register_forward_hook(
+                lambda _m, _i, out, p=p: est[p].update(_flat_batch(out))))
+        for batch in loader:
+            x = batch_images(batch)
+            take = min(x.shape[0], n_samples - seen)
+            if take <= 0:
+                break
+            model(x[:take].to(device))
+            seen += take
+    finally:
+        for h in handles:
+            h.remove()
+    if seen < MIN_SAMPLES_WARN:
+        warnings.warn(f"feature statistics from only {seen} samples; at least {MIN_SAMPLES_WARN} are "
+                      "recommended (reference: 10 000)", stacklevel=2)
+    return {name: est[p].result() for name, p in zip(layers, paths)}
+
+
+def _flat_batch(out: torch.Tensor) -> torch.Tensor:
+    if isinstance(out, (tuple, list)):
+        out = out[0]
+    return out
+
+
+def weights_fingerprint(model: nn.Module) -> str:
+    """Short hash of the model's parameters and buffers (values, not just shapes)."""
+    h = hashlib.sha1()
+    for name, t in list(model.state_dict().items()):
+        if not torch.is_tensor(t) or not t.is_floating_point():
+            continue
+        t = t.detach().double()
+        h.update(f"{name}{tuple(t.shape)}{float(t.sum()):.10e}{float(t.abs().sum()):.10e}".encode())
+        h.update(f"{float((t * torch.arange(t.numel(), dtype=t.dtype, device=t.device).view(t.shape).sin()).sum()):.10e}".encode())
+    return h.hexdigest()[:12]
+
+
+def _slug(s: object) -> str:
+    return re.sub(r"[^A-Za-z0-9_.+=-]+", "_", str(s))[:48]
+
+
+def cache_key(model: nn.Module, layers: Sequence[str], n_samples: int, model_name: str | None = None,
+              weights: str | None = None, dataset: str | None = None) -> tuple[str, dict]:
+    """(file name, key dict) of the statistics of ``layers`` of ``model``; see module docstring."""
+    key = {
+        "model": model_name or type(model).__name__,
+        "weights": weights or "unnamed",
+        "layers": [layer_path(model, name) for name in layers],
+        "dataset": dataset or "unnamed",
+        "n_samples": int(n_samples),
+        "fingerprint": weights_fingerprint(model),
+    }
+    digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
+    layer_s = "+".join(key["layers"])
+    name = f"{_slug(key['model'])}-{_slug(key['weights'])}-{_slug(layer_s)}-{_slug(key['dataset'])}-n{n_samples}-{digest}.pt"
+    return name, key
+
+
+def load_or_estimate(
+    model: nn.Module, layers: Sequence[str], loader: Iterable, cache_dir: Path | str | None,
+    n_samples: int = 10_000, model_name: str | None = None, weights: str | None = None,
+    dataset: str | None = None,
+) -> dict[str, FeatureStats]:
+    """Statistics from ``cache_dir`` when a file with the same key exists, else estimated (and saved)."""
+    device = next(model.parameters()).device
+    if cache_dir is None:
+        return estimate(model, layers, loader, n_samples, device)
+    fname, key = cache_key(model, layers, n_samples, model_name, weights, dataset)
+    path = Path(cache_dir) / "iba_stats" / fname
+    if path.is_file():
+        blob = torch.load(path, map_location="cpu", weights_only=False)
+        if blob.get("key") == key:
+            return {name: FeatureStats(**blob["stats"][name]).to(device) for name in layers}
+        warnings.warn(f"stale IBA statistics cache {path} (key {blob.get('key')} != {key}); re-estimating",
+                      stacklevel=2)
+    stats = estimate(model, layers, loader, n_samples, device)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save({"key": key, "stats": {k: v.state() for k, v in stats.items()}}, tmp)
+    tmp.replace(path)
+    return stats
