@@ -92,6 +92,11 @@ class Attribution(ABC):
             maps = self._attribute(x, target)
         return maps.detach()
 
+    def attribute_batch(self, batch: dict, target: torch.Tensor) -> torch.Tensor:
+        """Attribute a dataset batch (dict with ``x``, ``id``, ...). Methods that need more than ``x``
+        (e.g. maps saved by an earlier run, looked up by ``id``) override this; others need not."""
+        return self.attribute(batch["x"], target)
+
     @abstractmethod
     def _attribute(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor: ...
 

@@ -1,0 +1,41 @@
+"""A folder of photos (the demo samples shipped in ``assets/samples``, or any folder of a user's).
+
+Labels: an ImageNet class index at the end of the file name (``imagenet_07_609.jpg``, as foolbox names
+them) is read as the label; otherwise the label is -1 (unknown) and the target must be ``top1`` or a
+class index.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from PIL import Image
+from torch.utils.data import Dataset
+
+from xattr.data.imagenet import IMG_EXT
+from xattr.data.transforms import ImageTransform
+from xattr.errors import missing_file
+from xattr.models.zoo import Preprocess
+
+
+class ImageFolderFlat(Dataset):
+    def __init__(self, root: str | Path, preprocess: Preprocess | None = None, limit: int | None = None,
+                 split: str = "attribution") -> None:
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise missing_file("image folder", self.root, "a folder of .jpg/.png photos; set dataset.root")
+        self.files = sorted(p for p in self.root.iterdir() if p.suffix.lower() in IMG_EXT)
+        if limit is not None:
+            self.files = self.files[: int(limit)]
+        self.transform = ImageTransform(preprocess or Preprocess())
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int) -> dict:
+        p = self.files[i]
+        m = re.search(r"_(\d+)$", p.stem)
+        label = int(m.group(1)) if m else -1
+        x, b = self.transform(Image.open(p))
+        return {"x": x, "label": label, "boxes": b, "id": p.stem, "index": i}

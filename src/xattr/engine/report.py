@@ -1,0 +1,90 @@
+"""After a run: the per-image table, the summary (mean and standard error per metric score), Markdown/CSV
+copies and the figures (heatmap grid with labels, mean metric curves)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import torch  # noqa: E402
+
+from xattr.engine.store import RunStore  # noqa: E402
+from xattr.metrics.base import mean_and_sem  # noqa: E402
+from xattr.viz.heatmaps import heatmap_grid  # noqa: E402
+
+META = ("id", "index", "label", "target", "prob", "top1")
+
+
+def summarise(per_image: pd.DataFrame) -> pd.DataFrame:
+    """One row per metric score: mean, standard error, number of images that count (finite values)."""
+    rows = []
+    for col in per_image.columns:
+        if col in META:
+            continue
+        mean, sem, n = mean_and_sem(torch.tensor(per_image[col].to_numpy(dtype=np.float64)))
+        rows.append({"score": col, "mean": mean, "sem": sem, "n": n})
+    if "label" in per_image and (per_image["label"] >= 0).any():
+        lab = per_image[per_image["label"] >= 0]
+        acc = torch.tensor((lab["top1"] == lab["label"]).to_numpy(dtype=np.float64))
+        mean, sem, n = mean_and_sem(acc)
+        rows.append({"score": "top1_accuracy", "mean": mean, "sem": sem, "n": n})
+    return pd.DataFrame(rows, columns=["score", "mean", "sem", "n"])
+
+
+def plot_curves(curves: dict[str, np.ndarray], path: Path, title: str = "") -> Path | None:
+    names = [k for k in curves if not k.endswith("/x")]
+    if not names:
+        return None
+    fig, ax = plt.subplots(1, len(names), figsize=(4 * len(names), 3.2), squeeze=False)
+    for a, k in zip(ax[0], names):
+        c = curves[k]
+        x = curves.get(k + "/x", np.arange(c.shape[1]))
+        mu = np.nanmean(c, 0)
+        se = np.nanstd(c, 0) / max(1, np.sqrt(np.isfinite(c).sum(0)).max())
+        a.plot(x, mu, lw=1.8)
+        a.fill_between(x, mu - se, mu + se, alpha=0.25)
+        a.set_title(k, fontsize=9)
+        a.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_report(run_dir: str | Path, dataset=None, labels: list[str] | None = None, preprocess=None,
+                 title: str = "", grid_size: int = 8) -> pd.DataFrame:
+    """Write ``per_image.{parquet,csv}``, ``summary.{csv,md}``, ``heatmaps.png``, ``curves.png``."""
+    run_dir = Path(run_dir)
+    store = RunStore(run_dir)
+    per_image = store.per_image()
+    per_image.to_parquet(run_dir / "per_image.parquet", index=False)
+    per_image.to_csv(run_dir / "per_image.csv", index=False)
+    summary = summarise(per_image)
+    summary.to_csv(run_dir / "summary.csv", index=False)
+    (run_dir / "summary.md").write_text(summary.to_markdown(index=False, floatfmt=".4f") + "\n")
+    plot_curves(store.curves(), run_dir / "curves.png", title)
+    if dataset is not None and preprocess is not None and len(per_image):
+        maps = store.heatmaps()
+        rows = per_image.head(grid_size)
+        imgs, ms, titles = [], [], []
+        for _, r in rows.iterrows():
+            item = dataset[int(r["index"])]
+            x = item["x"]
+            if x.dim() != 3:
+                break  # text: rendered elsewhere
+            imgs.append(preprocess.denormalise(x[None])[0].permute(1, 2, 0).numpy())
+            ms.append(maps[str(r["id"])].astype(np.float32))
+            name = labels[int(r["top1"])] if labels else str(int(r["top1"]))
+            t = f"{r['id'][:18]}\npred: {name} ({r['prob']:.2f})" if r["target"] == r["top1"] else (
+                f"{r['id'][:18]}\npred: {name}; target {int(r['target'])}")
+            titles.append(t)
+        if imgs:
+            heatmap_grid(imgs, ms, titles, run_dir / "heatmaps.png", suptitle=title)
+    return summary

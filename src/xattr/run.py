@@ -1,0 +1,134 @@
+"""``python -m xattr.run method=<m> model=<m> dataset=<d> metric=<m>``: one attribution run.
+
+``run(cfg)`` is a plain function (tests call it with a composed config); ``main`` only wraps it in
+``@hydra.main``. Flow: validate config -> model -> dataset -> method (+ fit on the estimation split) ->
+Lightning ``Trainer.predict`` (attribute + evaluate + write each batch) -> report (tables and figures).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from functools import partial
+from pathlib import Path
+
+import hydra
+import pytorch_lightning as pl
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from torch.utils.data import DataLoader
+
+from xattr.config import CONF_DIR, check_overrides, validate
+from xattr.data.transforms import collate
+from xattr.engine.module import AttributionModule
+from xattr.engine.report import write_report
+from xattr.engine.targets import parse_target
+from xattr.models.zoo import load_model
+
+log = logging.getLogger("xattr")
+
+
+def build_loggers(cfg: DictConfig, run_dir: Path) -> list:
+    kind = cfg.logger.get("kind", "csv")
+    if kind == "none":
+        return []
+    if kind == "csv":
+        return [pl.loggers.CSVLogger(save_dir=str(run_dir), name="logs", version="")]
+    if kind == "wandb":
+        os.environ.setdefault("WANDB_MODE", "offline")
+        return [pl.loggers.WandbLogger(project=cfg.logger.project, name=cfg.name, save_dir=str(run_dir),
+                                       offline=os.environ["WANDB_MODE"] == "offline",
+                                       config=OmegaConf.to_container(cfg, resolve=True))]
+    raise ValueError(f"unknown logger kind {kind!r}; valid choices: csv, wandb, none")
+
+
+def run(cfg: DictConfig) -> Path:
+    """Run the configured attribution experiment; returns the run directory."""
+    validate(cfg)
+    pl.seed_everything(cfg.seed, workers=True)
+    run_dir = Path(cfg.paths.output_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+
+    zoo = load_model(cfg.model.name, weights=cfg.model.weights, weights_dir=cfg.paths.get("weights_dir"))
+    target = parse_target(cfg.target, zoo.net.num_classes)
+    ds = instantiate(cfg.dataset.attribution, preprocess=zoo.preprocess)
+    loader = DataLoader(ds, batch_size=cfg.batch_size, shuffle=False, num_workers=cfg.dataset.num_workers,
+                        collate_fn=collate)
+    est_loader = None
+    if cfg.dataset.get("estimation") is not None:
+        est = partial(instantiate(cfg.dataset.estimation, _partial_=True), preprocess=zoo.preprocess)
+        est_loader = _LazyLoader(est, cfg.batch_size, cfg.dataset.num_workers)
+    method_factory = instantiate(cfg.method)  # partial: model given in setup, on the right device
+    # build once on CPU now, so a bad layer/hyper-parameter fails before any work
+    method_factory(zoo.net)
+    metrics = {name: instantiate(node) for name, node in (cfg.get("metric") or {}).items()}
+    module = AttributionModule(zoo.net, method_factory, metrics, run_dir, target, est_loader,
+                               cfg.paths.cache_dir)
+    loggers = build_loggers(cfg, run_dir)
+    trainer = pl.Trainer(**OmegaConf.to_container(cfg.trainer, resolve=True), logger=loggers or False,
+                         inference_mode=False, enable_checkpointing=False, default_root_dir=str(run_dir))
+    trainer.predict(module, loader, return_predictions=False)
+    trainer.strategy.barrier()
+    if trainer.is_global_zero:
+        summary = write_report(run_dir, ds, zoo.labels, zoo.preprocess, title=cfg.name)
+        log.info("run dir %s: %d batches computed, %d skipped (finished earlier)", run_dir, module.computed,
+                 module.skipped)
+        print(f"\n{cfg.name}: {len(ds)} images, {module.computed} batches computed, "
+              f"{module.skipped} skipped -> {run_dir}")
+        print(summary.to_markdown(index=False, floatfmt=".4f"))
+        for lg in loggers:
+            lg.log_metrics({f"{r.score}/mean": r.mean for r in summary.itertuples()})
+            if isinstance(lg, pl.loggers.WandbLogger):
+                _wandb_extras(lg, run_dir, summary)
+    return run_dir
+
+
+def _wandb_extras(lg, run_dir: Path, summary) -> None:
+    import wandb
+
+    lg.experiment.log({"summary": wandb.Table(dataframe=summary)})
+    for png in ("heatmaps.png", "curves.png"):
+        if (run_dir / png).is_file():
+            lg.experiment.log({png[:-4]: wandb.Image(str(run_dir / png))})
+
+
+class _LazyLoader:
+    """The estimation loader, built only if a method asks for it (most methods do not)."""
+
+    def __init__(self, make_ds, batch_size: int, num_workers: int) -> None:
+        self.make_ds, self.batch_size, self.num_workers = make_ds, batch_size, num_workers
+        self._loader = None
+
+    @property
+    def dataset(self):
+        return self._get().dataset
+
+    def _get(self) -> DataLoader:
+        if self._loader is None:
+            self._loader = DataLoader(self.make_ds(), batch_size=self.batch_size, shuffle=False,
+                                      num_workers=self.num_workers, collate_fn=collate)
+        return self._loader
+
+    def __iter__(self):
+        return iter(self._get())
+
+    def __len__(self) -> int:
+        return len(self._get())
+
+
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
+def _hydra_main(cfg: DictConfig) -> None:
+    torch.set_float32_matmul_precision("high")
+    run(cfg)
+
+
+def main() -> None:
+    check_overrides(sys.argv[1:])
+    _hydra_main()
+
+
+if __name__ == "__main__":
+    main()

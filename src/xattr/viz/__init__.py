@@ -1,0 +1,1 @@
+"""Figures: heatmap grids, metric curves."""
