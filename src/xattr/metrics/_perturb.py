@@ -1,0 +1,167 @@
+"""Shared pieces of the perturbation metrics: ranking maps, tiles, boxes, chunked forwards, read-outs,
+trapezoid areas and correlations. Everything works on whole batches on the model's device.
+
+Why hand-written: Quantus and Captum perturb one step per forward pass on numpy arrays (see
+/work/shared/STYLE.md); the metrics here build the perturbed inputs of many (image, step) pairs as one
+tensor per forward pass, which no library offers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from xattr.errors import XattrConfigError, unknown
+
+OUTPUTS = ("softmax", "logit", "sigmoid")
+TIES = ("stable", "random")
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+def check_choice(kind: str, value: object, choices: tuple) -> None:
+    if value not in choices:
+        raise unknown(kind, value, choices)
+
+
+def check_positive_int(kind: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise XattrConfigError(f"bad {kind} {value!r}; valid choices: an integer >= 1")
+    return value
+
+
+def model_device(model: nn.Module, fallback: torch.device) -> torch.device:
+    try:
+        return next(model.parameters()).device
+    except StopIteration:
+        return fallback
+
+
+def readout(out: torch.Tensor, target: torch.Tensor, how: str) -> torch.Tensor:
+    """The scalar each metric tracks per forward: ``softmax`` probability of ``target``, its ``logit``,
+    or ``sigmoid`` (multi-label: sigmoid of the target logit; one output unit: p for target 1, 1-p for 0,
+    as the InputIBA text code does)."""
+    out = out.float()
+    if how == "softmax":
+        return out.softmax(-1).gather(1, target[:, None])[:, 0]
+    if how == "logit":
+        return out.gather(1, target[:, None])[:, 0]
+    if out.shape[1] == 1:
+        p = out[:, 0].sigmoid()
+        return torch.where(target == 1, p, 1 - p)
+    return out.gather(1, target[:, None])[:, 0].sigmoid()
+
+
+def chunked_readout(
+    model: nn.Module,
+    n_jobs: int,
+    build: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
+    chunk: int,
+    device: torch.device,
+    output: str,
+    precision: str = "fp32",
+    forward: Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """Run ``n_jobs`` perturbed forwards, ``chunk`` per pass; ``build(job_ids) -> (inputs, target)``.
+
+    Returns the read-out ``(n_jobs,)``. The result does not depend on ``chunk`` (up to float
+    non-determinism of batched convolutions).
+    """
+    scores = torch.empty(n_jobs, device=device)
+    amp = (
+        torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+        if precision != "fp32"
+        else contextlib.nullcontext()
+    )
+    for start in range(0, n_jobs, chunk):
+        jobs = torch.arange(start, min(start + chunk, n_jobs), device=device)
+        inputs, tgt = build(jobs)
+        with amp:
+            out = model(inputs) if forward is None else forward(model, inputs, jobs)
+        scores[start : start + len(jobs)] = readout(out, tgt, output)
+    return scores
+
+
+def ranks(values: torch.Tensor, descending: bool = True, ties: str = "stable", seed: int = 0) -> torch.Tensor:
+    """Rank of every entry of ``values`` ``(B, N)`` (0 = first to perturb), int32 ``(B, N)``.
+
+    Ties: ``stable`` keeps raster order among equal values (lower flat index first); ``random`` breaks
+    them by a seeded random permutation per row. NaN entries come last.
+    """
+    check_choice("ties", ties, TIES)
+    v = values.float() if descending else -values.float()
+    v = v.nan_to_num(nan=-math.inf)  # NaN last in either direction
+    b, n = v.shape
+    if ties == "random":
+        g = torch.Generator(device="cpu").manual_seed(seed)
+        perm = torch.stack([torch.randperm(n, generator=g) for _ in range(b)]).to(v.device)
+        order = perm.gather(1, torch.sort(v.gather(1, perm), dim=1, descending=True, stable=True).indices)
+    else:
+        order = torch.sort(v, dim=1, descending=True, stable=True).indices
+    rank = torch.empty_like(order, dtype=torch.int32)
+    rank.scatter_(1, order, torch.arange(n, device=v.device, dtype=torch.int32).expand(b, n).contiguous())
+    return rank
+
+
+def tile_index(h: int, w: int, tile: int, device: torch.device | None = None) -> tuple[torch.Tensor, int]:
+    """Tile id of every pixel ``(H*W,)`` and the number of tiles. As the IBA paper code's ``GridView``:
+    ``H // tile`` rows of tiles, the last row/column absorbing the remainder."""
+    check_positive_int("tile", tile)
+    rows, cols = max(h // tile, 1), max(w // tile, 1)
+    r = (torch.arange(h, device=device) // tile).clamp(max=rows - 1)
+    c = (torch.arange(w, device=device) // tile).clamp(max=cols - 1)
+    return (r[:, None] * cols + c[None, :]).reshape(-1), rows * cols
+
+
+def tile_sums(maps: torch.Tensor, tid: torch.Tensor, n_tiles: int) -> torch.Tensor:
+    """Sum of ``maps`` ``(B, H*W)`` within each tile -> ``(B, n_tiles)``."""
+    out = torch.zeros(maps.shape[0], n_tiles, device=maps.device, dtype=torch.float64)
+    return out.index_add_(1, tid, maps.double()).to(maps.dtype)
+
+
+def flat_map(maps: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``(B, 1|C, H, W)`` or ``(B, H, W)`` maps -> ``(B, H*W)`` (channels averaged), checking the size."""
+    if maps.dim() == 4:
+        maps = maps.mean(1)
+    if maps.dim() != 3 or tuple(maps.shape[-2:]) != tuple(x.shape[-2:]):
+        raise XattrConfigError(
+            f"bad maps shape {tuple(maps.shape)}; valid choices: (B, 1, H, W) with H, W = {tuple(x.shape[-2:])}"
+        )
+    return maps.reshape(maps.shape[0], -1).float()
+
+
+def box_masks(boxes: list | None, b: int, h: int, w: int, device: torch.device) -> torch.Tensor:
+    """Union of each image's xyxy boxes as a bool ``(B, H*W)``: pixel (i, j) is inside when its centre
+    (j + 0.5, i + 0.5) lies in [x1, x2) x [y1, y2) (integer boxes give ``mask[y1:y2, x1:x2]`` as the
+    reference codes do)."""
+    if boxes is None:
+        raise XattrConfigError("missing extra 'boxes'; valid choices: a list of (N_i, 4) xyxy tensors per image")
+    if len(boxes) != b:
+        raise XattrConfigError(f"bad boxes length {len(boxes)}; valid choices: one entry per image ({b})")
+    ys = torch.arange(h, device=device, dtype=torch.float32) + 0.5
+    xs = torch.arange(w, device=device, dtype=torch.float32) + 0.5
+    masks = torch.zeros(b, h, w, dtype=torch.bool, device=device)
+    for i, bx in enumerate(boxes):
+        bx = torch.as_tensor(bx, dtype=torch.float32, device=device).reshape(-1, 4)
+        for x1, y1, x2, y2 in bx:
+            masks[i] |= ((ys >= y1) & (ys < y2))[:, None] & ((xs >= x1) & (xs < x2))[None, :]
+    return masks.reshape(b, -1)
+
+
+def trapezoid(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Trapezoid area under ``y`` ``(B, T)`` over ``x`` ``(T,)`` or ``(B, T)``."""
+    x = x.to(y) if x.dim() == 2 else x.to(y).expand_as(y)
+    return ((y[:, 1:] + y[:, :-1]) * (x[:, 1:] - x[:, :-1])).sum(-1) / 2
+
+
+def pearson(a: torch.Tensor, b: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """Pearson correlation along ``dim`` (float64); NaN where either side is constant."""
+    a, b = a.double(), b.double()
+    a = a - a.mean(dim, keepdim=True)
+    b = b - b.mean(dim, keepdim=True)
+    den = (a.square().sum(dim) * b.square().sum(dim)).sqrt()
+    r = (a * b).sum(dim) / den
+    return torch.where(den > 0, r, torch.full_like(r, float("nan")))

@@ -1,0 +1,169 @@
+"""Sensitivity-n (Ancona et al., ICLR 2018), eq. 16 of Schulz et al., ICLR 2020 (appendix G.1):
+``corr( sum_{i in T_n} R_i(x),  S_c(x) - S_c(x_[x_{T_n} = 0]) )`` for random index sets ``T_n`` of ``n``
+pixels (or ``tile x tile`` tiles), the target *logit* ``S_c``, and the Pearson correlation.
+
+Two protocols (REFERENCE.md, "Evaluations"):
+
+- ``inputiba`` (InputIBA @5f03549e, Fig. 4 of ch. 6): single pixels, ``n = unique(int(logspace(0, 4.5, 45)))``,
+  100 masks per n, correlation over the masks *per image*, then averaged over images
+  (curve ``sensitivity_n`` (B, N_n); :func:`mean_curve`);
+- ``iba`` (IBA-paper-code @6bac54a8, Fig. 6): tiles of 8 (or 14) pixels, 16 n log-spaced from 1 tile to 80%
+  of the tiles, 100 masks per n, *one* correlation pooled over all (image, mask) pairs per n. For that the
+  metric returns the raw pairs per sample as curves ``attr_sum`` and ``output_drop`` ``(B, N_n * M)``
+  (x axis: the n of each column, in pixels) and :func:`pooled_curve` pools them across batches.
+
+Masks are drawn once per call from ``seed`` and shared by all images (and by every batch, since the seed
+is fixed), as both reference codes do. Masked pixels are set to ``fill`` (0 in normalised space). The n
+axis (``x_axis``) is in pixels: ``n_tiles * tile**2``.
+
+Departure: the IBA paper code drew single-pixel index sets *with* replacement (``np.random.choice``
+without ``replace=False``); here every index set has exactly n distinct pixels/tiles.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from xattr.errors import XattrConfigError
+from xattr.metrics._perturb import (
+    PRECISIONS,
+    check_choice,
+    check_positive_int,
+    chunked_readout,
+    flat_map,
+    model_device,
+    pearson,
+    tile_index,
+    tile_sums,
+)
+from xattr.metrics.base import Metric, MetricResult, mean_and_sem
+
+PROTOCOLS = ("inputiba", "iba")
+
+
+def default_n(protocol: str, n_units: int) -> list[int]:
+    """The protocol's n values (in units: pixels or tiles), clipped to ``n_units - 1``."""
+    if protocol == "inputiba":
+        n = np.unique(np.logspace(0, 4.5, 45).astype(int))
+    else:
+        n = np.unique(np.round(np.exp(np.linspace(np.log(1), np.log(0.8 * n_units), 16))).astype(int))
+    return [int(v) for v in n if 1 <= v < n_units]
+
+
+class SensitivityN(Metric):
+    """Sensitivity-n, batched over (image, mask) pairs.
+
+    Args:
+        protocol: ``inputiba`` or ``iba`` (sets the defaults of ``tile``, ``n``, ``return_pairs``).
+        tile: side of the masked squares (inputiba: 1; iba: 8).
+        n: numbers of masked *units* (pixels or tiles); ``None`` = the protocol's list.
+        n_masks: random index sets per n (100; the InputIBA text says 200).
+        seed: seed of the masks (shared across images and batches).
+        fill: value of masked pixels in normalised space (0).
+        output: ``logit`` (eq. 16) or ``softmax``.
+        return_pairs: also return the raw (attribution sum, output drop) pairs per sample
+            (``None``: only for the ``iba`` protocol, which pools them).
+        chunk: forward passes per model call; precision: ``fp32`` | ``bf16`` | ``fp16``.
+    """
+
+    name = "sensitivity_n"
+    higher_is_better = {"sensitivity_n": True}
+    paper = "Ancona et al., ICLR 2018; Schulz et al., ICLR 2020, eq. 16 and Fig. 6; InputIBA Fig. 4"
+
+    def __init__(
+        self,
+        protocol: str = "inputiba",
+        tile: int | None = None,
+        n: Sequence[int] | None = None,
+        n_masks: int = 100,
+        seed: int = 0,
+        fill: float = 0.0,
+        output: str = "logit",
+        return_pairs: bool | None = None,
+        chunk: int = 256,
+        precision: str = "fp32",
+    ) -> None:
+        check_choice("protocol", protocol, PROTOCOLS)
+        check_choice("output", output, ("logit", "softmax"))
+        check_choice("precision", precision, PRECISIONS)
+        self.protocol = protocol
+        self.tile = check_positive_int("tile", tile if tile is not None else (1 if protocol == "inputiba" else 8))
+        self.n = None if n is None else [check_positive_int("n", int(v)) for v in n]
+        self.n_masks = check_positive_int("n_masks", n_masks)
+        self.seed = seed
+        self.fill = float(fill)
+        self.output = output
+        self.return_pairs = (protocol == "iba") if return_pairs is None else bool(return_pairs)
+        self.chunk = check_positive_int("chunk", chunk)
+        self.precision = precision
+
+    def masks(self, h: int, w: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The shared masks: unit masks ``(N_n, M, U)`` bool, tile ids ``(H*W,)``, n values ``(N_n,)``."""
+        tid, n_units = tile_index(h, w, self.tile, device)
+        n = default_n(self.protocol, n_units) if self.n is None else self.n
+        bad = [v for v in n if v >= n_units]
+        if bad or not n:
+            raise XattrConfigError(f"bad n {bad or n!r}; valid choices: integers in 1..{n_units - 1} for this image")
+        g = torch.Generator(device="cpu").manual_seed(self.seed)
+        draws = [torch.rand(self.n_masks, n_units, generator=g) for _ in n]  # exactly v smallest per row
+        units = torch.stack([r <= r.kthvalue(v, dim=1, keepdim=True).values for r, v in zip(draws, n)])
+        return units.to(device), tid, torch.tensor(n, device=device)
+
+    def evaluate(
+        self, model: nn.Module, x: torch.Tensor, target: torch.Tensor, maps: torch.Tensor, **extras: Any
+    ) -> MetricResult:
+        device = model_device(model, x.device)
+        x, target = x.to(device), target.to(device)
+        b, c, h, w = x.shape
+        flat = flat_map(maps.to(device), x)  # (B, H*W)
+        units, tid, n = self.masks(h, w, device)  # (N_n, M, U)
+        nn_, m, n_units = units.shape
+        per_unit = tile_sums(flat, tid, n_units).double()  # (B, U)
+        attr_sum = torch.stack([per_unit @ units[k].double().T for k in range(nn_)], 1)  # (B, N_n, M)
+        flat_units = units.view(nn_ * m, n_units)
+        per = nn_ * m
+        fill = torch.full_like(x[:1], self.fill)
+
+        def build(jobs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            i, k = jobs // per, jobs % per
+            pix = flat_units[k][:, tid].view(-1, 1, h, w)  # (J, 1, H, W)
+            return torch.where(pix, fill, x[i]), target[i]
+
+        clean = chunked_readout(model, b, lambda j: (x[j], target[j]), self.chunk, device, self.output, self.precision)
+        pert = chunked_readout(model, b * per, build, self.chunk, device, self.output, self.precision)
+        drop = clean[:, None, None].double() - pert.view(b, nn_, m).double()  # (B, N_n, M)
+        corr = pearson(attr_sum, drop, dim=-1).float()  # (B, N_n)
+        n_pixels = (n * self.tile * self.tile).float()
+        res = MetricResult(
+            scores={"sensitivity_n": corr.nanmean(1)},
+            curves={"sensitivity_n": corr},
+            x_axis={"sensitivity_n": n_pixels},
+        )
+        if self.return_pairs:
+            col_n = n_pixels.repeat_interleave(m)
+            res.curves["attr_sum"] = attr_sum.reshape(b, -1).float()
+            res.curves["output_drop"] = drop.reshape(b, -1).float()
+            res.x_axis["attr_sum"] = res.x_axis["output_drop"] = col_n
+        return res
+
+
+def mean_curve(curves: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """InputIBA protocol: per-image correlations ``(N_images, N_n)`` -> mean and s.e. per n."""
+    stats = [mean_and_sem(curves[:, k]) for k in range(curves.shape[1])]
+    return torch.tensor([s[0] for s in stats]), torch.tensor([s[1] for s in stats])
+
+
+def pooled_curve(attr_sum: torch.Tensor, output_drop: torch.Tensor, x_axis: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """IBA-paper protocol: one Pearson correlation per n over all (image, mask) pairs.
+
+    ``attr_sum``, ``output_drop``: ``(N_images, N_n * M)`` (the concatenated per-batch curves of the same
+    name); ``x_axis``: ``(N_n * M,)`` the n of each column. Returns (n values, correlation per n).
+    """
+    values = torch.unique_consecutive(x_axis)
+    corr = torch.stack([pearson(attr_sum[:, x_axis == v].reshape(-1), output_drop[:, x_axis == v].reshape(-1)) for v in values])
+    return values, corr.float()
