@@ -142,6 +142,7 @@ class PerSampleIBA(IBABase):
             for i in range(0, x.shape[0], chunk):
                 xs, ts = x[i : i + chunk], target[i : i + chunk]
                 tail = NetworkTail(self.model, self.layer, xs, self.tail_mode)
+                check_shape(tail.r, bn, self.layer)
                 gens = make_generators(image_seeds(xs, self.seed), x.device) if self.seed is not None else None
                 parts.append(optimize_alpha(
                     tail, tail.r, bn, self.model_loss(ts), beta=self.beta, steps=self.steps, lr=self.lr,
@@ -159,6 +160,13 @@ class PerSampleIBA(IBABase):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(layer={self.layer!r}, beta={self.beta}, steps={self.steps})"
+
+
+def check_shape(r: torch.Tensor, bn: Bottleneck, layer: str) -> None:
+    """One clear error when the feature does not match the statistics (other input size or layer)."""
+    if tuple(r.shape[1:]) != tuple(bn.mean.shape):
+        raise XattrConfigError(f"feature shape {tuple(r.shape[1:])} at layer {layer!r} differs from its statistics' "
+                               f"{tuple(bn.mean.shape)}: estimate them at the input size used for attribution")
 
 
 def bottleneck_scores(result: AlphaResult, target: torch.Tensor) -> dict[str, torch.Tensor]:

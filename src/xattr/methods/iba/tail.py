@@ -5,8 +5,8 @@ once. :class:`NetworkTail` splits the model's ``torch.fx`` graph at the bottlene
 depend on the layer's output form the tail; the values they need from before the layer (e.g. a skip
 connection around the layer) are computed once and repeated for the noisy copies. Models that ``fx``
 cannot trace, or whose split tail does not reproduce the model's output, fall back to a forward hook
-that *replaces* the layer's output by ``z`` (the head then runs once per step on the ``B`` clean images,
-not on ``B * copies``). The reference code ran the whole network on every copy at every step.
+that *replaces* the layer's output by ``z``; the whole network then runs on every copy at every step, as
+in the reference code (correct for any model, but slower).
 """
 
 from __future__ import annotations
@@ -145,5 +145,7 @@ class NetworkTail:
         factor = z.shape[0] // self.b
         if self.mode == "fx":
             return self.tail(z, *self._pre(factor))
+        if factor not in self._cache:
+            self._cache = {factor: self.x.repeat_interleave(factor, 0) if factor > 1 else self.x}
         with hooked(self.module, lambda _out: z):
-            return self.model(self.x)
+            return self.model(self._cache[factor])

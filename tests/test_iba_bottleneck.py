@@ -1,0 +1,210 @@
+"""The bottleneck of IBA: closed-form KL, smoothing, bits maps, alpha = 5, batched == one at a time,
+the half-ignored input, hooks."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+from xattr.errors import XattrConfigError
+from xattr.methods.iba import bottleneck as bnm
+from xattr.methods.iba import statistics as st
+from xattr.methods.iba.per_sample import PerSampleIBA
+from xattr.methods.iba.tail import NetworkTail
+from xattr.models.tiny import TinyCNN
+
+
+def _stats(model, layers, n=64, size=16, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    loader = [{"x": torch.randn(16, 3, size, size, generator=g)} for _ in range(n // 16)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return st.estimate(model, layers, loader, n_samples=n)
+
+
+def _iba(model, layer, size=16, **kw):
+    iba = PerSampleIBA(model, layer, **kw)
+    iba.set_statistics(_stats(model, [layer], size=size))
+    return iba
+
+
+class HalfIgnoring(nn.Module):
+    """conv + ReLU (``feat``), then the right half of the feature map is multiplied by 0, then a head."""
+
+    def __init__(self, k: int = 4, size: int = 16) -> None:
+        super().__init__()
+        mask = torch.ones(1, 1, size, size)
+        mask[..., size // 2 :] = 0
+        self.register_buffer("mask", mask)
+        self.feat = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU())
+        self.head = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                                  nn.Linear(8, k))
+        self.num_classes = k
+
+    def forward(self, x):
+        return self.head(self.feat(x) * self.mask)
+
+
+class Residual(nn.Module):
+    """A skip connection around the bottleneck layer (the fx tail must carry the pre-layer value)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.inner = nn.Conv2d(8, 8, 3, padding=1)
+        self.out = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 5))
+        self.num_classes = 5
+
+    def forward(self, x):
+        s = torch.relu(self.stem(x))
+        return self.out(torch.relu(self.inner(s)) + s)
+
+
+def test_kl_closed_form_matches_monte_carlo():
+    torch.manual_seed(0)
+    mean, std = torch.tensor([0.3, -1.0, 2.0]), torch.tensor([1.5, 0.5, 2.0])
+    r = torch.tensor([1.0, -0.2, 5.0])
+    for lam_v in (0.1, 0.5, 0.9):
+        lam = torch.full((3,), lam_v)
+        p = torch.distributions.Normal(lam * r + (1 - lam) * mean, (1 - lam) * std)
+        q = torch.distributions.Normal(mean, std)
+        z = p.sample((400_000,))
+        mc = (p.log_prob(z) - q.log_prob(z)).mean(0)
+        closed = bnm.kl_divergence(r, lam, mean, std)
+        assert torch.allclose(closed, mc, rtol=0.02, atol=0.01), (lam_v, closed, mc)
+    # lambda -> 0: z is pure prior noise, no information
+    assert bnm.kl_divergence(r, torch.zeros(3), mean, std).abs().max() < 1e-6
+
+
+def test_sample_is_eq2_and_inverse_swaps_roles():
+    bn = bnm.Bottleneck(torch.full((2, 1, 1), 1.0), torch.full((2, 1, 1), 2.0), sigma=0)
+    r, lam, eps = torch.full((1, 2, 1, 1), 3.0), torch.full((1, 2, 1, 1), 0.25), torch.full((1, 2, 1, 1), 0.5)
+    noise = 1.0 + 2.0 * 0.5
+    assert torch.allclose(bn.sample(r, lam, eps), torch.full_like(r, 0.25 * 3 + 0.75 * noise))
+    assert torch.allclose(bn.sample(r, lam, eps, inverse=True), torch.full_like(r, 0.25 * noise + 0.75 * 3))
+    relu = bnm.Bottleneck(torch.zeros(2, 1, 1), torch.ones(2, 1, 1), sigma=0, relu=True)
+    assert relu.sample(torch.full((1, 2, 1, 1), -5.0), torch.ones(1, 2, 1, 1), eps).min() == 0
+    inactive = bnm.Bottleneck(torch.zeros(2, 1, 1), torch.ones(2, 1, 1), active=torch.tensor([1.0, 0.0]).view(2, 1, 1))
+    assert inactive.kl(r, lam)[0, 1].abs().max() == 0 and inactive.sample(r, lam, eps)[0, 1].abs().max() == 0
+
+
+def test_std_floor_and_smoothing_kernel():
+    bn = bnm.Bottleneck(torch.zeros(1, 4, 4), torch.zeros(1, 4, 4), min_std=0.01)
+    assert torch.all(bn.std == 0.01)
+    k = bnm.gaussian_kernel(1.0)
+    assert k.shape == (5, 5) and math.isclose(float(k.sum()), 1.0, rel_tol=1e-6)
+    assert torch.allclose(k[2, 2] / k[2, 3], torch.tensor(math.exp(0.5)), rtol=1e-5)
+    s = bnm.Smoothing(1.0)
+    const = torch.full((2, 3, 7, 7), 0.3)
+    assert torch.allclose(s(const), const, atol=1e-6)  # reflection padding keeps constants
+    assert torch.allclose(s(torch.full((1, 1, 2, 2), 0.5)), torch.full((1, 1, 2, 2), 0.5))  # tiny map
+
+
+def test_bits_map_is_channel_sum_over_ln2_scaled():
+    kl = torch.rand(2, 5, 4, 4)
+    m = bnm.to_bits_map(kl, (4, 4))
+    assert torch.allclose(m, kl.sum(1, keepdim=True) / math.log(2))
+    const = torch.full((1, 3, 4, 4), 2.0)
+    up = bnm.to_bits_map(const, (16, 16))
+    assert up.shape == (1, 1, 16, 16)
+    assert torch.allclose(up, torch.full_like(up, 3 * 2.0 / math.log(2) * 16 / 256))
+    # total bits are preserved by the (h w)/(H W) scaling
+    assert math.isclose(float(up.sum()), float(const.sum() / math.log(2)), rel_tol=1e-5)
+
+
+def test_alpha_5_keeps_logits():
+    model = TinyCNN(num_classes=6).eval()
+    x = torch.randn(3, 3, 16, 16)
+    iba = _iba(model, "conv2")
+    bn = iba.bottleneck("conv2")
+    tail = NetworkTail(model, "conv2", x)
+    res = bnm.optimize_alpha(tail, tail.r, bn, bnm.cross_entropy_loss(torch.zeros(3, dtype=torch.long)),
+                             steps=1, lr=0.0, copies=4, init_alpha=5.0)
+    plain = model(x).detach()
+    scale = plain.abs().max()
+    assert (res.outputs - plain[:, None]).abs().max() < 0.05 * scale
+    # while a low alpha destroys them
+    res0 = bnm.optimize_alpha(tail, tail.r, bn, bnm.cross_entropy_loss(torch.zeros(3, dtype=torch.long)),
+                              steps=1, lr=0.0, copies=4, init_alpha=-5.0)
+    assert (res0.outputs - plain[:, None]).abs().max() > 5 * (res.outputs - plain[:, None]).abs().max()
+
+
+def test_batched_equals_one_at_a_time():
+    model = TinyCNN(num_classes=5).eval()
+    x = torch.randn(3, 3, 16, 16)
+    target = torch.tensor([1, 4, 0])
+    iba = _iba(model, "conv2", steps=4, copies=3)
+    together = iba.attribute(x, target)
+    single = torch.cat([iba.attribute(x[i : i + 1], target[i : i + 1]) for i in range(3)])
+    assert torch.allclose(together, single, rtol=1e-4, atol=1e-6)
+    chunked = _iba(model, "conv2", steps=4, copies=3, batch=2).attribute(x, target)
+    assert torch.allclose(together, chunked, rtol=1e-4, atol=1e-6)
+    # reversed batch order: same map per image
+    rev = iba.attribute(x.flip(0), target.flip(0)).flip(0)
+    assert torch.allclose(together, rev, rtol=1e-4, atol=1e-6)
+    # the noisy outputs are seed-identical too, and another seed changes them
+    out = iba.optimize(x, target).outputs
+    assert torch.allclose(out[1:2], iba.optimize(x[1:2], target[1:2]).outputs, rtol=1e-4, atol=1e-5)
+    other = _iba(model, "conv2", steps=4, copies=3, seed=7).optimize(x, target).outputs
+    assert not torch.allclose(out, other)
+
+
+def test_fx_tail_equals_hook_tail_with_skip_connection():
+    model = Residual().eval()
+    x = torch.randn(2, 3, 8, 8)
+    fx_tail = NetworkTail(model, "inner", x, "fx")
+    hook_tail = NetworkTail(model, "inner", x, "hook")
+    assert fx_tail.mode == "fx" and len(fx_tail.pre) == 1  # the skip value is computed once
+    z = torch.randn(6, 8, 8, 8)
+    assert torch.allclose(fx_tail(z), hook_tail(z), atol=1e-5)
+    a = _iba(model, "inner", size=8, steps=3, copies=3, tail="fx").attribute(x, torch.tensor([0, 1]))
+    b = _iba(model, "inner", size=8, steps=3, copies=3, tail="hook").attribute(x, torch.tensor([0, 1]))
+    with pytest.raises(XattrConfigError, match="statistics"):
+        _iba(model, "inner", size=16).attribute(x, torch.tensor([0, 1]))
+    assert torch.allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_heatmap_in_bits_and_ignored_half_gets_near_zero():
+    torch.manual_seed(0)
+    model = HalfIgnoring().eval()
+    x = torch.randn(2, 3, 16, 16)
+    iba = _iba(model, "feat", steps=10, copies=5, sigma=0.0, beta=1e-3)
+    maps = iba.attribute(x, torch.tensor([0, 2]))
+    assert maps.shape == (2, 1, 16, 16) and torch.all(maps >= 0)
+    res = iba.optimize(x, torch.tensor([0, 2]))
+    assert torch.allclose(iba.attribute(x, torch.tensor([0, 2])),
+                          res.kl.sum(1, keepdim=True) / math.log(2))  # same size: bits = channel sum / ln 2
+    left, right = maps[..., :8].mean(), maps[..., 8:].mean()
+    assert right < 0.02 * left, (left, right)
+    assert right < 0.05  # bits per pixel
+
+
+def test_hooks_removed_and_grad_flags_restored_also_on_error():
+    model = TinyCNN(num_classes=5).eval()
+    x = torch.randn(2, 3, 16, 16)
+    for mode in ("fx", "hook"):
+        iba = _iba(model, "conv2", steps=2, copies=2, tail=mode)
+        iba.attribute(x, torch.tensor([0, 1]))
+        assert not bnm.has_hooks(model)
+        assert all(p.requires_grad for p in model.parameters())
+    broken = TinyCNN(num_classes=5).eval()
+    iba = _iba(broken, "conv2", steps=2, copies=2, tail="hook")
+    broken.fc.register_forward_pre_hook(lambda *_: (_ for _ in ()).throw(RuntimeError("boom")))
+    with pytest.raises(RuntimeError, match="boom"):
+        iba.attribute(x, torch.tensor([0, 1]))
+    assert len(broken.fc._forward_pre_hooks) == 1 and not broken.features[2]._forward_hooks
+    assert all(p.requires_grad for p in broken.parameters())
+
+
+def test_bad_input_raises_clear_errors():
+    model = TinyCNN().eval()
+    with pytest.raises(XattrConfigError, match="valid choices"):
+        PerSampleIBA(model, "conv9")
+    with pytest.raises(XattrConfigError, match="autocast"):
+        PerSampleIBA(model, "conv2", autocast="int4")
+    with pytest.raises(XattrConfigError, match="fit"):
+        PerSampleIBA(model, "conv2").attribute(torch.randn(1, 3, 16, 16), torch.tensor([0]))
