@@ -129,8 +129,9 @@ class PerSampleIBA(IBABase):
         self.tail_mode = tail
         self.loss = loss
 
-    def model_loss(self, target: torch.Tensor) -> ModelLoss:
-        """Per-image loss on the copies' outputs ``(B, copies, K) -> (B,)``."""
+    def model_loss(self, target: torch.Tensor, tail: NetworkTail) -> ModelLoss:
+        """Per-image loss on the copies' outputs ``(B, copies, K) -> (B,)`` (``tail`` gives access to the
+        clean feature ``tail.r`` and network, for losses that need the clean prediction)."""
         return MODEL_LOSSES[self.loss](target)
 
     def optimize(self, x: torch.Tensor, target: torch.Tensor) -> AlphaResult:
@@ -145,7 +146,7 @@ class PerSampleIBA(IBABase):
                 check_shape(tail.r, bn, self.layer)
                 gens = make_generators(image_seeds(xs, self.seed), x.device) if self.seed is not None else None
                 parts.append(optimize_alpha(
-                    tail, tail.r, bn, self.model_loss(ts), beta=self.beta, steps=self.steps, lr=self.lr,
+                    tail, tail.r, bn, self.model_loss(ts, tail), beta=self.beta, steps=self.steps, lr=self.lr,
                     copies=self.copies, init_alpha=self.init_alpha, inverse=self.inverse, generators=gens,
                     autocast_dtype=AUTOCAST[self.autocast]))
         return AlphaResult(*(torch.cat([getattr(p, f) for p in parts], dim=1 if f in ("losses", "info") else 0)

@@ -1,0 +1,103 @@
+"""DeepSHAP through Captum (``captum.attr.DeepLiftShap``).
+
+Lundberg & Lee, "A Unified Approach to Interpreting Model Predictions", NeurIPS 2017, Sec. 4.2 (Deep SHAP):
+DeepLIFT multipliers (rescale rule, Shrikumar et al. 2017, Eq. 6 ff.) averaged over a set of reference inputs,
+``phi(x) = mean_r (x - r) * m(x, r)``; its sum equals ``F(x) - mean_r F(r)``.
+
+Baseline set (``baselines``): ``"normal"`` draws ``n_baselines`` images from N(0, 1) in the normalised space
+(the input prior of InputIBA, seeded by ``seed``), ``"zero"`` is the single all-zero image, ``"data"`` takes
+``n_baselines`` images of the estimation split through :meth:`fit` (Lundberg & Lee's background set).
+
+Model-side fixes (:mod:`xattr.methods.model_fixes`), because Captum's DeepLift keeps one input per non-linear
+module and hooks ``nn.ReLU`` only: a copy with out-of-place activations, one module per call site
+(torchvision ResNet's shared ``relu``, EfficientNet-lite's shared ReLU6), ReLU6 written exactly as
+``relu(x) - relu(x - 6)`` (the rescale multiplier of the sum is then exactly ``Delta relu6 / Delta x``), and
+DenseNet's functional ReLU as a module. The copy shares the weights; the model is never changed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+import torch
+from captum.attr import DeepLiftShap as _CaptumDeepLiftShap
+from torch import nn
+
+from xattr.errors import XattrConfigError
+from xattr.methods._utils import check_choice, check_positive, frozen_params, per_chunk
+from xattr.methods.base import Attribution, reduce_channels
+from xattr.methods.model_fixes import fixed_copy
+
+BASELINES = ("normal", "zero", "data")
+
+
+class DeepSHAP(Attribution):
+    """DeepLiftShap over a baseline set; signed ``(B, C, H, W)`` reduced by ``reduce`` (``sum``).
+
+    ``internal_batch_size`` bounds the ``images x n_baselines`` rows of one forward (images are chunked;
+    the result does not depend on it).
+    """
+
+    name = "deepshap"
+    paper = "Lundberg & Lee, NeurIPS 2017"
+
+    def __init__(
+        self,
+        model: nn.Module,
+        baselines: str = "normal",
+        n_baselines: int = 10,
+        seed: int = 0,
+        internal_batch_size: int | None = None,
+        reduce: str = "sum",
+    ) -> None:
+        super().__init__(model)
+        check_choice("DeepSHAP baselines", baselines, BASELINES)
+        check_positive("n_baselines", n_baselines)
+        check_positive("internal_batch_size", internal_batch_size, allow_none=True)
+        reduce_channels(torch.zeros(1, 1, 1, 1), reduce)
+        self.baselines, self.n_baselines, self.seed = baselines, int(n_baselines), seed
+        self.internal_batch_size, self.reduce = internal_batch_size, reduce
+        self.background: torch.Tensor | None = None
+
+    def fit(self, loader: Iterable[dict], cache_dir: Path | None = None) -> None:
+        """For ``baselines="data"``: keep the first ``n_baselines`` images of the estimation split."""
+        if self.baselines != "data":
+            return
+        xs, n = [], 0
+        for batch in loader:
+            xs.append(batch["x"])
+            n += batch["x"].shape[0]
+            if n >= self.n_baselines:
+                break
+        self.background = torch.cat(xs)[: self.n_baselines]
+
+    def reference_set(self, x: torch.Tensor) -> torch.Tensor:
+        """The ``(N, C, H, W)`` baseline images for inputs shaped like ``x``."""
+        shape = (self.n_baselines, *x.shape[1:])
+        if self.baselines == "zero":
+            return torch.zeros(1, *x.shape[1:], device=x.device, dtype=x.dtype)
+        if self.baselines == "normal":
+            g = torch.Generator().manual_seed(int(self.seed))
+            return torch.randn(shape, generator=g).to(device=x.device, dtype=x.dtype)
+        if self.background is None:
+            raise XattrConfigError("DeepSHAP baselines='data' needs fit(loader) first; valid choices: " + ", ".join(BASELINES))
+        return self.background.to(device=x.device, dtype=x.dtype)
+
+    def attribute_channels(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """The un-reduced ``(B, C, H, W)`` attribution."""
+        refs = self.reference_set(x)
+        if refs.shape[0] == 1:  # Captum's DeepLiftShap needs at least two references
+            refs = refs.expand(2, *refs.shape[1:]).contiguous()
+        fixed = fixed_copy(self.model, x, relu6="split")
+        step = per_chunk(x.shape[0], refs.shape[0], self.internal_batch_size)
+        out = []
+        with torch.enable_grad(), frozen_params(self.model):
+            explainer = _CaptumDeepLiftShap(fixed)
+            for i in range(0, x.shape[0], step):
+                xi = x[i : i + step].detach().clone().requires_grad_(True)
+                out.append(explainer.attribute(xi, baselines=refs, target=target[i : i + step]).detach())
+        return torch.cat(out)
+
+    def _attribute(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return reduce_channels(self.attribute_channels(x, target), self.reduce)
