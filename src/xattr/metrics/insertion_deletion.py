@@ -137,14 +137,10 @@ class InsertionDeletion(Metric):
         rank = ranks(flat, True, self.ties, self.seed)  # (B, N)
         cap = torch.full((b,), max(1, round(self.max_fraction * n)), device=device)
         counts, x_frac = self._counts(cap)  # (B, T), (B, T)
-        canvases = {
-            "deletion": (x, torch.full_like(x, self.deletion_value)),  # (start, fill)
-            "insertion": (gaussian_blur(x, [self.blur_kernel] * 2, [self.blur_sigma] * 2), x),
-        }
         res = MetricResult()
         t = counts.shape[1]
         for mode in self.modes:
-            start, fill = canvases[mode]
+            start, fill = self._canvas(x) if mode == "insertion" else (x, torch.full_like(x, self.deletion_value))
 
             def build(jobs: torch.Tensor, start=start, fill=fill) -> tuple[torch.Tensor, torch.Tensor]:
                 i, s = jobs // t, jobs % t
@@ -159,6 +155,15 @@ class InsertionDeletion(Metric):
         return res
 
     # ----------------------------------------------------------------- helpers
+    def _canvas(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(start, fill) of insertion: the blurred image, then the original pixels."""
+        if self.blur_kernel // 2 >= min(x.shape[-2:]):
+            raise XattrConfigError(
+                f"bad blur_kernel {self.blur_kernel} for {tuple(x.shape[-2:])} images; valid choices: an odd "
+                f"size below {2 * min(x.shape[-2:]) - 1} (set blur_sigma / blur_kernel)"
+            )
+        return gaussian_blur(x, [self.blur_kernel] * 2, [self.blur_sigma] * 2), x
+
     def _counts(self, cap: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Perturbed counts per (sample, step) ``(B, T)`` and the x axis ``counts / cap``."""
         t = math.ceil(int(cap.max()) / self.per_step) + 1

@@ -1,0 +1,230 @@
+"""Insertion/deletion, Sensitivity-n and MoRF/LeRF degradation on models we can reason about.
+
+Expected values come from closed forms (linear models), greedy-optimality arguments and independent
+straightforward per-image loops written here, never from the metric's own output.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torchvision.transforms.functional import gaussian_blur
+
+from xattr.errors import XattrConfigError
+from xattr.metrics.degradation import Degradation, summarise
+from xattr.metrics.insertion_deletion import InsertionDeletion
+from xattr.metrics.sensitivity_n import SensitivityN, default_n, pooled_curve
+from xattr.models.tiny import PixelLinear, TinyCNN
+
+S = 8  # image side
+
+
+def linear_setup(c: int = 1, b: int = 4, scale: float = 6.0):
+    """Two classes: logit_0 = sum W0 x with W0 > 0, logit_1 = 0; x > 0 so every pixel supports class 0."""
+    g = torch.Generator().manual_seed(1)
+    w = torch.zeros(2, c, S, S)
+    w[0] = torch.rand(c, S, S, generator=g) + 0.05
+    x = torch.rand(b, c, S, S, generator=g) + 0.1
+    w[0] *= scale / (w[0] * x.mean(0)).sum()  # logit_0 about `scale`: probabilities not saturated
+    model = PixelLinear(w).eval()
+    truth = (w[0] * x).sum(1, keepdim=True)  # exact contribution of each pixel
+    return model, x, torch.zeros(b, dtype=torch.long), truth, w
+
+
+def rand_map(b: int, seed: int = 3) -> torch.Tensor:
+    return torch.rand(b, 1, S, S, generator=torch.Generator().manual_seed(seed))
+
+
+# ----------------------------------------------------------------------------- insertion / deletion
+def test_deletion_curve_is_monotone_and_not_piecewise_constant():
+    model, x, t, truth, _ = linear_setup()
+    res = InsertionDeletion(per_step=3, min_prob=None, chunk=7, blur_sigma=2.0)(model, x, t, truth)
+    d = res.curves["deletion"]
+    assert d.shape == (4, 1 + -(-S * S // 3))
+    assert (d[:, 1:] - d[:, :-1] <= 1e-6).all()  # removing positive evidence never raises p
+    assert (d[:, 1:] - d[:, :-1] < -1e-7).all()  # every step changes it (reference defect: flat chunks)
+    assert torch.allclose(d[:, -1], torch.full((4,), 0.5))  # all pixels 0: logits equal
+    assert torch.allclose(res.x_axis["deletion"][[0, -1]], torch.tensor([0.0, 1.0]))
+
+
+def test_true_weight_map_is_best_and_random_worse():
+    model, x, t, truth, w = linear_setup()
+    metric = InsertionDeletion(per_step=4, min_prob=None, blur_sigma=2.0)
+    ours = metric(model, x, t, truth).scores
+    rnd = metric(model, x, t, rand_map(4)).scores
+    worst = metric(model, x, t, -truth).scores
+    # deletion: removing the largest contributions first minimises every point of the curve
+    assert (ours["deletion"] < rnd["deletion"]).all() and (rnd["deletion"] < worst["deletion"]).all()
+    # insertion: the greedy-optimal order is by W0 * (x - canvas); the truth map is close to it
+    canvas = gaussian_blur(x, [metric.blur_kernel] * 2, [2.0] * 2)
+    oracle = metric(model, x, t, (w[0] * (x - canvas)).sum(1, keepdim=True)).scores
+    assert (oracle["insertion"] >= ours["insertion"] - 1e-6).all()
+    assert (ours["insertion"] > rnd["insertion"]).all()
+    assert (rnd["insertion"] > worst["insertion"]).all()
+
+
+def straightforward_insdel(model, x, target, maps, k, sigma):
+    """Per-image loop as the paper describes it: rank pixels, perturb k more per step, one forward each."""
+    ins, dele = [], []
+    kernel = int(2 * sigma - 1)
+    for xi, ti, mi in zip(x, target, maps):
+        order = torch.argsort(mi.flatten(), descending=True, stable=True)
+        canvas = gaussian_blur(xi[None], [kernel] * 2, [sigma] * 2)[0]
+        cur_d, cur_i = xi.clone(), canvas.clone()
+        cd, ci = [], []
+        for s in range(0, order.numel() + k, k):
+            idx = order[: min(s, order.numel())]
+            cur_d = xi.clone().flatten(1)
+            cur_d[:, idx] = 0
+            cur_i = canvas.clone().flatten(1)
+            cur_i[:, idx] = xi.flatten(1)[:, idx]
+            with torch.no_grad():
+                cd.append(model(cur_d.view_as(xi)[None]).softmax(-1)[0, ti])
+                ci.append(model(cur_i.view_as(xi)[None]).softmax(-1)[0, ti])
+            if s >= order.numel():
+                break
+        dele.append(torch.stack(cd))
+        ins.append(torch.stack(ci))
+    return torch.stack(ins), torch.stack(dele)
+
+
+def test_batched_equals_straightforward_loop_on_a_cnn():
+    net = TinyCNN(num_classes=3).eval()
+    x = torch.randn(3, 3, S, S)
+    t = torch.tensor([0, 1, 2])
+    maps = rand_map(3)
+    res = InsertionDeletion(per_step=5, min_prob=None, blur_sigma=3.0, chunk=4)(net, x, t, maps)
+    ins, dele = straightforward_insdel(net, x, t, maps, 5, 3.0)
+    assert torch.allclose(res.curves["deletion"], dele, atol=1e-5)
+    assert torch.allclose(res.curves["insertion"], ins, atol=1e-5)
+    frac = res.x_axis["deletion"]
+    assert torch.allclose(res.scores["deletion"], torch.trapezoid(dele, frac, dim=1), atol=1e-5)
+    # one image at a time, other chunk sizes: same numbers
+    for i in range(3):
+        one = InsertionDeletion(per_step=5, min_prob=None, blur_sigma=3.0, chunk=1000)(net, x[i : i + 1], t[i : i + 1], maps[i : i + 1])
+        assert torch.allclose(one.curves["insertion"][0], res.curves["insertion"][i], atol=1e-5)
+
+
+def test_probability_filter_and_ties():
+    model, x, t, truth, _ = linear_setup(scale=0.2)  # p(target) about 0.55 < 0.6
+    res = InsertionDeletion(per_step=8, blur_sigma=2.0)(model, x, t, truth)
+    assert torch.isnan(res.scores["insertion"]).all() and torch.isfinite(res.curves["insertion"]).all()
+    flat = torch.zeros(1, 1, S, S)  # all ties: stable order deletes in raster order
+    res = InsertionDeletion(per_step=S, min_prob=None, modes=["deletion"])(model, x[:1], t[:1], flat)
+    row = torch.arange(S)
+    expected = [model(torch.where((row[:, None] < r).expand(S, S), 0.0, x[0, 0])[None, None]).softmax(-1)[0, 0] for r in range(S + 1)]
+    assert torch.allclose(res.curves["deletion"][0], torch.stack(expected).detach(), atol=1e-6)
+    rnd = InsertionDeletion(per_step=S, min_prob=None, modes=["deletion"], ties="random")(model, x[:1], t[:1], flat)
+    assert not torch.allclose(rnd.curves["deletion"], res.curves["deletion"])
+
+
+def test_tokens_replace_by_unk_and_respect_mask():
+    class Bag(torch.nn.Module):  # logit_1 = sum of token weights, logit_0 = 0
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.tensor([0.0, 0.0, 1.0, 2.0, 3.0]))  # index 1 = <unk>
+
+        def forward(self, tok):
+            s = self.w[tok].sum(1)
+            return torch.stack([torch.zeros_like(s), s], 1)
+
+    x = torch.tensor([[4, 3, 2, 0], [2, 3, 4, 4]])
+    mask = torch.tensor([[True, True, True, False], [True, True, True, True]])
+    maps = Bag().w[x].detach()
+    res = InsertionDeletion(per_step=1, unk_index=1, min_prob=None)(Bag(), x, torch.ones(2, dtype=torch.long), maps, mask=mask)
+    d = res.curves["deletion"]
+    assert torch.allclose(d[0], torch.sigmoid(torch.tensor([6.0, 3, 1, 0, 0])))  # padding never touched
+    assert torch.allclose(d[1], torch.sigmoid(torch.tensor([9.0, 6, 3, 1, 0])))
+    with pytest.raises(XattrConfigError, match="unk_index"):
+        InsertionDeletion()(Bag(), x, torch.ones(2, dtype=torch.long), maps)
+
+
+def test_bad_config_names_choices():
+    with pytest.raises(XattrConfigError, match="valid choices: insertion, deletion"):
+        InsertionDeletion(modes=["erase"])
+    with pytest.raises(XattrConfigError, match="softmax"):
+        InsertionDeletion(output="prob")
+
+
+# ----------------------------------------------------------------------------- sensitivity-n
+@pytest.mark.parametrize("protocol,tile", [("inputiba", 1), ("iba", 2)])
+def test_sensitivity_n_is_one_for_a_linear_model_with_its_true_map(protocol, tile):
+    model, x, t, truth, _ = linear_setup(c=3)
+    res = SensitivityN(protocol=protocol, tile=tile, n=[1, 3, 9] if protocol == "inputiba" else None, n_masks=12)(model, x, t, truth)
+    assert torch.allclose(res.curves["sensitivity_n"], torch.ones_like(res.curves["sensitivity_n"]), atol=1e-5)
+    rnd = SensitivityN(protocol=protocol, tile=tile, n=[1, 3, 9] if protocol == "inputiba" else None, n_masks=12)(model, x, t, rand_map(4))
+    assert (rnd.scores["sensitivity_n"] < 0.9).all()
+    if protocol == "iba":
+        values, corr = pooled_curve(res.curves["attr_sum"], res.curves["output_drop"], res.x_axis["attr_sum"])
+        assert torch.equal(values, res.x_axis["sensitivity_n"]) and torch.allclose(corr, torch.ones_like(corr), atol=1e-5)
+
+
+def test_sensitivity_n_matches_reference_style_loop_and_pools_across_batches():
+    net = TinyCNN(num_classes=3).eval()
+    x, t, maps = torch.randn(4, 3, S, S), torch.tensor([0, 1, 2, 0]), rand_map(4)
+    metric = SensitivityN(protocol="iba", tile=2, n_masks=10, chunk=9)
+    res = metric(net, x, t, maps)
+    units, tid, n = metric.masks(S, S, x.device)
+    assert (units.sum(-1) == n[:, None]).all()  # exactly n tiles per mask
+    for i in range(4):  # the IBA paper code's loop: x * (1 - mask), logits, corrcoef over masks
+        for k in range(len(n)):
+            masks = units[k][:, tid].float().view(-1, 1, S, S)
+            with torch.no_grad():
+                out = net(torch.cat([x[i : i + 1] * (1 - masks), x[i : i + 1]]))[:, t[i]]
+            drop = out[-1] - out[:-1]
+            attr = (maps[i] * masks).flatten(1).sum(1)
+            expected = torch.corrcoef(torch.stack([attr, drop]))[0, 1]
+            assert torch.isclose(res.curves["sensitivity_n"][i, k], expected, atol=1e-4)
+    halves = [metric(net, x[s], t[s], maps[s]) for s in (slice(0, 2), slice(2, 4))]
+    pooled = pooled_curve(torch.cat([h.curves["attr_sum"] for h in halves]), torch.cat([h.curves["output_drop"] for h in halves]), res.x_axis["attr_sum"])[1]
+    assert torch.allclose(pooled, pooled_curve(res.curves["attr_sum"], res.curves["output_drop"], res.x_axis["attr_sum"])[1], atol=1e-5)
+
+
+def test_sensitivity_n_defaults():
+    n = default_n("inputiba", 224 * 224)
+    assert n[0] == 1 and n[-1] == int(10**4.5) and len(n) == len(set(n))
+    n = default_n("iba", 28 * 28)
+    assert n[0] == 1 and n[-1] == round(0.8 * 784) and len(n) <= 16
+    with pytest.raises(XattrConfigError, match="valid choices: inputiba, iba"):
+        SensitivityN(protocol="ancona")
+
+
+# ----------------------------------------------------------------------------- degradation
+def test_degradation_true_map_beats_random_and_scaling():
+    model, x, t, truth, _ = linear_setup(c=3, scale=2.0)
+    metric = Degradation(tile=2, n_points=9, fill=0.0)  # fill 0: W0 * x is the exact removal effect
+    ours = metric(model, x, t, truth)
+    rnd = metric(model, x, t, rand_map(4))
+    assert (ours.scores["degradation"] > rnd.scores["degradation"]).all()
+    assert (ours.scores["morf_auc"] < rnd.scores["morf_auc"]).all()
+    assert (ours.scores["lerf_auc"] > rnd.scores["lerf_auc"]).all()
+    assert (ours.scores["lerf_change_auc"] < rnd.scores["lerf_change_auc"]).all()
+    assert ((ours.curves["morf"] <= rnd.curves["morf"] + 1e-6) & (ours.curves["lerf"] >= rnd.curves["lerf"] - 1e-6)).all()
+    ours = Degradation(tile=2, n_points=9)(model, x, t, truth)  # the paper's fill: per-channel image mean
+    m, l = ours.curves["morf"], ours.curves["lerf"]
+    assert torch.allclose(m[:, 0], l[:, 0]) and torch.allclose(m[:, -1], l[:, -1])  # same start / end image
+    # fully degraded = per-channel mean everywhere; linear model: closed form
+    full = x.mean((2, 3), keepdim=True).expand_as(x)
+    assert torch.allclose(l[:, -1], model(full).softmax(-1)[:, 0], atol=1e-6)
+    summ = summarise(ours.scores)
+    t1, b = float(ours.scores["top1_prob"].mean()), float(l[:, -1].mean())
+    assert summ["degradation_scaled"][0] == pytest.approx(float(ours.scores["degradation"].mean()) / (t1 - b), rel=1e-5)
+    scaled = Degradation(tile=2, n_points=9, t1=t1, b=b)(model, x, t, truth).scores["degradation"]
+    assert torch.allclose(scaled, ours.scores["degradation"] / (t1 - b), atol=1e-6)
+
+
+def test_degradation_matches_per_image_tile_loop():
+    net = TinyCNN(num_classes=3).eval()
+    x, t, maps = torch.randn(2, 3, S, S), torch.tensor([2, 1]), rand_map(2)
+    res = Degradation(tile=4, n_points=5, chunk=3)(net, x, t, maps)  # 4 tiles -> 0, 1, 2, 3, 4 removed
+    for i in range(2):
+        sums = maps[i, 0].view(2, 4, 2, 4).sum((1, 3)).flatten()  # tile sums, raster order of tiles
+        for name, desc in (("morf", True), ("lerf", False)):
+            order = torch.argsort(sums, descending=desc, stable=True)
+            cur, pts = x[i].clone(), []
+            for k in range(5):
+                if k:
+                    r, c = divmod(int(order[k - 1]), 2)
+                    cur[:, 4 * r : 4 * r + 4, 4 * c : 4 * c + 4] = x[i].mean((1, 2))[:, None, None]
+                pts.append(net(cur[None]).softmax(-1)[0, t[i]])
+            assert torch.allclose(res.curves[name][i], torch.stack(pts).detach(), atol=1e-5)
