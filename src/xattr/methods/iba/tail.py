@@ -111,9 +111,10 @@ class NetworkTail:
         self._cache: dict[int, list] = {}
         if mode in ("auto", "fx"):
             try:
-                self._init_fx()
                 self.mode = "fx"
+                self._init_fx()
             except Exception as err:  # noqa: BLE001 - any tracing failure means: use the hook
+                self.mode, self._cache = "hook", {}
                 if mode == "fx":
                     raise
                 warnings.warn(f"IBA: fx split at {self.path} failed ({err}); running the head per step", stacklevel=2)

@@ -1,0 +1,120 @@
+"""Inverse, Regression and Multi-layer IBA (Khakzar, dissertation ch. 8, sec. 2), Table 1 scores."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+from xattr.errors import XattrConfigError
+from xattr.methods.iba import InverseIBA, MultiLayerIBA, PerSampleIBA, RegressionIBA, bottleneck_scores, intersect
+from xattr.methods.iba import statistics as st
+from xattr.methods.iba.multilayer import binarize
+from xattr.methods.iba.regression import regression_loss
+from xattr.models.tiny import TinyCNN
+
+
+def _fit(method, layers, size=16):
+    g = torch.Generator().manual_seed(1)
+    loader = [{"x": torch.randn(16, 3, size, size, generator=g)} for _ in range(4)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        method.set_statistics(st.estimate(method.model, layers, loader, n_samples=64))
+    return method
+
+
+class HalfIgnoring(nn.Module):
+    def __init__(self, k: int = 4, size: int = 16) -> None:
+        super().__init__()
+        mask = torch.ones(1, 1, size, size)
+        mask[..., size // 2 :] = 0
+        self.register_buffer("mask", mask)
+        self.feat = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU())
+        self.head = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                                  nn.Linear(8, k))
+        self.num_classes = k
+
+    def forward(self, x):
+        return self.head(self.feat(x) * self.mask)
+
+
+def test_inverse_iba_raises_lambda_on_predictive_features_only():
+    torch.manual_seed(0)
+    model = HalfIgnoring().eval()
+    x = torch.randn(2, 3, 16, 16)
+    inv = _fit(InverseIBA(model, "feat", beta=1e-3, steps=10, copies=5, sigma=0.0), ["feat"])
+    res = inv.optimize(x, torch.tensor([0, 3]))
+    lam = torch.sigmoid(res.alpha) * inv.bottleneck("feat").active
+    left, right = lam[..., :8].mean(), lam[..., 8:].mean()
+    assert right < 0.05 and left > 0.5, (left, right)
+    # the deletion game removed the evidence: the target's cross-entropy went up
+    assert res.losses[-1].mean() > res.losses[0].mean()
+    maps = inv.attribute(x, torch.tensor([0, 3]))
+    assert torch.all(maps >= 0) and maps[..., 8:].mean() < 0.05 * maps[..., :8].mean()
+
+
+def test_regression_losses_as_defined():
+    phi = torch.tensor([[1.0, 3.0], [0.0, -2.0]])  # (B, copies)
+    y = torch.tensor([2.0, 1.0])
+    clean = torch.tensor([2.5, -1.0])
+    assert torch.allclose(regression_loss("mse", y)(phi), torch.tensor([(1 + 1) / 2, (1 + 9) / 2]))
+    assert torch.allclose(regression_loss("rm")(phi), torch.tensor([-(1 + 9) / 2, -(0 + 4) / 2]))
+    assert torch.allclose(regression_loss("dv", clean=clean)(phi), torch.tensor([(2.25 + 0.25) / 2, (1 + 1) / 2]))
+    with pytest.raises(XattrConfigError, match="valid choices"):
+        regression_loss("mae")
+
+
+def test_regression_iba_deviation_ignores_blind_half_and_rm_differs():
+    torch.manual_seed(0)
+    model = HalfIgnoring(k=1).eval()
+    with torch.no_grad():
+        model.head[-1].weight.mul_(100)  # a score with a range worth explaining
+    x = torch.randn(2, 3, 16, 16)
+    dv = _fit(RegressionIBA(model, "feat", regression_loss="dv", beta=1e-3, steps=10, copies=5, sigma=0.0), ["feat"])
+    res = dv.optimize(x, torch.zeros(2))
+    assert res.losses[0].max() < 0.05 * (model(x) ** 2).mean() + 1e-3  # alpha = 5: Phi(Z) ~ Phi(x)
+    maps = dv.attribute(x, torch.zeros(2))
+    assert maps.shape == (2, 1, 16, 16) and maps[..., 8:].mean() < 0.05 * maps[..., :8].mean()
+    rm = _fit(RegressionIBA(model, "feat", regression_loss="rm", beta=1e-3, steps=10, copies=5, sigma=0.0), ["feat"])
+    res_rm = rm.optimize(x, torch.zeros(2))
+    assert torch.allclose(res_rm.losses[-1], -(res_rm.outputs[..., 0] ** 2).mean(-1), rtol=1e-5)
+    # rm maximises Phi^2: the last step's |Phi| exceeds the first's
+    assert -res_rm.losses[-1].mean() > -res_rm.losses[0].mean()
+    two = HalfIgnoring(k=2).eval()
+    with pytest.raises(XattrConfigError, match="output"):
+        _fit(RegressionIBA(two, "feat", steps=1, copies=1), ["feat"]).attribute(x, torch.zeros(2))
+
+
+def test_intersection_rule_on_hand_made_maps():
+    a = torch.tensor([[1.0, 0.6], [0.2, 0.0]]).view(1, 1, 2, 2)
+    b = torch.tensor([[0.1, 2.0], [1.5, 0.0]]).view(1, 1, 2, 2)
+    assert torch.equal(binarize(a, 0.5, "relative"), torch.tensor([[1.0, 1.0], [0.0, 0.0]]).view(1, 1, 2, 2))
+    assert torch.equal(binarize(b, 0.5, "relative"), torch.tensor([[0.0, 1.0], [1.0, 0.0]]).view(1, 1, 2, 2))
+    assert torch.equal(intersect([a, b]), torch.tensor([[0.0, 1.0], [0.0, 0.0]]).view(1, 1, 2, 2))
+    assert torch.equal(intersect([a, b], 0.15, "absolute"), torch.tensor([[0.0, 1.0], [1.0, 0.0]]).view(1, 1, 2, 2))
+    assert torch.equal(binarize(a, 0.75, "quantile"), torch.tensor([[1.0, 0.0], [0.0, 0.0]]).view(1, 1, 2, 2))
+    m = intersect([a, b], combine="mean")
+    assert torch.allclose(m, torch.tensor([[0.0, (0.6 + 1.0) / 2], [0.0, 0.0]]).view(1, 1, 2, 2))
+
+
+def test_multilayer_iba_is_intersection_of_per_layer_maps():
+    model = TinyCNN(num_classes=5).eval()
+    x, t = torch.randn(2, 3, 16, 16), torch.tensor([1, 2])
+    ml = _fit(MultiLayerIBA(model, ["conv1", "conv3"], steps=2, copies=2), ["conv1", "conv3"])
+    maps = [_fit(PerSampleIBA(model, layer, steps=2, copies=2), [layer]).attribute(x, t) for layer in ("conv1", "conv3")]
+    assert torch.equal(ml.attribute(x, t), intersect(maps))
+
+
+def test_table1_scores_from_a_result():
+    model = TinyCNN(num_classes=6).eval()
+    x = torch.randn(3, 3, 16, 16)
+    iba = _fit(PerSampleIBA(model, "conv2", steps=2, copies=4), ["conv2"])
+    pred = model(x).argmax(1)
+    res = iba.optimize(x, pred)
+    s = bottleneck_scores(res, pred)
+    assert torch.allclose(s["info_per_k"], res.kl.flatten(1).mean(1))
+    assert torch.all((s["top1"] <= s["top5"]) & (s["top1"] >= 0) & (s["top5"] <= 1))
+    hand = (res.outputs.argmax(-1) == pred[:, None]).float().mean(1)
+    assert torch.equal(s["top1"], hand)
