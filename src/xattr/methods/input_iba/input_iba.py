@@ -1,0 +1,184 @@
+"""InputIBA (Khakzar et al., NeurIPS 2021; ch. 6 of Khakzar's dissertation), batched over images.
+
+Three stages, all images of a batch in one graph, each image with its own parameters:
+
+1. **Feature bottleneck** (sec. 3.1, eq. 1/4): Per-Sample IBA at a deep layer (``layer``, VGG-16 conv4_1
+   ``features.17`` by default) from :mod:`xattr.methods.iba` (its ``fit`` estimates / caches the feature
+   statistics); gives ``lambda*`` and the per-feature capacity (KL) ``M``.
+2. **Input bottleneck Z_G by a WGAN** (sec. 3.3, eq. 3): a generator of learnable input mask, noise mean
+   and std is fitted so that ``f(Z_G)`` matches samples of ``P(Z*)`` (:mod:`.wgan`).
+3. **Input bottleneck Z_I** (sec. 3.2, Prop. 3, eq. 4): ``min CE + beta KL[P(Z_I|I) || P(Z_I)]`` with the
+   prior conditioned on ``lambda_G`` (:mod:`.input_bottleneck`).
+
+The map is ``Lambda* = sigmoid(alpha)`` averaged over the colour channels, ``(B, 1, H, W)`` in [0, 1].
+The three stages' maps stay on the method after :meth:`InputIBA.attribute` in ``last_stages``:
+``feature`` (the feature bottleneck's capacity, bits per pixel, as IBA's heatmap), ``generator``
+(``lambda_G`` channel mean) and ``input`` (the final map); :func:`xattr.viz.input_iba_figure.stage_figure`
+draws them side by side (Fig. 1 of ch. 6).
+
+Defaults are the reference code's (CAMP-eXplain-AI/InputIBA @5f03549e, ../shared/REFERENCE.md): feature
+beta 20 (paper text: 10), 10 steps, lr 1, 10 copies, alpha init 5, no feature smoothing; generator mask
+logits initialised with the feature map (bits per pixel) resized to the input; WGAN as in :mod:`.wgan`;
+input beta 20, 60 steps, lr 1, 10 copies, smoothing sigma 1, input prior N(0, 1).
+Departures: randomness per image (seeded from ``seed`` and the image's bytes), so an image gets the same
+map alone or in a batch; the WGAN targets are drawn afresh per minibatch (see :mod:`.wgan`).
+
+>>> method = InputIBA(vgg, layer="features.17"); method.fit(estimation_loader, cache_dir)
+>>> maps = method.attribute(x, target)        # (B, 1, H, W)
+>>> method.last_stages["generator"]           # (B, 1, H, W)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from xattr.errors import XattrConfigError, unknown
+from xattr.methods.base import Attribution
+from xattr.methods.iba import Bottleneck, PerSampleIBA, optimize_alpha, to_bits_map
+from xattr.methods.iba.bottleneck import capture, cross_entropy_loss, frozen, image_seeds, make_generators
+from xattr.methods.input_iba.input_bottleneck import InputBottleneck
+from xattr.methods.input_iba.wgan import ConvDiscriminators, MaskGenerator, WGANConfig, fit_wgan
+from xattr.models.layers import resolve_layer
+
+TARGET_MASKS = ("capacity", "lambda")
+
+
+class InputIBA(Attribution):
+    """InputIBA for image classifiers (see the module docstring).
+
+    Args:
+        model: classifier on normalised images ``(B, C, H, W)``.
+        layer: feature bottleneck layer (paper name or module path).
+        feat_beta, feat_steps, feat_lr, feat_copies, feat_sigma: stage 1 (Per-Sample IBA).
+        epochs, n_targets, n_groups, gan_batch, critic, lr_disc, lr_mask, lr_mean, lr_std, clip: stage 2
+            (:class:`~xattr.methods.input_iba.wgan.WGANConfig`).
+        target_mask: ``capacity`` (the reference code: raw KL as the mask of the target samples) or
+            ``lambda`` (``lambda*``, the paper's ``Z* = lambda* R + (1 - lambda*) eps``).
+        beta, steps, lr, copies, sigma: stage 3; ``input_mean``, ``input_std``: its noise ``N(mu_I, sigma_I^2)``.
+        init_alpha: alpha initialisation (both bottlenecks).
+        seed: per-image noise seed; None: the global RNG.
+        batch: images per group (memory); None: the whole batch. Never changes the result.
+        n_samples, model_name, weights, dataset, tail: passed to the feature IBA (statistics and cache).
+    """
+
+    name = "input_iba"
+    paper = "Khakzar et al., NeurIPS 2021"
+
+    def __init__(
+        self, model: nn.Module, layer: str = "features.17", *,
+        feat_beta: float = 20.0, feat_steps: int = 10, feat_lr: float = 1.0, feat_copies: int = 10,
+        feat_sigma: float | None = None,
+        epochs: int = 20, n_targets: int = 200, n_groups: int = 10, gan_batch: int = 32, critic: int = 5,
+        lr_disc: float = 5e-5, lr_mask: float = 0.003, lr_mean: float = 0.1, lr_std: float = 0.05,
+        clip: float = 0.01, target_mask: str = "capacity",
+        beta: float = 20.0, steps: int = 60, lr: float = 1.0, copies: int = 10, sigma: float | None = 1.0,
+        input_mean: float = 0.0, input_std: float = 1.0, init_alpha: float = 5.0,
+        seed: int | None = 0, batch: int | None = None, n_samples: int = 1000,
+        model_name: str | None = None, weights: str | None = None, dataset: str | None = None, tail: str = "auto",
+    ) -> None:  # fmt: skip
+        super().__init__(model)
+        if target_mask not in TARGET_MASKS:
+            raise unknown("target mask", target_mask, TARGET_MASKS)
+        if min(steps, epochs, copies, n_targets, gan_batch, critic) < 1 or n_targets < n_groups:
+            raise XattrConfigError(
+                f"steps, epochs, copies, n_targets, gan_batch, critic must be >= 1 and n_targets >= n_groups; got "
+                f"steps={steps}, epochs={epochs}, copies={copies}, n_targets={n_targets}, gan_batch={gan_batch}, "
+                f"critic={critic}, n_groups={n_groups}"
+            )
+        self.layer = layer
+        self.module = resolve_layer(model, layer)
+        self.feature_iba = self._make_feature_iba(
+            layer=layer, beta=feat_beta, steps=feat_steps, lr=feat_lr, copies=feat_copies, sigma=feat_sigma,
+            init_alpha=init_alpha, seed=seed, n_samples=n_samples, model_name=model_name, weights=weights,
+            dataset=dataset, tail=tail,
+        )  # fmt: skip
+        self.gan = WGANConfig(epochs, n_targets, n_groups, gan_batch, critic, lr_disc, lr_mask, lr_mean, lr_std, clip)
+        self.target_mask = target_mask
+        self.beta, self.steps, self.lr, self.copies, self.sigma = float(beta), int(steps), float(lr), int(copies), sigma
+        self.input_mean, self.input_std, self.init_alpha = input_mean, input_std, float(init_alpha)
+        self.seed, self.batch = seed, batch
+        self.last_stages: dict[str, torch.Tensor] = {}
+
+    # ------------------------------------------------------------------------------------- hooks per domain
+
+    def _make_feature_iba(self, **kw) -> PerSampleIBA:
+        return PerSampleIBA(self.model, **kw)
+
+    def _features(self, x: torch.Tensor) -> torch.Tensor:
+        """``f(x)`` at the bottleneck layer, detached."""
+        with torch.no_grad():
+            return capture(self.model, self.module, x).detach()
+
+    def _head(self, x: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+        """``z -> f(z)`` with gradients (the classifier up to the bottleneck layer)."""
+        return lambda z: capture(self.model, self.module, z)
+
+    def _mask_init(self, kl: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Generator mask logits: the feature map (bits per pixel) resized to ``x`` (reference)."""
+        return to_bits_map(kl, tuple(x.shape[-2:])).expand_as(x)
+
+    def _discriminator(self, r: torch.Tensor, x: torch.Tensor, gens) -> nn.Module:
+        if r.dim() != 4:
+            raise XattrConfigError(f"the image discriminator needs a (B, C, h, w) feature; layer {self.layer!r} gives {tuple(r.shape)}")
+        return ConvDiscriminators(r.shape[0], r.shape[1:], gens, r.device)
+
+    def _noise_shape(self, x: torch.Tensor) -> tuple[int, ...]:
+        return (x.shape[1],) + (1,) * (x.dim() - 2)
+
+    def _stage3(self, x: torch.Tensor, lam_g: torch.Tensor) -> tuple[torch.Tensor, Callable, Bottleneck]:
+        """(input of the bottleneck, tail, bottleneck) for stage 3."""
+        return x.detach(), self.model, InputBottleneck(lam_g, self.input_mean, self.input_std, self.sigma)
+
+    def _maps(self, lam: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return lam.mean(1, keepdim=True)
+
+    def _stage_maps(self, kl: torch.Tensor, lam_g: torch.Tensor, final: torch.Tensor, x: torch.Tensor) -> dict:
+        return {"feature": to_bits_map(kl, tuple(x.shape[-2:])), "generator": lam_g.mean(1, keepdim=True), "input": final}
+
+    # ------------------------------------------------------------------------------------- API
+
+    def fit(self, loader: Iterable[dict], cache_dir: Path | None = None) -> None:
+        """Feature statistics at ``layer`` (delegated to the Per-Sample IBA, cached in ``cache_dir``)."""
+        self.feature_iba.fit(loader, cache_dir)
+
+    def set_statistics(self, stats) -> None:
+        self.feature_iba.set_statistics(stats)
+
+    def _gens(self, x: torch.Tensor, stage: int):
+        if self.seed is None:
+            return None
+        return make_generators(image_seeds(x, self.seed + 1000 * stage), x.device)
+
+    def _attribute(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        chunk = self.batch or x.shape[0]
+        parts = [self._attribute_chunk(x[i : i + chunk], target[i : i + chunk]) for i in range(0, x.shape[0], chunk)]
+        self.last_stages = {k: torch.cat([p[k] for p in parts]).detach() for k in parts[0]}
+        return self.last_stages["input"]
+
+    def _attribute_chunk(self, x: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
+        # stage 1: feature bottleneck (Per-Sample IBA)
+        feat = self.feature_iba.optimize(x, target)
+        r = self._features(x)
+        m = feat.kl if self.target_mask == "capacity" else torch.sigmoid(feat.alpha)
+        with frozen(self.model), torch.enable_grad():
+            # stage 2: WGAN fit of the generator's input bottleneck Z_G
+            gens = self._gens(x, 2)
+            xin = x if x.is_floating_point() else self.model.embed(x).detach()
+            generator = MaskGenerator(xin, self._head(x), self._mask_init(feat.kl, xin), self._noise_shape(xin))
+            disc = self._discriminator(r, x, gens)
+            lam_g = fit_wgan(generator, disc, r, m, self.gan, gens).mask
+            # stage 3: input bottleneck with the prior of Proposition 3
+            inp, tail, bn = self._stage3(x, lam_g)
+            res = optimize_alpha(
+                tail, inp, bn.to(inp.device), cross_entropy_loss(target), beta=self.beta, steps=self.steps,
+                lr=self.lr, copies=self.copies, init_alpha=self.init_alpha, generators=self._gens(x, 3),
+            )  # fmt: skip
+        final = self._maps(torch.sigmoid(res.alpha), x)
+        return self._stage_maps(feat.kl, lam_g, final, x)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(layer={self.layer!r}, beta={self.beta}, epochs={self.gan.epochs})"
