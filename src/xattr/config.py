@@ -59,3 +59,27 @@ def validate(cfg: DictConfig) -> None:
     for name in cfg.get("metric") or {}:
         if name not in group_options("metric"):
             raise unknown("metric", name, group_options("metric"))
+
+
+def root_config_error(exc: BaseException) -> XattrConfigError | None:
+    """The :class:`XattrConfigError` behind ``exc`` (Hydra wraps errors raised while instantiating)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, XattrConfigError):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def build(node, *args, **kwargs):
+    """``hydra.utils.instantiate`` that re-raises our one-line config errors unwrapped."""
+    from hydra.utils import instantiate
+
+    try:
+        return instantiate(node, *args, **kwargs)
+    except Exception as e:
+        err = root_config_error(e)
+        if err is not None:
+            raise err from None
+        raise

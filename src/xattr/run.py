@@ -16,11 +16,10 @@ from pathlib import Path
 import hydra
 import pytorch_lightning as pl
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
-from xattr.config import CONF_DIR, check_overrides, validate
+from xattr.config import CONF_DIR, build, check_overrides, root_config_error, validate
 from xattr.data.transforms import collate
 from xattr.engine.module import AttributionModule
 from xattr.engine.report import write_report
@@ -54,17 +53,17 @@ def run(cfg: DictConfig) -> Path:
 
     zoo = load_model(cfg.model.name, weights=cfg.model.weights, weights_dir=cfg.paths.get("weights_dir"))
     target = parse_target(cfg.target, zoo.net.num_classes)
-    ds = instantiate(cfg.dataset.attribution, preprocess=zoo.preprocess)
+    ds = build(cfg.dataset.attribution, preprocess=zoo.preprocess)
     loader = DataLoader(ds, batch_size=cfg.batch_size, shuffle=False, num_workers=cfg.dataset.num_workers,
                         collate_fn=collate)
     est_loader = None
     if cfg.dataset.get("estimation") is not None:
-        est = partial(instantiate(cfg.dataset.estimation, _partial_=True), preprocess=zoo.preprocess)
+        est = partial(build(cfg.dataset.estimation, _partial_=True), preprocess=zoo.preprocess)
         est_loader = _LazyLoader(est, cfg.batch_size, cfg.dataset.num_workers)
-    method_factory = instantiate(cfg.method)  # partial: model given in setup, on the right device
+    method_factory = build(cfg.method)  # partial: model given in setup, on the right device
     # build once on CPU now, so a bad layer/hyper-parameter fails before any work
     method_factory(zoo.net)
-    metrics = {name: instantiate(node) for name, node in (cfg.get("metric") or {}).items()}
+    metrics = {name: build(node) for name, node in (cfg.get("metric") or {}).items()}
     module = AttributionModule(zoo.net, method_factory, metrics, run_dir, target, est_loader,
                                cfg.paths.cache_dir)
     loggers = build_loggers(cfg, run_dir)
@@ -122,7 +121,14 @@ class _LazyLoader:
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def _hydra_main(cfg: DictConfig) -> None:
     torch.set_float32_matmul_precision("high")
-    run(cfg)
+    try:
+        run(cfg)
+    except Exception as e:  # bad input: one line, no traceback
+        err = root_config_error(e)
+        if err is None:
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def main() -> None:

@@ -1,0 +1,128 @@
+"""Every config group composes and builds on CPU; bad input stops with one line naming the valid choices."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra.utils import instantiate
+
+from tests.helpers import compose_cfg
+from xattr.config import build, check_overrides, group_options
+from xattr.engine.targets import parse_target
+from xattr.errors import XattrConfigError
+from xattr.models import load_model
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def mobilenet():
+    return load_model("mobilenet_v2", "random")
+
+
+@pytest.mark.parametrize("group", ["model", "dataset", "method", "metric", "logger", "trainer", "experiment"])
+def test_every_option_composes(group):
+    opts = group_options(group)
+    assert opts, group
+    for opt in opts:
+        cfg = compose_cfg([f"{group}={opt}"])
+        assert cfg.model.name and cfg.dataset.name
+
+
+@pytest.mark.parametrize("opt", group_options("model"))
+def test_model_configs_build_and_default_layers_resolve(opt):
+    from xattr.models.layers import resolve_layer
+
+    cfg = compose_cfg([f"model={opt}", "model.weights=random"])
+    zoo = load_model(cfg.model.name, cfg.model.weights)
+    for role in ("bottleneck", "cam"):
+        resolve_layer(zoo.net, cfg.model.layers[role])
+    for name in cfg.model.layers.get("readout", []):
+        resolve_layer(zoo.net, name)
+
+
+@pytest.mark.parametrize("opt", group_options("method"))
+def test_method_configs_build_on_mobilenet(opt, mobilenet):
+    cfg = compose_cfg([f"method={opt}", "model.weights=random"])
+    if "text" in opt:
+        pytest.skip("text methods build on the text model (tests/test_text_*)")
+    method = instantiate(cfg.method)(model=mobilenet.net)
+    assert hasattr(method, "attribute")
+
+
+@pytest.mark.parametrize("opt", group_options("metric"))
+def test_metric_configs_build(opt):
+    cfg = compose_cfg([f"metric={opt}"])
+    (name, node), = cfg.metric.items()
+    assert name == opt
+    assert callable(instantiate(node))
+
+
+def test_metric_list_composes_several():
+    cfg = compose_cfg(["metric=[insertion_deletion,bbox_ratio]"])
+    assert set(cfg.metric) == {"insertion_deletion", "bbox_ratio"}
+
+
+@pytest.mark.parametrize("opt", group_options("dataset"))
+def test_dataset_configs_build(opt, shared_data):
+    cfg = compose_cfg([f"dataset={opt}", "dataset.limit=2", f"paths.data_dir={shared_data}"])
+    ds = instantiate(cfg.dataset.attribution, preprocess=load_model("cifar_resnet20", "random").preprocess
+                     if opt == "cifar10" else load_model("mobilenet_v2", "random").preprocess)
+    assert len(ds) == 2
+
+
+@pytest.mark.parametrize("arg,msg", [
+    ("model=vgg61", "unknown model 'vgg61'; valid choices: cifar_resnet20"),
+    ("method=gradcam", "unknown method 'gradcam'; valid choices:"),
+    ("metric=[insertion_deletion,auc]", "unknown metric 'auc'; valid choices:"),
+    ("dataset=imagenet21k", "unknown dataset 'imagenet21k'; valid choices:"),
+])
+def test_unknown_group_option_is_one_line(arg, msg, capsys):
+    with pytest.raises(SystemExit):
+        check_overrides([arg])
+    err = capsys.readouterr().err.strip()
+    assert msg in err and "\n" not in err
+
+
+def test_unknown_group_option_from_the_command_line():
+    p = subprocess.run([sys.executable, "-m", "xattr.run", "model=vgg61"], capture_output=True, text=True,
+                       cwd=REPO, timeout=120)
+    assert p.returncode == 2
+    assert p.stderr.strip().splitlines()[-1].startswith("error: unknown model 'vgg61'; valid choices:")
+
+
+@pytest.mark.parametrize("spec,msg", [(1000, "class index 1000 out of range; valid choices: 0..999"),
+                                      ("first", "unknown target 'first'; valid choices: label, top1")])
+def test_bad_target(spec, msg):
+    with pytest.raises(XattrConfigError, match=msg):
+        parse_target(spec, 1000)
+
+
+def test_bad_class_index_in_attribute(mobilenet):
+    from xattr.methods.gradient import Gradient
+
+    with pytest.raises(ValueError, match="class index 1000 out of range; valid choices: 0..999"):
+        Gradient(mobilenet.net).attribute(torch.zeros(1, 3, 32, 32), torch.tensor([1000]))
+
+
+def test_missing_data_from_the_command_line(tmp_path):
+    p = subprocess.run([sys.executable, "-m", "xattr.run", f"paths.data_dir={tmp_path}", "model.weights=random",
+                        f"hydra.run.dir={tmp_path}/run"], capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert p.returncode == 2, p.stderr[-2000:]
+    assert p.stderr.strip().splitlines()[-1].startswith("error: missing ImageNet 'attribution' images: put it at")
+
+
+def test_bad_layer_in_method_config(mobilenet):
+    cfg = compose_cfg(["method=grad_cam", "method.layer=conv9"])
+    with pytest.raises(XattrConfigError, match="unknown layer 'conv9'; valid choices: stem, block_0"):
+        build(cfg.method)(model=mobilenet.net)
+
+
+def test_missing_data_root(tmp_path):
+    cfg = compose_cfg([f"paths.data_dir={tmp_path}"])
+    with pytest.raises(XattrConfigError, match=r"missing ImageNet 'attribution' images: put it at .*imagenet"):
+        build(cfg.dataset.attribution, preprocess=None)
