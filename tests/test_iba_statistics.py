@@ -102,3 +102,18 @@ def test_method_fit_reads_dict_batches(tmp_path):
         iba.fit(_loader(size=16), tmp_path)
     maps = iba.attribute(torch.randn(2, 3, 16, 16), torch.tensor([0, 1]))
     assert maps.shape == (2, 1, 16, 16)
+
+
+def test_method_configs_instantiate():
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from xattr.methods.iba import InverseIBA, MultiLayerIBA, RegressionIBA
+
+    root = {"model": {"name": "tiny", "weights": "random", "layers": {"bottleneck": "conv2"}}, "dataset": {"name": "n"}}
+    expect = {"iba": PerSampleIBA, "inverse_iba": InverseIBA, "regression_iba": RegressionIBA,
+              "multilayer_iba": MultiLayerIBA}
+    for name, cls in expect.items():
+        cfg = OmegaConf.create({**root, "method": OmegaConf.load(f"conf/method/{name}.yaml")})
+        method = instantiate(cfg.method)(model=TinyCNN())
+        assert type(method) is cls and method.layers == ["conv2"] and method.model_name == "tiny"
