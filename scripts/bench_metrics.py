@@ -110,21 +110,21 @@ def main() -> None:
             model = model.to(memory_format=torch.channels_last)
         insdel(model, x[:1], target[:1], maps[:1])  # warm-up
         rows = []
-        t_ours = timed(lambda: insdel(model, x, target, maps), device)
-        t_loop = None if a.skip_loop else timed(lambda: loop_insdel(model, x, target, maps, a.per_step, sigma), device)
+        t_ours = timed(lambda: insdel(model, x, target, maps), device)  # noqa: B023 (called at once)
+        t_loop = None if a.skip_loop else timed(lambda: loop_insdel(model, x, target, maps, a.per_step, sigma), device)  # noqa: B023 (called at once)
         t_q = None
         if quantus is not None and not a.skip_quantus:
             total = 3 * n_units  # Quantus needs a divisor of C*H*W: the one nearest to 3 x per_step
             fis = min((d for d in range(1, total + 1) if total % d == 0), key=lambda d: abs(d - 3 * a.per_step))
             pf = quantus.PixelFlipping(features_in_step=fis, perturb_baseline=0.0, normalise=False,
                                        disable_warnings=True, display_progressbar=False)
-            t_q = timed(lambda: pf(model=model, x_batch=x.cpu().numpy(), y_batch=target.cpu().numpy(),
+            t_q = timed(lambda: pf(model=model, x_batch=x.cpu().numpy(), y_batch=target.cpu().numpy(),  # noqa: B023 (called at once)
                                    a_batch=maps.expand(-1, 3, -1, -1).cpu().numpy(), device=str(device), softmax=True), device)
             note = f"deletion only, {fis} values per step"
         rows.append(("insertion+deletion", t_ours, t_loop, t_q, "" if t_q is None else note))
         sens(model, x[:1], target[:1], maps[:1])
-        t_ours = timed(lambda: sens(model, x, target, maps), device)
-        t_loop = None if a.skip_loop else timed(lambda: loop_sens(model, x, target, maps, sens), device)
+        t_ours = timed(lambda: sens(model, x, target, maps), device)  # noqa: B023 (called at once)
+        t_loop = None if a.skip_loop else timed(lambda: loop_sens(model, x, target, maps, sens), device)  # noqa: B023 (called at once)
         rows.append(("Sensitivity-n (InputIBA)", t_ours, t_loop, None, ""))
         for metric, t_o, t_l, t_qq, note in rows:
             fmt = lambda t: "-" if t is None else f"{a.images / t:.3g}"  # noqa: E731

@@ -201,13 +201,13 @@ def test_degradation_true_map_beats_random_and_scaling():
     assert (ours.scores["lerf_change_auc"] < rnd.scores["lerf_change_auc"]).all()
     assert ((ours.curves["morf"] <= rnd.curves["morf"] + 1e-6) & (ours.curves["lerf"] >= rnd.curves["lerf"] - 1e-6)).all()
     ours = Degradation(tile=2, n_points=9)(model, x, t, truth)  # the paper's fill: per-channel image mean
-    m, l = ours.curves["morf"], ours.curves["lerf"]
-    assert torch.allclose(m[:, 0], l[:, 0]) and torch.allclose(m[:, -1], l[:, -1])  # same start / end image
+    mo, le = ours.curves["morf"], ours.curves["lerf"]
+    assert torch.allclose(mo[:, 0], le[:, 0]) and torch.allclose(mo[:, -1], le[:, -1])  # same start / end image
     # fully degraded = per-channel mean everywhere; linear model: closed form
     full = x.mean((2, 3), keepdim=True).expand_as(x)
-    assert torch.allclose(l[:, -1], model(full).softmax(-1)[:, 0], atol=1e-6)
+    assert torch.allclose(le[:, -1], model(full).softmax(-1)[:, 0], atol=1e-6)
     summ = summarise(ours.scores)
-    t1, b = float(ours.scores["top1_prob"].mean()), float(l[:, -1].mean())
+    t1, b = float(ours.scores["top1_prob"].mean()), float(le[:, -1].mean())
     assert summ["degradation_scaled"][0] == pytest.approx(float(ours.scores["degradation"].mean()) / (t1 - b), rel=1e-5)
     scaled = Degradation(tile=2, n_points=9, t1=t1, b=b)(model, x, t, truth).scores["degradation"]
     assert torch.allclose(scaled, ours.scores["degradation"] / (t1 - b), atol=1e-6)
