@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -114,6 +115,6 @@ def test_method_configs_instantiate():
     expect = {"iba": PerSampleIBA, "inverse_iba": InverseIBA, "regression_iba": RegressionIBA,
               "multilayer_iba": MultiLayerIBA}
     for name, cls in expect.items():
-        cfg = OmegaConf.create({**root, "method": OmegaConf.load(f"conf/method/{name}.yaml")})
+        cfg = OmegaConf.create({**root, "method": OmegaConf.load(Path(__file__).resolve().parents[1] / "conf" / "method" / f"{name}.yaml")})
         method = instantiate(cfg.method)(model=TinyCNN())
         assert type(method) is cls and method.layers == ["conv2"] and method.model_name == "tiny"

@@ -1,0 +1,128 @@
+"""Per-Sample IBA speed: reference-style loop vs xattr batched (fp32, bf16 autocast on GPU).
+
+Reference style (BioroboticsLab/IBA ``analyze``): one image at a time, the image repeated ``copies`` times,
+the whole network run at every step with the bottleneck in a forward hook. xattr: ``batch`` images x
+``copies`` in one graph, the layers before the bottleneck once, only the tail per step.
+Prints a Markdown table: ms per image and peak GPU memory (CPU: not measured).
+
+    python scripts/bench_iba.py --device cuda --batch 64 --images 128
+    python scripts/bench_iba.py --device cpu --images 4 --batch 4 --size 64     # smoke run on CPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+import warnings
+
+import torch
+import torchvision
+
+from xattr.methods.iba import PerSampleIBA
+from xattr.methods.iba import statistics as st
+from xattr.methods.iba.bottleneck import Bottleneck, cross_entropy_loss, frozen, hooked
+
+MODELS = {
+    "vgg16 conv4_1": (torchvision.models.vgg16, "features.17"),
+    "resnet50 layer2": (torchvision.models.resnet50, "layer2"),
+    "mobilenet_v2 features.6": (torchvision.models.mobilenet_v2, "features.6"),
+}
+
+
+def reference_style(model, layer, bn: Bottleneck, x, target, steps, copies, beta=10.0, lr=1.0):
+    """One image at a time, whole network per step (the reference's loop, with xattr's bottleneck)."""
+    module = model.get_submodule(layer)
+    maps = []
+    for i in range(x.shape[0]):
+        xi = x[i : i + 1].expand(copies, -1, -1, -1)
+        alpha = None
+        state = {}
+
+        def restrict(out):
+            nonlocal alpha
+            if alpha is None:
+                alpha = torch.full_like(out[:1], 5.0, requires_grad=True)
+                state["opt"] = torch.optim.Adam([alpha], lr=lr)
+            lam = bn.lam(alpha)
+            state["kl"] = bn.kl(out, lam)
+            return bn.sample(out, lam, torch.randn_like(out))
+
+        with hooked(module, restrict):
+            for _ in range(steps):
+                if "opt" in state:
+                    state["opt"].zero_grad()
+                logits = model(xi)
+                loss = cross_entropy_loss(target[i : i + 1])(logits.float()[None]).sum() + beta * state["kl"].mean()
+                loss.backward()
+                state["opt"].step()
+        maps.append(state["kl"].detach().mean(0, keepdim=True))
+    return torch.cat(maps)
+
+
+def timed(fn, device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        peak = torch.cuda.max_memory_allocated() / 2**20
+    else:
+        peak = float("nan")
+    return time.perf_counter() - t0, peak
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--batch", type=int, default=64, help="images per xattr optimisation group")
+    ap.add_argument("--images", type=int, default=64, help="images timed per row")
+    ap.add_argument("--size", type=int, default=224)
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--copies", type=int, default=10)
+    ap.add_argument("--ref-images", type=int, default=None, help="images for the reference path (default: --images)")
+    ap.add_argument("--models", nargs="*", default=list(MODELS))
+    args = ap.parse_args()
+    device = torch.device(args.device)
+    torch.backends.cudnn.benchmark = device.type == "cuda"
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(args.images, 3, args.size, args.size, generator=g).to(device)
+    target = torch.randint(0, 1000, (args.images,), generator=g).to(device)
+    n_ref = args.ref_images or args.images
+    rows = []
+    for name in args.models:
+        ctor, layer = MODELS[name]
+        model = ctor(weights=None).eval().to(device)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            stats = st.estimate(model, [layer], [{"x": x[: min(16, args.images)]}], n_samples=16)
+        variants = [("xattr batched fp32", None)] + ([("xattr batched bf16", "bf16")] if device.type == "cuda" else [])
+        iba = {v: PerSampleIBA(model, layer, steps=args.steps, copies=args.copies, batch=args.batch, autocast=ac)
+               for v, ac in variants}
+        for m in iba.values():
+            m.set_statistics(stats)
+        bn = next(iter(iba.values())).bottleneck(layer)
+        # warm-up (cudnn autotune, fx tracing) on one small group
+        iba[variants[0][0]].attribute(x[:2], target[:2])
+        with frozen(model):
+            sec, peak = timed(lambda: reference_style(model, layer, bn, x[:n_ref], target[:n_ref], args.steps,
+                                                      args.copies), device)
+        rows.append((name, "reference style (1 image, whole net per step)", 1000 * sec / n_ref, peak))
+        for v, _ in variants:
+            sec, peak = timed(lambda v=v: iba[v].attribute(x, target), device)
+            rows.append((name, f"{v} (batch {args.batch})", 1000 * sec / args.images, peak))
+        del model, iba
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    dev = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
+    print(f"\nPer-Sample IBA, {args.steps} steps x {args.copies} copies, {args.size}x{args.size}, {dev}, "
+          f"{args.images} images (reference path: {n_ref})\n")
+    print("| model / layer | path | ms / image | peak GPU memory (MiB) |")
+    print("|---|---|---:|---:|")
+    for name, path, ms, peak in rows:
+        print(f"| {name} | {path} | {ms:.1f} | {'–' if peak != peak else f'{peak:.0f}'} |")
+
+
+if __name__ == "__main__":
+    main()
