@@ -38,7 +38,7 @@ def reference_style(model, layer, bn: Bottleneck, x, target, steps, copies, beta
         alpha = None
         state = {}
 
-        def restrict(out):
+        def restrict(out, state=state):
             nonlocal alpha
             if alpha is None:
                 alpha = torch.full_like(out[:1], 5.0, requires_grad=True)
@@ -73,6 +73,31 @@ def timed(fn, device):
     return time.perf_counter() - t0, peak
 
 
+def bench_model(name, x, target, args, device) -> list[tuple]:
+    ctor, layer = MODELS[name]
+    model = ctor(weights=None).eval().to(device)
+    n_ref = args.ref_images or args.images
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        stats = st.estimate(model, [layer], [{"x": x[: min(16, args.images)]}], n_samples=16)
+    variants = [("xattr batched fp32", None)] + ([("xattr batched bf16", "bf16")] if device.type == "cuda" else [])
+    iba = {v: PerSampleIBA(model, layer, steps=args.steps, copies=args.copies, batch=args.batch, autocast=ac)
+           for v, ac in variants}
+    for m in iba.values():
+        m.set_statistics(stats)
+    bn = next(iter(iba.values())).bottleneck(layer)
+    iba[variants[0][0]].attribute(x[:2], target[:2])  # warm-up (cudnn autotune, fx tracing)
+    rows = []
+    with frozen(model):
+        sec, peak = timed(lambda: reference_style(model, layer, bn, x[:n_ref], target[:n_ref], args.steps,
+                                                  args.copies), device)
+    rows.append((name, "reference style (1 image, whole net per step)", 1000 * sec / n_ref, peak))
+    for v, _ in variants:
+        sec, peak = timed(lambda v=v: iba[v].attribute(x, target), device)
+        rows.append((name, f"{v} (batch {args.batch})", 1000 * sec / args.images, peak))
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -92,27 +117,7 @@ def main() -> None:
     n_ref = args.ref_images or args.images
     rows = []
     for name in args.models:
-        ctor, layer = MODELS[name]
-        model = ctor(weights=None).eval().to(device)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            stats = st.estimate(model, [layer], [{"x": x[: min(16, args.images)]}], n_samples=16)
-        variants = [("xattr batched fp32", None)] + ([("xattr batched bf16", "bf16")] if device.type == "cuda" else [])
-        iba = {v: PerSampleIBA(model, layer, steps=args.steps, copies=args.copies, batch=args.batch, autocast=ac)
-               for v, ac in variants}
-        for m in iba.values():
-            m.set_statistics(stats)
-        bn = next(iter(iba.values())).bottleneck(layer)
-        # warm-up (cudnn autotune, fx tracing) on one small group
-        iba[variants[0][0]].attribute(x[:2], target[:2])
-        with frozen(model):
-            sec, peak = timed(lambda: reference_style(model, layer, bn, x[:n_ref], target[:n_ref], args.steps,
-                                                      args.copies), device)
-        rows.append((name, "reference style (1 image, whole net per step)", 1000 * sec / n_ref, peak))
-        for v, _ in variants:
-            sec, peak = timed(lambda v=v: iba[v].attribute(x, target), device)
-            rows.append((name, f"{v} (batch {args.batch})", 1000 * sec / args.images, peak))
-        del model, iba
+        rows += bench_model(name, x, target, args, device)
         if device.type == "cuda":
             torch.cuda.empty_cache()
     dev = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"

@@ -109,12 +109,13 @@ def test_method_configs_instantiate():
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
-    from xattr.methods.iba import InverseIBA, MultiLayerIBA, RegressionIBA
+    from xattr.methods.iba import InverseIBA, MultiLayerIBA, ReadoutIBA, RegressionIBA
 
-    root = {"model": {"name": "tiny", "weights": "random", "layers": {"bottleneck": "conv2"}}, "dataset": {"name": "n"}}
+    root = {"model": {"name": "tiny", "weights": "random", "layers": {"bottleneck": "conv2", "readout": ["conv1"]}},
+            "dataset": {"name": "n"}}
     expect = {"iba": PerSampleIBA, "inverse_iba": InverseIBA, "regression_iba": RegressionIBA,
-              "multilayer_iba": MultiLayerIBA}
+              "multilayer_iba": MultiLayerIBA, "readout_iba": ReadoutIBA}
     for name, cls in expect.items():
         cfg = OmegaConf.create({**root, "method": OmegaConf.load(Path(__file__).resolve().parents[1] / "conf" / "method" / f"{name}.yaml")})
         method = instantiate(cfg.method)(model=TinyCNN())
-        assert type(method) is cls and method.layers == ["conv2"] and method.model_name == "tiny"
+        assert type(method) is cls and method.layers[0] == "conv2" and method.model_name == "tiny"

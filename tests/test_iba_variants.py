@@ -9,7 +9,14 @@ import torch
 from torch import nn
 
 from xattr.errors import XattrConfigError
-from xattr.methods.iba import InverseIBA, MultiLayerIBA, PerSampleIBA, RegressionIBA, bottleneck_scores, intersect
+from xattr.methods.iba import (
+    InverseIBA,
+    MultiLayerIBA,
+    PerSampleIBA,
+    RegressionIBA,
+    bottleneck_scores,
+    intersect,
+)
 from xattr.methods.iba import statistics as st
 from xattr.methods.iba.multilayer import binarize
 from xattr.methods.iba.regression import regression_loss

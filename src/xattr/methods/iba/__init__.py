@@ -6,8 +6,9 @@ from xattr.methods.iba.bottleneck import AlphaResult, Bottleneck, kl_divergence,
 from xattr.methods.iba.inverse import InverseIBA
 from xattr.methods.iba.multilayer import MultiLayerIBA, intersect
 from xattr.methods.iba.per_sample import PerSampleIBA, bottleneck_scores
+from xattr.methods.iba.readout import ReadoutIBA
 from xattr.methods.iba.regression import RegressionIBA
 from xattr.methods.iba.statistics import FeatureStats
 
 __all__ = ["AlphaResult", "Bottleneck", "FeatureStats", "InverseIBA", "MultiLayerIBA", "PerSampleIBA",
-           "RegressionIBA", "bottleneck_scores", "intersect", "kl_divergence", "optimize_alpha", "to_bits_map"]
+           "ReadoutIBA", "RegressionIBA", "bottleneck_scores", "intersect", "kl_divergence", "optimize_alpha", "to_bits_map"]

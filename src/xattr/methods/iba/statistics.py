@@ -24,7 +24,6 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from xattr.methods.iba.bottleneck import hooked
 from xattr.models.layers import layer_path
 
 MIN_SAMPLES_WARN = 1000
