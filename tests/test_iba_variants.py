@@ -125,3 +125,17 @@ def test_table1_scores_from_a_result():
     assert torch.all((s["top1"] <= s["top5"]) & (s["top1"] >= 0) & (s["top5"] <= 1))
     hand = (res.outputs.argmax(-1) == pred[:, None]).float().mean(1)
     assert torch.equal(s["top1"], hand)
+
+
+def test_lightning_predict_wrapper_matches_attribute():
+    import pytorch_lightning as pl
+
+    from xattr.methods.iba.per_sample import PerSampleIBAModule
+
+    model = TinyCNN(num_classes=5).eval()
+    iba = _fit(PerSampleIBA(model, "conv2", steps=2, copies=2), ["conv2"])
+    batch = {"x": torch.randn(2, 3, 16, 16), "target": torch.tensor([1, 3])}
+    trainer = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
+    (out,) = trainer.predict(PerSampleIBAModule(iba), torch.utils.data.DataLoader([batch], batch_size=None))
+    assert torch.allclose(out["maps"], iba.attribute(batch["x"], batch["target"]), rtol=1e-4, atol=1e-6)
+    assert out["top1"].shape == (2,)
