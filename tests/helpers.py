@@ -15,6 +15,7 @@ def compose_cfg(overrides: list[str], output_dir: Path | None = None) -> DictCon
         cfg = compose("config", overrides=overrides)
     with open_dict(cfg):
         cfg.name = cfg.get("name") if "hydra:" not in str(cfg._get_node("name")._value()) else "test"
+        cfg.method_name = next((o.split("=", 1)[1] for o in overrides if o.startswith("method=")), "gradient")
         cfg.paths.output_dir = str(output_dir) if output_dir else "/tmp/xattr-test"
         cfg.paths.root = str(Path(__file__).resolve().parents[1])
     return cfg

@@ -52,6 +52,15 @@ class AttributionModule(pl.LightningModule):
             self.method.fit(self.estimation_loader, self.cache_dir)
             self.method._xattr_fitted = True
 
+    def fitted_method(self, net: nn.Module) -> Attribution:
+        """A method for another network (sanity checks randomise a copy), fitted on the estimation split.
+
+        Not cached: statistics of a randomised network differ from the original's under the same key."""
+        method = self.method_factory(net)
+        if method.needs_fit:
+            method.fit(self.estimation_loader, None)
+        return method
+
     def predict_step(self, batch: dict, batch_idx: int) -> dict | None:
         key = batch_key(batch["index"])
         if self.store.done(key):
@@ -66,7 +75,8 @@ class AttributionModule(pl.LightningModule):
         extras = {k: v for k, v in batch.items() if k in ("boxes", "mask")}
         if "boxes" in extras:
             extras["boxes"] = [b.to(x.device) for b in extras["boxes"]]
-        results = {name: m(self.net, x, target, maps, method=self.method, **extras) for name, m in self.metrics.items()}
+        results = {name: m(self.net, x, target, maps, method=self.method, method_factory=self.fitted_method,
+                           **extras) for name, m in self.metrics.items()}
         self.store.write(key, batch, target, maps, logits.float().softmax(1), results)
         self.computed += 1
         return None

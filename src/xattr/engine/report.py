@@ -37,7 +37,8 @@ def summarise(per_image: pd.DataFrame) -> pd.DataFrame:
 
 
 def plot_curves(curves: dict[str, np.ndarray], path: Path, title: str = "") -> Path | None:
-    names = [k for k in curves if not k.endswith("/x")]
+    # raw per-sample pairs (Sensitivity-N's attribution sums and output drops) are data, not curves
+    names = [k for k in curves if not k.endswith(("/x", "/attr_sum", "/output_drop"))]
     if not names:
         return None
     fig, ax = plt.subplots(1, len(names), figsize=(4 * len(names), 3.2), squeeze=False)

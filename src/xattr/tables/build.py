@@ -1,0 +1,183 @@
+"""Build a paper table from run directories: the paper's rows and columns, published values beside ours.
+
+A run is a folder with ``config.yaml`` and ``per_image.parquet`` (written by ``python -m xattr.run``).
+Each metric's dataset summary comes from its module's ``summarise(scores)`` when it has one (e.g. the
+eq.-8 scaling of the degradation score needs dataset-level ``t1`` and ``b``), else mean and standard error.
+Figures (``kind: figure``) are drawn as mean curves per run, with the paper's claim as caption.
+"""
+
+from __future__ import annotations
+
+import importlib
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import torch  # noqa: E402
+import yaml  # noqa: E402
+from omegaconf import OmegaConf  # noqa: E402
+
+from xattr.engine.report import META  # noqa: E402
+from xattr.engine.store import RunStore  # noqa: E402
+from xattr.errors import unknown  # noqa: E402
+from xattr.metrics.base import mean_and_sem  # noqa: E402
+
+PUBLISHED = Path(__file__).with_name("published.yaml")
+
+
+@cache
+def load_published() -> dict[str, dict]:
+    with open(PUBLISHED) as f:
+        return yaml.safe_load(f)
+
+
+def find_runs(paths: list[str | Path]) -> list[Path]:
+    """Every run folder (holding ``config.yaml`` and ``per_image.parquet``) under the given paths."""
+    runs = []
+    for p in map(Path, paths):
+        cands = [p] + sorted(q.parent for q in p.rglob("per_image.parquet")) if p.is_dir() else []
+        runs += [c for c in cands if (c / "config.yaml").is_file() and (c / "per_image.parquet").is_file()]
+    return sorted(set(runs))
+
+
+def summarise_run(run_dir: Path) -> dict[str, tuple[float, float, int]]:
+    """``<metric>/<score>`` -> (mean, s.e., n) for one run, via each metric module's ``summarise``."""
+    cfg = OmegaConf.load(run_dir / "config.yaml")
+    df = pd.read_parquet(run_dir / "per_image.parquet")
+    out: dict[str, tuple[float, float, int]] = {}
+    for col in df.columns:
+        if col not in META:
+            out[col] = mean_and_sem(torch.tensor(df[col].to_numpy(dtype=np.float64)))
+    for mname, node in (cfg.get("metric") or {}).items():
+        module = importlib.import_module(str(node["_target_"]).rsplit(".", 1)[0])
+        fn = getattr(module, "summarise", None)
+        prefix = f"{mname}/"
+        scores = {c[len(prefix):]: torch.tensor(df[c].to_numpy(dtype=np.float64)) for c in df if c.startswith(prefix)}
+        if fn is None or not scores:
+            continue
+        try:
+            for k, v in fn(scores).items():
+                out[prefix + k] = tuple(v) if isinstance(v, tuple | list) else (float(v), float("nan"), len(df))
+        except (KeyError, TypeError):  # summary needs scores this run did not compute: keep plain means
+            pass
+    if "label" in df and (df["label"] >= 0).any():
+        lab = df[df["label"] >= 0]
+        out["top1_accuracy"] = mean_and_sem(torch.tensor((lab["top1"] == lab["label"]).to_numpy(dtype=np.float64)))
+    return out
+
+
+def _lookup(cfg: Any, key: str) -> Any:
+    if key == "method_name":
+        return cfg.get("method_name")
+    return OmegaConf.select(cfg, key, default=None)
+
+
+def _matches(cfg: Any, match: dict) -> bool:
+    for k, v in (match or {}).items():
+        got = _lookup(cfg, k)
+        if got is None:
+            return False
+        if isinstance(v, float | int) and not isinstance(v, bool):
+            try:
+                if not np.isclose(float(got), float(v)):
+                    return False
+            except (TypeError, ValueError):
+                return False
+        elif str(got) != str(v):
+            return False
+    return True
+
+
+def _fmt(mean: float, sem: float) -> str:
+    if not np.isfinite(mean):
+        return "–"
+    return f"{mean:.3f}" + (f" ± {sem:.3f}" if np.isfinite(sem) else "")
+
+
+def build_table(table_id: str, run_paths: list[str | Path], out_dir: str | Path | None = None) -> pd.DataFrame:
+    """The table ``table_id`` of ``published.yaml`` with our numbers from the runs under ``run_paths``.
+
+    Writes ``<out_dir>/<table_id>.md`` and ``.csv`` (and ``.png`` for figures) and returns the frame.
+    """
+    pub = load_published()
+    if table_id not in pub:
+        raise unknown("table", table_id, sorted(pub))
+    spec = pub[table_id]
+    runs = [(r, OmegaConf.load(r / "config.yaml")) for r in find_runs(run_paths)]
+    out_dir = Path(out_dir or "outputs/tables")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if spec.get("kind") == "figure":
+        return _figure(table_id, spec, runs, out_dir)
+    summaries = {r: summarise_run(r) for r, _ in runs}
+    rows = []
+    for i, row in enumerate(spec["rows"]):
+        rec: dict[str, Any] = {"": row["name"]}
+        for j, col in enumerate(spec["columns"]):
+            score = row.get("score") or col.get("score") or spec.get("score")
+            paper = spec["paper"][i][j] if spec.get("paper") else None
+            rec[f"{col['name']} | paper"] = "–" if paper is None else f"{paper:.3f}"
+            ours, models = [], set()
+            for r, cfg in runs:
+                col_match = dict(col.get("match") or {})
+                if cfg.model.name not in spec.get("models", []):  # our stand-in model: ignore paper-model keys
+                    col_match.pop("model.name", None)
+                if _matches(cfg, row.get("match")) and _matches(cfg, col_match) and score in summaries[r]:
+                    ours.append(summaries[r][score])
+                    models.add(str(cfg.model.name))
+            rec[f"{col['name']} | ours"] = (
+                "; ".join(_fmt(m, s) for m, s, _ in ours) + (f" ({', '.join(sorted(models))})" if ours else "")
+                if ours else "–"
+            )
+        rows.append(rec)
+    df = pd.DataFrame(rows)
+    df.to_csv(out_dir / f"{table_id}.csv", index=False)
+    md = f"### {spec['title']}\n\nSource: {spec['source']}\n\n" + df.to_markdown(index=False, disable_numparse=True) + "\n"
+    if spec.get("claim"):
+        md += f"\nPaper: {spec['claim']}\n"
+    (out_dir / f"{table_id}.md").write_text(md)
+    return df
+
+
+def _figure(table_id: str, spec: dict, runs: list, out_dir: Path) -> pd.DataFrame:
+    from xattr.metrics import sensitivity_n
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    rows = []
+    for r, cfg in runs:
+        curves = RunStore(r).curves()
+        key = spec["curve"]
+        metric = key.split("/")[0]
+        if f"{metric}/attr_sum" in curves:  # IBA-paper protocol: one correlation pooled over images
+            x = torch.tensor(curves[f"{metric}/attr_sum/x"]) if f"{metric}/attr_sum/x" in curves else None
+            mean, _ = sensitivity_n.pooled_curve(torch.tensor(curves[f"{metric}/attr_sum"]),
+                                                 torch.tensor(curves[f"{metric}/output_drop"]), x)
+            y = mean.numpy()
+        elif key in curves:
+            y = np.nanmean(curves[key], 0)
+        else:
+            continue
+        x = curves.get(key + "/x", np.arange(len(y)))
+        label = f"{cfg.get('method_name')} ({cfg.model.name})"
+        ax.plot(x, y, marker=".", label=label)
+        rows.append({"run": label, **{f"{float(a):g}": round(float(b), 4) for a, b in zip(x, y)}})
+    if "sensitivity" in spec["curve"]:
+        ax.set_xscale("log")
+    ax.set_title(spec["title"], fontsize=9)
+    ax.grid(alpha=0.3)
+    if rows:
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out_dir / f"{table_id}.png", dpi=110)
+    plt.close(fig)
+    df = pd.DataFrame(rows)
+    df.to_csv(out_dir / f"{table_id}.csv", index=False)
+    md = f"### {spec['title']}\n\nSource: {spec['source']}\n\nPaper: {spec.get('claim', '')}\n\n"
+    md += (df.to_markdown(index=False) if len(df) else "(no runs)") + f"\n\n![{table_id}]({table_id}.png)\n"
+    (out_dir / f"{table_id}.md").write_text(md)
+    return df
