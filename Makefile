@@ -9,7 +9,7 @@ TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 export WANDB_MODE ?= offline
 export HYDRA_FULL_ERROR ?= 0
 
-.PHONY: install demo test test-slow lint bench clean
+.PHONY: install demo test test-slow lint bench clean table
 
 install: $(STAMP)
 
@@ -38,3 +38,8 @@ bench: install
 
 clean:
 	rm -rf outputs multirun .pytest_cache
+
+# Regenerate one paper table: make table ID=inputiba_t3_insdel [ARGS="dataset.limit=50"]
+table: install
+	$(BIN)/python -m xattr.run --multirun experiment=$(ID) $(ARGS)
+	$(BIN)/python -m xattr.table $(ID) outputs/multirun/$(ID)

@@ -41,11 +41,11 @@ def test_insdel_table_places_ours_beside_paper(tmp_path):
     _fake_run(tmp_path, "b", "integrated_gradients", "mobilenet_v2",
               {"insertion_deletion/insertion": [0.2, 0.4], "insertion_deletion/deletion": [0.3, 0.3]}, id_cfg)
     df = build_table("inputiba_t3_insdel", [tmp_path], tmp_path / "tables").set_index("")
-    assert df.loc["GradCAM", "Insertion AUC | paper"] == "0.703"
-    assert df.loc["GradCAM", "Insertion AUC | ours"] == "0.600 ± 0.100 (mobilenet_v2)"
-    assert df.loc["GradCAM", "Deletion AUC | ours"].startswith("0.100 (")  # NaN (filtered) left out, n = 1
-    assert df.loc["Integrated Gradients", "Deletion AUC | ours"].startswith("0.300 ± 0.000")
-    assert df.loc["InputIBA", "Insertion AUC | ours"] == "–"
+    assert df.loc["GradCAM", "Insertion AUC (paper)"] == "0.703"
+    assert df.loc["GradCAM", "Insertion AUC (ours)"] == "0.600 ± 0.100 (mobilenet_v2)"
+    assert df.loc["GradCAM", "Deletion AUC (ours)"].startswith("0.100 (")  # NaN (filtered) left out, n = 1
+    assert df.loc["Integrated Gradients", "Deletion AUC (ours)"].startswith("0.300 ± 0.000")
+    assert df.loc["InputIBA", "Insertion AUC (ours)"] == "–"
     assert (tmp_path / "tables" / "inputiba_t3_insdel.md").read_text().count("0.710") == 1
 
 
@@ -56,10 +56,10 @@ def test_degradation_table_uses_eq8_scaling(tmp_path):
               {"degradation/degradation": [0.2, 0.2], "degradation/top1_prob": [0.8, 0.8],
                "degradation/degraded_prob": [0.3, 0.3]}, cfg)
     df = build_table("iba_t2_degradation", [tmp_path], tmp_path / "t").set_index("")
-    assert df.loc["Grad-CAM", "VGG-16 deg. 8x8 | ours"].startswith("0.400")
-    assert df.loc["Grad-CAM", "VGG-16 deg. 14x14 | ours"] == "–"  # tile 14 not run
-    assert df.loc["Grad-CAM", "ResNet-50 deg. 8x8 | ours"] == "–"  # a paper model, not ours
-    assert df.loc["Grad-CAM", "VGG-16 deg. 8x8 | paper"] == "0.510"
+    assert df.loc["Grad-CAM", "VGG-16 deg. 8x8 (ours)"].startswith("0.400")
+    assert df.loc["Grad-CAM", "VGG-16 deg. 14x14 (ours)"] == "–"  # tile 14 not run
+    assert df.loc["Grad-CAM", "ResNet-50 deg. 8x8 (ours)"] == "–"  # a paper model, not ours
+    assert df.loc["Grad-CAM", "VGG-16 deg. 8x8 (paper)"] == "0.510"
 
 
 def test_unknown_table_is_one_line(capsys):

@@ -121,7 +121,7 @@ def build_table(table_id: str, run_paths: list[str | Path], out_dir: str | Path 
         for j, col in enumerate(spec["columns"]):
             score = row.get("score") or col.get("score") or spec.get("score")
             paper = spec["paper"][i][j] if spec.get("paper") else None
-            rec[f"{col['name']} | paper"] = "–" if paper is None else f"{paper:.3f}"
+            rec[f"{col['name']} (paper)"] = "–" if paper is None else f"{paper:.3f}"
             ours, models = [], set()
             for r, cfg in runs:
                 col_match = dict(col.get("match") or {})
@@ -130,10 +130,21 @@ def build_table(table_id: str, run_paths: list[str | Path], out_dir: str | Path 
                 if _matches(cfg, row.get("match")) and _matches(cfg, col_match) and score in summaries[r]:
                     ours.append(summaries[r][score])
                     models.add(str(cfg.model.name))
-            rec[f"{col['name']} | ours"] = (
+            rec[f"{col['name']} (ours)"] = (
                 "; ".join(_fmt(m, s) for m, s, _ in ours) + (f" ({', '.join(sorted(models))})" if ours else "")
                 if ours else "–"
             )
+        rows.append(rec)
+    # runs of methods the paper's table does not have: extra rows, marked
+    for r, cfg in runs:
+        if any(_matches(cfg, row.get("match")) for row in spec["rows"]):
+            continue
+        rec = {"": f"{cfg.get('method_name')} (not in paper)"}
+        for col in spec["columns"]:
+            score = col.get("score") or spec.get("score")
+            rec[f"{col['name']} (paper)"] = "–"
+            val = summaries[r].get(score)
+            rec[f"{col['name']} (ours)"] = f"{_fmt(val[0], val[1])} ({cfg.model.name})" if val else "–"
         rows.append(rec)
     df = pd.DataFrame(rows)
     df.to_csv(out_dir / f"{table_id}.csv", index=False)
