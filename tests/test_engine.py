@@ -107,3 +107,11 @@ def test_demo_command_without_shared(tmp_path):
     names = dict(zip(df["id"], (imagenet_labels()[i] for i in df["top1"])))
     assert names["bird"] == "chickadee" and names["hot_dog"] == "hotdog" and names["parrot"] == "macaw"
     assert "demo: 7 images" in p.stdout
+
+
+def test_wandb_logger_is_offline_by_default(tmp_path, monkeypatch):
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    cfg = _cfg(tmp_path, ["method=random", "logger=wandb", "dataset.limit=2", "metric=[]"])
+    run_dir = run(cfg)
+    runs = list((run_dir / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and os.environ["WANDB_MODE"] == "offline"

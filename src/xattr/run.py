@@ -36,7 +36,8 @@ def build_loggers(cfg: DictConfig, run_dir: Path) -> list:
     if kind == "csv":
         return [pl.loggers.CSVLogger(save_dir=str(run_dir), name="logs", version="")]
     if kind == "wandb":
-        os.environ.setdefault("WANDB_MODE", "offline")
+        if not os.environ.get("WANDB_MODE"):
+            os.environ["WANDB_MODE"] = "offline"
         return [pl.loggers.WandbLogger(project=cfg.logger.project, name=cfg.name, save_dir=str(run_dir),
                                        offline=os.environ["WANDB_MODE"] == "offline",
                                        config=OmegaConf.to_container(cfg, resolve=True))]
