@@ -111,7 +111,7 @@ def test_demo_command_without_shared(tmp_path):
 
 def test_wandb_logger_is_offline_by_default(tmp_path, monkeypatch):
     monkeypatch.delenv("WANDB_MODE", raising=False)
-    cfg = _cfg(tmp_path, ["method=random", "logger=wandb", "dataset.limit=2", "metric=[]"])
+    cfg = _cfg(tmp_path, ["method=random", "logger=wandb", "dataset.limit=2"])
     run_dir = run(cfg)
     runs = list((run_dir / "wandb").glob("offline-run-*"))
     assert len(runs) == 1 and os.environ["WANDB_MODE"] == "offline"
