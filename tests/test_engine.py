@@ -114,4 +114,4 @@ def test_wandb_logger_is_offline_by_default(tmp_path, monkeypatch):
     cfg = _cfg(tmp_path, ["method=random", "logger=wandb", "dataset.limit=2"])
     run_dir = run(cfg)
     runs = list((run_dir / "wandb").glob("offline-run-*"))
-    assert len(runs) == 1 and os.environ["WANDB_MODE"] == "offline"
+    assert len(runs) == 1  # an offline run folder, nothing sent
