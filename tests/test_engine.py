@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 from tests.helpers import compose_cfg
 from xattr.methods.random import RandomAttribution

@@ -70,7 +70,7 @@ class Attribution(ABC):
         except StopIteration:
             return torch.device("cpu")
 
-    def fit(self, loader: Iterable[dict], cache_dir: Path | None = None) -> None:
+    def fit(self, loader: Iterable[dict], cache_dir: Path | None = None) -> None:  # noqa: B027 (optional hook)
         """Estimate what the method needs from data before attributing (feature statistics, a read-out
         network, ...). ``loader`` yields batches (dicts with ``x``) of the *estimation* split, on any
         device; ``cache_dir`` is where results may be cached under a visible key. Default: nothing.
