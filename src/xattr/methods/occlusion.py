@@ -51,9 +51,12 @@ class Occlusion(Attribution):
 
     def _attribute(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         c = x.shape[1]
-        ppe = 1 if self.internal_batch_size is None else max(1, int(self.internal_batch_size) // x.shape[0])
+        h, w = x.shape[-2:]
+        n_windows = ((h - self.window) // self.stride + 1) * ((w - self.window) // self.stride + 1)
         if self.internal_batch_size is None:
-            ppe = 10**9
+            ppe = n_windows  # all windows in one pass
+        else:
+            ppe = max(1, min(n_windows, int(self.internal_batch_size) // x.shape[0]))
         with torch.no_grad():
             attr = _CaptumOcclusion(self.model).attribute(
                 x,

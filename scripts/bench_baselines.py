@@ -1,0 +1,125 @@
+"""Images per second of every baseline method on the zoo's architectures (random weights), as a Markdown table.
+
+    python scripts/bench_baselines.py --device cuda --size 224 --images 16
+    python scripts/bench_baselines.py --size 32 --images 2 --models mobilenet_v2 --fast   # CPU smoke run
+
+``--fast`` uses cheap hyper-parameters (a smoke run); without it each method runs with its config defaults
+(conf/method/*.yaml), i.e. the settings of the papers' tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+import warnings
+
+import torch
+import torchvision
+
+from xattr.methods.cam import FullGrad, GradCAM, GradCAMPlusPlus, GuidedGradCAM
+from xattr.methods.deepshap import DeepSHAP
+from xattr.methods.extremal_perturbation import ExtremalPerturbation
+from xattr.methods.gradient import Gradient
+from xattr.methods.guided_backprop import GuidedBackprop
+from xattr.methods.input_x_gradient import InputXGradient
+from xattr.methods.integrated_gradients import IntegratedGradients
+from xattr.methods.lime import LIME
+from xattr.methods.lrp import LRP
+from xattr.methods.occlusion import Occlusion
+from xattr.methods.random import RandomAttribution
+from xattr.methods.smoothgrad import SmoothGrad
+
+
+def models() -> dict:
+    def mobilenet():
+        from xattr.models.tf_padding import use_tf_same_padding
+
+        net = torchvision.models.mobilenet_v2(weights=None)
+        use_tf_same_padding(net)
+        return net, "features.18"
+
+    def effnet():
+        from efficientnet_lite_pytorch import EfficientNet
+
+        return EfficientNet.from_name("efficientnet-lite0"), "_conv_head"
+
+    return {
+        "mobilenet_v2": mobilenet,
+        "resnet50": lambda: (torchvision.models.resnet50(weights=None), "layer4"),
+        "vgg16": lambda: (torchvision.models.vgg16(weights=None), "features.28"),
+        "densenet121": lambda: (torchvision.models.densenet121(weights=None), "features"),
+        "efficientnet_lite0": effnet,
+    }
+
+
+def methods(fast: bool, ibs: int) -> dict:
+    k = (lambda full, cheap: cheap if fast else full)
+    return {
+        "random": lambda m, l: RandomAttribution(m),
+        "gradient": lambda m, l: Gradient(m),
+        "input_x_gradient": lambda m, l: InputXGradient(m),
+        "integrated_gradients": lambda m, l: IntegratedGradients(m, n_steps=k(50, 4), internal_batch_size=ibs),
+        "smoothgrad": lambda m, l: SmoothGrad(m, n_samples=k(50, 4), internal_batch_size=ibs),
+        "guided_backprop": lambda m, l: GuidedBackprop(m),
+        "grad_cam": lambda m, l: GradCAM(m, layer=l),
+        "guided_grad_cam": lambda m, l: GuidedGradCAM(m, layer=l),
+        "grad_cam_pp": lambda m, l: GradCAMPlusPlus(m, layer=l),
+        "fullgrad": lambda m, l: FullGrad(m),
+        "deepshap": lambda m, l: DeepSHAP(m, n_baselines=k(10, 2), internal_batch_size=ibs),
+        "occlusion8": lambda m, l: Occlusion(m, window=8, internal_batch_size=ibs),
+        "occlusion14": lambda m, l: Occlusion(m, window=14, internal_batch_size=ibs),
+        "lime": lambda m, l: LIME(m, n_samples=k(1000, 20), internal_batch_size=ibs),
+        "lrp_epsilon": lambda m, l: LRP(m, rule="epsilon"),
+        "lrp_alpha_beta": lambda m, l: LRP(m, rule="alpha_beta"),
+        "extremal_perturbation": lambda m, l: ExtremalPerturbation(m, max_iter=k(800, 5)),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--size", type=int, default=224)
+    ap.add_argument("--images", type=int, default=8)
+    ap.add_argument("--internal-batch-size", type=int, default=256)
+    ap.add_argument("--models", nargs="*", default=None)
+    ap.add_argument("--methods", nargs="*", default=None)
+    ap.add_argument("--fast", action="store_true", help="cheap hyper-parameters (smoke run)")
+    args = ap.parse_args()
+    warnings.filterwarnings("ignore")
+    device = torch.device(args.device)
+    zoo = models()
+    meths = methods(args.fast, args.internal_batch_size)
+    model_names = args.models or list(zoo)
+    method_names = args.methods or list(meths)
+    rows = {m: {} for m in method_names}
+    for mname in model_names:
+        torch.manual_seed(0)
+        net, layer = zoo[mname]()
+        net = net.eval().to(device)
+        x = torch.randn(args.images, 3, args.size, args.size, device=device)
+        target = torch.randint(0, 1000, (args.images,), device=device)
+        for meth in method_names:
+            try:
+                attr = meths[meth](net, layer)
+                attr.attribute(x[:1], target[:1])  # warm-up (fixed copies, cuDNN)
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                t0 = time.perf_counter()
+                attr.attribute(x, target)
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                rows[meth][mname] = f"{args.images / (time.perf_counter() - t0):.2f}"
+            except Exception as e:  # noqa: BLE001 - a table cell, not a crash
+                rows[meth][mname] = f"error: {type(e).__name__}"
+        del net
+    dev = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    print(f"Images per second, {args.images} images of {args.size}x{args.size}, {dev}"
+          f"{' (fast hyper-parameters)' if args.fast else ''}\n")
+    print("| method | " + " | ".join(model_names) + " |")
+    print("|---|" + "---|" * len(model_names))
+    for meth in method_names:
+        print(f"| {meth} | " + " | ".join(rows[meth].get(m, "") for m in model_names) + " |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,481 @@
+"""Baseline attribution methods (Captum, pytorch-grad-cam, zennit, TorchRay wrappers): axioms on tiny models,
+closed forms, batched == one at a time, chunking neutrality, hooks and model state left untouched."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+from xattr.errors import XattrConfigError
+from xattr.methods import model_fixes
+from xattr.methods.cam import FullGrad, GradCAM, GradCAMPlusPlus, GuidedGradCAM
+from xattr.methods.deepshap import DeepSHAP
+from xattr.methods.extremal_perturbation import ExtremalPerturbation
+from xattr.methods.gradient import Gradient
+from xattr.methods.guided_backprop import GuidedBackprop
+from xattr.methods.input_x_gradient import InputXGradient
+from xattr.methods.integrated_gradients import IntegratedGradients
+from xattr.methods.lime import LIME
+from xattr.methods.lrp import LRP
+from xattr.methods.model_fixes import hook_count
+from xattr.methods.occlusion import Occlusion
+from xattr.methods.random import RandomAttribution
+from xattr.methods.smoothgrad import SmoothGrad
+from xattr.models.tiny import PixelLinear, TinyCNN
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+# cheap hyper-parameters: every method, runnable on any image model; `layer` filled per model
+FACTORIES = {
+    "gradient": lambda m, layer: Gradient(m),
+    "random": lambda m, layer: RandomAttribution(m),
+    "input_x_gradient": lambda m, layer: InputXGradient(m),
+    "integrated_gradients": lambda m, layer: IntegratedGradients(m, n_steps=4, internal_batch_size=8),
+    "smoothgrad": lambda m, layer: SmoothGrad(m, n_samples=3),
+    "guided_backprop": lambda m, layer: GuidedBackprop(m),
+    "grad_cam": lambda m, layer: GradCAM(m, layer=layer),
+    "guided_grad_cam": lambda m, layer: GuidedGradCAM(m, layer=layer),
+    "grad_cam_pp": lambda m, layer: GradCAMPlusPlus(m, layer=layer),
+    "fullgrad": lambda m, layer: FullGrad(m),
+    "deepshap": lambda m, layer: DeepSHAP(m, n_baselines=2),
+    "occlusion": lambda m, layer: Occlusion(m, window=16),
+    "lime": lambda m, layer: LIME(m, n_samples=12, segmentation="grid", cell=16),
+    "lrp": lambda m, layer: LRP(m, rule="epsilon"),
+    "lrp_alpha_beta": lambda m, layer: LRP(m, rule="alpha_beta"),
+    "extremal_perturbation": lambda m, layer: ExtremalPerturbation(m, max_iter=2, step=4, sigma=4.0),
+}
+
+
+def _tiny():
+    return TinyCNN(num_classes=10).eval(), "conv3"
+
+
+def _mobilenet():
+    from xattr.models.tf_padding import use_tf_same_padding
+
+    net = torchvision.models.mobilenet_v2(weights=None).eval()
+    use_tf_same_padding(net)
+    return net, "features.18"
+
+
+def _resnet50():
+    return torchvision.models.resnet50(weights=None).eval(), "layer4"
+
+
+def _vgg16():
+    return torchvision.models.vgg16(weights=None).eval(), "features.28"
+
+
+def _effnet():
+    from efficientnet_lite_pytorch import EfficientNet
+
+    return EfficientNet.from_name("efficientnet-lite0").eval(), "_conv_head"
+
+
+MODELS = {"tiny": _tiny, "mobilenet_v2": _mobilenet, "resnet50": _resnet50, "vgg16": _vgg16, "efficientnet_lite0": _effnet}
+# methods whose model-side fixes matter (hooks on activations / shared modules) run fast on every model but VGG
+FIX_SENSITIVE = {"guided_backprop", "guided_grad_cam", "deepshap", "lrp", "grad_cam", "grad_cam_pp", "gradient"}
+FIX_SENSITIVE_BIG = {"guided_backprop", "deepshap", "lrp", "grad_cam"}
+
+
+def _combos():
+    for model in MODELS:
+        for method in FACTORIES:
+            fast = (
+                model == "tiny"
+                or (model == "mobilenet_v2" and method in FIX_SENSITIVE)
+                or (model in ("resnet50", "efficientnet_lite0") and method in FIX_SENSITIVE_BIG)
+            )
+            yield pytest.param(model, method, marks=() if fast else pytest.mark.slow, id=f"{model}-{method}")
+
+
+_MODEL_CACHE: dict = {}
+
+
+def _get_model(name):
+    if name not in _MODEL_CACHE:
+        torch.manual_seed(0)
+        _MODEL_CACHE[name] = MODELS[name]()
+    return _MODEL_CACHE[name]
+
+
+def _snapshot(model: nn.Module):
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    structure = [(n, type(m), getattr(m, "inplace", None)) for n, m in model.named_modules()]
+    flags = [p.requires_grad for p in model.parameters()]
+    return state, structure, flags, model.training
+
+
+def _assert_unchanged(model: nn.Module, snap) -> None:
+    state, structure, flags, training = snap
+    now = model.state_dict()
+    assert set(now) == set(state)
+    for k, v in state.items():
+        assert torch.equal(now[k], v), f"{k} changed"
+    assert [(n, type(m), getattr(m, "inplace", None)) for n, m in model.named_modules()] == structure
+    assert [p.requires_grad for p in model.parameters()] == flags
+    assert all(p.grad is None for p in model.parameters())
+    assert model.training == training
+    assert hook_count(model) == 0
+
+
+@pytest.mark.parametrize("model_name,method", list(_combos()))
+def test_shape_hooks_and_model_untouched(model_name, method):
+    model, layer = _get_model(model_name)
+    size = 16 if model_name == "tiny" else 32
+    x = torch.randn(3, 3, size, size)
+    target = torch.tensor([0, 3, 7])
+    snap = _snapshot(model)
+    maps = FACTORIES[method](model, layer).attribute(x, target)
+    assert maps.shape == (3, 1, size, size)
+    assert maps.dtype == torch.float32 and not maps.requires_grad
+    assert torch.isfinite(maps).all()
+    _assert_unchanged(model, snap)
+
+
+# ---------------------------------------------------------------- batched == one at a time
+@pytest.mark.parametrize("method", [m for m in FACTORIES if m != "random"])
+def test_batch_equals_one_at_a_time(method):
+    model, layer = _get_model("tiny")
+    x = torch.randn(3, 3, 16, 16)
+    target = torch.tensor([1, 4, 9])
+    attr = FACTORIES[method](model, layer)
+    batch = attr.attribute(x, target)
+    single = torch.cat([attr.attribute(x[i : i + 1], target[i : i + 1]) for i in range(3)])
+    torch.testing.assert_close(batch, single, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda m, ibs: IntegratedGradients(m, n_steps=12, internal_batch_size=ibs),
+        lambda m, ibs: SmoothGrad(m, n_samples=10, internal_batch_size=ibs),
+        lambda m, ibs: DeepSHAP(m, n_baselines=4, internal_batch_size=ibs),
+        lambda m, ibs: Occlusion(m, window=4, internal_batch_size=ibs),
+        lambda m, ibs: LIME(m, n_samples=15, segmentation="grid", cell=4, lasso_alpha=1e-6, internal_batch_size=ibs),
+    ],
+    ids=["ig", "smoothgrad", "deepshap", "occlusion", "lime"],
+)
+def test_internal_batch_size_is_neutral(make):
+    model, _ = _get_model("tiny")
+    x = torch.randn(2, 3, 16, 16)
+    target = torch.tensor([2, 5])
+    ref = make(model, None).attribute(x, target)
+    for ibs in (3, 7):
+        torch.testing.assert_close(make(model, ibs).attribute(x, target), ref, rtol=1e-4, atol=1e-6)
+
+
+# ---------------------------------------------------------------- axioms and closed forms
+def test_integrated_gradients_completeness():
+    model, _ = _get_model("tiny")
+    x = torch.randn(3, 3, 16, 16)
+    target = torch.tensor([0, 1, 2])
+    attr = IntegratedGradients(model, n_steps=300, method="riemann_trapezoid").attribute_channels(x, target)
+    with torch.no_grad():
+        delta = model(x)[torch.arange(3), target] - model(torch.zeros_like(x))[torch.arange(3), target]
+    torch.testing.assert_close(attr.sum((1, 2, 3)), delta, rtol=1e-2, atol=1e-4)
+
+
+def _half_null_linear():
+    torch.manual_seed(1)
+    weight = torch.randn(4, 3, 8, 8)
+    weight[..., :4] = 0.0  # left half of every image is a null feature
+    return PixelLinear(weight).eval()
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda m: InputXGradient(m, reduce="abs_sum"),
+        lambda m: IntegratedGradients(m, n_steps=8, reduce="abs_sum"),
+        lambda m: DeepSHAP(m, n_baselines=3, reduce="abs_sum"),
+        lambda m: Occlusion(m, window=2, baseline="zero", reduce="abs"),
+    ],
+    ids=["input_x_gradient", "integrated_gradients", "deepshap", "occlusion"],
+)
+def test_null_feature_gets_zero(make):
+    model = _half_null_linear()
+    x = torch.randn(2, 3, 8, 8)
+    maps = make(model).attribute(x, torch.tensor([0, 3]))
+    assert maps[..., 4:].abs().max() > 0
+    assert maps[..., :4].abs().max() <= 1e-5 * maps[..., 4:].abs().max()  # zero up to float rounding
+
+
+def test_input_x_gradient_and_ig_exact_on_linear_model():
+    """On logit = <W_c, x> + b both equal W_c * x per pixel (IG with zero baseline too)."""
+    model = _half_null_linear()
+    x = torch.randn(2, 3, 8, 8)
+    target = torch.tensor([1, 2])
+    truth = (model.weight[target] * x).sum(1, keepdim=True)
+    torch.testing.assert_close(InputXGradient(model).attribute(x, target), truth)
+    torch.testing.assert_close(IntegratedGradients(model, n_steps=5).attribute(x, target), truth, rtol=1e-5, atol=1e-6)
+
+
+def test_occlusion_closed_form_on_linear_model():
+    """Drop of a window on a linear model = sum over the window of W_c * (x - fill)."""
+    model = _half_null_linear()
+    x = torch.randn(1, 3, 8, 8)
+    maps = Occlusion(model, window=4, baseline="mean").attribute(x, torch.tensor([2]))
+    fill = x.mean((2, 3), keepdim=True)
+    contrib = (model.weight[2:3] * (x - fill)).sum(1)[0]  # (8, 8)
+    for r in (0, 4):
+        for c in (0, 4):
+            expected = contrib[r : r + 4, c : c + 4].sum()
+            assert torch.allclose(maps[0, 0, r : r + 4, c : c + 4], expected.expand(4, 4), atol=1e-5)
+
+
+def _avgpool_tiny():
+    torch.manual_seed(3)
+    net = TinyCNN(num_classes=5).eval()
+    net.features[4] = nn.AvgPool2d(2)  # Captum's DeepLift max-pool rule is not exactly complete
+    return net
+
+
+def test_deepshap_completeness_tiny():
+    model = _avgpool_tiny()
+    x = torch.randn(3, 3, 16, 16)
+    target = torch.tensor([0, 2, 4])
+    method = DeepSHAP(model, n_baselines=4)
+    attr = method.attribute_channels(x, target)
+    with torch.no_grad():
+        refs = method.reference_set(x)
+        delta = model(x)[torch.arange(3), target] - model(refs)[:, target].mean(0)
+    torch.testing.assert_close(attr.sum((1, 2, 3)), delta, rtol=1e-3, atol=1e-5)
+
+
+def _resnet18_avgpool():
+    torch.manual_seed(4)
+    net = torchvision.models.resnet18(weights=None, num_classes=6).eval()
+    net.maxpool = nn.AvgPool2d(3, 2, 1)
+    for m in net.modules():  # make outputs O(1) so the test is sensitive
+        if isinstance(m, nn.BatchNorm2d):
+            nn.init.constant_(m.weight, 1.0)
+    return net
+
+
+def test_deepshap_completeness_on_resnet_with_shared_inplace_relu():
+    """torchvision ResNet calls one in-place ``relu`` module 2-3 times per block: without the model-side fix
+    (out-of-place, one module per call site) DeepLift's stored inputs are overwritten and completeness fails."""
+    model = _resnet18_avgpool()
+    x = torch.randn(2, 3, 32, 32)
+    target = torch.tensor([1, 4])
+    method = DeepSHAP(model, n_baselines=2)
+    attr = method.attribute_channels(x, target)
+    with torch.no_grad():
+        refs = method.reference_set(x)
+        delta = model(x)[torch.arange(2), target] - model(refs)[:, target].mean(0)
+    assert delta.abs().min() > 1e-3
+    torch.testing.assert_close(attr.sum((1, 2, 3)), delta, rtol=2e-3, atol=1e-5)
+
+
+def test_relu6_split_is_exact_and_clamp_is_relu6():
+    x = torch.linspace(-10, 10, 101)
+    torch.testing.assert_close(model_fixes.ReLU6Split()(x), nn.functional.relu6(x))
+    torch.testing.assert_close(model_fixes.ReLU6Clamp()(x), nn.functional.relu6(x))
+
+
+def test_fixed_copy_same_function_and_shares_weights():
+    net, _ = _get_model("efficientnet_lite0")
+    x = torch.randn(2, 3, 32, 32)
+    for mode in model_fixes.RELU6_MODES:
+        fixed = model_fixes.fixed_copy(net, x, relu6=mode)
+        with torch.no_grad():
+            torch.testing.assert_close(fixed(x), net(x), rtol=1e-5, atol=1e-5)
+        assert {id(p) for p in fixed.parameters()} == {id(p) for p in net.parameters()}
+        # no activation module is called twice in the copy
+        calls: dict = {}
+        hs = [m.register_forward_hook(lambda m, i, o: calls.__setitem__(id(m), calls.get(id(m), 0) + 1))
+              for m in fixed.modules() if isinstance(m, (nn.ReLU, nn.ReLU6))]
+        with torch.no_grad():
+            fixed(x)
+        for h in hs:
+            h.remove()
+        assert calls and max(calls.values()) == 1
+        assert not any(getattr(m, "inplace", False) for m in fixed.modules())
+
+
+def test_grad_cam_hand_computed():
+    """conv -> ReLU (layer A) -> global average pool -> linear W: dy_c/dA_k = W_ck / (h w), so
+    Grad-CAM = ReLU(sum_k W_ck / (h w) * A_k) (Selvaraju et al., Eqs. 1-2)."""
+    torch.manual_seed(5)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(inplace=True), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3))
+    net.eval()
+    x = torch.randn(2, 3, 6, 6)
+    target = torch.tensor([0, 2])
+    maps = GradCAM(net, layer="1").attribute(x, target)
+    with torch.no_grad():
+        acts = torch.relu(net[0](x))  # (2, 4, 6, 6)
+        alpha = net[4].weight[target] / 36.0  # (2, 4)
+        expected = torch.relu((alpha[:, :, None, None] * acts).sum(1, keepdim=True))
+    torch.testing.assert_close(maps, expected)
+    # signed map and the bilinear resize of a coarser layer
+    signed = GradCAM(net, layer="1", relu=False).attribute(x, target)
+    torch.testing.assert_close(signed, (alpha[:, :, None, None] * acts).sum(1, keepdim=True))
+
+
+def test_grad_cam_pp_on_linear_head_is_positive_weighted_activation_map():
+    """With a linear head after average pooling the gradients are constant per channel, so Grad-CAM++'s
+    weights are sum_ij alpha_ij ReLU(g_k) with sum_ij alpha_ij = 1 for g_k != 0 ... i.e. ReLU(g_k) * const;
+    its map is then proportional to ReLU(sum_k 1[W_ck > 0] * W_ck * A_k) up to the alpha normaliser."""
+    torch.manual_seed(6)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3))
+    net.eval()
+    x = torch.randn(1, 3, 6, 6)
+    maps = GradCAMPlusPlus(net, layer="1").attribute(x, torch.tensor([1]))
+    with torch.no_grad():
+        acts = torch.relu(net[0](x))
+    # channels with negative weight get no weight at all
+    neg = net[4].weight[1] < 0
+    if neg.any() and (~neg).any():
+        only_pos = (acts[:, ~neg] * net[4].weight[1][~neg][None, :, None, None]).sum(1, keepdim=True)
+        assert torch.corrcoef(torch.stack([maps.flatten(), only_pos.flatten()]))[0, 1] > 0.99 or maps.abs().max() == 0
+
+
+def test_lrp_epsilon_zero_equals_gradient_times_input_on_bias_free_relu_net():
+    """LRP-0 on a bias-free ReLU network is Gradient x Input (Montavon et al. 2019, Sec. 10.2.1)."""
+    torch.manual_seed(7)
+    net = nn.Sequential(
+        nn.Conv2d(3, 6, 3, padding=1, bias=False), nn.ReLU(), nn.Conv2d(6, 4, 3, padding=1, bias=False), nn.ReLU(),
+        nn.Flatten(), nn.Linear(4 * 8 * 8, 5, bias=False),
+    ).eval()
+    x = torch.randn(2, 3, 8, 8)
+    target = torch.tensor([0, 3])
+    lrp = LRP(net, rule="epsilon", epsilon=1e-9, canonize=False, init="logit").attribute_channels(x, target)
+    xg = x.clone().requires_grad_(True)
+    out = net(xg)[torch.arange(2), target].sum()
+    (grad,) = torch.autograd.grad(out, xg)
+    torch.testing.assert_close(lrp, grad * x, rtol=1e-4, atol=1e-6)
+
+
+def test_guided_backprop_passes_only_positive_signal():
+    """On conv -> ReLU -> linear, guided backprop = W1^T (1[z > 0] * relu(w2_c)) per pixel."""
+    torch.manual_seed(8)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(12, 6), nn.ReLU(inplace=True), nn.Linear(6, 2)).eval()
+    x = torch.randn(2, 3, 2, 2)
+    target = torch.tensor([0, 1])
+    maps = GuidedBackprop(net, reduce="sum").attribute(x, target)
+    with torch.no_grad():
+        z = net[1](x.flatten(1))  # (2, 6)
+        g = (z > 0).float() * torch.relu(net[3].weight[target])  # (2, 6)
+        expected = (g @ net[1].weight).reshape(2, 3, 2, 2).sum(1, keepdim=True)
+    torch.testing.assert_close(maps, expected)
+
+
+def test_extremal_perturbation_restores_flags_and_finds_the_evidence():
+    """A model whose target logit is the mean of the top-left quadrant: the preserved mask sits there."""
+
+    class Quadrant(nn.Module):
+        num_classes = 2
+
+        def __init__(self):
+            super().__init__()
+            self.scale = nn.Parameter(torch.ones(()))
+
+        def forward(self, x):
+            q = x[:, :, :16, :16].mean((1, 2, 3)) * self.scale
+            return torch.stack([q, -q], 1)
+
+    model = Quadrant().eval()
+    model.scale.requires_grad_(True)
+    x = torch.full((1, 3, 32, 32), -1.0)
+    x[:, :, :16, :16] = 3.0
+    maps = ExtremalPerturbation(model, areas=[0.25], max_iter=60, step=4, sigma=4.0).attribute(x, torch.tensor([0]))
+    assert model.scale.requires_grad
+    assert maps[..., :16, :16].mean() > 2 * maps[..., 16:, 16:].mean()
+
+
+def test_lime_grid_recovers_linear_model():
+    """LIME on a linear model with one cell per feature: coefficients rank the cells by W_c * (x - 0) mass."""
+    torch.manual_seed(9)
+    weight = torch.zeros(2, 1, 8, 8)
+    weight[0, 0, :4, :4] = 1.0  # only the top-left cell matters
+    model = PixelLinear(weight).eval()
+    x = torch.ones(1, 1, 8, 8)
+    maps = LIME(model, n_samples=200, segmentation="grid", cell=4, lasso_alpha=1e-4).attribute(x, torch.tensor([0]))
+    cells = maps[0, 0, ::4, ::4]
+    assert cells[0, 0] > 10 * cells.flatten()[1:].abs().max()
+
+
+# ---------------------------------------------------------------- hooks after an error, bad config
+class _Bomb(nn.Module):
+    armed = False  # class-level: the fixed copies see it too
+
+    def forward(self, x):
+        if _Bomb.armed:
+            raise RuntimeError("boom")
+        return x
+
+
+@pytest.mark.parametrize("method", ["guided_backprop", "grad_cam", "grad_cam_pp", "fullgrad", "deepshap", "lrp", "guided_grad_cam"])
+def test_no_hook_left_after_an_error(method):
+    torch.manual_seed(10)
+    net = TinyCNN(num_classes=4).eval()
+    net.pool = nn.Sequential(_Bomb(), nn.AdaptiveAvgPool2d(1))
+    x = torch.randn(2, 3, 16, 16)
+    target = torch.tensor([0, 1])
+    attr = FACTORIES[method](net, "conv3")
+    before = attr.attribute(x, target)
+    _Bomb.armed = True
+    try:
+        with pytest.raises(RuntimeError, match="boom"):
+            attr.attribute(x, target)
+    finally:
+        _Bomb.armed = False
+    assert hook_count(net) == 0
+    for _, (_, fixed) in model_fixes._CACHE.get(net, {}).items():
+        assert hook_count(fixed) == 0
+    assert all(p.requires_grad for p in net.parameters())
+    torch.testing.assert_close(attr.attribute(x, target), before)
+
+
+def test_copy_follows_in_place_weight_changes():
+    """Cascading randomisation changes weights in place: the cached copy must see it."""
+    torch.manual_seed(11)
+    net = TinyCNN(num_classes=4).eval()
+    x = torch.randn(1, 3, 16, 16)
+    gbp = GuidedBackprop(net)
+    before = gbp.attribute(x, torch.tensor([1]))
+    with torch.no_grad():
+        net.fc.weight.mul_(-1.0)
+    after = gbp.attribute(x, torch.tensor([1]))
+    fresh = GuidedBackprop(copy.deepcopy(net)).attribute(x, torch.tensor([1]))
+    torch.testing.assert_close(after, fresh)
+    assert not torch.allclose(before, after)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda m: IntegratedGradients(m, method="simpson"),
+        lambda m: IntegratedGradients(m, baseline="black"),
+        lambda m: SmoothGrad(m, n_samples=0),
+        lambda m: DeepSHAP(m, baselines="uniformish"),
+        lambda m: Occlusion(m, window=0),
+        lambda m: LIME(m, segmentation="quickshiftt"),
+        lambda m: LRP(m, rule="zplus"),
+        lambda m: LRP(m, rule="alpha_beta", alpha=2.0, beta=2.0),
+        lambda m: ExtremalPerturbation(m, areas=[1.5]),
+        lambda m: GradCAM(m, layer="conv9"),
+        lambda m: InputXGradient(m, reduce="mean"),
+    ],
+)
+def test_bad_config_raises_one_clear_error(make):
+    model, _ = _get_model("tiny")
+    with pytest.raises(XattrConfigError) as err:
+        make(model)
+    assert "\n" not in str(err.value)
+
+
+def test_deepshap_data_baselines_need_fit():
+    model, _ = _get_model("tiny")
+    method = DeepSHAP(model, baselines="data", n_baselines=3)
+    x = torch.randn(2, 3, 16, 16)
+    with pytest.raises(XattrConfigError, match="fit"):
+        method.attribute(x, torch.tensor([0, 1]))
+    method.fit([{"x": torch.randn(2, 3, 16, 16)}, {"x": torch.randn(2, 3, 16, 16)}])
+    assert method.reference_set(x).shape == (3, 3, 16, 16)
+    assert method.attribute(x, torch.tensor([0, 1])).shape == (2, 1, 16, 16)
