@@ -116,6 +116,14 @@ def build_vocab(rows: Iterable[dict], max_size: int = 25_000, min_freq: int = 1)
     return Vocab([PAD, UNK, *words])
 
 
+def vocab_from_checkpoint(path: str | Path) -> Vocab:
+    """The vocabulary stored in an IMDB LSTM checkpoint (key ``itos``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise missing_file("IMDB LSTM checkpoint (for its vocabulary)", path, "run scripts/train_imdb_lstm.py")
+    return Vocab(torch.load(path, map_location="cpu", weights_only=True)["itos"])
+
+
 def load_glove(path: str | Path, vocab: Vocab, dim: int = 50, seed: int = 0) -> tuple[torch.Tensor, int]:
     """An embedding table ``(len(vocab), dim)`` from GloVe text vectors: found words get their vector,
     the others N(0, 0.1^2) (fixed seed), ``<pad>`` zeros. Returns the table and the number found."""
@@ -143,7 +151,8 @@ class IMDB(Dataset):
     Args:
         root: folder with ``{train,test}.jsonl.gz``.
         split: ``train`` or ``test``.
-        vocab: the model's vocabulary (its checkpoint carries it).
+        vocab: the model's vocabulary, or the path of a checkpoint of :func:`xattr.models.text.save_imdb_lstm`
+            (which carries it).
         max_len: keep at most this many tokens (``truncate``: the ``head`` or the ``tail`` of the review).
         limit: keep a balanced random subset of this many reviews (fixed ``seed``); None keeps all.
         rows: already-read rows (skips reading ``root``).
@@ -153,13 +162,17 @@ class IMDB(Dataset):
         self,
         root: str | Path,
         split: str,
-        vocab: Vocab,
+        vocab: Vocab | str | Path,
         max_len: int | None = 400,
         limit: int | None = None,
         truncate: str = "head",
         seed: int = 0,
         rows: Sequence[dict] | None = None,
+        preprocess: object = None,
     ) -> None:
+        del preprocess  # the engine passes the image preprocessing to every dataset; text has none
+        if not isinstance(vocab, Vocab):
+            vocab = vocab_from_checkpoint(vocab)
         if truncate not in TRUNCATIONS:
             raise unknown("truncation", truncate, TRUNCATIONS)
         rows = list(rows) if rows is not None else read_imdb(root, split)
@@ -176,6 +189,11 @@ class IMDB(Dataset):
 
     def __len__(self) -> int:
         return len(self.rows)
+
+    @staticmethod
+    def collate(items: Sequence[tuple[torch.Tensor, int, str, int]]) -> dict:
+        """The loader's ``collate_fn`` for this dataset (:func:`collate`)."""
+        return collate(items)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int, str, int]:
         return self.ids[i], int(self.rows[i]["label"]), str(self.rows[i]["id"]), i

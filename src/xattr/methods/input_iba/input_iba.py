@@ -30,6 +30,7 @@ map alone or in a batch; the WGAN targets are drawn afresh per minibatch (see :m
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -102,6 +103,8 @@ class InputIBA(Attribution):
         self.input_mean, self.input_std, self.init_alpha = input_mean, input_std, float(init_alpha)
         self.seed, self.batch = seed, batch
         self.last_stages: dict[str, torch.Tensor] = {}
+        #: seconds spent per stage in the last ``attribute`` call (``feature``, ``wgan``, ``input``)
+        self.last_timings: dict[str, float] = {}
 
     # ------------------------------------------------------------------------------------- hooks per domain
 
@@ -155,15 +158,18 @@ class InputIBA(Attribution):
 
     def _attribute(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         chunk = self.batch or x.shape[0]
+        self.last_timings = {"feature": 0.0, "wgan": 0.0, "input": 0.0}
         parts = [self._attribute_chunk(x[i : i + chunk], target[i : i + chunk]) for i in range(0, x.shape[0], chunk)]
         self.last_stages = {k: torch.cat([p[k] for p in parts]).detach() for k in parts[0]}
         return self.last_stages["input"]
 
     def _attribute_chunk(self, x: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
+        clock = _Clock(x.device, self.last_timings)
         # stage 1: feature bottleneck (Per-Sample IBA)
         feat = self.feature_iba.optimize(x, target)
         r = self._features(x)
         m = feat.kl if self.target_mask == "capacity" else torch.sigmoid(feat.alpha)
+        clock("feature")
         with frozen(self.model), torch.enable_grad():
             # stage 2: WGAN fit of the generator's input bottleneck Z_G
             gens = self._gens(x, 2)
@@ -171,6 +177,8 @@ class InputIBA(Attribution):
             generator = MaskGenerator(xin, self._head(x), self._mask_init(feat.kl, xin), self._noise_shape(xin))
             disc = self._discriminator(r, x, gens)
             lam_g = fit_wgan(generator, disc, r, m, self.gan, gens).mask
+            del generator, disc
+            clock("wgan")
             # stage 3: input bottleneck with the prior of Proposition 3
             inp, tail, bn = self._stage3(x, lam_g)
             res = optimize_alpha(
@@ -178,7 +186,26 @@ class InputIBA(Attribution):
                 lr=self.lr, copies=self.copies, init_alpha=self.init_alpha, generators=self._gens(x, 3),
             )  # fmt: skip
         final = self._maps(torch.sigmoid(res.alpha), x)
+        clock("input")
         return self._stage_maps(feat.kl, lam_g, final, x)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(layer={self.layer!r}, beta={self.beta}, epochs={self.gan.epochs})"
+
+
+class _Clock:
+    """Adds the seconds since the previous call to ``timings[stage]`` (synchronising CUDA first)."""
+
+    def __init__(self, device: torch.device, timings: dict[str, float]) -> None:
+        self.device, self.timings = device, timings
+        self.t = self._now()
+
+    def _now(self) -> float:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
+
+    def __call__(self, stage: str) -> None:
+        now = self._now()
+        self.timings[stage] = self.timings.get(stage, 0.0) + now - self.t
+        self.t = now

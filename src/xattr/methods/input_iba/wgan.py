@@ -233,17 +233,21 @@ class WGANResult:
 def fit_wgan(
     generator: MaskGenerator, discriminator: nn.Module, r: torch.Tensor, target_mask: torch.Tensor,
     cfg: WGANConfig = WGANConfig(), gens: Generators = None,  # noqa: B008
+    group_mean: torch.Tensor | None = None, group_std: torch.Tensor | None = None,
 ) -> WGANResult:
     """Train one generator and one discriminator per image, batched (see the module docstring).
 
     Args:
         r: ``f(x)`` ``(B, *F)`` (detached); ``target_mask``: ``M`` ``(B, *F)``.
         gens: one ``torch.Generator`` per image (target groups, shuffling, noise); None: global RNG.
+        group_mean, group_std: ``(B, n_groups)`` target noise per group; None: ``U(-2, 2)`` and ``U(0, 5)``.
     """
     b, dev = r.shape[0], r.device
     r, target_mask = r.detach(), target_mask.detach()
-    group_mean = _uniform((cfg.n_groups,), cfg.mean_range, gens, b, dev)  # (B, G)
-    group_std = _rand((cfg.n_groups,), gens, b, dev) * cfg.std_max
+    if group_mean is None:
+        group_mean = _uniform((cfg.n_groups,), cfg.mean_range, gens, b, dev)  # (B, G)
+    if group_std is None:
+        group_std = _rand((cfg.n_groups,), gens, b, dev) * cfg.std_max
     per_group = cfg.n_targets // cfg.n_groups
     opt_d = torch.optim.RMSprop(discriminator.parameters(), lr=cfg.lr_disc)
     opt_g = torch.optim.RMSprop([

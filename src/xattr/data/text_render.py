@@ -1,0 +1,53 @@
+"""Highlighted tokens, as Table 1 of ch. 6: scores in [0, 1]; 0.33-0.66 orange, 0.66-1 red.
+
+>>> html = render_html(tokens, scores)          # a <p> with <span style=...> per highlighted token
+>>> print(render_terminal(tokens, scores))      # ANSI colours
+"""
+
+from __future__ import annotations
+
+import html as _html
+from collections.abc import Sequence
+
+import torch
+
+LEVELS = ((0.66, "#ff4d4d", "\033[41;97m"), (0.33, "#ffb347", "\033[43;30m"))  # red, orange
+RESET = "\033[0m"
+
+
+def _scores(tokens: Sequence[str], scores, normalize: bool) -> list[float]:
+    s = torch.as_tensor(scores, dtype=torch.float64).flatten()[: len(tokens)]
+    if s.numel() != len(tokens):
+        raise ValueError(f"{len(tokens)} tokens but {s.numel()} scores")
+    if normalize and s.numel():
+        lo, hi = s.min(), s.max()
+        s = (s - lo) / (hi - lo) if hi > lo else torch.zeros_like(s)
+    return s.tolist()
+
+
+def level(score: float) -> int | None:
+    """Index into ``LEVELS`` (0 red, 1 orange) or None (not highlighted)."""
+    for i, (t, *_rest) in enumerate(LEVELS):
+        if score >= t:
+            return i
+    return None
+
+
+def render_html(tokens: Sequence[str], scores, normalize: bool = True, title: str | None = None) -> str:
+    """One HTML paragraph; ``normalize`` min-max scales the scores to [0, 1] first (padding excluded
+    by passing only the real tokens)."""
+    parts = []
+    for tok, s in zip(tokens, _scores(tokens, scores, normalize)):
+        lv, esc = level(s), _html.escape(tok)
+        parts.append(esc if lv is None else f'<span style="background:{LEVELS[lv][1]}" title="{s:.2f}">{esc}</span>')
+    head = f"<b>{_html.escape(title)}</b>: " if title else ""
+    return f"<p>{head}{' '.join(parts)}</p>"
+
+
+def render_terminal(tokens: Sequence[str], scores, normalize: bool = True) -> str:
+    """The tokens with ANSI background colours (red >= 0.66, orange >= 0.33)."""
+    out = []
+    for tok, s in zip(tokens, _scores(tokens, scores, normalize)):
+        lv = level(s)
+        out.append(tok if lv is None else f"{LEVELS[lv][2]}{tok}{RESET}")
+    return " ".join(out)
