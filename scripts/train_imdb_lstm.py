@@ -42,7 +42,7 @@ class LSTMSentiment(pl.LightningModule):
         self.val_acc: list[float] = []
 
     def _step(self, batch: dict, split: str) -> torch.Tensor:
-        logits = self.net(batch["x"], batch["mask"])
+        logits = self.net(batch["x"])
         loss = nn.functional.cross_entropy(logits, batch["label"])
         acc = (logits.argmax(1) == batch["label"]).float().mean()
         self.log(f"{split}_loss", loss, prog_bar=True, batch_size=len(batch["label"]))

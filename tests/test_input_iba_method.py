@@ -11,7 +11,7 @@ from torch import nn
 from xattr.errors import XattrConfigError
 from xattr.methods.iba.bottleneck import has_hooks
 from xattr.methods.input_iba import InputIBA
-from xattr.models.tiny import HalfBlindCNN, TinyCNN
+from xattr.models.tiny import TinyCNN
 
 TINY = dict(epochs=1, n_targets=16, n_groups=2, gan_batch=8, critic=2, feat_steps=3, feat_copies=2, steps=4, copies=2)
 

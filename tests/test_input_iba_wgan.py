@@ -61,3 +61,17 @@ def test_rnn_discriminator_reads_only_real_tokens() -> None:
     z2 = z.clone()
     z2[0, :, 3:] = 100.0  # change the padding of image 0
     assert torch.allclose(d(z), d(z2))
+
+
+def test_lightning_wrapper_runs_the_same_fit() -> None:
+    from xattr.methods.input_iba import WGANFit
+
+    b, shape = 2, (2, 4, 4)
+    x, r, m = torch.randn(b, *shape), torch.randn(b, *shape), torch.rand(b, *shape)
+    cfg = WGANConfig(epochs=1, n_targets=16, n_groups=2, batch=8, critic=2)
+    _, direct = _fit(x, r, m, cfg, [5, 6], None, None)
+    gens = make_generators([5, 6], x.device)
+    gen = MaskGenerator(x, lambda z: z, torch.zeros_like(x), (2, 1, 1))
+    module = WGANFit(gen, ConvDiscriminators(b, shape, gens), r, m, cfg, gens)
+    module.training_step()
+    assert torch.allclose(module.result.mask, direct.mask, atol=1e-6)

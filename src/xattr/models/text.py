@@ -95,10 +95,10 @@ class LSTMClassifier(nn.Module):
             h = getattr(self, f"rnn_{k}")(self.dropout(h) if k > 1 else h)
         return self.fc(self.dropout(pool_states(h, mask, self.pool)))
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        if mask is None:
-            mask = x != self.pad_index
-        return self.forward_embedded(self.embed(x), mask)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits ``(B, K)`` from token ids ``(B, L)``; the real tokens are ``x != pad_index`` (one argument,
+        so ``torch.fx`` can split the network at a layer)."""
+        return self.forward_embedded(self.embed(x), x != self.pad_index)
 
 
 def pool_states(h: torch.Tensor, mask: torch.Tensor, how: str = "last") -> torch.Tensor:

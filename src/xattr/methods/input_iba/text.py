@@ -87,7 +87,7 @@ class TextFeatureIBA(PerSampleIBA):
                 take = min(x.shape[0], self.n_samples - seen)
                 if take <= 0:
                     break
-                self.model(x[:take], mask[:take])
+                self.model(x[:take])
                 est.update(box["out"][mask[:take]])  # (n_tokens, H)
                 seen += take
         s = est.result()

@@ -135,7 +135,7 @@ class ConvDiscriminators(nn.Module):
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         b, n = z.shape[:2]
         h = z.transpose(0, 1).reshape(n, b * z.shape[2], *z.shape[3:])  # (N, B*C, h, w)
-        for i, (_cin, cout, _k, s, p) in enumerate(self.spec):
+        for i, (_cin, _cout, _k, s, p) in enumerate(self.spec):
             wt, bias = self.convs[2 * i], self.convs[2 * i + 1]
             h = F.conv2d(h, wt.flatten(0, 1), bias.flatten(), stride=s, padding=p, groups=b)
             h = F.batch_norm(h, None, None, self.norms[2 * i].flatten(), self.norms[2 * i + 1].flatten(), training=True)
