@@ -41,7 +41,7 @@ def test_model_configs_build_and_default_layers_resolve(opt):
     zoo = load_model(cfg.model.name, cfg.model.weights)
     for role in ("bottleneck", "cam"):
         resolve_layer(zoo.net, cfg.model.layers[role])
-    for name in cfg.model.layers.get("readout", []):
+    for name in list(cfg.model.layers.get("readout", [])) + list(cfg.model.layers.get("multilayer", [])):
         resolve_layer(zoo.net, name)
 
 

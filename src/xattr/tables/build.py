@@ -120,6 +120,9 @@ def build_table(table_id: str, run_paths: list[str | Path], out_dir: str | Path 
         rec: dict[str, Any] = {"": row["name"]}
         for j, col in enumerate(spec["columns"]):
             score = row.get("score") or col.get("score") or spec.get("score")
+            if col.get("score_prefix"):  # e.g. the "Original" column reads model_top1 for the row's top1
+                head, _, last = score.rpartition("/")
+                score = f"{head}/{col['score_prefix']}{last}"
             paper = spec["paper"][i][j] if spec.get("paper") else None
             rec[f"{col['name']} (paper)"] = "–" if paper is None else f"{paper:.3f}"
             ours, models = [], set()

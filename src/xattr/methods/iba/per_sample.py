@@ -153,7 +153,9 @@ class PerSampleIBA(IBABase):
                              for f in ("alpha", "kl", "outputs", "losses", "info")))
 
     def _attribute(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return to_bits_map(self.optimize(x, target).kl, tuple(x.shape[-2:]))
+        res = self.optimize(x, target)
+        self.last_result = res  # read by metrics that need more than the map (Table 1 accuracy)
+        return to_bits_map(res.kl, tuple(x.shape[-2:]))
 
     def capacity(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Per-channel capacity ``(B, C, h, w)`` in bits (the reference's ``capacity`` mode)."""

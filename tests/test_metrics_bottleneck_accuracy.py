@@ -1,0 +1,50 @@
+"""Table 1 quantities: L_I/k and accuracy with the bottleneck, against direct computations."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from tests.test_iba_bottleneck import _iba
+from xattr.methods.gradient import Gradient
+from xattr.metrics.bottleneck_accuracy import BottleneckAccuracy
+from xattr.models.tiny import TinyCNN
+
+
+def test_initial_info_matches_closed_form_at_alpha_5():
+    """With alpha = 5 everywhere (sigma-blur of a constant is the constant), lambda = sigmoid(5) and
+    KL = -0.5 (1 + log (1-l)^2 - l^2 r_n^2 - (1-l)^2) per active feature, r_n = (r - mu) / max(std, 0.01)."""
+    torch.manual_seed(0)
+    model = TinyCNN(5).eval()
+    iba = _iba(model, "conv2", beta=10.0, steps=2)
+    x = torch.randn(3, 3, 16, 16)
+    target = torch.tensor([0, 1, 2])
+    iba.attribute(x, target)
+    res = BottleneckAccuracy()(model, x, target, torch.zeros(3, 1, 16, 16), method=iba)
+
+    stats = iba.stats["conv2"]
+    r = {}
+    h = model.features[2].register_forward_hook(lambda m, i, o: r.setdefault("r", o))
+    model(x)
+    h.remove()
+    mean, std, active = stats.mean, stats.std.clamp_min(0.01), stats.active(0.01)
+    lam = 1 / (1 + math.exp(-5))
+    rn = (r["r"] - mean) / std
+    kl = -0.5 * (1 + math.log((1 - lam) ** 2) - (lam * rn) ** 2 - (1 - lam) ** 2) * active
+    expect = kl.flatten(1).mean(1)
+    assert torch.allclose(res.scores["initial_info_per_k"], expect, rtol=1e-3)
+    # the plain model's accuracy, computed directly
+    logits = model(x)
+    assert torch.equal(res.scores["model_top1"], (logits.argmax(1) == target).float())
+    # trained bottleneck: less information than the untrained one, top-k shares in [0, 1]
+    assert (res.scores["info_per_k"] < res.scores["initial_info_per_k"]).all()
+    for k in ("top1", "top5", "initial_top1"):
+        assert ((res.scores[k] >= 0) & (res.scores[k] <= 1)).all()
+
+
+def test_methods_without_bottleneck_get_only_model_scores():
+    model = TinyCNN(5).eval()
+    x = torch.randn(2, 3, 16, 16)
+    res = BottleneckAccuracy()(model, x, torch.tensor([0, 1]), torch.zeros(2, 1, 16, 16), method=Gradient(model))
+    assert torch.isnan(res.scores["info_per_k"]).all() and torch.isfinite(res.scores["model_top5"]).all()
