@@ -79,3 +79,13 @@ def test_bad_config_is_one_clear_error() -> None:
         InputIBA(net, layer="conv9")
     with pytest.raises(XattrConfigError, match="steps"):
         InputIBA(net, layer="conv2", steps=0)
+
+
+def test_stage_figure_shows_the_three_stages() -> None:
+    from xattr.viz.input_iba_figure import stage_figure
+
+    stages = {k: torch.rand(2, 1, 8, 8) for k in ("feature", "generator", "input")}
+    fig = stage_figure(torch.rand(2, 3, 8, 8), stages)
+    assert len(fig.axes) == 8 and [a.get_title() for a in fig.axes[:4]] == ["image", "feature IBA", "generator mask", "InputIBA"]
+    with pytest.raises(ValueError, match="generator"):
+        stage_figure(torch.rand(2, 3, 8, 8), {"feature": stages["feature"], "input": stages["input"]})
