@@ -1,14 +1,17 @@
 """Train the 4-layer LSTM sentiment classifier of the InputIBA IMDB experiment (Lightning).
 
-The recipe: GloVe 6B 50-d initialised embeddings (fine-tuned), 4 uni-directional LSTM layers, the state
-at the last real token, Adam, cross-entropy, gradient clipping 1.0, the best validation epoch kept. The
-paper's model reaches 85-90% test accuracy; the checkpoint in ``assets/text/`` was trained on 2 CPU cores
-in ~20 minutes with short reviews and a small width, so it is weaker (its accuracy is in its ``meta``).
+The recipe: GloVe 6B 50-d initialised embeddings (fine-tuned), 4 uni-directional LSTM layers (hidden 64),
+max-pooled over the real tokens (``--pool last`` reads the last token instead: the same on a GPU, but it
+learns far slower on a CPU budget), Adam 2e-3, cross-entropy, gradient clipping 1.0, the best validation
+epoch kept; the last 128 tokens of each review, a 20 000-word vocabulary. The paper's model reaches 85-90%
+test accuracy. ``assets/text/imdb_lstm.pt`` is this recipe's default run (3 epochs, 14 minutes on 2 busy
+CPU cores): 85.5% validation, 84.8% on 10 000 balanced test reviews (``--test-limit 10000``; its ``meta``
+holds the numbers). A 1-epoch ``--pool last --max-len 200`` run reached only 62%.
 
 Reproduce the full model on a GPU (about 10 minutes on one H100)::
 
     python scripts/train_imdb_lstm.py --hidden 256 --max-len 800 --epochs 10 --batch-size 64 \\
-        --accelerator gpu --vocab-size 25000 --out assets/text/imdb_lstm_full.pt
+        --pool last --accelerator gpu --vocab-size 25000 --out assets/text/imdb_lstm_full.pt
 
 and point ``conf/model/imdb_lstm.yaml``'s ``weights`` at the file. Held-out validation: 2 500 reviews
 of the training split (fixed seed); the test split is touched once, at the end.
@@ -79,18 +82,18 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--glove", type=Path, default=DATA / "glove" / "glove.6B.50d.top50k.txt.gz")
     p.add_argument("--out", type=lambda s: Path(s) if s else None, default=REPO / "assets" / "text" / "imdb_lstm.pt")
     p.add_argument("--vocab-size", type=int, default=20_000)
-    p.add_argument("--max-len", type=int, default=256, help="tokens kept per review")
+    p.add_argument("--max-len", type=int, default=128, help="tokens kept per review")
     p.add_argument("--truncate", default="tail", choices=["head", "tail"])
     p.add_argument("--hidden", type=int, default=64)
     p.add_argument("--layers", type=int, default=4)
-    p.add_argument("--pool", default="last", choices=["last", "max", "mean"])
+    p.add_argument("--pool", default="max", choices=["last", "max", "mean"])
     p.add_argument("--dropout", type=float, default=0.3)
     p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--epochs", type=int, default=6)
+    p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--train-limit", type=int, default=None, help="balanced subset of the training split")
     p.add_argument("--val-size", type=int, default=2_500)
-    p.add_argument("--test-limit", type=int, default=None, help="balanced subset of the test split")
+    p.add_argument("--test-limit", type=int, default=10_000, help="balanced subset of the test split (0: all)")
     p.add_argument("--max-minutes", type=float, default=None, help="stop training after this long")
     p.add_argument("--accelerator", default="cpu")
     p.add_argument("--threads", type=int, default=None)
@@ -113,7 +116,7 @@ def train(args: argparse.Namespace) -> dict:
     kw = dict(vocab=vocab, max_len=args.max_len, truncate=args.truncate)
     train_ds = IMDB(args.data, "train", rows=train_rows, **kw)
     val_ds = IMDB(args.data, "train", rows=val_rows, **kw)
-    test_ds = IMDB(args.data, "test", limit=args.test_limit, seed=args.seed, **kw)
+    test_ds = IMDB(args.data, "test", limit=args.test_limit or None, seed=args.seed, **kw)
     loaders = [
         DataLoader(ds, batch_size=args.batch_size, shuffle=shuffle, collate_fn=collate)
         for ds, shuffle in ((train_ds, True), (val_ds, False), (test_ds, False))
