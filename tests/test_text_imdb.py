@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.util
-import time
 from pathlib import Path
 
 import pytest
@@ -75,10 +74,9 @@ def test_glove_and_recipe_train_above_chance(shared_data: Path, tmp_path: Path) 
     vocab = build_vocab([{"text": "the movie was great"}])
     table, found = load_glove(shared_data / "glove" / "glove.6B.50d.top50k.txt.gz", vocab)
     assert found == 4 and table.shape == (6, 50) and (table[0] == 0).all()
-    t0 = time.time()
     args = mod.parse(["--train-limit", "1500", "--val-size", "300", "--test-limit", "400", "--max-len", "60",
                       "--hidden", "32", "--epochs", "3", "--pool", "max", "--lr", "3e-3", "--vocab-size", "8000",
                       "--out", str(tmp_path / "tiny.pt")])
     res = mod.train(args)
     assert res["test_acc"] > 0.6, res
-    assert (tmp_path / "tiny.pt").is_file() and time.time() - t0 < 120
+    assert (tmp_path / "tiny.pt").is_file()
