@@ -39,8 +39,10 @@ def test_model_configs_build_and_default_layers_resolve(opt):
 
     cfg = compose_cfg([f"model={opt}", "model.weights=random"])
     zoo = load_model(cfg.model.name, cfg.model.weights)
-    for role in ("bottleneck", "cam"):
-        resolve_layer(zoo.net, cfg.model.layers[role])
+    assert "bottleneck" in cfg.model.layers
+    for role in ("bottleneck", "cam", "embedding"):
+        if role in cfg.model.layers:
+            resolve_layer(zoo.net, cfg.model.layers[role])
     for name in list(cfg.model.layers.get("readout", [])) + list(cfg.model.layers.get("multilayer", [])):
         resolve_layer(zoo.net, name)
 
@@ -69,7 +71,8 @@ def test_metric_list_composes_several():
 
 @pytest.mark.parametrize("opt", group_options("dataset"))
 def test_dataset_configs_build(opt, shared_data):
-    cfg = compose_cfg([f"dataset={opt}", "dataset.limit=2", f"paths.data_dir={shared_data}"])
+    model = ["model=imdb_lstm"] if opt == "imdb" else []
+    cfg = compose_cfg([f"dataset={opt}", "dataset.limit=2", f"paths.data_dir={shared_data}", *model])
     ds = instantiate(cfg.dataset.attribution, preprocess=load_model("cifar_resnet20", "random").preprocess
                      if opt == "cifar10" else load_model("mobilenet_v2", "random").preprocess)
     assert len(ds) == 2

@@ -56,7 +56,7 @@ def run(cfg: DictConfig) -> Path:
     target = parse_target(cfg.target, zoo.net.num_classes)
     ds = build(cfg.dataset.attribution, preprocess=zoo.preprocess)
     loader = DataLoader(ds, batch_size=cfg.batch_size, shuffle=False, num_workers=cfg.dataset.num_workers,
-                        collate_fn=collate)
+                        collate_fn=getattr(ds, "collate", collate))
     est_loader = None
     if cfg.dataset.get("estimation") is not None:
         est = partial(build(cfg.dataset.estimation, _partial_=True), preprocess=zoo.preprocess)
@@ -108,8 +108,9 @@ class _LazyLoader:
 
     def _get(self) -> DataLoader:
         if self._loader is None:
-            self._loader = DataLoader(self.make_ds(), batch_size=self.batch_size, shuffle=False,
-                                      num_workers=self.num_workers, collate_fn=collate)
+            ds = self.make_ds()
+            self._loader = DataLoader(ds, batch_size=self.batch_size, shuffle=False,
+                                      num_workers=self.num_workers, collate_fn=getattr(ds, "collate", collate))
         return self._loader
 
     def __iter__(self):

@@ -211,6 +211,18 @@ def _cifar(depth: int, fname: str) -> Callable[[str, Path], nn.Module]:
     return build
 
 
+def _imdb_lstm(weights: str, weights_dir: Path) -> nn.Module:
+    """The project's 4-layer IMDB LSTM (``scripts/train_imdb_lstm.py``); ``weights`` is its checkpoint,
+    ``random`` builds the default architecture over a 2-word vocabulary (tests only)."""
+    from xattr.models.text import LSTMClassifier, load_imdb_lstm
+
+    if weights == "random":
+        return LSTMClassifier(vocab_size=100)
+    net, vocab = load_imdb_lstm(Path(weights))
+    net.vocab = vocab
+    return net
+
+
 CIFAR_PRE = Preprocess(IMAGENET_MEAN, IMAGENET_STD, size=32, resize=32)
 
 ZOO: dict[str, ModelSpec] = {
@@ -227,6 +239,7 @@ ZOO: dict[str, ModelSpec] = {
     "cifar_resnet56": ModelSpec(
         _cifar(56, "cifar10_resnet56-4bfd9763.th"), CIFAR_PRE, CIFAR_RESNET_LAYERS, "cifar10", 10
     ),
+    "imdb_lstm": ModelSpec(_imdb_lstm, Preprocess(), {}, "imdb", 2),
 }
 
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -268,10 +281,11 @@ def load_model(
     for m in net.modules():  # in-place activations break forward hooks that edit outputs and some libraries
         if hasattr(m, "inplace"):
             m.inplace = False
-    net.xattr_layers = dict(spec.layers)
+    net.xattr_layers = {**getattr(net, "xattr_layers", {}), **spec.layers}
     net.num_classes = spec.num_classes
     net.eval().requires_grad_(False)
-    labels = imagenet_labels() if spec.labels == "imagenet" else CIFAR10_CLASSES
+    labels = {"imagenet": imagenet_labels, "cifar10": lambda: CIFAR10_CLASSES,
+              "imdb": lambda: ["negative", "positive"]}[spec.labels]()
     return ZooModel(name, net.to(device), spec.preprocess, labels, weights)
 
 
