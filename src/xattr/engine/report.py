@@ -71,7 +71,9 @@ def write_report(run_dir: str | Path, dataset=None, labels: list[str] | None = N
     summary.to_csv(run_dir / "summary.csv", index=False)
     (run_dir / "summary.md").write_text(summary.to_markdown(index=False, floatfmt=".4f") + "\n")
     plot_curves(store.curves(), run_dir / "curves.png", title)
-    if dataset is not None and preprocess is not None and len(per_image):
+    if dataset is not None and len(per_image) and hasattr(dataset, "vocab"):
+        _text_report(run_dir, dataset, store.heatmaps(), per_image.head(grid_size), labels, title)
+    elif dataset is not None and preprocess is not None and len(per_image):
         maps = store.heatmaps()
         rows = per_image.head(grid_size)
         imgs, ms, titles = [], [], []
@@ -89,3 +91,22 @@ def write_report(run_dir: str | Path, dataset=None, labels: list[str] | None = N
         if imgs:
             heatmap_grid(imgs, ms, titles, run_dir / "heatmaps.png", suptitle=title)
     return summary
+
+
+def _text_report(run_dir: Path, dataset, maps: dict, rows: pd.DataFrame, labels: list[str] | None,
+                 title: str) -> None:
+    """``tokens.html`` (highlighted tokens like Table 1 of ch. 6) and ``tokens.txt`` (ANSI colours)."""
+    from xattr.data.text_render import render_html, render_terminal
+
+    html, txt = [f"<h3>{title}</h3>"], []
+    for _, r in rows.iterrows():
+        ids = dataset[int(r["index"])][0]
+        tokens = dataset.vocab.decode(ids.tolist()) if hasattr(dataset.vocab, "decode") else [
+            dataset.vocab.itos[i] for i in ids.tolist()]
+        m = maps[str(r["id"])].astype(np.float32)[: len(tokens)]
+        name = labels[int(r["top1"])] if labels else str(int(r["top1"]))
+        head = f"{r['id']}: pred {name} ({r['prob']:.2f}), label {int(r['label'])}"
+        html.append(render_html(tokens, m, title=head))
+        txt.append(head + "\n" + render_terminal(tokens, m) + "\n")
+    (run_dir / "tokens.html").write_text("\n".join(html))
+    (run_dir / "tokens.txt").write_text("\n".join(txt))
