@@ -114,3 +114,25 @@ def test_wandb_logger_is_offline_by_default(tmp_path, monkeypatch):
     run_dir = run(cfg)
     runs = list((run_dir / "wandb").glob("offline-run-*"))
     assert len(runs) == 1  # an offline run folder, nothing sent
+
+
+class Staged(RandomAttribution):
+    """Random maps that also leave three stage maps behind, as InputIBA does."""
+
+    def _attribute(self, x, target):
+        maps = super()._attribute(x, target)
+        self.last_stages = {"feature": maps * 2, "generator": 1 - maps, "input": maps}
+        return maps
+
+
+def test_multi_stage_maps_are_saved_and_drawn(tmp_path):
+    from xattr.engine.store import RunStore
+
+    run_dir = run(_cfg(tmp_path, ["method=random", "method._target_=tests.test_engine.Staged", "dataset.limit=3"]))
+    stages = RunStore(run_dir).stages()
+    maps = RunStore(run_dir).heatmaps()
+    assert set(stages) == set(maps) and len(maps) == 3
+    for i, m in maps.items():
+        np.testing.assert_allclose(stages[i]["input"], m)
+        np.testing.assert_allclose(stages[i]["generator"], 1 - m.astype(np.float32), atol=1e-3)
+    assert (run_dir / "stages.png").stat().st_size > 10_000

@@ -77,6 +77,8 @@ class AttributionModule(pl.LightningModule):
             extras["boxes"] = [b.to(x.device) for b in extras["boxes"]]
         results = {name: m(self.net, x, target, maps, method=self.method, method_factory=self.fitted_method,
                            **extras) for name, m in self.metrics.items()}
-        self.store.write(key, batch, target, maps, logits.float().softmax(1), results)
+        stages = getattr(self.method, "last_stages", None)  # InputIBA's three stages, for the figure
+        self.store.write(key, batch, target, maps, logits.float().softmax(1), results,
+                         stages if stages and next(iter(stages.values())).shape[0] == x.shape[0] else None)
         self.computed += 1
         return None

@@ -90,6 +90,7 @@ def write_report(run_dir: str | Path, dataset=None, labels: list[str] | None = N
             titles.append(t)
         if imgs:
             heatmap_grid(imgs, ms, titles, run_dir / "heatmaps.png", suptitle=title)
+            _stage_figure(run_dir, store, rows, imgs, titles)
     return summary
 
 
@@ -110,3 +111,19 @@ def _text_report(run_dir: Path, dataset, maps: dict, rows: pd.DataFrame, labels:
         txt.append(head + "\n" + render_terminal(tokens, m) + "\n")
     (run_dir / "tokens.html").write_text("\n".join(html))
     (run_dir / "tokens.txt").write_text("\n".join(txt))
+
+
+def _stage_figure(run_dir: Path, store: RunStore, rows: pd.DataFrame, imgs: list, titles: list) -> None:
+    """``stages.png``: image, feature mask, generator mask, final map side by side (Fig. 1 of ch. 6)."""
+    stages = store.stages()
+    ids = [str(i) for i in rows["id"]][: len(imgs)]
+    if not stages or not all(i in stages for i in ids):
+        return
+    from xattr.viz.input_iba_figure import stage_figure
+
+    keys = stages[ids[0]].keys()
+    st = {k: torch.tensor(np.stack([stages[i][k].astype(np.float32) for i in ids])) for k in keys}
+    images = torch.tensor(np.stack(imgs)).permute(0, 3, 1, 2)
+    fig = stage_figure(images, st, [t.split("\n")[-1] for t in titles])
+    fig.savefig(run_dir / "stages.png", dpi=100)
+    plt.close(fig)

@@ -8,6 +8,8 @@ Layout of a run directory (documented in the README):
 - ``per_image/<key>.parquet``: one row per image: ``id``, ``index``, ``label``, ``target``, ``prob``
   (softmax of the target), ``top1``, and a column ``<metric>/<score>`` per metric score.
 - ``curves/<key>.npz``: ``<metric>/<curve>`` arrays ``(B, T)`` and ``<metric>/<curve>/x`` ``(T,)``.
+- ``stages/<key>.npz``: intermediate maps of multi-stage methods (InputIBA: ``feature``, ``generator``,
+  ``input``), float16 ``(B, H, W)``, and ``id``.
 
 ``<key>`` is ``b<first index>-<count>``, unique across DDP ranks. A batch is finished when its heatmap file
 exists: it is written last, atomically (temporary file + rename).
@@ -48,7 +50,7 @@ class RunStore:
         os.replace(tmp, path)
 
     def write(self, key: str, batch: dict, target: torch.Tensor, maps: torch.Tensor, probs: torch.Tensor,
-              results: dict[str, MetricResult]) -> pd.DataFrame:
+              results: dict[str, MetricResult], stages: dict[str, torch.Tensor] | None = None) -> pd.DataFrame:
         """Write one finished batch (metrics and curves first, the heatmaps last as the done marker)."""
         n = target.numel()
         rows = {
@@ -74,6 +76,10 @@ class RunStore:
         os.replace(pq.with_suffix(f".tmp{os.getpid()}"), pq)
         if curves:
             self._atomic_npz(self.dir / "curves" / f"{key}.npz", **curves)
+        if stages:
+            (self.dir / "stages").mkdir(exist_ok=True)
+            arrays = {k: _hw(v).astype(np.float16) for k, v in stages.items()}
+            self._atomic_npz(self.dir / "stages" / f"{key}.npz", id=np.array(rows["id"]), **arrays)
         m = maps.detach().float().cpu()
         if m.dim() == 4:
             m = m[:, 0]
@@ -105,6 +111,15 @@ class RunStore:
                         out.setdefault(k, []).append(z[k])
         return {k: (v[0] if k.endswith("/x") else np.concatenate(v)) for k, v in out.items()}
 
+    def stages(self) -> dict[str, dict[str, np.ndarray]]:
+        """``id -> {stage: map}`` for runs of multi-stage methods (empty otherwise)."""
+        out: dict[str, dict[str, np.ndarray]] = {}
+        for f in sorted((self.dir / "stages").glob("*.npz")) if (self.dir / "stages").is_dir() else []:
+            with np.load(f) as z:
+                for j, i in enumerate(z["id"]):
+                    out[str(i)] = {k: z[k][j] for k in z.files if k != "id"}
+        return out
+
     def heatmaps(self) -> dict[str, np.ndarray]:
         """``id -> map`` for every finished image."""
         out = {}
@@ -113,3 +128,8 @@ class RunStore:
                 for i, m in zip(z["id"], z["maps"]):
                     out[str(i)] = m
         return out
+
+
+def _hw(t: torch.Tensor) -> np.ndarray:
+    t = t.detach().float().cpu()
+    return (t[:, 0] if t.dim() == 4 else t).numpy()
