@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.fx
 import torch.nn.functional as F
 from torch import nn
 
@@ -23,13 +24,23 @@ def tf_same_pad(size: int, kernel: int, stride: int, dilation: int = 1) -> tuple
     return total // 2, total - total // 2
 
 
+def tf_same_pad2d(x: torch.Tensor, kernel: tuple[int, int], stride: tuple[int, int],
+                  dilation: tuple[int, int]) -> torch.Tensor:
+    """Pad ``x`` as TF SAME does. Wrapped for ``torch.fx`` (a leaf call), so networks using it can be split
+    symbolically (IBA runs only the network tail per step)."""
+    top, bottom = tf_same_pad(x.shape[-2], kernel[0], stride[0], dilation[0])
+    left, right = tf_same_pad(x.shape[-1], kernel[1], stride[1], dilation[1])
+    return F.pad(x, (left, right, top, bottom))
+
+
+torch.fx.wrap("tf_same_pad2d")
+
+
 class TFSameConv2d(nn.Conv2d):
     """``nn.Conv2d`` with TF SAME padding computed from the input size at each call."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        top, bottom = tf_same_pad(x.shape[-2], self.kernel_size[0], self.stride[0], self.dilation[0])
-        left, right = tf_same_pad(x.shape[-1], self.kernel_size[1], self.stride[1], self.dilation[1])
-        x = F.pad(x, (left, right, top, bottom))
+        x = tf_same_pad2d(x, self.kernel_size, self.stride, self.dilation)
         return F.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
 
 
