@@ -21,6 +21,7 @@ PAPER_LAYERS = {
     "efficientnet_lite0": {"block_4": "_blocks.4", "head": "_conv_head"},
     "cifar_resnet20": {"stage2": "layer2", "fc": "linear"},
     "cifar_resnet56": {"stage3": "layer3"},
+    "imdb_lstm": {"rnn_4": "rnn_4", "embedding": "embedding"},
 }
 
 
