@@ -129,3 +129,21 @@ def test_missing_data_root(tmp_path):
     cfg = compose_cfg([f"paths.data_dir={tmp_path}"])
     with pytest.raises(XattrConfigError, match=r"missing ImageNet 'attribution' images: put it at .*imagenet"):
         build(cfg.dataset.attribution, preprocess=None)
+
+
+@pytest.mark.parametrize("exp", [e for e in group_options("experiment") if e != "demo"])
+def test_experiment_sweeps_name_existing_methods_and_tables(exp):
+    from hydra import compose, initialize_config_dir
+
+    from xattr.config import CONF_DIR
+    from xattr.tables import load_published
+
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
+        cfg = compose("config", overrides=[f"experiment={exp}"], return_hydra_config=True)
+    assert cfg.name == exp and exp in load_published()
+    params = cfg.hydra.sweeper.get("params") or {}
+    for m in str(params.get("method", "")).split(","):
+        if m:
+            assert m in group_options("method"), (exp, m)
+    for metric in cfg.metric:
+        assert metric in group_options("metric")
