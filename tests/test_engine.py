@@ -136,3 +136,17 @@ def test_multi_stage_maps_are_saved_and_drawn(tmp_path):
         np.testing.assert_allclose(stages[i]["input"], m)
         np.testing.assert_allclose(stages[i]["generator"], 1 - m.astype(np.float32), atol=1e-3)
     assert (run_dir / "stages.png").stat().st_size > 10_000
+
+
+def test_ddp_shards_the_dataset_over_processes(tmp_path):
+    """trainer.devices=2 trainer.strategy=ddp (CPU here, GPUs on a real machine): each rank writes its own
+    batches, the report holds every image exactly once."""
+    p = subprocess.run([sys.executable, "-m", "xattr.run", "experiment=demo", "method=random",
+                        "trainer.accelerator=cpu", "trainer.devices=2", "trainer.strategy=ddp",
+                        f"hydra.run.dir={tmp_path}/ddp", "trainer.enable_progress_bar=false"],
+                       capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    keys = sorted(f.name for f in (tmp_path / "ddp" / "heatmaps").glob("*.npz"))
+    assert keys == ["b0000000-4.npz", "b0000001-3.npz"]  # rank 0: images 0,2,4,6; rank 1: 1,3,5
+    df = pd.read_csv(tmp_path / "ddp" / "per_image.csv")
+    assert sorted(df["index"]) == list(range(7))
