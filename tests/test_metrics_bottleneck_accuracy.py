@@ -48,3 +48,29 @@ def test_methods_without_bottleneck_get_only_model_scores():
     x = torch.randn(2, 3, 16, 16)
     res = BottleneckAccuracy()(model, x, torch.tensor([0, 1]), torch.zeros(2, 1, 16, 16), method=Gradient(model))
     assert torch.isnan(res.scores["info_per_k"]).all() and torch.isfinite(res.scores["model_top5"]).all()
+
+
+def test_readout_bottleneck_accuracy(tmp_path):
+    """Readout rows of Table 1: finite L_I/k equal to the mean KL of the read-out's alpha; copies' top-k
+    shares in [0, 1]; a fully open read-out (alpha = +5 everywhere) keeps the model's predictions."""
+    import warnings
+
+    from tests.test_iba_readout import _loader
+    from xattr.methods.iba.readout import ReadoutIBA
+
+    warnings.simplefilter("ignore")
+    torch.manual_seed(0)
+    model = TinyCNN().eval()
+    rb = ReadoutIBA(model, "conv2", ["conv1", "conv3", "fc"], epochs=1, lr=1e-2, n_samples=24)
+    rb.fit(_loader(), tmp_path)
+    x = torch.randn(4, 3, 16, 16)
+    target = model(x).argmax(1)
+    res = BottleneckAccuracy()(model, x, target, torch.zeros(4, 1, 16, 16), method=rb)
+    _, kl, _ = rb.alpha_and_kl(x)
+    assert torch.allclose(res.scores["info_per_k"], kl.flatten(1).mean(1))
+    assert ((res.scores["top1"] >= 0) & (res.scores["top1"] <= 1)).all()
+    assert torch.isnan(res.scores["initial_top1"]).all()
+    # a fully open read-out (alpha = +5, the trained net's start) keeps the model's predictions
+    rb.readout.forward = lambda feats: torch.full_like(rb.features(x)[0], 5.0)
+    open_res = BottleneckAccuracy()(model, x, target, torch.zeros(4, 1, 16, 16), method=rb)
+    assert open_res.scores["top1"].mean() > 0.9
