@@ -53,25 +53,27 @@ def models() -> dict:
 
 
 def methods(fast: bool, ibs: int) -> dict:
-    k = (lambda full, cheap: cheap if fast else full)
+    def k(full, cheap):
+        return cheap if fast else full
+
     return {
-        "random": lambda m, l: RandomAttribution(m),
-        "gradient": lambda m, l: Gradient(m),
-        "input_x_gradient": lambda m, l: InputXGradient(m),
-        "integrated_gradients": lambda m, l: IntegratedGradients(m, n_steps=k(50, 4), internal_batch_size=ibs),
-        "smoothgrad": lambda m, l: SmoothGrad(m, n_samples=k(50, 4), internal_batch_size=ibs),
-        "guided_backprop": lambda m, l: GuidedBackprop(m),
-        "grad_cam": lambda m, l: GradCAM(m, layer=l),
-        "guided_grad_cam": lambda m, l: GuidedGradCAM(m, layer=l),
-        "grad_cam_pp": lambda m, l: GradCAMPlusPlus(m, layer=l),
-        "fullgrad": lambda m, l: FullGrad(m),
-        "deepshap": lambda m, l: DeepSHAP(m, n_baselines=k(10, 2), internal_batch_size=ibs),
-        "occlusion8": lambda m, l: Occlusion(m, window=8, internal_batch_size=ibs),
-        "occlusion14": lambda m, l: Occlusion(m, window=14, internal_batch_size=ibs),
-        "lime": lambda m, l: LIME(m, n_samples=k(1000, 20), internal_batch_size=ibs),
-        "lrp_epsilon": lambda m, l: LRP(m, rule="epsilon"),
-        "lrp_alpha_beta": lambda m, l: LRP(m, rule="alpha_beta"),
-        "extremal_perturbation": lambda m, l: ExtremalPerturbation(m, max_iter=k(800, 5)),
+        "random": lambda m, layer: RandomAttribution(m),
+        "gradient": lambda m, layer: Gradient(m),
+        "input_x_gradient": lambda m, layer: InputXGradient(m),
+        "integrated_gradients": lambda m, layer: IntegratedGradients(m, n_steps=k(50, 4), internal_batch_size=ibs),
+        "smoothgrad": lambda m, layer: SmoothGrad(m, n_samples=k(50, 4), internal_batch_size=ibs),
+        "guided_backprop": lambda m, layer: GuidedBackprop(m),
+        "grad_cam": lambda m, layer: GradCAM(m, layer=layer),
+        "guided_grad_cam": lambda m, layer: GuidedGradCAM(m, layer=layer),
+        "grad_cam_pp": lambda m, layer: GradCAMPlusPlus(m, layer=layer),
+        "fullgrad": lambda m, layer: FullGrad(m),
+        "deepshap": lambda m, layer: DeepSHAP(m, n_baselines=k(10, 2), internal_batch_size=ibs),
+        "occlusion8": lambda m, layer: Occlusion(m, window=8, internal_batch_size=ibs),
+        "occlusion14": lambda m, layer: Occlusion(m, window=14, internal_batch_size=ibs),
+        "lime": lambda m, layer: LIME(m, n_samples=k(1000, 20), internal_batch_size=ibs),
+        "lrp_epsilon": lambda m, layer: LRP(m, rule="epsilon"),
+        "lrp_alpha_beta": lambda m, layer: LRP(m, rule="alpha_beta"),
+        "extremal_perturbation": lambda m, layer: ExtremalPerturbation(m, max_iter=k(800, 5)),
     }
 
 

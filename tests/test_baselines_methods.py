@@ -288,7 +288,7 @@ def test_fixed_copy_same_function_and_shares_weights():
         assert {id(p) for p in fixed.parameters()} == {id(p) for p in net.parameters()}
         # no activation module is called twice in the copy
         calls: dict = {}
-        hs = [m.register_forward_hook(lambda m, i, o: calls.__setitem__(id(m), calls.get(id(m), 0) + 1))
+        hs = [m.register_forward_hook(lambda m, i, o: calls.__setitem__(id(m), calls.get(id(m), 0) + 1))  # noqa: B023
               for m in fixed.modules() if isinstance(m, (nn.ReLU, nn.ReLU6))]
         with torch.no_grad():
             fixed(x)

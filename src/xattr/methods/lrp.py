@@ -60,10 +60,9 @@ def _composite(rule: str, epsilon: float, alpha: float, beta: float, canonizers:
 
 
 def _canonizers(model: nn.Module) -> list:
+    from torchvision.models import DenseNet, ResNet
     from zennit.canonizers import SequentialMergeBatchNorm
     from zennit.torchvision import ResNetCanonizer
-
-    from torchvision.models import DenseNet, ResNet
 
     if any(isinstance(m, ResNet) for m in model.modules()):
         return [ResNetCanonizer()]
