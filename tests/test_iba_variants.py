@@ -6,8 +6,8 @@ import warnings
 
 import pytest
 import torch
-from torch import nn
 
+from tests.test_iba_bottleneck import HalfIgnoring
 from xattr.errors import XattrConfigError
 from xattr.methods.iba import (
     InverseIBA,
@@ -30,21 +30,6 @@ def _fit(method, layers, size=16):
         warnings.simplefilter("ignore")
         method.set_statistics(st.estimate(method.model, layers, loader, n_samples=64))
     return method
-
-
-class HalfIgnoring(nn.Module):
-    def __init__(self, k: int = 4, size: int = 16) -> None:
-        super().__init__()
-        mask = torch.ones(1, 1, size, size)
-        mask[..., size // 2 :] = 0
-        self.register_buffer("mask", mask)
-        self.feat = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU())
-        self.head = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                                  nn.Linear(8, k))
-        self.num_classes = k
-
-    def forward(self, x):
-        return self.head(self.feat(x) * self.mask)
 
 
 def test_inverse_iba_raises_lambda_on_predictive_features_only():
