@@ -49,10 +49,10 @@ def test_model_configs_build_and_default_layers_resolve(opt):
 
 @pytest.mark.parametrize("opt", group_options("method"))
 def test_method_configs_build_on_mobilenet(opt, mobilenet):
-    cfg = compose_cfg([f"method={opt}", "model.weights=random"])
-    if "text" in opt:
-        pytest.skip("text methods build on the text model (tests/test_text_*)")
-    method = instantiate(cfg.method)(model=mobilenet.net)
+    text = "text" in opt
+    cfg = compose_cfg([f"method={opt}", "model.weights=random", *(["model=imdb_lstm"] if text else [])])
+    net = load_model("imdb_lstm", "random").net if text else mobilenet.net
+    method = build(cfg.method)(model=net)
     assert hasattr(method, "attribute")
 
 
