@@ -48,9 +48,13 @@ def test_model_configs_build_and_default_layers_resolve(opt):
 
 
 @pytest.mark.parametrize("opt", group_options("method"))
-def test_method_configs_build_on_mobilenet(opt, mobilenet):
+def test_method_configs_build_on_mobilenet(opt, mobilenet, tmp_path):
     text = "text" in opt
-    cfg = compose_cfg([f"method={opt}", "model.weights=random", *(["model=imdb_lstm"] if text else [])])
+    extra = ["model=imdb_lstm"] if text else []
+    if opt == "saved":  # maps of an earlier run: needs its folder
+        (tmp_path / "heatmaps").mkdir()
+        extra = [f"method.run_dir={tmp_path}"]
+    cfg = compose_cfg([f"method={opt}", "model.weights=random", *extra])
     net = load_model("imdb_lstm", "random").net if text else mobilenet.net
     method = build(cfg.method)(model=net)
     assert hasattr(method, "attribute")

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from tests.helpers import compose_cfg
 from xattr.methods.random import RandomAttribution
@@ -150,3 +151,29 @@ def test_ddp_shards_the_dataset_over_processes(tmp_path):
     assert keys == ["b0000000-4.npz", "b0000001-3.npz"]  # rank 0: images 0,2,4,6; rank 1: 1,3,5
     df = pd.read_csv(tmp_path / "ddp" / "per_image.csv")
     assert sorted(df["index"]) == list(range(7))
+
+
+def test_saved_maps_of_an_earlier_run_are_evaluated_without_recomputing(tmp_path):
+    first = run(compose_cfg(FAST + ["method=gradient"], output_dir=tmp_path / "first"))
+    again = run(compose_cfg(FAST + ["method=saved", f"method.run_dir={first}"], output_dir=tmp_path / "again"))
+    a = pd.read_parquet(first / "per_image.parquet").set_index("id")
+    b = pd.read_parquet(again / "per_image.parquet").set_index("id")
+    # same maps (float16 copies), same scores up to the float16 rounding of the maps
+    np.testing.assert_allclose(b["insertion_deletion/deletion"], a.loc[b.index, "insertion_deletion/deletion"],
+                               atol=0.02)
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.load(again / "config.yaml")
+    assert cfg.method_name == "gradient" and cfg.source_method.reduce == "max_abs"
+
+
+def test_saved_maps_missing_image_is_one_line(tmp_path):
+    from xattr.errors import XattrConfigError
+    from xattr.methods.saved import SavedMaps
+
+    with pytest.raises(XattrConfigError, match="missing heatmaps of an earlier run: put it at"):
+        SavedMaps(None, tmp_path)
+    (tmp_path / "heatmaps").mkdir()
+    m = SavedMaps(None, tmp_path)
+    with pytest.raises(XattrConfigError, match="image 'cat' has no saved map"):
+        m.attribute_batch({"id": ["cat"], "x": torch.zeros(1, 3, 4, 4)}, torch.tensor([0]))

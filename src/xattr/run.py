@@ -16,7 +16,7 @@ from pathlib import Path
 import hydra
 import pytorch_lightning as pl
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from torch.utils.data import DataLoader
 
 from xattr.config import CONF_DIR, build, check_overrides, root_config_error, validate
@@ -48,6 +48,7 @@ def run(cfg: DictConfig) -> Path:
     """Run the configured attribution experiment; returns the run directory."""
     validate(cfg)
     pl.seed_everything(cfg.seed, workers=True)
+    _record_source_method(cfg)
     run_dir = Path(cfg.paths.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
@@ -84,6 +85,18 @@ def run(cfg: DictConfig) -> Path:
             if isinstance(lg, pl.loggers.WandbLogger):
                 _wandb_extras(lg, run_dir, summary)
     return run_dir
+
+
+def _record_source_method(cfg: DictConfig) -> None:
+    """For ``method=saved``: record the original run's method name and settings (tables match on them)."""
+    if not str(cfg.method.get("_target_", "")).endswith("SavedMaps"):
+        return
+    src = Path(cfg.method.run_dir) / "config.yaml"
+    if src.is_file():
+        orig = OmegaConf.load(src)
+        with open_dict(cfg):
+            cfg.method_name = orig.get("method_name", cfg.method_name)
+            cfg.source_method = orig.get("method")
 
 
 def _wandb_extras(lg, run_dir: Path, summary) -> None:

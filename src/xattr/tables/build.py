@@ -75,6 +75,8 @@ def summarise_run(run_dir: Path) -> dict[str, tuple[float, float, int]]:
 def _lookup(cfg: Any, key: str) -> Any:
     if key == "method_name":
         return cfg.get("method_name")
+    if key.startswith("method.") and cfg.get("source_method") is not None:  # method=saved runs
+        return OmegaConf.select(cfg.source_method, key[len("method."):], default=None)
     return OmegaConf.select(cfg, key, default=None)
 
 

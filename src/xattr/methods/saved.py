@@ -1,0 +1,53 @@
+"""Maps of an earlier run, looked up by image id: evaluate new metrics without recomputing attributions.
+
+``python -m xattr.run method=saved method.run_dir=outputs/runs/<run> metric=[ehr,degradation]`` reads
+``<run>/heatmaps/*.npz`` (float16, see ``xattr.engine.store``) and hands the maps of each batch to the
+metrics. The new run records the original method's name and settings (``method_name``,
+``source_method``), so tables place it in the original method's row.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from xattr.errors import XattrConfigError, missing_file
+from xattr.methods.base import Attribution
+
+
+class SavedMaps(Attribution):
+    name = "saved"
+    requires_grad = False
+
+    def __init__(self, model: nn.Module, run_dir: str | Path) -> None:
+        super().__init__(model)
+        self.run_dir = Path(run_dir)
+        if not (self.run_dir / "heatmaps").is_dir():
+            raise missing_file("heatmaps of an earlier run", self.run_dir / "heatmaps",
+                               "method.run_dir must be a run folder written by python -m xattr.run")
+        self._maps: dict[str, np.ndarray] | None = None
+
+    def maps_by_id(self) -> dict[str, np.ndarray]:
+        if self._maps is None:
+            from xattr.engine.store import RunStore
+
+            self._maps = RunStore(self.run_dir).heatmaps()
+        return self._maps
+
+    def attribute_batch(self, batch: dict, target: torch.Tensor) -> torch.Tensor:
+        maps = self.maps_by_id()
+        missing = [i for i in batch["id"] if str(i) not in maps]
+        if missing:
+            raise XattrConfigError(f"image {missing[0]!r} has no saved map in {self.run_dir}; "
+                                   f"valid choices: the {len(maps)} images of that run")
+        m = torch.from_numpy(np.stack([maps[str(i)].astype(np.float32) for i in batch["id"]]))
+        x = batch["x"]
+        if x.dim() == 4:
+            m = m[:, None]
+        return m.to(x.device)
+
+    def _attribute(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        raise XattrConfigError("saved maps are looked up by image id: use attribute_batch(batch, target)")
