@@ -85,8 +85,8 @@ def write_report(run_dir: str | Path, dataset=None, labels: list[str] | None = N
             imgs.append(preprocess.denormalise(x[None])[0].permute(1, 2, 0).numpy())
             ms.append(maps[str(r["id"])].astype(np.float32))
             name = labels[int(r["top1"])] if labels else str(int(r["top1"]))
-            t = f"{r['id'][:18]}\npred: {name} ({r['prob']:.2f})" if r["target"] == r["top1"] else (
-                f"{r['id'][:18]}\npred: {name}; target {int(r['target'])}")
+            t = f"{r['id'][-18:]}\npred: {name} ({r['prob']:.2f})" if r["target"] == r["top1"] else (
+                f"{r['id'][-18:]}\npred: {name}; target: {labels[int(r['target'])] if labels else int(r['target'])}")
             titles.append(t)
         if imgs:
             heatmap_grid(imgs, ms, titles, run_dir / "heatmaps.png", suptitle=title)

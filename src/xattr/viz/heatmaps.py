@@ -30,7 +30,7 @@ def heatmap_grid(images: Sequence[np.ndarray], maps: Sequence[np.ndarray], title
     n = len(images)
     cols = max(1, min(cols, n))
     rows = -(-n // cols)
-    fig, axes = plt.subplots(rows, 2 * cols, figsize=(2.6 * 2 * cols, 2.9 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, 2 * cols, figsize=(2.6 * 2 * cols, 3.2 * rows), squeeze=False)
     for ax in axes.ravel():
         ax.axis("off")
     for i, (img, m, t) in enumerate(zip(images, maps, titles)):
