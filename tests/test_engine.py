@@ -106,7 +106,7 @@ def test_demo_command_without_shared(tmp_path):
 
     names = dict(zip(df["id"], (imagenet_labels()[i] for i in df["top1"])))
     assert names["bird"] == "chickadee" and names["hot_dog"] == "hotdog" and names["parrot"] == "macaw"
-    assert "demo: 7 images" in p.stdout
+    assert "demo: 7 images" in p.stdout and "  bird: chickadee (" in p.stdout and "  parrot: macaw (" in p.stdout
 
 
 def test_wandb_logger_is_offline_by_default(tmp_path, monkeypatch):

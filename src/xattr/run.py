@@ -14,6 +14,7 @@ from functools import partial
 from pathlib import Path
 
 import hydra
+import pandas as pd
 import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -79,7 +80,12 @@ def run(cfg: DictConfig) -> Path:
                  module.skipped)
         print(f"\n{cfg.name}: {len(ds)} images, {module.computed} batches computed, "
               f"{module.skipped} skipped -> {run_dir}")
-        print(summary.to_markdown(index=False, floatfmt=".4f"))
+        if len(summary):
+            print(summary.to_markdown(index=False, floatfmt=".4f"))
+        if len(ds) <= 20:  # small runs (the demo): each image's top-1 label
+            per_image = pd.read_parquet(run_dir / "per_image.parquet")
+            for r in per_image.itertuples():
+                print(f"  {r.id}: {zoo.labels[int(r.top1)]} ({r.prob:.2f})")
         for lg in loggers:
             lg.log_metrics({f"{r.score}/mean": r.mean for r in summary.itertuples()})
             if isinstance(lg, pl.loggers.WandbLogger):
