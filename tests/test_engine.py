@@ -177,3 +177,14 @@ def test_saved_maps_missing_image_is_one_line(tmp_path):
     m = SavedMaps(None, tmp_path)
     with pytest.raises(XattrConfigError, match="image 'cat' has no saved map"):
         m.attribute_batch({"id": ["cat"], "x": torch.zeros(1, 3, 4, 4)}, torch.tensor([0]))
+
+
+def test_random_maps_differ_between_images_and_match_one_at_a_time():
+    from xattr.models.tiny import TinyCNN
+
+    m = RandomAttribution(TinyCNN(), seed=3)
+    x = torch.randn(3, 3, 8, 8)
+    maps = m.attribute(x, torch.zeros(3, dtype=torch.long))
+    assert not torch.equal(maps[0], maps[1])
+    assert torch.equal(maps[2:], m.attribute(x[2:], torch.zeros(1, dtype=torch.long)))
+    assert ((maps >= 0) & (maps < 1)).all()

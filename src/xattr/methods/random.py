@@ -9,7 +9,7 @@ from xattr.methods.base import Attribution
 
 
 class RandomAttribution(Attribution):
-    """Uniform random map per image, ``(B, 1, H, W)``; ``seed`` makes it reproducible per call.
+    """Uniform random map per image, ``(B, 1, H, W)``; ``seed`` makes it reproducible (``None``: fresh).
 
     ``tile`` > 1 draws one value per ``tile x tile`` block (a coarse random map).
     """
@@ -23,14 +23,15 @@ class RandomAttribution(Attribution):
         self.tile = tile
 
     def _attribute(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        g = torch.Generator(device="cpu")
-        if self.seed is not None:
-            g.manual_seed(self.seed)
-        else:
-            g.seed()
+        from xattr.methods.iba.bottleneck import image_seeds
+
         h, w = x.shape[-2:]
         hh, ww = -(-h // self.tile), -(-w // self.tile)
-        maps = torch.rand(x.shape[0], 1, hh, ww, generator=g)
+        # one generator per image, seeded by ``seed`` and the image's bytes: distinct maps for distinct
+        # images, the same map for an image wherever it sits in a batch
+        gens = ([torch.Generator().manual_seed(int(s)) for s in image_seeds(x, self.seed)]
+                if self.seed is not None else [None] * x.shape[0])
+        maps = torch.stack([torch.rand(1, hh, ww, generator=g) for g in gens])
         if self.tile > 1:
             maps = maps.repeat_interleave(self.tile, -2).repeat_interleave(self.tile, -1)[..., :h, :w]
         return maps.to(x.device)
