@@ -57,8 +57,7 @@ def run(cfg: DictConfig) -> Path:
     zoo = load_model(cfg.model.name, weights=cfg.model.weights, weights_dir=cfg.paths.get("weights_dir"))
     target = parse_target(cfg.target, zoo.net.num_classes)
     ds = build(cfg.dataset.attribution, preprocess=zoo.preprocess)
-    loader = DataLoader(ds, batch_size=cfg.batch_size, shuffle=False, num_workers=cfg.dataset.num_workers,
-                        collate_fn=getattr(ds, "collate", collate))
+    loader = make_loader(ds, cfg.batch_size, cfg.dataset.num_workers)
     est_loader = None
     if cfg.dataset.get("estimation") is not None:
         est = partial(build(cfg.dataset.estimation, _partial_=True), preprocess=zoo.preprocess)
@@ -91,6 +90,12 @@ def run(cfg: DictConfig) -> Path:
             if isinstance(lg, pl.loggers.WandbLogger):
                 _wandb_extras(lg, run_dir, summary)
     return run_dir
+
+
+def make_loader(ds, batch_size: int, num_workers: int) -> DataLoader:
+    """In-order loader with the dataset's own ``collate`` (text) or the image one."""
+    return DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                      collate_fn=getattr(ds, "collate", collate))
 
 
 def _record_source_method(cfg: DictConfig) -> None:
@@ -127,9 +132,7 @@ class _LazyLoader:
 
     def _get(self) -> DataLoader:
         if self._loader is None:
-            ds = self.make_ds()
-            self._loader = DataLoader(ds, batch_size=self.batch_size, shuffle=False,
-                                      num_workers=self.num_workers, collate_fn=getattr(ds, "collate", collate))
+            self._loader = make_loader(self.make_ds(), self.batch_size, self.num_workers)
         return self._loader
 
     def __iter__(self):

@@ -15,6 +15,7 @@ import torch  # noqa: E402
 
 from xattr.engine.store import RunStore  # noqa: E402
 from xattr.metrics.base import mean_and_sem  # noqa: E402
+from xattr.viz.curves import mean_sem  # noqa: E402
 from xattr.viz.heatmaps import heatmap_grid  # noqa: E402
 
 META = ("id", "index", "label", "target", "prob", "top1")
@@ -45,8 +46,7 @@ def plot_curves(curves: dict[str, np.ndarray], path: Path, title: str = "") -> P
     for a, k in zip(ax[0], names):
         c = curves[k]
         x = curves.get(k + "/x", np.arange(c.shape[1]))
-        mu = np.nanmean(c, 0)
-        se = np.nanstd(c, 0) / max(1, np.sqrt(np.isfinite(c).sum(0)).max())
+        mu, se = mean_sem(c)
         a.plot(x, mu, lw=1.8)
         a.fill_between(x, mu - se, mu + se, alpha=0.25)
         a.set_title(k, fontsize=9)

@@ -23,10 +23,9 @@ import torch  # noqa: E402
 import yaml  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
-from xattr.engine.report import META  # noqa: E402
+from xattr.engine.report import summarise  # noqa: E402
 from xattr.engine.store import RunStore  # noqa: E402
 from xattr.errors import unknown  # noqa: E402
-from xattr.metrics.base import mean_and_sem  # noqa: E402
 
 PUBLISHED = Path(__file__).with_name("published.yaml")
 
@@ -50,10 +49,7 @@ def summarise_run(run_dir: Path) -> dict[str, tuple[float, float, int]]:
     """``<metric>/<score>`` -> (mean, s.e., n) for one run, via each metric module's ``summarise``."""
     cfg = OmegaConf.load(run_dir / "config.yaml")
     df = pd.read_parquet(run_dir / "per_image.parquet")
-    out: dict[str, tuple[float, float, int]] = {}
-    for col in df.columns:
-        if col not in META:
-            out[col] = mean_and_sem(torch.tensor(df[col].to_numpy(dtype=np.float64)))
+    out = {r.score: (r.mean, r.sem, r.n) for r in summarise(df).itertuples()}
     for mname, node in (cfg.get("metric") or {}).items():
         module = importlib.import_module(str(node["_target_"]).rsplit(".", 1)[0])
         fn = getattr(module, "summarise", None)
@@ -66,9 +62,6 @@ def summarise_run(run_dir: Path) -> dict[str, tuple[float, float, int]]:
                 out[prefix + k] = tuple(v) if isinstance(v, tuple | list) else (float(v), float("nan"), len(df))
         except (KeyError, TypeError):  # summary needs scores this run did not compute: keep plain means
             pass
-    if "label" in df and (df["label"] >= 0).any():
-        lab = df[df["label"] >= 0]
-        out["top1_accuracy"] = mean_and_sem(torch.tensor((lab["top1"] == lab["label"]).to_numpy(dtype=np.float64)))
     return out
 
 
