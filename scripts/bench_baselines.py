@@ -16,18 +16,18 @@ import warnings
 import torch
 import torchvision
 
-from xattr.methods.cam import FullGrad, GradCAM, GradCAMPlusPlus, GuidedGradCAM
-from xattr.methods.deepshap import DeepSHAP
-from xattr.methods.extremal_perturbation import ExtremalPerturbation
-from xattr.methods.gradient import Gradient
-from xattr.methods.guided_backprop import GuidedBackprop
-from xattr.methods.input_x_gradient import InputXGradient
-from xattr.methods.integrated_gradients import IntegratedGradients
-from xattr.methods.lime import LIME
-from xattr.methods.lrp import LRP
-from xattr.methods.occlusion import Occlusion
-from xattr.methods.random import RandomAttribution
-from xattr.methods.smoothgrad import SmoothGrad
+from xattr.methods.baselines.cam import FullGrad, GradCAM, GradCAMPlusPlus, GuidedGradCAM
+from xattr.methods.baselines.deepshap import DeepSHAP
+from xattr.methods.baselines.extremal_perturbation import ExtremalPerturbation
+from xattr.methods.baselines.gradient import Gradient
+from xattr.methods.baselines.guided_backprop import GuidedBackprop
+from xattr.methods.baselines.input_x_gradient import InputXGradient
+from xattr.methods.baselines.integrated_gradients import IntegratedGradients
+from xattr.methods.baselines.lime import LIME
+from xattr.methods.baselines.lrp import LRP
+from xattr.methods.baselines.occlusion import Occlusion
+from xattr.methods.baselines.random import RandomAttribution
+from xattr.methods.baselines.smoothgrad import SmoothGrad
 
 
 def models() -> dict:
@@ -52,7 +52,7 @@ def models() -> dict:
     }
 
 
-def methods(fast: bool, ibs: int) -> dict:
+def methods(fast: bool, chunk: int | None) -> dict:
     def k(full, cheap):
         return cheap if fast else full
 
@@ -60,17 +60,17 @@ def methods(fast: bool, ibs: int) -> dict:
         "random": lambda m, layer: RandomAttribution(m),
         "gradient": lambda m, layer: Gradient(m),
         "input_x_gradient": lambda m, layer: InputXGradient(m),
-        "integrated_gradients": lambda m, layer: IntegratedGradients(m, n_steps=k(50, 4), internal_batch_size=ibs),
-        "smoothgrad": lambda m, layer: SmoothGrad(m, n_samples=k(50, 4), internal_batch_size=ibs),
+        "integrated_gradients": lambda m, layer: IntegratedGradients(m, n_steps=k(50, 4), chunk=chunk),
+        "smoothgrad": lambda m, layer: SmoothGrad(m, n_samples=k(50, 4), chunk=chunk),
         "guided_backprop": lambda m, layer: GuidedBackprop(m),
         "grad_cam": lambda m, layer: GradCAM(m, layer=layer),
         "guided_grad_cam": lambda m, layer: GuidedGradCAM(m, layer=layer),
         "grad_cam_pp": lambda m, layer: GradCAMPlusPlus(m, layer=layer),
         "fullgrad": lambda m, layer: FullGrad(m),
-        "deepshap": lambda m, layer: DeepSHAP(m, n_baselines=k(10, 2), internal_batch_size=ibs),
-        "occlusion8": lambda m, layer: Occlusion(m, window=8, internal_batch_size=ibs),
-        "occlusion14": lambda m, layer: Occlusion(m, window=14, internal_batch_size=ibs),
-        "lime": lambda m, layer: LIME(m, n_samples=k(1000, 20), internal_batch_size=ibs),
+        "deepshap": lambda m, layer: DeepSHAP(m, n_baselines=k(10, 2), chunk=chunk),
+        "occlusion8": lambda m, layer: Occlusion(m, window=8, chunk=chunk),
+        "occlusion14": lambda m, layer: Occlusion(m, window=14, chunk=chunk),
+        "lime": lambda m, layer: LIME(m, n_samples=k(1000, 20), chunk=chunk),
         "lrp_epsilon": lambda m, layer: LRP(m, rule="epsilon"),
         "lrp_alpha_beta": lambda m, layer: LRP(m, rule="alpha_beta"),
         "extremal_perturbation": lambda m, layer: ExtremalPerturbation(m, max_iter=k(800, 5)),
@@ -82,7 +82,8 @@ def main() -> None:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--images", type=int, default=8)
-    ap.add_argument("--internal-batch-size", type=int, default=256)
+    ap.add_argument("--chunk", type=int, default=256,
+                    help="forward rows per device call of the chunked methods (IG, SmoothGrad, DeepSHAP, Occlusion, LIME)")
     ap.add_argument("--models", nargs="*", default=None)
     ap.add_argument("--methods", nargs="*", default=None)
     ap.add_argument("--fast", action="store_true", help="cheap hyper-parameters (smoke run)")
@@ -90,7 +91,7 @@ def main() -> None:
     warnings.filterwarnings("ignore")
     device = torch.device(args.device)
     zoo = models()
-    meths = methods(args.fast, args.internal_batch_size)
+    meths = methods(args.fast, args.chunk)
     model_names = args.models or list(zoo)
     method_names = args.methods or list(meths)
     rows = {m: {} for m in method_names}

@@ -10,21 +10,21 @@ import torch
 import torchvision
 from torch import nn
 
+from xattr.core.hooks import hook_count
 from xattr.errors import XattrConfigError
-from xattr.methods import model_fixes
-from xattr.methods.cam import FullGrad, GradCAM, GradCAMPlusPlus, GuidedGradCAM
-from xattr.methods.deepshap import DeepSHAP
-from xattr.methods.extremal_perturbation import ExtremalPerturbation
-from xattr.methods.gradient import Gradient
-from xattr.methods.guided_backprop import GuidedBackprop
-from xattr.methods.input_x_gradient import InputXGradient
-from xattr.methods.integrated_gradients import IntegratedGradients
-from xattr.methods.lime import LIME
-from xattr.methods.lrp import LRP
-from xattr.methods.model_fixes import hook_count
-from xattr.methods.occlusion import Occlusion
-from xattr.methods.random import RandomAttribution
-from xattr.methods.smoothgrad import SmoothGrad
+from xattr.methods.baselines import model_fixes
+from xattr.methods.baselines.cam import FullGrad, GradCAM, GradCAMPlusPlus, GuidedGradCAM
+from xattr.methods.baselines.deepshap import DeepSHAP
+from xattr.methods.baselines.extremal_perturbation import ExtremalPerturbation
+from xattr.methods.baselines.gradient import Gradient
+from xattr.methods.baselines.guided_backprop import GuidedBackprop
+from xattr.methods.baselines.input_x_gradient import InputXGradient
+from xattr.methods.baselines.integrated_gradients import IntegratedGradients
+from xattr.methods.baselines.lime import LIME
+from xattr.methods.baselines.lrp import LRP
+from xattr.methods.baselines.occlusion import Occlusion
+from xattr.methods.baselines.random import RandomAttribution
+from xattr.methods.baselines.smoothgrad import SmoothGrad
 from xattr.models.tiny import PixelLinear, TinyCNN
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -34,7 +34,7 @@ FACTORIES = {
     "gradient": lambda m, layer: Gradient(m),
     "random": lambda m, layer: RandomAttribution(m),
     "input_x_gradient": lambda m, layer: InputXGradient(m),
-    "integrated_gradients": lambda m, layer: IntegratedGradients(m, n_steps=4, internal_batch_size=8),
+    "integrated_gradients": lambda m, layer: IntegratedGradients(m, n_steps=4, chunk=8),
     "smoothgrad": lambda m, layer: SmoothGrad(m, n_samples=3),
     "guided_backprop": lambda m, layer: GuidedBackprop(m),
     "grad_cam": lambda m, layer: GradCAM(m, layer=layer),
@@ -152,21 +152,76 @@ def test_batch_equals_one_at_a_time(method):
 @pytest.mark.parametrize(
     "make",
     [
-        lambda m, ibs: IntegratedGradients(m, n_steps=12, internal_batch_size=ibs),
-        lambda m, ibs: SmoothGrad(m, n_samples=10, internal_batch_size=ibs),
-        lambda m, ibs: DeepSHAP(m, n_baselines=4, internal_batch_size=ibs),
-        lambda m, ibs: Occlusion(m, window=4, internal_batch_size=ibs),
-        lambda m, ibs: LIME(m, n_samples=15, segmentation="grid", cell=4, lasso_alpha=1e-6, internal_batch_size=ibs),
+        lambda m, ibs: IntegratedGradients(m, n_steps=12, chunk=ibs),
+        lambda m, ibs: SmoothGrad(m, n_samples=10, chunk=ibs),
+        lambda m, ibs: DeepSHAP(m, n_baselines=4, chunk=ibs),
+        lambda m, ibs: Occlusion(m, window=4, chunk=ibs),
+        lambda m, ibs: LIME(m, n_samples=15, segmentation="grid", cell=4, lasso_alpha=1e-6, chunk=ibs),
     ],
     ids=["ig", "smoothgrad", "deepshap", "occlusion", "lime"],
 )
-def test_internal_batch_size_is_neutral(make):
+def test_chunk_is_neutral(make):
     model, _ = _get_model("tiny")
     x = torch.randn(2, 3, 16, 16)
     target = torch.tensor([2, 5])
     ref = make(model, None).attribute(x, target)
-    for ibs in (3, 7):
-        torch.testing.assert_close(make(model, ibs).attribute(x, target), ref, rtol=1e-4, atol=1e-6)
+    for chunk in (3, 7):
+        torch.testing.assert_close(make(model, chunk).attribute(x, target), ref, rtol=1e-4, atol=1e-6)
+
+
+class _Rows(nn.Module):
+    """Identity that records the batch size (forward rows) of every call of the model."""
+
+    seen: list[int] = []  # class-level: the fixed copies (DeepSHAP) record here too
+
+    def forward(self, x):
+        _Rows.seen.append(x.shape[0])
+        return x
+
+
+# (factory, rows of one image that no chunk can split, rows of the whole batch of 3 images with chunk=None)
+_B, _STEPS, _SAMPLES, _REFS, _WINDOWS = 3, 6, 7, 4, 16
+CHUNKED = {
+    "ig": (lambda m, c: IntegratedGradients(m, n_steps=_STEPS, chunk=c), 1, _B * _STEPS),
+    "smoothgrad": (lambda m, c: SmoothGrad(m, n_samples=_SAMPLES, chunk=c), 1, _SAMPLES),  # one image per call
+    "deepshap": (lambda m, c: DeepSHAP(m, n_baselines=_REFS, chunk=c), 2 * _REFS, 2 * _B * _REFS),  # input + ref
+    "occlusion": (lambda m, c: Occlusion(m, window=4, chunk=c), 1, _B * _WINDOWS),
+    "lime": (
+        lambda m, c: LIME(m, n_samples=_SAMPLES, segmentation="grid", cell=4, lasso_alpha=1e-6, chunk=c),
+        1,
+        _SAMPLES,  # one image per call
+    ),
+}
+
+
+@pytest.mark.parametrize("method", list(CHUNKED))
+def test_chunk_bounds_rows_per_call_and_never_changes_maps(method):
+    """chunk = forward rows per device call: maps with chunk=1 (and other small values, also below the batch
+    size) equal chunk=None; no call exceeds max(chunk, one image's rows); None runs everything in one call."""
+    make, floor, everything = CHUNKED[method]
+    torch.manual_seed(12)
+    model = nn.Sequential(_Rows(), TinyCNN(num_classes=10)).eval()
+    x = torch.randn(_B, 3, 16, 16)
+    target = torch.tensor([2, 5, 9])
+    _Rows.seen.clear()
+    ref = make(model, None).attribute(x, target)
+    assert max(_Rows.seen) == everything
+    for chunk in (1, 2, 5, 17):
+        _Rows.seen.clear()
+        maps = make(model, chunk).attribute(x, target)
+        torch.testing.assert_close(maps, ref, rtol=1e-4, atol=1e-6)
+        assert max(_Rows.seen) <= max(chunk, floor), (chunk, _Rows.seen)
+    assert make(model, 1).chunk == 1
+
+
+@pytest.mark.parametrize("bad", [0, -3, "x", 2.5, True])
+@pytest.mark.parametrize("method", list(CHUNKED))
+def test_bad_chunk_is_one_line_error_naming_the_value(method, bad):
+    model, _ = _get_model("tiny")
+    with pytest.raises(XattrConfigError) as err:
+        CHUNKED[method][0](model, bad)
+    msg = str(err.value)
+    assert "chunk" in msg and repr(bad) in msg and "\n" not in msg
 
 
 # ---------------------------------------------------------------- axioms and closed forms

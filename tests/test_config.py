@@ -35,7 +35,7 @@ def test_every_option_composes(group):
 
 @pytest.mark.parametrize("opt", group_options("model"))
 def test_model_configs_build_and_default_layers_resolve(opt):
-    from xattr.models.layers import resolve_layer
+    from xattr.core.layers import resolve_layer
 
     cfg = compose_cfg([f"model={opt}", "model.weights=random"])
     zoo = load_model(cfg.model.name, cfg.model.weights)
@@ -110,7 +110,7 @@ def test_bad_target(spec, msg):
 
 
 def test_bad_class_index_in_attribute(mobilenet):
-    from xattr.methods.gradient import Gradient
+    from xattr.methods.baselines.gradient import Gradient
 
     with pytest.raises(ValueError, match="class index 1000 out of range; valid choices: 0..999"):
         Gradient(mobilenet.net).attribute(torch.zeros(1, 3, 32, 32), torch.tensor([1000]))

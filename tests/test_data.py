@@ -8,12 +8,13 @@ import pytest
 import torch
 from PIL import Image
 
+from xattr.core.labels import imagenet_wnids
+from xattr.core.preprocess import Preprocess
 from xattr.data.folder import ImageFolderFlat
 from xattr.data.imagenet import ImageNetBoxes
 from xattr.data.transforms import ImageTransform, collate, resize_crop_boxes
 from xattr.data.voc import parse_voc
 from xattr.errors import XattrConfigError
-from xattr.models.zoo import Preprocess, imagenet_wnids
 
 VOC = """<annotation><filename>a.JPEG</filename><size><width>400</width><height>200</height><depth>3</depth>
 </size><object><name>n01440764</name><bndbox><xmin>10</xmin><ymin>20</ymin><xmax>109</xmax><ymax>59</ymax>

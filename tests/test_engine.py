@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from tests.helpers import compose_cfg
-from xattr.methods.random import RandomAttribution
+from xattr.methods.base import Explanation, with_prefix
+from xattr.methods.baselines.random import RandomAttribution
 from xattr.run import run
 
 REPO = Path(__file__).resolve().parents[1]
@@ -102,7 +103,7 @@ def test_demo_command_without_shared(tmp_path):
     assert p.returncode == 0, p.stderr[-3000:]
     assert (tmp_path / "demo" / "heatmaps.png").stat().st_size > 50_000
     df = pd.read_csv(tmp_path / "demo" / "per_image.csv")
-    from xattr.models.zoo import imagenet_labels
+    from xattr.core.labels import imagenet_labels
 
     names = dict(zip(df["id"], (imagenet_labels()[i] for i in df["top1"])))
     assert names["bird"] == "chickadee" and names["hot_dog"] == "hotdog" and names["parrot"] == "macaw"
@@ -118,16 +119,15 @@ def test_wandb_logger_is_offline_by_default(tmp_path, monkeypatch):
 
 
 class Staged(RandomAttribution):
-    """Random maps that also leave three stage maps behind, as InputIBA does."""
+    """Random maps that also return three stage maps, as InputIBA does."""
 
-    def _attribute(self, x, target):
+    def _explain(self, x, target, aux):
         maps = super()._attribute(x, target)
-        self.last_stages = {"feature": maps * 2, "generator": 1 - maps, "input": maps}
-        return maps
+        return Explanation(maps, with_prefix("stages", {"feature": maps * 2, "generator": 1 - maps, "input": maps}))
 
 
 def test_multi_stage_maps_are_saved_and_drawn(tmp_path):
-    from xattr.engine.store import RunStore
+    from xattr.core.store import RunStore
 
     run_dir = run(_cfg(tmp_path, ["method=random", "method._target_=tests.test_engine.Staged", "dataset.limit=3"]))
     stages = RunStore(run_dir).stages()
@@ -176,7 +176,7 @@ def test_saved_maps_missing_image_is_one_line(tmp_path):
     (tmp_path / "heatmaps").mkdir()
     m = SavedMaps(None, tmp_path)
     with pytest.raises(XattrConfigError, match="image 'cat' has no saved map"):
-        m.attribute_batch({"id": ["cat"], "x": torch.zeros(1, 3, 4, 4)}, torch.tensor([0]))
+        m.explain_batch({"id": ["cat"], "x": torch.zeros(1, 3, 4, 4)}, torch.tensor([0]))
 
 
 def test_random_maps_differ_between_images_and_match_one_at_a_time():

@@ -7,7 +7,7 @@ import warnings
 
 import torch
 
-from xattr.methods.iba.bottleneck import has_hooks
+from xattr.core.hooks import hook_count
 from xattr.methods.iba.readout import ReadoutIBA, ReadoutNet
 from xattr.models.tiny import TinyCNN
 
@@ -41,7 +41,7 @@ def test_readout_trains_checkpoints_resumes_and_attributes(tmp_path, monkeypatch
     maps = rb.attribute(x, torch.tensor([0, 1, 2]))
     assert maps.shape == (3, 1, 16, 16) and torch.all(maps >= 0)
     assert torch.allclose(maps, rb.attribute(x, torch.tensor([5, 5, 5])))  # one deterministic pass
-    assert not has_hooks(model) and all(p.requires_grad for p in model.parameters())
+    assert hook_count(model) == 0 and all(p.requires_grad for p in model.parameters())
     # resume: a second fit with the same key loads the finished run instead of training again
     from xattr.methods.iba import readout as ro
 

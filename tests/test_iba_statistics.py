@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from xattr.core.hooks import hook_count
 from xattr.methods.iba import statistics as st
-from xattr.methods.iba.bottleneck import has_hooks
 from xattr.methods.iba.per_sample import PerSampleIBA
 from xattr.models.tiny import TinyCNN
 
@@ -47,7 +47,7 @@ def test_estimate_uses_first_n_samples_of_the_layer_and_warns():
     s = stats["conv1"]
     assert s.n == 40 and torch.allclose(s.mean, feats.mean(0), atol=1e-5)
     assert torch.allclose(s.std, feats.std(0), atol=1e-5)
-    assert not has_hooks(model)
+    assert hook_count(model) == 0
 
 
 def test_estimate_removes_hooks_on_error():
@@ -59,7 +59,7 @@ def test_estimate_removes_hooks_on_error():
 
     with pytest.raises(RuntimeError, match="loader broke"):
         st.estimate(model, ["conv1", "conv3"], bad(), n_samples=10)
-    assert not has_hooks(model)
+    assert hook_count(model) == 0
 
 
 def test_cache_hit_miss_and_stale(tmp_path):

@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
+from xattr.core.hooks import hook_count
 from xattr.errors import XattrConfigError
-from xattr.methods.iba.bottleneck import has_hooks
 from xattr.methods.input_iba import InputIBA
 from xattr.models.tiny import TinyCNN
 
@@ -28,18 +28,20 @@ def test_batched_equals_single_and_stages_kept() -> None:
     net = TinyCNN(4).eval()
     m = _method(net, layer="conv2")
     x, t = torch.randn(3, 3, 16, 16), torch.tensor([0, 1, 2])
-    maps = m.attribute(x, t)
-    stages = dict(m.last_stages)
+    ex = m.explain(x, t)
+    maps = ex.maps
+    stages = ex.group("stages")
     assert maps.shape == (3, 1, 16, 16) and ((maps >= 0) & (maps <= 1)).all()
     assert set(stages) == {"feature", "generator", "input"}
     assert all(v.shape == (3, 1, 16, 16) for v in stages.values())
     for i in range(3):
-        one = m.attribute(x[i : i + 1], t[i : i + 1])
+        ex1 = m.explain(x[i : i + 1], t[i : i + 1])
+        one = ex1.maps
         assert torch.allclose(one, maps[i : i + 1], atol=1e-5)
-        assert torch.allclose(m.last_stages["generator"], stages["generator"][i : i + 1], atol=1e-5)
-    chunked = _method(net, layer="conv2", batch=2).attribute(x, t)
+        assert torch.allclose(ex1.group("stages")["generator"], stages["generator"][i : i + 1], atol=1e-5)
+    chunked = _method(net, layer="conv2", chunk=4).attribute(x, t)  # 2 copies: 2 images per device call
     assert torch.allclose(chunked, maps, atol=1e-5)
-    assert not has_hooks(net)
+    assert hook_count(net) == 0
 
 
 class LeftOnly(nn.Module):
@@ -64,10 +66,11 @@ def test_final_mask_scores_the_relevant_half_higher() -> None:
     net = LeftOnly().eval()
     m = _method(net, layer="conv", steps=10, epochs=3, feat_steps=10, beta=1.0)
     x = torch.randn(2, 3, 16, 16)
-    maps = m.attribute(x, net(x).argmax(1))
+    ex = m.explain(x, net(x).argmax(1))
+    maps = ex.maps
     left, right = maps[..., :8].mean((1, 2, 3)), maps[..., 8:].mean((1, 2, 3))
     assert (left > right + 0.1).all(), (left, right)
-    gen = m.last_stages["generator"]
+    gen = ex.group("stages")["generator"]
     assert (gen[..., :8].mean((1, 2, 3)) > gen[..., 8:].mean((1, 2, 3))).all()
 
 

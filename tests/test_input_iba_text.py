@@ -7,8 +7,8 @@ import warnings
 import pytest
 import torch
 
+from xattr.core.hooks import hook_count
 from xattr.errors import XattrConfigError
-from xattr.methods.iba.bottleneck import has_hooks
 from xattr.methods.input_iba import InputIBAText
 from xattr.methods.input_iba.text import token_weight
 from xattr.models.text import LSTMClassifier
@@ -26,14 +26,15 @@ def test_one_score_per_token_padding_ignored() -> None:
     x = torch.randint(2, 40, (3, 7))
     x[0, 4:] = 0
     x[1, 6:] = 0
-    scores = m.attribute(x, torch.tensor([0, 1, 0]))
+    ex = m.explain(x, torch.tensor([0, 1, 0]))
+    scores, stages = ex.maps, ex.group("stages")
     assert scores.shape == (3, 7)
     assert (scores[0, 4:] == 0).all() and (scores[1, 6:] == 0).all()
     assert ((scores[x != 0] > 0) & (scores[x != 0] <= 1)).all()
-    assert set(m.last_stages) == {"feature", "generator", "input"}
-    assert all(v.shape == (3, 7) for v in m.last_stages.values())
-    assert (m.last_stages["feature"][0, 4:] == 0).all()
-    assert not has_hooks(net)
+    assert set(stages) == {"feature", "generator", "input"}
+    assert all(v.shape == (3, 7) for v in stages.values())
+    assert (stages["feature"][0, 4:] == 0).all()
+    assert hook_count(net) == 0
 
 
 def test_token_weight_makes_mean_over_real_tokens() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from xattr.methods.iba.bottleneck import make_generators
+from xattr.core.seeding import make_generators
 from xattr.methods.input_iba import ConvDiscriminators, MaskGenerator, RNNDiscriminators, WGANConfig, fit_wgan
 
 

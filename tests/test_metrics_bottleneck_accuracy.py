@@ -7,7 +7,7 @@ import math
 import torch
 
 from tests.test_iba_bottleneck import _iba
-from xattr.methods.gradient import Gradient
+from xattr.methods.baselines.gradient import Gradient
 from xattr.metrics.bottleneck_accuracy import BottleneckAccuracy
 from xattr.models.tiny import TinyCNN
 
@@ -20,8 +20,8 @@ def test_initial_info_matches_closed_form_at_alpha_5():
     iba = _iba(model, "conv2", beta=10.0, steps=2)
     x = torch.randn(3, 3, 16, 16)
     target = torch.tensor([0, 1, 2])
-    iba.attribute(x, target)
-    res = BottleneckAccuracy()(model, x, target, torch.zeros(3, 1, 16, 16), method=iba)
+    ex = iba.explain(x, target, aux=BottleneckAccuracy.needs)
+    res = BottleneckAccuracy()(model, x, target, torch.zeros(3, 1, 16, 16), **ex.aux)
 
     stats = iba.stats["conv2"]
     r = {}
@@ -46,7 +46,8 @@ def test_initial_info_matches_closed_form_at_alpha_5():
 def test_methods_without_bottleneck_get_only_model_scores():
     model = TinyCNN(5).eval()
     x = torch.randn(2, 3, 16, 16)
-    res = BottleneckAccuracy()(model, x, torch.tensor([0, 1]), torch.zeros(2, 1, 16, 16), method=Gradient(model))
+    ex = Gradient(model).explain(x, torch.tensor([0, 1]), aux=BottleneckAccuracy.needs)
+    res = BottleneckAccuracy()(model, x, torch.tensor([0, 1]), torch.zeros(2, 1, 16, 16), **ex.aux)
     assert torch.isnan(res.scores["info_per_k"]).all() and torch.isfinite(res.scores["model_top5"]).all()
 
 
@@ -65,12 +66,14 @@ def test_readout_bottleneck_accuracy(tmp_path):
     rb.fit(_loader(), tmp_path)
     x = torch.randn(4, 3, 16, 16)
     target = model(x).argmax(1)
-    res = BottleneckAccuracy()(model, x, target, torch.zeros(4, 1, 16, 16), method=rb)
+    res = BottleneckAccuracy()(model, x, target, torch.zeros(4, 1, 16, 16),
+                               **rb.explain(x, target, aux=BottleneckAccuracy.needs).aux)
     _, kl, _ = rb.alpha_and_kl(x)
     assert torch.allclose(res.scores["info_per_k"], kl.flatten(1).mean(1))
     assert ((res.scores["top1"] >= 0) & (res.scores["top1"] <= 1)).all()
     assert torch.isnan(res.scores["initial_top1"]).all()
     # a fully open read-out (alpha = +5, the trained net's start) keeps the model's predictions
     rb.readout.forward = lambda feats: torch.full_like(rb.features(x)[0], 5.0)
-    open_res = BottleneckAccuracy()(model, x, target, torch.zeros(4, 1, 16, 16), method=rb)
+    open_res = BottleneckAccuracy()(model, x, target, torch.zeros(4, 1, 16, 16),
+                                    **rb.explain(x, target, aux=BottleneckAccuracy.needs).aux)
     assert open_res.scores["top1"].mean() > 0.9

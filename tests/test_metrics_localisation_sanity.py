@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from xattr.errors import XattrConfigError
-from xattr.methods.gradient import Gradient
-from xattr.methods.random import RandomAttribution
+from xattr.methods.baselines.gradient import Gradient
+from xattr.methods.baselines.random import RandomAttribution
 from xattr.metrics.localisation import BoundingBoxRatio, BoxIoU, EffectiveHeatRatio
 from xattr.metrics.sanity_check import CascadingRandomisation, ssim
 from xattr.models.tiny import TinyCNN

@@ -10,10 +10,11 @@ import pytest
 import torch
 from torchvision.transforms.functional import gaussian_blur
 
+from xattr.analyses.sensitivity_n import pooled_curve
 from xattr.errors import XattrConfigError
-from xattr.metrics.degradation import Degradation, summarise
+from xattr.metrics.degradation import Degradation
 from xattr.metrics.insertion_deletion import InsertionDeletion
-from xattr.metrics.sensitivity_n import SensitivityN, default_n, pooled_curve
+from xattr.metrics.sensitivity_n import SensitivityN, default_n
 from xattr.models.tiny import PixelLinear, TinyCNN
 
 S = 8  # image side
@@ -206,7 +207,7 @@ def test_degradation_true_map_beats_random_and_scaling():
     # fully degraded = per-channel mean everywhere; linear model: closed form
     full = x.mean((2, 3), keepdim=True).expand_as(x)
     assert torch.allclose(le[:, -1], model(full).softmax(-1)[:, 0], atol=1e-6)
-    summ = summarise(ours.scores)
+    summ = Degradation(tile=2, n_points=9).summarise(ours.scores)
     t1, b = float(ours.scores["top1_prob"].mean()), float(le[:, -1].mean())
     assert summ["degradation_scaled"][0] == pytest.approx(float(ours.scores["degradation"].mean()) / (t1 - b), rel=1e-5)
     scaled = Degradation(tile=2, n_points=9, t1=t1, b=b)(model, x, t, truth).scores["degradation"]

@@ -7,8 +7,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from xattr.core.layers import layer_path, paper_name, resolve_layer
 from xattr.errors import XattrConfigError
-from xattr.models import ZOO, layer_path, load_model, paper_name, resolve_layer
+from xattr.models import ZOO, load_model
 from xattr.models.tf_padding import TFSameConv2d, tf_same_pad
 from xattr.models.zoo import check_layer_names
 

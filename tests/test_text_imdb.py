@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from xattr.data.imdb import IMDB, Vocab, build_vocab, collate, load_glove, tokenize
-from xattr.data.text_render import render_html, render_terminal
 from xattr.errors import XattrConfigError
 from xattr.models.text import LSTMClassifier, load_imdb_lstm, save_imdb_lstm
+from xattr.viz.tokens import render_html, render_terminal
 
 REPO = Path(__file__).resolve().parents[1]
 

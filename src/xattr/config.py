@@ -17,7 +17,8 @@ from omegaconf import DictConfig
 from xattr.errors import XattrConfigError, unknown
 
 CONF_DIR = Path(os.environ.get("XATTR_CONF", Path(__file__).resolve().parents[2] / "conf"))
-GROUPS = ("model", "dataset", "method", "metric", "logger", "trainer", "experiment")
+GROUPS = ("model", "dataset", "method", "metric", "analysis", "logger", "trainer", "experiment",
+          "net", "optimizer", "scheduler", "recipe")
 
 
 def group_options(group: str) -> list[str]:

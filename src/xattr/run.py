@@ -8,7 +8,6 @@ Lightning ``Trainer.predict`` (attribute + evaluate + write each batch) -> repor
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from functools import partial
 from pathlib import Path
@@ -21,28 +20,14 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from torch.utils.data import DataLoader
 
 from xattr.config import CONF_DIR, build, check_overrides, root_config_error, validate
+from xattr.core.trainer import build_loggers, make_trainer
 from xattr.data.transforms import collate
 from xattr.engine.module import AttributionModule
-from xattr.engine.report import write_report
+from xattr.engine.report import finish_analyses, write_report
 from xattr.engine.targets import parse_target
 from xattr.models.zoo import load_model
 
 log = logging.getLogger("xattr")
-
-
-def build_loggers(cfg: DictConfig, run_dir: Path) -> list:
-    kind = cfg.logger.get("kind", "csv")
-    if kind == "none":
-        return []
-    if kind == "csv":
-        return [pl.loggers.CSVLogger(save_dir=str(run_dir), name="logs", version="")]
-    if kind == "wandb":
-        if not os.environ.get("WANDB_MODE"):
-            os.environ["WANDB_MODE"] = "offline"
-        return [pl.loggers.WandbLogger(project=cfg.logger.project, name=cfg.name, save_dir=str(run_dir),
-                                       offline=os.environ["WANDB_MODE"] == "offline",
-                                       config=OmegaConf.to_container(cfg, resolve=True))]
-    raise ValueError(f"unknown logger kind {kind!r}; valid choices: csv, wandb, none")
 
 
 def run(cfg: DictConfig) -> Path:
@@ -66,21 +51,27 @@ def run(cfg: DictConfig) -> Path:
     # build once on CPU now, so a bad layer/hyper-parameter fails before any work
     method_factory(zoo.net)
     metrics = {name: build(node) for name, node in (cfg.get("metric") or {}).items()}
+    analyses = {name: build(node) for name, node in (cfg.get("analysis") or {}).items()}
     module = AttributionModule(zoo.net, method_factory, metrics, run_dir, target, est_loader,
-                               cfg.paths.cache_dir)
-    loggers = build_loggers(cfg, run_dir)
-    trainer = pl.Trainer(**OmegaConf.to_container(cfg.trainer, resolve=True), logger=loggers or False,
-                         inference_mode=False, enable_checkpointing=False, default_root_dir=str(run_dir))
+                               cfg.paths.cache_dir, analyses)
+    loggers = build_loggers(cfg.logger.get("kind", "csv"), run_dir, name=cfg.name,
+                            project=cfg.logger.get("project", "xattr"),
+                            config=OmegaConf.to_container(cfg, resolve=True))
+    trainer = make_trainer(cfg.trainer, logger=loggers, inference_mode=False, enable_checkpointing=False,
+                           default_root_dir=str(run_dir))
     trainer.predict(module, loader, return_predictions=False)
     trainer.strategy.barrier()
     if trainer.is_global_zero:
-        summary = write_report(run_dir, ds, zoo.labels, zoo.preprocess, title=cfg.name)
+        summary = write_report(run_dir, ds, zoo.labels, zoo.preprocess, title=cfg.name, metrics=metrics)
+        results = finish_analyses(module.store, analyses)
         log.info("run dir %s: %d batches computed, %d skipped (finished earlier)", run_dir, module.computed,
                  module.skipped)
         print(f"\n{cfg.name}: {len(ds)} images, {module.computed} batches computed, "
               f"{module.skipped} skipped -> {run_dir}")
         if len(summary):
             print(summary.to_markdown(index=False, floatfmt=".4f"))
+        for name, df in results.items():
+            print(f"\n{name} (analyses/{name}.csv):\n" + df.to_markdown(index=False, floatfmt=".4f"))
         if len(ds) <= 20:  # small runs (the demo): each image's top-1 label
             per_image = pd.read_parquet(run_dir / "per_image.parquet")
             for r in per_image.itertuples():

@@ -15,8 +15,9 @@ import torchvision.transforms.functional as TF
 from PIL import Image
 from torch.utils.data import Dataset
 
+from xattr.core.labels import CIFAR10_CLASSES
+from xattr.core.preprocess import Preprocess
 from xattr.errors import missing_file, unknown
-from xattr.models.zoo import CIFAR10_CLASSES, Preprocess
 
 
 class Cifar10(Dataset):

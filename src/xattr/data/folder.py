@@ -13,10 +13,10 @@ from pathlib import Path
 from PIL import Image
 from torch.utils.data import Dataset
 
+from xattr.core.preprocess import Preprocess
 from xattr.data.imagenet import IMG_EXT
 from xattr.data.transforms import ImageTransform
 from xattr.errors import missing_file
-from xattr.models.zoo import Preprocess
 
 
 class ImageFolderFlat(Dataset):

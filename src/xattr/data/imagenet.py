@@ -13,10 +13,11 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from xattr.core.labels import imagenet_wnids
+from xattr.core.preprocess import Preprocess
 from xattr.data.transforms import ImageTransform
 from xattr.data.voc import parse_voc
 from xattr.errors import missing_file, unknown
-from xattr.models.zoo import Preprocess, imagenet_wnids
 
 IMG_EXT = (".jpeg", ".jpg", ".png")
 

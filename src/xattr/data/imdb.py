@@ -26,9 +26,9 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
+from xattr.core.vocab import PAD, UNK, Vocab
 from xattr.errors import missing_file, unknown
 
-PAD, UNK = "<pad>", "<unk>"
 SPLITS = ("train", "test")
 TRUNCATIONS = ("head", "tail")
 
@@ -83,28 +83,6 @@ def balanced_subset(rows: Sequence[dict], n: int, seed: int = 0) -> list[dict]:
         out += [rows[idx[i]] for i in pick]
     order = torch.randperm(len(out), generator=g).tolist()
     return [out[i] for i in order]
-
-
-class Vocab:
-    """Token <-> id table; id 0 is ``<pad>``, id 1 is ``<unk>`` (every unknown word)."""
-
-    def __init__(self, itos: Sequence[str]) -> None:
-        if list(itos[:2]) != [PAD, UNK]:
-            raise ValueError(f"a vocabulary starts with {PAD!r}, {UNK!r}; got {list(itos[:2])}")
-        self.itos = list(itos)
-        self.stoi = {w: i for i, w in enumerate(self.itos)}
-
-    pad_index = 0
-    unk_index = 1
-
-    def __len__(self) -> int:
-        return len(self.itos)
-
-    def encode(self, tokens: Iterable[str]) -> list[int]:
-        return [self.stoi.get(t, 1) for t in tokens]
-
-    def decode(self, ids: Iterable[int]) -> list[str]:
-        return [self.itos[int(i)] for i in ids]
 
 
 def build_vocab(rows: Iterable[dict], max_size: int = 25_000, min_freq: int = 1) -> Vocab:

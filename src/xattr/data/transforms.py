@@ -10,7 +10,7 @@ import torch
 import torchvision.transforms.functional as TF
 from PIL import Image
 
-from xattr.models.zoo import Preprocess
+from xattr.core.preprocess import Preprocess
 
 
 def resize_crop_boxes(boxes: torch.Tensor, src_size: tuple[int, int], resize: int, crop: int) -> torch.Tensor:

@@ -1,5 +1,6 @@
-"""After a run: the per-image table, the summary (mean and standard error per metric score), Markdown/CSV
-copies and the figures (heatmap grid with labels, mean metric curves)."""
+"""After a run: the per-image table, the summary (each metric's own summary of its scores), the results of
+the dataset-level analyses, Markdown/CSV copies and the figures (heatmap grid with labels, mean metric
+curves, InputIBA's stages, highlighted tokens for text)."""
 
 from __future__ import annotations
 
@@ -13,28 +14,12 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
-from xattr.engine.store import RunStore  # noqa: E402
-from xattr.metrics.base import mean_and_sem  # noqa: E402
+from xattr.analyses.base import Analysis  # noqa: E402
+from xattr.core.store import RunStore  # noqa: E402
+from xattr.metrics.base import Metric  # noqa: E402
+from xattr.metrics.summary import summarise_run_scores  # noqa: E402
 from xattr.viz.curves import mean_sem  # noqa: E402
 from xattr.viz.heatmaps import heatmap_grid  # noqa: E402
-
-META = ("id", "index", "label", "target", "prob", "top1")
-
-
-def summarise(per_image: pd.DataFrame) -> pd.DataFrame:
-    """One row per metric score: mean, standard error, number of images that count (finite values)."""
-    rows = []
-    for col in per_image.columns:
-        if col in META:
-            continue
-        mean, sem, n = mean_and_sem(torch.tensor(per_image[col].to_numpy(dtype=np.float64)))
-        rows.append({"score": col, "mean": mean, "sem": sem, "n": n})
-    if "label" in per_image and (per_image["label"] >= 0).any():
-        lab = per_image[per_image["label"] >= 0]
-        acc = torch.tensor((lab["top1"] == lab["label"]).to_numpy(dtype=np.float64))
-        mean, sem, n = mean_and_sem(acc)
-        rows.append({"score": "top1_accuracy", "mean": mean, "sem": sem, "n": n})
-    return pd.DataFrame(rows, columns=["score", "mean", "sem", "n"])
 
 
 def plot_curves(curves: dict[str, np.ndarray], path: Path, title: str = "") -> Path | None:
@@ -59,15 +44,34 @@ def plot_curves(curves: dict[str, np.ndarray], path: Path, title: str = "") -> P
     return path
 
 
+def finish_analyses(store: RunStore, analyses: dict[str, Analysis]) -> dict[str, pd.DataFrame]:
+    """Merge each analysis' per-rank states (``analyses/<name>[.rank<r>].pt``), compute it and write
+    ``analyses/<name>.{csv,md}``; returns name -> result."""
+    out = {}
+    for name, analysis in analyses.items():
+        files = sorted((store.dir / "analyses").glob(f"{name}.rank*.pt")) if (store.dir / "analyses").is_dir() else []
+        for f in files:
+            other = type(analysis).__new__(type(analysis))
+            other.__dict__.update(analysis.__dict__)
+            other.load_state_dict(torch.load(f, map_location="cpu", weights_only=False)["state"])
+            analysis.merge(other)
+        df = analysis.compute()
+        (store.dir / "analyses").mkdir(parents=True, exist_ok=True)
+        df.to_csv(store.dir / "analyses" / f"{name}.csv", index=False)
+        (store.dir / "analyses" / f"{name}.md").write_text(df.to_markdown(index=False, floatfmt=".4f") + "\n")
+        out[name] = df
+    return out
+
+
 def write_report(run_dir: str | Path, dataset=None, labels: list[str] | None = None, preprocess=None,
-                 title: str = "", grid_size: int = 8) -> pd.DataFrame:
+                 title: str = "", grid_size: int = 8, metrics: dict[str, Metric] | None = None) -> pd.DataFrame:
     """Write ``per_image.{parquet,csv}``, ``summary.{csv,md}``, ``heatmaps.png``, ``curves.png``."""
     run_dir = Path(run_dir)
     store = RunStore(run_dir)
     per_image = store.per_image()
     per_image.to_parquet(run_dir / "per_image.parquet", index=False)
     per_image.to_csv(run_dir / "per_image.csv", index=False)
-    summary = summarise(per_image)
+    summary = summarise_run_scores(per_image, metrics)
     summary.to_csv(run_dir / "summary.csv", index=False)
     (run_dir / "summary.md").write_text(summary.to_markdown(index=False, floatfmt=".4f") + "\n")
     plot_curves(store.curves(), run_dir / "curves.png", title)
@@ -97,7 +101,7 @@ def write_report(run_dir: str | Path, dataset=None, labels: list[str] | None = N
 def _text_report(run_dir: Path, dataset, maps: dict, rows: pd.DataFrame, labels: list[str] | None,
                  title: str) -> None:
     """``tokens.html`` (highlighted tokens like Table 1 of ch. 6) and ``tokens.txt`` (ANSI colours)."""
-    from xattr.data.text_render import render_html, render_terminal
+    from xattr.viz.tokens import render_html, render_terminal
 
     html, txt = [f"<h3>{title}</h3>"], []
     for _, r in rows.iterrows():

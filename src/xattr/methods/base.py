@@ -8,6 +8,13 @@ Every method is constructed with the model and its hyper-parameters (what Hydra 
 - ``target``: ``(B,)`` long class indices;
 - ``maps``: ``(B, 1, H, W)`` float for images (``(B, L)`` for tokens), same device, detached.
 
+``explain(x, target, aux=()) -> Explanation`` returns the same maps plus the method's *auxiliary results*
+as named tensors with a leading batch axis (InputIBA's three stages, IBA's Table-1 scores, a pathway's
+per-neuron masks). Results are returned, never left on the method for someone to read later: the
+engine stores every auxiliary per batch and hands a metric the ones it declares (``Metric.needs``).
+``aux`` names auxiliaries that cost extra work and are computed only when asked (e.g. Readout IBA's
+noisy-copy accuracies); cheap ones are always returned.
+
 Per-sample optimisations (IBA, InputIBA) need autograd, so ``requires_grad`` is stated as a class
 attribute; the engine never runs such methods under ``torch.inference_mode``.
 """
@@ -15,13 +22,15 @@ attribute; the engine never runs such methods under ``torch.inference_mode``.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
 import torch
 from torch import nn
 
+from xattr.core.checks import module_device
 from xattr.errors import unknown
 
 REDUCTIONS = ("abs", "positive", "sum", "abs_sum", "none", "max_abs")
@@ -50,6 +59,43 @@ def reduce_channels(attr: torch.Tensor, how: str = "abs_sum") -> torch.Tensor:
     return s.clamp_min(0)
 
 
+@dataclass
+class Explanation:
+    """What a method returns for a batch: ``maps`` and named auxiliary tensors ``aux``, each ``(B, ...)``.
+
+    Names are ``<group>/<name>`` (``stages/feature``, ``bottleneck/top1``); :meth:`group` gives one
+    group without its prefix. Construction checks that every auxiliary has the maps' batch size."""
+
+    maps: torch.Tensor
+    aux: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        b = self.maps.shape[0]
+        for name, t in self.aux.items():
+            if not torch.is_tensor(t) or t.dim() == 0 or t.shape[0] != b:
+                shape = tuple(t.shape) if torch.is_tensor(t) else type(t).__name__
+                raise ValueError(f"auxiliary {name!r} has shape {shape}; it needs a leading batch axis of {b}")
+
+    def group(self, prefix: str) -> dict[str, torch.Tensor]:
+        """The auxiliaries ``<prefix>/<name>`` as ``{name: tensor}``."""
+        p = prefix.rstrip("/") + "/"
+        return {k[len(p):]: v for k, v in self.aux.items() if k.startswith(p)}
+
+    def detach(self) -> Explanation:
+        return Explanation(self.maps.detach(), {k: v.detach() for k, v in self.aux.items()})
+
+    @staticmethod
+    def cat(parts: list[Explanation]) -> Explanation:
+        """Concatenate the explanations of consecutive chunks of a batch."""
+        keys = parts[0].aux.keys()
+        return Explanation(torch.cat([p.maps for p in parts]), {k: torch.cat([p.aux[k] for p in parts]) for k in keys})
+
+
+def with_prefix(prefix: str, tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``{name: t}`` -> ``{"<prefix>/<name>": t}``."""
+    return {f"{prefix}/{k}": v for k, v in tensors.items()}
+
+
 class Attribution(ABC):
     """Base of all methods. Subclasses implement :meth:`_attribute`."""
 
@@ -65,10 +111,7 @@ class Attribution(ABC):
 
     @property
     def device(self) -> torch.device:
-        try:
-            return next(self.model.parameters()).device
-        except StopIteration:
-            return torch.device("cpu")
+        return module_device(self.model)
 
     def fit(self, loader: Iterable[dict], cache_dir: Path | None = None) -> None:  # noqa: B027 (optional hook)
         """Estimate what the method needs from data before attributing (feature statistics, a read-out
@@ -82,6 +125,10 @@ class Attribution(ABC):
 
     def attribute(self, x: torch.Tensor, target: torch.Tensor | int) -> torch.Tensor:
         """Attribute ``target`` for the batch ``x``; returns detached maps (see module docstring)."""
+        return self.explain(x, target).maps
+
+    def explain(self, x: torch.Tensor, target: torch.Tensor | int, aux: Collection[str] = ()) -> Explanation:
+        """Maps and auxiliary results for ``x`` (see module docstring); ``aux``: costly auxiliaries wanted."""
         if not torch.is_tensor(target):
             target = torch.full((x.shape[0],), int(target), dtype=torch.long, device=x.device)
         target = target.to(x.device).long().reshape(-1)
@@ -89,16 +136,21 @@ class Attribution(ABC):
             raise ValueError(f"target has {target.numel()} entries for a batch of {x.shape[0]}")
         check_target(self.model, target)
         with torch.enable_grad() if self.requires_grad else torch.no_grad():
-            maps = self._attribute(x, target)
-        return maps.detach()
+            out = self._explain(x, target, frozenset(aux))
+        return out.detach()
 
-    def attribute_batch(self, batch: dict, target: torch.Tensor) -> torch.Tensor:
-        """Attribute a dataset batch (dict with ``x``, ``id``, ...). Methods that need more than ``x``
+    def explain_batch(self, batch: dict, target: torch.Tensor, aux: Collection[str] = ()) -> Explanation:
+        """Explain a dataset batch (dict with ``x``, ``id``, ...). Methods that need more than ``x``
         (e.g. maps saved by an earlier run, looked up by ``id``) override this; others need not."""
-        return self.attribute(batch["x"], target)
+        return self.explain(batch["x"], target, aux)
+
+    def _explain(self, x: torch.Tensor, target: torch.Tensor, aux: frozenset[str]) -> Explanation:
+        """Methods with auxiliary results override this; the others implement :meth:`_attribute` only."""
+        return Explanation(self._attribute(x, target))
 
     @abstractmethod
-    def _attribute(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor: ...
+    def _attribute(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Maps ``(B, 1, H, W)`` (tokens ``(B, L)``) for a validated ``target``."""
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"

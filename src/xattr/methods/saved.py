@@ -1,8 +1,9 @@
 """Maps of an earlier run, looked up by image id: evaluate new metrics without recomputing attributions.
 
 ``python -m xattr.run method=saved method.run_dir=outputs/runs/<run> metric=[ehr,degradation]`` reads
-``<run>/heatmaps/*.npz`` (float16, see ``xattr.engine.store``) and hands the maps of each batch to the
-metrics. The new run records the original method's name and settings (``method_name``,
+``<run>/heatmaps/*.npz`` (float16, see :mod:`xattr.core.store`) and hands the maps of each batch to the
+metrics, with the auxiliary results the original method stored (``aux/``). The earlier run is only read:
+its folder stays byte-identical. The new run records the original method's name and settings (``method_name``,
 ``source_method``), so tables place it in the original method's row.
 """
 
@@ -14,8 +15,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from xattr.core.store import RunStore
 from xattr.errors import XattrConfigError, missing_file
-from xattr.methods.base import Attribution
+from xattr.methods.base import Attribution, Explanation
 
 
 class SavedMaps(Attribution):
@@ -29,15 +31,19 @@ class SavedMaps(Attribution):
             raise missing_file("heatmaps of an earlier run", self.run_dir / "heatmaps",
                                "method.run_dir must be a run folder written by python -m xattr.run")
         self._maps: dict[str, np.ndarray] | None = None
+        self._aux: dict[str, dict[str, np.ndarray]] | None = None
 
     def maps_by_id(self) -> dict[str, np.ndarray]:
         if self._maps is None:
-            from xattr.engine.store import RunStore
-
             self._maps = RunStore(self.run_dir).heatmaps()
         return self._maps
 
-    def attribute_batch(self, batch: dict, target: torch.Tensor) -> torch.Tensor:
+    def aux_by_id(self) -> dict[str, dict[str, np.ndarray]]:
+        if self._aux is None:
+            self._aux = RunStore(self.run_dir).aux()
+        return self._aux
+
+    def explain_batch(self, batch: dict, target: torch.Tensor, aux=()) -> Explanation:
         maps = self.maps_by_id()
         missing = [i for i in batch["id"] if str(i) not in maps]
         if missing:
@@ -47,7 +53,12 @@ class SavedMaps(Attribution):
         x = batch["x"]
         if x.dim() == 4:
             m = m[:, None]
-        return m.to(x.device)
+        stored = self.aux_by_id()
+        names = set.intersection(*(set(stored.get(str(i), {})) for i in batch["id"])) if stored else set()
+        extra = {k: torch.from_numpy(np.stack([stored[str(i)][k] for i in batch["id"]])).to(x.device)
+                 for k in sorted(names)}
+        extra = {k: v.float() if v.is_floating_point() else v for k, v in extra.items()}
+        return Explanation(m.to(x.device), extra)
 
     def _attribute(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        raise XattrConfigError("saved maps are looked up by image id: use attribute_batch(batch, target)")
+        raise XattrConfigError("saved maps are looked up by image id: use explain_batch(batch, target)")

@@ -15,29 +15,12 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from xattr.errors import XattrConfigError, unknown
+from xattr.core.checks import check_choice, check_positive_int
+from xattr.errors import XattrConfigError
 
 OUTPUTS = ("softmax", "logit", "sigmoid")
 TIES = ("stable", "random")
 PRECISIONS = ("fp32", "bf16", "fp16")
-
-
-def check_choice(kind: str, value: object, choices: tuple) -> None:
-    if value not in choices:
-        raise unknown(kind, value, choices)
-
-
-def check_positive_int(kind: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise XattrConfigError(f"bad {kind} {value!r}; valid choices: an integer >= 1")
-    return value
-
-
-def model_device(model: nn.Module, fallback: torch.device) -> torch.device:
-    try:
-        return next(model.parameters()).device
-    except StopIteration:
-        return fallback
 
 
 def readout(out: torch.Tensor, target: torch.Tensor, how: str) -> torch.Tensor:

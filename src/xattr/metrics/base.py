@@ -4,12 +4,16 @@ A metric is configured at construction and called as
 ``metric(model, x, target, maps, **extras) -> MetricResult``, batched on the model's device:
 
 - ``x`` ``(B, C, H, W)`` (or ``(B, L)`` tokens), ``target`` ``(B,)``, ``maps`` ``(B, 1, H, W)`` (or ``(B, L)``);
-- ``extras`` carry what some metrics need: ``boxes`` (list of ``(N_i, 4)`` xyxy tensors in ``x``'s pixel
-  coordinates), ``method`` (an :class:`~xattr.methods.base.Attribution`, for sanity checks), ``mask``
-  (``(B, L)`` bool valid tokens). Metrics ignore extras they do not use.
+- ``extras`` carry what a metric declares in ``needs``, and the engine passes exactly those that exist:
+  batch keys (``boxes``: list of ``(N_i, 4)`` xyxy tensors in ``x``'s pixel coordinates; ``mask``:
+  ``(B, L)`` bool valid tokens), the run's context (``method``, the :class:`~xattr.methods.base.Attribution`;
+  ``method_factory``, ``model -> fitted method``, for sanity checks) and the method's auxiliary results by
+  name (``bottleneck/top1``, ``stages/feature``; see :class:`~xattr.methods.base.Explanation`).
 
-It returns per-sample tensors and keeps no state between calls; summaries over a dataset (means,
-standard errors, correlations pooled over images) are separate functions used by ``xattr.tables``.
+It returns per-sample tensors and keeps no state between calls. :meth:`Metric.summarise` turns a dataset's
+per-image scores into the numbers a table reports (mean, standard error, count; degradation's eq.-8
+scaling); work that accumulates over the dataset in other ways (pooled correlations) is an analysis
+(:mod:`xattr.analyses`).
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ from typing import Any, ClassVar
 
 import torch
 from torch import nn
+
+from xattr.core.summary import mean_and_sem
 
 
 @dataclass
@@ -46,6 +52,8 @@ class Metric(ABC):
     """Base of all metrics. Subclasses implement :meth:`evaluate`."""
 
     name: ClassVar[str] = "metric"
+    #: extras this metric reads (batch keys, ``method``/``method_factory``, auxiliary result names)
+    needs: ClassVar[tuple[str, ...]] = ()
     #: for each score name, whether higher is better (tables sort and label with it)
     higher_is_better: ClassVar[dict[str, bool]] = {}
     paper: ClassVar[str] = ""
@@ -63,12 +71,7 @@ class Metric(ABC):
         self, model: nn.Module, x: torch.Tensor, target: torch.Tensor, maps: torch.Tensor, **extras: Any
     ) -> MetricResult: ...
 
-
-def mean_and_sem(values: torch.Tensor) -> tuple[float, float, int]:
-    """Mean, standard error of the mean and count of the finite entries of ``values``."""
-    v = values[torch.isfinite(values)].double()
-    n = v.numel()
-    if n == 0:
-        return float("nan"), float("nan"), 0
-    sem = float(v.std(unbiased=True) / n**0.5) if n > 1 else float("nan")
-    return float(v.mean()), sem, n
+    def summarise(self, scores: dict[str, torch.Tensor]) -> dict[str, tuple[float, float, int]]:
+        """Dataset summary of this metric's per-image ``scores`` (name -> ``(N,)``, NaN = filtered image):
+        name -> (mean, standard error, count). Default: mean and s.e. of each score."""
+        return {k: mean_and_sem(v) for k, v in scores.items()}

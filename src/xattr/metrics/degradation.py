@@ -8,7 +8,7 @@ softmax probability of the target is read at ``n_points`` evaluation points (num
 ``t1`` the model's *average top-1 probability on the original samples* and ``b`` the *mean output on the
 fully degraded images*, both averaged over the dataset: they are dataset constants, so the per-sample
 score here is the unscaled area ``integral (p_LeRF - p_MoRF) dx`` (``b`` cancels in the difference) and
-:func:`summarise` divides the dataset mean by ``t1 - b`` computed from the per-sample ``top1_prob`` and
+:meth:`Degradation.summarise` divides the dataset mean by ``t1 - b`` computed from the per-sample ``top1_prob`` and
 ``degraded_prob`` it returns. Given ``t1`` and ``b`` at construction, ``degradation`` is scaled per sample.
 
 ``lerf_change_auc`` (ch. 5, appendix C.2, Table 2, lower is better): area under the LeRF curve of the
@@ -27,16 +27,14 @@ from typing import Any
 import torch
 from torch import nn
 
+from xattr.core.checks import check_choice, check_positive_int, module_device
 from xattr.errors import XattrConfigError
 from xattr.metrics._perturb import (
     OUTPUTS,
     PRECISIONS,
     TIES,
-    check_choice,
-    check_positive_int,
     chunked_readout,
     flat_map,
-    model_device,
     ranks,
     tile_index,
     tile_sums,
@@ -101,7 +99,7 @@ class Degradation(Metric):
     def evaluate(
         self, model: nn.Module, x: torch.Tensor, target: torch.Tensor, maps: torch.Tensor, **extras: Any
     ) -> MetricResult:
-        device = model_device(model, x.device)
+        device = module_device(model, x.device)
         x, target = x.to(device), target.to(device)
         bsz, c, h, w = x.shape
         tid, n_tiles = tile_index(h, w, self.tile, device)
@@ -142,19 +140,20 @@ class Degradation(Metric):
         }
         return res
 
-
-def summarise(scores: dict[str, torch.Tensor], t1: float | None = None, b: float | None = None) -> dict[str, tuple]:
-    """Dataset summary: the eq.-8 degradation score (mean and s.e. of the area between LeRF and MoRF
-    divided by ``t1 - b``; ``t1`` = mean top-1 probability on the originals, ``b`` = mean output on the
-    fully degraded images, both from ``scores`` unless given), plus mean +- s.e. of the other scores.
-    Use on unscaled scores (a metric built without ``t1``/``b``)."""
-    t1 = float(scores["top1_prob"].nanmean()) if t1 is None else t1
-    b = float(scores["degraded_prob"].nanmean()) if b is None else b
-    out = {k: mean_and_sem(v) for k, v in scores.items()}
-    m, s, n = out["degradation"]
-    out["degradation_scaled"] = (m / (t1 - b), s / abs(t1 - b), n)
-    out["t1"], out["b"] = (t1, float("nan"), n), (b, float("nan"), n)
-    return out
+    def summarise(self, scores: dict[str, torch.Tensor]) -> dict[str, tuple[float, float, int]]:
+        """Dataset summary: the eq.-8 degradation score (mean and s.e. of the area between LeRF and MoRF
+        divided by ``t1 - b``; ``t1`` = mean top-1 probability on the originals, ``b`` = mean output on the
+        fully degraded images, both from ``scores``), plus mean +- s.e. of the other scores. Scores of a
+        metric built with ``t1``/``b`` are already scaled: they are summarised as they are."""
+        out = {k: mean_and_sem(v) for k, v in scores.items()}
+        if self.t1 is not None or self.b is not None or "degradation" not in scores:
+            return out
+        t1 = float(scores["top1_prob"].nanmean())
+        b = float(scores["degraded_prob"].nanmean())
+        m, s, n = out["degradation"]
+        out["degradation_scaled"] = (m / (t1 - b), s / abs(t1 - b), n)
+        out["t1"], out["b"] = (t1, float("nan"), n), (b, float("nan"), n)
+        return out
 
 
 def scaled_curves(curves: torch.Tensor, t1: float, b: float) -> torch.Tensor:

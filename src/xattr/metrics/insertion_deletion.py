@@ -37,21 +37,19 @@ import torch
 from torch import nn
 from torchvision.transforms.functional import gaussian_blur
 
+from xattr.core.checks import check_choice, check_positive_int, module_device
 from xattr.errors import XattrConfigError
 from xattr.metrics._perturb import (
     OUTPUTS,
     PRECISIONS,
     TIES,
-    check_choice,
-    check_positive_int,
     chunked_readout,
     flat_map,
-    model_device,
     ranks,
     readout,
     trapezoid,
 )
-from xattr.metrics.base import Metric, MetricResult, mean_and_sem
+from xattr.metrics.base import Metric, MetricResult
 
 MODES = ("insertion", "deletion")
 
@@ -78,6 +76,7 @@ class InsertionDeletion(Metric):
     """
 
     name = "insertion_deletion"
+    needs = ("mask",)  # text: the real tokens
     higher_is_better = {"insertion": True, "deletion": False, "prob": True}
     paper = "Petsiuk et al., BMVC 2018; Khakzar et al., CVPR 2021 (InputIBA), Table 3"
 
@@ -129,7 +128,7 @@ class InsertionDeletion(Metric):
         tokens = not x.is_floating_point()
         if tokens:
             return self._evaluate_tokens(model, x, target, maps, extras.get("mask"))
-        device = model_device(model, x.device)
+        device = module_device(model, x.device)
         x, target = x.to(device), target.to(device)
         b, c, h, w = x.shape
         n = h * w
@@ -184,7 +183,7 @@ class InsertionDeletion(Metric):
     ) -> MetricResult:
         if self.unk_index is None:
             raise XattrConfigError("missing unk_index for token inputs; valid choices: the vocabulary's <unk> id")
-        device = model_device(model, x.device)
+        device = module_device(model, x.device)
         x, target = x.to(device), target.to(device)
         b, length = x.shape
         mask = torch.ones_like(x, dtype=torch.bool) if mask is None else mask.to(device).bool()
@@ -217,9 +216,3 @@ class InsertionDeletion(Metric):
         out = model(x, mask=mask) if self.pass_mask else model(x)
         self._filter(res, out, target)
         return res
-
-
-def summarise(scores: dict[str, torch.Tensor]) -> dict[str, tuple[float, float, int]]:
-    """Mean, standard error and count of the insertion / deletion AUCs over a dataset (NaN = filtered
-    images left out), as Table 3 of the InputIBA chapter reports them."""
-    return {k: mean_and_sem(v) for k, v in scores.items() if k in MODES}

@@ -14,9 +14,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from xattr.core.checks import check_choice
 from xattr.errors import XattrConfigError
-from xattr.metrics._perturb import TIES, box_masks, check_choice, flat_map, ranks, trapezoid
-from xattr.metrics.base import Metric, MetricResult, mean_and_sem
+from xattr.metrics._perturb import TIES, box_masks, flat_map, ranks, trapezoid
+from xattr.metrics.base import Metric, MetricResult
 
 NORMALISATIONS = ("auto", "none", "max", "minmax")
 
@@ -59,6 +60,7 @@ class BoundingBoxRatio(Metric):
     """
 
     name = "bbox_ratio"
+    needs = ("boxes",)
     higher_is_better = {"bbox_ratio": True}
     paper = "Schulz et al., ICLR 2020, sec. 4.5 and Table 2"
 
@@ -91,6 +93,7 @@ class EffectiveHeatRatio(Metric):
     """
 
     name = "ehr"
+    needs = ("boxes",)
     higher_is_better = {"ehr": True}
     paper = "Khakzar et al., CVPR 2021 (InputIBA), sec. 4.5 and Table 2"
 
@@ -152,6 +155,7 @@ class BoxIoU(Metric):
     """
 
     name = "iou"
+    needs = ("boxes",)
     higher_is_better = {"iou": True}
     paper = "Khakzar et al., MICCAI 2021 (CheXplain-IBA), Table 1"
 
@@ -191,9 +195,3 @@ def _iou(binary: torch.Tensor, box: torch.Tensor) -> torch.Tensor:
     inter = (binary & box).sum(1).float()
     union = (binary | box).sum(1).float()
     return inter / union.clamp_min(1)
-
-
-def summarise(scores: dict[str, torch.Tensor]) -> dict[str, tuple[float, float, int]]:
-    """Mean, standard error and count over a dataset (NaN = filtered images left out), as Table 2 of the
-    IBA paper (bbox) and of the InputIBA chapter (EHR, +- s.e.) report them."""
-    return {k: mean_and_sem(v) for k, v in scores.items()}

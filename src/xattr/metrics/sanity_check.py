@@ -40,10 +40,10 @@ from scipy.stats import spearmanr
 from skimage.metrics import structural_similarity
 from torch import nn
 
+from xattr.core.checks import check_choice
+from xattr.core.layers import layer_path
 from xattr.errors import XattrConfigError, unknown
-from xattr.metrics._perturb import check_choice
-from xattr.metrics.base import Metric, MetricResult, mean_and_sem
-from xattr.models.layers import layer_path
+from xattr.metrics.base import Metric, MetricResult
 
 INITS = ("inputiba", "normal")
 NORMALISE = ("percentile", "minmax", "none")
@@ -96,6 +96,7 @@ class CascadingRandomisation(Metric):
     """
 
     name = "sanity_check"
+    needs = ("method", "method_factory")
     higher_is_better = {"ssim": False, "spearman": False, "spearman_abs": False}
     paper = "Adebayo et al., NeurIPS 2018; Schulz et al., ICLR 2020, Fig. 6; InputIBA Fig. 3; pathways Fig. 6"
 
@@ -220,9 +221,3 @@ def _method_factory(method: Any, factory: Callable[[nn.Module], Any] | None) -> 
                 "valid choices: pass a 'method_factory' callable"
             )
     return lambda net: cls(net, **kwargs)
-
-
-def summarise(curves: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean and standard error per randomisation step of ``(N_images, K + 1)`` curves (Fig. 6 / Fig. 3)."""
-    stats = [mean_and_sem(curves[:, k]) for k in range(curves.shape[1])]
-    return torch.tensor([s[0] for s in stats]), torch.tensor([s[1] for s in stats])

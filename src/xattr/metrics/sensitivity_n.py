@@ -10,7 +10,7 @@ Two protocols (REFERENCE.md, "Evaluations"):
 - ``iba`` (IBA-paper-code @6bac54a8, Fig. 6): tiles of 8 (or 14) pixels, 16 n log-spaced from 1 tile to 80%
   of the tiles, 100 masks per n, *one* correlation pooled over all (image, mask) pairs per n. For that the
   metric returns the raw pairs per sample as curves ``attr_sum`` and ``output_drop`` ``(B, N_n * M)``
-  (x axis: the n of each column, in pixels) and :func:`pooled_curve` pools them across batches.
+  (x axis: the n of each column, in pixels) and the analysis :class:`xattr.analyses.sensitivity_n.PooledSensitivityN` pools them over the dataset.
 
 Masks are drawn once per call from ``seed`` and shared by all images (and by every batch, since the seed
 is fixed), as both reference codes do. Masked pixels are set to ``fill`` (0 in normalised space). The n
@@ -29,18 +29,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from xattr.core.checks import check_choice, check_positive_int, module_device
 from xattr.errors import XattrConfigError
-from xattr.metrics._perturb import (
-    PRECISIONS,
-    check_choice,
-    check_positive_int,
-    chunked_readout,
-    flat_map,
-    model_device,
-    pearson,
-    tile_index,
-    tile_sums,
-)
+from xattr.metrics._perturb import PRECISIONS, chunked_readout, flat_map, pearson, tile_index, tile_sums
 from xattr.metrics.base import Metric, MetricResult, mean_and_sem
 
 PROTOCOLS = ("inputiba", "iba")
@@ -117,7 +108,7 @@ class SensitivityN(Metric):
     def evaluate(
         self, model: nn.Module, x: torch.Tensor, target: torch.Tensor, maps: torch.Tensor, **extras: Any
     ) -> MetricResult:
-        device = model_device(model, x.device)
+        device = module_device(model, x.device)
         x, target = x.to(device), target.to(device)
         b, c, h, w = x.shape
         flat = flat_map(maps.to(device), x)  # (B, H*W)
@@ -156,14 +147,3 @@ def mean_curve(curves: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """InputIBA protocol: per-image correlations ``(N_images, N_n)`` -> mean and s.e. per n."""
     stats = [mean_and_sem(curves[:, k]) for k in range(curves.shape[1])]
     return torch.tensor([s[0] for s in stats]), torch.tensor([s[1] for s in stats])
-
-
-def pooled_curve(attr_sum: torch.Tensor, output_drop: torch.Tensor, x_axis: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """IBA-paper protocol: one Pearson correlation per n over all (image, mask) pairs.
-
-    ``attr_sum``, ``output_drop``: ``(N_images, N_n * M)`` (the concatenated per-batch curves of the same
-    name); ``x_axis``: ``(N_n * M,)`` the n of each column. Returns (n values, correlation per n).
-    """
-    values = torch.unique_consecutive(x_axis)
-    corr = torch.stack([pearson(attr_sum[:, x_axis == v].reshape(-1), output_drop[:, x_axis == v].reshape(-1)) for v in values])
-    return values, corr.float()

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from xattr.data.imdb import Vocab
+from xattr.core.vocab import Vocab
 from xattr.errors import missing_file, unknown
 
 POOLS = ("last", "max", "mean")

@@ -13,52 +13,27 @@ papers' layer names.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import cache
 from pathlib import Path
 
 import torch
 import torchvision
 from torch import nn
 
+from xattr.core.labels import CIFAR10_CLASSES, IMDB_CLASSES, imagenet_labels
+from xattr.core.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess
 from xattr.errors import XattrConfigError, missing_file, unknown
 from xattr.models.cifar_resnet import cifar_resnet
 from xattr.models.tf_padding import use_tf_same_padding
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 REPO_ROOT = Path(__file__).resolve().parents[3]
-ASSETS = REPO_ROOT / "assets"
 
 
 def default_weights_dir() -> Path:
     """``$XATTR_WEIGHTS`` or ``../shared/data/weights`` beside the repository."""
     return Path(os.environ.get("XATTR_WEIGHTS", REPO_ROOT.parent / "shared" / "data" / "weights"))
-
-
-@dataclass(frozen=True)
-class Preprocess:
-    """How images become the model's input: resize shorter side, centre crop, normalise."""
-
-    mean: tuple[float, ...] = IMAGENET_MEAN
-    std: tuple[float, ...] = IMAGENET_STD
-    size: int = 224
-    resize: int = 256
-
-    def normalise(self, x: torch.Tensor) -> torch.Tensor:
-        """[0, 1] RGB ``(B, 3, H, W)`` -> the model's input space."""
-        m = torch.tensor(self.mean, device=x.device).view(1, -1, 1, 1)
-        s = torch.tensor(self.std, device=x.device).view(1, -1, 1, 1)
-        return (x - m) / s
-
-    def denormalise(self, x: torch.Tensor) -> torch.Tensor:
-        """The model's input space -> [0, 1] RGB (for figures)."""
-        m = torch.tensor(self.mean, device=x.device).view(1, -1, 1, 1)
-        s = torch.tensor(self.std, device=x.device).view(1, -1, 1, 1)
-        return x * s + m
 
 
 @dataclass
@@ -242,24 +217,6 @@ ZOO: dict[str, ModelSpec] = {
     "imdb_lstm": ModelSpec(_imdb_lstm, Preprocess(), {}, "imdb", 2),
 }
 
-CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
-
-
-@cache
-def imagenet_labels() -> list[str]:
-    """Human-readable ImageNet class names in torchvision's order (shipped in assets/)."""
-    with open(ASSETS / "imagenet_class_index.json") as f:
-        idx = json.load(f)
-    return [idx[str(i)][1] for i in range(len(idx))]
-
-
-@cache
-def imagenet_wnids() -> list[str]:
-    with open(ASSETS / "imagenet_class_index.json") as f:
-        idx = json.load(f)
-    return [idx[str(i)][0] for i in range(len(idx))]
-
-
 def register(name: str, spec: ModelSpec) -> None:
     """Add a model to the zoo (e.g. a user's own network)."""
     ZOO[name] = spec
@@ -285,7 +242,7 @@ def load_model(
     net.num_classes = spec.num_classes
     net.eval().requires_grad_(False)
     labels = {"imagenet": imagenet_labels, "cifar10": lambda: CIFAR10_CLASSES,
-              "imdb": lambda: ["negative", "positive"]}[spec.labels]()
+              "imdb": lambda: IMDB_CLASSES}[spec.labels]()
     return ZooModel(name, net.to(device), spec.preprocess, labels, weights)
 
 

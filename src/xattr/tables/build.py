@@ -1,14 +1,15 @@
 """Build a paper table from run directories: the paper's rows and columns, published values beside ours.
 
-A run is a folder with ``config.yaml`` and ``per_image.parquet`` (written by ``python -m xattr.run``).
-Each metric's dataset summary comes from its module's ``summarise(scores)`` when it has one (e.g. the
-eq.-8 scaling of the degradation score needs dataset-level ``t1`` and ``b``), else mean and standard error.
-Figures (``kind: figure``) are drawn as mean curves per run, with the paper's claim as caption.
+A run is a folder with ``config.yaml`` and ``per_image.parquet`` (written by ``python -m xattr.run``); it is
+only read (:class:`~xattr.core.store.RunStore` writes nothing on opening). Each metric's dataset summary is
+its class's :meth:`~xattr.metrics.base.Metric.summarise` (e.g. the eq.-8 scaling of the degradation score
+needs dataset-level ``t1`` and ``b``), the same numbers as the run's ``summary.csv``. Figures
+(``kind: figure``) are drawn as mean curves per run, or from a dataset-level analysis' result
+(``analyses/<name>.csv``, e.g. the pooled Sensitivity-N of the IBA paper), with the paper's claim as caption.
 """
 
 from __future__ import annotations
 
-import importlib
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -23,9 +24,10 @@ import torch  # noqa: E402
 import yaml  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
-from xattr.engine.report import summarise  # noqa: E402
-from xattr.engine.store import RunStore  # noqa: E402
-from xattr.errors import unknown  # noqa: E402
+from xattr.analyses.sensitivity_n import PooledSensitivityN  # noqa: E402
+from xattr.core.store import RunStore  # noqa: E402
+from xattr.errors import XattrConfigError, unknown  # noqa: E402
+from xattr.metrics.summary import summarise_run_scores  # noqa: E402
 
 PUBLISHED = Path(__file__).with_name("published.yaml")
 
@@ -46,23 +48,22 @@ def find_runs(paths: list[str | Path]) -> list[Path]:
 
 
 def summarise_run(run_dir: Path) -> dict[str, tuple[float, float, int]]:
-    """``<metric>/<score>`` -> (mean, s.e., n) for one run, via each metric module's ``summarise``."""
+    """``<metric>/<score>`` -> (mean, s.e., n) for one run, each metric summarising its own scores."""
     cfg = OmegaConf.load(run_dir / "config.yaml")
     df = pd.read_parquet(run_dir / "per_image.parquet")
-    out = {r.score: (r.mean, r.sem, r.n) for r in summarise(df).itertuples()}
+    metrics = {}
     for mname, node in (cfg.get("metric") or {}).items():
-        module = importlib.import_module(str(node["_target_"]).rsplit(".", 1)[0])
-        fn = getattr(module, "summarise", None)
-        prefix = f"{mname}/"
-        scores = {c[len(prefix):]: torch.tensor(df[c].to_numpy(dtype=np.float64)) for c in df if c.startswith(prefix)}
-        if fn is None or not scores:
-            continue
         try:
-            for k, v in fn(scores).items():
-                out[prefix + k] = tuple(v) if isinstance(v, tuple | list) else (float(v), float("nan"), len(df))
-        except (KeyError, TypeError):  # summary needs scores this run did not compute: keep plain means
-            pass
-    return out
+            metrics[mname] = build_metric(node)
+        except (XattrConfigError, ImportError, TypeError, ValueError):  # a metric this version cannot build
+            continue
+    return {r.score: (r.mean, r.sem, r.n) for r in summarise_run_scores(df, metrics).itertuples()}
+
+
+def build_metric(node):
+    from hydra.utils import instantiate
+
+    return instantiate(node)
 
 
 def _lookup(cfg: Any, key: str) -> Any:
@@ -154,24 +155,27 @@ def build_table(table_id: str, run_paths: list[str | Path], out_dir: str | Path 
 
 
 def _figure(table_id: str, spec: dict, runs: list, out_dir: Path) -> pd.DataFrame:
-    from xattr.metrics import sensitivity_n
-
     fig, ax = plt.subplots(figsize=(6, 4))
     rows = []
     for r, cfg in runs:
-        curves = RunStore(r).curves()
         key = spec["curve"]
         metric = key.split("/")[0]
-        if f"{metric}/attr_sum" in curves:  # IBA-paper protocol: one correlation pooled over images
-            x = torch.tensor(curves[f"{metric}/attr_sum/x"]) if f"{metric}/attr_sum/x" in curves else None
-            mean, _ = sensitivity_n.pooled_curve(torch.tensor(curves[f"{metric}/attr_sum"]),
-                                                 torch.tensor(curves[f"{metric}/output_drop"]), x)
-            y = mean.numpy()
+        pooled = r / "analyses" / f"{PooledSensitivityN.name}.csv"
+        curves = RunStore(r).curves()
+        if pooled.is_file():  # IBA-paper protocol: the run's analysis, one correlation pooled over images
+            res = pd.read_csv(pooled)
+            x, y = res["n"].to_numpy(), res["correlation"].to_numpy()
+        elif f"{metric}/attr_sum" in curves:  # a run made before the analysis: pool its stored pairs now
+            analysis = PooledSensitivityN(metric)
+            analysis.add(torch.tensor(curves[f"{metric}/attr_sum"]), torch.tensor(curves[f"{metric}/output_drop"]),
+                         torch.tensor(curves[f"{metric}/attr_sum/x"]))
+            res = analysis.compute()
+            x, y = res["n"].to_numpy(), res["correlation"].to_numpy()
         elif key in curves:
             y = np.nanmean(curves[key], 0)
+            x = curves.get(key + "/x", np.arange(len(y)))
         else:
             continue
-        x = curves.get(key + "/x", np.arange(len(y)))
         label = f"{cfg.get('method_name')} ({cfg.model.name})"
         ax.plot(x, y, marker=".", label=label)
         rows.append({"run": label, **{f"{float(a):g}": round(float(b), 4) for a, b in zip(x, y)}})

@@ -22,15 +22,14 @@ Reuse (InputIBA builds on this file): subclass :class:`Bottleneck` and override 
 from __future__ import annotations
 
 import math
-import zlib
 from collections.abc import Callable, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+from xattr.core.seeding import draw_noise
 from xattr.errors import XattrConfigError
 
 
@@ -144,31 +143,6 @@ def to_bits_map(kl: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(m, size=size, mode="bilinear", align_corners=False)
 
 
-# --------------------------------------------------------------------------------------- noise seeds
-
-
-def image_seeds(x: torch.Tensor, seed: int) -> list[int]:
-    """One seed per image from ``seed`` and the image's bytes (CRC-32), so that an image draws the same
-    noise wherever it sits in a batch (batched == one at a time)."""
-    flat = x.detach().float().reshape(x.shape[0], -1).cpu().numpy()
-    return [(zlib.crc32(row.tobytes()) ^ (seed * 2654435761)) & 0x7FFFFFFFFFFF for row in flat]
-
-
-def make_generators(seeds: Sequence[int] | None, device: torch.device) -> list[torch.Generator] | None:
-    if seeds is None:
-        return None
-    return [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
-
-
-def draw_noise(
-    shape: tuple[int, ...], n: int, generators: Sequence[torch.Generator] | None, device: torch.device
-) -> torch.Tensor:
-    """Standard normal noise ``(n, *shape)``; image ``i`` draws from ``generators[i]`` when given."""
-    if generators is None:
-        return torch.randn((n, *shape), device=device)
-    return torch.stack([torch.randn(shape, generator=g, device=device) for g in generators])
-
-
 # --------------------------------------------------------------------------------------- optimisation
 
 ModelLoss = Callable[[torch.Tensor], torch.Tensor]
@@ -181,7 +155,8 @@ class AlphaResult:
 
     ``alpha`` ``(B, C, h, w)`` after the last step; ``kl`` ``(B, C, h, w)`` nats of the last forward pass
     (the reference's heatmap); ``outputs`` ``(B, copies, K)`` of the last forward pass; ``losses``
-    ``(steps, B)`` model-loss per step and ``info`` ``(steps, B)`` mean KL per step.
+    ``(steps, B)`` model-loss per step and ``info`` ``(steps, B)`` mean KL per step; ``first_kl`` and
+    ``first_outputs``: the same of the first forward pass (alpha = ``init_alpha``, the untrained bottleneck).
     """
 
     alpha: torch.Tensor
@@ -189,6 +164,18 @@ class AlphaResult:
     outputs: torch.Tensor
     losses: torch.Tensor
     info: torch.Tensor
+    first_kl: torch.Tensor | None = None
+    first_outputs: torch.Tensor | None = None
+
+    @staticmethod
+    def cat(parts: list[AlphaResult]) -> AlphaResult:
+        """Concatenate the results of consecutive groups of images (per-step fields on axis 1)."""
+        def join(f: str, dim: int = 0):
+            vals = [getattr(p, f) for p in parts]
+            return None if any(v is None for v in vals) else torch.cat(vals, dim)
+
+        return AlphaResult(join("alpha"), join("kl"), join("outputs"), join("losses", 1), join("info", 1),
+                           join("first_kl"), join("first_outputs"))
 
 
 def optimize_alpha(
@@ -229,9 +216,9 @@ def optimize_alpha(
     alpha = torch.full_like(r, float(init_alpha), requires_grad=True)
     opt = torch.optim.Adam([alpha], lr=lr)
     losses, infos = [], []
-    kl = outputs = None
+    kl = outputs = first_kl = first_outputs = None
     dev = r.device
-    for _ in range(steps):
+    for step in range(steps):
         opt.zero_grad(set_to_none=True)
         lam = bottleneck.lam(alpha)  # (B, C, h, w)
         kl = bottleneck.kl(r, lam)
@@ -245,6 +232,8 @@ def optimize_alpha(
         per_image = (-ml if inverse else ml) + beta * info
         per_image.sum().backward()
         opt.step()
+        if step == 0:
+            first_kl, first_outputs = kl.detach(), outputs.detach()
         losses.append(ml.detach())
         infos.append(info.detach())
     return AlphaResult(
@@ -253,6 +242,8 @@ def optimize_alpha(
         outputs=outputs.detach(),
         losses=torch.stack(losses),
         info=torch.stack(infos),
+        first_kl=first_kl,
+        first_outputs=first_outputs,
     )
 
 
@@ -278,58 +269,3 @@ def bce_loss(target: torch.Tensor) -> ModelLoss:
 
 
 MODEL_LOSSES = {"ce": cross_entropy_loss, "bce": bce_loss}
-
-
-# --------------------------------------------------------------------------------------- hooks
-
-
-@contextmanager
-def frozen(model: nn.Module):
-    """Parameters' ``requires_grad`` off inside, restored on exit (also on error)."""
-    flags = [(p, p.requires_grad) for p in model.parameters()]
-    try:
-        for p, _ in flags:
-            p.requires_grad_(False)
-        yield model
-    finally:
-        for p, f in flags:
-            p.requires_grad_(f)
-
-
-class _Stop(Exception):
-    pass
-
-
-@contextmanager
-def hooked(layer: nn.Module, fn: Callable[[torch.Tensor], torch.Tensor | None]):
-    """Forward hook on ``layer`` calling ``fn(output)`` (a returned tensor replaces the output);
-    removed on exit, also on error."""
-    handle = layer.register_forward_hook(lambda _m, _i, out: fn(out))
-    try:
-        yield handle
-    finally:
-        handle.remove()
-
-
-def capture(model: nn.Module, layer: nn.Module, x: torch.Tensor, stop: bool = True) -> torch.Tensor:
-    """The output of ``layer`` for input ``x`` (the rest of the network is skipped when ``stop``)."""
-    box: list[torch.Tensor] = []
-
-    def grab(out: torch.Tensor) -> None:
-        box.append(out)
-        if stop:
-            raise _Stop
-
-    with hooked(layer, grab):
-        try:
-            model(x)
-        except _Stop:
-            pass
-    if not box:
-        raise XattrConfigError(f"layer {type(layer).__name__} was not called by the model's forward")
-    return box[0]
-
-
-def has_hooks(model: nn.Module) -> bool:
-    """True if any submodule carries a forward (pre-)hook: for tests that hooks are removed."""
-    return any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())

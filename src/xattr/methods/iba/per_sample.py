@@ -4,6 +4,10 @@ One alpha ``(B, C, h, w)`` per image, all images x ``copies`` noisy copies in on
 before the bottleneck run once (:class:`~xattr.methods.iba.tail.NetworkTail`), only the tail per step.
 Heatmap: per-feature KL (eq. 5) of the last forward pass, channel sum, in bits per input pixel.
 
+Auxiliary results (:meth:`PerSampleIBA.explain`), at no extra cost: the Table 1 scores of the optimised
+bottleneck (``bottleneck/info_per_k``, ``bottleneck/top1``, ``bottleneck/top5``) and of the untrained one
+(``bottleneck/initial_*``: the first forward pass of the optimisation, at alpha = ``init_alpha``).
+
 Departures from the reference code (BioroboticsLab/IBA @7b2fbd53), all with the reference as default:
 noise is drawn per image from a generator seeded by ``seed`` and the image's bytes (so an image gets the
 same heatmap alone or in a batch; ``seed: null`` uses the global RNG); the tail is run on the copies
@@ -19,22 +23,22 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
+from xattr.core.checks import check_positive_int
+from xattr.core.hooks import frozen
+from xattr.core.layers import resolve
+from xattr.core.seeding import image_generators
 from xattr.errors import XattrConfigError, unknown
-from xattr.methods.base import Attribution
+from xattr.methods.base import Attribution, Explanation, with_prefix
 from xattr.methods.iba import statistics as st
 from xattr.methods.iba.bottleneck import (
     MODEL_LOSSES,
     AlphaResult,
     Bottleneck,
     ModelLoss,
-    frozen,
-    image_seeds,
-    make_generators,
     optimize_alpha,
     to_bits_map,
 )
 from xattr.methods.iba.tail import TAIL_MODES, NetworkTail
-from xattr.models.layers import layer_path
 
 AUTOCAST = {None: None, "none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -56,8 +60,8 @@ class IBABase(Attribution):
         model_name: str | None = None, weights: str | None = None, dataset: str | None = None,
     ) -> None:
         super().__init__(model)
-        for name in layers:
-            layer_path(model, name)  # validate early: one clear error listing the choices
+        #: resolved once (a bad name fails here, with the valid choices)
+        self.resolved = {name: resolve(model, name) for name in layers}
         self.layers = list(layers)
         self.n_samples = int(n_samples)
         self.min_std = float(min_std)
@@ -92,7 +96,8 @@ class PerSampleIBA(IBABase):
         beta: weight of ``L_I`` = mean KL over C, h, w (reference convention: beta 10 = paper's 10/k).
         steps, lr, copies, init_alpha: Adam steps, learning rate, noisy copies per image, alpha init.
         sigma: smoothing of ``sigmoid(alpha)`` (eq. 7).
-        batch: images per optimisation group (memory); ``None``: the whole batch; never changes results.
+        chunk: forward passes per device call (memory knob): images are optimised in groups of
+            ``max(1, chunk // copies)``; ``None``: the whole batch in one graph; never changes results.
         seed: noise seed (per image, see module docstring); ``None``: global RNG.
         autocast: ``null`` | ``bf16`` | ``fp16``: the tail under autocast (GPU).
         tail: ``auto`` | ``fx`` | ``hook`` (see :mod:`xattr.methods.iba.tail`).
@@ -101,15 +106,18 @@ class PerSampleIBA(IBABase):
 
     >>> iba = PerSampleIBA(net, layer="features.17"); iba.fit(loader, cache_dir)
     >>> maps = iba.attribute(x, target)   # (B, 1, H, W) bits per pixel
+    >>> iba.explain(x, target).aux["bottleneck/top1"]   # (B,) Table 1 accuracy with the bottleneck
     """
 
     name = "iba"
     paper = "Schulz et al., ICLR 2020"
     inverse = False
+    #: the Table 1 scores are defined (classification targets)
+    scores = True
 
     def __init__(
         self, model: nn.Module, layer: str, beta: float = 10.0, steps: int = 10, lr: float = 1.0,
-        copies: int = 10, sigma: float | None = 1.0, init_alpha: float = 5.0, batch: int | None = None,
+        copies: int = 10, sigma: float | None = 1.0, init_alpha: float = 5.0, chunk: int | None = None,
         seed: int | None = 0, autocast: str | None = None, tail: str = "auto", loss: str = "ce",
         **kw,
     ) -> None:
@@ -123,7 +131,7 @@ class PerSampleIBA(IBABase):
         self.layer = layer
         self.beta, self.steps, self.lr, self.copies = float(beta), int(steps), float(lr), int(copies)
         self.init_alpha = float(init_alpha)
-        self.batch = batch
+        self.chunk = check_positive_int("chunk", chunk, allow_none=True)
         self.seed = seed
         self.autocast = autocast
         self.tail_mode = tail
@@ -134,28 +142,36 @@ class PerSampleIBA(IBABase):
         clean feature ``tail.r`` and network, for losses that need the clean prediction)."""
         return MODEL_LOSSES[self.loss](target)
 
+    def images_per_group(self, n: int) -> int:
+        """Images optimised in one graph for a batch of ``n`` (``chunk`` forwards per device call)."""
+        return n if self.chunk is None else max(1, self.chunk // self.copies)
+
     def optimize(self, x: torch.Tensor, target: torch.Tensor) -> AlphaResult:
-        """Run the per-sample optimisation on ``x`` (chunked by ``batch``); returns the concatenated result."""
+        """Run the per-sample optimisation on ``x`` (in groups, see ``chunk``); returns the concatenated result."""
         bn = self.bottleneck(self.layer)
-        chunk = self.batch or x.shape[0]
+        group = self.images_per_group(x.shape[0])
         parts = []
         with frozen(self.model), torch.enable_grad():
-            for i in range(0, x.shape[0], chunk):
-                xs, ts = x[i : i + chunk], target[i : i + chunk]
-                tail = NetworkTail(self.model, self.layer, xs, self.tail_mode)
+            for i in range(0, x.shape[0], group):
+                xs, ts = x[i : i + group], target[i : i + group]
+                tail = NetworkTail(self.model, self.resolved[self.layer], xs, self.tail_mode)
                 check_shape(tail.r, bn, self.layer)
-                gens = make_generators(image_seeds(xs, self.seed), x.device) if self.seed is not None else None
                 parts.append(optimize_alpha(
                     tail, tail.r, bn, self.model_loss(ts, tail), beta=self.beta, steps=self.steps, lr=self.lr,
-                    copies=self.copies, init_alpha=self.init_alpha, inverse=self.inverse, generators=gens,
-                    autocast_dtype=AUTOCAST[self.autocast]))
-        return AlphaResult(*(torch.cat([getattr(p, f) for p in parts], dim=1 if f in ("losses", "info") else 0)
-                             for f in ("alpha", "kl", "outputs", "losses", "info")))
+                    copies=self.copies, init_alpha=self.init_alpha, inverse=self.inverse,
+                    generators=image_generators(xs, self.seed), autocast_dtype=AUTOCAST[self.autocast]))
+        return AlphaResult.cat(parts)
 
     def _attribute(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return to_bits_map(self.optimize(x, target).kl, tuple(x.shape[-2:]))
+
+    def _explain(self, x: torch.Tensor, target: torch.Tensor, aux: frozenset[str]) -> Explanation:
         res = self.optimize(x, target)
-        self.last_result = res  # read by metrics that need more than the map (Table 1 accuracy)
-        return to_bits_map(res.kl, tuple(x.shape[-2:]))
+        extra = {}
+        if self.scores:
+            extra = with_prefix("bottleneck", {**bottleneck_scores(res, target),
+                                               **{f"initial_{k}": v for k, v in initial_scores(res, target).items()}})
+        return Explanation(to_bits_map(res.kl, tuple(x.shape[-2:])), extra)
 
     def capacity(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Per-channel capacity ``(B, C, h, w)`` in bits (the reference's ``capacity`` mode)."""
@@ -172,16 +188,25 @@ def check_shape(r: torch.Tensor, bn: Bottleneck, layer: str) -> None:
                                f"{tuple(bn.mean.shape)}: estimate them at the input size used for attribution")
 
 
-def bottleneck_scores(result: AlphaResult, target: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Table 1 quantities per image from an :class:`AlphaResult`: ``info_per_k`` (``L_I / k``: mean KL
-    over C, h, w in nats, last forward pass) and ``top1`` / ``top5`` (share of the noisy copies whose
-    top-1 / top-5 classes under the bottleneck contain ``target``), each ``(B,)``."""
-    out = result.outputs  # (B, copies, K)
+def _scores(kl: torch.Tensor, out: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
     t = target.view(-1, 1, 1).to(out.device)
     k5 = min(5, out.shape[-1])
     top5 = (out.topk(k5, dim=-1).indices == t).any(-1).float().mean(1)
     top1 = (out.argmax(-1, keepdim=True) == t).squeeze(-1).float().mean(1)
-    return {"info_per_k": result.kl.flatten(1).mean(1), "top1": top1, "top5": top5}
+    return {"info_per_k": kl.flatten(1).mean(1), "top1": top1, "top5": top5}
+
+
+def bottleneck_scores(result: AlphaResult, target: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Table 1 quantities per image from an :class:`AlphaResult`: ``info_per_k`` (``L_I / k``: mean KL
+    over C, h, w in nats, last forward pass) and ``top1`` / ``top5`` (share of the noisy copies whose
+    top-1 / top-5 classes under the bottleneck contain ``target``), each ``(B,)``."""
+    return _scores(result.kl, result.outputs, target)  # outputs (B, copies, K)
+
+
+def initial_scores(result: AlphaResult, target: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The same quantities for the untrained bottleneck (alpha = ``init_alpha`` everywhere): the first
+    forward pass of the optimisation (Table 1's "Initial" column)."""
+    return _scores(result.first_kl, result.first_outputs, target)
 
 
 class PerSampleIBAModule(pl.LightningModule):

@@ -11,6 +11,11 @@ such as ``fc`` are broadcast) and concatenated; three 1x1 convolutions ``in -> i
 ReLUs; the last has bias 5 and weights scaled by 1e-3 (so lambda starts near sigmoid(5)); alpha is clamped
 to +-5; then eq. 7's smoothing. Adam 1e-5, beta 10 (mean-KL convention), 10 epochs. Departure: the
 released notebook's loss indexed a B x B matrix by mistake; xattr uses the per-image cross-entropy.
+
+The training batch size is the method's own (``train_batch_size``), not the run's ``batch_size``, and is
+part of the checkpoint's key: two configurations never share a read-out. Asked for the auxiliaries
+``bottleneck/*`` (Table 1, :meth:`ReadoutIBA.explain`), the read-out's alpha is applied to ``copies`` noisy
+copies per image and the network tail gives the outputs.
 """
 
 from __future__ import annotations
@@ -25,11 +30,16 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from xattr.core.checks import check_positive_int
+from xattr.core.hooks import capture_many, frozen
+from xattr.core.seeding import draw_noise
+from xattr.core.trainer import accelerator_of, make_trainer
+from xattr.errors import XattrConfigError
+from xattr.methods.base import Explanation, with_prefix
 from xattr.methods.iba import statistics as st
-from xattr.methods.iba.bottleneck import cross_entropy_loss, frozen, to_bits_map
-from xattr.methods.iba.per_sample import IBABase, check_shape
+from xattr.methods.iba.bottleneck import AlphaResult, cross_entropy_loss, to_bits_map
+from xattr.methods.iba.per_sample import IBABase, bottleneck_scores, check_shape
 from xattr.methods.iba.tail import NetworkTail
-from xattr.models.layers import layer_path
 
 
 class ReadoutNet(nn.Module):
@@ -59,6 +69,9 @@ class ReadoutIBA(IBABase):
         model: classifier; ``layer``: bottleneck layer; ``readout_layers``: layers read out (paper names
             or module paths; the model yaml's ``layers.readout``).
         beta, lr, epochs, train_batch_limit: training (``train_batch_limit``: batches per epoch, None: all).
+        train_batch_size: images per training step (``None``: the estimation loader's batches as they come;
+            their size still goes into the checkpoint key).
+        copies: noisy copies per image for the Table 1 auxiliaries (only computed when asked for).
         seed: seed of the training noise. Other arguments: see :class:`IBABase`.
 
     >>> rb = ReadoutIBA(net, "features.17", ["features.10", "features.17", "features.24", "classifier.6"])
@@ -70,28 +83,22 @@ class ReadoutIBA(IBABase):
     requires_grad = False
 
     def __init__(self, model: nn.Module, layer: str, readout_layers: Sequence[str], beta: float = 10.0,
-                 lr: float = 1e-5, epochs: int = 10, train_batch_limit: int | None = None, seed: int = 0,
-                 **kw) -> None:
+                 lr: float = 1e-5, epochs: int = 10, train_batch_limit: int | None = None,
+                 train_batch_size: int | None = None, copies: int = 10, seed: int = 0, **kw) -> None:
         readout_layers = list(readout_layers)
         super().__init__(model, [layer] + [r for r in readout_layers if r != layer], **kw)
         self.layer, self.readout_layers = layer, readout_layers
         self.beta, self.lr, self.epochs = float(beta), float(lr), int(epochs)
         self.train_batch_limit, self.seed = train_batch_limit, seed
+        self.train_batch_size = check_positive_int("train_batch_size", train_batch_size, allow_none=True)
+        self.copies = check_positive_int("copies", copies)
         self.readout: ReadoutNet | None = None
 
     # --------------------------------------------------------------------- features
     def features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One clean forward pass: (bottleneck feature ``r`` (B, C, h, w), read-out input (B, in, h, w))."""
-        paths = {name: layer_path(self.model, name) for name in self.layers}
-        got: dict[str, torch.Tensor] = {}
-        handles = [self.model.get_submodule(p).register_forward_hook(
-            lambda _m, _i, out, n=n: got.__setitem__(n, out.detach())) for n, p in paths.items()]
-        try:
-            with torch.no_grad():
-                self.model(x)
-        finally:
-            for h in handles:
-                h.remove()
+        with torch.no_grad():
+            got = capture_many(self.model, {n: layer.module for n, layer in self.resolved.items()}, x)
         r = got[self.layer]
         size = r.shape[-2:]
         parts = []
@@ -105,42 +112,59 @@ class ReadoutIBA(IBABase):
         return r, torch.cat(parts, 1)
 
     # --------------------------------------------------------------------- training
-    def _ckpt_dir(self, cache_dir: Path) -> Path:
+    def _ckpt_dir(self, cache_dir: Path, batch_size: int) -> Path:
         _, key = st.cache_key(self.model, self.layers, self.n_samples, self.model_name, self.weights, self.dataset)
         key = {**key, "readout": self.readout_layers, "beta": self.beta, "lr": self.lr, "epochs": self.epochs,
-               "limit": self.train_batch_limit, "sigma": self.sigma, "seed": self.seed}
+               "limit": self.train_batch_limit, "sigma": self.sigma, "seed": self.seed, "batch_size": batch_size}
         digest = hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:10]
-        return Path(cache_dir) / "iba_readout" / f"{key['model']}-{st._slug(self.layer)}-b{self.beta:g}-e{self.epochs}-{digest}"
+        return Path(cache_dir) / "iba_readout" / f"{key['model']}-{st._slug(self.layer)}-b{self.beta:g}-e{self.epochs}-bs{batch_size}-{digest}"
 
     def fit(self, loader: Iterable[dict], cache_dir: Path | None = None) -> None:
         """Feature statistics (cached), then the read-out network (Lightning; resumes from ``last.ckpt``)."""
         super().fit(loader, cache_dir)
-        feats_in = self.features(_first_images(loader).to(self.device))[1].shape[1]
+        loader = self._training_loader(loader)
+        first = st.batch_images(next(iter(loader)))
+        feats_in = self.features(first[:2].to(self.device))[1].shape[1]
         out_c = self.stats[self.layer].mean.shape[0]
         module = ReadoutTraining(self, ReadoutNet(feats_in, out_c))
-        ckpt_dir = self._ckpt_dir(cache_dir) if cache_dir is not None else None
+        ckpt_dir = self._ckpt_dir(cache_dir, self.train_batch_size or first.shape[0]) if cache_dir is not None else None
         callbacks, resume = [], None
         if ckpt_dir is not None:
             callbacks.append(pl.callbacks.ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=0))
             resume = ckpt_dir / "last.ckpt" if (ckpt_dir / "last.ckpt").is_file() else None
-        trainer = pl.Trainer(
-            max_epochs=self.epochs, accelerator="gpu" if self.device.type == "cuda" else "cpu", devices=1,
-            logger=False, enable_checkpointing=ckpt_dir is not None, callbacks=callbacks,
-            enable_progress_bar=False, enable_model_summary=False, default_root_dir=ckpt_dir,
-            limit_train_batches=self.train_batch_limit or 1.0, num_sanity_val_steps=0,
+        trainer = make_trainer(
+            max_epochs=self.epochs, accelerator=accelerator_of(self.device), devices=1,
+            enable_checkpointing=ckpt_dir is not None, callbacks=callbacks, enable_progress_bar=False,
+            default_root_dir=ckpt_dir, limit_train_batches=self.train_batch_limit or 1.0, num_sanity_val_steps=0,
         )
-        if not isinstance(loader, torch.utils.data.DataLoader):  # any iterable of batches, as they are
-            loader = torch.utils.data.DataLoader(list(loader), batch_size=None, shuffle=False)
         with frozen(self.model):
             trainer.fit(module, train_dataloaders=loader, ckpt_path=resume)
         self.readout = module.readout.to(self.device).eval()
+
+    def _training_loader(self, loader: Iterable) -> torch.utils.data.DataLoader:
+        """Batches of ``train_batch_size`` from the estimation data (a loader's dataset, re-batched in order;
+        any other iterable of batches is concatenated and re-batched); ``None``: its batches as they are."""
+        if self.train_batch_size is None:
+            if isinstance(loader, torch.utils.data.DataLoader):
+                return loader
+            return torch.utils.data.DataLoader(list(loader), batch_size=None, shuffle=False)
+        dataset = getattr(loader, "dataset", None)
+        if dataset is not None:
+            collate = getattr(loader, "collate_fn", None) or getattr(dataset, "collate", None)
+            return torch.utils.data.DataLoader(dataset, batch_size=self.train_batch_size, shuffle=False,
+                                               **({"collate_fn": collate} if collate else {}))
+        batches = list(loader)
+        xs = torch.cat([st.batch_images(b) for b in batches])
+        has_t = all(isinstance(b, dict) and "target" in b for b in batches)
+        ts = torch.cat([b["target"] for b in batches]) if has_t else None
+        n = self.train_batch_size
+        rows = [{"x": xs[i : i + n], **({"target": ts[i : i + n]} if has_t else {})} for i in range(0, len(xs), n)]
+        return torch.utils.data.DataLoader(rows, batch_size=None, shuffle=False)
 
     # --------------------------------------------------------------------- attribution
     def alpha_and_kl(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(alpha, per-feature KL in nats, r) for ``x`` from the trained read-out."""
         if self.readout is None:
-            from xattr.errors import XattrConfigError
-
             raise XattrConfigError("the read-out network is not trained: call fit(loader, cache_dir) first")
         r, feats = self.features(x)
         bn = self.bottleneck(self.layer)
@@ -152,11 +176,26 @@ class ReadoutIBA(IBABase):
         with torch.no_grad():
             return to_bits_map(self.alpha_and_kl(x)[1], tuple(x.shape[-2:]))
 
+    def _explain(self, x: torch.Tensor, target: torch.Tensor, aux: frozenset[str]) -> Explanation:
+        if not any(a.startswith("bottleneck/") for a in aux):
+            return Explanation(self._attribute(x, target))
+        with torch.no_grad():
+            res = self.noisy_result(x)
+        return Explanation(to_bits_map(res.kl, tuple(x.shape[-2:])),
+                           with_prefix("bottleneck", bottleneck_scores(res, target)))
 
-def _first_images(loader: Iterable) -> torch.Tensor:
-    for batch in loader:
-        return st.batch_images(batch)[:2]
-    raise ValueError("the estimation loader is empty")
+    def noisy_result(self, x: torch.Tensor) -> AlphaResult:
+        """The Readout bottleneck's outcome on ``x``: alpha from the read-out network, ``copies`` noisy
+        copies through the network tail (as in its training), KL of eq. 5; an ``AlphaResult`` without steps."""
+        alpha, kl, r = self.alpha_and_kl(x)
+        bn = self.bottleneck(self.layer)
+        lam = bn.lam(alpha)
+        eps = draw_noise((self.copies, *r.shape[1:]), r.shape[0], None, r.device)
+        z = bn.sample(r[:, None], lam[:, None], eps).flatten(0, 1)
+        tail = NetworkTail(self.model, self.resolved[self.layer], x)
+        out = tail(z).float().reshape(r.shape[0], self.copies, -1)
+        empty = torch.zeros(0, r.shape[0])
+        return AlphaResult(alpha=alpha, kl=kl, outputs=out, losses=empty, info=empty)
 
 
 class ReadoutTraining(pl.LightningModule):
@@ -185,7 +224,7 @@ class ReadoutTraining(pl.LightningModule):
         kl = bn.kl(r, lam)
         g = torch.Generator(device=m.device).manual_seed(m.seed * 100_003 + self.current_epoch * 10_007 + batch_idx)
         z = bn.sample(r, lam, torch.randn(r.shape, generator=g, device=m.device))
-        tail = NetworkTail(m.model, m.layer, x)
+        tail = NetworkTail(m.model, m.resolved[m.layer], x)
         ce = cross_entropy_loss(target)(tail(z).float()[:, None])
         loss = (ce + m.beta * kl.flatten(1).mean(1)).mean()
         self.log("loss", loss.detach(), prog_bar=False, batch_size=x.shape[0])

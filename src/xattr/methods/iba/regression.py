@@ -21,6 +21,7 @@ from __future__ import annotations
 import torch
 
 from xattr.errors import XattrConfigError, unknown
+from xattr.methods.base import Explanation
 from xattr.methods.iba.bottleneck import ModelLoss
 from xattr.methods.iba.per_sample import PerSampleIBA
 
@@ -78,8 +79,10 @@ class RegressionIBA(PerSampleIBA):
         base = regression_loss(self.regression_loss, target, clean)
         return lambda outputs: base(self.phi(outputs))
 
-    def attribute(self, x: torch.Tensor, target: torch.Tensor | float) -> torch.Tensor:
-        """Like :meth:`Attribution.attribute`, but ``target`` is a real-valued regression target ``(B,)``
+    scores = False  # Table 1's accuracies need class targets
+
+    def explain(self, x: torch.Tensor, target: torch.Tensor | float, aux=()) -> Explanation:
+        """Like :meth:`Attribution.explain`, but ``target`` is a real-valued regression target ``(B,)``
         (ignored by ``rm`` and ``dv``)."""
         if not torch.is_tensor(target):
             target = torch.full((x.shape[0],), float(target), device=x.device)
@@ -87,4 +90,4 @@ class RegressionIBA(PerSampleIBA):
         if target.numel() != x.shape[0]:
             raise ValueError(f"target has {target.numel()} entries for a batch of {x.shape[0]}")
         with torch.enable_grad():
-            return self._attribute(x, target).detach()
+            return Explanation(self._attribute(x, target)).detach()

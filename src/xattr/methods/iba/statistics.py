@@ -6,6 +6,10 @@ batch's mean and sum of squares are merged with Chan et al.'s parallel update, w
 update for a block of samples (same result up to rounding, accumulated in float64).
 "Active neurons": non-zero in more than ``threshold`` (1%) of the samples.
 
+Token models (``tokens=True``): a review has no fixed positions, so the statistics are per hidden unit,
+pooled over the real tokens (``batch["mask"]``, else ``x != model.pad_index``) of the estimation reviews,
+with a leading position axis of 1 (``(1, H)``) that broadcasts over any length.
+
 The cache file name shows the key: ``{model}-{weights}-{layer}-{dataset}-n{n}-{hash}.pt`` where the
 hash covers the key fields plus a fingerprint of the weights. The key is stored in the file and checked on
 load; a mismatch (stale file) is reported and recomputed, never reused silently.
@@ -24,7 +28,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from xattr.models.layers import layer_path
+from xattr.core.checks import module_device
+from xattr.core.hooks import hooked_many
+from xattr.core.layers import layer_path, resolve
 
 MIN_SAMPLES_WARN = 1000
 
@@ -92,40 +98,45 @@ def batch_images(batch) -> torch.Tensor:
     return batch
 
 
+def token_mask(model: nn.Module, batch, x: torch.Tensor) -> torch.Tensor:
+    """``(B, L)`` bool real tokens of a text batch (its ``mask``, else ``x != model.pad_index``)."""
+    if isinstance(batch, dict) and "mask" in batch:
+        return batch["mask"].to(x.device)
+    return x != model.pad_index
+
+
 @torch.no_grad()
 def estimate(
     model: nn.Module, layers: Sequence[str], loader: Iterable, n_samples: int = 10_000,
-    device: torch.device | None = None,
+    device: torch.device | None = None, tokens: bool = False, warn: bool = True,
 ) -> dict[str, FeatureStats]:
-    """Statistics of the outputs of ``layers`` over the first ``n_samples`` images of ``loader``."""
-    device = device or next(model.parameters()).device
-    paths = [layer_path(model, name) for name in layers]
-    est = {p: Welford() for p in paths}
+    """Statistics of the outputs of ``layers`` over the first ``n_samples`` images (reviews) of ``loader``
+    (``tokens``: pooled over real tokens, see the module docstring)."""
+    device = device or module_device(model)
+    modules = {name: resolve(model, name).module for name in layers}
+    est = {name: Welford() for name in layers}
     seen = 0
-    handles = []
-    try:
-        for p in paths:
-            handles.append(model.get_submodule(p).register_forward_hook(
-                lambda _m, _i, out, p=p: est[p].update(_flat_batch(out))))
+    mask: list[torch.Tensor] = []
+
+    def update(name: str, out) -> None:
+        out = out[0] if isinstance(out, (tuple, list)) else out
+        est[name].update(out[mask[0]] if tokens else out)
+
+    with hooked_many(modules, update):
         for batch in loader:
-            x = batch_images(batch)
+            x = batch_images(batch).to(device)
             take = min(x.shape[0], n_samples - seen)
             if take <= 0:
                 break
-            model(x[:take].to(device))
+            mask[:] = [token_mask(model, batch, x)[:take]] if tokens else []
+            model(x[:take])
             seen += take
-    finally:
-        for h in handles:
-            h.remove()
-    if seen < MIN_SAMPLES_WARN:
+    if warn and seen < MIN_SAMPLES_WARN:
         warnings.warn(f"feature statistics from only {seen} samples; at least {MIN_SAMPLES_WARN} are "
                       "recommended (reference: 10 000)", stacklevel=2)
-    return {name: est[p].result() for name, p in zip(layers, paths)}
-
-
-def _flat_batch(out: torch.Tensor) -> torch.Tensor:
-    if isinstance(out, (tuple, list)):
-        out = out[0]
+    out = {name: est[name].result() for name in layers}
+    if tokens:
+        out = {k: FeatureStats(s.mean[None], s.std[None], s.nonzero[None], s.n) for k, s in out.items()}
     return out
 
 
@@ -146,7 +157,7 @@ def _slug(s: object) -> str:
 
 
 def cache_key(model: nn.Module, layers: Sequence[str], n_samples: int, model_name: str | None = None,
-              weights: str | None = None, dataset: str | None = None) -> tuple[str, dict]:
+              weights: str | None = None, dataset: str | None = None, tokens: bool = False) -> tuple[str, dict]:
     """(file name, key dict) of the statistics of ``layers`` of ``model``; see module docstring."""
     key = {
         "model": model_name or type(model).__name__,
@@ -156,6 +167,8 @@ def cache_key(model: nn.Module, layers: Sequence[str], n_samples: int, model_nam
         "n_samples": int(n_samples),
         "fingerprint": weights_fingerprint(model),
     }
+    if tokens:
+        key["pooled"] = "tokens"
     digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
     layer_s = "+".join(key["layers"])
     name = f"{_slug(key['model'])}-{_slug(key['weights'])}-{_slug(layer_s)}-{_slug(key['dataset'])}-n{n_samples}-{digest}.pt"
@@ -165,13 +178,13 @@ def cache_key(model: nn.Module, layers: Sequence[str], n_samples: int, model_nam
 def load_or_estimate(
     model: nn.Module, layers: Sequence[str], loader: Iterable, cache_dir: Path | str | None,
     n_samples: int = 10_000, model_name: str | None = None, weights: str | None = None,
-    dataset: str | None = None,
+    dataset: str | None = None, tokens: bool = False, warn: bool = True,
 ) -> dict[str, FeatureStats]:
     """Statistics from ``cache_dir`` when a file with the same key exists, else estimated (and saved)."""
-    device = next(model.parameters()).device
+    device = module_device(model)
     if cache_dir is None:
-        return estimate(model, layers, loader, n_samples, device)
-    fname, key = cache_key(model, layers, n_samples, model_name, weights, dataset)
+        return estimate(model, layers, loader, n_samples, device, tokens, warn)
+    fname, key = cache_key(model, layers, n_samples, model_name, weights, dataset, tokens)
     path = Path(cache_dir) / "iba_stats" / fname
     if path.is_file():
         blob = torch.load(path, map_location="cpu", weights_only=False)
@@ -179,7 +192,7 @@ def load_or_estimate(
             return {name: FeatureStats(**blob["stats"][name]).to(device) for name in layers}
         warnings.warn(f"stale IBA statistics cache {path} (key {blob.get('key')} != {key}); re-estimating",
                       stacklevel=2)
-    stats = estimate(model, layers, loader, n_samples, device)
+    stats = estimate(model, layers, loader, n_samples, device, tokens, warn)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     torch.save({"key": key, "stats": {k: v.state() for k, v in stats.items()}}, tmp)

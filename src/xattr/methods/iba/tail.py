@@ -16,8 +16,9 @@ import warnings
 import torch
 from torch import fx, nn
 
-from xattr.methods.iba.bottleneck import capture, hooked
-from xattr.models.layers import layer_path
+from xattr.core.hooks import capture, hooked
+from xattr.core.layers import Layer, resolve
+from xattr.errors import unknown
 
 TAIL_MODES = ("auto", "fx", "hook")
 
@@ -92,19 +93,17 @@ class NetworkTail:
 
     Args:
         model: the network (parameters should be frozen by the caller during optimisation).
-        layer: paper name or module path of the bottleneck layer.
+        layer: the bottleneck layer (a resolved :class:`~xattr.core.layers.Layer`, or its name).
         x: ``(B, ...)`` input batch; ``z`` passed to the tail has ``B * copies`` rows, image-major.
         mode: ``auto`` (fx, falling back to the hook), ``fx`` or ``hook``.
     """
 
-    def __init__(self, model: nn.Module, layer: str, x: torch.Tensor, mode: str = "auto") -> None:
+    def __init__(self, model: nn.Module, layer: Layer | str, x: torch.Tensor, mode: str = "auto") -> None:
         if mode not in TAIL_MODES:
-            from xattr.errors import unknown
-
             raise unknown("tail mode", mode, TAIL_MODES)
         self.model = model
-        self.path = layer_path(model, layer)
-        self.module = model.get_submodule(self.path)
+        layer = layer if isinstance(layer, Layer) else resolve(model, layer)
+        self.path, self.module = layer.path, layer.module
         self.x = x
         self.b = x.shape[0]
         self.mode = "hook"

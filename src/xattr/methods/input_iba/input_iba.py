@@ -11,10 +11,11 @@ Three stages, all images of a batch in one graph, each image with its own parame
    prior conditioned on ``lambda_G`` (:mod:`.input_bottleneck`).
 
 The map is ``Lambda* = sigmoid(alpha)`` averaged over the colour channels, ``(B, 1, H, W)`` in [0, 1].
-The three stages' maps stay on the method after :meth:`InputIBA.attribute` in ``last_stages``:
-``feature`` (the feature bottleneck's capacity, bits per pixel, as IBA's heatmap), ``generator``
-(``lambda_G`` channel mean) and ``input`` (the final map); :func:`xattr.viz.input_iba_figure.stage_figure`
-draws them side by side (Fig. 1 of ch. 6).
+:meth:`InputIBA.explain` returns the three stages' maps as auxiliaries ``stages/feature`` (the feature
+bottleneck's capacity, bits per pixel, as IBA's heatmap), ``stages/generator`` (``lambda_G`` channel mean)
+and ``stages/input`` (the final map), which :func:`xattr.viz.input_iba_figure.stage_figure` draws side by
+side (Fig. 1 of ch. 6), and the seconds each stage took per image (``timing/feature``, ``timing/wgan``,
+``timing/input``: the group's time divided by its images).
 
 Defaults are the reference code's (CAMP-eXplain-AI/InputIBA @5f03549e, ../shared/REFERENCE.md): feature
 beta 20 (paper text: 10), 10 steps, lr 1, 10 copies, alpha init 5, no feature smoothing; generator mask
@@ -24,8 +25,8 @@ Departures: randomness per image (seeded from ``seed`` and the image's bytes), s
 map alone or in a batch; the WGAN targets are drawn afresh per minibatch (see :mod:`.wgan`).
 
 >>> method = InputIBA(vgg, layer="features.17"); method.fit(estimation_loader, cache_dir)
->>> maps = method.attribute(x, target)        # (B, 1, H, W)
->>> method.last_stages["generator"]           # (B, 1, H, W)
+>>> maps = method.attribute(x, target)                        # (B, 1, H, W)
+>>> method.explain(x, target).group("stages")["generator"]    # (B, 1, H, W)
 """
 
 from __future__ import annotations
@@ -37,13 +38,16 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from xattr.core.checks import check_positive_int
+from xattr.core.hooks import capture, frozen
+from xattr.core.layers import resolve
+from xattr.core.seeding import image_generators
 from xattr.errors import XattrConfigError, unknown
-from xattr.methods.base import Attribution
+from xattr.methods.base import Attribution, Explanation, with_prefix
 from xattr.methods.iba import Bottleneck, PerSampleIBA, optimize_alpha, to_bits_map
-from xattr.methods.iba.bottleneck import capture, cross_entropy_loss, frozen, image_seeds, make_generators
+from xattr.methods.iba.bottleneck import cross_entropy_loss
 from xattr.methods.input_iba.input_bottleneck import InputBottleneck
 from xattr.methods.input_iba.wgan import ConvDiscriminators, MaskGenerator, WGANConfig, fit_wgan
-from xattr.models.layers import resolve_layer
 
 TARGET_MASKS = ("capacity", "lambda")
 
@@ -56,13 +60,15 @@ class InputIBA(Attribution):
         layer: feature bottleneck layer (paper name or module path).
         feat_beta, feat_steps, feat_lr, feat_copies, feat_sigma: stage 1 (Per-Sample IBA).
         epochs, n_targets, n_groups, gan_batch, critic, lr_disc, lr_mask, lr_mean, lr_std, clip: stage 2
-            (:class:`~xattr.methods.input_iba.wgan.WGANConfig`).
+            (:class:`~xattr.methods.input_iba.wgan.WGANConfig`; ``gan_batch`` is the WGAN's minibatch of
+            target samples, a hyper-parameter of the reference that changes results, not a memory knob).
         target_mask: ``capacity`` (the reference code: raw KL as the mask of the target samples) or
             ``lambda`` (``lambda*``, the paper's ``Z* = lambda* R + (1 - lambda*) eps``).
         beta, steps, lr, copies, sigma: stage 3; ``input_mean``, ``input_std``: its noise ``N(mu_I, sigma_I^2)``.
         init_alpha: alpha initialisation (both bottlenecks).
         seed: per-image noise seed; None: the global RNG.
-        batch: images per group (memory); None: the whole batch. Never changes the result.
+        chunk: forward passes per device call (memory knob): images are processed in groups of
+            ``max(1, chunk // max(copies, feat_copies))``; None: the whole batch. Never changes the result.
         n_samples, model_name, weights, dataset, tail: passed to the feature IBA (statistics and cache).
     """
 
@@ -78,7 +84,7 @@ class InputIBA(Attribution):
         clip: float = 0.01, target_mask: str = "capacity",
         beta: float = 20.0, steps: int = 60, lr: float = 1.0, copies: int = 10, sigma: float | None = 1.0,
         input_mean: float = 0.0, input_std: float = 1.0, init_alpha: float = 5.0,
-        seed: int | None = 0, batch: int | None = None, n_samples: int = 1000,
+        seed: int | None = 0, chunk: int | None = None, n_samples: int = 1000,
         model_name: str | None = None, weights: str | None = None, dataset: str | None = None, tail: str = "auto",
     ) -> None:  # fmt: skip
         super().__init__(model)
@@ -91,7 +97,7 @@ class InputIBA(Attribution):
                 f"critic={critic}, n_groups={n_groups}"
             )
         self.layer = layer
-        self.module = resolve_layer(model, layer)
+        self.module = resolve(model, layer).module
         self.feature_iba = self._make_feature_iba(
             layer=layer, beta=feat_beta, steps=feat_steps, lr=feat_lr, copies=feat_copies, sigma=feat_sigma,
             init_alpha=init_alpha, seed=seed, n_samples=n_samples, model_name=model_name, weights=weights,
@@ -101,10 +107,8 @@ class InputIBA(Attribution):
         self.target_mask = target_mask
         self.beta, self.steps, self.lr, self.copies, self.sigma = float(beta), int(steps), float(lr), int(copies), sigma
         self.input_mean, self.input_std, self.init_alpha = input_mean, input_std, float(init_alpha)
-        self.seed, self.batch = seed, batch
-        self.last_stages: dict[str, torch.Tensor] = {}
-        #: seconds spent per stage in the last ``attribute`` call (``feature``, ``wgan``, ``input``)
-        self.last_timings: dict[str, float] = {}
+        self.seed = seed
+        self.chunk = check_positive_int("chunk", chunk, allow_none=True)
 
     # ------------------------------------------------------------------------------------- hooks per domain
 
@@ -152,19 +156,24 @@ class InputIBA(Attribution):
         self.feature_iba.set_statistics(stats)
 
     def _gens(self, x: torch.Tensor, stage: int):
-        if self.seed is None:
-            return None
-        return make_generators(image_seeds(x, self.seed + 1000 * stage), x.device)
+        return image_generators(x, None if self.seed is None else self.seed + 1000 * stage)
+
+    def images_per_group(self, n: int) -> int:
+        """Images processed in one graph for a batch of ``n`` (``chunk`` forwards per device call)."""
+        copies = max(self.copies, self.feature_iba.copies)
+        return n if self.chunk is None else max(1, self.chunk // copies)
 
     def _attribute(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        chunk = self.batch or x.shape[0]
-        self.last_timings = {"feature": 0.0, "wgan": 0.0, "input": 0.0}
-        parts = [self._attribute_chunk(x[i : i + chunk], target[i : i + chunk]) for i in range(0, x.shape[0], chunk)]
-        self.last_stages = {k: torch.cat([p[k] for p in parts]).detach() for k in parts[0]}
-        return self.last_stages["input"]
+        return self._explain(x, target, frozenset()).maps
 
-    def _attribute_chunk(self, x: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
-        clock = _Clock(x.device, self.last_timings)
+    def _explain(self, x: torch.Tensor, target: torch.Tensor, aux: frozenset[str]) -> Explanation:
+        group = self.images_per_group(x.shape[0])
+        parts = [self._explain_group(x[i : i + group], target[i : i + group]) for i in range(0, x.shape[0], group)]
+        return Explanation.cat(parts)
+
+    def _explain_group(self, x: torch.Tensor, target: torch.Tensor) -> Explanation:
+        timings: dict[str, float] = {}
+        clock = _Clock(x.device, timings)
         # stage 1: feature bottleneck (Per-Sample IBA)
         feat = self.feature_iba.optimize(x, target)
         r = self._features(x)
@@ -187,7 +196,9 @@ class InputIBA(Attribution):
             )  # fmt: skip
         final = self._maps(torch.sigmoid(res.alpha), x)
         clock("input")
-        return self._stage_maps(feat.kl, lam_g, final, x)
+        per_image = {k: torch.full((x.shape[0],), v / x.shape[0], device=x.device) for k, v in timings.items()}
+        return Explanation(final, {**with_prefix("stages", self._stage_maps(feat.kl, lam_g, final, x)),
+                                   **with_prefix("timing", per_image)})
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(layer={self.layer!r}, beta={self.beta}, epochs={self.gan.epochs})"

@@ -24,7 +24,6 @@ The model must offer ``embed(x)``, ``forward_embedded(emb, mask)`` and ``pad_ind
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -32,19 +31,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from xattr.core.hooks import capture
 from xattr.errors import XattrConfigError, unknown
-from xattr.methods.iba import Bottleneck, FeatureStats, PerSampleIBA
-from xattr.methods.iba.bottleneck import hooked
-from xattr.methods.iba.statistics import Welford, batch_images, weights_fingerprint
+from xattr.methods.iba import Bottleneck, PerSampleIBA
+from xattr.methods.iba import statistics as st
 from xattr.methods.input_iba.input_bottleneck import InputBottleneck
 from xattr.methods.input_iba.input_iba import InputIBA
 from xattr.methods.input_iba.wgan import RNNDiscriminators
 
 PRIORS = ("embedding", "standard")
-
-
-class _Stop(Exception):
-    pass
 
 
 def token_weight(mask: torch.Tensor) -> torch.Tensor:
@@ -69,39 +64,18 @@ class TextFeatureIBA(PerSampleIBA):
 
     def fit(self, loader: Iterable[dict], cache_dir: Path | None = None) -> None:
         """Mean / std per hidden unit of the layer's output over the real tokens of ``n_samples`` reviews
-        (cached in ``cache_dir/iba_stats`` under the weights' fingerprint)."""
-        path = None
-        if cache_dir is not None:
-            key = f"{weights_fingerprint(self.model)}-{self.layer}-n{self.n_samples}"
-            path = Path(cache_dir) / "iba_stats" / f"text-{hashlib.sha1(key.encode()).hexdigest()[:12]}.pt"
-            if path.is_file():
-                self.stats = {self.layer: FeatureStats(**torch.load(path, weights_only=False)).to(self.device)}
-                return
-        module = self.model.get_submodule(self.layer) if self.layer in dict(self.model.named_modules()) else None
-        module = module or self.model.get_submodule(self.model.xattr_layers[self.layer])
-        est, seen, box = Welford(), 0, {}
-        with torch.no_grad(), hooked(module, lambda out: box.__setitem__("out", out)):
-            for batch in loader:
-                x = batch_images(batch).to(self.device)
-                mask = batch["mask"].to(self.device) if isinstance(batch, dict) and "mask" in batch else x != self.model.pad_index
-                take = min(x.shape[0], self.n_samples - seen)
-                if take <= 0:
-                    break
-                self.model(x[:take])
-                est.update(box["out"][mask[:take]])  # (n_tokens, H)
-                seen += take
-        s = est.result()
-        self.stats = {self.layer: FeatureStats(s.mean[None], s.std[None], s.nonzero[None], s.n)}
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            torch.save(self.stats[self.layer].state(), path)
+        (:func:`xattr.methods.iba.statistics.estimate` with ``tokens=True``, cached like IBA's)."""
+        self.stats = st.load_or_estimate(self.model, [self.layer], loader, cache_dir, self.n_samples,
+                                         self.model_name, self.weights, self.dataset, tokens=True, warn=False)
 
     def bottleneck(self, layer: str) -> Bottleneck:
         return _MaskedBottleneck(super().bottleneck(layer), self._weight)
 
+    def images_per_group(self, n: int) -> int:
+        return n  # the KL weight is per batch: one group
+
     def optimize(self, x: torch.Tensor, target: torch.Tensor):
         self._weight = token_weight(x != self.model.pad_index)
-        self.batch = None  # the KL weight is per batch
         return super().optimize(x, target)
 
 
@@ -133,18 +107,7 @@ class InputIBAText(InputIBA):
         return TextFeatureIBA(self.model, **kw)
 
     def _run_to_layer(self, emb: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        box = {}
-
-        def grab(out):
-            box["out"] = out
-            raise _Stop
-
-        with hooked(self.module, grab):
-            try:
-                self.model.forward_embedded(emb, mask)
-            except _Stop:
-                pass
-        return box["out"]
+        return capture(self.model.forward_embedded, self.module, emb, mask)
 
     def _features(self, x: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():

@@ -35,7 +35,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from xattr.methods.iba.bottleneck import draw_noise
+from xattr.core.seeding import draw_noise
 
 Generators = Sequence[torch.Generator] | None
 

@@ -16,15 +16,18 @@ import torch
 from captum.attr import Occlusion as _CaptumOcclusion
 from torch import nn
 
-from xattr.methods._utils import baseline_tensor, check_choice, check_positive
+from xattr.core.checks import check_choice, check_positive, check_positive_int
 from xattr.methods.base import Attribution, reduce_channels
+from xattr.methods.baselines._utils import baseline_tensor, items_per_call
 
 
 class Occlusion(Attribution):
     """Logit drop when a ``window`` patch (moved by ``stride``, default = window) is filled by ``baseline``.
 
-    ``internal_batch_size``: forward rows per pass (``perturbations_per_eval = max(1, ibs // B)``); the
-    result does not depend on it.
+    ``chunk``: forward rows (occluded copies) per device call, ``None``: all windows of all images in one
+    call; the result does not depend on it. Mapping: ``chunk`` -> Captum's
+    ``perturbations_per_eval = max(1, min(n_windows, chunk // b))`` for groups of ``b = min(B, chunk)``
+    images per Captum call (Captum runs each perturbation on every image of its call).
     """
 
     name = "occlusion"
@@ -37,33 +40,37 @@ class Occlusion(Attribution):
         window: int = 8,
         stride: int | None = None,
         baseline: str | float = "mean",
-        internal_batch_size: int | None = 256,
+        chunk: int | None = 256,
         reduce: str = "sum",
     ) -> None:
         super().__init__(model)
         check_positive("window", window)
         check_positive("stride", stride, allow_none=True)
-        check_positive("internal_batch_size", internal_batch_size, allow_none=True)
+        check_positive_int("chunk", chunk, allow_none=True)
         check_choice("occlusion reduce", reduce, ("sum", "abs", "positive", "none"))
         baseline_tensor(torch.zeros(1, 1, 1, 1), baseline)
         self.window, self.stride = int(window), int(stride or window)
-        self.baseline, self.internal_batch_size, self.reduce = baseline, internal_batch_size, reduce
+        self.baseline, self.chunk, self.reduce = baseline, chunk, reduce
 
     def _attribute(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         c = x.shape[1]
         h, w = x.shape[-2:]
         n_windows = ((h - self.window) // self.stride + 1) * ((w - self.window) // self.stride + 1)
-        if self.internal_batch_size is None:
-            ppe = n_windows  # all windows in one pass
-        else:
-            ppe = max(1, min(n_windows, int(self.internal_batch_size) // x.shape[0]))
+        step = items_per_call(x.shape[0], 1, self.chunk)
+        # windows per call: all of them (chunk=None) or as many as fit in chunk rows for `step` images
+        ppe = items_per_call(n_windows, step, self.chunk)
+        out = []
         with torch.no_grad():
-            attr = _CaptumOcclusion(self.model).attribute(
-                x,
-                sliding_window_shapes=(c, self.window, self.window),
-                strides=(c, self.stride, self.stride),
-                baselines=baseline_tensor(x, self.baseline),
-                target=target,
-                perturbations_per_eval=ppe,
-            )
-        return reduce_channels(attr[:, :1], self.reduce)
+            occlusion = _CaptumOcclusion(self.model)
+            for i in range(0, x.shape[0], step):
+                xi = x[i : i + step]
+                attr = occlusion.attribute(
+                    xi,
+                    sliding_window_shapes=(c, self.window, self.window),
+                    strides=(c, self.stride, self.stride),
+                    baselines=baseline_tensor(xi, self.baseline),
+                    target=target[i : i + step],
+                    perturbations_per_eval=ppe,
+                )
+                out.append(attr[:, :1])
+        return reduce_channels(torch.cat(out), self.reduce)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from xattr.core.seeding import image_seeds, make_generators
 from xattr.methods.base import Attribution
 
 
@@ -23,13 +24,11 @@ class RandomAttribution(Attribution):
         self.tile = tile
 
     def _attribute(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        from xattr.methods.iba.bottleneck import image_seeds
-
         h, w = x.shape[-2:]
         hh, ww = -(-h // self.tile), -(-w // self.tile)
         # one generator per image, seeded by ``seed`` and the image's bytes: distinct maps for distinct
         # images, the same map for an image wherever it sits in a batch
-        gens = ([torch.Generator().manual_seed(int(s)) for s in image_seeds(x, self.seed)]
+        gens = (make_generators(image_seeds(x, self.seed), torch.device("cpu"))
                 if self.seed is not None else [None] * x.shape[0])
         maps = torch.stack([torch.rand(1, hh, ww, generator=g) for g in gens])
         if self.tile > 1:

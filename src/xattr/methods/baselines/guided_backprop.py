@@ -4,7 +4,7 @@ Springenberg et al., "Striving for Simplicity: The All Convolutional Net", ICLR-
 the backward signal is ``1[x > 0] * relu(g)`` (positive gradient through active units).
 
 Captum overrides the backward of ``nn.ReLU`` modules only, so the model is first turned into a fixed copy
-(:mod:`xattr.methods.model_fixes`): out-of-place activations, one module per call site, ReLU6 written as
+(:mod:`xattr.methods.baselines.model_fixes`): out-of-place activations, one module per call site, ReLU6 written as
 ``min(relu(x), 6)`` (the ReLU part is guided, the clamp keeps its gradient ``1[x < 6]``) and DenseNet's final
 functional ReLU as a module. The copy shares the model's weights; the model itself is never changed.
 """
@@ -15,9 +15,9 @@ import torch
 from captum.attr import GuidedBackprop as _CaptumGBP
 from torch import nn
 
-from xattr.methods._utils import frozen_params
+from xattr.core.hooks import frozen
 from xattr.methods.base import Attribution, reduce_channels
-from xattr.methods.model_fixes import fixed_copy
+from xattr.methods.baselines.model_fixes import fixed_copy
 
 
 class GuidedBackprop(Attribution):
@@ -36,6 +36,6 @@ class GuidedBackprop(Attribution):
 
     def _attribute(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         fixed = fixed_copy(self.model, x, relu6="clamp")
-        with frozen_params(self.model):
+        with frozen(self.model):
             attr = _CaptumGBP(fixed).attribute(x.detach().clone().requires_grad_(True), target=target)
         return reduce_channels(attr, self.reduce)

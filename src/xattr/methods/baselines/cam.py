@@ -12,7 +12,7 @@
   scaling, resize) of the paper (``pytorch_grad_cam.FullGrad``, as is: its output is min-max scaled to [0, 1]
   per image). pytorch-grad-cam collects the biases of ``Conv2d`` / ``BatchNorm2d`` modules only.
 
-All run on a fixed copy of the model (:mod:`xattr.methods.model_fixes`: out-of-place activations, so a hooked
+All run on a fixed copy of the model (:mod:`xattr.methods.baselines.model_fixes`: out-of-place activations, so a hooked
 conv output is not overwritten by the in-place ReLU after it; one module per call site). ``layer`` is a paper
 name or a module path of the *original* model (``resolve_layer``); config: ``layer: ${model.layers.cam}``.
 """
@@ -24,10 +24,11 @@ from captum.attr import GuidedGradCam as _CaptumGuidedGradCam
 from captum.attr import LayerGradCam
 from torch import nn
 
-from xattr.methods._utils import check_choice, frozen_params
+from xattr.core.checks import check_choice
+from xattr.core.hooks import frozen
+from xattr.core.layers import layer_path
 from xattr.methods.base import Attribution, reduce_channels, upsample
-from xattr.methods.model_fixes import fixed_copy
-from xattr.models.layers import layer_path
+from xattr.methods.baselines.model_fixes import fixed_copy
 
 INTERPOLATIONS = ("bilinear", "nearest", "bicubic")
 
@@ -59,7 +60,7 @@ class GradCAM(_LayerMethod):
 
     def _attribute(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         fixed, layer = self._fixed(x)
-        with frozen_params(self.model):
+        with frozen(self.model):
             cam = LayerGradCam(fixed, layer).attribute(x.detach(), target=target, relu_attributions=self.relu)
         return upsample(cam.detach(), tuple(x.shape[-2:]), self.interpolation)
 
@@ -81,7 +82,7 @@ class GuidedGradCAM(_LayerMethod):
 
     def _attribute(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         fixed, layer = self._fixed(x, relu6="clamp")
-        with frozen_params(self.model):
+        with frozen(self.model):
             attr = _CaptumGuidedGradCam(fixed, layer).attribute(
                 x.detach().clone().requires_grad_(True), target=target, interpolate_mode=self.interpolation
             )
@@ -112,7 +113,7 @@ class GradCAMPlusPlus(_LayerMethod):
         training = fixed.training
         cam = _PGCPlusPlus(model=fixed, target_layers=[layer])  # registers its hooks on the copy
         try:
-            with frozen_params(self.model):
+            with frozen(self.model):
                 xin = x.detach().clone().requires_grad_(True)
                 outputs = cam.activations_and_grads(xin)
                 loss = sum(t(o) for t, o in zip(_targets(target), outputs))
@@ -147,7 +148,7 @@ class FullGrad(Attribution):
         with contextlib.redirect_stdout(io.StringIO()):  # it prints a warning about target_layers
             cam = _PGCFullGrad(model=fixed, target_layers=[])
         try:
-            with frozen_params(self.model):
+            with frozen(self.model):
                 raw = cam(input_tensor=x.detach().clone(), targets=_targets(target))  # numpy (B, H, W)
         finally:
             cam.activations_and_grads.release()

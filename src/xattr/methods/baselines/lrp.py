@@ -17,7 +17,7 @@ and the ``Norm`` rule; ``SequentialMergeBatchNorm`` otherwise; none for DenseNet
 concatenations; an unmerged BN passes relevance unchanged, zennit's ``Pass``). Captum's LRP
 was not used: it rejects batch-norm, residual additions and the functional ops of torchvision's models.
 
-The LRP runs on a fixed copy (:mod:`xattr.methods.model_fixes`): zennit keeps one stored input per hooked
+The LRP runs on a fixed copy (:mod:`xattr.methods.baselines.model_fixes`): zennit keeps one stored input per hooked
 module and does not support in-place activations, so activations are made out-of-place and one module per call
 site. The canonizer merges BN into the *shared* conv weights for the duration of the call and restores them
 on exit (also on error).
@@ -32,9 +32,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from xattr.methods._utils import check_choice, frozen_params
+from xattr.core.checks import check_choice
+from xattr.core.hooks import frozen
 from xattr.methods.base import Attribution, reduce_channels
-from xattr.methods.model_fixes import fixed_copy
+from xattr.methods.baselines.model_fixes import fixed_copy
 
 RULES = ("epsilon", "alpha_beta", "epsilon_plus_flat", "epsilon_alpha2_beta1_flat")
 INITS = ("onehot", "logit")
@@ -115,7 +116,7 @@ class LRP(Attribution):
             onehot[torch.arange(out.shape[0], device=out.device), target] = 1.0
             return onehot * out if self.init == "logit" else onehot
 
-        with torch.enable_grad(), frozen_params(self.model):
+        with torch.enable_grad(), frozen(self.model):
             with Gradient(model=fixed, composite=composite) as attributor:
                 _, relevance = attributor(x.detach().clone(), start)
         return relevance.detach()

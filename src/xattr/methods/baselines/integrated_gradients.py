@@ -13,8 +13,10 @@ import torch
 from captum.attr import IntegratedGradients as _CaptumIG
 from torch import nn
 
-from xattr.methods._utils import baseline_tensor, check_choice, check_positive, frozen_params
+from xattr.core.checks import check_choice, check_positive, check_positive_int
+from xattr.core.hooks import frozen
 from xattr.methods.base import Attribution, reduce_channels
+from xattr.methods.baselines._utils import baseline_tensor, items_per_call
 
 METHODS = ("riemann_right", "riemann_left", "riemann_middle", "riemann_trapezoid", "gausslegendre")
 
@@ -23,11 +25,14 @@ class IntegratedGradients(Attribution):
     """Integrated gradients from ``baseline`` to ``x`` in ``n_steps`` steps.
 
     Args:
-        baseline: ``"zero"`` | ``"mean"`` | a float (see :func:`xattr.methods._utils.baseline_tensor`).
+        baseline: ``"zero"`` | ``"mean"`` | a float (see :func:`xattr.methods.baselines._utils.baseline_tensor`).
         n_steps: number of points on the path (50).
         method: Captum's integral approximation (``riemann_right`` is the paper's Eq. 3).
-        internal_batch_size: forward passes per chunk of the ``B * n_steps`` path points (``None``: one
-            pass); the result does not depend on it.
+        chunk: forward rows (path points) per device call, ``None``: all ``B * n_steps`` in one call; the
+            result does not depend on it. Mapping: ``chunk`` -> Captum's ``internal_batch_size = chunk``
+            (Captum's ``internal_batch_size`` already counts rows: ``chunk // b`` steps of ``b`` images per
+            call), with the images split into groups of ``b = min(B, chunk)`` because Captum runs at least one
+            step of every image of its call.
         reduce: channel reduction of the signed ``(B, C, H, W)`` attribution (``sum`` keeps completeness:
             the map sums to ``F(x) - F(x')``).
     """
@@ -41,32 +46,38 @@ class IntegratedGradients(Attribution):
         baseline: str | float = "zero",
         n_steps: int = 50,
         method: str = "riemann_right",
-        internal_batch_size: int | None = None,
+        chunk: int | None = None,
         reduce: str = "sum",
     ) -> None:
         super().__init__(model)
         check_choice("integration method", method, METHODS)
         check_positive("n_steps", n_steps)
-        check_positive("internal_batch_size", internal_batch_size, allow_none=True)
+        check_positive_int("chunk", chunk, allow_none=True)
         baseline_tensor(torch.zeros(1, 1, 1, 1), baseline)
         reduce_channels(torch.zeros(1, 1, 1, 1), reduce)
         self.baseline, self.n_steps, self.method = baseline, int(n_steps), method
-        self.internal_batch_size, self.reduce = internal_batch_size, reduce
+        self.chunk, self.reduce = chunk, reduce
 
     def attribute_channels(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """The un-reduced ``(B, C, H, W)`` attribution (for completeness checks)."""
-        ibs = self.internal_batch_size
-        if ibs is not None:
-            ibs = max(int(ibs), x.shape[0])  # Captum needs at least one step per example in a chunk
-        with torch.enable_grad(), frozen_params(self.model):
-            return _CaptumIG(self.model).attribute(
-                x.detach(),
-                baselines=baseline_tensor(x.detach(), self.baseline),
-                target=target,
-                n_steps=self.n_steps,
-                method=self.method,
-                internal_batch_size=ibs,
-            ).detach()
+        x = x.detach()
+        step = items_per_call(x.shape[0], 1, self.chunk)  # Captum runs >= 1 step of each image per call
+        out = []
+        with torch.enable_grad(), frozen(self.model):
+            ig = _CaptumIG(self.model)
+            for i in range(0, x.shape[0], step):
+                xi = x[i : i + step]
+                out.append(
+                    ig.attribute(
+                        xi,
+                        baselines=baseline_tensor(xi, self.baseline),
+                        target=target[i : i + step],
+                        n_steps=self.n_steps,
+                        method=self.method,
+                        internal_batch_size=self.chunk,
+                    ).detach()
+                )
+        return torch.cat(out)
 
     def _attribute(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return reduce_channels(self.attribute_channels(x, target), self.reduce)

@@ -8,7 +8,7 @@ Baseline set (``baselines``): ``"normal"`` draws ``n_baselines`` images from N(0
 (the input prior of InputIBA, seeded by ``seed``), ``"zero"`` is the single all-zero image, ``"data"`` takes
 ``n_baselines`` images of the estimation split through :meth:`fit` (Lundberg & Lee's background set).
 
-Model-side fixes (:mod:`xattr.methods.model_fixes`), because Captum's DeepLift keeps one input per non-linear
+Model-side fixes (:mod:`xattr.methods.baselines.model_fixes`), because Captum's DeepLift keeps one input per non-linear
 module and hooks ``nn.ReLU`` only: a copy with out-of-place activations, one module per call site
 (torchvision ResNet's shared ``relu``, EfficientNet-lite's shared ReLU6), ReLU6 written exactly as
 ``relu(x) - relu(x - 6)`` (the rescale multiplier of the sum is then exactly ``Delta relu6 / Delta x``), and
@@ -24,10 +24,12 @@ import torch
 from captum.attr import DeepLiftShap as _CaptumDeepLiftShap
 from torch import nn
 
+from xattr.core.checks import check_choice, check_positive, check_positive_int
+from xattr.core.hooks import frozen
 from xattr.errors import XattrConfigError
-from xattr.methods._utils import check_choice, check_positive, frozen_params, per_chunk
 from xattr.methods.base import Attribution, reduce_channels
-from xattr.methods.model_fixes import fixed_copy
+from xattr.methods.baselines._utils import items_per_call
+from xattr.methods.baselines.model_fixes import fixed_copy
 
 BASELINES = ("normal", "zero", "data")
 
@@ -35,8 +37,11 @@ BASELINES = ("normal", "zero", "data")
 class DeepSHAP(Attribution):
     """DeepLiftShap over a baseline set; signed ``(B, C, H, W)`` reduced by ``reduce`` (``sum``).
 
-    ``internal_batch_size`` bounds the ``images x n_baselines`` rows of one forward (images are chunked;
-    the result does not depend on it).
+    ``chunk``: forward rows per device call, ``None``: all images in one call; the result does not depend on
+    it. Captum's DeepLift runs each (image, reference) pair as two rows (input and reference concatenated), so
+    one image costs ``2 * N`` rows (``N`` references: ``n_baselines``, 2 for ``baselines="zero"``). Mapping
+    (Captum's ``DeepLiftShap`` has no batch parameter): ``chunk`` -> images per ``DeepLiftShap.attribute``
+    call ``= max(1, chunk // (2 * N))``, at least one image (with all its references) per call.
     """
 
     name = "deepshap"
@@ -48,16 +53,16 @@ class DeepSHAP(Attribution):
         baselines: str = "normal",
         n_baselines: int = 10,
         seed: int = 0,
-        internal_batch_size: int | None = None,
+        chunk: int | None = None,
         reduce: str = "sum",
     ) -> None:
         super().__init__(model)
         check_choice("DeepSHAP baselines", baselines, BASELINES)
         check_positive("n_baselines", n_baselines)
-        check_positive("internal_batch_size", internal_batch_size, allow_none=True)
+        check_positive_int("chunk", chunk, allow_none=True)
         reduce_channels(torch.zeros(1, 1, 1, 1), reduce)
         self.baselines, self.n_baselines, self.seed = baselines, int(n_baselines), seed
-        self.internal_batch_size, self.reduce = internal_batch_size, reduce
+        self.chunk, self.reduce = chunk, reduce
         self.background: torch.Tensor | None = None
 
     def fit(self, loader: Iterable[dict], cache_dir: Path | None = None) -> None:
@@ -90,9 +95,9 @@ class DeepSHAP(Attribution):
         if refs.shape[0] == 1:  # Captum's DeepLiftShap needs at least two references
             refs = refs.expand(2, *refs.shape[1:]).contiguous()
         fixed = fixed_copy(self.model, x, relu6="split")
-        step = per_chunk(x.shape[0], refs.shape[0], self.internal_batch_size)
+        step = items_per_call(x.shape[0], 2 * refs.shape[0], self.chunk)  # DeepLift: input + reference rows
         out = []
-        with torch.enable_grad(), frozen_params(self.model):
+        with torch.enable_grad(), frozen(self.model):
             explainer = _CaptumDeepLiftShap(fixed)
             for i in range(0, x.shape[0], step):
                 xi = x[i : i + step].detach().clone().requires_grad_(True)

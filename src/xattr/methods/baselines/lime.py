@@ -11,8 +11,8 @@ whose segment count depends on the image size) or ``"grid"`` (square cells of ``
 Surrogate: Captum's ``SkLearnLasso(alpha=lasso_alpha)`` (Captum's default).
 
 Randomness: each image is attributed under its own forked generator seeded with ``seed``, so a batch gives the
-same maps as one image at a time; ``internal_batch_size`` (Captum's ``perturbations_per_eval``) only groups
-the same samples into forward passes.
+same maps as one image at a time; ``chunk`` (forward rows per device call) only groups the same samples into
+forward passes.
 """
 
 from __future__ import annotations
@@ -24,8 +24,10 @@ from captum.attr import Lime as _CaptumLime
 from captum.attr._core.lime import get_exp_kernel_similarity_function
 from torch import nn
 
-from xattr.methods._utils import baseline_tensor, check_choice, check_positive, seeded
+from xattr.core.checks import check_choice, check_positive, check_positive_int
+from xattr.core.seeding import seeded
 from xattr.methods.base import Attribution, reduce_channels
+from xattr.methods.baselines._utils import baseline_tensor
 
 SEGMENTATIONS = ("slic", "grid")
 
@@ -47,7 +49,13 @@ def superpixels(x: torch.Tensor, segmentation: str = "slic", n_segments: int = 5
 
 
 class LIME(Attribution):
-    """LIME coefficients of superpixels, painted back on the pixels, ``(B, 1, H, W)``."""
+    """LIME coefficients of superpixels, painted back on the pixels, ``(B, 1, H, W)``.
+
+    ``chunk``: forward rows (perturbed samples) per device call, ``None``: all ``n_samples`` samples of an
+    image in one call; the result does not depend on it. Mapping: ``chunk`` -> Captum's
+    ``perturbations_per_eval = min(chunk, n_samples)`` (images are looped over, one per Captum call, so its
+    perturbations per evaluation are its rows).
+    """
 
     name = "lime"
     paper = "Ribeiro et al., KDD 2016"
@@ -64,22 +72,22 @@ class LIME(Attribution):
         lasso_alpha: float = 0.01,
         baseline: str | float = "zero",
         seed: int | None = 0,
-        internal_batch_size: int | None = 256,
+        chunk: int | None = 256,
         reduce: str = "sum",
     ) -> None:
         super().__init__(model)
         check_choice("segmentation", segmentation, SEGMENTATIONS)
         for k, v in (("n_samples", n_samples), ("n_segments", n_segments), ("cell", cell), ("kernel_width", kernel_width)):
             check_positive(k, v)
-        check_positive("internal_batch_size", internal_batch_size, allow_none=True)
+        check_positive_int("chunk", chunk, allow_none=True)
         baseline_tensor(torch.zeros(1, 1, 1, 1), baseline)
         check_choice("LIME reduce", reduce, ("sum", "abs", "positive", "none"))
         self.n_samples, self.segmentation, self.n_segments, self.cell = int(n_samples), segmentation, n_segments, cell
         self.kernel_width, self.lasso_alpha, self.baseline, self.seed = kernel_width, lasso_alpha, baseline, seed
-        self.internal_batch_size, self.reduce = internal_batch_size, reduce
+        self.chunk, self.reduce = chunk, reduce
 
     def _attribute(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        ppe = self.internal_batch_size or self.n_samples
+        ppe = self.n_samples if self.chunk is None else min(self.chunk, self.n_samples)
         out = []
         with torch.no_grad():
             for i in range(x.shape[0]):
@@ -97,7 +105,7 @@ class LIME(Attribution):
                         baselines=baseline_tensor(xi, self.baseline),
                         feature_mask=seg[None, None].expand_as(xi),
                         n_samples=self.n_samples,
-                        perturbations_per_eval=int(ppe),
+                        perturbations_per_eval=ppe,
                     )
                 out.append(attr[:, :1].float())
         return reduce_channels(torch.cat(out), self.reduce)

@@ -6,9 +6,9 @@ Smilkov et al., "SmoothGrad: removing noise by adding noise", 2017, Eq. 2:
 (``SmoothGrad(Gradient, std=0.15, steps=50)``): 50 samples, noise level 0.15.
 
 Randomness: each image is attributed under its own forked generator seeded with ``seed``, so a batch gives the
-same maps as one image at a time, and ``internal_batch_size`` (Captum's ``nt_samples_batch_size``, samples per
-forward) only splits the same noise into chunks. Images are looped over (the noise and its scale are per image);
-the ``n_samples`` noisy copies of one image form the GPU batch.
+same maps as one image at a time, and ``chunk`` (forward rows per device call) only splits the same noise into
+chunks. Images are looped over (the noise and its scale are per image); the ``n_samples`` noisy copies of one
+image form the GPU batch.
 """
 
 from __future__ import annotations
@@ -17,7 +17,9 @@ import torch
 from captum.attr import NoiseTunnel, Saliency
 from torch import nn
 
-from xattr.methods._utils import check_positive, frozen_params, seeded
+from xattr.core.checks import check_positive, check_positive_int
+from xattr.core.hooks import frozen
+from xattr.core.seeding import seeded
 from xattr.methods.base import Attribution, reduce_channels
 
 
@@ -29,7 +31,10 @@ class SmoothGrad(Attribution):
         noise_level: noise std as a fraction of the image's value range (0.15).
         abs: average ``|grad|`` (SmoothGrad of Saliency) or the signed gradient.
         seed: seed of the noise (``None``: unseeded).
-        internal_batch_size: noisy copies per forward pass (``None``: all at once).
+        chunk: forward rows (noisy copies) per device call (``None``: all ``n_samples`` copies of an image in one
+            call); the result does not depend on it. Mapping: ``chunk`` -> Captum's
+            ``nt_samples_batch_size = min(chunk, n_samples)`` (each Captum call holds one image, so its noisy
+            samples per call are its rows).
         reduce: channel reduction (``max_abs``, as for the gradient).
     """
 
@@ -43,21 +48,22 @@ class SmoothGrad(Attribution):
         noise_level: float = 0.15,
         abs: bool = True,
         seed: int | None = 0,
-        internal_batch_size: int | None = None,
+        chunk: int | None = None,
         reduce: str = "max_abs",
     ) -> None:
         super().__init__(model)
         check_positive("n_samples", n_samples)
         check_positive("noise_level", noise_level)
-        check_positive("internal_batch_size", internal_batch_size, allow_none=True)
+        check_positive_int("chunk", chunk, allow_none=True)
         reduce_channels(torch.zeros(1, 1, 1, 1), reduce)
         self.n_samples, self.noise_level, self.abs, self.seed = int(n_samples), float(noise_level), abs, seed
-        self.internal_batch_size, self.reduce = internal_batch_size, reduce
+        self.chunk, self.reduce = chunk, reduce
 
     def _attribute(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         tunnel = NoiseTunnel(Saliency(self.model))
+        per_call = self.n_samples if self.chunk is None else min(self.chunk, self.n_samples)
         out = []
-        with frozen_params(self.model):
+        with frozen(self.model):
             for i in range(x.shape[0]):
                 xi = x[i : i + 1].detach()
                 sigma = self.noise_level * float(xi.max() - xi.min())
@@ -67,7 +73,7 @@ class SmoothGrad(Attribution):
                         xi.clone().requires_grad_(True),
                         nt_type="smoothgrad",
                         nt_samples=self.n_samples,
-                        nt_samples_batch_size=self.internal_batch_size,
+                        nt_samples_batch_size=per_call,
                         stdevs=max(sigma, 1e-12),
                         target=target[i : i + 1],
                         abs=self.abs,

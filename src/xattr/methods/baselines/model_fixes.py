@@ -189,13 +189,3 @@ def fixed_copy(model: nn.Module, example: torch.Tensor, relu6: str = "keep") -> 
     fixed.train(model.training)
     return fixed
 
-
-def hook_count(model: nn.Module) -> int:
-    """Number of hooks registered on ``model`` and its submodules (tests: none may be left behind)."""
-    n = 0
-    for m in model.modules():
-        n += len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks)
-        n += len(getattr(m, "_backward_pre_hooks", {}))
-    for p in model.parameters():
-        n += len(p._backward_hooks or {}) if getattr(p, "_backward_hooks", None) else 0
-    return n

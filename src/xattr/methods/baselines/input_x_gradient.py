@@ -10,7 +10,7 @@ import torch
 from captum.attr import InputXGradient as _CaptumIxG
 from torch import nn
 
-from xattr.methods._utils import frozen_params
+from xattr.core.hooks import frozen
 from xattr.methods.base import Attribution, reduce_channels
 
 
@@ -30,6 +30,6 @@ class InputXGradient(Attribution):
         reduce_channels(torch.zeros(1, 1, 1, 1), reduce)
 
     def _attribute(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        with frozen_params(self.model):
+        with frozen(self.model):
             attr = _CaptumIxG(self.model).attribute(x.detach().clone().requires_grad_(True), target=target)
         return reduce_channels(attr, self.reduce)

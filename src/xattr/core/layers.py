@@ -1,15 +1,28 @@
 """Layer addressing: the papers' names (``conv4_1``, ``conv3_4``, ``denseblock3``) or module paths
-(``features.17``), both ways.
+(``features.17``), both ways, resolved once.
 
 Each zoo model carries ``xattr_layers``: an ordered dict ``paper name -> module path``. A name that is
-neither a paper name nor a module path raises one error listing both kinds of valid choices.
+neither a paper name nor a module path raises one error listing both kinds of valid choices. Methods
+resolve their layers at construction (:func:`resolve`) and keep the :class:`Layer`, so a bad name fails
+before any work and no forward pass looks a name up again.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from torch import nn
 
 from xattr.errors import unknown
+
+
+@dataclass(frozen=True)
+class Layer:
+    """A resolved layer: the name it was given, its module path and the module itself."""
+
+    name: str
+    path: str
+    module: nn.Module
 
 
 def layer_aliases(model: nn.Module) -> dict[str, str]:
@@ -29,9 +42,15 @@ def layer_path(model: nn.Module, name: str) -> str:
     raise unknown("layer", name, choices + (["..."] if len(paths) > 41 else []))
 
 
+def resolve(model: nn.Module, name: str) -> Layer:
+    """The :class:`Layer` of ``model`` addressed by ``name`` (paper name or module path)."""
+    path = layer_path(model, name)
+    return Layer(name, path, model.get_submodule(path))
+
+
 def resolve_layer(model: nn.Module, name: str) -> nn.Module:
     """The submodule of ``model`` addressed by ``name`` (paper name or module path)."""
-    return model.get_submodule(layer_path(model, name))
+    return resolve(model, name).module
 
 
 def paper_name(model: nn.Module, path: str) -> str | None:

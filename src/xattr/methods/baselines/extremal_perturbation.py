@@ -17,7 +17,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from xattr.methods._utils import check_choice, check_positive, frozen_params, seeded
+from xattr.core.checks import check_choice, check_positive
+from xattr.core.hooks import frozen
+from xattr.core.seeding import seeded
 from xattr.methods.base import Attribution
 
 VARIANTS = ("preserve", "delete", "dual")
@@ -70,7 +72,7 @@ class ExtremalPerturbation(Attribution):
         training = self.model.training
         out = []
         try:
-            with frozen_params(self.model):
+            with frozen(self.model):
                 for i in range(x.shape[0]):
                     with seeded(self.seed, x.device):
                         masks, _ = extremal_perturbation(

@@ -1,0 +1,7 @@
+"""Dataset-level analyses: work that accumulates over the whole dataset and finishes at the end (pooled
+correlations, dead-neuron shares of pathways, network dissection). See :mod:`.base` for the interface."""
+
+from xattr.analyses.base import Analysis
+from xattr.analyses.sensitivity_n import PooledSensitivityN, pooled_curve
+
+__all__ = ["Analysis", "PooledSensitivityN", "pooled_curve"]
