@@ -1,7 +1,7 @@
 """Per-Sample IBA speed: reference-style loop vs xattr batched (fp32, bf16 autocast on GPU).
 
 Reference style (BioroboticsLab/IBA ``analyze``): one image at a time, the image repeated ``copies`` times,
-the whole network run at every step with the bottleneck in a forward hook. xattr: ``batch`` images x
+the whole network run at every step with the bottleneck in a forward hook. xattr: ``--batch`` images (``chunk = batch * copies`` forwards per call) x
 ``copies`` in one graph, the layers before the bottleneck once, only the tail per step.
 Prints a Markdown table: ms per image and peak GPU memory (CPU: not measured).
 
@@ -18,9 +18,10 @@ import warnings
 import torch
 import torchvision
 
+from xattr.core.hooks import frozen, hooked
 from xattr.methods.iba import PerSampleIBA
 from xattr.methods.iba import statistics as st
-from xattr.methods.iba.bottleneck import Bottleneck, cross_entropy_loss, frozen, hooked
+from xattr.methods.iba.bottleneck import Bottleneck, cross_entropy_loss
 
 MODELS = {
     "vgg16 conv4_1": (torchvision.models.vgg16, "features.17"),
@@ -81,7 +82,7 @@ def bench_model(name, x, target, args, device) -> list[tuple]:
         warnings.simplefilter("ignore")
         stats = st.estimate(model, [layer], [{"x": x[: min(16, args.images)]}], n_samples=16)
     variants = [("xattr batched fp32", None)] + ([("xattr batched bf16", "bf16")] if device.type == "cuda" else [])
-    iba = {v: PerSampleIBA(model, layer, steps=args.steps, copies=args.copies, batch=args.batch, autocast=ac)
+    iba = {v: PerSampleIBA(model, layer, steps=args.steps, copies=args.copies, chunk=args.batch * args.copies, autocast=ac)
            for v, ac in variants}
     for m in iba.values():
         m.set_statistics(stats)

@@ -57,3 +57,26 @@ def test_readout_trains_checkpoints_resumes_and_attributes(tmp_path, monkeypatch
     rb3 = ReadoutIBA(model, "conv2", ["conv1", "conv3", "fc"], epochs=1, lr=1e-2, n_samples=24, beta=1.0)
     rb3.fit(_loader(), tmp_path)
     assert len(steps) == 3 and len(list((tmp_path / "iba_readout").glob("*/last.ckpt"))) == 2
+
+
+def test_training_batch_size_is_the_methods_own_and_in_the_checkpoint_key(tmp_path, monkeypatch):
+    """Two training batch sizes -> two checkpoints; the steps per epoch follow train_batch_size, not the
+    estimation loader's batches."""
+    warnings.simplefilter("ignore")
+    from xattr.methods.iba import readout as ro
+
+    steps = []
+    orig = ro.ReadoutTraining.training_step
+    monkeypatch.setattr(ro.ReadoutTraining, "training_step",
+                        lambda self, b, i: steps.append(st_x(b).shape[0]) or orig(self, b, i))
+    model = TinyCNN().eval()
+    for bs in (4, 12):
+        ReadoutIBA(model, "conv2", ["conv1", "conv3", "fc"], epochs=1, lr=1e-2, n_samples=24,
+                   train_batch_size=bs).fit(_loader(), tmp_path)
+    ckpts = sorted((tmp_path / "iba_readout").glob("*/last.ckpt"))
+    assert len(ckpts) == 2 and {p.parent.name.split("-bs")[1].split("-")[0] for p in ckpts} == {"4", "12"}
+    assert steps == [4] * 6 + [12] * 2  # 24 estimation images, re-batched
+
+
+def st_x(batch):
+    return batch["x"]

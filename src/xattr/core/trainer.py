@@ -30,7 +30,8 @@ def quiet_lightning() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
     for msg in (".*does not have many workers.*", ".*predict_dataloader.*num_workers.*",
                 ".*train_dataloader.*num_workers.*", ".*val_dataloader.*num_workers.*",
-                ".*LeafSpec.*", ".*treespec.*", ".*isinstance.*treespec.*"):
+                ".*LeafSpec.*", ".*treespec.*", ".*isinstance.*treespec.*",
+                ".*test_dataloader.*num_workers.*", ".*smaller than the logging interval.*"):
         warnings.filterwarnings("ignore", message=msg)
 
 
