@@ -33,7 +33,7 @@ log = logging.getLogger("xattr")
 def run(cfg: DictConfig) -> Path:
     """Run the configured attribution experiment; returns the run directory."""
     validate(cfg)
-    pl.seed_everything(cfg.seed, workers=True)
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
     _record_source_method(cfg)
     run_dir = Path(cfg.paths.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -31,7 +31,8 @@ def quiet_lightning() -> None:
     for msg in (".*does not have many workers.*", ".*predict_dataloader.*num_workers.*",
                 ".*train_dataloader.*num_workers.*", ".*val_dataloader.*num_workers.*",
                 ".*LeafSpec.*", ".*treespec.*", ".*isinstance.*treespec.*",
-                ".*test_dataloader.*num_workers.*", ".*smaller than the logging interval.*"):
+                ".*test_dataloader.*num_workers.*", ".*smaller than the logging interval.*",
+                ".*predict returned None.*"):
         warnings.filterwarnings("ignore", message=msg)
 
 
