@@ -169,6 +169,32 @@ def test_fx_tail_equals_hook_tail_with_skip_connection():
     assert torch.allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
+class ViewsByBatchSize(nn.Module):
+    """``x.view(x.size(0), -1)`` after the layer, as EfficientNet-lite's head: the traced batch size must
+    follow the noisy copies."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.inner = nn.Conv2d(4, 4, 3, padding=1)
+        self.fc = nn.Linear(4 * 8 * 8, 3)
+        self.num_classes = 3
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b = x.size(0)
+        return self.fc(torch.relu(self.inner(torch.relu(self.conv(x)))).view(b, -1))
+
+
+def test_fx_tail_scales_the_batch_size_read_from_the_input():
+    model = ViewsByBatchSize().eval()
+    x = torch.randn(2, 3, 8, 8)
+    fx_tail = NetworkTail(model, "inner", x, "fx")
+    hook_tail = NetworkTail(model, "inner", x, "hook")
+    assert fx_tail.mode == "fx"
+    z = torch.randn(6, 4, 8, 8)  # 3 copies of 2 images
+    assert torch.allclose(fx_tail(z), hook_tail(z), atol=1e-5)
+
+
 def test_heatmap_in_bits_and_ignored_half_gets_near_zero():
     torch.manual_seed(0)
     model = HalfIgnoring().eval()

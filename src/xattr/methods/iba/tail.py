@@ -131,14 +131,20 @@ class NetworkTail:
             self.pre = [rec.kept[n] for n in frontier]
             self.batched = [n in from_input and torch.is_tensor(v) and v.shape[:1] == (self.b,) for n, v in
                             zip(frontier, self.pre)]
+            # the batch size read from the input (``x.size(0)`` before a ``view``) scales with the copies
+            self.batch_ints = [n in from_input and type(v) is int and v == self.b for n, v in zip(frontier, self.pre)]
             check = self(self.r)
-        if not (torch.is_tensor(full) and torch.allclose(check.float(), full.float(), rtol=1e-3, atol=1e-4)):
+            check2 = self(self.r.repeat_interleave(2, 0))  # with copies: rows are image-major
+        ok = torch.is_tensor(full) and torch.allclose(check.float(), full.float(), rtol=1e-3, atol=1e-4)
+        ok = ok and check2.shape[0] == 2 * self.b and torch.allclose(
+            check2.float(), full.float().repeat_interleave(2, 0), rtol=1e-3, atol=1e-4)
+        if not ok:
             raise RuntimeError("the split tail does not reproduce the model's output")
 
     def _pre(self, factor: int) -> list:
         if factor not in self._cache:
-            self._cache = {factor: [v.repeat_interleave(factor, 0) if bat and factor > 1 else v
-                                    for v, bat in zip(self.pre, self.batched)]}
+            self._cache = {factor: [v.repeat_interleave(factor, 0) if bat and factor > 1 else v * factor if bint else v
+                                    for v, bat, bint in zip(self.pre, self.batched, self.batch_ints)]}
         return self._cache[factor]
 
     def __call__(self, z: torch.Tensor) -> torch.Tensor:
