@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml
 	touch $@
 
 demo: install
-	$(BIN)/python -m xattr.run experiment=demo
+	$(BIN)/python -m xattr.demo
 
 test: install
 	$(BIN)/python -m pytest -q -n 2 -m "not slow" tests

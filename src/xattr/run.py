@@ -72,10 +72,13 @@ def run(cfg: DictConfig) -> Path:
             print(summary.to_markdown(index=False, floatfmt=".4f"))
         for name, df in results.items():
             print(f"\n{name} (analyses/{name}.csv):\n" + df.to_markdown(index=False, floatfmt=".4f"))
-        if len(ds) <= 20:  # small runs (the demo): each image's top-1 label
+        if len(ds) <= int(cfg.get("list_images", 20)):  # small runs: each image's top-1 label (and the target's)
             per_image = pd.read_parquet(run_dir / "per_image.parquet")
             for r in per_image.itertuples():
-                print(f"  {r.id}: {zoo.labels[int(r.top1)]} ({r.prob:.2f})")
+                line = f"  {r.id}: {zoo.labels[int(r.top1)]} ({getattr(r, 'top1_prob', r.prob):.2f})"
+                if int(r.target) != int(r.top1):
+                    line += f"; target {zoo.labels[int(r.target)]} ({r.prob:.2f})"
+                print(line)
         for lg in loggers:
             lg.log_metrics({f"{r.score}/mean": r.mean for r in summary.itertuples()})
             if isinstance(lg, pl.loggers.WandbLogger):

@@ -6,7 +6,8 @@ Layout (documented in the README):
   ``label``, ``target`` (int64). float16 keeps 3 significant digits, enough for figures and for
   re-evaluation; metrics of the run itself are computed on the float32 maps before saving.
 - ``per_image/<key>.parquet``: one row per image: ``id``, ``index``, ``label``, ``target``, ``prob``
-  (softmax of the target), ``top1``, and a column ``<metric>/<score>`` per metric score.
+  (softmax of the target), ``top1``, ``top1_prob`` (softmax of the top-1 class), and a column
+  ``<metric>/<score>`` per metric score.
 - ``curves/<key>.npz``: ``<metric>/<curve>`` arrays ``(B, T)`` and ``<metric>/<curve>/x`` ``(T,)``.
 - ``aux/<key>.npz``: the method's auxiliary results (:class:`xattr.methods.base.Explanation`), each with
   a leading batch axis, under its own name (InputIBA: ``stages/feature``, ``stages/generator``,
@@ -94,6 +95,7 @@ class RunStore:
             "target": target.cpu().numpy(),
             "prob": probs.gather(1, target.view(-1, 1)).squeeze(1).float().cpu().numpy(),
             "top1": probs.argmax(1).cpu().numpy(),
+            "top1_prob": probs.max(1).values.float().cpu().numpy(),
         }
         for name, v in (scores or {}).items():
             rows[name] = _np(v).reshape(n)

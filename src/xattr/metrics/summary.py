@@ -13,7 +13,7 @@ import torch
 from xattr.core.summary import mean_and_sem
 from xattr.metrics.base import Metric
 
-META = ("id", "index", "label", "target", "prob", "top1")
+META = ("id", "index", "label", "target", "prob", "top1", "top1_prob")
 
 
 def summarise_run_scores(per_image: pd.DataFrame, metrics: Mapping[str, Metric] | None = None) -> pd.DataFrame:

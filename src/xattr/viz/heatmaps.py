@@ -48,3 +48,31 @@ def heatmap_grid(images: Sequence[np.ndarray], maps: Sequence[np.ndarray], title
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def comparison_grid(images: Sequence[np.ndarray], maps: dict[str, Sequence[np.ndarray]], row_titles: Sequence[str],
+                    path: str | Path, suptitle: str = "", cmap: str = "jet", alpha: float = 0.5) -> Path:
+    """One row per image, the photo first and then one column per method with its normalised map overlaid.
+
+    ``images``: ``(H, W, 3)`` in [0, 1]; ``maps``: column title -> one ``(H, W)`` map per image;
+    ``row_titles``: one line per image (shown over the photo).
+    """
+    n, cols = len(images), 1 + len(maps)
+    fig, axes = plt.subplots(n, cols, figsize=(2.3 * cols, 2.45 * n + 0.6), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for i, img in enumerate(images):
+        axes[i, 0].imshow(np.clip(img, 0, 1))
+        axes[i, 0].set_title(row_titles[i], fontsize=8)
+        for j, (name, ms) in enumerate(maps.items(), start=1):
+            axes[i, j].imshow(np.clip(img, 0, 1))
+            axes[i, j].imshow(normalise_map(ms[i]), cmap=cmap, alpha=alpha, vmin=0, vmax=1)
+            if i == 0:
+                axes[i, j].set_title(name, fontsize=9)
+    if suptitle:
+        fig.suptitle(suptitle, fontsize=10)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / fig.get_figheight()) if suptitle else None)
+    path = Path(path)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path

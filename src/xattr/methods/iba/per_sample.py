@@ -32,6 +32,7 @@ from xattr.methods.base import Attribution, Explanation, with_prefix
 from xattr.methods.iba import statistics as st
 from xattr.methods.iba.bottleneck import (
     MODEL_LOSSES,
+    RESIZES,
     AlphaResult,
     Bottleneck,
     ModelLoss,
@@ -50,16 +51,25 @@ class IBABase(Attribution):
         model: the network; ``layers``: the layers needing statistics.
         n_samples: images used to estimate the statistics (reference: 10 000; warns under 1 000).
         min_std, active_threshold, sigma, relu: see :class:`~xattr.methods.iba.bottleneck.Bottleneck`.
+        resize: how the heatmap reaches the input size: ``reference`` (skimage's linear resize with
+            reflection at the border, as BioroboticsLab/IBA) or ``bilinear`` (``F.interpolate``, edges clamped);
+            see :func:`~xattr.methods.iba.bottleneck.to_bits_map`.
         model_name, weights, dataset: shown in the statistics cache's file name (config interpolations
             such as ``${model.name}``); the file name also holds a hash of the weights.
+        statistics: a statistics file to use instead of estimating (``fit`` then reads no data); it must
+            match the model's weights (e.g. ``assets/stats/`` files shipped for the demo).
     """
 
     def __init__(
         self, model: nn.Module, layers: list[str], *, n_samples: int = 10_000, min_std: float = 0.01,
         active_threshold: float = 0.01, sigma: float | None = 1.0, relu: bool = False,
-        model_name: str | None = None, weights: str | None = None, dataset: str | None = None,
+        model_name: str | None = None, weights: str | None = None, dataset: str | None = None, resize: str = "reference",
+        statistics: str | Path | None = None,
     ) -> None:
         super().__init__(model)
+        if resize not in RESIZES:
+            raise unknown("resize", resize, RESIZES)
+        self.resize = resize
         #: resolved once (a bad name fails here, with the valid choices)
         self.resolved = {name: resolve(model, name) for name in layers}
         self.layers = list(layers)
@@ -69,10 +79,14 @@ class IBABase(Attribution):
         self.sigma = sigma
         self.relu = bool(relu)
         self.model_name, self.weights, self.dataset = model_name, weights, dataset
+        self.statistics = statistics
         self.stats: dict[str, st.FeatureStats] = {}
 
     def fit(self, loader: Iterable[dict], cache_dir: Path | None = None) -> None:
-        """Estimate (or load from ``cache_dir``) the feature statistics of the layers."""
+        """Estimate (or load from ``cache_dir``, or from the ``statistics`` file) the layers' statistics."""
+        if self.statistics:
+            self.stats = st.load_file(self.statistics, self.model, self.layers)
+            return
         self.stats = st.load_or_estimate(self.model, self.layers, loader, cache_dir, self.n_samples,
                                          self.model_name, self.weights, self.dataset)
 
@@ -163,7 +177,7 @@ class PerSampleIBA(IBABase):
         return AlphaResult.cat(parts)
 
     def _attribute(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return to_bits_map(self.optimize(x, target).kl, tuple(x.shape[-2:]))
+        return to_bits_map(self.optimize(x, target).kl, tuple(x.shape[-2:]), self.resize)
 
     def _explain(self, x: torch.Tensor, target: torch.Tensor, aux: frozenset[str]) -> Explanation:
         res = self.optimize(x, target)
@@ -171,7 +185,7 @@ class PerSampleIBA(IBABase):
         if self.scores:
             extra = with_prefix("bottleneck", {**bottleneck_scores(res, target),
                                                **{f"initial_{k}": v for k, v in initial_scores(res, target).items()}})
-        return Explanation(to_bits_map(res.kl, tuple(x.shape[-2:])), extra)
+        return Explanation(to_bits_map(res.kl, tuple(x.shape[-2:]), self.resize), extra)
 
     def capacity(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Per-channel capacity ``(B, C, h, w)`` in bits (the reference's ``capacity`` mode)."""
@@ -226,4 +240,4 @@ class PerSampleIBAModule(pl.LightningModule):
         with torch.inference_mode(False), torch.enable_grad():
             x = x.clone()
             res = self.method.optimize(x, target)
-        return {"maps": to_bits_map(res.kl, tuple(x.shape[-2:])), **bottleneck_scores(res, target)}
+        return {"maps": to_bits_map(res.kl, tuple(x.shape[-2:]), self.method.resize), **bottleneck_scores(res, target)}

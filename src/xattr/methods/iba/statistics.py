@@ -31,6 +31,7 @@ from torch import nn
 from xattr.core.checks import module_device
 from xattr.core.hooks import hooked_many
 from xattr.core.layers import layer_path, resolve
+from xattr.errors import XattrConfigError, missing_file, unknown
 
 MIN_SAMPLES_WARN = 1000
 
@@ -198,3 +199,23 @@ def load_or_estimate(
     torch.save({"key": key, "stats": {k: v.state() for k, v in stats.items()}}, tmp)
     tmp.replace(path)
     return stats
+
+
+def load_file(path: Path | str, model: nn.Module, layers: Sequence[str]) -> dict[str, FeatureStats]:
+    """Statistics saved by :func:`load_or_estimate` (a cache file), given explicitly (e.g. shipped with the
+    repository for the demo). The file must hold every layer and match the model's weights fingerprint."""
+    path = Path(path)
+    if not path.is_file():
+        raise missing_file("feature statistics", path, "a file written by an IBA run into <cache_dir>/iba_stats/")
+    blob = torch.load(path, map_location="cpu", weights_only=False)
+    key = blob.get("key", {})
+    if key.get("fingerprint") != weights_fingerprint(model):
+        raise XattrConfigError(f"feature statistics {path} belong to other weights (model {key.get('model')!r}, "
+                               f"weights {key.get('weights')!r}); valid choices: a file estimated with this model")
+    paths = {name: layer_path(model, name) for name in layers}
+    missing = [n for n, p in paths.items() if p not in key.get("layers", [])]
+    if missing:
+        raise unknown("layer of the statistics file", missing[0], key.get("layers", []))
+    by_path = dict(zip(key["layers"], blob["stats"].values()))
+    device = module_device(model)
+    return {name: FeatureStats(**by_path[p]).to(device) for name, p in paths.items()}

@@ -69,7 +69,8 @@ class InputIBA(Attribution):
         seed: per-image noise seed; None: the global RNG.
         chunk: forward passes per device call (memory knob): images are processed in groups of
             ``max(1, chunk // max(copies, feat_copies))``; None: the whole batch. Never changes the result.
-        n_samples, model_name, weights, dataset, tail: passed to the feature IBA (statistics and cache).
+        n_samples, model_name, weights, dataset, statistics, tail: passed to the feature IBA (statistics
+            and cache; ``statistics``: a statistics file used instead of estimating).
     """
 
     name = "input_iba"
@@ -86,6 +87,7 @@ class InputIBA(Attribution):
         input_mean: float = 0.0, input_std: float = 1.0, init_alpha: float = 5.0,
         seed: int | None = 0, chunk: int | None = None, n_samples: int = 1000,
         model_name: str | None = None, weights: str | None = None, dataset: str | None = None, tail: str = "auto",
+        statistics: str | None = None,
     ) -> None:  # fmt: skip
         super().__init__(model)
         if target_mask not in TARGET_MASKS:
@@ -101,7 +103,7 @@ class InputIBA(Attribution):
         self.feature_iba = self._make_feature_iba(
             layer=layer, beta=feat_beta, steps=feat_steps, lr=feat_lr, copies=feat_copies, sigma=feat_sigma,
             init_alpha=init_alpha, seed=seed, n_samples=n_samples, model_name=model_name, weights=weights,
-            dataset=dataset, tail=tail,
+            dataset=dataset, tail=tail, statistics=statistics,
         )  # fmt: skip
         self.gan = WGANConfig(epochs, n_targets, n_groups, gan_batch, critic, lr_disc, lr_mask, lr_mean, lr_std, clip)
         self.target_mask = target_mask
