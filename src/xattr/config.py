@@ -51,10 +51,9 @@ def check_overrides(argv: list[str]) -> None:
 
 def validate(cfg: DictConfig) -> None:
     """Checks that need the composed config (names are checked again when objects are built)."""
-    from xattr.models.zoo import ZOO
+    from xattr.models.zoo import check_model
 
-    if cfg.model.name not in ZOO:
-        raise unknown("model", cfg.model.name, sorted(ZOO))
+    check_model(cfg.model.name, cfg.model)  # a zoo name, or kind torchvision | custom: arch, factory, files
     if int(cfg.batch_size) < 1:
         raise XattrConfigError(f"batch_size must be >= 1, got {cfg.batch_size}")
     for name in cfg.get("metric") or {}:
@@ -84,3 +83,85 @@ def build(node, *args, **kwargs):
         if err is not None:
             raise err from None
         raise
+
+
+# ----------------------------------------------------------------------------- values, before any work
+POSITIVE = ("beta", "feat_beta", "lr", "feat_lr", "lr_disc", "lr_mask", "lr_mean", "lr_std")
+AT_LEAST_ONE = ("steps", "feat_steps", "copies", "feat_copies", "epochs", "n_samples", "n_steps", "n_masks",
+                "critic", "n_targets", "n_groups", "gan_batch", "per_step", "n_points", "train_batch_size")
+SKIP = ("_target_", "_partial_")
+
+
+def _raw_defaults(group: str, option: str) -> dict:
+    """The option file's own top-level values (before interpolation), or {} when there is no such file."""
+    path = CONF_DIR / group / f"{option}.yaml"
+    if not path.is_file():
+        return {}
+    from omegaconf import OmegaConf
+
+    raw = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+    return {k: v for k, v in raw.items() if k not in SKIP and k != "defaults"} if isinstance(raw, dict) else {}
+
+
+def _check_node(prefix: str, node, defaults: dict) -> None:
+    from omegaconf import OmegaConf
+
+    if node is None:
+        return
+    values = OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else dict(node)
+    for key, value in values.items():
+        name = f"{prefix}.{key}"
+        default = defaults.get(key)
+        number = isinstance(default, (int, float)) and not isinstance(default, bool)
+        if number and value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise XattrConfigError(f"bad {name} {value!r}; valid choices: a number (default {default})")
+        if isinstance(default, bool) and value is not None and not isinstance(value, bool):
+            raise XattrConfigError(f"bad {name} {value!r}; valid choices: true, false")
+        if key in POSITIVE and isinstance(value, (int, float)) and not value > 0:
+            raise XattrConfigError(f"bad {name} {value!r}; valid choices: a number > 0")
+        if key in AT_LEAST_ONE and isinstance(value, (int, float)) and (value < 1 or int(value) != value):
+            raise XattrConfigError(f"bad {name} {value!r}; valid choices: an integer >= 1")
+
+
+def check_values(cfg: DictConfig) -> None:
+    """Values that would otherwise fail late or pass silently: ``dataset.limit``, numbers given as text,
+    ranges of the common hyper-parameters, a GPU trainer on a machine without one."""
+    limit = cfg.dataset.get("limit")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise XattrConfigError(f"bad dataset.limit {limit!r}; valid choices: an integer >= 1, or null for all images")
+    method_option = str(cfg.get("method_name") or "")
+    _check_node("method", cfg.get("method"), _raw_defaults("method", method_option))
+    for group in ("metric", "analysis"):
+        for name, node in (cfg.get(group) or {}).items():
+            _check_node(f"{group}.{name}", node, _raw_defaults(group, name))
+    acc = str((cfg.get("trainer") or {}).get("accelerator", "auto"))
+    if acc in ("gpu", "cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise XattrConfigError(
+                f"bad trainer.accelerator {acc!r}: this machine has no GPU; valid choices: trainer=cpu, or DDP on "
+                "CPU processes: trainer=cpu trainer.strategy=ddp trainer.devices=2")
+
+
+def run_dirname(overrides: str) -> str:
+    """A run folder name that can be typed back on the command line: the overrides made shell- and
+    Hydra-safe (no ``=``, ``,``, ``[]``), cut to 60 characters, plus a hash of the full overrides (which
+    are kept in the folder's ``.hydra/overrides.yaml``). ``default`` when there are none."""
+    import hashlib
+    import re
+
+    if not overrides:
+        return "default"
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", overrides.replace("=", "-")).strip("_")[:60]
+    return f"{slug}-{hashlib.sha1(overrides.encode()).hexdigest()[:8]}"
+
+
+def register_resolvers() -> None:
+    from omegaconf import OmegaConf
+
+    if not OmegaConf.has_resolver("xattr_dirname"):
+        OmegaConf.register_new_resolver("xattr_dirname", run_dirname)
+
+
+register_resolvers()

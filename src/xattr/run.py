@@ -8,6 +8,8 @@ Lightning ``Trainer.predict`` (attribute + evaluate + write each batch) -> repor
 from __future__ import annotations
 
 import logging
+import shutil
+import signal
 import sys
 from functools import partial
 from pathlib import Path
@@ -19,7 +21,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 from torch.utils.data import DataLoader
 
-from xattr.config import CONF_DIR, build, check_overrides, root_config_error, validate
+from xattr.config import CONF_DIR, build, check_overrides, check_values, root_config_error, validate
 from xattr.core.trainer import build_loggers, make_trainer
 from xattr.data.transforms import collate
 from xattr.engine.module import AttributionModule
@@ -33,13 +35,14 @@ log = logging.getLogger("xattr")
 def run(cfg: DictConfig) -> Path:
     """Run the configured attribution experiment; returns the run directory."""
     validate(cfg)
+    check_values(cfg)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     _record_source_method(cfg)
     run_dir = Path(cfg.paths.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
 
-    zoo = load_model(cfg.model.name, weights=cfg.model.weights, weights_dir=cfg.paths.get("weights_dir"))
+    zoo = load_model(cfg.model.name, weights=cfg.model.weights, weights_dir=cfg.paths.get("weights_dir"), spec=cfg.model)
     target = parse_target(cfg.target, zoo.net.num_classes)
     ds = build(cfg.dataset.attribution, preprocess=zoo.preprocess)
     loader = make_loader(ds, cfg.batch_size, cfg.dataset.num_workers)
@@ -87,9 +90,16 @@ def run(cfg: DictConfig) -> Path:
 
 
 def make_loader(ds, batch_size: int, num_workers: int) -> DataLoader:
-    """In-order loader with the dataset's own ``collate`` (text) or the image one."""
+    """In-order loader with the dataset's own ``collate`` (text) or the image one. Workers ignore Ctrl-C:
+    the main process stops them (no traceback per worker)."""
     return DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                      collate_fn=getattr(ds, "collate", collate))
+                      collate_fn=getattr(ds, "collate", collate),
+                      worker_init_fn=_ignore_interrupts if num_workers else None)
+
+
+def _ignore_interrupts(_worker_id: int) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def _record_source_method(cfg: DictConfig) -> None:
@@ -136,22 +146,54 @@ class _LazyLoader:
         return len(self._get())
 
 
+def one_line(err: BaseException) -> str:
+    """The last line of an error's message (a DataLoader worker wraps it in its traceback)."""
+    lines = [ln for ln in str(err).strip().splitlines() if ln.strip()] or [type(err).__name__]
+    return lines[-1].split("XattrConfigError: ", 1)[-1].strip()
+
+
+def remove_unfinished(run_dir: Path) -> None:
+    """A run that failed before finishing any batch leaves no folder behind (Hydra made it first)."""
+    if run_dir.is_dir() and not (run_dir / "heatmaps").is_dir():
+        shutil.rmtree(run_dir, ignore_errors=True)
+        if run_dir.parent.is_dir() and not any(run_dir.parent.iterdir()):
+            run_dir.parent.rmdir()  # the run name's folder, when this was its only run
+
+
+def _terminate(signum, _frame) -> None:
+    raise KeyboardInterrupt  # SIGTERM stops like Ctrl-C: Lightning shuts down, finished batches are kept
+
+
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def _hydra_main(cfg: DictConfig) -> None:
     torch.set_float32_matmul_precision("high")
+    run_dir = Path(cfg.paths.output_dir)
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         run(cfg)
+    except (KeyboardInterrupt, SystemExit) as e:
+        if isinstance(e, SystemExit) and e.code in (0, None):
+            raise
+        done = len(list((run_dir / "heatmaps").glob("*.npz"))) if (run_dir / "heatmaps").is_dir() else 0
+        print(f"interrupted: {done} finished batches kept in {run_dir}; the same command resumes", file=sys.stderr)
+        raise SystemExit(130) from None
     except Exception as e:  # bad input: one line, no traceback
         err = root_config_error(e)
         if err is None:
             raise
-        print(f"error: {err}", file=sys.stderr)
+        remove_unfinished(run_dir)
+        print(f"error: {one_line(err)}", file=sys.stderr)
         raise SystemExit(2) from None
 
 
 def main() -> None:
     check_overrides(sys.argv[1:])
-    _hydra_main()
+    try:
+        _hydra_main()
+    except PermissionError as e:  # e.g. a read-only output folder, met by Hydra before the run starts
+        print(f"error: cannot write {e.filename}: permission denied; valid choices: a writable folder "
+              "(hydra.run.dir=... or run from a writable directory)", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

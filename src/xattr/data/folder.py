@@ -10,18 +10,17 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from PIL import Image
 from torch.utils.data import Dataset
 
 from xattr.core.preprocess import Preprocess
 from xattr.data.imagenet import IMG_EXT
-from xattr.data.transforms import ImageTransform
+from xattr.data.transforms import ImageTransform, read_image
 from xattr.errors import missing_file
 
 
 class ImageFolderFlat(Dataset):
     def __init__(self, root: str | Path, preprocess: Preprocess | None = None, limit: int | None = None,
-                 split: str = "attribution") -> None:
+                 split: str = "attribution", on_error: str = "stop") -> None:
         self.root = Path(root)
         if not self.root.is_dir():
             raise missing_file("image folder", self.root, "a folder of .jpg/.png photos; set dataset.root")
@@ -29,6 +28,7 @@ class ImageFolderFlat(Dataset):
         if limit is not None:
             self.files = self.files[: int(limit)]
         self.transform = ImageTransform(preprocess or Preprocess())
+        self.on_error = on_error
 
     def __len__(self) -> int:
         return len(self.files)
@@ -37,5 +37,8 @@ class ImageFolderFlat(Dataset):
         p = self.files[i]
         m = re.search(r"_(\d+)$", p.stem)
         label = int(m.group(1)) if m else -1
-        x, b = self.transform(Image.open(p))
+        img = read_image(p, self.on_error)
+        if img is None:
+            return None
+        x, b = self.transform(img)
         return {"x": x, "label": label, "boxes": b, "id": p.stem, "index": i}

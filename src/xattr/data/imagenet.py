@@ -10,12 +10,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from PIL import Image
 from torch.utils.data import Dataset
 
 from xattr.core.labels import imagenet_wnids
 from xattr.core.preprocess import Preprocess
-from xattr.data.transforms import ImageTransform
+from xattr.data.transforms import ImageTransform, read_image
 from xattr.data.voc import parse_voc
 from xattr.errors import missing_file, unknown
 
@@ -36,7 +35,7 @@ class ImageNetBoxes(Dataset):
     SPLITS = ("attribution", "estimation")
 
     def __init__(self, root: str | Path, split: str = "attribution", preprocess: Preprocess | None = None,
-                 limit: int | None = None) -> None:
+                 limit: int | None = None, on_error: str = "stop") -> None:
         self.root = Path(root)
         if split not in self.SPLITS:
             raise unknown("split", split, self.SPLITS)
@@ -58,6 +57,7 @@ class ImageNetBoxes(Dataset):
         self.files = files
         self.labels = [wnid_to_idx[p.parent.name] for p in files]
         self.ann_dir = self.root / "annotations" / split
+        self.on_error = on_error
 
     def __len__(self) -> int:
         return len(self.files)
@@ -68,7 +68,9 @@ class ImageNetBoxes(Dataset):
 
     def __getitem__(self, i: int) -> dict:
         p = self.files[i]
-        img = Image.open(p)
+        img = read_image(p, self.on_error)
+        if img is None:
+            return None
         ann = self.annotation_path(i)
         boxes = None
         if ann.is_file():

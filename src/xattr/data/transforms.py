@@ -6,11 +6,36 @@ inclusive ``xmax``/``ymax`` are converted to exclusive pixel edges on parsing, s
 
 from __future__ import annotations
 
+import logging
+
 import torch
 import torchvision.transforms.functional as TF
 from PIL import Image
 
 from xattr.core.preprocess import Preprocess
+from xattr.errors import XattrConfigError, unknown
+
+ON_ERROR = ("stop", "skip")
+log = logging.getLogger("xattr")
+
+
+def read_image(path, on_error: str = "stop") -> Image.Image | None:
+    """The image at ``path``, fully decoded (a truncated or corrupt file fails here, naming the file).
+
+    ``on_error``: ``stop`` raises one clear error; ``skip`` logs one line naming the file and returns
+    ``None`` (the batch goes on without it, :func:`collate` drops it)."""
+    if on_error not in ON_ERROR:
+        raise unknown("dataset.on_error", on_error, ON_ERROR)
+    try:
+        img = Image.open(path)
+        img.load()
+        return img
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        if on_error == "skip":
+            log.warning("skipped unreadable image %s (%s)", path, e)
+            return None
+        raise XattrConfigError(f"cannot read image {path} ({e}); valid choices: a readable image, or "
+                               "dataset.on_error=skip to skip and list such files") from None
 
 
 def resize_crop_boxes(boxes: torch.Tensor, src_size: tuple[int, int], resize: int, crop: int) -> torch.Tensor:
@@ -49,8 +74,12 @@ class ImageTransform:
         return x, resize_crop_boxes(boxes, size, self.p.resize, self.p.size)
 
 
-def collate(items: list[dict]) -> dict:
-    """Stack tensors; keep ``boxes`` and ``id`` as lists (boxes differ in number per image)."""
+def collate(items: list[dict | None]) -> dict | None:
+    """Stack tensors; keep ``boxes`` and ``id`` as lists (boxes differ in number per image). Skipped
+    (unreadable) items are ``None`` and left out; a batch of only skipped items is ``None``."""
+    items = [it for it in items if it is not None]
+    if not items:
+        return None
     out: dict = {}
     for k in items[0]:
         vals = [it[k] for it in items]

@@ -104,7 +104,9 @@ class AttributionModule(pl.LightningModule):
             method.fit(self.estimation_loader, None)
         return method
 
-    def predict_step(self, batch: dict, batch_idx: int) -> None:
+    def predict_step(self, batch: dict | None, batch_idx: int) -> None:
+        if batch is None:  # every image of the batch was unreadable and skipped (dataset.on_error=skip)
+            return None
         key = batch_key(batch["index"])
         if self.store.done(key):
             self.skipped += 1

@@ -1,0 +1,125 @@
+"""What a new user meets: every bad input is one line naming key and value (exit 2, no folder left), an
+unreadable image is named (or skipped and listed), run folders round-trip through method=saved, SIGTERM
+stops cleanly keeping finished batches and leaving no process behind, the console has no warnings."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import compose_cfg
+from xattr.errors import XattrConfigError
+from xattr.run import run
+
+REPO = Path(__file__).resolve().parents[1]
+BASE = ["model=efficientnet_lite0", "dataset=samples", "target=top1", "trainer=cpu", "logger=none", "metric=[]"]
+
+
+def _cli(args, cwd, env=None, timeout=300):
+    env = {**os.environ, "XATTR_ROOT": str(REPO), **(env or {})}
+    return subprocess.run([sys.executable, "-m", "xattr.run", *args], capture_output=True, text=True, cwd=cwd,
+                          env=env, timeout=timeout)
+
+
+@pytest.mark.parametrize("override,named", [
+    ("dataset.limit=-1", "dataset.limit -1"),
+    ("dataset.limit=0", "dataset.limit 0"),
+    ("method=iba method.beta=-1", "method.beta -1"),
+    ("method=iba method.beta=abc", "method.beta 'abc'"),
+    ("method=iba method.steps=0", "method.steps 0"),
+    ("method=integrated_gradients method.n_steps=2.5", "method.n_steps 2.5"),
+    ("trainer=ddp", "trainer.accelerator 'gpu'"),
+])
+def test_bad_value_is_one_line_exit_2_and_no_folder(tmp_path, override, named):
+    if override == "trainer=ddp":
+        import torch
+
+        if torch.cuda.is_available():
+            pytest.skip("this machine has a GPU")
+    p = _cli([*BASE, *override.split()], cwd=tmp_path)
+    err = [ln for ln in p.stderr.splitlines() if ln.strip()]
+    assert p.returncode == 2, p.stderr[-2000:]
+    assert len(err) == 1 and err[0].startswith("error: ") and named in err[0] and "valid choices" in err[0], err
+    assert not (tmp_path / "outputs" / "runs").exists() or not any((tmp_path / "outputs" / "runs").rglob("*.yaml"))
+
+
+def test_truncated_image_is_named_or_skipped_and_listed(tmp_path, caplog):
+    photos = tmp_path / "photos"
+    shutil.copytree(REPO / "assets" / "samples", photos)
+    bad = photos / "cat.jpg"
+    bad.write_bytes(bad.read_bytes()[:2000])  # truncated JPEG
+    cfg = compose_cfg([*BASE, f"dataset.root={photos}", "method=random"], output_dir=tmp_path / "stop")
+    with pytest.raises(XattrConfigError, match=r"cannot read image .*cat\.jpg"):
+        run(cfg)
+    cfg = compose_cfg([*BASE, f"dataset.root={photos}", "method=random", "dataset.on_error=skip"],
+                      output_dir=tmp_path / "skip")
+    with caplog.at_level("WARNING", logger="xattr"):
+        run_dir = run(cfg)
+    import pandas as pd
+
+    ids = pd.read_parquet(run_dir / "per_image.parquet")["id"].tolist()
+    assert "cat" not in ids and len(ids) == 6
+    assert any("skipped unreadable image" in r.message and "cat.jpg" in r.message for r in caplog.records)
+
+
+def test_run_folder_round_trips_through_method_saved(tmp_path):
+    first = _cli([*BASE, "method=random", "dataset.limit=2", "trainer.enable_progress_bar=false"], cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-2000:]
+    line = next(ln for ln in first.stdout.splitlines() if " -> " in ln)
+    run_dir = line.split(" -> ")[-1].strip()
+    assert "=" not in Path(run_dir).name and "," not in Path(run_dir).name
+    again = _cli([*BASE, "method=saved", f"method.run_dir={run_dir}", "dataset.limit=2", "metric=[insertion_deletion]",
+                  "metric.insertion_deletion.per_step=25000", "trainer.enable_progress_bar=false"], cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "2 images, 1 batches computed" in again.stdout
+
+
+def test_console_of_a_small_run_has_no_warnings(tmp_path):
+    p = _cli([*BASE, "method=gradient", "dataset.limit=2", "trainer.enable_progress_bar=false"], cwd=tmp_path)
+    assert p.returncode == 0, p.stderr[-2000:]
+    noise = [ln for ln in (p.stdout + p.stderr).splitlines()
+             if "Warning" in ln or "warn" in ln.lower() or "Lightning" in ln or "💡" in ln or "LeafSpec" in ln]
+    assert not noise, noise
+
+
+
+def _children_of(marker: str) -> list[int]:
+    pids = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                if marker in (d / "cmdline").read_bytes().decode(errors="ignore"):
+                    pids.append(int(d.name))
+            except OSError:
+                pass
+    return pids
+
+
+def test_sigterm_keeps_finished_batches_and_leaves_no_process(tmp_path):
+    run_dir = tmp_path / "slowrun"
+    args = [*BASE, "method=random", "method._target_=tests.slow_method.SlowRandom", "batch_size=1",
+            "dataset.num_workers=2", f"hydra.run.dir={run_dir}", "trainer.enable_progress_bar=false"]
+    env = {**os.environ, "XATTR_ROOT": str(REPO), "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-m", "xattr.run", *args], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while time.time() < deadline and len(list((run_dir / "heatmaps").glob("*.npz"))) < 2:
+        time.sleep(0.3)
+    assert len(list((run_dir / "heatmaps").glob("*.npz"))) >= 2, proc.stderr.read() if proc.poll() is not None else ""
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert lines[-1].startswith("interrupted: ") and "finished batches kept" in lines[-1]
+    assert "Traceback" not in err
+    kept = len(list((run_dir / "heatmaps").glob("*.npz")))
+    assert kept >= 2
+    time.sleep(1.0)
+    assert _children_of(str(run_dir)) == []
