@@ -123,3 +123,24 @@ def test_sigterm_keeps_finished_batches_and_leaves_no_process(tmp_path):
     assert kept >= 2
     time.sleep(1.0)
     assert _children_of(str(run_dir)) == []
+
+
+def test_cost_model_counts_forwards_and_a_long_cpu_run_says_its_duration(tmp_path, capsys, monkeypatch):
+    import torch
+
+    from xattr.engine import cost
+    from xattr.methods.baselines.integrated_gradients import IntegratedGradients
+    from xattr.methods.iba import PerSampleIBA
+    from xattr.metrics.insertion_deletion import InsertionDeletion
+    from xattr.models.tiny import TinyCNN
+
+    net = TinyCNN().eval()
+    iba = PerSampleIBA(net, "conv2", steps=10, copies=10)
+    assert cost.method_forwards(iba, (3, 16, 16)) == 301
+    assert cost.method_forwards(IntegratedGradients(net, n_steps=50), (3, 16, 16)) == 150
+    assert cost.metric_forwards(InsertionDeletion(per_step=10), (3, 20, 20), 0) == 2 * 40 + 1
+    monkeypatch.setattr(cost, "seconds_per_forward", lambda net, x, batch=4: 0.01)
+    sec, what = cost.estimate(iba, {"insertion_deletion": InsertionDeletion(per_step=10)}, net,
+                              torch.zeros(1, 3, 20, 20), n_images=100)
+    assert sec == pytest.approx(100 * (301 + 81) * 0.01) and "iba ~301" in what and "insertion_deletion ~81" in what
+    assert cost.human(sec) == "6 min"

@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader
 from xattr.config import CONF_DIR, build, check_overrides, check_values, root_config_error, validate
 from xattr.core.trainer import build_loggers, make_trainer
 from xattr.data.transforms import collate
+from xattr.engine.cost import estimate, human
 from xattr.engine.module import AttributionModule
 from xattr.engine.report import finish_analyses, write_report
 from xattr.engine.targets import parse_target
@@ -62,6 +63,8 @@ def run(cfg: DictConfig) -> Path:
                             config=OmegaConf.to_container(cfg, resolve=True))
     trainer = make_trainer(cfg.trainer, logger=loggers, inference_mode=False, enable_checkpointing=False,
                            default_root_dir=str(run_dir))
+    if trainer.is_global_zero and trainer.strategy.root_device.type == "cpu" and len(ds):
+        _say_duration(method_factory(zoo.net), metrics, zoo.net, ds, run_dir)
     trainer.predict(module, loader, return_predictions=False)
     trainer.strategy.barrier()
     if trainer.is_global_zero:
@@ -87,6 +90,22 @@ def run(cfg: DictConfig) -> Path:
             if isinstance(lg, pl.loggers.WandbLogger):
                 _wandb_extras(lg, run_dir, summary)
     return run_dir
+
+
+def _say_duration(method, metrics, net, ds, run_dir: Path) -> None:
+    """One line before a long CPU run: its estimated duration and what it is made of."""
+    todo = len(ds) - sum(int(p.stem.split("-")[1]) for p in (run_dir / "heatmaps").glob("*.npz")) \
+        if (run_dir / "heatmaps").is_dir() else len(ds)
+    if todo <= 0:
+        return
+    item = ds[0]
+    if item is None or not torch.is_tensor(item.get("x") if isinstance(item, dict) else item[0]):
+        return
+    x = (item["x"] if isinstance(item, dict) else item[0])[None]
+    sec, what = estimate(method, metrics, net, x, todo)
+    if sec >= 60:
+        print(f"estimated CPU time: ~{human(sec)} for {todo} images ({what}); fewer with dataset.limit=N, "
+              "faster on a GPU", flush=True)
 
 
 def make_loader(ds, batch_size: int, num_workers: int) -> DataLoader:

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from xattr.core.checks import check_choice, check_positive_int
+from xattr.core.progress import progress
 from xattr.errors import XattrConfigError
 
 OUTPUTS = ("softmax", "logit", "sigmoid")
@@ -47,6 +48,7 @@ def chunked_readout(
     output: str,
     precision: str = "fp32",
     forward: Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    desc: str = "metric forwards",
 ) -> torch.Tensor:
     """Run ``n_jobs`` perturbed forwards, ``chunk`` per pass; ``build(job_ids) -> (inputs, target)``.
 
@@ -59,7 +61,7 @@ def chunked_readout(
         if precision != "fp32"
         else contextlib.nullcontext()
     )
-    for start in range(0, n_jobs, chunk):
+    for start in progress(range(0, n_jobs, chunk), desc=desc, unit="call"):
         jobs = torch.arange(start, min(start + chunk, n_jobs), device=device)
         inputs, tgt = build(jobs)
         with amp:

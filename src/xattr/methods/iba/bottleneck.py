@@ -29,8 +29,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from xattr.core.progress import progress
 from xattr.core.seeding import draw_noise
-from xattr.errors import XattrConfigError
+from xattr.errors import XattrConfigError, unknown
 
 
 def kl_divergence(r: torch.Tensor, lam: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
@@ -130,16 +131,55 @@ class Bottleneck(nn.Module):
 # --------------------------------------------------------------------------------------- heatmaps
 
 
-def to_bits_map(kl: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+RESIZES = ("bilinear", "reference")
+
+
+def _mirror(i: torch.Tensor, n: int) -> torch.Tensor:
+    """Indices reflected about the edge pixels' centres (numpy ``reflect`` / ndimage ``mirror``: -1 -> 1)."""
+    if n == 1:
+        return torch.zeros_like(i)
+    period = 2 * (n - 1)
+    j = i.abs().remainder(period)
+    return torch.where(j < n, j, period - j)
+
+
+def _resize_reference(m: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """``skimage.transform.resize(m, size, order=1, mode='reflect', anti_aliasing=False)`` per map of
+    ``(B, C, h, w)``, batched on ``m``'s device: separable linear interpolation at the pixel-centre
+    coordinates ``(o + 0.5) * in / out - 0.5`` (scipy ``zoom(grid_mode=True)``), out-of-range neighbours
+    reflected about the edge pixels (skimage's ``reflect`` = ndimage's ``mirror``), computed in float64,
+    then clipped to each map's input range (skimage's ``clip=True``)."""
+    out = m.double()
+    for dim, (n_in, n_out) in ((2, (m.shape[2], size[0])), (3, (m.shape[3], size[1]))):
+        if n_in == n_out:
+            continue
+        s = (torch.arange(n_out, dtype=torch.float64, device=m.device) + 0.5) * (n_in / n_out) - 0.5
+        i0 = torch.floor(s)
+        frac = (s - i0).view([-1 if d == dim else 1 for d in range(4)])
+        i0 = i0.long()
+        a, b = out.index_select(dim, _mirror(i0, n_in)), out.index_select(dim, _mirror(i0 + 1, n_in))
+        out = a + (b - a) * frac
+    lo, hi = m.double().amin((2, 3), keepdim=True), m.double().amax((2, 3), keepdim=True)
+    return torch.minimum(torch.maximum(out, lo), hi).to(m.dtype)
+
+
+def to_bits_map(kl: torch.Tensor, size: tuple[int, int], resize: str = "bilinear") -> torch.Tensor:
     """Per-feature KL ``(B, C, h, w)`` in nats -> bits per input pixel ``(B, 1, H, W)``.
 
-    Channel sum (NaN-safe), divided by ln 2, times ``(h w) / (H W)``, bilinear resize (the reference's
-    "saliency" mode), so the map's sum over pixels approximates the layer's total bits.
+    Channel sum (NaN-safe), divided by ln 2, times ``(h w) / (H W)``, resized to ``size`` (the reference's
+    "saliency" mode), so the map's sum over pixels approximates the layer's total bits. ``resize``:
+    ``reference`` = the reference's ``skimage.transform.resize(order=1, mode='reflect')`` (BioroboticsLab/IBA
+    @7b2fbd53; the IBA classes' default), ``bilinear`` = ``F.interpolate(mode='bilinear',
+    align_corners=False)`` (edges clamped); the two differ only in the border pixels.
     """
+    if resize not in RESIZES:
+        raise unknown("resize", resize, RESIZES)
     h, w = kl.shape[-2:]
     m = torch.nansum(kl.float(), dim=1, keepdim=True) / math.log(2) * (h * w) / (size[0] * size[1])
     if (h, w) == tuple(size):
         return m
+    if resize == "reference":
+        return _resize_reference(m, tuple(size))
     return F.interpolate(m, size=size, mode="bilinear", align_corners=False)
 
 
@@ -192,6 +232,7 @@ def optimize_alpha(
     inverse: bool = False,
     generators: Sequence[torch.Generator] | None = None,
     autocast_dtype: torch.dtype | None = None,
+    desc: str = "IBA steps",
 ) -> AlphaResult:
     """Per-sample bottleneck: optimise one alpha per image, all images and copies in one graph.
 
@@ -218,7 +259,7 @@ def optimize_alpha(
     losses, infos = [], []
     kl = outputs = first_kl = first_outputs = None
     dev = r.device
-    for step in range(steps):
+    for step in progress(range(steps), desc=desc, unit="step"):
         opt.zero_grad(set_to_none=True)
         lam = bottleneck.lam(alpha)  # (B, C, h, w)
         kl = bottleneck.kl(r, lam)

@@ -31,6 +31,7 @@ from torch import nn
 from xattr.core.checks import module_device
 from xattr.core.hooks import hooked_many
 from xattr.core.layers import layer_path, resolve
+from xattr.core.progress import progress
 from xattr.errors import XattrConfigError, missing_file, unknown
 
 MIN_SAMPLES_WARN = 1000
@@ -124,14 +125,17 @@ def estimate(
         est[name].update(out[mask[0]] if tokens else out)
 
     with hooked_many(modules, update):
+        bar = progress(total=n_samples, desc="feature statistics", unit="img")
         for batch in loader:
             x = batch_images(batch).to(device)
             take = min(x.shape[0], n_samples - seen)
             if take <= 0:
                 break
+            bar.update(take)
             mask[:] = [token_mask(model, batch, x)[:take]] if tokens else []
             model(x[:take])
             seen += take
+        bar.close()
     if warn and seen < MIN_SAMPLES_WARN:
         warnings.warn(f"feature statistics from only {seen} samples; at least {MIN_SAMPLES_WARN} are "
                       "recommended (reference: 10 000)", stacklevel=2)

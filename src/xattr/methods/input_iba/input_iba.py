@@ -195,6 +195,7 @@ class InputIBA(Attribution):
             res = optimize_alpha(
                 tail, inp, bn.to(inp.device), cross_entropy_loss(target), beta=self.beta, steps=self.steps,
                 lr=self.lr, copies=self.copies, init_alpha=self.init_alpha, generators=self._gens(x, 3),
+                desc="InputIBA input bottleneck",
             )  # fmt: skip
         final = self._maps(torch.sigmoid(res.alpha), x)
         clock("input")

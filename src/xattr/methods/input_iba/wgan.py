@@ -35,6 +35,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from xattr.core.progress import progress
 from xattr.core.seeding import draw_noise
 
 Generators = Sequence[torch.Generator] | None
@@ -256,7 +257,7 @@ def fit_wgan(
         {"params": [generator.std], "lr": cfg.lr_std},
     ])  # fmt: skip
     d_losses, g_losses = [], []
-    for _epoch in range(cfg.epochs):
+    for _epoch in progress(range(cfg.epochs), desc="InputIBA WGAN", unit="epoch"):
         perm = _randperm(cfg.n_targets, gens, b, dev)  # (B, n_targets)
         for i, start in enumerate(range(0, cfg.n_targets, cfg.batch)):
             groups = (perm[:, start : start + cfg.batch] // per_group).clamp_max(cfg.n_groups - 1)
