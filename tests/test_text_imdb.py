@@ -80,3 +80,10 @@ def test_glove_and_recipe_train_above_chance(shared_data: Path, tmp_path: Path) 
     res = mod.train(args)
     assert res["test_acc"] > 0.6, res
     assert (tmp_path / "tiny.pt").is_file()
+
+
+def test_plain_rendering_marks_levels_without_escape_codes():
+    from xattr.viz.tokens import render_plain
+
+    out = render_plain(["a", "movie", "great", "plot"], torch.tensor([0.0, 1.0, 0.5, 0.2]))
+    assert out == "a [[movie]] [great] plot" and "\033" not in out

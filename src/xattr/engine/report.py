@@ -100,8 +100,9 @@ def write_report(run_dir: str | Path, dataset=None, labels: list[str] | None = N
 
 def _text_report(run_dir: Path, dataset, maps: dict, rows: pd.DataFrame, labels: list[str] | None,
                  title: str) -> None:
-    """``tokens.html`` (highlighted tokens like Table 1 of ch. 6) and ``tokens.txt`` (ANSI colours)."""
-    from xattr.viz.tokens import render_html, render_terminal
+    """``tokens.html`` (highlighted tokens like Table 1 of ch. 6) and ``tokens.txt`` (plain text: ``[[red]]``,
+    ``[orange]``; no escape codes)."""
+    from xattr.viz.tokens import render_html, render_plain
 
     html, txt = [f"<h3>{title}</h3>"], []
     for _, r in rows.iterrows():
@@ -112,7 +113,7 @@ def _text_report(run_dir: Path, dataset, maps: dict, rows: pd.DataFrame, labels:
         name = labels[int(r["top1"])] if labels else str(int(r["top1"]))
         head = f"{r['id']}: pred {name} ({r['prob']:.2f}), label {int(r['label'])}"
         html.append(render_html(tokens, m, title=head))
-        txt.append(head + "\n" + render_terminal(tokens, m) + "\n")
+        txt.append(head + "\n" + render_plain(tokens, m) + "\n")
     (run_dir / "tokens.html").write_text("\n".join(html))
     (run_dir / "tokens.txt").write_text("\n".join(txt))
 

@@ -1,7 +1,8 @@
 """Highlighted tokens, as Table 1 of ch. 6: scores in [0, 1]; 0.33-0.66 orange, 0.66-1 red.
 
 >>> html = render_html(tokens, scores)          # a <p> with <span style=...> per highlighted token
->>> print(render_terminal(tokens, scores))      # ANSI colours
+>>> print(render_terminal(tokens, scores))      # ANSI colours (a terminal)
+>>> render_plain(tokens, scores)                 # [[red]] and [orange] markers (a text file)
 """
 
 from __future__ import annotations
@@ -51,3 +52,10 @@ def render_terminal(tokens: Sequence[str], scores, normalize: bool = True) -> st
         lv = level(s)
         out.append(tok if lv is None else f"{LEVELS[lv][2]}{tok}{RESET}")
     return " ".join(out)
+
+
+def render_plain(tokens: Sequence[str], scores, normalize: bool = True) -> str:
+    """The tokens as plain text for files: ``[[token]]`` red (>= 0.66), ``[token]`` orange (>= 0.33)."""
+    marks = ("[[{}]]", "[{}]")
+    return " ".join(tok if (lv := level(s)) is None else marks[lv].format(tok)
+                    for tok, s in zip(tokens, _scores(tokens, scores, normalize)))
