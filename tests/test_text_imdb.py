@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
@@ -67,19 +66,27 @@ def test_render_levels() -> None:
 
 
 @pytest.mark.shared
-def test_glove_and_recipe_train_above_chance(shared_data: Path, tmp_path: Path) -> None:
-    spec = importlib.util.spec_from_file_location("train_imdb_lstm", REPO / "scripts" / "train_imdb_lstm.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+def test_glove_table(shared_data: Path) -> None:
     vocab = build_vocab([{"text": "the movie was great"}])
     table, found = load_glove(shared_data / "glove" / "glove.6B.50d.top50k.txt.gz", vocab)
     assert found == 4 and table.shape == (6, 50) and (table[0] == 0).all()
-    args = mod.parse(["--train-limit", "1500", "--val-size", "300", "--test-limit", "400", "--max-len", "60",
-                      "--hidden", "32", "--epochs", "3", "--pool", "max", "--lr", "3e-3", "--vocab-size", "8000",
-                      "--out", str(tmp_path / "tiny.pt")])
-    res = mod.train(args)
+
+
+@pytest.mark.shared
+@pytest.mark.slow
+def test_recipe_trains_above_chance(shared_data: Path, tmp_path: Path) -> None:
+    """The IMDB LSTM recipe (python -m xattr.train recipe=imdb_lstm), small: above chance in 3 epochs."""
+    import json
+
+    from tests.test_train import compose_train
+    from xattr.train import train
+
+    cfg = compose_train(["recipe=imdb_lstm", f"paths.data_dir={shared_data}", "data.limit=1800", "data.test_limit=400",
+                         "dataset.max_len=60", "net.hidden_size=32", "optimizer.lr=0.003",
+                         "dataset.build_vocab.max_size=8000", "trainer.accelerator=cpu",
+                         "trainer.enable_progress_bar=false", "logger=none"], tmp_path)
+    res = json.loads((train(cfg) / "results.json").read_text())
     assert res["test_acc"] > 0.6, res
-    assert (tmp_path / "tiny.pt").is_file()
 
 
 def test_plain_rendering_marks_levels_without_escape_codes():

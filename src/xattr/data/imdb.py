@@ -98,7 +98,7 @@ def vocab_from_checkpoint(path: str | Path) -> Vocab:
     """The vocabulary stored in an IMDB LSTM checkpoint (key ``itos``)."""
     path = Path(path)
     if not path.is_file():
-        raise missing_file("IMDB LSTM checkpoint (for its vocabulary)", path, "run scripts/train_imdb_lstm.py")
+        raise missing_file("IMDB LSTM checkpoint (for its vocabulary)", path, "run python -m xattr.train recipe=imdb_lstm")
     return Vocab(torch.load(path, map_location="cpu", weights_only=True)["itos"])
 
 

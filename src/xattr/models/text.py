@@ -7,7 +7,7 @@ LSTM is causal, so outputs at real positions never see the padding: the predicti
 the unpadded review, and a method may put anything at padded positions.
 
 Departure from the reference code: the reference uses torchtext's packed sequences and its own
-pretrained checkpoint; xattr's checkpoint comes from ``scripts/train_imdb_lstm.py`` (smaller: hidden 64-128,
+pretrained checkpoint; xattr's checkpoint comes from ``python -m xattr.train recipe=imdb_lstm`` (smaller: hidden 64-128,
 reviews truncated) and packs nothing (the causal right-padding argument above makes packing unneeded).
 
 >>> model, vocab = load_imdb_lstm("assets/text/imdb_lstm.pt")
@@ -124,7 +124,7 @@ def load_imdb_lstm(path: str | Path, device: str | torch.device = "cpu") -> tupl
     """The classifier (eval mode, on ``device``) and its vocabulary from :func:`save_imdb_lstm`'s file."""
     path = Path(path)
     if not path.is_file():
-        raise missing_file("IMDB LSTM checkpoint", path, "run scripts/train_imdb_lstm.py")
+        raise missing_file("IMDB LSTM checkpoint", path, "run python -m xattr.train recipe=imdb_lstm")
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
     model = LSTMClassifier(**ckpt["hparams"])
     state = ckpt["state_dict"]

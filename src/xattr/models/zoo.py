@@ -9,14 +9,19 @@ papers' layer names.
   what to put where; nothing is downloaded.
 - ``"random"``: the architecture with its default random initialisation (tests, timing).
 - a path to a state-dict file.
+
+Your own model needs no code here: ``spec`` (the ``model`` config node) with ``kind: torchvision`` builds any
+torchvision classification architecture by name, ``kind: custom`` any ``nn.Module`` from a factory function
+(:mod:`xattr.models.custom`); ``register`` adds a named entry.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 import torchvision
@@ -25,6 +30,7 @@ from torch import nn
 from xattr.core.labels import CIFAR10_CLASSES, IMDB_CLASSES, imagenet_labels
 from xattr.core.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess
 from xattr.errors import XattrConfigError, missing_file, unknown
+from xattr.models import custom
 from xattr.models.cifar_resnet import cifar_resnet
 from xattr.models.tf_padding import use_tf_same_padding
 
@@ -75,11 +81,12 @@ VGG16_LAYERS = {
 }
 
 
-def _resnet50_layers() -> dict[str, str]:
+def _resnet50_layers(blocks: tuple[int, ...] = (3, 4, 6, 3)) -> dict[str, str]:
     """conv2_x..conv5_x are layer1..layer4; convS_k is block k of stage S (the last block's output is the
-    stage's output, so e.g. the IBA paper's ``conv3_4`` is ``layer2``)."""
+    stage's output, so e.g. the IBA paper's ``conv3_4`` is ``layer2``). ``blocks``: blocks per stage (any
+    torchvision ResNet / ResNeXt / Wide ResNet; ResNet-50's by default)."""
     out = {"conv1": "conv1"}
-    for stage, (layer, n) in enumerate([("layer1", 3), ("layer2", 4), ("layer3", 6), ("layer4", 3)], start=2):
+    for stage, (layer, n) in enumerate(zip(("layer1", "layer2", "layer3", "layer4"), blocks), start=2):
         out[f"conv{stage}_x"] = layer
         for k in range(1, n + 1):
             out[f"conv{stage}_{k}"] = layer if k == n else f"{layer}.{k - 1}"
@@ -187,7 +194,7 @@ def _cifar(depth: int, fname: str) -> Callable[[str, Path], nn.Module]:
 
 
 def _imdb_lstm(weights: str, weights_dir: Path) -> nn.Module:
-    """The project's 4-layer IMDB LSTM (``scripts/train_imdb_lstm.py``); ``weights`` is its checkpoint,
+    """The project's 4-layer IMDB LSTM (``python -m xattr.train recipe=imdb_lstm``); ``weights`` is its checkpoint,
     ``random`` builds the default architecture over a 2-word vocabulary (tests only)."""
     from xattr.models.text import LSTMClassifier, load_imdb_lstm
 
@@ -217,9 +224,59 @@ ZOO: dict[str, ModelSpec] = {
     "imdb_lstm": ModelSpec(_imdb_lstm, Preprocess(), {}, "imdb", 2),
 }
 
+# `model=custom` with nothing else: this example (conf/model/custom.yaml's defaults)
+CUSTOM_EXAMPLE = {"kind": "custom", "factory": "xattr.models.tiny:TinyCNN"}
+
+
 def register(name: str, spec: ModelSpec) -> None:
     """Add a model to the zoo (e.g. a user's own network)."""
     ZOO[name] = spec
+
+
+def torchvision_aliases(arch: str, net: nn.Module) -> dict[str, str]:
+    """The papers' layer names of a torchvision architecture, where the zoo knows them (VGG-16, DenseNet-121,
+    MobileNet-V2, every ResNet); an empty table otherwise (module paths always work)."""
+    if arch == "vgg16":
+        return dict(VGG16_LAYERS)
+    if arch == "densenet121":
+        return dict(DENSENET121_LAYERS)
+    if arch == "mobilenet_v2":
+        return dict(MOBILENET_V2_LAYERS)
+    if isinstance(net, torchvision.models.ResNet):
+        return _resnet50_layers(tuple(len(getattr(net, f"layer{i}")) for i in range(1, 5)))
+    return {}
+
+
+def model_kind(name: str, spec: Mapping[str, Any] | None = None) -> str:
+    """``zoo``, ``torchvision`` or ``custom``: the node's ``kind``, else a zoo name, a torchvision
+    classification architecture or ``custom`` (the example); anything else is an unknown model."""
+    kind = (spec or {}).get("kind")
+    if kind is not None:
+        if kind not in custom.KINDS:
+            raise unknown("model.kind", kind, custom.KINDS)
+        return str(kind)
+    if name in ZOO:
+        return "zoo"
+    if name == "custom":
+        return "custom"
+    if name in custom.torchvision_archs():
+        return "torchvision"
+    raise unknown("model", name, sorted(ZOO))
+
+
+def _node(name: str, kind: str, spec: Mapping[str, Any] | None) -> dict[str, Any]:
+    node = dict(_plain(spec) or {})
+    if "kind" not in node:  # by name only: the architecture / the example with its defaults
+        node = {**node, **({"kind": kind, "arch": name} if kind == "torchvision" else CUSTOM_EXAMPLE)}
+    return node
+
+
+def check_model(name: str, spec: Mapping[str, Any] | None = None) -> None:
+    """What ``load_model(name, spec=spec)`` would reject by name, import or missing file, without building it
+    (``xattr.config.validate``, before any work)."""
+    kind = model_kind(name, spec)
+    if kind != "zoo":
+        custom.check(_node(name, kind, spec))
 
 
 def load_model(
@@ -227,23 +284,51 @@ def load_model(
     weights: str = "imagenet",
     device: str | torch.device = "cpu",
     weights_dir: str | Path | None = None,
+    spec: Mapping[str, Any] | None = None,
 ) -> ZooModel:
-    """Build ``name`` with ``weights`` in eval mode on ``device`` (see module docstring)."""
-    if name not in ZOO:
-        raise unknown("model", name, sorted(ZOO))
-    spec = ZOO[name]
+    """Build ``name`` with ``weights`` in eval mode on ``device`` (see module docstring).
+
+    ``spec``: the ``model`` config node. With ``kind: torchvision`` / ``kind: custom`` the model is built from
+    it (:mod:`xattr.models.custom`; ``weights`` overrides its ``weights``); otherwise it is ignored and ``name``
+    is a zoo entry, or else a torchvision classification architecture (built with ``weights``).
+    """
+    kind = model_kind(name, spec)
     weights = str(weights)
-    wdir = Path(weights_dir) if weights_dir else default_weights_dir()
-    net = spec.build(weights, wdir)
+    if kind != "zoo":
+        node = {**_node(name, kind, spec), "weights": weights}
+        built = custom.build(node, torchvision_aliases)
+        net, pre, labels, num_classes = built.net, built.preprocess, built.labels, built.net.num_classes
+        layers = built.aliases
+    else:
+        entry = ZOO[name]
+        wdir = Path(weights_dir) if weights_dir else default_weights_dir()
+        net = entry.build(weights, wdir)
+        pre, num_classes, layers = entry.preprocess, entry.num_classes, entry.layers
+        labels = {"imagenet": imagenet_labels, "cifar10": lambda: CIFAR10_CLASSES,
+                  "imdb": lambda: IMDB_CLASSES}[entry.labels]()
     for m in net.modules():  # in-place activations break forward hooks that edit outputs and some libraries
         if hasattr(m, "inplace"):
             m.inplace = False
-    net.xattr_layers = {**getattr(net, "xattr_layers", {}), **spec.layers}
-    net.num_classes = spec.num_classes
+    net.xattr_layers = {**getattr(net, "xattr_layers", {}), **layers}
+    net.num_classes = num_classes
+    if kind != "zoo":
+        bad = {k: v for k, v in net.xattr_layers.items() if v not in dict(net.named_modules())}
+        if bad:
+            k, v = next(iter(bad.items()))
+            raise unknown(f"module path for model.aliases.{k}", v, [p for p, _ in net.named_modules() if p][:40])
     net.eval().requires_grad_(False)
-    labels = {"imagenet": imagenet_labels, "cifar10": lambda: CIFAR10_CLASSES,
-              "imdb": lambda: IMDB_CLASSES}[spec.labels]()
-    return ZooModel(name, net.to(device), spec.preprocess, labels, weights)
+    return ZooModel(name, net.to(device), pre, labels, weights)
+
+
+def _plain(spec: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """A config node (``DictConfig``) or mapping as a plain, resolved dict."""
+    if spec is None:
+        return None
+    from omegaconf import DictConfig, OmegaConf
+
+    if isinstance(spec, DictConfig):
+        return OmegaConf.to_container(spec, resolve=True)
+    return dict(spec)
 
 
 def check_layer_names(net: nn.Module) -> None:

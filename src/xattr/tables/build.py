@@ -10,6 +10,7 @@ needs dataset-level ``t1`` and ``b``), the same numbers as the run's ``summary.c
 
 from __future__ import annotations
 
+import re
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -96,9 +97,73 @@ def _fmt(mean: float, sem: float) -> str:
     return f"{mean:.3f}" + (f" ± {sem:.3f}" if np.isfinite(sem) else "")
 
 
+def _score(spec: dict, row: dict, col: dict) -> str | None:
+    """The ``<metric>/<score>`` of a cell: the row's, else the column's, else the table's."""
+    score = row.get("score") or col.get("score") or spec.get("score")
+    if score and col.get("score_prefix"):  # e.g. the "Original" column reads model_top1 for the row's top1
+        head, _, last = score.rpartition("/")
+        score = f"{head}/{col['score_prefix']}{last}"
+    return score
+
+
+def paper_models(spec: dict) -> set[str]:
+    """The paper's models: ``models`` and every column's ``model.name``."""
+    out = {str(m) for m in spec.get("models") or []}
+    out |= {str(c["match"]["model.name"]) for c in spec.get("columns") or [] if "model.name" in (c.get("match") or {})}
+    return out
+
+
+def _norm(s: str) -> str:
+    return re.sub(r"[^a-z0-9]", "", s.lower())
+
+
+def without_model(name: str, model: str) -> str:
+    """``name`` with the words spelling ``model`` removed ("ResNet-50 deg. 8x8", resnet50 -> "deg. 8x8")."""
+    words, target = name.split(), _norm(model)
+    for i in range(len(words)):
+        acc = ""
+        for k in range(i, len(words)):
+            acc += _norm(words[k])
+            if acc == target:
+                return " ".join(words[:i] + words[k + 1:])
+            if not target.startswith(acc):
+                break
+    return name
+
+
+def _stand_in_groups(columns: list[dict]) -> list[tuple[str, dict]]:
+    """Columns that differ only by the paper model, once each: (name without the model, the column with its
+    ``model.name`` match dropped). A run of another model is shown once per group, never under a paper model."""
+    groups: dict[tuple, tuple[str, dict]] = {}
+    for col in columns:
+        match = dict(col.get("match") or {})
+        model = match.pop("model.name", None)
+        if model is None:
+            continue
+        key = (tuple(sorted((k, repr(v)) for k, v in match.items())), col.get("score"), col.get("score_prefix"))
+        if key not in groups:
+            name = without_model(col["name"], str(model))
+            if any(name == n for n, _ in groups.values()):  # two settings, one name: spell the setting out
+                name = " ".join([name, *(f"{k}={v}" for k, v in match.items())]).strip()
+            groups[key] = (name, {**col, "match": match})
+    return list(groups.values())
+
+
+def _ours(hits: list[tuple[tuple[float, float, int], str]], named: bool) -> str:
+    """Our numbers of one cell; ``named``: each followed by the model that produced it."""
+    if not hits:
+        return "–"
+    return "; ".join(_fmt(m, s) + (f" ({model})" if named else "") for (m, s, _), model in hits)
+
+
 def build_table(table_id: str, run_paths: list[str | Path], out_dir: str | Path | None = None) -> pd.DataFrame:
     """The table ``table_id`` of ``published.yaml`` with our numbers from the runs under ``run_paths``.
 
+    Each published column gives "<column> (paper)" and "<column> (ours)". A column that names a paper model
+    (``match: {model.name: ...}``) takes only that model's runs; runs of other models (stand-ins, e.g.
+    MobileNet-V2 for the papers' VGG-16) get their own columns "<column without the model> (ours, <model>)",
+    one per distinct column setting, so one model's number never sits under another model's heading. Columns
+    that differ by score (no model) take every run, each number followed by its model.
     Writes ``<out_dir>/<table_id>.md`` and ``.csv`` (and ``.png`` for figures) and returns the frame.
     """
     pub = load_published()
@@ -110,42 +175,50 @@ def build_table(table_id: str, run_paths: list[str | Path], out_dir: str | Path 
     out_dir.mkdir(parents=True, exist_ok=True)
     if spec.get("kind") == "figure":
         return _figure(table_id, spec, runs, out_dir)
+    if spec.get("kind") == "analysis":  # cells from analyses/<name>.csv (e.g. the pathways' dead-neuron shares)
+        from xattr.tables.analysis import analysis_table
+
+        return analysis_table(table_id, spec, runs, out_dir)
     summaries = {r: summarise_run(r) for r, _ in runs}
+    columns = spec["columns"]
+    ours_models = paper_models(spec)
+    stand_ins = sorted({str(cfg.model.name) for _, cfg in runs} - ours_models)
+    groups = _stand_in_groups(columns)
+
+    def cells(row: dict, row_runs: list) -> dict[str, str]:
+        rec = {}
+        for col in columns:
+            score = _score(spec, row, col)
+            hits = [(summaries[r][score], str(cfg.model.name)) for r, cfg in row_runs
+                    if _matches(cfg, col.get("match")) and score in summaries[r]]
+            rec[f"{col['name']} (ours)"] = _ours(hits, named=True)
+        for model in stand_ins:
+            for name, col in groups:
+                score = _score(spec, row, col)
+                hits = [(summaries[r][score], model) for r, cfg in row_runs
+                        if str(cfg.model.name) == model and _matches(cfg, col["match"]) and score in summaries[r]]
+                rec[f"{name} (ours, {model})".strip()] = _ours(hits, named=False)
+        return rec
+
     rows = []
     for i, row in enumerate(spec["rows"]):
         rec: dict[str, Any] = {"": row["name"]}
-        for j, col in enumerate(spec["columns"]):
-            score = row.get("score") or col.get("score") or spec.get("score")
-            if col.get("score_prefix"):  # e.g. the "Original" column reads model_top1 for the row's top1
-                head, _, last = score.rpartition("/")
-                score = f"{head}/{col['score_prefix']}{last}"
+        for j, col in enumerate(columns):
             paper = spec["paper"][i][j] if spec.get("paper") else None
             rec[f"{col['name']} (paper)"] = "–" if paper is None else f"{paper:.3f}"
-            ours, models = [], set()
-            for r, cfg in runs:
-                col_match = dict(col.get("match") or {})
-                if cfg.model.name not in spec.get("models", []):  # our stand-in model: ignore paper-model keys
-                    col_match.pop("model.name", None)
-                if _matches(cfg, row.get("match")) and _matches(cfg, col_match) and score in summaries[r]:
-                    ours.append(summaries[r][score])
-                    models.add(str(cfg.model.name))
-            rec[f"{col['name']} (ours)"] = (
-                "; ".join(_fmt(m, s) for m, s, _ in ours) + (f" ({', '.join(sorted(models))})" if ours else "")
-                if ours else "–"
-            )
+        rec.update(cells(row, [(r, cfg) for r, cfg in runs if _matches(cfg, row.get("match"))]))
         rows.append(rec)
     # runs of methods the paper's table does not have: extra rows, marked
     for r, cfg in runs:
         if any(_matches(cfg, row.get("match")) for row in spec["rows"]):
             continue
         rec = {"": f"{cfg.get('method_name')} (not in paper)"}
-        for col in spec["columns"]:
-            score = col.get("score") or spec.get("score")
-            rec[f"{col['name']} (paper)"] = "–"
-            val = summaries[r].get(score)
-            rec[f"{col['name']} (ours)"] = f"{_fmt(val[0], val[1])} ({cfg.model.name})" if val else "–"
+        rec.update({f"{col['name']} (paper)": "–" for col in columns})
+        rec.update(cells({}, [(r, cfg)]))
         rows.append(rec)
-    df = pd.DataFrame(rows)
+    order = [""] + [f"{c['name']} ({w})" for c in columns for w in ("paper", "ours")]
+    extra = [k for k in (rows[0] if rows else {}) if k not in order and any(rec[k] != "–" for rec in rows)]
+    df = pd.DataFrame(rows, columns=order + extra)  # stand-in columns without any number are left out
     df.to_csv(out_dir / f"{table_id}.csv", index=False)
     md = f"### {spec['title']}\n\nSource: {spec['source']}\n\n" + df.to_markdown(index=False, disable_numparse=True) + "\n"
     if spec.get("claim"):

@@ -1,0 +1,174 @@
+"""``python -m xattr.train [recipe=<r>] model=<m> dataset=<d>``: train a classifier, keep its best epoch.
+
+``train(cfg)`` is a plain function (tests call it with a composed config); ``main`` only wraps it in
+``@hydra.main(config_name="train")``. Flow: checks -> splits (``xattr.training.data``) -> network
+(``net`` group) -> Lightning ``fit`` (``checkpoints/best.ckpt`` on ``monitor``, ``checkpoints/last.ckpt``
+every epoch; ``ckpt_path=last`` resumes) -> test accuracy of the best epoch (``results.json``) -> the trained
+weights exported where ``python -m xattr.run model=<name> model.weights=<file>`` reads them.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from xattr.config import CONF_DIR, build, check_overrides, root_config_error
+from xattr.errors import missing_file, unknown
+
+# torch, Lightning and the training package are imported in `train`: a bad override fails in a second
+
+MONITORS = ("val_acc", "val_loss", "train_acc", "train_loss_epoch")
+MODES = ("max", "min")
+
+
+def resolve_ckpt_path(ckpt_path: str | None, ckpt_dir: Path) -> Path | None:
+    """``None`` (from scratch), ``last`` (``<ckpt_dir>/last.ckpt``) or a file; a missing file is one error."""
+    if ckpt_path in (None, "", "null", "none"):
+        return None
+    path = ckpt_dir / "last.ckpt" if str(ckpt_path) == "last" else Path(str(ckpt_path))
+    if not path.is_file():
+        hint = ("no earlier run of this command saved one; drop ckpt_path to start from scratch"
+                if str(ckpt_path) == "last" else "a Lightning checkpoint of python -m xattr.train")
+        raise missing_file("checkpoint to resume from", path, hint)
+    return path
+
+
+def train(cfg: DictConfig) -> Path:
+    """Train the configured model; returns the run directory (holding ``results.json``)."""
+    import pytorch_lightning as pl
+    import torch
+
+    from xattr.core.trainer import build_loggers, make_trainer, quiet_lightning
+    from xattr.training.data import ClassificationData
+    from xattr.training.module import Classifier
+
+    quiet_lightning()
+    if cfg.monitor not in MONITORS:
+        raise unknown("monitor", cfg.monitor, MONITORS)
+    if cfg.monitor_mode not in MODES:
+        raise unknown("monitor_mode", cfg.monitor_mode, MODES)
+    run_dir = Path(cfg.paths.output_dir)
+    ckpt_dir = run_dir / "checkpoints"
+    resume = resolve_ckpt_path(cfg.get("ckpt_path"), ckpt_dir)
+    net_recipe = build(cfg.net)
+    optimizer = build(cfg.optimizer)
+    scheduler, interval = _scheduler(cfg.scheduler)
+    pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    knobs = cfg.data
+    data = ClassificationData(cfg.dataset, preprocess=net_recipe.preprocess, batch_size=cfg.batch_size,
+                              num_workers=knobs.num_workers, val_fraction=knobs.val_fraction,
+                              stratified=knobs.stratified, limit=knobs.limit, test_limit=knobs.test_limit,
+                              augment=knobs.get("augment"), seed=cfg.seed)
+    data.setup("fit")  # before the network: a text model needs the vocabulary of the training split
+    module = Classifier(net_recipe.build(data), optimizer, scheduler, interval)
+
+    if resume is None and (ckpt_dir / "last.ckpt").is_file():
+        print(f"note: training from scratch over the checkpoints in {ckpt_dir} (ckpt_path=last resumes them)")
+    if resume is not None:
+        info = torch.load(resume, map_location="cpu", weights_only=False, mmap=True)
+        print(f"resuming from {resume} (saved in epoch {info.get('epoch')}, global step {info.get('global_step')})")
+        _keep_old_csv_log(run_dir)
+    loggers = build_loggers(cfg.logger.get("kind", "csv"), run_dir, name=cfg.name,
+                            project=cfg.logger.get("project", "xattr"),
+                            config=OmegaConf.to_container(cfg, resolve=True))
+    ckpt_cb = pl.callbacks.ModelCheckpoint(
+        dirpath=str(ckpt_dir), filename="best", monitor=cfg.monitor, mode=cfg.monitor_mode, save_top_k=1,
+        save_last=True, auto_insert_metric_name=False, enable_version_counter=False,
+    )  # fmt: skip
+    callbacks: list[pl.Callback] = [ckpt_cb]
+    if loggers and scheduler is not None:
+        callbacks.append(pl.callbacks.LearningRateMonitor(logging_interval=interval))
+    trainer = make_trainer(cfg.trainer, logger=loggers, callbacks=callbacks, default_root_dir=str(run_dir),
+                           enable_checkpointing=True)
+    sizes = data.sizes()
+    with warnings.catch_warnings():  # resuming into the run's own folder is the point
+        warnings.filterwarnings("ignore", message=".*exists and is not empty.*")
+        t0 = time.time()
+        trainer.fit(module, datamodule=data, ckpt_path=str(resume) if resume else None)
+        fit_minutes = (time.time() - t0) / 60
+        # read before testing: loading best.ckpt for the test restores the callback's older state
+        best, score = ckpt_cb.best_model_path or None, ckpt_cb.best_model_score
+        test = trainer.test(module, datamodule=data, ckpt_path=best, verbose=False)[0]
+    if not trainer.is_global_zero:
+        return run_dir
+
+    best_epoch = None
+    if best and Path(best).is_file():
+        best_epoch = int(torch.load(best, map_location="cpu", weights_only=False, mmap=True)["epoch"])
+    results = {
+        "name": cfg.name, "model": cfg.model.name, "dataset": cfg.dataset.name,
+        "test_acc": float(test["test_acc"]), "test_loss": float(test["test_loss"]),
+        f"best_{cfg.monitor}": float(score) if score is not None else None, "best_epoch": best_epoch,
+        "epochs": int(trainer.current_epoch), "global_step": int(trainer.global_step),
+        "started_at": module.started_at, "resumed_from": str(resume) if resume else None,
+        "train_size": sizes["train"], "val_size": sizes["val"], "test_size": sizes["test"],
+        "fit_minutes": round(fit_minutes, 3), "best_ckpt": best,
+        "last_ckpt": str(ckpt_dir / "last.ckpt") if (ckpt_dir / "last.ckpt").is_file() else None,
+    }  # fmt: skip
+    export = Path(cfg.export_path) if cfg.get("export_path") else run_dir / f"{cfg.model.name}.pt"
+    meta = {"val_acc": results.get("best_val_acc"), "test_acc": results["test_acc"], "epochs_run": results["epochs"],
+            "best_epoch": best_epoch, "train_minutes": results["fit_minutes"]}
+    results["weights"] = str(net_recipe.export(export, module.net, data, **meta))
+    (run_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    val = f", {cfg.monitor} {results[f'best_{cfg.monitor}']:.4f}" if score is not None else ""
+    print(f"\n{cfg.name}: test accuracy {results['test_acc']:.4f} on {sizes['test']} (best epoch {best_epoch}{val})"
+          f" -> {run_dir}")
+    print(f"  weights: {results['weights']}  (python -m xattr.run model={cfg.model.name} "
+          f"model.weights={results['weights']})")
+    return run_dir
+
+
+def _scheduler(node: DictConfig):
+    """``(factory or None, interval)`` from a ``scheduler`` node (``_target_: null`` is none)."""
+    if node is None or node.get("_target_") is None:
+        return None, "epoch"
+    node = OmegaConf.to_container(node, resolve=True)
+    interval = node.pop("interval", "epoch")
+    if interval not in ("epoch", "step"):
+        raise unknown("scheduler interval", interval, ("epoch", "step"))
+    return build(node), interval
+
+
+def _keep_old_csv_log(run_dir: Path) -> None:
+    """Resuming: the killed run's ``logs/metrics.csv`` becomes ``logs/metrics.<k>.csv`` (the CSV logger
+    would otherwise delete it); the resumed run writes a new ``metrics.csv``."""
+    old = run_dir / "logs" / "metrics.csv"
+    if old.is_file():
+        k = 0
+        while (old.parent / f"metrics.{k}.csv").exists():
+            k += 1
+        old.rename(old.parent / f"metrics.{k}.csv")
+
+
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
+def _hydra_main(cfg: DictConfig) -> None:
+    import torch
+
+    torch.set_float32_matmul_precision("high")
+    try:
+        train(cfg)
+    except Exception as e:  # bad input: one line, no traceback
+        err = root_config_error(e)
+        if err is None:
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def main() -> None:
+    check_overrides(sys.argv[1:])
+    _hydra_main()
+
+
+if __name__ == "__main__":
+    main()
+
