@@ -151,3 +151,52 @@ def test_experiment_sweeps_name_existing_methods_and_tables(exp):
             assert m in group_options("method"), (exp, m)
     for metric in cfg.metric:
         assert metric in group_options("metric")
+
+
+
+ROWS_DIR = REPO / "conf" / "experiment" / "reference_rows"
+
+
+def _compose_hydra(overrides: list[str]):
+    from hydra import compose, initialize_config_dir
+
+    from xattr.config import CONF_DIR
+
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
+        return compose("config", overrides=overrides, return_hydra_config=True)
+
+
+@pytest.mark.parametrize("exp", ["iba_t2_bbox", "iba_t2_degradation", "inputiba_t2_ehr"])
+def test_sweep_rows_are_the_published_rows(exp, mobilenet):
+    """Every swept row config (conf/experiment/reference_rows/) exists, builds on mobilenet and lands in
+    exactly one row of the published table; every published row with an xattr method is swept
+    (PatternAttribution has none)."""
+    from omegaconf import open_dict
+
+    from xattr.tables import load_published
+    from xattr.tables.build import _matches
+
+    params = _compose_hydra([f"experiment={exp}"]).hydra.sweeper.get("params") or {}
+    rows = [r for r in str(params.get("+experiment/reference_rows", "")).split(",") if r]
+    assert rows and len(rows) == len(set(rows))
+    spec = load_published()[exp]
+    hit = set()
+    for row in rows:
+        assert (ROWS_DIR / f"{row}.yaml").is_file(), row
+        overrides = [f"experiment={exp}", f"+experiment/reference_rows={row}"]
+        choice = _compose_hydra(overrides).hydra.runtime.choices.method
+        cfg = compose_cfg([*overrides, "model.weights=random"])
+        with open_dict(cfg):
+            cfg.method_name = choice  # what the run records (${hydra:runtime.choices.method})
+        matched = [r["name"] for r in spec["rows"] if _matches(cfg, r.get("match"))]
+        assert len(matched) == 1, (row, matched)
+        hit.add(matched[0])
+        assert hasattr(build(cfg.method)(model=mobilenet.net), "attribute")
+    missing = {r["name"] for r in spec["rows"]} - hit
+    assert missing <= {"PatternAttribution"}, missing
+
+
+def test_gradient_and_saliency_rows_differ():
+    grad = compose_cfg(["experiment=iba_t2_bbox", "+experiment/reference_rows=gradient"]).method
+    sal = compose_cfg(["experiment=iba_t2_bbox", "+experiment/reference_rows=saliency"]).method
+    assert (grad.abs, grad.reduce) == (False, "sum") and (sal.abs, sal.reduce) == (True, "max_abs")

@@ -36,7 +36,7 @@ def run(metric, maps, boxes=None):
 def test_appendix_f_bbox_is_one_for_all_and_ehr_lower_for_b_and_c():
     maps = synthetic_maps()
     assert torch.equal(run(BoundingBoxRatio(), maps).scores["bbox_ratio"], torch.ones(3))
-    ehr = run(EffectiveHeatRatio(), maps)
+    ehr = run(EffectiveHeatRatio(normalise="auto"), maps)  # raw heat: (c) keeps its 0.25 (max would scale it to 1)
     a, b, c = ehr.scores["ehr"].tolist()
     assert a == pytest.approx(1.0) and b < a and c < a
     # hand computation (reference algorithm): (c) every threshold keeps the box, ratio 0.25 -> AUC 0.25;

@@ -39,7 +39,7 @@ def rand_map(b: int, seed: int = 3) -> torch.Tensor:
 # ----------------------------------------------------------------------------- insertion / deletion
 def test_deletion_curve_is_monotone_and_not_piecewise_constant():
     model, x, t, truth, _ = linear_setup()
-    res = InsertionDeletion(per_step=3, min_prob=None, chunk=7, blur_sigma=2.0)(model, x, t, truth)
+    res = InsertionDeletion(per_step=3, min_prob=None, chunk=7, blur_sigma=2.0, x_axis="xattr")(model, x, t, truth)
     d = res.curves["deletion"]
     assert d.shape == (4, 1 + -(-S * S // 3))
     assert (d[:, 1:] - d[:, :-1] <= 1e-6).all()  # removing positive evidence never raises p
@@ -94,7 +94,7 @@ def test_batched_equals_straightforward_loop_on_a_cnn():
     x = torch.randn(3, 3, S, S)
     t = torch.tensor([0, 1, 2])
     maps = rand_map(3)
-    res = InsertionDeletion(per_step=5, min_prob=None, blur_sigma=3.0, chunk=4)(net, x, t, maps)
+    res = InsertionDeletion(per_step=5, min_prob=None, blur_sigma=3.0, chunk=4, x_axis="xattr")(net, x, t, maps)
     ins, dele = straightforward_insdel(net, x, t, maps, 5, 3.0)
     assert torch.allclose(res.curves["deletion"], dele, atol=1e-5)
     assert torch.allclose(res.curves["insertion"], ins, atol=1e-5)
@@ -102,7 +102,7 @@ def test_batched_equals_straightforward_loop_on_a_cnn():
     assert torch.allclose(res.scores["deletion"], torch.trapezoid(dele, frac, dim=1), atol=1e-5)
     # one image at a time, other chunk sizes: same numbers
     for i in range(3):
-        one = InsertionDeletion(per_step=5, min_prob=None, blur_sigma=3.0, chunk=1000)(net, x[i : i + 1], t[i : i + 1], maps[i : i + 1])
+        one = InsertionDeletion(per_step=5, min_prob=None, blur_sigma=3.0, chunk=1000, x_axis="xattr")(net, x[i : i + 1], t[i : i + 1], maps[i : i + 1])
         assert torch.allclose(one.curves["insertion"][0], res.curves["insertion"][i], atol=1e-5)
 
 
@@ -111,11 +111,11 @@ def test_probability_filter_and_ties():
     res = InsertionDeletion(per_step=8, blur_sigma=2.0)(model, x, t, truth)
     assert torch.isnan(res.scores["insertion"]).all() and torch.isfinite(res.curves["insertion"]).all()
     flat = torch.zeros(1, 1, S, S)  # all ties: stable order deletes in raster order
-    res = InsertionDeletion(per_step=S, min_prob=None, modes=["deletion"])(model, x[:1], t[:1], flat)
+    res = InsertionDeletion(per_step=S, min_prob=None, modes=["deletion"], x_axis="xattr")(model, x[:1], t[:1], flat)
     row = torch.arange(S)
     expected = [model(torch.where((row[:, None] < r).expand(S, S), 0.0, x[0, 0])[None, None]).softmax(-1)[0, 0] for r in range(S + 1)]
     assert torch.allclose(res.curves["deletion"][0], torch.stack(expected).detach(), atol=1e-6)
-    rnd = InsertionDeletion(per_step=S, min_prob=None, modes=["deletion"], ties="random")(model, x[:1], t[:1], flat)
+    rnd = InsertionDeletion(per_step=S, min_prob=None, modes=["deletion"], ties="random", x_axis="xattr")(model, x[:1], t[:1], flat)
     assert not torch.allclose(rnd.curves["deletion"], res.curves["deletion"])
 
 
@@ -132,7 +132,7 @@ def test_tokens_replace_by_unk_and_respect_mask():
     x = torch.tensor([[4, 3, 2, 0], [2, 3, 4, 4]])
     mask = torch.tensor([[True, True, True, False], [True, True, True, True]])
     maps = Bag().w[x].detach()
-    res = InsertionDeletion(per_step=1, unk_index=1, min_prob=None)(Bag(), x, torch.ones(2, dtype=torch.long), maps, mask=mask)
+    res = InsertionDeletion(per_step=1, unk_index=1, min_prob=None, x_axis="xattr")(Bag(), x, torch.ones(2, dtype=torch.long), maps, mask=mask)
     d = res.curves["deletion"]
     assert torch.allclose(d[0], torch.sigmoid(torch.tensor([6.0, 3, 1, 0, 0])))  # padding never touched
     assert torch.allclose(d[1], torch.sigmoid(torch.tensor([9.0, 6, 3, 1, 0])))

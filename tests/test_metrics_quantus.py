@@ -22,7 +22,7 @@ def test_deletion_matches_quantus_pixel_flipping():
     x = torch.randn(3, 1, 8, 8)
     t = torch.tensor([0, 1, 2])
     maps = torch.rand(3, 1, 8, 8)
-    ours = InsertionDeletion(per_step=2, modes=["deletion"], min_prob=None)(net, x, t, maps).curves["deletion"]
+    ours = InsertionDeletion(per_step=2, modes=["deletion"], min_prob=None, x_axis="xattr")(net, x, t, maps).curves["deletion"]
     metric = quantus.PixelFlipping(features_in_step=2, perturb_baseline=0.0, normalise=False, abs=False,
                                    disable_warnings=True, display_progressbar=False)
     theirs = metric(model=net, x_batch=x.numpy(), y_batch=t.numpy(), a_batch=maps.numpy(), device="cpu",

@@ -58,6 +58,7 @@ class MultiLayerIBA(IBABase):
         model: classifier; ``layers``: bottleneck layers (paper names or module paths).
         threshold, threshold_mode, combine: see the module docstring.
         inverse: use :class:`InverseIBA` per layer.
+        resize: each layer's map to the input size (``reference`` | ``bilinear``, see :class:`IBABase`).
         Other arguments (``beta``, ``steps``, ``lr``, ``copies``, ``sigma``, ``init_alpha``, ``seed``, ...):
             passed to each layer's :class:`PerSampleIBA`; statistics of all layers come from one ``fit``.
     """
@@ -69,17 +70,18 @@ class MultiLayerIBA(IBABase):
                  threshold_mode: str = "relative", combine: str = "binary", inverse: bool = False,
                  n_samples: int = 10_000, min_std: float = 0.01, active_threshold: float = 0.01,
                  sigma: float | None = 1.0, relu: bool = False, model_name: str | None = None,
-                 weights: str | None = None, dataset: str | None = None, **iba_kw) -> None:
+                 weights: str | None = None, dataset: str | None = None, resize: str = "reference",
+                 **iba_kw) -> None:
         super().__init__(model, list(layers), n_samples=n_samples, min_std=min_std,
                          active_threshold=active_threshold, sigma=sigma, relu=relu, model_name=model_name,
-                         weights=weights, dataset=dataset)
+                         weights=weights, dataset=dataset, resize=resize)
         if threshold_mode not in THRESHOLDS:
             raise unknown("threshold mode", threshold_mode, THRESHOLDS)
         if combine not in COMBINE:
             raise unknown("combine", combine, COMBINE)
         self.threshold, self.threshold_mode, self.combine = float(threshold), threshold_mode, combine
         cls = InverseIBA if inverse else PerSampleIBA
-        common = dict(min_std=min_std, active_threshold=active_threshold, sigma=sigma, relu=relu)
+        common = dict(min_std=min_std, active_threshold=active_threshold, sigma=sigma, relu=relu, resize=resize)
         self.methods = [cls(model, layer, **common, **iba_kw) for layer in self.layers]
 
     def _attribute(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -72,7 +72,7 @@ class ReadoutIBA(IBABase):
         train_batch_size: images per training step (``None``: the estimation loader's batches as they come;
             their size still goes into the checkpoint key).
         copies: noisy copies per image for the Table 1 auxiliaries (only computed when asked for).
-        seed: seed of the training noise. Other arguments: see :class:`IBABase`.
+        seed: seed of the training noise. Other arguments (``resize``, ...): see :class:`IBABase`.
 
     >>> rb = ReadoutIBA(net, "features.17", ["features.10", "features.17", "features.24", "classifier.6"])
     >>> rb.fit(loader, cache_dir); maps = rb.attribute(x, target)
@@ -174,14 +174,14 @@ class ReadoutIBA(IBABase):
 
     def _attribute(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            return to_bits_map(self.alpha_and_kl(x)[1], tuple(x.shape[-2:]))
+            return to_bits_map(self.alpha_and_kl(x)[1], tuple(x.shape[-2:]), self.resize)
 
     def _explain(self, x: torch.Tensor, target: torch.Tensor, aux: frozenset[str]) -> Explanation:
         if not any(a.startswith("bottleneck/") for a in aux):
             return Explanation(self._attribute(x, target))
         with torch.no_grad():
             res = self.noisy_result(x)
-        return Explanation(to_bits_map(res.kl, tuple(x.shape[-2:])),
+        return Explanation(to_bits_map(res.kl, tuple(x.shape[-2:]), self.resize),
                            with_prefix("bottleneck", bottleneck_scores(res, target)))
 
     def noisy_result(self, x: torch.Tensor) -> AlphaResult:

@@ -1,0 +1,130 @@
+"""EHR: xattr's ``normalise`` modes against the reference pipeline of tests/reference/protocols.py (InputIBA
+@5f03549e, vision_attributor.py + effective_heat_ratios.py), on the same maps, to 1e-6."""
+
+from __future__ import annotations
+
+import platform
+
+import numpy as np
+import pytest
+import torch
+from torchvision.transforms.functional import gaussian_blur
+
+from tests.reference import protocols as ref
+from xattr.errors import XattrConfigError
+from xattr.methods.base import reduce_channels
+from xattr.methods.baselines.cam import GradCAM
+from xattr.methods.baselines.gradient import Gradient
+from xattr.methods.iba import PerSampleIBA
+from xattr.metrics.localisation import EffectiveHeatRatio, to_uint8
+from xattr.models.tiny import TinyCNN
+
+x86 = pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"),
+                         reason="the reference's float -> uint8 cast is numpy's on x86-64")
+S, B = 24, 5
+BOXES = [(3, 4, 13, 12), (10, 10, 20, 21), (0, 0, 9, 9), (12, 2, 24, 9), (5, 14, 14, 24)]  # xyxy, <= 33%
+
+
+def smooth(b: int, c: int = 1, seed: int = 0) -> torch.Tensor:
+    """Spatially smooth random fields (maps with a spread of values, like real heatmaps), ``(b, c, S, S)``."""
+    g = torch.Generator().manual_seed(seed)
+    return gaussian_blur(torch.randn(b, c, S, S, generator=g), [7, 7], [2.0, 2.0])
+
+
+def xattr_ehr(maps: torch.Tensor, c: int = 3, **kw) -> torch.Tensor:
+    method = kw.pop("method", None)
+    metric = EffectiveHeatRatio(max_coverage=None, **kw)
+    x = torch.zeros(maps.shape[0], c, S, S)
+    boxes = [torch.tensor([b], dtype=torch.float32) for b in BOXES[: maps.shape[0]]]
+    return metric(None, x, torch.zeros(maps.shape[0], dtype=torch.long), maps, boxes=boxes,
+                  **({"method": method} if method is not None else {})).scores["ehr"].double()
+
+
+def reference_ehr(maps_8bit_or_float: list[np.ndarray]) -> torch.Tensor:
+    return torch.tensor([ref.ehr(m, [b])[0] for m, b in zip(maps_8bit_or_float, BOXES)], dtype=torch.float64)
+
+
+@x86
+def test_uint8_cast_is_numpys_x86_cast():
+    v = np.concatenate([np.linspace(-600, 600, 4801), [-2.55, -0.3, 0.999, 255.9, 256.2, 1e9 + 77, 2.1e9, 3e9, -3e9]])
+    for dtype in (np.float32, np.float64):
+        a = v.astype(dtype)
+        with np.errstate(invalid="ignore"):
+            expected = a.astype(np.uint8)
+        assert np.array_equal(to_uint8(torch.from_numpy(a)).numpy(), expected.astype(np.int64)), dtype
+
+
+def test_max_is_scale_free_and_equals_the_reference_function_on_max_normalised_maps():
+    m = smooth(B).abs()
+    ours = xattr_ehr(m)
+    assert torch.allclose(ours, xattr_ehr(m * 1e-4), atol=1e-12) and torch.allclose(ours, xattr_ehr(m * 37.0), atol=1e-12)
+    normalised = [(mi[0] / mi.max()).numpy().astype(np.float64) for mi in m]
+    assert torch.allclose(ours, reference_ehr(normalised), atol=1e-6)
+    # negative scores are no heat: a signed map scores as its positive part
+    signed = smooth(B, seed=1)
+    assert torch.allclose(xattr_ehr(signed), xattr_ehr(signed.clamp_min(0)), atol=1e-12)
+
+
+def test_legacy_auto_depends_on_the_scale():
+    m = smooth(B).abs()
+    m = m / m.amax((1, 2, 3), keepdim=True)  # in [0, 1]: auto keeps it raw
+    assert not torch.allclose(xattr_ehr(0.5 * m, normalise="auto"), xattr_ehr(m, normalise="auto"))
+
+
+@x86
+def test_reference_uint8_of_masks_equals_the_reference_pipeline():
+    """IBA / InputIBA maps: divided by their max, 8-bit, read back / 255."""
+    m = smooth(B).abs() * 3e-3  # bits per pixel: small numbers
+    expected = reference_ehr([ref.store_mask_uint8(mi[0].numpy()) for mi in m])
+    assert torch.allclose(xattr_ehr(m, normalise="reference_uint8", map_kind="mask"), expected, atol=1e-6)
+    iba = PerSampleIBA(TinyCNN(), layer="conv2")  # map_kind auto: the IBA family is a mask
+    assert torch.allclose(xattr_ehr(m, normalise="reference_uint8", method=iba), expected, atol=1e-6)
+
+
+@x86
+def test_reference_uint8_of_signed_baselines_wraps_as_the_reference_pipeline():
+    """Baseline maps: Captum's signed attribution, channel mean, x 255, uint8 (negatives wrap to ~255)."""
+    attr = smooth(B, c=3, seed=2) * 0.4  # values about +-1: many negatives wrap, a few values exceed 1 and wrap
+    stored = [ref.store_baseline_uint8(a.numpy()) for a in attr]
+    assert all((s[a.mean(0).numpy() < -1 / 255] > 200).mean() > 0.95 for s, a in zip(stored, attr))  # wrap-around
+    expected = reference_ehr(stored)
+    summed = reduce_channels(attr, "sum")  # xattr's `reduce: sum`; the metric divides by the 3 channels
+    assert torch.allclose(xattr_ehr(summed, normalise="reference_uint8", map_kind="channel_sum"), expected, atol=1e-6)
+    grad = Gradient(TinyCNN(), reduce="sum", abs=False)  # map_kind auto from the method's reduction
+    assert torch.allclose(xattr_ehr(summed, normalise="reference_uint8", method=grad), expected, atol=1e-6)
+    # a one-channel baseline (Grad-CAM, Extremal Perturbation): its own values x 255
+    one = attr[:, :1]
+    expected_one = reference_ehr([ref.store_baseline_uint8(a.numpy()) for a in one])
+    cam = GradCAM(TinyCNN(), layer="conv3")
+    assert torch.allclose(xattr_ehr(one, normalise="reference_uint8", method=cam), expected_one, atol=1e-6)
+    assert torch.allclose(xattr_ehr(one, normalise="reference_uint8", map_kind="signed"), expected_one, atol=1e-6)
+    # the wrap-around is where the reference's heat comes from: max-normalising the positive part differs
+    assert not torch.allclose(xattr_ehr(summed), expected, atol=1e-2)
+
+
+@x86
+def test_a_map_without_heat_scores_zero_where_the_reference_raises():
+    tiny = torch.full((1, 1, S, S), 0.2 / 255)  # x 255 -> 0.2 -> uint8 0: no heat at all
+    with pytest.raises(IndexError):
+        ref.ehr(ref.store_baseline_uint8(tiny[0].numpy()), [BOXES[0]])
+    assert xattr_ehr(tiny, normalise="reference_uint8", map_kind="signed").item() == 0.0
+    assert xattr_ehr(torch.zeros(1, 1, S, S)).item() == 0.0
+
+
+def test_reference_uint8_needs_a_reproducible_map_kind():
+    m = smooth(1).abs()
+    with pytest.raises(XattrConfigError, match="valid choices: sum, abs_sum"):
+        xattr_ehr(m, normalise="reference_uint8", method=Gradient(TinyCNN()))  # max_abs: no reference counterpart
+    with pytest.raises(XattrConfigError, match="map_kind auto needs the run's method"):
+        xattr_ehr(m, normalise="reference_uint8")
+
+
+def test_also_normalise_scores_the_same_maps_twice():
+    m = smooth(B).abs()
+    metric = EffectiveHeatRatio(max_coverage=None, also_normalise=["reference_uint8"], map_kind="mask")
+    boxes = [torch.tensor([b], dtype=torch.float32) for b in BOXES]
+    res = metric(None, torch.zeros(B, 3, S, S), torch.zeros(B, dtype=torch.long), m, boxes=boxes)
+    assert set(res.scores) == {"ehr", "ehr_reference_uint8"} and res.curves["ehr_reference_uint8"].shape == (B, 11)
+    assert torch.allclose(res.scores["ehr"].double(), xattr_ehr(m), atol=1e-7)
+    assert torch.allclose(res.scores["ehr_reference_uint8"].double(),
+                          xattr_ehr(m, normalise="reference_uint8", map_kind="mask"), atol=1e-7)
