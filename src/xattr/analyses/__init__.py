@@ -2,6 +2,7 @@
 correlations, dead-neuron shares of pathways, network dissection). See :mod:`.base` for the interface."""
 
 from xattr.analyses.base import Analysis
+from xattr.analyses.dead_neurons import DeadNeurons, pathway_jaccard
 from xattr.analyses.sensitivity_n import PooledSensitivityN, pooled_curve
 
-__all__ = ["Analysis", "PooledSensitivityN", "pooled_curve"]
+__all__ = ["Analysis", "DeadNeurons", "PooledSensitivityN", "pathway_jaccard", "pooled_curve"]

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import io
+import os
 import zipfile
 from pathlib import Path
 
@@ -30,6 +31,7 @@ class Cifar10(Dataset):
         self.root = Path(root)
         self.p = preprocess or Preprocess(size=32, resize=32)
         self._zip: zipfile.ZipFile | None = None
+        self._zip_pid = -1
         if self.root.is_file() and self.root.suffix == ".zip":
             with zipfile.ZipFile(self.root) as z:
                 names = sorted(n for n in z.namelist() if n.startswith(split + "/") and n.endswith(".jpg"))
@@ -53,8 +55,8 @@ class Cifar10(Dataset):
     def image(self, i: int) -> Image.Image:
         if self.arrays is not None:
             return Image.fromarray(self.arrays[i])
-        if self._zip is None:  # opened lazily per worker process
-            self._zip = zipfile.ZipFile(self.root)
+        if self._zip is None or self._zip_pid != os.getpid():  # one handle per process: forked workers
+            self._zip, self._zip_pid = zipfile.ZipFile(self.root), os.getpid()  # must not share the parent's
         return Image.open(io.BytesIO(self._zip.read(self.names[i]))).convert("RGB")
 
     def __getitem__(self, i: int) -> dict:

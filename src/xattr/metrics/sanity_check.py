@@ -9,7 +9,8 @@ rebuilt on the randomised copy. Each step's map is compared with the original ``
 
 - SSIM (scikit-image ``structural_similarity``, window 5) after clamping each map to its 1st/99th
   percentiles and rescaling to [0, 1] (IBA paper, G.3); ``to_8bit=True`` quantises to 8 bits as the
-  InputIBA code did (``data_range`` 255);
+  InputIBA code did (``data_range`` 255); ``normalise: max_abs`` divides each map by its max ``|.|`` instead,
+  keeping the sign (to [-1, 1], ``data_range`` 2; the critical-pathways chapter, appendix C.1 L1978);
 - Spearman rank correlation of the raw maps (signed) and of their absolute values (ch. 5).
 
 Initialisation (``init``): ``inputiba`` = conv weights xavier-uniform, linear weights N(0, 0.05), biases 0,
@@ -46,7 +47,7 @@ from xattr.errors import XattrConfigError, unknown
 from xattr.metrics.base import Metric, MetricResult
 
 INITS = ("inputiba", "normal")
-NORMALISE = ("percentile", "minmax", "none")
+NORMALISE = ("percentile", "minmax", "none", "max_abs")
 
 
 def parametric_leaves(model: nn.Module) -> list[str]:
@@ -55,9 +56,14 @@ def parametric_leaves(model: nn.Module) -> list[str]:
 
 
 def normalise_map(a: np.ndarray, how: str = "percentile", to_8bit: bool = False) -> np.ndarray:
-    """Clamp to the 1st/99th percentile and rescale to [0, 1] (``percentile``), or min-max, or nothing;
-    optionally quantised to 8 bits."""
+    """Clamp to the 1st/99th percentile and rescale to [0, 1] (``percentile``), or min-max, or nothing, or
+    divide by the max ``|.|`` (``max_abs``: [-1, 1], sign kept); optionally quantised to 8 bits (``max_abs``:
+    [-1, 1] mapped onto 0..255)."""
     a = a.astype(np.float64)
+    if how == "max_abs":
+        m = np.abs(a).max()
+        a = a / m if m > 0 else np.zeros_like(a)
+        return np.round((a + 1) / 2 * 255).astype(np.uint8) if to_8bit else a
     if how == "percentile":
         lo, hi = np.percentile(a, [1, 99])
         a = np.clip(a, lo, hi)
@@ -70,7 +76,12 @@ def normalise_map(a: np.ndarray, how: str = "percentile", to_8bit: bool = False)
 def ssim(a: np.ndarray, b: np.ndarray, how: str = "percentile", to_8bit: bool = False, win_size: int = 5) -> float:
     """SSIM of two 2-D maps after :func:`normalise_map` (scikit-image, window ``win_size``)."""
     a, b = normalise_map(a, how, to_8bit), normalise_map(b, how, to_8bit)
-    data_range = 255 if to_8bit else (1.0 if how != "none" else float(max(a.max(), b.max()) - min(a.min(), b.min())) or 1.0)
+    if to_8bit:
+        data_range = 255
+    elif how == "max_abs":
+        data_range = 2.0
+    else:
+        data_range = 1.0 if how != "none" else float(max(a.max(), b.max()) - min(a.min(), b.min())) or 1.0
     return float(structural_similarity(a, b, win_size=win_size, data_range=data_range))
 
 
@@ -89,7 +100,8 @@ class CascadingRandomisation(Metric):
             parametric leaf, last first.
         init: ``inputiba`` or ``normal`` (see module docstring); std: for ``normal``.
         linear_std: std of linear weights under ``inputiba`` (0.05).
-        normalise: ``percentile`` (1st/99th clamp, IBA paper), ``minmax`` or ``none`` before SSIM.
+        normalise: ``percentile`` (1st/99th clamp, IBA paper), ``minmax``, ``none`` or ``max_abs`` (divided by
+            the max ``|.|``, the pathways chapter) before SSIM.
         to_8bit: quantise normalised maps to 8 bits before SSIM (InputIBA code).
         win_size: SSIM window (5).
         seed: seed of the random weights.

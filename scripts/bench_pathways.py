@@ -1,0 +1,113 @@
+"""Milliseconds per image of the critical-pathway methods (dissertation ch. 5), one image at a time (as the
+reference PathwayGrad code runs, batch size 1) vs batched (xattr), with peak memory, as a Markdown table.
+
+    python scripts/bench_pathways.py                                   # CPU, and CUDA when available
+    python scripts/bench_pathways.py --models cifar_resnet20 --images 4 --fast   # CPU smoke run
+    python scripts/bench_pathways.py --devices cuda --models mobilenet_v2 --size 224 --images 16
+
+Models come from the zoo (``--weights random`` by default, so no data is needed; timings do not depend on
+the weights except for DGR's retries and GreedyPruning's iteration count). Without ``--fast`` every method
+runs with its config defaults (conf/method/*.yaml): NeuronIntGrad 10 steps, InputIntGrad 50, DGR 1000
+iterations per round, GreedyPruning 1% of the neurons per step. Peak memory: on CUDA the allocator's peak
+during the call (``torch.cuda.max_memory_allocated``, reset before each); on CPU the process's peak resident
+set so far (``ru_maxrss``: monotone over the script, so only its growth is informative).
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import time
+import warnings
+
+import torch
+
+from xattr.methods.pathways import DGR, GreedyPruning, InputIntGrad, InputMCT, NeuronIntGrad, NeuronMCT
+from xattr.models import load_model
+
+
+def methods(fast: bool, chunk: int | None) -> dict:
+    def k(full, cheap):
+        return cheap if fast else full
+
+    return {
+        "neuron_mct": lambda m: NeuronMCT(m),
+        "neuron_intgrad": lambda m: NeuronIntGrad(m, n_steps=k(10, 2), chunk=chunk),
+        "input_mct": lambda m: InputMCT(m),
+        "input_intgrad": lambda m: InputIntGrad(m, n_steps=k(50, 4), chunk=chunk),
+        "greedy_pruning": lambda m: GreedyPruning(m, prune_step=k(0.01, 0.2)),
+        "dgr": lambda m: DGR(m, iterations=k(1000, 5), max_retries=k(100, 1)),
+    }
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _peak_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def measure(method, x: torch.Tensor, t: torch.Tensor, batched: bool) -> tuple[float, float]:
+    """(ms per image, peak MiB) of explaining ``x`` batched or one image at a time."""
+    dev = x.device
+    method.explain(x[:1], t[:1])  # warm-up
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+    _sync(dev)
+    t0 = time.perf_counter()
+    if batched:
+        method.explain(x, t)
+    else:
+        for i in range(len(x)):
+            method.explain(x[i : i + 1], t[i : i + 1])
+    _sync(dev)
+    return 1000 * (time.perf_counter() - t0) / len(x), _peak_mb(dev)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--devices", nargs="*", default=["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
+    ap.add_argument("--models", nargs="*", default=["cifar_resnet20", "mobilenet_v2"])
+    ap.add_argument("--weights", default="random")
+    ap.add_argument("--size", type=int, default=None, help="input side (default: 32 for CIFAR models, 224 else)")
+    ap.add_argument("--images", type=int, default=8)
+    ap.add_argument("--chunk", type=int, default=256, help="forward rows per call (NeuronIntGrad, InputIntGrad)")
+    ap.add_argument("--methods", nargs="*", default=None)
+    ap.add_argument("--fast", action="store_true", help="cheap hyper-parameters (smoke run)")
+    args = ap.parse_args()
+    warnings.filterwarnings("ignore")
+    meths = methods(args.fast, args.chunk)
+    names = args.methods or list(meths)
+    unit = "MiB (CUDA peak) / MiB (CPU process max RSS)"
+    print(f"ms per image, {args.images} images, {args.weights} weights"
+          f"{' (fast hyper-parameters)' if args.fast else ''}; peak memory in {unit}\n")
+    print("| model | device | method | one at a time ms/img | batched ms/img | speed-up | peak one / batched |")
+    print("|---|---|---|---|---|---|---|")
+    for dname in args.devices:
+        device = torch.device(dname)
+        dev_label = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+        for mname in args.models:
+            zoo = load_model(mname, args.weights, device=device)
+            size = args.size or (32 if mname.startswith("cifar") else 224)
+            g = torch.Generator().manual_seed(0)
+            x = torch.randn(args.images, 3, size, size, generator=g).to(device)
+            with torch.no_grad():
+                t = zoo.net(x).argmax(1)
+            for meth in names:
+                try:
+                    m = meths[meth](zoo.net)
+                    one, peak1 = measure(m, x, t, batched=False)
+                    bat, peakb = measure(m, x, t, batched=True)
+                    print(f"| {mname} | {dev_label} | {meth} | {one:.1f} | {bat:.1f} | {one / bat:.2f}x | "
+                          f"{peak1:.0f} / {peakb:.0f} |", flush=True)
+                except Exception as e:  # noqa: BLE001 - a table cell, not a crash
+                    print(f"| {mname} | {dev_label} | {meth} | error: {type(e).__name__}: {e} | | | |", flush=True)
+            del zoo
+
+
+if __name__ == "__main__":
+    main()

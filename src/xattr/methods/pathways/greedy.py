@@ -1,0 +1,118 @@
+"""Pathological greedy pruning (dissertation ch. 5, sec. 3.2, Alg. 1 L450-458, eq. 2 L476).
+
+A pathway selected by the pruning objective (eq. 1, L444) need not encode the input: this algorithm
+solves it while *by design* letting originally dead neurons into the pathway. It alternates between
+scoring every neuron of the *currently pruned* network by ``s = |a * dPhi/da|`` (eq. 2) and pruning the
+lowest-scoring neurons whose score is not zero ("without this crucial step, dead neurons will be pruned
+before others as their relevance score is zero", L476). Pruning an active neuron changes the next layer's
+inputs and can switch an originally dead neuron on; it then scores above zero and may stay.
+
+``variant: paper`` (default, Alg. 1): start from the full network; each iteration prunes the
+``ceil(prune_step * N)`` lowest non-zero-score kept neurons (network-wide), stopping once the kept neurons
+with a non-zero score number ``K = N - ceil(kappa (N - 1))`` (the count the network-wide selection keeps) or
+fewer. Alg. 1's ``||m||_0`` counts these: dead neurons are never pruned (``s != 0``), so counting them would
+make the loop prune every live neuron. The pathway is the kept neurons with a non-zero score in the final
+pruned network; its output ``pathway/logit`` is the pruned network's (``pruned: zero``).
+
+``variant: reference`` (PathwayGrad ``Pruner.prune_greedy`` @d59b16d6, called as ``prune_greedy(1, 99)``
+by ``path_analysis.py``): ``iterations`` rounds; round ``i`` replaces zero scores by the maximum, takes the
+``i * percentile_step`` percentile ``t`` of the result, prunes ``0 < s <= t`` and *restores* every neuron
+whose score is 0 (``mask[s <= 0] = 1``) -- including the ones pruned in earlier rounds, whose masked output
+(and so score) is 0. It ignores ``sparsity``; the pathway is the final mask, which therefore contains
+every neuron of zero score, dead ones included.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from xattr.core.checks import check_choice, check_positive, check_positive_int
+from xattr.methods.pathways.contributions import mct_scores
+from xattr.methods.pathways.neurons import DEFAULT_ACTIVATIONS, Layout
+from xattr.methods.pathways.pathway import PathwayMethod, rows_per_call
+from xattr.methods.pathways.selection import percentile
+
+VARIANTS = ("paper", "reference")
+
+
+def kept_count(n: int, sparsity: float) -> int:
+    """``K``: neurons the network-wide selection keeps at ``sparsity`` among ``n`` distinct scores."""
+    return n - math.ceil(sparsity * (n - 1) - 1e-9)
+
+
+class GreedyPruning(PathwayMethod):
+    """Alg. 1 (see module docstring), batched: per-image masks on the batch axis.
+
+    Args (besides :class:`PathwayMethod`'s):
+        variant: ``paper`` | ``reference``.
+        prune_step: (paper) share of all neurons pruned per iteration (0.01).
+        max_iterations: (paper) safety cap on iterations.
+        iterations, percentile_step: (reference) rounds (99) and the percentile increment per round (0.01).
+    """
+
+    name = "greedy_pruning"
+
+    def __init__(self, model: nn.Module, sparsity: float = 0.7, variant: str = "paper", prune_step: float = 0.01,
+                 max_iterations: int = 1000, iterations: int = 99, percentile_step: float = 0.01,
+                 pruned: str = "zero", reduce: str = "signed_max_abs", opening_size: int = 0,
+                 activations: Sequence[str] = DEFAULT_ACTIVATIONS, chunk: int | None = None) -> None:
+        super().__init__(model, sparsity, pruned, reduce, opening_size, activations, chunk)
+        check_choice("variant", variant, VARIANTS)
+        check_positive("prune_step", prune_step)
+        check_positive("percentile_step", percentile_step)
+        self.variant, self.prune_step, self.percentile_step = variant, float(prune_step), float(percentile_step)
+        self.max_iterations = check_positive_int("max_iterations", max_iterations)
+        self.iterations = check_positive_int("iterations", iterations)
+
+    def scores(self, x: torch.Tensor, target: torch.Tensor, layout: Layout, mask: torch.Tensor) -> torch.Tensor:
+        """``|a * dPhi/da|`` ``(B, N)`` in the network pruned by ``mask`` (pruned neurons score 0)."""
+        step = rows_per_call(self.chunk, x.shape[0])
+        return torch.cat([
+            layout.flatten(mct_scores(self.neurons, x[i : i + step], target[i : i + step],
+                                      layout.split(mask[i : i + step]))).abs()
+            for i in range(0, x.shape[0], step)])
+
+    def pathway(self, x: torch.Tensor, target: torch.Tensor, layout: Layout) -> tuple[torch.Tensor, dict]:
+        if self.variant == "reference":
+            return self._reference(x, target, layout)
+        return self._paper(x, target, layout)
+
+    def _paper(self, x: torch.Tensor, target: torch.Tensor, layout: Layout) -> tuple[torch.Tensor, dict]:
+        b, n = x.shape[0], layout.total
+        k = kept_count(n, self.sparsity)
+        n_step = max(1, math.ceil(self.prune_step * n))
+        mask = torch.ones(b, n, dtype=torch.bool, device=x.device)
+        done = torch.zeros(b, dtype=torch.bool, device=x.device)
+        iters = torch.zeros(b, dtype=torch.int64, device=x.device)
+        s = self.scores(x, target, layout, mask)
+        for _ in range(self.max_iterations):
+            live = mask & (s > 0)
+            n_live = live.sum(1)
+            done |= n_live <= k
+            if bool(done.all()):
+                break
+            n_prune = torch.where(done, 0, (n_live - k).clamp(max=n_step))
+            key = torch.where(live, s, torch.full_like(s, float("inf")))
+            order = torch.sort(key, dim=1, stable=True).indices
+            rank = torch.empty_like(order)
+            rank.scatter_(1, order, torch.arange(n, device=x.device).expand(b, n).contiguous())
+            mask &= ~(rank < n_prune[:, None])
+            iters += (~done).long()
+            s = self.scores(x, target, layout, mask)
+        return mask & (s > 0), {"iterations": iters}
+
+    def _reference(self, x: torch.Tensor, target: torch.Tensor, layout: Layout) -> tuple[torch.Tensor, dict]:
+        b, n = x.shape[0], layout.total
+        mask = torch.ones(b, n, dtype=torch.bool, device=x.device)
+        s = self.scores(x, target, layout, mask)
+        for i in range(self.iterations):
+            s_max = s.amax(1, keepdim=True)
+            t = percentile(torch.where(s <= 0, s_max, s), min(1.0, i * self.percentile_step))
+            mask = torch.where(s <= t[:, None], False, mask)
+            mask = torch.where(s <= 0, True, mask)
+            s = self.scores(x, target, layout, mask)
+        return mask, {"iterations": torch.full((b,), self.iterations, dtype=torch.int64, device=x.device)}

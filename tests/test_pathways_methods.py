@@ -1,0 +1,258 @@
+"""Critical pathways (dissertation ch. 5): neuron scores, network-wide selection, pathway gradient, the
+NeuronMCT / NeuronIntGrad / InputMCT / InputIntGrad methods, packed masks and the opening."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from xattr.core.hooks import hook_count
+from xattr.errors import XattrConfigError
+from xattr.methods.pathways import (
+    InputIntGrad,
+    InputMCT,
+    NeuronIntGrad,
+    NeuronMCT,
+    Neurons,
+    alpha_schedule,
+    intgrad_scores,
+    mct_scores,
+    opening,
+    pack_bits,
+    pathway_forward,
+    pathway_gradient,
+    percentile,
+    reduce_map,
+    select,
+    unpack_bits,
+)
+from xattr.models.tiny import TinyCNN
+
+
+def mlp(sizes=(6, 8, 8, 5), seed=0) -> nn.Sequential:
+    torch.manual_seed(seed)
+    layers: list[nn.Module] = []
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers.append(nn.Linear(a, b))
+        if i < len(sizes) - 2:
+            layers.append(nn.ReLU())
+    return nn.Sequential(*layers).eval()
+
+
+@pytest.fixture(scope="module")
+def cnn():
+    torch.manual_seed(1)
+    return TinyCNN(5).eval().requires_grad_(False)
+
+
+@pytest.fixture(scope="module")
+def images(cnn):
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(3, 3, 12, 12, generator=g)
+    return x, cnn(x).argmax(1)
+
+
+# ------------------------------------------------------------------------------------------ scores
+def test_mct_is_a_times_weight_on_a_two_layer_net():
+    net = mlp((4, 6, 3))
+    x, t = torch.randn(5, 4), torch.tensor([0, 1, 2, 0, 1])
+    a = torch.relu(net[0](x))
+    hand = a * net[2].weight[t]                          # dPhi/da = w_t of the last layer
+    (c,) = mct_scores(Neurons(net), x, t)
+    assert torch.allclose(c, hand, atol=1e-6)
+    keep = NeuronMCT(net, sparsity=0.5).explain_pathway(x, t)
+    assert torch.equal(keep, select(hand.abs(), 0.5))
+
+
+@pytest.mark.parametrize("schedule,ok", [("linear", True), ("reference", False)])
+def test_neuron_intgrad_completeness_per_layer(schedule, ok):
+    net = mlp((6, 10, 10, 10, 4), seed=3).double()
+    x = torch.randn(4, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    t = net(x).argmax(1)
+    neurons = Neurons(net)
+    layout = neurons.layout(x)
+    n_steps = 200 if schedule == "linear" else 10
+    scores = intgrad_scores(neurons, x, t, layout, n_steps=n_steps, schedule=schedule, chunk=97)
+    phi = net(x).gather(1, t[:, None])[:, 0]
+    errs = []
+    for i, c in enumerate(scores):
+        zeroed = neurons.forward(x, lambda k, a, i=i: a * 0 if k == i else a)[0].gather(1, t[:, None])[:, 0]
+        errs.append((c.sum(1) - (phi - zeroed)).abs().max().item())
+    assert (max(errs) < 1e-3) == ok, errs
+
+
+def test_alpha_schedules():
+    a, w = alpha_schedule(10, "reference")
+    assert torch.allclose(a[:5], torch.tensor([0, 0.1, 0.3, 0.6, 1.0], dtype=a.dtype)) and a[-1] == pytest.approx(5.5)
+    assert w.sum() == pytest.approx(1)
+    a, w = alpha_schedule(4, "linear")
+    assert a.tolist() == [0.25, 0.5, 0.75, 1.0] and w.sum() == pytest.approx(1)
+    with pytest.raises(XattrConfigError, match="valid choices: linear, reference"):
+        alpha_schedule(4, "cumulative")
+
+
+def test_dead_neurons_never_selected_by_contributions(cnn, images):
+    """Remark 2 (L503): MCT and IntGrad give a dead neuron 0, and 0 is never kept: dead share exactly 0."""
+    x, t = images
+    neurons = Neurons(cnn)
+    _, acts = neurons.activations_of(x)
+    dead = neurons.layout(x).flatten(acts) <= 0
+    assert dead.float().mean() > 0.2
+    for method in (NeuronMCT(cnn, sparsity=0.3), NeuronIntGrad(cnn, sparsity=0.3, n_steps=5, score="signed"),
+                   NeuronIntGrad(cnn, sparsity=0.3, n_steps=5)):
+        e = method.explain_pathway(x, t)
+        assert e.sum() > 0 and not (e & dead).any()
+
+
+# ----------------------------------------------------------------------------------------- selection
+def test_percentile_matches_numpy():
+    np = pytest.importorskip("numpy")
+    s = torch.rand(3, 1001, generator=torch.Generator().manual_seed(0))
+    for q in (0.0, 0.3, 0.7, 0.9, 0.999, 1.0):
+        assert torch.allclose(percentile(s, q), torch.tensor(np.percentile(s.numpy(), 100 * q, axis=1)).float())
+
+
+def test_selection_is_network_wide_and_keeps_one_minus_kappa():
+    g = torch.Generator().manual_seed(0)
+    sizes = [500, 300, 200]
+    for kappa in (0.7, 0.9):
+        s = torch.rand(2, 1000, generator=g) + 0.01
+        keep = select(s, kappa)
+        assert keep.sum(1).tolist() == [round((1 - kappa) * 1000)] * 2
+    # one layer dominates: every kept neuron comes from it (layer-wise ranking would take 30% of each)
+    s = torch.rand(1, 1000, generator=g)
+    s[:, 500:800] += 10
+    keep = select(s, 0.7)
+    layer = torch.repeat_interleave(torch.arange(3), torch.tensor(sizes))
+    assert keep.sum() == 300 and (layer[keep[0]] == 1).all()
+    # zeros are ranked (they lower the percentile) but never kept
+    s = torch.zeros(1, 100)
+    s[0, :5] = torch.arange(1, 6).float()
+    assert select(s, 0.5).sum() == 5
+    with pytest.raises(XattrConfigError, match="bad sparsity 1.0"):
+        select(s, 1.0)
+
+
+def test_pack_bits_round_trip_and_size():
+    m = torch.rand(3, 1003, generator=torch.Generator().manual_seed(0)) > 0.5
+    p = pack_bits(m)
+    assert p.dtype == torch.uint8 and p.shape == (3, 126)
+    assert torch.equal(unpack_bits(p, 1003), m)
+    import numpy as np
+
+    assert np.array_equal(np.packbits(m.numpy(), axis=1), p.numpy())
+
+
+# ---------------------------------------------------------------------------------- pathway gradient
+def test_freeze_pathway_is_locally_linear(cnn, images):
+    """Prop. 4/5 (L561-565): pruned neurons held at their value, all pathway neurons active -> Phi_hat is
+    linear around x: finite differences agree with the pathway gradient for small steps."""
+    net = TinyCNN(5).eval().double().requires_grad_(False)
+    net.load_state_dict(cnn.state_dict())
+    x, t = images[0][:2].double(), images[1][:2]
+    neurons = Neurons(net)
+    layout = neurons.layout(x)
+    e = layout.split(NeuronMCT(net, sparsity=0.7, pruned="freeze").explain_pathway(x, t))
+    _, const = neurons.activations_of(x)
+    grad, phi = pathway_gradient(neurons, x, t, e, "freeze")
+    assert torch.allclose(phi, net(x).gather(1, t[:, None])[:, 0])  # freeze keeps the output at x
+    d = torch.randn(x.shape, generator=torch.Generator().manual_seed(5), dtype=x.dtype)
+
+    def f(eps: float) -> torch.Tensor:
+        with torch.no_grad():
+            out = pathway_forward(neurons, x + eps * d, e, "freeze", constants=const)
+        return out.gather(1, t[:, None])[:, 0]
+
+    slope = (grad * d).sum((1, 2, 3))
+    for eps in (1e-5, 1e-4):
+        assert torch.allclose((f(eps) - f(0)) / eps, slope, rtol=1e-7, atol=1e-10)
+        assert torch.allclose(f(eps) + f(-eps) - 2 * f(0), torch.zeros(2, dtype=x.dtype), atol=1e-13)
+
+
+def test_zero_vs_freeze_and_no_hooks_left(cnn, images):
+    x, t = images
+    a = NeuronMCT(cnn, pruned="zero").explain(x, t)
+    b = NeuronMCT(cnn, pruned="freeze").explain(x, t)
+    assert torch.equal(a.aux["pathway/mask"], b.aux["pathway/mask"])
+    assert not torch.allclose(a.maps, b.maps)
+    assert torch.allclose(b.aux["pathway/logit"], cnn(x).gather(1, t[:, None])[:, 0], atol=1e-5)
+    assert hook_count(cnn) == 0
+
+
+def test_signed_max_abs_reduction():
+    g = torch.tensor([[[[1.0, -3.0]], [[-2.0, 2.0]], [[0.5, 0.0]]]])  # (1, 3, 1, 2)
+    assert reduce_map(g).flatten().tolist() == [-2.0, -3.0]
+
+
+# ------------------------------------------------------------------------------------------ methods
+METHODS = {
+    "neuron_mct": lambda net: NeuronMCT(net, sparsity=0.7),
+    "neuron_intgrad": lambda net: NeuronIntGrad(net, sparsity=0.7, n_steps=4, chunk=5),
+    "input_mct": lambda net: InputMCT(net),
+    "input_intgrad": lambda net: InputIntGrad(net, n_steps=8, chunk=7),
+}
+
+
+@pytest.mark.parametrize("name", list(METHODS))
+def test_batched_equals_one_at_a_time(name, cnn, images):
+    x, t = images
+    method = METHODS[name](cnn)
+    full = method.explain(x, t)
+    parts = [method.explain(x[i : i + 1], t[i : i + 1]) for i in range(len(x))]
+    assert full.maps.shape == (3, 1, 12, 12)
+    assert torch.allclose(full.maps, torch.cat([p.maps for p in parts]), atol=1e-5, rtol=1e-4)
+    for k, v in full.aux.items():
+        one = torch.cat([p.aux[k] for p in parts])
+        assert torch.allclose(v, one, atol=1e-6) if v.is_floating_point() else torch.equal(v, one), k
+    if name.startswith("neuron"):
+        assert full.aux["pathway/mask"].dtype == torch.uint8 and full.aux["pathway/mask"].shape == (3, 504)
+        assert full.aux["pathway/layer_sizes"][0].tolist() == [1152, 2304, 576]
+        assert full.aux["pathway/kept"].tolist() == [1210] * 3
+
+
+def test_intgrad_chunk_does_not_change_results(cnn, images):
+    x, t = images
+    a = NeuronIntGrad(cnn, n_steps=3, chunk=None).explain(x, t)
+    b = NeuronIntGrad(cnn, n_steps=3, chunk=2).explain(x, t)
+    assert torch.equal(a.aux["pathway/mask"], b.aux["pathway/mask"])
+    assert torch.allclose(a.maps, b.maps, atol=1e-6)
+
+
+def test_no_relu_network_is_one_line_error():
+    with pytest.raises(XattrConfigError, match="valid choices"):
+        NeuronMCT(nn.Sequential(nn.Linear(2, 2)))
+    with pytest.raises(XattrConfigError, match="unknown activation 'tanh'"):
+        NeuronMCT(mlp(), activations=["tanh"])
+
+
+# ------------------------------------------------------------------------------------------ opening
+def test_opening_is_idempotent_and_removes_a_spike():
+    g = torch.Generator().manual_seed(0)
+    m = torch.rand(2, 1, 16, 16, generator=g)
+    for k in (2, 3, 5):
+        o = opening(m, k)
+        assert torch.equal(opening(o, k), o) and (o <= m).all()
+    spike = torch.zeros(1, 1, 9, 9)
+    spike[..., 4, 4] = 1.0
+    spike[..., :3, :3] = 0.5                               # a 3x3 blob survives a 3x3 opening
+    o = opening(spike, 3)
+    assert o[..., 4, 4] == 0 and torch.equal(o[..., :3, :3], spike[..., :3, :3])
+    star = NeuronMCT(TinyCNN(5).eval(), opening_size=3)
+    assert star.explain(torch.randn(1, 3, 12, 12), torch.tensor([0])).maps.min() >= 0
+
+
+def test_a_reused_relu_counts_once_per_call():
+    class Twice(nn.Module):  # as torchvision ResNet-50's Bottleneck.relu, called three times
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b, self.c, self.relu = nn.Linear(3, 4), nn.Linear(4, 5), nn.Linear(5, 2), nn.ReLU()
+
+        def forward(self, x):
+            return self.c(self.relu(self.b(self.relu(self.a(x)))))
+
+    net = Twice().eval()
+    layout = Neurons(net).layout(torch.randn(1, 3))
+    assert layout.names == ("relu", "relu@1") and layout.sizes == [4, 5]
+    e = NeuronMCT(net, sparsity=0.5).explain(torch.randn(2, 3), torch.tensor([0, 1]))
+    assert e.aux["pathway/layer_sizes"][0].tolist() == [4, 5]

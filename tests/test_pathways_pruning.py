@@ -1,0 +1,120 @@
+"""Pathways from the pruning objective (dissertation ch. 5, sec. 3.2): GreedyPruning (Alg. 1) and DGR (eq. 3)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from xattr.errors import XattrConfigError
+from xattr.methods.pathways import DGR, GreedyPruning, NeuronMCT, Neurons
+from xattr.models.tiny import TinyCNN
+
+
+def dead_trap() -> nn.Sequential:
+    """x = 1. Layer 1: u = relu(x) = 1, v = relu(x) = 1, w = relu(-x) = 0 (dead).
+    Layer 2: p = relu(0.1 u + v) = 1.1, d = relu(v - 2 u) = 0 (dead), z = relu(0.12 v) = 0.12.
+    Phi = p + 0.22 d + z = 1.22. Scores |a dPhi/da|: u 0.1, v 1.12, p 1.1, z 0.12, w = d = 0.
+    Pruning u (the lowest) switches d on (p = 1, d = 1); then z (0.12 < d's 0.22) goes, leaving v, p, d with
+    Phi = 1 + 0.22 = 1.22: the output is preserved by a pathway holding an originally dead neuron."""
+    net = nn.Sequential(nn.Linear(1, 3), nn.ReLU(), nn.Linear(3, 3), nn.ReLU(), nn.Linear(3, 2))
+    with torch.no_grad():
+        net[0].weight.copy_(torch.tensor([[1.0], [1.0], [-1.0]]))
+        net[0].bias.zero_()
+        net[2].weight.copy_(torch.tensor([[0.1, 1.0, 0.0], [-2.0, 1.0, 0.0], [0.0, 0.12, 0.0]]))
+        net[2].bias.zero_()
+        net[4].weight.copy_(torch.tensor([[1.0, 0.22, 1.0], [0.0, 0.0, 0.0]]))
+        net[4].bias.zero_()
+    return net.eval().requires_grad_(False)
+
+
+def test_greedy_pruning_lets_an_originally_dead_neuron_in_with_the_output_preserved():
+    net, x, t = dead_trap(), torch.ones(1, 1), torch.tensor([0])
+    assert net(x)[0, 0].item() == pytest.approx(1.22)
+    # neurons (flat): u v w | p d z; K = 6 - ceil(0.5 * 5) = 3
+    greedy = GreedyPruning(net, sparsity=0.5, prune_step=0.1)
+    exp = greedy.explain(x, t)
+    e = greedy.explain_pathway(x, t)[0]
+    assert e.tolist() == [False, True, False, True, True, False]           # v, p and the dead d
+    assert exp.aux["pathway/logit"].item() == pytest.approx(1.22, abs=1e-6)  # same response as the network
+    assert exp.aux["pathway/iterations"].item() == 2
+    _, acts = Neurons(net).activations_of(x)
+    dead = torch.cat([a.flatten() for a in acts]) <= 0
+    assert (e & dead).sum() == 1
+    # the contribution-based pathway at the same sparsity keeps no dead neuron
+    mct = NeuronMCT(net, sparsity=0.5).explain_pathway(x, t)[0]
+    assert mct.tolist() == [False, True, False, True, False, True] and not (mct & dead).any()
+
+
+def test_greedy_reference_variant_restores_zero_scores():
+    net, x, t = dead_trap(), torch.ones(1, 1), torch.tensor([0])
+    e = GreedyPruning(net, variant="reference", iterations=3, percentile_step=0.4).explain_pathway(x, t)[0]
+    # zero-score neurons (w, d and everything pruned earlier) are restored every round: dead ones are "kept"
+    assert e[2] and e.sum() >= 4
+
+
+@pytest.fixture(scope="module")
+def cnn():
+    torch.manual_seed(1)
+    return TinyCNN(4).eval().requires_grad_(False)
+
+
+@pytest.fixture(scope="module")
+def images(cnn):
+    x = torch.randn(3, 3, 10, 10, generator=torch.Generator().manual_seed(3))
+    return x, cnn(x).argmax(1)
+
+
+METHODS = {
+    "greedy_pruning": lambda net: GreedyPruning(net, sparsity=0.7, prune_step=0.05),
+    "greedy_reference": lambda net: GreedyPruning(net, variant="reference", iterations=5, percentile_step=0.1),
+    "dgr": lambda net: DGR(net, iterations=6, max_retries=2, lr=0.5),
+    "dgr_uniform": lambda net: DGR(net, init="uniform", iterations=6, max_retries=3, lr=0.5, seed=3),
+}
+
+
+@pytest.mark.parametrize("name", list(METHODS))
+def test_batched_equals_one_at_a_time(name, cnn, images):
+    x, t = images
+    method = METHODS[name](cnn)
+    full = method.explain(x, t)
+    parts = [method.explain(x[i : i + 1], t[i : i + 1]) for i in range(len(x))]
+    assert torch.allclose(full.maps, torch.cat([p.maps for p in parts]), atol=1e-5, rtol=1e-4)
+    for k, v in full.aux.items():
+        one = torch.cat([p.aux[k] for p in parts])
+        assert torch.allclose(v, one, atol=1e-5) if v.is_floating_point() else torch.equal(v, one), k
+
+
+def test_greedy_paper_stops_at_the_kept_count(cnn, images):
+    x, t = images
+    exp = GreedyPruning(cnn, sparsity=0.8, prune_step=0.05).explain(x, t)
+    n = int(exp.aux["pathway/layer_sizes"][0].sum())
+    k = n - int(torch.ceil(torch.tensor(0.8 * (n - 1))))
+    assert (exp.aux["pathway/kept"] <= k).all() and (exp.aux["pathway/kept"] > k - 0.05 * n - 1).all()
+
+
+def test_dgr_gamma_zero_init_one_stays_at_one(cnn, images):
+    x, _ = images
+    dgr = DGR(cnn, gamma=0.0, init="one", iterations=15)
+    layout = dgr.neurons.layout(x)
+    lam, info = dgr.optimise(x, layout)
+    assert info["found"].all() and info["rounds"].tolist() == [1, 1, 1]
+    assert torch.allclose(lam, torch.ones_like(lam), atol=1e-5)
+
+
+def test_dgr_gates_are_clamped_and_retries_lower_gamma(cnn, images):
+    x, _ = images
+    dgr = DGR(cnn, init="uniform", iterations=5, lr=50.0, gamma=1.0, clamp=100.0, max_retries=4)
+    layout = dgr.neurons.layout(x)
+    lam, info = dgr.optimise(x, layout)
+    assert lam.min() >= 0 and lam.max() <= 100
+    assert ((info["gamma"] - 10.0 ** (1 - info["rounds"].float())).abs() < 1e-6).all()
+    with pytest.raises(XattrConfigError, match="unknown init 'r'"):
+        DGR(cnn, init="r")
+
+
+def test_dgr_ties_at_the_percentile_are_kept(cnn, images):
+    x, t = images
+    exp = DGR(cnn, gamma=0.0, iterations=2).explain(x, t)
+    # all gates equal 1: nothing is above the percentile strictly, ties at 1 are kept (>= c_kappa)
+    assert (exp.aux["pathway/kept"] == exp.aux["pathway/layer_sizes"].sum(1)).all()
