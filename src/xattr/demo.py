@@ -63,7 +63,8 @@ def demo(cfg: DictConfig) -> Path:
     """Run every method of ``cfg.demo.methods`` and draw the comparison; returns the figure's path."""
     methods = dict(cfg.demo.methods)
     out = Path(cfg.demo.out_dir)
-    ds = build(cfg.dataset.attribution, preprocess=load_model(cfg.model.name, weights=cfg.model.weights, spec=cfg.model).preprocess)
+    zoo = load_model(cfg.model.name, weights=cfg.model.weights, spec=cfg.model)
+    ds = build(cfg.dataset.attribution, preprocess=zoo.preprocess)
     n = len(ds)
     est = sum(CPU_SECONDS.get(m, 1.0) for m in methods) * n
     print(f"demo: {n} photos x {len(methods)} methods ({', '.join(methods)}) with {cfg.model.name}; "
@@ -74,7 +75,6 @@ def demo(cfg: DictConfig) -> Path:
         print(f"\n[{m}] {spec.title}")
         runs[m] = run(method_config(cfg, m, list(spec.overrides)))
         print(f"[{m}] done in {time.time() - t0:.0f} s")
-    zoo = load_model(cfg.model.name, weights=cfg.model.weights, spec=cfg.model)
     per_image = pd.read_parquet(next(iter(runs.values())) / "per_image.parquet")
     images, titles = [], []
     for r in per_image.itertuples():

@@ -53,7 +53,7 @@ def run(cfg: DictConfig) -> Path:
         est_loader = _LazyLoader(est, cfg.batch_size, cfg.dataset.num_workers)
     method_factory = build(cfg.method)  # partial: model given in setup, on the right device
     # build once on CPU now, so a bad layer/hyper-parameter fails before any work
-    method_factory(zoo.net)
+    probe = method_factory(zoo.net)
     metrics = {name: build(node) for name, node in (cfg.get("metric") or {}).items()}
     analyses = {name: build(node) for name, node in (cfg.get("analysis") or {}).items()}
     module = AttributionModule(zoo.net, method_factory, metrics, run_dir, target, est_loader,
@@ -64,7 +64,7 @@ def run(cfg: DictConfig) -> Path:
     trainer = make_trainer(cfg.trainer, logger=loggers, inference_mode=False, enable_checkpointing=False,
                            default_root_dir=str(run_dir))
     if trainer.is_global_zero and trainer.strategy.root_device.type == "cpu" and len(ds):
-        _say_duration(method_factory(zoo.net), metrics, zoo.net, ds, run_dir)
+        _say_duration(probe, metrics, zoo.net, ds, run_dir)
     trainer.predict(module, loader, return_predictions=False)
     trainer.strategy.barrier()
     if trainer.is_global_zero:

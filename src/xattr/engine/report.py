@@ -4,6 +4,7 @@ curves, InputIBA's stages, highlighted tokens for text)."""
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import matplotlib
@@ -51,8 +52,7 @@ def finish_analyses(store: RunStore, analyses: dict[str, Analysis]) -> dict[str,
     for name, analysis in analyses.items():
         files = sorted((store.dir / "analyses").glob(f"{name}.rank*.pt")) if (store.dir / "analyses").is_dir() else []
         for f in files:
-            other = type(analysis).__new__(type(analysis))
-            other.__dict__.update(analysis.__dict__)
+            other = copy.copy(analysis)  # same configuration, another shard's state
             other.load_state_dict(torch.load(f, map_location="cpu", weights_only=False)["state"])
             analysis.merge(other)
         df = analysis.compute()

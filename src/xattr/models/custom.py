@@ -82,11 +82,13 @@ def _default_entry(arch: str):
     return members.get("DEFAULT")
 
 
-def _checkpoint(arch: str, w) -> Path:
+def torchvision_checkpoint(what: str, w) -> Path:
+    """The cached file of torchvision weights ``w`` under ``TORCH_HOME`` (nothing is downloaded), or one
+    error naming ``what``, the path and the URL."""
     ckpt = Path(torch.hub.get_dir()) / "checkpoints" / Path(w.url).name
     if not ckpt.is_file():
         raise missing_file(
-            f"{arch} {w.name} weights", ckpt,
+            what, ckpt,
             f"download {w.url} there, or set TORCH_HOME to a folder whose hub/checkpoints holds it; "
             "model.weights=random runs without it",
         )
@@ -112,7 +114,7 @@ def _check_torchvision(node: Mapping) -> tuple[str, Any, str]:
     weights = _weights_text(node.get("weights"))
     w = None if weights.lower() in RANDOM else _weights_enum(arch, weights)
     if w is not None:
-        _checkpoint(arch, w)
+        torchvision_checkpoint(f"{arch} {w.name} weights", w)
     elif weights.lower() not in RANDOM:
         _check_file(weights, arch)
     return arch, w, weights

@@ -129,13 +129,7 @@ def _torchvision(arch: str, enum: str) -> Callable[[str, Path], nn.Module]:
             return ctor(weights=None)
         if weights in ("imagenet", "pretrained"):
             w = getattr(torchvision.models, enum).IMAGENET1K_V1
-            ckpt = Path(torch.hub.get_dir()) / "checkpoints" / Path(w.url).name
-            if not ckpt.is_file():
-                raise missing_file(
-                    f"{arch} ImageNet weights", ckpt,
-                    f"download {w.url} there, or set TORCH_HOME to a folder whose hub/checkpoints holds it; "
-                    "model.weights=random runs without it",
-                )
+            custom.torchvision_checkpoint(f"{arch} ImageNet weights", w)
             return ctor(weights=w)
         net = ctor(weights=None)
         _load_state(net, Path(weights), arch)
