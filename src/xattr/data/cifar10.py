@@ -1,7 +1,9 @@
 """CIFAR-10 from the shared JPEG zip (read in place with ``zipfile``) or torchvision's layout.
 
 ``root`` may be the zip (``train/<class>/NNNN.jpg`` inside) or a folder holding torchvision's
-``cifar-10-batches-py``.
+``cifar-10-batches-py``. ``split``: ``train``, ``test`` or ``all`` (the 50 000 training images, then the
+10 000 test images; ``parts[i]`` names each item's own split; ROAR computes maps for all 60 000).
+``per_class``: keep the first ``per_class`` images of every class in each split (before ``limit``).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import os
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import torch
 import torchvision.transforms.functional as TF
 from PIL import Image
@@ -22,10 +25,10 @@ from xattr.errors import missing_file, unknown
 
 
 class Cifar10(Dataset):
-    SPLITS = ("train", "test")
+    SPLITS = ("train", "test", "all")
 
     def __init__(self, root: str | Path, split: str = "test", preprocess: Preprocess | None = None,
-                 limit: int | None = None) -> None:
+                 limit: int | None = None, per_class: int | None = None) -> None:
         if split not in self.SPLITS:
             raise unknown("split", split, self.SPLITS)
         self.root = Path(root)
@@ -33,21 +36,38 @@ class Cifar10(Dataset):
         self._zip: zipfile.ZipFile | None = None
         self._zip_pid = -1
         if self.root.is_file() and self.root.suffix == ".zip":
+            parts = ("train", "test") if split == "all" else (split,)
             with zipfile.ZipFile(self.root) as z:
-                names = sorted(n for n in z.namelist() if n.startswith(split + "/") and n.endswith(".jpg"))
+                listed = z.namelist()
+            names = [n for p in parts for n in sorted(x for x in listed if x.startswith(p + "/") and x.endswith(".jpg"))]
             self.names = names
             self.labels = [CIFAR10_CLASSES.index(n.split("/")[1]) for n in names]
             self.arrays = None
         elif (self.root / "cifar-10-batches-py").is_dir():
             import torchvision
 
-            ds = torchvision.datasets.CIFAR10(str(self.root), train=split == "train", download=False)
-            self.arrays, self.labels = ds.data, list(ds.targets)
-            self.names = [f"{split}_{i:05d}" for i in range(len(self.labels))]
+            parts = ("train", "test") if split == "all" else (split,)
+            sets = [torchvision.datasets.CIFAR10(str(self.root), train=p == "train", download=False) for p in parts]
+            self.arrays = sets[0].data if len(sets) == 1 else np.concatenate([d.data for d in sets])
+            self.labels = [int(y) for d in sets for y in d.targets]
+            self.names = [f"{p}/{p}_{i:05d}" for p, d in zip(parts, sets) for i in range(len(d.targets))]
         else:
             raise missing_file("CIFAR-10", self.root, "cifar10-jpeg.zip or a folder with cifar-10-batches-py")
+        self.parts = [n.split("/")[0] for n in self.names]
+        keep = list(range(len(self.names)))
+        if per_class is not None:
+            seen: dict[tuple[str, int], int] = {}
+            keep = []
+            for i, key in enumerate(zip(self.parts, self.labels)):
+                seen[key] = seen.get(key, 0) + 1
+                if seen[key] <= int(per_class):
+                    keep.append(i)
         if limit is not None:
-            self.names, self.labels = self.names[: int(limit)], self.labels[: int(limit)]
+            keep = keep[: int(limit)]
+        if len(keep) < len(self.names):
+            self.names, self.labels, self.parts = ([v[i] for i in keep] for v in (self.names, self.labels, self.parts))
+            if self.arrays is not None:
+                self.arrays = self.arrays[keep]
 
     def __len__(self) -> int:
         return len(self.names)
