@@ -55,6 +55,9 @@ class DeepSHAP(Attribution):
         seed: int = 0,
         chunk: int | None = None,
         reduce: str = "sum",
+        mean: float = 0.0,
+        std: float = 1.0,
+        clamp: tuple[float, float] | None = None,
     ) -> None:
         super().__init__(model)
         check_choice("DeepSHAP baselines", baselines, BASELINES)
@@ -63,6 +66,11 @@ class DeepSHAP(Attribution):
         reduce_channels(torch.zeros(1, 1, 1, 1), reduce)
         self.baselines, self.n_baselines, self.seed = baselines, int(n_baselines), seed
         self.chunk, self.reduce = chunk, reduce
+        # baselines="normal": N(mean, std) in the model's input space, clamped to ``clamp`` when given (ch. 7's
+        # clamp(N(0.5, 0.1), 0, 1) in pixels is mean 0, std 0.2, clamp [-1, 1] for MobileNet-V2's [-1, 1] input)
+        check_positive("DeepSHAP std", std)
+        self.mean, self.std = float(mean), float(std)
+        self.clamp = None if clamp is None else (float(clamp[0]), float(clamp[1]))
         self.background: torch.Tensor | None = None
 
     def fit(self, loader: Iterable[dict], cache_dir: Path | None = None) -> None:
@@ -84,7 +92,12 @@ class DeepSHAP(Attribution):
             return torch.zeros(1, *x.shape[1:], device=x.device, dtype=x.dtype)
         if self.baselines == "normal":
             g = torch.Generator().manual_seed(int(self.seed))
-            return torch.randn(shape, generator=g).to(device=x.device, dtype=x.dtype)
+            refs = torch.randn(shape, generator=g)
+            if (self.mean, self.std) != (0.0, 1.0):
+                refs = refs * self.std + self.mean
+            if self.clamp is not None:
+                refs = refs.clamp(*self.clamp)
+            return refs.to(device=x.device, dtype=x.dtype)
         if self.background is None:
             raise XattrConfigError("DeepSHAP baselines='data' needs fit(loader) first; valid choices: " + ", ".join(BASELINES))
         return self.background.to(device=x.device, dtype=x.dtype)

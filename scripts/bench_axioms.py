@@ -1,0 +1,74 @@
+"""Axiom-sample generation speed (dissertation ch. 7): optimisation steps per second one sample at a time vs
+``batch`` samples stacked in one graph, on the CPU and (when available) the GPU; samples per minute assume
+``--iters`` iterations per sample (the reference: >= 300 warm-up + 50; restarts add more).
+
+    python scripts/bench_axioms.py --prior cpu --batch 4 --steps 3            # small, CPU
+    python scripts/bench_axioms.py --prior paper --batch 64 --steps 10        # GPU: the 1000-samples-in-15-min target
+
+Prints a Markdown table: device, batch, s/step, samples/min, speed-up over one at a time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+
+import torch
+from omegaconf import OmegaConf
+
+from xattr.config import CONF_DIR
+from xattr.data.axioms_generation import AxiomGenerator, GenConfig
+from xattr.data.axioms_prior import PriorSpec
+from xattr.data.axioms_store import AxiomsStore
+from xattr.models.zoo import load_model
+
+
+def prior_spec(name: str) -> PriorSpec:
+    node = OmegaConf.load(CONF_DIR / "axioms" / f"{name}.yaml")
+    if "defaults" in node:
+        base = OmegaConf.load(CONF_DIR / "axioms" / "paper.yaml")
+        node = OmegaConf.merge(base, {k: v for k, v in node.items() if k != "defaults"})
+    return PriorSpec(**OmegaConf.to_container(node.prior))
+
+
+def seconds_per_step(net, pre, spec, scenario: str, batch: int, steps: int, device: torch.device) -> float:
+    gen = AxiomGenerator(net, pre.normalise, GenConfig(scenario, image_size=pre.size, warmup=10 ** 6), spec,
+                         batch=batch, device=device)
+    with tempfile.TemporaryDirectory() as tmp:
+        store = AxiomsStore(tmp)
+        gen.run(range(batch), store, limit_steps=1)  # warm-up call (allocations, cuDNN choice)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        gen.run(range(batch), store, limit_steps=steps)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return (time.perf_counter() - t0) / steps
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="mobilenet_v2")
+    ap.add_argument("--weights", default="random", help="random (speed does not depend on them) | imagenet")
+    ap.add_argument("--prior", default="cpu", help="an option of conf/axioms: paper | cpu")
+    ap.add_argument("--scenario", default="null")
+    ap.add_argument("--batch", type=int, nargs="+", default=[4])
+    ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--iters", type=int, default=400, help="iterations per sample for samples/min")
+    args = ap.parse_args()
+    spec = prior_spec(args.prior)
+    devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
+    print(f"| device | batch | s/step | samples/min ({args.iters} it/sample) | speed-up |\n|---|---|---|---|---|")
+    for device in devices:
+        zoo = load_model(args.model, weights=args.weights, device=device)
+        one = seconds_per_step(zoo.net, zoo.preprocess, spec, args.scenario, 1, args.steps, device)
+        print(f"| {device.type} | 1 (one at a time) | {one:.3f} | {60 / (one * args.iters):.3f} | 1.0 |", flush=True)
+        for b in args.batch:
+            sec = seconds_per_step(zoo.net, zoo.preprocess, spec, args.scenario, b, args.steps, device)
+            print(f"| {device.type} | {b} | {sec:.3f} | {60 * b / (sec * args.iters):.3f} | {one * b / sec:.2f} |",
+                  flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,146 @@
+"""The axiom scores of "Do Explanations Explain? Model Knows Best" (dissertation ch. 7, sec. 3.4, eqs. 8-11,
+L1184-1196; computed as the reference code's notebook does), on samples of ``dataset=axioms``.
+
+Per sample (the scenario comes with the batch; scores of other scenarios are NaN):
+
+- null feature (eq. 8), on the raw map ``S_a``: ``null_metric="ratio"`` (default, the code's:
+  DeepSHAP's published 1.03 only fits a ratio) ``sum_{f_null} S_a / sum_{f_a} S_a``; ``"share"`` (the
+  printed eq. 8 read as a share) ``sum_{f_null} S_a / sum_all S_a``. Score ``null``.
+- double feature (eq. 9), on ``|S|``: ``[sum_{f_a} min(S_a, S_b) + sum_{f_b} min(S_a, S_b)] /
+  [sum_{f_a} S_a + sum_{f_b} S_b]``, averaged over samples. Score ``double``.
+- single feature (eq. 10): ``r_t = (mean_{f_a} |S_t| + 1e-5) / (mean_outside |S_t| + 1e-5)`` for
+  ``t = a, b``; scores ``single_ra``, ``single_rb``; the dataset number ``single`` is Spearman's rho of
+  (r_a, r_b) over samples (:meth:`AxiomScores.summarise`).
+- saturation (eq. 11): ``saturation_f1 = mean_{f_a1} |S_a|``, ``saturation_f2 = mean_{f_a2} |S_a|``; the
+  dataset number ``saturation`` is Spearman's rho of the two over samples.
+
+``S_b`` (the map for the second class) is computed here with the run's method (extra ``method``), so every
+method is scored on the same samples by the ordinary ``python -m xattr.run ... dataset=axioms
+metric=axioms``. Maps are the method's ``(B, 1, H, W)`` maps (its own channel reduction).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+from scipy.stats import spearmanr
+from torch import nn
+
+from xattr.core.checks import check_choice
+from xattr.core.summary import mean_and_sem
+from xattr.metrics.base import Metric, MetricResult
+
+NULL_METRICS = ("ratio", "share")
+#: scenario codes, as ``xattr.data.axioms`` numbers them (``SCENARIOS``)
+NULL, SINGLE, DOUBLE, SATURATION = 0, 1, 2, 3
+
+
+def box_masks(boxes: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """``(B, 4)`` xyxy pixel boxes (NaN: none) -> ``(B, H, W)`` bool masks."""
+    h, w = size
+    ys = torch.arange(h, device=boxes.device).view(1, h, 1)
+    xs = torch.arange(w, device=boxes.device).view(1, 1, w)
+    b = torch.nan_to_num(boxes, nan=-1.0)
+    return (xs >= b[:, 0, None, None]) & (xs < b[:, 2, None, None]) & (ys >= b[:, 1, None, None]) & \
+        (ys < b[:, 3, None, None])
+
+
+def null_score(s_a: torch.Tensor, f_a: torch.Tensor, f_null: torch.Tensor, how: str = "ratio") -> torch.Tensor:
+    """Eq. 8 on raw maps ``(B, H, W)``: null patch's sum over the feature patch's (``ratio``) or over the
+    whole map (``share``)."""
+    num = (s_a * f_null).sum((1, 2))
+    den = (s_a * f_a).sum((1, 2)) if how == "ratio" else s_a.sum((1, 2))
+    return num / den
+
+
+def double_score(s_a: torch.Tensor, s_b: torch.Tensor, f_a: torch.Tensor, f_b: torch.Tensor) -> torch.Tensor:
+    """Eq. 9 on ``|S|`` ``(B, H, W)``: overlap of the two classes' maps on the two patches."""
+    s_a, s_b = s_a.abs(), s_b.abs()
+    m = torch.minimum(s_a, s_b)
+    return ((m * f_a).sum((1, 2)) + (m * f_b).sum((1, 2))) / ((s_a * f_a).sum((1, 2)) + (s_b * f_b).sum((1, 2)))
+
+
+def inside_outside_ratio(s: torch.Tensor, f: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """Eq. 10's ``r = (mean_f |S| + eps) / (mean_outside |S| + eps)`` per sample."""
+    s, f = s.abs(), f.float()
+    inside = (s * f).sum((1, 2)) / f.sum((1, 2))
+    outside = (s * (1 - f)).sum((1, 2)) / (1 - f).sum((1, 2))
+    return (inside + eps) / (outside + eps)
+
+
+def spearman(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float, int]:
+    """Spearman's rho of the finite pairs (mean slot), no standard error, their count."""
+    a, b = a.double().numpy(), b.double().numpy()
+    ok = np.isfinite(a) & np.isfinite(b)
+    n = int(ok.sum())
+    if n < 2:
+        return math.nan, math.nan, n
+    rho = spearmanr(a[ok], b[ok]).statistic
+    return float(rho), math.nan, n
+
+
+class AxiomScores(Metric):
+    """Null feature, class sensitivity (double, single) and saturation scores of ch. 7.
+
+    >>> m = AxiomScores()
+    >>> res = m(net, x, target, maps, feature_boxes=fb, other=other, scenario=sc, method=method)
+    >>> res.scores["null"]      # (B,), NaN for samples of other scenarios
+    """
+
+    name = "axioms"
+    needs = ("feature_boxes", "other", "scenario", "method")
+    higher_is_better = {"null": False, "double": False, "single": False, "saturation": True}
+    paper = "Khakzar et al., 'Do Explanations Explain? Model Knows Best', CVPR 2022 (dissertation ch. 7)"
+
+    def __init__(self, null_metric: str = "ratio", eps: float = 1e-5) -> None:
+        check_choice("metric.axioms.null_metric", null_metric, NULL_METRICS)
+        self.null_metric, self.eps = null_metric, float(eps)
+
+    def evaluate(self, model: nn.Module, x: torch.Tensor, target: torch.Tensor, maps: torch.Tensor,
+                 feature_boxes: torch.Tensor | None = None, other: torch.Tensor | None = None,
+                 scenario: torch.Tensor | None = None, method: Any = None, **_: Any) -> MetricResult:
+        if feature_boxes is None or scenario is None:
+            raise ValueError("metric=axioms needs dataset=axioms (feature boxes and scenarios per sample)")
+        b = x.shape[0]
+        s_a = maps.float().mean(1)  # (B, H, W)
+        f1 = box_masks(feature_boxes[:, 0].float(), s_a.shape[-2:]).float()
+        f2 = box_masks(feature_boxes[:, 1].float(), s_a.shape[-2:]).float()
+        nan = torch.full((b,), math.nan, device=x.device)
+        scores = {k: nan.clone() for k in ("null", "double", "single_ra", "single_rb", "saturation_f1",
+                                           "saturation_f2")}
+        scenario = scenario.to(x.device)
+        sel = scenario == NULL
+        if sel.any():
+            scores["null"][sel] = null_score(s_a[sel], f1[sel], f2[sel], self.null_metric)
+        two = (scenario == DOUBLE) | (scenario == SINGLE)
+        if two.any():
+            if method is None:
+                raise ValueError("metric=axioms needs the run's method for the second class's map")
+            s_b = method.attribute(x[two], other.to(x.device)[two].long()).float().mean(1)
+            sub = scenario[two]
+            d, s = sub == DOUBLE, sub == SINGLE
+            idx = two.nonzero().flatten()
+            if d.any():
+                scores["double"][idx[d]] = double_score(s_a[two][d], s_b[d], f1[two][d], f2[two][d])
+            if s.any():
+                scores["single_ra"][idx[s]] = inside_outside_ratio(s_a[two][s], f1[two][s], self.eps)
+                scores["single_rb"][idx[s]] = inside_outside_ratio(s_b[s], f1[two][s], self.eps)
+        sel = scenario == SATURATION
+        if sel.any():
+            a = s_a[sel].abs()
+            scores["saturation_f1"][sel] = (a * f1[sel]).sum((1, 2)) / f1[sel].sum((1, 2))
+            scores["saturation_f2"][sel] = (a * f2[sel]).sum((1, 2)) / f2[sel].sum((1, 2))
+        return MetricResult(scores=scores)
+
+    def summarise(self, scores: dict[str, torch.Tensor]) -> dict[str, tuple[float, float, int]]:
+        """``null`` and ``double``: mean and s.e. over samples; ``single`` and ``saturation``: Spearman's rho
+        over samples (eqs. 10-11, pooled over the dataset); the per-sample columns: mean and s.e."""
+        out = {k: mean_and_sem(v) for k, v in scores.items()}
+        if "single_ra" in scores and "single_rb" in scores:
+            out["single"] = spearman(scores["single_ra"], scores["single_rb"])
+        if "saturation_f1" in scores and "saturation_f2" in scores:
+            out["saturation"] = spearman(scores["saturation_f1"], scores["saturation_f2"])
+        return out

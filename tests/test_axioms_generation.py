@@ -1,0 +1,165 @@
+"""Ch. 7 sample generation: the stacked deep-image-prior, batched == one at a time, a toy model whose two
+logits read disjoint halves of the image, resuming, reading back with dataset=axioms, Gradient's null score."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from torch import nn
+
+from tests.helpers import compose_cfg
+from xattr.config import CONF_DIR
+from xattr.core.preprocess import Preprocess
+from xattr.data.axioms import AxiomsDataset, sample_image
+from xattr.data.axioms_generation import AxiomGenerator, GenConfig, draw_positions, paste
+from xattr.data.axioms_prior import PriorSpec, StackedSkipPrior
+from xattr.data.axioms_store import AxiomsStore
+from xattr.data.transforms import collate
+from xattr.errors import XattrConfigError
+from xattr.methods.baselines.gradient import Gradient
+from xattr.metrics.axioms import AxiomScores
+from xattr.run import run
+
+TINY = PriorSpec(input_channels=4, input_size=32, down=(8, 8), up=(8, 8), skip=(0, 4), kernel_down=(3, 3),
+                 kernel_up=(3, 3))
+# f_a in the left half (read by logit 0), the second patch in the right half (read by logit 1)
+POS = [(10, 2), (10, 19)]
+IDENTITY = Preprocess(mean=(0.0,) * 3, std=(1.0,) * 3, size=32, resize=32)
+
+
+class Halves(nn.Module):
+    """Two logits, each 40 x the mean of one half of the image (left: class 0, right: class 1)."""
+
+    num_classes = 2
+
+    def forward(self, x):
+        return 40 * torch.stack([x[..., :16].mean((1, 2, 3)), x[..., 16:].mean((1, 2, 3))], 1)
+
+
+def _gen(scenario="null", batch=1, **kw):
+    cfg = GenConfig(scenario, image_size=32, warmup=100, max_iters=400, min_main=5, positions=POS, **kw)
+    return AxiomGenerator(Halves(), IDENTITY.normalise, cfg, TINY, batch=batch, seed=0)
+
+
+def test_paper_prior_gives_86_pixel_patches_and_bad_prior_is_one_line():
+    assert PriorSpec().patch_size == 86
+    assert PriorSpec().convs["d0a"] == (16, 32, 5) and PriorSpec().convs["u1a"] == (32, 4 + 64, 3)
+    with pytest.raises(XattrConfigError, match="five lists of one equal length"):
+        PriorSpec(down=(8, 8), up=(8,))
+    with pytest.raises(XattrConfigError, match="multiple of"):
+        PriorSpec(input_size=100)
+
+
+def test_stacked_prior_equals_one_network_at_a_time():
+    stacked = StackedSkipPrior(TINY, 3)
+    for s in range(3):
+        stacked.reset(s, torch.Generator().manual_seed(10 + s))
+    out = stacked()
+    assert out.shape == (3, 3, 11, 11) and 0 < out.min() and out.max() < 1
+    for s in range(3):
+        one = StackedSkipPrior(TINY, 1)
+        one.reset(0, torch.Generator().manual_seed(10 + s))
+        torch.testing.assert_close(one()[0], out[s], rtol=1e-5, atol=1e-6)
+    # gradients of slot s depend only on slot s's output
+    out[1].sum().backward()
+    assert stacked.weight["d0a"].grad[[0, 2]].abs().sum() == 0 and stacked.weight["d0a"].grad[1].abs().sum() > 0
+
+
+def test_positions_never_overlap_and_paste_puts_patches_in_place():
+    g = torch.Generator().manual_seed(0)
+    for _ in range(50):
+        (t0, l0), (t1, l1) = draw_positions(g, 2, 32, 11)
+        assert abs(t0 - t1) >= 11 or abs(l0 - l1) >= 11
+        assert 0 <= min(t0, l0, t1, l1) and max(t0, l0, t1, l1) <= 21
+    bg, p = torch.zeros(3, 8, 8), torch.ones(3, 2, 2)
+    out = paste(bg, [p], [(1, 5)])
+    assert out.sum() == 12 and out[:, 1:3, 5:7].min() == 1
+
+
+def test_toy_null_generation_meets_its_checks_and_gradient_scores_null_zero(tmp_path):
+    store = AxiomsStore(tmp_path / "null")
+    store.check_meta({"scenario": "null", "image_size": 32})
+    gen = _gen("null", batch=2)
+    assert gen.run(range(2), store) == 2
+    for i in (0, 1):
+        r = store.read(i)
+        assert r["iterations"] < 300  # a few hundred at most (here: warm-up ends early, then min_main) and r["restarts"] == 0
+        assert (r["softmax"] > 0.94).all() and (r["k_rem"] < 0.14).all()
+        assert r["classes"].tolist() == [0, 1] and r["target"] == 0 and r["other"] == 1
+        # the null patch (right half) changes logit 0 neither alone nor beside f_a: the removal check holds
+        img, bg = sample_image(r), r["background"]
+        only_fa = paste(bg, [r["patches"][0]], [tuple(r["positions"][0].tolist())])
+        only_null = paste(bg, [r["patches"][1]], [tuple(r["positions"][1].tolist())])
+        net = Halves()
+        assert torch.isclose(net(img[None])[0, 0], net(only_fa[None])[0, 0])
+        assert torch.isclose(net(only_null[None])[0, 0], net(bg[None])[0, 0])
+    ds = AxiomsDataset(tmp_path, scenario=None, preprocess=IDENTITY)  # `dataset.scenario=null` parses as None
+    batch = collate([ds[0], ds[1]])
+    assert batch["id"] == ["null_000000", "null_000001"] and batch["feature_boxes"].shape == (2, 2, 4)
+    maps = Gradient(Halves()).attribute(batch["x"], batch["label"])
+    res = AxiomScores()(Halves(), batch["x"], batch["label"], maps, feature_boxes=batch["feature_boxes"],
+                        other=batch["other"], scenario=batch["scenario"])
+    assert torch.equal(res.scores["null"], torch.zeros(2))
+    # the ordinary run reads them back and scores them (dataset=axioms metric=axioms)
+    cfg = compose_cfg(["model=custom", "model.factory=tests.test_axioms_generation:Halves",
+                       "model.preprocess.mean=[0,0,0]", "model.preprocess.std=[1,1,1]", "model.preprocess.size=32",
+                       "model.preprocess.resize=32", "dataset=axioms", f"dataset.root={tmp_path}",
+                       "dataset.scenario=null", "metric=[axioms]", "method=gradient", "trainer=cpu", "logger=none",
+                       "batch_size=2", "trainer.enable_progress_bar=false"], tmp_path / "run")
+    run_dir = run(cfg)
+    per_image = pd.read_parquet(run_dir / "per_image.parquet")
+    assert per_image["axioms/null"].tolist() == [0.0, 0.0] and per_image["id"].tolist() == ["null_000000", "null_000001"]
+
+
+def test_batched_generation_equals_one_at_a_time(tmp_path):
+    one, three = AxiomsStore(tmp_path / "one"), AxiomsStore(tmp_path / "three")
+    assert _gen("double", batch=1).run(range(2), one) == 2
+    assert _gen("double", batch=2).run(range(2), three) == 2
+    for i in range(2):
+        a, b = one.read(i), three.read(i)
+        assert a["iterations"] == b["iterations"] and torch.equal(a["background"], b["background"])
+        assert torch.equal(a["positions"], b["positions"]) and torch.equal(a["classes"], b["classes"])
+        torch.testing.assert_close(a["patches"], b["patches"], rtol=1e-4, atol=1e-5)
+
+
+def test_killed_generation_resumes_without_redoing_finished_samples(tmp_path):
+    store = AxiomsStore(tmp_path)
+    gen = _gen("single", batch=1)
+    gen.run(range(3), store, limit_steps=1)          # killed after one step: nothing finished
+    assert store.indices() == []
+    assert gen.run(range(2), store) == 2              # samples 0 and 1 finished, then "killed"
+    stamps = {i: store.path(i).stat().st_mtime_ns for i in (0, 1)}
+    first = store.read(1)
+    assert _gen("single", batch=2).run(range(4), store) == 2   # only 2 and 3 are generated
+    assert store.indices() == [0, 1, 2, 3]
+    assert {i: store.path(i).stat().st_mtime_ns for i in (0, 1)} == stamps
+    # resuming gives the same samples as an uninterrupted run
+    fresh = AxiomsStore(tmp_path / "fresh")
+    _gen("single", batch=4).run(range(4), fresh)
+    assert fresh.read(1)["iterations"] == first["iterations"]
+    torch.testing.assert_close(fresh.read(3)["patches"], store.read(3)["patches"], rtol=1e-4, atol=1e-5)
+
+
+def test_meta_mismatch_and_missing_samples_are_one_line(tmp_path):
+    store = AxiomsStore(tmp_path / "null")
+    store.check_meta({"scenario": "null", "image_size": 32})
+    with pytest.raises(XattrConfigError, match="bad axioms.image_size 64 .*valid choices: 32"):
+        store.check_meta({"scenario": "null", "image_size": 64})
+    with pytest.raises(XattrConfigError, match="missing generated axiom samples"):
+        AxiomsDataset(tmp_path, scenario="null", preprocess=IDENTITY)
+    with pytest.raises(XattrConfigError, match="unknown dataset.scenario 'nul'; valid choices: null, single"):
+        AxiomsDataset(tmp_path, scenario="nul", preprocess=IDENTITY)
+
+
+def test_generate_entry_point_rejects_a_bad_scenario(tmp_path):
+    from xattr.generate import generate
+
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
+        cfg = compose("generate", overrides=["axioms.scenario=nul", f"axioms.out={tmp_path}"])
+    with pytest.raises(XattrConfigError, match="unknown axioms.scenario 'nul'; valid choices: null, single, double"):
+        generate(cfg)
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
+        cfg = compose("generate", overrides=["axioms=cpu", "axioms.scenario=null"])
+    assert cfg.axioms.scenario is None and PriorSpec(**cfg.axioms.prior).patch_size == 64

@@ -1,0 +1,136 @@
+"""Ch. 7 axiom scores (eqs. 8-11) on constructed maps, and the focal-loss keys (eqs. 12-13) by hand."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from xattr.data.axioms_generation import focal_neg, focal_pos, removal_ratio, smooth
+from xattr.errors import XattrConfigError
+from xattr.metrics.axioms import DOUBLE, NULL, SATURATION, SINGLE, AxiomScores, box_masks
+
+S = 16
+FA = torch.tensor([1.0, 2.0, 5.0, 6.0])     # xyxy: 4 x 4 patch at columns 1-4, rows 2-5
+FB = torch.tensor([9.0, 8.0, 13.0, 12.0])   # 4 x 4 patch at columns 9-12, rows 8-11
+
+
+def _ind(box):
+    m = torch.zeros(S, S)
+    m[int(box[1]):int(box[3]), int(box[0]):int(box[2])] = 1
+    return m
+
+
+class _Method:
+    """Stands in for the run's method: the map of class c is maps_by_class[c]."""
+
+    def __init__(self, maps_by_class):
+        self.maps = maps_by_class
+
+    def attribute(self, x, target):
+        return torch.stack([self.maps[int(t)] for t in target])[:, None]
+
+
+def _call(scenario, s_a, s_b=None, null_metric="ratio", fb=FB):
+    b = s_a.shape[0]
+    boxes = torch.stack([torch.stack([FA, fb])] * b)
+    method = _Method({1: s_b[0]}) if s_b is not None else None
+    return AxiomScores(null_metric)(torch.nn.Identity(), torch.zeros(b, 3, S, S), torch.zeros(b), s_a[:, None],
+                                    feature_boxes=boxes, other=torch.ones(b, dtype=torch.long),
+                                    scenario=torch.full((b,), scenario), method=method).scores
+
+
+def test_box_masks_match_hand_indicator():
+    m = box_masks(torch.stack([FA, torch.full((4,), float("nan"))]), (S, S))
+    assert torch.equal(m[0].float(), _ind(FA)) and not m[1].any()
+
+
+def test_null_patch_indicator_scores_0_and_uniform_map_scores_1():
+    assert _call(NULL, _ind(FA)[None])["null"].item() == 0.0          # attribution only on the feature
+    assert _call(NULL, torch.ones(1, S, S))["null"].item() == pytest.approx(1.0)  # equal-size patches
+    # share (eq. 8 as printed): null patch's 16 of the map's 256
+    assert _call(NULL, torch.ones(1, S, S), null_metric="share")["null"].item() == pytest.approx(16 / 256)
+    # signed raw map: the ratio keeps the sign (DeepSHAP's published 1.03 needs a ratio, not a share)
+    s = _ind(FA) * 2 - _ind(FB) * 1
+    assert _call(NULL, s[None])["null"].item() == pytest.approx(-16 / 32)
+
+
+def test_double_equal_maps_score_1_and_disjoint_indicators_score_0():
+    s = torch.rand(1, S, S) + 0.1
+    assert _call(DOUBLE, s, s)["double"].item() == pytest.approx(1.0)
+    assert _call(DOUBLE, _ind(FA)[None], _ind(FB)[None])["double"].item() == 0.0
+    # hand computation: S_a = 1 on f_a, 0.5 on f_b; S_b = 0.25 on f_a, 1 on f_b
+    sa, sb = _ind(FA) + 0.5 * _ind(FB), 0.25 * _ind(FA) + _ind(FB)
+    want = (16 * 0.25 + 16 * 0.5) / (16 * 1 + 16 * 1)
+    assert _call(DOUBLE, sa[None], sb[None])["double"].item() == pytest.approx(want)
+
+
+def test_single_ratio_by_hand_and_spearman_summary():
+    sa = 3 * _ind(FA) + 1.0 * (1 - _ind(FA))     # inside mean 3, outside mean 1
+    sb = torch.full((S, S), 2.0)
+    out = _call(SINGLE, sa[None], sb[None], fb=torch.full((4,), float("nan")))
+    assert out["single_ra"].item() == pytest.approx((3 + 1e-5) / (1 + 1e-5))
+    assert out["single_rb"].item() == pytest.approx(1.0)
+    m = AxiomScores()
+    summ = m.summarise({"single_ra": torch.tensor([1.0, 2, 3, 4]), "single_rb": torch.tensor([10.0, 20, 30, 40])})
+    assert summ["single"][0] == pytest.approx(1.0) and summ["single"][2] == 4
+    summ = m.summarise({"saturation_f1": torch.tensor([1.0, 2, 3, float("nan")]),
+                        "saturation_f2": torch.tensor([3.0, 2, 1, 5])})
+    assert summ["saturation"][0] == pytest.approx(-1.0) and summ["saturation"][2] == 3
+
+
+def test_saturation_means_of_abs_map_per_patch():
+    s = -2 * _ind(FA) + 0.5 * _ind(FB)
+    out = _call(SATURATION, s[None])
+    assert out["saturation_f1"].item() == pytest.approx(2.0) and out["saturation_f2"].item() == pytest.approx(0.5)
+    assert math.isnan(out["null"].item()) and math.isnan(out["double"].item())
+
+
+def test_bad_null_metric_is_one_line():
+    with pytest.raises(XattrConfigError, match="ratio, share"):
+        AxiomScores(null_metric="fraction")
+
+
+def test_focal_weights_and_smoothing_match_hand_computation():
+    # FL(v, 1) = -(1 - v)^0.8 log v; FL(v, 0) = -v^0.8 log(1 - v) (appendix 6.3)
+    assert focal_pos(torch.tensor(0.5)).item() == pytest.approx(0.5 ** 0.8 * math.log(2), rel=1e-6)
+    assert focal_pos(torch.tensor(0.9)).item() == pytest.approx(-(0.1 ** 0.8) * math.log(0.9), rel=1e-5)
+    assert focal_neg(torch.tensor(0.2)).item() == pytest.approx(-(0.2 ** 0.8) * math.log(0.8), rel=1e-5)
+    # eq. 13 from 0.5 with alpha 0.1: 0.1 * 1 + 0.9 * 0.5 = 0.55, then 0.1 * 0 + 0.9 * 0.55 = 0.495
+    k = smooth(torch.tensor(0.5), torch.tensor(1.0), 0.1)
+    assert k.item() == pytest.approx(0.55)
+    assert smooth(k, torch.tensor(0.0), 0.1).item() == pytest.approx(0.495)
+    # eq. 12: |2 - 1.5| / min(2, 1.5) = 1/3; signs do not matter
+    assert removal_ratio(torch.tensor(2.0), torch.tensor(1.5)).item() == pytest.approx(1 / 3)
+    assert removal_ratio(torch.tensor(-2.0), torch.tensor(-1.5)).item() == pytest.approx(1 / 3)
+
+
+def test_axioms_figure_draws_one_row_per_sample_with_boxes(tmp_path):
+    import matplotlib.image as mpimg
+
+    from xattr.viz.axioms_figure import axioms_figure
+
+    img = np.full((S, S, 3), 0.5)
+    boxes = np.stack([FA.numpy(), FB.numpy()])
+    out = axioms_figure([img, img], [boxes, boxes], {"gradient": [_ind(FA).numpy()] * 2, "iba": [_ind(FB).numpy()] * 2},
+                        ["s0", "s1"], tmp_path / "fig.png")
+    pix = mpimg.imread(out)
+    assert pix.shape[0] > pix.shape[1] / 3 * 2 * 0.8   # 2 rows x 3 columns
+    # the feature box is drawn in lime, a colour neither the grey sample nor the jet colour map has
+    rgb = pix[..., :3]
+    assert ((rgb[..., 1] > 0.8) & (rgb[..., 0] < 0.3) & (rgb[..., 2] < 0.3)).any()
+
+
+def test_deepshap_baselines_clamped_normal_for_ch7():
+    from xattr.methods.baselines.deepshap import DeepSHAP
+
+    x = torch.zeros(1, 3, 8, 8)
+    plain = DeepSHAP(torch.nn.Identity(), n_baselines=10, seed=3).reference_set(x)
+    torch.testing.assert_close(plain, torch.randn((10, 3, 8, 8), generator=torch.Generator().manual_seed(3)))
+    # clamp(N(0.5, 0.1), 0, 1) in pixels = clamp(N(0, 0.2), -1, 1) in MobileNet-V2's (x - 0.5) / 0.5 space
+    refs = DeepSHAP(torch.nn.Identity(), n_baselines=10, seed=3, mean=0.0, std=0.2, clamp=(-1.0, 1.0)).reference_set(x)
+    torch.testing.assert_close(refs, (plain * 0.2).clamp(-1, 1))
+    with pytest.raises(XattrConfigError):
+        DeepSHAP(torch.nn.Identity(), std=0.0)
