@@ -29,3 +29,12 @@ def imagenet_wnids() -> list[str]:
     """WordNet ids (``n01440764``, ...) of the ImageNet classes in torchvision's order."""
     idx = _imagenet_index()
     return [idx[str(i)][0] for i in range(len(idx))]
+
+# chest X-ray findings (dissertation ch. 8-9): NIH ChestX-ray8's 14 labels in Data_Entry_2017.csv's spelling,
+# the 8 of them with boxes in BBox_List_2017.csv, BrixIA's detector outputs, the synthetic stand-in's lesions
+NIH_FINDINGS = ["Atelectasis", "Cardiomegaly", "Effusion", "Infiltration", "Mass", "Nodule", "Pneumonia",
+                "Pneumothorax", "Consolidation", "Edema", "Emphysema", "Fibrosis", "Pleural_Thickening", "Hernia"]
+NIH_BOX_FINDINGS = NIH_FINDINGS[:8]
+BRIXIA_DETECTORS = ["score 3", "score 2", "score 0/1"]
+BRIXIA_SCORE = ["global severity 0-18"]
+SYNTHETIC_CXR_FINDINGS = ["blob", "ring", "streak", "texture"]

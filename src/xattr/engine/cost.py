@@ -38,7 +38,7 @@ def method_forwards(method: Attribution, shape: tuple[int, ...]) -> float:
                 + method.steps * method.copies * 3)
     if hasattr(method, "steps") and hasattr(method, "copies"):  # the IBA family
         return _get(method, "steps") * _get(method, "copies") * 3 + 1
-    if name == "IntegratedGradients":
+    if name in ("IntegratedGradients", "SemanticAttribution"):  # semantic: IG at one layer (eq. 6)
         return _get(method, "n_steps", 50) * 3
     if name == "SmoothGrad":
         return _get(method, "n_samples", 50) * 3

@@ -59,6 +59,8 @@ def finish_analyses(store: RunStore, analyses: dict[str, Analysis]) -> dict[str,
         (store.dir / "analyses").mkdir(parents=True, exist_ok=True)
         df.to_csv(store.dir / "analyses" / f"{name}.csv", index=False)
         (store.dir / "analyses" / f"{name}.md").write_text(df.to_markdown(index=False, floatfmt=".4f") + "\n")
+        if hasattr(analysis, "write_extras"):  # further files of its own (dissection: IoU matrix, figure)
+            analysis.write_extras(store.dir / "analyses", name)
         out[name] = df
     return out
 

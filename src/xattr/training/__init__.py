@@ -6,6 +6,8 @@
   carved from the training split with a fixed seed, per class when stratified; train-time augmentation;
   the dataset's own ``collate``);
 - :mod:`.nets`: how the network is built and its trained weights exported (``ZooNet``, ``ImdbLSTMNet``).
+- :mod:`.losses` (config group ``loss``): cross-entropy, multi-label BCE / weighted BCE, MSE / weighted MSE;
+  :mod:`.tasks`: the multi-label (AUC / AP per finding) and regression Lightning modules (chest X-ray).
 
 Layering: ``xattr.training`` imports only :mod:`xattr.core`, :mod:`xattr.errors`, :mod:`xattr.models` and
 :mod:`xattr.data` (never methods, metrics, engine, tables, run or config).

@@ -79,6 +79,8 @@ def labels_of(ds: Dataset) -> list[int]:
     if isinstance(ds, Subset):
         base = labels_of(ds.dataset)
         return [base[i] for i in ds.indices]
+    if getattr(ds, "strata", None) is not None:  # multi-label sets (chest X-ray): the stratum of each item
+        return [int(y) for y in ds.strata]
     if getattr(ds, "labels", None) is not None:
         return [int(y) for y in ds.labels]
     if getattr(ds, "rows", None) is not None:

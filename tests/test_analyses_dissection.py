@@ -1,0 +1,272 @@
+"""Network dissection (dissertation ch. 9, eq. 5 L1731): IoU of thresholded unit maps with concept masks,
+summed over the images holding the concept; exact quantile thresholds; detectors; state, resume and merge."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+
+from xattr.analyses.dissection import Dissection, detector_counts, quantile_thresholds
+from xattr.errors import XattrConfigError
+
+
+class Probe(nn.Module):
+    """A 1x1 conv copying the input's channels (the dissected layer ``features.0``) and a linear head."""
+
+    def __init__(self, channels: int = 2) -> None:
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(channels, channels, 1, bias=False), nn.ReLU())
+        self.head = nn.Linear(channels, 3)
+        with torch.no_grad():
+            self.features[0].weight.copy_(torch.eye(channels).view(channels, channels, 1, 1))
+        self.num_classes = 3
+
+    def forward(self, x):
+        return self.head(self.features(x).mean((2, 3)))
+
+
+def _squares(n: int, size: int, side: int, seed: int) -> torch.Tensor:
+    """``(n, size, size)`` bool: one ``side``-square per image at a random place, in every other image."""
+    g = torch.Generator().manual_seed(seed)
+    m = torch.zeros(n, size, size, dtype=torch.bool)
+    for i in range(0, n, 2):
+        r, c = torch.randint(0, size - side, (2,), generator=g).tolist()
+        m[i, r : r + side, c : c + side] = True
+    return m
+
+
+def test_a_unit_equal_to_a_concept_mask_has_iou_one_and_is_a_detector():
+    n, s = 12, 16
+    blob, ring = _squares(n, s, 3, 0), _squares(n, s, 2, 1)
+    masks = torch.stack([blob, ring], 1)                        # (n, 2, s, s): concepts blob, ring
+    g = torch.Generator().manual_seed(2)
+    x = torch.stack([blob.float(), torch.rand(n, s, s, generator=g)], 1)  # unit 0 = blob's mask, unit 1 noise
+    d = Dissection("features.0", concepts=["blob", "ring"], quantile=0.95)
+    for i in range(0, n, 4):                                    # through update(): captures the layer
+        d.update(Probe(), x[i : i + 4], torch.zeros(4, dtype=torch.long), None, concept_masks=masks[i : i + 4])
+    iou, thr, images = d.iou()
+    assert iou[0, 0].item() == 1.0 and iou[0, 1].item() == 0.0   # the mask's own unit: IoU 1 with blob
+    assert thr[0].item() == 0.0                                   # 6 * 9 / 3072 = 1.8% of values above 0 < 5%
+    assert images.tolist() == [6, 6]
+    df = d.compute().set_index("unit")
+    assert df.loc[0, "concept"] == "blob" and df.loc[0, "iou"] == 1.0 and bool(df.loc[0, "detector"])
+    assert iou[1].max() < 0.04 and not bool(df.loc[1, "detector"])  # noise: 5% of pixels, hardly on squares
+    counts = detector_counts(d.compute(), d.names()).set_index("concept")["detectors"]
+    assert counts.to_dict() == {"blob": 1, "ring": 0, "total": 1}
+
+
+@pytest.mark.parametrize("q", [0.99, 0.995, 0.9])
+def test_quantile_threshold_leaves_exactly_the_fraction_above_it(q):
+    n_img, k, h, w = 20, 3, 10, 10                              # n = 2000 values per unit
+    n = n_img * h * w
+    g = torch.Generator().manual_seed(0)
+    acts = torch.stack([torch.randperm(n, generator=g).float() / n for _ in range(k)], 1).view(n_img, h, w, k)
+    acts = acts.permute(0, 3, 1, 2).contiguous()                # uniform on {0, 1/n, ..., (n-1)/n}, shuffled
+    t = quantile_thresholds(acts, q)
+    m = round((1 - q) * n)                                      # 20, 10, 200
+    for u in range(k):
+        assert int((acts[:, u] > t[u]).sum()) == m
+        assert t[u].item() == pytest.approx((n - m - 1) / n)    # the (n - m)-th smallest of i / n
+
+
+def test_iou_is_a_dataset_sum_not_a_mean_of_image_ious():
+    """Image 1: unit and concept on the same pixel (IoU 1); image 2: the unit on 1 of the concept's 99
+    pixels (IoU 1/99); image 3 lacks the concept and the unit fires on 5 pixels (not counted).
+    Eq. 5: (1 + 1) / (1 + 99) = 0.02; the mean of the image IoUs would be (1 + 1/99) / 2 = 0.505."""
+    s = 10
+    masks = torch.zeros(3, 1, s, s, dtype=torch.bool)
+    acts = torch.zeros(3, 1, s, s)
+    masks[0, 0, 0, 0] = True
+    acts[0, 0, 0, 0] = 1.0
+    masks[1, 0].view(-1)[:99] = True
+    acts[1, 0, 5, 5] = 1.0
+    acts[2, 0, 0, :5] = 1.0
+    d = Dissection("x", concepts=["c"], quantile=0.95)          # 7 of 300 values > 0: T = 0
+    d.add(acts, masks)
+    iou, thr, images = d.iou()
+    assert thr.item() == 0.0 and images.item() == 2
+    assert iou.item() == pytest.approx(2 / 100)
+    per_image = [1.0, 1 / 99]
+    assert abs(iou.item() - sum(per_image) / 2) > 0.4
+
+
+def test_code_variants_union_over_all_images_and_quantile_of_upsampled_maps():
+    """``union: all_images`` (the code's netdissect IoU) adds the unit's 5 pixels of image 3 to the union:
+    2 / 105; ``quantile_on: upsampled`` leaves exactly the fraction above T among the upsampled values."""
+    s = 10
+    masks = torch.zeros(3, 1, s, s, dtype=torch.bool)
+    acts = torch.zeros(3, 1, s, s)
+    masks[0, 0, 0, 0] = True
+    acts[0, 0, 0, 0] = 1.0
+    masks[1, 0].view(-1)[:99] = True
+    acts[1, 0, 5, 5] = 1.0
+    acts[2, 0, 0, :5] = 1.0
+    d = Dissection("x", concepts=["c"], quantile=0.95, union="all_images")
+    d.add(acts, masks)
+    assert d.iou()[0].item() == pytest.approx(2 / 105)
+    g = torch.Generator().manual_seed(3)
+    low = torch.rand(6, 2, 4, 4, generator=g)
+    t = quantile_thresholds(low, 0.99, size=(16, 16))
+    up = torch.nn.functional.interpolate(low, size=(16, 16), mode="bilinear", align_corners=False)
+    for u in range(2):
+        assert int((up[:, u] > t[u]).sum()) == round(0.01 * 6 * 256)   # 15 of 1536
+    assert not torch.allclose(t, quantile_thresholds(low, 0.99))     # differs from the feature-map quantile
+    with pytest.raises(XattrConfigError, match="unknown union 'all'; valid choices: concept_images, all_images"):
+        Dissection("x", union="all")
+
+
+def test_low_resolution_maps_are_upsampled_bilinearly_to_the_masks():
+    """A 2x2 map with one hot corner upsampled to 8x8 (align_corners=False): only the pixels nearest it
+    exceed a threshold between the corner's neighbours' interpolated values."""
+    acts = torch.tensor([[[[1.0, 0.0], [0.0, 0.0]]]])
+    masks = torch.zeros(1, 1, 8, 8, dtype=torch.bool)
+    masks[0, 0, :2, :2] = True
+    d = Dissection("x", concepts=["corner"], quantile=0.5)      # 4 values: T = the 2nd smallest = 0
+    d.add(acts, masks)
+    up = torch.nn.functional.interpolate(acts, size=(8, 8), mode="bilinear", align_corners=False)[0, 0]
+    inter = ((up > 0) & masks[0, 0]).sum().item()
+    union = ((up > 0) | masks[0, 0]).sum().item()
+    assert d.iou()[0].item() == pytest.approx(inter / union)
+    assert union > inter == 4                                   # the hot corner spreads over 6x6 pixels
+
+
+def _random_batches(seed: int, sizes=(3, 4, 2), k: int = 5, c: int = 3):
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for b in sizes:
+        acts = torch.rand(b, k, 4, 4, generator=g)
+        masks = torch.rand(b, c, 12, 12, generator=g) > 0.8
+        masks[:, 1] = False if b == 2 else masks[:, 1]          # a concept absent from a batch
+        grey = (torch.rand(b, 12, 12, generator=g) * 255).to(torch.uint8)
+        out.append((acts, masks, grey))
+    return out
+
+
+def test_save_load_merge_equals_one_pass(tmp_path):
+    batches = _random_batches(0)
+    one = Dissection("x", concepts=["a", "b", "c"], quantile=0.9, iou_threshold=0.01)
+    for a, m, gr in batches:
+        one.add(a, m, gr)
+    # a run killed after its first batch: the engine's saved state, reloaded, then the rest
+    torch.save({"state": one.state_dict()}, tmp_path / "full.pt")
+    first = Dissection("x", concepts=["a", "b", "c"], quantile=0.9, iou_threshold=0.01)
+    first.add(*batches[0])
+    torch.save({"state": first.state_dict()}, tmp_path / "part.pt")
+    resumed = Dissection("x", concepts=["a", "b", "c"], quantile=0.9, iou_threshold=0.01)
+    resumed.load_state_dict(torch.load(tmp_path / "part.pt", weights_only=False)["state"])
+    for a, m, gr in batches[1:]:
+        resumed.add(a, m, gr)
+    # two shards merged
+    left, right = (Dissection("x", concepts=["a", "b", "c"], quantile=0.9, iou_threshold=0.01) for _ in range(2))
+    left.add(*batches[1])
+    right.add(*batches[0])
+    right.add(*batches[2])
+    left.merge(right)
+    want = one.compute()
+    assert want["detector"].any()
+    for other in (resumed, left):
+        pd.testing.assert_frame_equal(other.compute(), want)
+        pd.testing.assert_frame_equal(other.iou_table(), one.iou_table())
+    # the quantities themselves, from all images at once
+    acts = torch.cat([b[0] for b in batches])
+    masks = torch.cat([b[1] for b in batches])
+    t = quantile_thresholds(acts, 0.9)
+    up = torch.nn.functional.interpolate(acts, size=(12, 12), mode="bilinear", align_corners=False) > t.view(1, -1, 1, 1)
+    has = masks.flatten(2).any(-1)
+    for u, c in [(0, 0), (3, 2), (4, 1)]:
+        sel = has[:, c]
+        inter = (up[sel, u] & masks[sel, c]).sum().item()
+        union = (up[sel, u] | masks[sel, c]).sum().item()
+        assert one.iou()[0][u, c].item() == pytest.approx(inter / union)
+
+
+def test_extras_and_figure(tmp_path):
+    d = Dissection("x", concepts=["a", "b", "c"], quantile=0.9, iou_threshold=0.01, examples=2, top_units=2)
+    for a, m, gr in _random_batches(1):
+        d.add(a, m, gr)
+    files = d.write_extras(tmp_path)
+    assert [f.name for f in files] == ["dissection_iou.csv", "dissection_detectors.csv", "dissection.png"]
+    assert all(f.is_file() and f.stat().st_size > 0 for f in files)
+    iou = pd.read_csv(files[0])
+    assert len(iou) == 5 * 3 and set(iou["concept"]) == {"a", "b", "c"}
+    det = pd.read_csv(files[1])
+    assert det["concept"].tolist() == ["a", "b", "c", "total"]
+    assert det["detectors"].iloc[-1] == det["detectors"].iloc[:-1].sum() == d.compute()["detector"].sum()
+    panels = d.figure_panels()
+    assert [len(p["images"]) for p in panels] == [2, 2, 2] and panels[0]["unit_masks"].shape == (2, 2, 12, 12)
+
+
+def test_bad_input_is_one_line():
+    with pytest.raises(XattrConfigError, match="bad quantile 1.5; valid choices"):
+        Dissection("x", quantile=1.5)
+    d = Dissection("features.0", concepts=["a", "b", "c"])
+    x = torch.rand(2, 2, 8, 8)
+    with pytest.raises(XattrConfigError, match="dissection needs batches with 'concept_masks'"):
+        d.update(Probe(), x, torch.zeros(2, dtype=torch.long), None)
+    with pytest.raises(XattrConfigError, match="concept_masks have 2 concepts, the config names 3"):
+        d.update(Probe(), x, torch.zeros(2, dtype=torch.long), None, concept_masks=torch.zeros(2, 2, 8, 8).bool())
+    with pytest.raises(XattrConfigError, match="unknown layer 'conv9'"):
+        Dissection("conv9", concepts=["a", "b"]).update(Probe(), x, torch.zeros(2, dtype=torch.long), None,
+                                                        concept_masks=torch.zeros(2, 2, 8, 8).bool())
+
+
+FAST = ["experiment=dissection_f2", "model.weights=random", "dataset.limit=8", "batch_size=4", "trainer=cpu",
+        "logger=none", "trainer.enable_progress_bar=false", "analysis.dissection.quantile=0.99"]
+
+
+def test_run_writes_the_dissection_and_a_killed_run_resumes_it(tmp_path):
+    import shutil
+
+    from tests.helpers import compose_cfg
+    from xattr.run import run
+
+    full = run(compose_cfg(FAST, output_dir=tmp_path / "full"))
+    a = full / "analyses"
+    units = pd.read_csv(a / "dissection.csv")
+    assert len(units) == 64 and set(units["layer"]) == {"stage3"} and (units["images"] == 8).all()
+    assert set(units["concept"]) <= {"blob", "ring", "streak", "texture"}
+    for f in ("dissection_iou.csv", "dissection_detectors.csv", "dissection.png"):
+        assert (a / f).is_file(), f
+    killed = tmp_path / "killed"  # state of batch 2 saved, its heatmaps (the done marker) not yet
+    shutil.copytree(full, killed)
+    (killed / "heatmaps" / "b0000004-4.npz").unlink()
+    (killed / "analyses" / "dissection.csv").unlink()
+    again = run(compose_cfg(FAST, output_dir=killed))
+    pd.testing.assert_frame_equal(pd.read_csv(again / "analyses" / "dissection.csv"), units)
+    assert torch.load(a / "dissection.pt", weights_only=False)["state"]["acts"].shape == (8, 64, 8, 8)
+
+
+def _fake_dissection_run(root, name: str, loss: str, detectors: dict[str, int], units: int = 10):
+    from omegaconf import OmegaConf
+
+    d = root / name
+    (d / "analyses").mkdir(parents=True)
+    cfg = {"model": {"name": "synthetic_cxr_resnet8", "weights": f"/m/synthetic_cxr_{loss}.pt"}, "method_name": "random", "trained_loss": loss,
+           "dataset": {"name": "synthetic_cxr"},
+           "analysis": {"dissection": {"concepts": ["blob", "ring", "streak", "texture"], "quantile": 0.995,
+                                       "iou_threshold": 0.04}}}
+    OmegaConf.save(OmegaConf.create(cfg), d / "config.yaml")
+    pd.DataFrame({"id": ["0"], "index": [0]}).to_parquet(d / "per_image.parquet")
+    rows = [c for c, n in detectors.items() for _ in range(n)]
+    rows += ["blob"] * (units - len(rows))
+    pd.DataFrame({"layer": "stage3", "unit": range(units), "concept": rows, "concept_index": 0,
+                  "iou": [0.1] * sum(detectors.values()) + [0.01] * (units - sum(detectors.values())),
+                  "detector": [True] * sum(detectors.values()) + [False] * (units - sum(detectors.values())),
+                  "threshold": 1.0, "images": 500}).to_csv(d / "analyses" / "dissection.csv", index=False)
+
+
+def test_dissection_f2_table_counts_detectors_per_model_and_concept(tmp_path):
+    from xattr.tables import build_table
+
+    _fake_dissection_run(tmp_path, "bce", "bce", {"blob": 2, "ring": 1})
+    _fake_dissection_run(tmp_path, "w", "weighted_bce", {"blob": 3, "streak": 2, "texture": 1})
+    df = build_table("dissection_f2", [tmp_path], tmp_path / "tables").set_index("")
+    assert df.loc["BCE", "detectors (paper)"] == "65" and df.loc["Weighted BCE", "detectors (paper)"] == "100"
+    assert df.loc["BCE", "detectors (ours)"] == "3" and df.loc["Weighted BCE", "detectors (ours)"] == "6"
+    assert df.loc["BCE", ["blob (ours)", "ring (ours)", "streak (ours)", "texture (ours)"]].tolist() == ["2", "1", "0", "0"]
+    assert df.loc["Weighted BCE", "texture (ours)"] == "1" and df.loc["BCE", "units"] == "10"
+    assert df.loc["Weighted BCE", "weights"] == "synthetic_cxr_weighted_bce.pt"
+    md = (tmp_path / "tables" / "dissection_f2.md").read_text()
+    assert "SYNTHETIC" in md
