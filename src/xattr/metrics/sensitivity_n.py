@@ -16,6 +16,14 @@ Masks are drawn once per call from ``seed`` and shared by all images (and by eve
 is fixed), as both reference codes do. Masked pixels are set to ``fill`` (0 in normalised space). The n
 axis (``x_axis``) is in pixels: ``n_tiles * tile**2``.
 
+Tokens (InputIBA Fig. 4b, ch. 6 L931: "texts have different lengths ... perturb a fixed percentage of
+words"): for ``x`` ``(B, L)`` long, each review's ``round(f * n_real)`` (at least 1) real tokens are replaced
+by ``unk_index`` for every fraction ``f`` of ``fractions`` (log-spaced, :func:`default_fractions`), with
+``n_masks`` random token sets per fraction; Pearson over the masks per review and fraction, averaged over
+fractions for the review's score (curve ``sensitivity_n`` ``(B, N_f)``, x axis: the fractions in percent).
+A review's masks come from a generator seeded by ``seed`` and its number of real tokens, so reviews of one
+length share masks (as images share theirs) and a review gets the same ones in any batch.
+
 Departure: the IBA paper code drew single-pixel index sets *with* replacement (``np.random.choice``
 without ``replace=False``); here every index set has exactly n distinct pixels/tiles.
 """
@@ -46,6 +54,11 @@ def default_n(protocol: str, n_units: int) -> list[int]:
     return [int(v) for v in n if 1 <= v < n_units]
 
 
+def default_fractions(start: float = 0.01, stop: float = 0.8, num: int = 12) -> list[float]:
+    """Log-spaced shares of a review's tokens (1% to 80%, 12 values) for the token protocol."""
+    return [round(float(v), 4) for v in np.geomspace(start, stop, num)]
+
+
 class SensitivityN(Metric):
     """Sensitivity-n, batched over (image, mask) pairs.
 
@@ -60,11 +73,15 @@ class SensitivityN(Metric):
         return_pairs: also return the raw (attribution sum, output drop) pairs per sample
             (``None``: only for the ``iba`` protocol, which pools them).
         chunk: forward passes per model call; precision: ``fp32`` | ``bf16`` | ``fp16``.
+        fractions: tokens only: shares of each review's real tokens replaced (``None``: 1% .. 80%,
+            12 log-spaced values, :func:`default_fractions`).
+        unk_index: tokens only: the replacement token (the vocabulary's ``<unk>``, 1); required for tokens.
     """
 
     name = "sensitivity_n"
     higher_is_better = {"sensitivity_n": True}
     paper = "Ancona et al., ICLR 2018; Schulz et al., ICLR 2020, eq. 16 and Fig. 6; InputIBA Fig. 4"
+    needs = ("mask",)  # text: the real tokens
 
     def __init__(
         self,
@@ -78,6 +95,8 @@ class SensitivityN(Metric):
         return_pairs: bool | None = None,
         chunk: int = 256,
         precision: str = "fp32",
+        fractions: Sequence[float] | None = None,
+        unk_index: int | None = None,
     ) -> None:
         check_choice("protocol", protocol, PROTOCOLS)
         check_choice("output", output, ("logit", "softmax"))
@@ -92,6 +111,11 @@ class SensitivityN(Metric):
         self.return_pairs = (protocol == "iba") if return_pairs is None else bool(return_pairs)
         self.chunk = check_positive_int("chunk", chunk)
         self.precision = precision
+        self.fractions = None if fractions is None else [float(f) for f in fractions]
+        bad = [f for f in self.fractions or [] if not 0 < f <= 1]
+        if bad or self.fractions == []:
+            raise XattrConfigError(f"bad fractions {bad or fractions!r}; valid choices: shares in (0, 1]")
+        self.unk_index = unk_index
 
     def masks(self, h: int, w: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The shared masks: unit masks ``(N_n, M, U)`` bool, tile ids ``(H*W,)``, n values ``(N_n,)``."""
@@ -108,6 +132,8 @@ class SensitivityN(Metric):
     def evaluate(
         self, model: nn.Module, x: torch.Tensor, target: torch.Tensor, maps: torch.Tensor, **extras: Any
     ) -> MetricResult:
+        if not x.is_floating_point():
+            return self._evaluate_tokens(model, x, target, maps, extras.get("mask"))
         device = module_device(model, x.device)
         x, target = x.to(device), target.to(device)
         b, c, h, w = x.shape
@@ -141,6 +167,52 @@ class SensitivityN(Metric):
             res.curves["output_drop"] = drop.reshape(b, -1).float()
             res.x_axis["attr_sum"] = res.x_axis["output_drop"] = col_n
         return res
+
+
+    def token_masks(self, n_real: int, device: torch.device) -> torch.Tensor:
+        """``(N_f, M, n_real)`` bool: for each fraction, ``n_masks`` random sets of ``round(f * n_real)``
+        (>= 1) of a review's real tokens, from a generator seeded by ``seed`` and ``n_real``."""
+        g = torch.Generator(device="cpu").manual_seed(self.seed * 1_000_003 + n_real)
+        out = []
+        for f in self.fractions or default_fractions():
+            k = min(n_real, max(1, round(f * n_real)))
+            r = torch.rand(self.n_masks, n_real, generator=g)
+            out.append(r <= r.kthvalue(k, dim=1, keepdim=True).values)
+        return torch.stack(out).to(device)
+
+    def _evaluate_tokens(self, model: nn.Module, x: torch.Tensor, target: torch.Tensor, maps: torch.Tensor,
+                         mask: Any) -> MetricResult:
+        if self.unk_index is None:
+            raise XattrConfigError("missing unk_index for token inputs; valid choices: the vocabulary's <unk> id")
+        device = module_device(model, x.device)
+        x, target, maps = x.to(device), target.to(device), maps.to(device).double()
+        if maps.shape != x.shape:
+            raise XattrConfigError(f"bad maps shape {tuple(maps.shape)}; valid choices: {tuple(x.shape)} for tokens")
+        mask = torch.ones_like(x, dtype=torch.bool) if mask is None else mask.to(device).bool()
+        fractions = self.fractions or default_fractions()
+        b, nf, m = x.shape[0], len(fractions), self.n_masks
+        per = nf * m
+        masks, attr_sum = [], torch.zeros(b, nf, m, dtype=torch.float64, device=device)
+        for i in range(b):
+            idx = mask[i].nonzero().squeeze(1)
+            sets = self.token_masks(len(idx), device)  # (N_f, M, n_real)
+            full = torch.zeros(nf, m, x.shape[1], dtype=torch.bool, device=device)
+            full[:, :, idx] = sets
+            masks.append(full)
+            attr_sum[i] = sets.double() @ maps[i, idx]
+        masks_t = torch.stack(masks).view(b * per, x.shape[1])
+        unk = torch.full_like(x[:1], self.unk_index)
+
+        def build(jobs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            i = jobs // per
+            return torch.where(masks_t[jobs], unk, x[i]), target[i]
+
+        clean = chunked_readout(model, b, lambda j: (x[j], target[j]), self.chunk, device, self.output, self.precision)
+        pert = chunked_readout(model, b * per, build, self.chunk, device, self.output, self.precision)
+        drop = clean[:, None, None].double() - pert.view(b, nf, m).double()
+        corr = pearson(attr_sum, drop, dim=-1).float()  # (B, N_f)
+        return MetricResult(scores={"sensitivity_n": corr.nanmean(1)}, curves={"sensitivity_n": corr},
+                            x_axis={"sensitivity_n": torch.tensor(fractions, device=device) * 100})
 
 
 def mean_curve(curves: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

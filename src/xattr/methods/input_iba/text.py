@@ -8,15 +8,30 @@ discriminator reads the last real token, and every KL term is weighted by ``mask
 the mean over positions is the mean over the real tokens (an image's loss does not depend on how much it
 is padded in a batch). Scores at padded positions are 0.
 
-Defaults (reference code / appendix D.1): feature beta 15, input beta 30, 30 steps, lr 0.5, no smoothing.
-Choices the reference does not pin down here: the feature statistics are per hidden unit, pooled over
-the real tokens of the estimation reviews (a review has no fixed positions); the input noise is
-``N(mean, std^2)`` of the embedding table per dimension (``input_prior="embedding"``; ``"standard"``
-gives N(0, 1)); the generator's mask logits start at the feature capacity per token (bits), broadcast
-over ``D``; the discriminator's hidden size is ``disc_hidden`` (64).
+Defaults are the reference code's (CAMP-eXplain-AI/InputIBA @5f03549e, ``configs/deep_lstm.py`` and
+``nlp_*.py``; ../shared/REFERENCE.md "InputIBA on text"), each a config value with the earlier choice kept
+as an option:
 
-The model must offer ``embed(x)``, ``forward_embedded(emb, mask)`` and ``pad_index`` (as
-:class:`xattr.models.text.LSTMClassifier`).
+- feature beta 15, input beta 30, 30 steps, lr 0.5, no smoothing (appendix D.1);
+- input prior N(0, 1) (``input_prior="standard"``; the reference's config sets none, so its default
+  N(0, 1) applies); ``"embedding"``: per-dimension mean / std of the embedding table;
+- generator mask learning rate 0.03 (``lr_mask``; the image GAN's is 0.003);
+- discriminator an LSTM of the hidden width, then Linear(H, 128), LeakyReLU, Linear(128, 1)
+  (``discriminator="lstm"``, :mod:`.text_discriminator`); ``"rnn"``: a tanh RNN of width ``disc_hidden``
+  (64) and one linear layer;
+- generator noise mean / std one per token (``noise="token"``); ``"dimension"``: one per embedding dimension;
+- mask logits initialised with the feature capacity summed over hidden units in nats
+  (``mask_init="nats"``); ``"bits"``: the same divided by ln 2;
+- the WGAN's target samples drawn once and reshuffled per epoch (``redraw_targets=False``); ``True``:
+  redrawn per minibatch.
+
+The feature statistics are per hidden unit, pooled over the real tokens of the estimation reviews (a
+review has no fixed positions). Stages 2 and 3 backpropagate through the RNN in eval mode, which cuDNN
+refuses; they run with cuDNN disabled on CUDA (:func:`xattr.core.rnn.rnn_backward_ok`).
+
+The model offers ``embed(x)``, ``forward_embedded(emb, mask)`` and ``pad_index`` (as
+:class:`xattr.models.text.LSTMClassifier`), or names its embedding layer (``embedding=``; any ``nn.Module``
+on token ids, wrapped in :class:`xattr.methods.text.base.EmbeddingAdapter`).
 
 >>> method = InputIBAText(lstm, layer="rnn_4"); method.fit(loader)
 >>> scores = method.attribute(x, target)   # (B, L), 0 on padding
@@ -32,14 +47,19 @@ import torch
 from torch import nn
 
 from xattr.core.hooks import capture
+from xattr.core.rnn import rnn_backward_ok
 from xattr.errors import XattrConfigError, unknown
+from xattr.methods.base import Explanation
 from xattr.methods.iba import Bottleneck, PerSampleIBA
 from xattr.methods.iba import statistics as st
 from xattr.methods.input_iba.input_bottleneck import InputBottleneck
 from xattr.methods.input_iba.input_iba import InputIBA
+from xattr.methods.input_iba.text_discriminator import DISCRIMINATORS, LSTMDiscriminators
 from xattr.methods.input_iba.wgan import RNNDiscriminators
 
-PRIORS = ("embedding", "standard")
+PRIORS = ("standard", "embedding")
+NOISE = ("token", "dimension")
+MASK_INIT = ("nats", "bits")
 
 
 def token_weight(mask: torch.Tensor) -> torch.Tensor:
@@ -59,12 +79,29 @@ class _MaskedBottleneck(Bottleneck):
         return super().kl(r, lam) * self.weight
 
 
+class _WithMask:
+    """A loader whose batches get ``mask = x != pad`` where they have none."""
+
+    def __init__(self, loader: Iterable[dict], pad: int) -> None:
+        self.loader, self.pad = loader, pad
+
+    def __iter__(self):
+        for b in self.loader:
+            yield b if "mask" in b else {**b, "mask": b["x"] != self.pad}
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+
 class TextFeatureIBA(PerSampleIBA):
     """Per-Sample IBA on token inputs: statistics per hidden unit over real tokens, KL over real tokens."""
 
     def fit(self, loader: Iterable[dict], cache_dir: Path | None = None) -> None:
         """Mean / std per hidden unit of the layer's output over the real tokens of ``n_samples`` reviews
         (:func:`xattr.methods.iba.statistics.estimate` with ``tokens=True``, cached like IBA's)."""
+        pad = getattr(self, "pad_index", None)
+        if pad is not None:  # a model without pad_index: batches without a mask get one from pad_index
+            loader = _WithMask(loader, pad)
         self.stats = st.load_or_estimate(self.model, [self.layer], loader, cache_dir, self.n_samples,
                                          self.model_name, self.weights, self.dataset, tokens=True, warn=False)
 
@@ -75,33 +112,66 @@ class TextFeatureIBA(PerSampleIBA):
         return n  # the KL weight is per batch: one group
 
     def optimize(self, x: torch.Tensor, target: torch.Tensor):
-        self._weight = token_weight(x != self.model.pad_index)
-        return super().optimize(x, target)
+        """The per-sample optimisation; the returned ``kl`` / ``first_kl`` are the capacities per token and
+        hidden unit in nats (the loss's weight ``mask * L / n_real`` divided out; 0 on padding)."""
+        pad = getattr(self, "pad_index", None)
+        self._weight = token_weight(x != (self.model.pad_index if pad is None else pad))
+        res = super().optimize(x, target)
+        w = self._weight.to(res.kl.device)
+        unweight = lambda kl: None if kl is None else torch.where(w > 0, kl / w.clamp_min(1e-12), torch.zeros_like(kl))  # noqa: E731
+        res.kl, res.first_kl = unweight(res.kl), unweight(res.first_kl)
+        return res
 
 
 class InputIBAText(InputIBA):
     """InputIBA on token batches ``(B, L)`` long; returns ``(B, L)`` scores in [0, 1] (0 on padding).
 
     Args: as :class:`~xattr.methods.input_iba.input_iba.InputIBA` (text defaults), plus
-        input_prior: ``embedding`` (per-dimension mean / std of the embedding table) or ``standard``.
-        disc_hidden: hidden size of the RNN discriminators.
+        input_prior: ``standard`` (N(0, 1), reference) or ``embedding`` (per-dimension table statistics).
+        discriminator: ``lstm`` (reference) or ``rnn``; disc_hidden: its width (``None``: the hidden
+            width for ``lstm``, 64 for ``rnn``).
+        noise: ``token`` (reference) or ``dimension``; mask_init: ``nats`` (reference) or ``bits``.
+        redraw_targets: redraw the WGAN's target samples per minibatch (reference: False, drawn once).
+        lr_mask: generator mask learning rate (reference text GAN: 0.03).
+        embedding, pad_index: for a model without ``embed`` / ``forward_embedded`` / ``pad_index`` (any
+            ``nn.Module`` on token ids): its embedding layer's name; it is then wrapped in
+            :class:`xattr.methods.text.base.EmbeddingAdapter`.
     """
 
     name = "input_iba_text"
 
     def __init__(self, model: nn.Module, layer: str = "rnn_4", *, feat_beta: float = 15.0, beta: float = 30.0,
-                 steps: int = 30, lr: float = 0.5, sigma: float | None = None, input_prior: str = "embedding",
-                 disc_hidden: int = 64, **kw) -> None:
+                 steps: int = 30, lr: float = 0.5, sigma: float | None = None, input_prior: str = "standard",
+                 discriminator: str = "lstm", disc_hidden: int | None = None, noise: str = "token",
+                 mask_init: str = "nats", redraw_targets: bool = False, lr_mask: float = 0.03,
+                 embedding: str | None = None, pad_index: int | None = None, **kw) -> None:
+        if embedding is not None and not all(hasattr(model, a) for a in ("embed", "forward_embedded", "pad_index")):
+            from xattr.methods.text.base import (
+                EmbeddingAdapter,  # a user's text model: its embedding layer named
+            )
+
+            model = EmbeddingAdapter(model, embedding, pad_index).eval()
         for attr in ("embed", "forward_embedded", "pad_index"):
             if not hasattr(model, attr):
                 raise XattrConfigError(f"InputIBAText needs a model with embed/forward_embedded/pad_index; {type(model).__name__} lacks {attr!r}")
         if input_prior not in PRIORS:
             raise unknown("input prior", input_prior, PRIORS)
+        for kind, value, choices in (("text discriminator", discriminator, DISCRIMINATORS), ("noise", noise, NOISE),
+                                     ("mask init", mask_init, MASK_INIT)):
+            if value not in choices:
+                raise unknown(kind, value, choices)
         if sigma:
             raise XattrConfigError(f"text has no smoothing; got sigma={sigma}, valid choices: null, 0")
         kw.setdefault("feat_sigma", None)
-        super().__init__(model, layer, feat_beta=feat_beta, beta=beta, steps=steps, lr=lr, sigma=None, **kw)
-        self.input_prior, self.disc_hidden = input_prior, int(disc_hidden)
+        super().__init__(model, layer, feat_beta=feat_beta, beta=beta, steps=steps, lr=lr, sigma=None,
+                         lr_mask=lr_mask, **kw)
+        self.input_prior, self.discriminator, self.noise, self.mask_init = input_prior, discriminator, noise, mask_init
+        self.disc_hidden = None if disc_hidden is None else int(disc_hidden)
+        self.gan.redraw_targets = bool(redraw_targets)
+
+    def _explain(self, x: torch.Tensor, target: torch.Tensor, aux: frozenset[str]) -> Explanation:
+        with rnn_backward_ok(x.device):
+            return super()._explain(x, target, aux)
 
     def _make_feature_iba(self, **kw) -> PerSampleIBA:
         return TextFeatureIBA(self.model, **kw)
@@ -118,13 +188,17 @@ class InputIBAText(InputIBA):
         return lambda z: self._run_to_layer(z, mask.repeat_interleave(z.shape[0] // mask.shape[0], 0))
 
     def _mask_init(self, kl: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-        return (kl.sum(-1, keepdim=True) / math.log(2)).expand_as(emb)
+        cap = kl.sum(-1, keepdim=True)  # capacity per token, summed over hidden units (nats)
+        return (cap if self.mask_init == "nats" else cap / math.log(2)).expand_as(emb)
 
     def _noise_shape(self, emb: torch.Tensor) -> tuple[int, ...]:
-        return (1, emb.shape[-1])
+        return (emb.shape[1], 1) if self.noise == "token" else (1, emb.shape[-1])
 
     def _discriminator(self, r: torch.Tensor, x: torch.Tensor, gens) -> nn.Module:
-        return RNNDiscriminators(r.shape[0], r.shape[1:], x != self.model.pad_index, self.disc_hidden, gens, r.device)
+        mask = x != self.model.pad_index
+        if self.discriminator == "lstm":
+            return LSTMDiscriminators(r.shape[0], r.shape[1:], mask, self.disc_hidden, gens, r.device)
+        return RNNDiscriminators(r.shape[0], r.shape[1:], mask, self.disc_hidden or 64, gens, r.device)
 
     def _stage3(self, x: torch.Tensor, lam_g: torch.Tensor):
         mask = x != self.model.pad_index
