@@ -2,22 +2,28 @@
 
 Reference style (BioroboticsLab/IBA ``analyze``): one image at a time, the image repeated ``copies`` times,
 the whole network run at every step with the bottleneck in a forward hook. xattr: ``--batch`` images (``chunk = batch * copies`` forwards per call) x
-``copies`` in one graph, the layers before the bottleneck once, only the tail per step.
-Prints a Markdown table: ms per image and peak GPU memory (CPU: not measured).
+``copies`` in one graph, the layers before the bottleneck once, only the tail per step; "plain tail" is the
+fx tail as split, "optimised tail" folds conv + BatchNorm and runs channels-last (``optimise_tail``, the default).
+Rows are timed ``--repeat`` times in turn (reference, plain, optimised, ...) and the median is printed, so
+the ratios come from back-to-back runs on a shared machine. Prints one Markdown table: ms per image and
+peak memory (GPU: allocated by torch; CPU: resident set size above the start, see ``timing``).
 
     python scripts/bench_iba.py --device cuda --batch 64 --images 128
+    python scripts/bench_iba.py --device cpu --images 8 --batch 8 --ref-images 2 --models "mobilenet_v2 features.6"
     python scripts/bench_iba.py --device cpu --images 4 --batch 4 --size 64     # smoke run on CPU
 """
 
 from __future__ import annotations
 
 import argparse
-import time
+import statistics
+import sys
 import warnings
 
 import torch
 import torchvision
 
+from timing import device_name, timed  # scripts/ is on sys.path when run as a script
 from xattr.core.hooks import frozen, hooked
 from xattr.methods.iba import PerSampleIBA
 from xattr.methods.iba import statistics as st
@@ -60,20 +66,6 @@ def reference_style(model, layer, bn: Bottleneck, x, target, steps, copies, beta
     return torch.cat(maps)
 
 
-def timed(fn, device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-    t0 = time.perf_counter()
-    fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        peak = torch.cuda.max_memory_allocated() / 2**20
-    else:
-        peak = float("nan")
-    return time.perf_counter() - t0, peak
-
-
 def bench_model(name, x, target, args, device) -> list[tuple]:
     ctor, layer = MODELS[name]
     model = ctor(weights=None).eval().to(device)
@@ -81,22 +73,30 @@ def bench_model(name, x, target, args, device) -> list[tuple]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         stats = st.estimate(model, [layer], [{"x": x[: min(16, args.images)]}], n_samples=16)
-    variants = [("xattr batched fp32", None)] + ([("xattr batched bf16", "bf16")] if device.type == "cuda" else [])
-    iba = {v: PerSampleIBA(model, layer, steps=args.steps, copies=args.copies, chunk=args.batch * args.copies, autocast=ac)
-           for v, ac in variants}
+    variants = [("xattr batched fp32, plain tail", None, False), ("xattr batched fp32, optimised tail", None, True)]
+    if device.type == "cuda":
+        variants.append(("xattr batched bf16, optimised tail", "bf16", True))
+    iba = {v: PerSampleIBA(model, layer, steps=args.steps, copies=args.copies, chunk=args.batch * args.copies,
+                           autocast=ac, optimise_tail=opt) for v, ac, opt in variants}
     for m in iba.values():
         m.set_statistics(stats)
     bn = next(iter(iba.values())).bottleneck(layer)
-    iba[variants[0][0]].attribute(x[:2], target[:2])  # warm-up (cudnn autotune, fx tracing)
-    rows = []
-    with frozen(model):
-        sec, peak = timed(lambda: reference_style(model, layer, bn, x[:n_ref], target[:n_ref], args.steps,
-                                                  args.copies), device)
-    rows.append((name, "reference style (1 image, whole net per step)", 1000 * sec / n_ref, peak))
-    for v, _ in variants:
-        sec, peak = timed(lambda v=v: iba[v].attribute(x, target), device)
-        rows.append((name, f"{v} (batch {args.batch})", 1000 * sec / args.images, peak))
-    return rows
+    for m in iba.values():
+        m.attribute(x[:2], target[:2])  # warm-up (cudnn autotune, fx tracing)
+    runs: dict[str, list[tuple[float, float]]] = {}
+    for _ in range(args.repeat):
+        if not args.skip_reference:
+            with frozen(model):
+                sec, peak = timed(lambda: reference_style(model, layer, bn, x[:n_ref], target[:n_ref], args.steps,
+                                                          args.copies), device)
+            runs.setdefault("reference style (1 image, whole net per step)", []).append((1000 * sec / n_ref, peak))
+            print(f"  reference style: {1000 * sec / n_ref:.0f} ms/image", file=sys.stderr, flush=True)
+        for v, _, _ in variants:
+            sec, peak = timed(lambda v=v: iba[v].attribute(x, target), device)
+            runs.setdefault(f"{v} (batch {args.batch})", []).append((1000 * sec / args.images, peak))
+            print(f"  {v}: {1000 * sec / args.images:.0f} ms/image", file=sys.stderr, flush=True)
+    ref = statistics.median(ms for ms, _ in runs[next(iter(runs))])
+    return [(name, path, statistics.median(ms for ms, _ in r), max(p for _, p in r), ref) for path, r in runs.items()]
 
 
 def main() -> None:
@@ -109,8 +109,13 @@ def main() -> None:
     ap.add_argument("--copies", type=int, default=10)
     ap.add_argument("--ref-images", type=int, default=None, help="images for the reference path (default: --images)")
     ap.add_argument("--models", nargs="*", default=list(MODELS))
+    ap.add_argument("--repeat", type=int, default=1, help="timings per row, taken in turn; the median is shown")
+    ap.add_argument("--skip-reference", action="store_true")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     args = ap.parse_args()
     device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.backends.cudnn.benchmark = device.type == "cuda"
     g = torch.Generator().manual_seed(0)
     x = torch.randn(args.images, 3, args.size, args.size, generator=g).to(device)
@@ -121,13 +126,12 @@ def main() -> None:
         rows += bench_model(name, x, target, args, device)
         if device.type == "cuda":
             torch.cuda.empty_cache()
-    dev = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
-    print(f"\nPer-Sample IBA, {args.steps} steps x {args.copies} copies, {args.size}x{args.size}, {dev}, "
-          f"{args.images} images (reference path: {n_ref})\n")
-    print("| model / layer | path | ms / image | peak GPU memory (MiB) |")
-    print("|---|---|---:|---:|")
-    for name, path, ms, peak in rows:
-        print(f"| {name} | {path} | {ms:.1f} | {'–' if peak != peak else f'{peak:.0f}'} |")
+    print(f"\nPer-Sample IBA, {args.steps} steps x {args.copies} copies, {args.size}x{args.size}, {device_name(device)}, "
+          f"{args.images} images (reference path: {n_ref}), median of {args.repeat}\n")
+    print("| model / layer | path | ms / image | x faster than the first row | peak memory (MiB) |")
+    print("|---|---|---:|---:|---:|")
+    for name, path, ms, peak, ref in rows:
+        print(f"| {name} | {path} | {ms:.1f} | {ref / ms:.1f} | {'–' if peak != peak else f'{peak:.0f}'} |")
 
 
 if __name__ == "__main__":

@@ -14,11 +14,11 @@ the benchmark images themselves (timing only). Prints a Markdown table.
 from __future__ import annotations
 
 import argparse
-import time
 import warnings
 
 import torch
 
+from timing import device_name, timed  # scripts/ is on sys.path when run as a script
 from xattr.methods.iba.statistics import estimate
 from xattr.methods.input_iba import InputIBA
 from xattr.models.tiny import TinyCNN
@@ -34,17 +34,10 @@ def build_model(name: str, device: str) -> tuple[torch.nn.Module, str]:
 
 
 def run(method: InputIBA, x: torch.Tensor, target: torch.Tensor, device: str) -> tuple[dict, float]:
-    if device.startswith("cuda"):
-        torch.cuda.reset_peak_memory_stats()
-        torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    ex = method.explain(x, target)
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    total = time.perf_counter() - t0
-    peak = torch.cuda.max_memory_allocated() / 2**20 if device.startswith("cuda") else float("nan")
-    timings = {k: float(v.sum()) for k, v in ex.group("timing").items()}  # seconds per image, summed
-    return {**timings, "total": total}, peak
+    box = []
+    total, peak = timed(lambda: box.append(method.explain(x, target)), device)
+    timings = {k: float(v.sum()) for k, v in box[0].group("timing").items()}  # seconds per image, summed
+    return {**timings, "wall": total}, peak
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -77,11 +70,15 @@ def main(argv: list[str] | None = None) -> None:
     t, peak = run(method, x, target, args.device)
     rows.append((f"batched ({args.batch})", args.batch, {k: v / args.batch for k, v in t.items()}, peak))
     print(f"\nInputIBA, {args.model} at {layer}, {args.size}x{args.size}, epochs {args.epochs}, steps "
-          f"{args.feat_steps}/{args.steps}, copies {args.copies}, device {args.device}\n")
-    print("| mode | images | feature IBA s/img | WGAN s/img | input IBA s/img | total s/img | peak MiB |")
-    print("|---|---|---|---|---|---|---|")
+          f"{args.feat_steps}/{args.steps}, copies {args.copies}, {device_name(args.device)}\n")
+    print("WGAN = critic steps + generator steps + set-up; feature + WGAN + input = total (InputIBA's timing/*); "
+          "wall: the explain call timed from outside. Peak: GPU memory allocated, or CPU resident set above the start.\n")
+    print("| mode | images | feature IBA s/img | WGAN s/img | (critic) | (generator) | input IBA s/img | total s/img "
+          "| wall s/img | peak MiB |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for mode, n, t, peak in rows:
-        print(f"| {mode} | {n} | {t['feature']:.3f} | {t['wgan']:.3f} | {t['input']:.3f} | {t['total']:.3f} | {peak:.0f} |")
+        print(f"| {mode} | {n} | {t['feature']:.3f} | {t['wgan']:.3f} | {t['wgan_critic']:.3f} | {t['wgan_generator']:.3f} "
+              f"| {t['input']:.3f} | {t['total']:.3f} | {t['wall']:.3f} | {'-' if peak != peak else f'{peak:.0f}'} |")
 
 
 if __name__ == "__main__":

@@ -56,11 +56,7 @@ def chunked_readout(
     non-determinism of batched convolutions).
     """
     scores = torch.empty(n_jobs, device=device)
-    amp = (
-        torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
-        if precision != "fp32"
-        else contextlib.nullcontext()
-    )
+    amp = _amp(device, precision)
     for start in progress(range(0, n_jobs, chunk), desc=desc, unit="call"):
         jobs = torch.arange(start, min(start + chunk, n_jobs), device=device)
         inputs, tgt = build(jobs)
@@ -68,6 +64,61 @@ def chunked_readout(
             out = model(inputs) if forward is None else forward(model, inputs, jobs)
         scores[start : start + len(jobs)] = readout(out, tgt, output)
     return scores
+
+
+CPU_CHUNK = 256
+"""``chunk: auto`` off CUDA: forwards per call (the default; larger calls gain nothing on a CPU)."""
+
+
+def check_chunk(chunk: int | str) -> int | str:
+    """A positive int, or ``auto`` (sized from the free GPU memory, see :func:`resolve_chunk`)."""
+    if chunk == "auto":
+        return chunk
+    if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
+        raise XattrConfigError(f"bad chunk {chunk!r}; valid choices: a positive integer, or auto")
+    return chunk
+
+
+def _amp(device: torch.device, precision: str):
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+
+
+def resolve_chunk(chunk: int | str, model: nn.Module, sample: torch.Tensor, precision: str = "fp32",
+                  share: float = 0.6, probe: int = 8, most: int = 8192) -> int:
+    """``chunk`` itself when it is an int; ``auto``: on CUDA, the forwards per call that fill ``share`` of the
+    free memory, from the peak memory of a ``probe``-row forward of ``sample`` ``(1, ...)`` (a multiple
+    of 8, at most ``most``); elsewhere :data:`CPU_CHUNK`. The result of a metric never depends on it."""
+    if chunk != "auto":
+        return int(chunk)
+    device = sample.device
+    if device.type != "cuda" or not torch.cuda.is_available():
+        return CPU_CHUNK
+    torch.cuda.synchronize(device)
+    free, _total = torch.cuda.mem_get_info(device)
+    base = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    with torch.no_grad(), _amp(device, precision):
+        model(sample.expand(probe, *sample.shape[1:]).contiguous())
+    per_row = max(1, (torch.cuda.max_memory_allocated(device) - base) // probe)
+    rows = int(share * free // (2 * per_row))  # x2: the perturbed inputs and their build are alive too
+    return max(8, min(most, rows // 8 * 8))
+
+
+@contextlib.contextmanager
+def channels_last_on(model: nn.Module, enabled: bool | None, device: torch.device):
+    """Run the block with ``model``'s 4-d parameters in channels-last format (``enabled=None``: on CUDA
+    only, where cuDNN's channels-last kernels are faster, esp. in bf16), restoring the format after."""
+    on = device.type == "cuda" if enabled is None else bool(enabled)
+    if not on:
+        yield
+        return
+    model.to(memory_format=torch.channels_last)
+    try:
+        yield
+    finally:
+        model.to(memory_format=torch.contiguous_format)
 
 
 def ranks(values: torch.Tensor, descending: bool = True, ties: str = "stable", seed: int = 0) -> torch.Tensor:

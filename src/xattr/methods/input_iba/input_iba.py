@@ -14,8 +14,11 @@ The map is ``Lambda* = sigmoid(alpha)`` averaged over the colour channels, ``(B,
 :meth:`InputIBA.explain` returns the three stages' maps as auxiliaries ``stages/feature`` (the feature
 bottleneck's capacity, bits per pixel, as IBA's heatmap), ``stages/generator`` (``lambda_G`` channel mean)
 and ``stages/input`` (the final map), which :func:`xattr.viz.input_iba_figure.stage_figure` draws side by
-side (Fig. 1 of ch. 6), and the seconds each stage took per image (``timing/feature``, ``timing/wgan``,
-``timing/input``: the group's time divided by its images).
+side (Fig. 1 of ch. 6), and the seconds each stage took per image (the group's time divided by its
+images): ``timing/feature``, ``timing/wgan``, ``timing/input``, which add up to ``timing/total`` (the whole
+group, timed on its own), and the WGAN's two parts ``timing/wgan_critic`` (discriminator steps, with their
+target and generator samples) and ``timing/wgan_generator`` (generator steps), which add up to
+``timing/wgan`` less the set-up of the generator and discriminators.
 
 Defaults are the reference code's (CAMP-eXplain-AI/InputIBA @5f03549e, ../shared/REFERENCE.md): feature
 beta 20 (paper text: 10), 10 steps, lr 1, 10 copies, alpha init 5, no feature smoothing; generator mask
@@ -176,6 +179,7 @@ class InputIBA(Attribution):
     def _explain_group(self, x: torch.Tensor, target: torch.Tensor) -> Explanation:
         timings: dict[str, float] = {}
         clock = _Clock(x.device, timings)
+        start = clock.t
         # stage 1: feature bottleneck (Per-Sample IBA)
         feat = self.feature_iba.optimize(x, target)
         r = self._features(x)
@@ -187,9 +191,10 @@ class InputIBA(Attribution):
             xin = x if x.is_floating_point() else self.model.embed(x).detach()
             generator = MaskGenerator(xin, self._head(x), self._mask_init(feat.kl, xin), self._noise_shape(xin))
             disc = self._discriminator(r, x, gens)
-            lam_g = fit_wgan(generator, disc, r, m, self.gan, gens).mask
+            lam_g = fit_wgan(generator, disc, r, m, self.gan, gens, clock=clock).mask
             del generator, disc
             clock("wgan")
+            timings["wgan"] += timings.get("wgan_critic", 0.0) + timings.get("wgan_generator", 0.0)
             # stage 3: input bottleneck with the prior of Proposition 3
             inp, tail, bn = self._stage3(x, lam_g)
             res = optimize_alpha(
@@ -199,6 +204,7 @@ class InputIBA(Attribution):
             )  # fmt: skip
         final = self._maps(torch.sigmoid(res.alpha), x)
         clock("input")
+        timings["total"] = clock.t - start
         per_image = {k: torch.full((x.shape[0],), v / x.shape[0], device=x.device) for k, v in timings.items()}
         return Explanation(final, {**with_prefix("stages", self._stage_maps(feat.kl, lam_g, final, x)),
                                    **with_prefix("timing", per_image)})
