@@ -16,13 +16,19 @@ from xattr.models.zoo import check_layer_names
 # models whose random init is cheap enough for every test run
 PAPER_LAYERS = {
     "vgg16": {"conv4_1": "features.17", "conv5_3": "features.28", "fc8": "classifier.6", "conv1_1": "features.0"},
+    "resnet18": {"conv3_2": "layer2", "conv2_x": "layer1", "conv5_x": "layer4", "conv4_1": "layer3.0"},
     "resnet50": {"conv3_4": "layer2", "conv2_x": "layer1", "conv5_x": "layer4", "conv4_2": "layer3.1"},
     "densenet121": {"denseblock3": "features.denseblock3", "transition1": "features.transition1"},
     "mobilenet_v2": {"block_0": "features.1", "last_conv": "features.18"},
     "efficientnet_lite0": {"block_4": "_blocks.4", "head": "_conv_head"},
     "cifar_resnet20": {"stage2": "layer2", "fc": "linear"},
     "cifar_resnet56": {"stage3": "layer3"},
+    "cifar_resnet8": {"stage1": "layer1", "stage3": "layer3", "fc": "linear"},
     "imdb_lstm": {"rnn_4": "rnn_4", "embedding": "embedding"},
+    "densenet121_nih": {"denseblock3": "features.denseblock3", "fc": "classifier"},
+    "densenet121_brixia": {"denseblock1": "features.denseblock1"},
+    "densenet121_brixia_detector": {"denseblock2": "features.denseblock2"},
+    "synthetic_cxr_resnet8": {"stage2": "layer2", "fc": "linear"},
 }
 
 

@@ -114,12 +114,13 @@ def test_unknown_recipe_from_the_command_line() -> None:
     p = cli(["recipe=cifar_resnt"])
     assert p.returncode == 2
     assert p.stderr.strip().splitlines()[-1] == (
-        "error: unknown recipe 'cifar_resnt'; valid choices: cifar_resnet, imdb_lstm")
+        "error: unknown recipe 'cifar_resnt'; valid choices: " + ", ".join(sorted(group_options("recipe"))))
+    assert "cifar_resnet, cxr_brixia" in p.stderr  # the real list, sorted
 
 
 @pytest.mark.parametrize("arg,msg", [("optimizer=adamw", "unknown optimizer 'adamw'; valid choices: adam, sgd"),
                                      ("scheduler=cosine", "unknown scheduler 'cosine'; valid choices: none, step"),
-                                     ("net=bert", "unknown net 'bert'; valid choices: imdb_lstm, zoo")])
+                                     ("net=bert", "unknown net 'bert'; valid choices: imdb_lstm, resnet8, zoo")])
 def test_unknown_group_option_is_one_line(arg: str, msg: str, capsys: pytest.CaptureFixture) -> None:
     with pytest.raises(SystemExit):
         check_overrides([arg])

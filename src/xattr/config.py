@@ -18,7 +18,7 @@ from xattr.errors import XattrConfigError, unknown
 
 CONF_DIR = Path(os.environ.get("XATTR_CONF", Path(__file__).resolve().parents[2] / "conf"))
 GROUPS = ("model", "dataset", "method", "metric", "analysis", "logger", "trainer", "experiment",
-          "net", "optimizer", "scheduler", "recipe")
+          "net", "optimizer", "scheduler", "recipe", "loss", "roar", "axioms")
 
 
 def group_options(group: str) -> list[str]:
@@ -90,6 +90,7 @@ POSITIVE = ("beta", "feat_beta", "lr", "feat_lr", "lr_disc", "lr_mask", "lr_mean
 AT_LEAST_ONE = ("steps", "feat_steps", "copies", "feat_copies", "epochs", "n_samples", "n_steps", "n_masks",
                 "critic", "n_targets", "n_groups", "gan_batch", "per_step", "n_points", "train_batch_size")
 SKIP = ("_target_", "_partial_")
+WORDS = {"points": ("all",), "chunk": ("auto",)}  # number options that also take a word
 
 
 def _raw_defaults(group: str, option: str) -> dict:
@@ -113,8 +114,11 @@ def _check_node(prefix: str, node, defaults: dict) -> None:
         name = f"{prefix}.{key}"
         default = defaults.get(key)
         number = isinstance(default, (int, float)) and not isinstance(default, bool)
-        if number and value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
-            raise XattrConfigError(f"bad {name} {value!r}; valid choices: a number (default {default})")
+        words = WORDS.get(key, ())
+        if (number and value is not None and value not in words
+                and (isinstance(value, bool) or not isinstance(value, (int, float)))):
+            raise XattrConfigError(f"bad {name} {value!r}; valid choices: a number (default {default})"
+                                   + "".join(f", {w}" for w in words))
         if isinstance(default, bool) and value is not None and not isinstance(value, bool):
             raise XattrConfigError(f"bad {name} {value!r}; valid choices: true, false")
         if key in POSITIVE and isinstance(value, (int, float)) and not value > 0:

@@ -31,10 +31,15 @@ from xattr.engine.targets import parse_target
 from xattr.models.zoo import load_model
 
 log = logging.getLogger("xattr")
+ANALYSIS_ROWS_SHOWN = 40  # the console shows a long analysis table's head; the CSV holds all rows
 
 
 def run(cfg: DictConfig) -> Path:
     """Run the configured attribution experiment; returns the run directory."""
+    if (cfg.model.get("layers") or {}).get("embedding"):  # a text model: only methods with a text form
+        from xattr.methods.text import check_text_method
+
+        check_text_method(str(cfg.get("method_name") or ""))
     validate(cfg)
     check_values(cfg)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -52,6 +57,11 @@ def run(cfg: DictConfig) -> Path:
         est = partial(build(cfg.dataset.estimation, _partial_=True), preprocess=zoo.preprocess)
         est_loader = _LazyLoader(est, cfg.batch_size, cfg.dataset.num_workers)
     method_factory = build(cfg.method)  # partial: model given in setup, on the right device
+    if (cfg.model.get("layers") or {}).get("embedding"):  # a text model: the method's text form (tokens)
+        from xattr.methods.text import text_form
+
+        method_factory = text_form(method_factory, cfg.model.layers.embedding, cfg.model.get("pad_index"),
+                                   cfg.model.get("unk_index"))
     # build once on CPU now, so a bad layer/hyper-parameter fails before any work
     probe = method_factory(zoo.net)
     metrics = {name: build(node) for name, node in (cfg.get("metric") or {}).items()}
@@ -76,8 +86,10 @@ def run(cfg: DictConfig) -> Path:
               f"{module.skipped} skipped -> {run_dir}")
         if len(summary):
             print(summary.to_markdown(index=False, floatfmt=".4f"))
-        for name, df in results.items():
-            print(f"\n{name} (analyses/{name}.csv):\n" + df.to_markdown(index=False, floatfmt=".4f"))
+        for name, df in results.items():  # long tables (a dissection's row per unit): the head, the rest on disk
+            shown = df.head(ANALYSIS_ROWS_SHOWN)
+            more = f"\n... {len(df) - len(shown)} more rows in analyses/{name}.csv" if len(df) > len(shown) else ""
+            print(f"\n{name} (analyses/{name}.csv):\n" + shown.to_markdown(index=False, floatfmt=".4f") + more)
         if len(ds) <= int(cfg.get("list_images", 20)):  # small runs: each image's top-1 label (and the target's)
             per_image = pd.read_parquet(run_dir / "per_image.parquet")
             for r in per_image.itertuples():

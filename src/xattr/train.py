@@ -55,6 +55,11 @@ def train(cfg: DictConfig) -> Path:
         raise unknown("monitor_mode", cfg.monitor_mode, MODES)
     run_dir = Path(cfg.paths.output_dir)
     ckpt_dir = run_dir / "checkpoints"
+    if cfg.get("roar") is not None:  # one ROAR unit: finished -> skipped, killed -> resumed (xattr.training.roar)
+        from xattr.training.roar import prepare_unit
+
+        if prepare_unit(cfg, run_dir):
+            return run_dir
     resume = resolve_ckpt_path(cfg.get("ckpt_path"), ckpt_dir)
     net_recipe = build(cfg.net)
     optimizer = build(cfg.optimizer)
@@ -64,12 +69,24 @@ def train(cfg: DictConfig) -> Path:
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     knobs = cfg.data
-    data = ClassificationData(cfg.dataset, preprocess=net_recipe.preprocess, batch_size=cfg.batch_size,
-                              num_workers=knobs.num_workers, val_fraction=knobs.val_fraction,
-                              stratified=knobs.stratified, limit=knobs.limit, test_limit=knobs.test_limit,
-                              augment=knobs.get("augment"), seed=cfg.seed)
+    if cfg.get("roar") is not None and cfg.roar.get("device_data"):  # ROAR on a GPU: splits in device memory
+        from xattr.training.roar import device_data
+
+        data = device_data(cfg, net_recipe.preprocess)
+    else:
+        data = ClassificationData(cfg.dataset, preprocess=net_recipe.preprocess, batch_size=cfg.batch_size,
+                                  num_workers=knobs.num_workers, val_fraction=knobs.val_fraction,
+                                  stratified=knobs.stratified, limit=knobs.limit, test_limit=knobs.test_limit,
+                                  augment=knobs.get("augment"), seed=cfg.seed)
     data.setup("fit")  # before the network: a text model needs the vocabulary of the training split
-    module = Classifier(net_recipe.build(data), optimizer, scheduler, interval)
+    loss = build(cfg.loss) if cfg.get("loss") is not None else None
+    if loss is not None and loss.task != "multiclass":  # chest X-ray: multi-label / regression (training.tasks)
+        from xattr.training.tasks import task_module
+
+        module = task_module(loss, net_recipe.build(data), optimizer, scheduler, interval, data,
+                             findings=cfg.dataset.get("concepts") or ())
+    else:
+        module = Classifier(net_recipe.build(data), optimizer, scheduler, interval)
 
     if resume is None and (ckpt_dir / "last.ckpt").is_file():
         print(f"note: training from scratch over the checkpoints in {ckpt_dir} (ckpt_path=last resumes them)")
@@ -106,7 +123,8 @@ def train(cfg: DictConfig) -> Path:
         best_epoch = int(torch.load(best, map_location="cpu", weights_only=False, mmap=True)["epoch"])
     results = {
         "name": cfg.name, "model": cfg.model.name, "dataset": cfg.dataset.name,
-        "test_acc": float(test["test_acc"]), "test_loss": float(test["test_loss"]),
+        "test_acc": float(test["test_acc"]) if "test_acc" in test else None, "test_loss": float(test["test_loss"]),
+        **{k: float(v) for k, v in test.items() if k not in ("test_acc", "test_loss")},
         f"best_{cfg.monitor}": float(score) if score is not None else None, "best_epoch": best_epoch,
         "epochs": int(trainer.current_epoch), "global_step": int(trainer.global_step),
         "started_at": module.started_at, "resumed_from": str(resume) if resume else None,
@@ -120,8 +138,11 @@ def train(cfg: DictConfig) -> Path:
     results["weights"] = str(net_recipe.export(export, module.net, data, **meta))
     (run_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     val = f", {cfg.monitor} {results[f'best_{cfg.monitor}']:.4f}" if score is not None else ""
-    print(f"\n{cfg.name}: test accuracy {results['test_acc']:.4f} on {sizes['test']} (best epoch {best_epoch}{val})"
-          f" -> {run_dir}")
+    quality = (f"test accuracy {results['test_acc']:.4f}" if "test_auc" not in results else
+               f"test AUC {results['test_auc']:.4f}, AP {results['test_ap']:.4f}")
+    if "test_mae" in results:
+        quality = f"test MAE {results['test_mae']:.4f}"
+    print(f"\n{cfg.name}: {quality} on {sizes['test']} (best epoch {best_epoch}{val}) -> {run_dir}")
     print(f"  weights: {results['weights']}  (python -m xattr.run model={cfg.model.name} "
           f"model.weights={results['weights']})")
     return run_dir

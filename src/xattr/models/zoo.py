@@ -27,11 +27,21 @@ import torch
 import torchvision
 from torch import nn
 
-from xattr.core.labels import CIFAR10_CLASSES, IMDB_CLASSES, imagenet_labels
+from xattr.core.labels import (
+    BRIXIA_DETECTORS,
+    BRIXIA_SCORE,
+    CIFAR10_CLASSES,
+    IMDB_CLASSES,
+    NIH_FINDINGS,
+    SYNTHETIC_CXR_FINDINGS,
+    imagenet_labels,
+)
 from xattr.core.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess
 from xattr.errors import XattrConfigError, missing_file, unknown
 from xattr.models import custom
 from xattr.models.cifar_resnet import cifar_resnet
+from xattr.models.cifar_resnet8 import CIFAR10_PRE, RESNET8_LAYERS, build_resnet8
+from xattr.models.cxr import NIH_PRE, SYNTHETIC_PRE, densenet121_head, synthetic_resnet8
 from xattr.models.tf_padding import use_tf_same_padding
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
@@ -204,6 +214,7 @@ CIFAR_PRE = Preprocess(IMAGENET_MEAN, IMAGENET_STD, size=32, resize=32)
 ZOO: dict[str, ModelSpec] = {
     "vgg16": ModelSpec(_torchvision("vgg16", "VGG16_Weights"), Preprocess(), VGG16_LAYERS),
     "resnet50": ModelSpec(_torchvision("resnet50", "ResNet50_Weights"), Preprocess(), _resnet50_layers()),
+    "resnet18": ModelSpec(_torchvision("resnet18", "ResNet18_Weights"), Preprocess(), _resnet50_layers((2, 2, 2, 2))),
     "densenet121": ModelSpec(_torchvision("densenet121", "DenseNet121_Weights"), Preprocess(), DENSENET121_LAYERS),
     "mobilenet_v2": ModelSpec(_mobilenet_v2, Preprocess((0.5,) * 3, (0.5,) * 3), MOBILENET_V2_LAYERS),
     "efficientnet_lite0": ModelSpec(
@@ -216,6 +227,13 @@ ZOO: dict[str, ModelSpec] = {
         _cifar(56, "cifar10_resnet56-4bfd9763.th"), CIFAR_PRE, CIFAR_RESNET_LAYERS, "cifar10", 10
     ),
     "imdb_lstm": ModelSpec(_imdb_lstm, Preprocess(), {}, "imdb", 2),
+    # chest X-ray (dissertation ch. 8-9; xattr.models.cxr): DenseNet-121 heads, the synthetic stand-in's ResNet-8
+    "densenet121_nih": ModelSpec(densenet121_head(14), NIH_PRE, DENSENET121_LAYERS, "nih", 14),
+    "densenet121_brixia": ModelSpec(densenet121_head(1), NIH_PRE, DENSENET121_LAYERS, "brixia_score", 1),
+    "densenet121_brixia_detector": ModelSpec(densenet121_head(3), NIH_PRE, DENSENET121_LAYERS, "brixia_detector", 3),
+    "synthetic_cxr_resnet8": ModelSpec(synthetic_resnet8, SYNTHETIC_PRE, CIFAR_RESNET_LAYERS, "synthetic_cxr", 4),
+    # ROAR's ResNet-8 (dissertation ch. 5 L1988; trained by python -m xattr.train recipe=roar, no weights shipped)
+    "cifar_resnet8": ModelSpec(build_resnet8, CIFAR10_PRE, RESNET8_LAYERS, "cifar10", 10),
 }
 
 # `model=custom` with nothing else: this example (conf/model/custom.yaml's defaults)
@@ -299,7 +317,9 @@ def load_model(
         net = entry.build(weights, wdir)
         pre, num_classes, layers = entry.preprocess, entry.num_classes, entry.layers
         labels = {"imagenet": imagenet_labels, "cifar10": lambda: CIFAR10_CLASSES,
-                  "imdb": lambda: IMDB_CLASSES}[entry.labels]()
+                  "imdb": lambda: IMDB_CLASSES, "nih": lambda: NIH_FINDINGS, "brixia_score": lambda: BRIXIA_SCORE,
+                  "brixia_detector": lambda: BRIXIA_DETECTORS,
+                  "synthetic_cxr": lambda: SYNTHETIC_CXR_FINDINGS}[entry.labels]()
     for m in net.modules():  # in-place activations break forward hooks that edit outputs and some libraries
         if hasattr(m, "inplace"):
             m.inplace = False

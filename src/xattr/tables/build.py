@@ -170,11 +170,23 @@ def build_table(table_id: str, run_paths: list[str | Path], out_dir: str | Path 
     if table_id not in pub:
         raise unknown("table", table_id, sorted(pub))
     spec = pub[table_id]
+    if spec.get("kind") == "roar":  # ROAR: retraining units (results.json), accuracy per percentile, AUC, figure
+        from xattr.tables.roar import roar_table
+
+        return roar_table(table_id, spec, run_paths, Path(out_dir or "outputs/tables"))
     runs = [(r, OmegaConf.load(r / "config.yaml")) for r in find_runs(run_paths)]
     out_dir = Path(out_dir or "outputs/tables")
     out_dir.mkdir(parents=True, exist_ok=True)
     if spec.get("kind") == "figure":
+        models = sorted({str(cfg.model.name) for _, cfg in runs})
+        if spec.get("panels") == "model" and len(models) > 1:  # one figure per half (pixels / tokens axes)
+            return pd.concat([_figure(f"{table_id}_{m}", spec, [(r, c) for r, c in runs if str(c.model.name) == m],
+                                      out_dir).assign(model=m) for m in models], ignore_index=True)
         return _figure(table_id, spec, runs, out_dir)
+    if spec.get("kind") == "dissection":  # detectors per model and concept from analyses/dissection.csv
+        from xattr.tables.dissection import dissection_table
+
+        return dissection_table(table_id, spec, runs, out_dir)
     if spec.get("kind") == "analysis":  # cells from analyses/<name>.csv (e.g. the pathways' dead-neuron shares)
         from xattr.tables.analysis import analysis_table
 
