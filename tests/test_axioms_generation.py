@@ -163,3 +163,15 @@ def test_generate_entry_point_rejects_a_bad_scenario(tmp_path):
     with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
         cfg = compose("generate", overrides=["axioms=cpu", "axioms.scenario=null"])
     assert cfg.axioms.scenario is None and PriorSpec(**cfg.axioms.prior).patch_size == 64
+
+
+def test_a_long_generation_says_its_duration_up_front(capsys):
+    """Measured s/step x rounds of samples x typical steps per sample; silent when it is short."""
+    from xattr.data.axioms_generation import TYPICAL_STEPS, GenConfig, _say_duration
+
+    cfg = GenConfig(scenario="single", image_size=224)
+    _say_duration(1.5, 2, 4, cfg)  # 1.5 s x 2 rounds x 200 steps = 10 min
+    err = capsys.readouterr().err
+    assert TYPICAL_STEPS == 200 and "1.50 s per step for 4 samples at once" in err and "roughly 10 min" in err
+    _say_duration(0.01, 2, 4, cfg)  # 4 s: nothing to say
+    assert capsys.readouterr().err == ""

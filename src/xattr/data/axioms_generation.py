@@ -30,6 +30,8 @@ generator (seeded by ``seed``, the scenario and ``i``), so a sample is the same 
 
 from __future__ import annotations
 
+import sys
+import time
 import zlib
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -164,6 +166,20 @@ def paste(background: torch.Tensor, patches: Sequence[torch.Tensor], positions: 
     return out
 
 
+ESTIMATE_AFTER = 3  # steps timed before the duration line
+TYPICAL_STEPS = 200  # steps per sample seen with MobileNet-V2 (59 to a few hundred without restarts)
+
+
+def _say_duration(per_step: float, n_rounds: int, nslots: int, cfg: GenConfig) -> None:
+    """One line, up front, when the generation will be long: the measured seconds per step times the steps
+    a sample typically needs (restarts add up to ``max_iters`` steps each)."""
+    minutes = per_step * n_rounds * TYPICAL_STEPS / 60
+    if minutes >= 2:
+        print(f"generate {cfg.scenario}: {per_step:.2f} s per step for {nslots} samples at once; at about "
+              f"{TYPICAL_STEPS} steps per sample this takes roughly {minutes:.0f} min (more with restarts, each up "
+              f"to {cfg.max_iters} steps); finished samples are kept if you stop it", file=sys.stderr, flush=True)
+
+
 @dataclass
 class _Slot:
     index: int
@@ -235,6 +251,8 @@ class AxiomGenerator:
         done, steps = 0, 0
         fixed = cfg.fixed_positions()
         bar = progress(total=len(pending) + nslots, desc=f"generate {cfg.scenario}", unit="sample", min_total=1)
+        n_rounds = -(-(len(pending) + nslots) // nslots)  # batches of samples, one after another
+        t0 = time.perf_counter()
         while any(sl is not None for sl in slots):
             active = [s for s, sl in enumerate(slots) if sl is not None]
             patches = prior().view(nslots, npatch, 3, self.spec.patch_size, self.spec.patch_size)
@@ -297,6 +315,10 @@ class AxiomGenerator:
             opt.step()
             steps += 1
             self.iterations += 1
+            per_step = (time.perf_counter() - t0) / steps
+            bar.set_postfix_str(f"step {steps}, {per_step:.2f} s/step", refresh=True)
+            if steps == ESTIMATE_AFTER and limit_steps is None:
+                _say_duration(per_step, n_rounds, nslots, cfg)
             for k, s in finished:
                 sl = slots[s]
                 store.write(sl.index, {
