@@ -109,6 +109,34 @@ def test_killed_run_resumes_from_last_checkpoint(shared_data: Path, tmp_path: Pa
     assert (run / "logs" / "metrics.0.csv").is_file()  # the killed run's log is kept
 
 
+@pytest.mark.shared
+def test_sigterm_to_the_process_group_stops_with_one_line(shared_data: Path, tmp_path: Path) -> None:
+    """``timeout`` or a scheduler signals the whole group, loader workers included: the training stops with
+    one line saying how to resume (no worker traceback), exit 130."""
+    run = tmp_path / "run"
+    args = [*TINY, f"paths.data_dir={shared_data}", "trainer.max_epochs=50", "dataset.num_workers=1",
+            "trainer.enable_progress_bar=false", f"hydra.run.dir={run}"]
+    env = {**os.environ, "WANDB_MODE": "offline", "HYDRA_FULL_ERROR": "0"}
+    proc = subprocess.Popen([sys.executable, "-m", "xattr.train", *args], cwd=REPO, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    t0 = time.time()
+    try:
+        while not (run / "checkpoints" / "last.ckpt").is_file():  # training is under way
+            assert proc.poll() is None, proc.communicate()[1][-3000:]
+            assert time.time() - t0 < 240, "no last.ckpt"
+            time.sleep(0.05)
+        os.killpg(proc.pid, signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 130, err[-3000:]
+    assert err.strip().splitlines()[-1] == (f"interrupted: finished epochs are kept in {run}/checkpoints/last.ckpt; "
+                                            "the same command with ckpt_path=last resumes")
+    assert "Traceback" not in err
+
+
 # ---------------------------------------------------------------- (c) bad input: one line
 def test_unknown_recipe_from_the_command_line() -> None:
     p = cli(["recipe=cifar_resnt"])

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-import signal
 import sys
 from functools import partial
 from pathlib import Path
@@ -22,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from torch.utils.data import DataLoader
 
 from xattr.config import CONF_DIR, build, check_overrides, check_values, root_config_error, validate
+from xattr.core.signals import install_terminate_handler, killed_with_its_group, worker_ignores_interrupts
 from xattr.core.trainer import build_loggers, make_trainer
 from xattr.data.transforms import collate
 from xattr.engine.cost import estimate, human
@@ -125,12 +125,7 @@ def make_loader(ds, batch_size: int, num_workers: int) -> DataLoader:
     the main process stops them (no traceback per worker)."""
     return DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                       collate_fn=getattr(ds, "collate", collate),
-                      worker_init_fn=_ignore_interrupts if num_workers else None)
-
-
-def _ignore_interrupts(_worker_id: int) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                      worker_init_fn=worker_ignores_interrupts if num_workers else None)
 
 
 def _record_source_method(cfg: DictConfig) -> None:
@@ -191,19 +186,15 @@ def remove_unfinished(run_dir: Path) -> None:
             run_dir.parent.rmdir()  # the run name's folder, when this was its only run
 
 
-def _terminate(signum, _frame) -> None:
-    raise KeyboardInterrupt  # SIGTERM stops like Ctrl-C: Lightning shuts down, finished batches are kept
-
-
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def _hydra_main(cfg: DictConfig) -> None:
     torch.set_float32_matmul_precision("high")
     run_dir = Path(cfg.paths.output_dir)
-    signal.signal(signal.SIGTERM, _terminate)
+    install_terminate_handler()  # SIGTERM stops like Ctrl-C: Lightning shuts down, finished batches are kept
     try:
         run(cfg)
-    except (KeyboardInterrupt, SystemExit) as e:
-        if isinstance(e, SystemExit) and e.code in (0, None):
+    except (KeyboardInterrupt, SystemExit, RuntimeError) as e:
+        if isinstance(e, SystemExit) and e.code in (0, None) or isinstance(e, RuntimeError) and not killed_with_its_group(e):
             raise
         done = len(list((run_dir / "heatmaps").glob("*.npz"))) if (run_dir / "heatmaps").is_dir() else 0
         print(f"interrupted: {done} finished batches kept in {run_dir}; the same command resumes", file=sys.stderr)

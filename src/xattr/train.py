@@ -19,6 +19,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from xattr.config import CONF_DIR, build, check_overrides, root_config_error
+from xattr.core.signals import install_terminate_handler, killed_with_its_group
 from xattr.errors import missing_file, unknown
 
 # torch, Lightning and the training package are imported in `train`: a bad override fails in a second
@@ -175,8 +176,16 @@ def _hydra_main(cfg: DictConfig) -> None:
     import torch
 
     torch.set_float32_matmul_precision("high")
+    install_terminate_handler()  # before the Trainer: Lightning then keeps ours
     try:
         train(cfg)
+    except (KeyboardInterrupt, SystemExit, RuntimeError) as e:  # Ctrl-C / SIGTERM: Lightning shuts down, exits 1
+        if isinstance(e, SystemExit) and e.code in (0, None) or isinstance(e, RuntimeError) and not killed_with_its_group(e):
+            raise
+        again = "the same command" if cfg.get("roar") is not None else "the same command with ckpt_path=last"
+        print(f"interrupted: finished epochs are kept in {cfg.paths.output_dir}/checkpoints/last.ckpt; {again} "
+              "resumes", file=sys.stderr)
+        raise SystemExit(130) from None
     except Exception as e:  # bad input: one line, no traceback
         err = root_config_error(e)
         if err is None:

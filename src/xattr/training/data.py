@@ -29,6 +29,7 @@ from hydra.utils import instantiate
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from xattr.core.preprocess import Preprocess
+from xattr.core.signals import worker_ignores_interrupts
 from xattr.data.transforms import collate as image_collate
 from xattr.errors import XattrConfigError
 
@@ -253,6 +254,7 @@ class ClassificationData(pl.LightningDataModule):
     def _loader(self, ds: Dataset, shuffle: bool) -> DataLoader:
         return DataLoader(ds, batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers,
                           collate_fn=self.collate, persistent_workers=self.num_workers > 0,
+                          worker_init_fn=worker_ignores_interrupts if self.num_workers else None,
                           pin_memory=torch.cuda.is_available())
 
     def train_dataloader(self) -> DataLoader:
