@@ -217,3 +217,23 @@ def test_number_options_that_take_a_word(value, ok):
         with pytest.raises(XattrConfigError, match=r"bad metric.insertion_deletion.points 'most'; valid choices: "
                                                    r"a number \(default 100\), all"):
             check_values(cfg)
+
+
+@pytest.mark.parametrize("argv,config,msg", [
+    (["method=iba", "method.betta=10"], "config", "unknown key 'method.betta'; valid choices: "),
+    (["recipe=roar", "roar.percnt=50"], "train", "unknown key 'roar.percnt'; valid choices: "),
+])
+def test_an_unknown_key_is_one_line_naming_the_keys_that_exist(argv, config, msg, capsys):
+    with pytest.raises(SystemExit) as e:
+        check_overrides(argv, config)
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {msg}") and len(err.splitlines()) == 1
+    valid = err.split("valid choices: ")[1]
+    assert ("beta" in valid.split(", ")) if "betta" in msg else ("percent" in valid.split(", "))
+    assert "_target_" not in valid
+
+
+def test_known_keys_and_sweeps_pass_the_key_check():
+    check_overrides(["method=iba", "method.beta=10", "hydra.run.dir=/tmp/x"])
+    check_overrides(["method=iba,gradient", "method.whatever=1,2"])  # a sweep: each job composes itself

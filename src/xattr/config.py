@@ -26,8 +26,45 @@ def group_options(group: str) -> list[str]:
     return sorted(p.stem for p in d.glob("*.yaml")) if d.is_dir() else []
 
 
-def check_overrides(argv: list[str]) -> None:
-    """Validate ``group=option`` command-line overrides against ``conf/<group>/*.yaml``; exit with one line."""
+SWEEP_SYNTAX = (",", "range(", "choice(", "glob(", "interval(")
+
+
+def _unknown_key(argv: list[str], config_name: str) -> XattrConfigError | None:
+    """An override of a key the composed config does not have (``method.betta=10``), as one error naming it
+    and the keys that exist there; None when the overrides compose (or fail for another reason: Hydra says)."""
+    import re
+
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    args = [a for a in argv if not a.startswith("-") and "=" in a]
+    if any(t in a.split("=", 1)[1] for a in args for t in SWEEP_SYNTAX):
+        return None  # a sweep: each job composes on its own
+    try:
+        with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
+            compose(config_name, overrides=args)
+        return None
+    except Exception as e:  # Hydra: "Could not override 'method.betta'. To append to your config use +..."
+        m = re.search(r"Could not override '([^']+)'", str(e))
+        if m is None:
+            return None
+        key = m.group(1)
+    parent, _, leaf = key.rpartition(".")
+    rest = [a for a in args if a.split("=", 1)[0] != key]
+    try:
+        with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
+            cfg = compose(config_name, overrides=rest)
+        node = OmegaConf.select(cfg, parent) if parent else cfg
+        keys = sorted(str(k) for k in node.keys() if not str(k).startswith("_")) if OmegaConf.is_dict(node) else []
+    except Exception:
+        keys = []
+    hint = f" (or +{key}=... to add a new key)"
+    return XattrConfigError(f"unknown key '{key}'; valid choices: {', '.join(keys) or 'none here'}{hint}")
+
+
+def check_overrides(argv: list[str], config_name: str | None = "config") -> None:
+    """Validate ``group=option`` command-line overrides against ``conf/<group>/*.yaml`` and that overridden
+    keys exist in the composed ``config_name``; exit with one line."""
     try:
         for arg in argv:
             if arg.startswith("-") or "=" not in arg:
@@ -44,6 +81,9 @@ def check_overrides(argv: list[str]) -> None:
             for v in values:
                 if v and v not in options:
                     raise unknown(key, v, options)
+        err = _unknown_key(argv, config_name) if config_name else None
+        if err is not None:
+            raise err
     except XattrConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -99,7 +99,7 @@ def demo(cfg: DictConfig) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    check_overrides(argv)
+    check_overrides(argv, None)  # demo keys are checked when it composes each method's run
     try:
         demo(compose_demo(argv))
     except Exception as e:  # bad input: one line, no traceback

@@ -95,7 +95,7 @@ def _hydra_main(cfg: DictConfig) -> None:
 
 
 def main() -> None:
-    check_overrides(sys.argv[1:])
+    check_overrides(sys.argv[1:], "generate")
     _hydra_main()
 
 

@@ -195,7 +195,7 @@ def _hydra_main(cfg: DictConfig) -> None:
 
 
 def main() -> None:
-    check_overrides(sys.argv[1:])
+    check_overrides(sys.argv[1:], "train")
     _hydra_main()
 
 
