@@ -29,48 +29,59 @@ from torch import nn
 from xattr.core.checks import check_choice, check_positive, check_positive_int
 from xattr.core.hooks import frozen
 from xattr.methods.baselines._utils import items_per_call
-from xattr.methods.text.base import TOKEN_BASELINES, EmbeddedModel, TokenAttribution, reduce_tokens
+from xattr.methods.text.base import (
+    TOKEN_BASELINES,
+    TOKEN_REDUCTIONS,
+    EmbeddedModel,
+    TokenAttribution,
+    reduce_tokens,
+)
 
 IG_METHODS = ("riemann_right", "riemann_left", "riemann_middle", "riemann_trapezoid", "gausslegendre")
 
 
-class TextGradient(TokenAttribution):
+class _EmbeddingGradient(TokenAttribution):
+    """One Captum gradient method (``captum_cls`` with ``captum_kwargs``) on the embeddings, reduced per token."""
+
+    captum_cls: type = Saliency
+    captum_kwargs: dict = {}
+
+    def __init__(self, model: nn.Module, embedding: str, pad_index: int | None, token_reduce: str,
+                 unk_index: int) -> None:
+        super().__init__(model, embedding, pad_index, unk_index)
+        check_choice("token reduction", token_reduce, TOKEN_REDUCTIONS)
+        self.token_reduce = token_reduce
+
+    def _scores(self, x, target, mask):
+        emb = self.embed(x).detach().requires_grad_(True)
+        with frozen(self.model):
+            a = self.captum_cls(self.forward_embedded).attribute(emb, target=target, additional_forward_args=(x,),
+                                                                 **self.captum_kwargs)
+        return reduce_tokens(a, self.token_reduce)
+
+
+class TextGradient(_EmbeddingGradient):
     """Gradient of the target logit w.r.t. each token's embedding, reduced to one score (``l2``)."""
 
     name = "gradient"
     paper = "Simonyan et al., ICLR-W 2014 (on the embeddings)"
+    captum_cls, captum_kwargs = Saliency, {"abs": False}
 
     def __init__(self, model: nn.Module, embedding: str = "embedding", pad_index: int | None = None,
                  token_reduce: str = "l2", unk_index: int = 1) -> None:
-        super().__init__(model, embedding, pad_index, unk_index)
-        reduce_tokens(torch.zeros(1, 1, 1), token_reduce)
-        self.token_reduce = token_reduce
-
-    def _scores(self, x, target, mask):
-        emb = self.embed(x).detach().requires_grad_(True)
-        with frozen(self.model):
-            g = Saliency(self.forward_embedded).attribute(emb, target=target, abs=False,
-                                                          additional_forward_args=(x,))
-        return reduce_tokens(g, self.token_reduce)
+        super().__init__(model, embedding, pad_index, token_reduce, unk_index)
 
 
-class TextInputXGradient(TokenAttribution):
+class TextInputXGradient(_EmbeddingGradient):
     """Embedding times its gradient, summed over ``D`` (signed)."""
 
     name = "input_x_gradient"
     paper = "Shrikumar et al., 2016 (on the embeddings)"
+    captum_cls, captum_kwargs = InputXGradient, {}
 
     def __init__(self, model: nn.Module, embedding: str = "embedding", pad_index: int | None = None,
                  token_reduce: str = "sum", unk_index: int = 1) -> None:
-        super().__init__(model, embedding, pad_index, unk_index)
-        reduce_tokens(torch.zeros(1, 1, 1), token_reduce)
-        self.token_reduce = token_reduce
-
-    def _scores(self, x, target, mask):
-        emb = self.embed(x).detach().requires_grad_(True)
-        with frozen(self.model):
-            a = InputXGradient(self.forward_embedded).attribute(emb, target=target, additional_forward_args=(x,))
-        return reduce_tokens(a, self.token_reduce)
+        super().__init__(model, embedding, pad_index, token_reduce, unk_index)
 
 
 class TextIntegratedGradients(TokenAttribution):
@@ -91,7 +102,7 @@ class TextIntegratedGradients(TokenAttribution):
         check_choice("token baseline", token_baseline, TOKEN_BASELINES)
         check_positive("n_steps", n_steps)
         self.chunk = check_positive_int("chunk", chunk, allow_none=True)
-        reduce_tokens(torch.zeros(1, 1, 1), token_reduce)
+        check_choice("token reduction", token_reduce, TOKEN_REDUCTIONS)
         self.n_steps, self.method, self.token_baseline, self.token_reduce = int(n_steps), method, token_baseline, token_reduce
 
     def attribute_embeddings(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -128,7 +139,7 @@ class TextDeepLift(TokenAttribution):
         check_choice("DeepLift baselines", baselines, (*TOKEN_BASELINES, "normal"))
         token_baseline = baselines
         self.n_baselines = check_positive_int("n_baselines", n_baselines)
-        reduce_tokens(torch.zeros(1, 1, 1), token_reduce)
+        check_choice("token reduction", token_reduce, TOKEN_REDUCTIONS)
         self.token_baseline, self.seed, self.token_reduce = token_baseline, seed, token_reduce
 
     def attribute_embeddings(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
