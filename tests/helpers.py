@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import time
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
@@ -19,3 +22,28 @@ def compose_cfg(overrides: list[str], output_dir: Path | None = None) -> DictCon
         cfg.paths.output_dir = str(output_dir) if output_dir else "/tmp/xattr-test"
         cfg.paths.root = str(Path(__file__).resolve().parents[1])
     return cfg
+
+
+def compose_train(overrides: list[str], run_dir: Path | None = None) -> DictConfig:
+    """The ``train`` config as ``python -m xattr.train`` composes it, writing into ``run_dir``."""
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
+        cfg = compose("train", overrides=overrides)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(run_dir or "/tmp/xattr-train-test")
+        cfg.paths.root = str(Path(__file__).resolve().parents[1])
+    return cfg
+
+
+def sigkill_once_written(proc: subprocess.Popen, path: Path, timeout: float = 240) -> None:
+    """SIGKILL a background training (stdout piped) as soon as ``path`` exists (e.g. ``last.ckpt``)."""
+    t0 = time.time()
+    try:
+        while not path.is_file():
+            assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
+            assert time.time() - t0 < timeout, f"no {path.name}"
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+        proc.stdout.close()

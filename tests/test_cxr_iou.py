@@ -27,15 +27,6 @@ REPO = Path(__file__).resolve().parents[1]
 RATES = (0.5, 0.5, 0.0, 0.0)  # blobs and rings only: learnable in seconds
 
 
-@pytest.fixture
-def one_thread():
-    """One intra-op thread: a tiny net on a shared, loaded CPU trains ~10x faster than with thread contention."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def tiny_net() -> nn.Module:
     torch.manual_seed(0)
     return nn.Sequential(

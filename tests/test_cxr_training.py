@@ -10,11 +10,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig, open_dict
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from xattr.config import CONF_DIR
+from tests.helpers import compose_train
 from xattr.errors import XattrConfigError
 from xattr.metrics.region import MaskIoU, SeverityCorrelation
 from xattr.models.zoo import load_model
@@ -107,24 +105,6 @@ def test_auc_and_ap_per_finding_match_sklearn() -> None:
         assert aucs[k] == pytest.approx(roc_auc_score(labels[:, k], scores[:, k]), abs=1e-6)
         assert aps[k] == pytest.approx(average_precision_score(labels[:, k], scores[:, k]), abs=1e-6)
     assert math.isnan(aucs[2]) and math.isnan(aps[2])  # no positives
-
-
-def compose_train(overrides: list[str], run_dir: Path) -> DictConfig:
-    with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
-        cfg = compose("train", overrides=overrides)
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(run_dir)
-        cfg.paths.root = str(REPO)
-    return cfg
-
-
-@pytest.fixture
-def one_thread():
-    """One intra-op thread: the tiny run is ~5x faster on a shared, loaded CPU than with thread contention."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def test_synthetic_recipe_trains_and_exports_loadable_weights(tmp_path: Path, one_thread) -> None:

@@ -5,17 +5,16 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import OmegaConf, open_dict
 
+from tests.helpers import compose_train, sigkill_once_written
 from xattr.config import CONF_DIR
 from xattr.core.preprocess import Preprocess
 from xattr.data.roar import (
@@ -41,21 +40,9 @@ TINY = ["net.widths=[4,8,8]", "dataset.num_workers=0", "trainer.accelerator=cpu"
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
+def _one_thread(one_thread):
     """Tiny convolutions on a shared 2-core machine: one thread is many times faster than two contending."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
     yield
-    torch.set_num_threads(n)
-
-
-def compose_train(overrides: list[str], run_dir: Path) -> DictConfig:
-    with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
-        cfg = compose("train", overrides=overrides)
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(run_dir)
-        cfg.paths.root = str(REPO)
-    return cfg
 
 
 # ---------------------------------------------------------------- removal: count, ranking, fill
@@ -263,17 +250,7 @@ def test_killed_unit_resumes_from_its_last_checkpoint(shared_data: Path, tmp_pat
     unit = tmp_path / "units" / "gradient" / "p50-r0"
     last = unit / "checkpoints" / "last.ckpt"
     proc = _cli(args, background=True)
-    t0 = time.time()
-    try:
-        while not last.is_file():  # written at the end of epoch 0; epoch 1 is then under way
-            assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
-            assert time.time() - t0 < 240, "no last.ckpt"
-            time.sleep(0.02)
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        proc.kill()
-        proc.wait()
-        proc.stdout.close()
+    sigkill_once_written(proc, last)  # written at the end of epoch 0; epoch 1 is then under way
     assert not (unit / "results.json").exists()
     saved = torch.load(last, map_location="cpu", weights_only=False)
     assert saved["epoch"] < 2

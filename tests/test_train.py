@@ -14,10 +14,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig, open_dict
 
-from xattr.config import CONF_DIR, check_overrides, group_options
+from tests.helpers import compose_train, sigkill_once_written
+from xattr.config import check_overrides, group_options
 from xattr.errors import XattrConfigError
 from xattr.models.zoo import ZOO, load_model
 from xattr.train import train
@@ -27,15 +26,6 @@ REPO = Path(__file__).resolve().parents[1]
 # a few dozen CIFAR-10 images, CPU, no worker processes, no sanity pass
 TINY = ["model=cifar_resnet20", "model.weights=random", "data.limit=40", "data.test_limit=20", "batch_size=10",
         "data.val_fraction=0.25", "dataset.num_workers=0", "trainer.accelerator=cpu", "trainer.num_sanity_val_steps=0"]
-
-
-def compose_train(overrides: list[str], run_dir: Path | None = None) -> DictConfig:
-    with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
-        cfg = compose("train", overrides=overrides)
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(run_dir or "/tmp/xattr-train-test")
-        cfg.paths.root = str(REPO)
-    return cfg
 
 
 def cli(args: list[str], **kw) -> subprocess.Popen | subprocess.CompletedProcess:
@@ -84,17 +74,7 @@ def test_killed_run_resumes_from_last_checkpoint(shared_data: Path, tmp_path: Pa
             "trainer.enable_progress_bar=false"]
     proc = cli([*args, f"hydra.run.dir={run}"], background=True)
     last = run / "checkpoints" / "last.ckpt"
-    t0 = time.time()
-    try:
-        while not last.is_file():  # written atomically at the end of epoch 0
-            assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
-            assert time.time() - t0 < 240, "no last.ckpt"
-            time.sleep(0.02)
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        proc.kill()
-        proc.wait()
-        proc.stdout.close()
+    sigkill_once_written(proc, last)  # written atomically at the end of epoch 0
     assert proc.returncode == -signal.SIGKILL
     assert not (run / "results.json").exists()
     saved = torch.load(last, map_location="cpu", weights_only=False)
