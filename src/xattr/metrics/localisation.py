@@ -283,7 +283,7 @@ class BoxIoU(_Localisation):
         max_coverage: float | None = None,
         map_kind: str = "auto",
     ) -> None:
-        check_choice("mode", mode, ("value", "quantile"))
+        check_choice("mode", mode, BINARISE)
         self._init_normalise(normalise, map_kind)
         self.threshold, self.mode, self.max_coverage = float(threshold), mode, max_coverage
         self.curve_thresholds = (
@@ -296,15 +296,22 @@ class BoxIoU(_Localisation):
         heat = self.heat(maps, x, self.normalise, extras.get("method"))
         b = heat.shape[0]
         box = box_masks(extras.get("boxes"), b, x.shape[-2], x.shape[-1], heat.device)
-        if self.mode == "value":
-            binary = heat >= self.threshold
-        else:
-            binary = ranks(heat, True) < round(self.threshold * heat.shape[1])
-        iou = _iou(binary, box)
+        iou = _iou(binarise(heat, self.threshold, self.mode), box)
         t = torch.tensor(self.curve_thresholds, device=heat.device, dtype=torch.float64)
         curve = torch.stack([_iou(heat > v, box) for v in t], 1) if len(t) else torch.zeros(b, 0)
         filt = _coverage_filter(iou, box, self.max_coverage)
         return MetricResult(scores={"iou": filt}, curves={"iou": curve}, x_axis={"iou": t.float()})
+
+
+BINARISE = ("value", "quantile")
+
+
+def binarise(heat: torch.Tensor, threshold: float, mode: str) -> torch.Tensor:
+    """``(B, N)`` map -> bool: ``heat >= threshold`` (``value``) or its top ``threshold`` share of pixels
+    (``quantile``, stable ties)."""
+    if mode == "value":
+        return heat >= threshold
+    return ranks(heat, True) < round(threshold * heat.shape[1])
 
 
 def _iou(binary: torch.Tensor, box: torch.Tensor) -> torch.Tensor:

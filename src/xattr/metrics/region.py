@@ -18,9 +18,8 @@ import torch
 from torch import nn
 
 from xattr.core.checks import check_choice
-from xattr.metrics._perturb import ranks
 from xattr.metrics.base import MetricResult
-from xattr.metrics.localisation import _iou, _Localisation
+from xattr.metrics.localisation import BINARISE, _iou, _Localisation, binarise
 
 
 class MaskIoU(_Localisation):
@@ -33,7 +32,7 @@ class MaskIoU(_Localisation):
 
     def __init__(self, threshold: float = 0.5, mode: str = "value", normalise: str = "max",
                  map_kind: str = "auto") -> None:
-        check_choice("mode", mode, ("value", "quantile"))
+        check_choice("mode", mode, BINARISE)
         self._init_normalise(normalise, map_kind)
         self.threshold, self.mode = float(threshold), mode
 
@@ -51,11 +50,7 @@ class MaskIoU(_Localisation):
         region = masks[torch.arange(b, device=heat.device), idx].flatten(1)
         if region.shape[1] != heat.shape[1]:
             raise ValueError(f"concept_masks {tuple(masks.shape[-2:])} do not match the map size {tuple(x.shape[-2:])}")
-        if self.mode == "value":
-            binary = heat >= self.threshold
-        else:
-            binary = ranks(heat, True) < round(self.threshold * heat.shape[1])
-        iou = _iou(binary, region)
+        iou = _iou(binarise(heat, self.threshold, self.mode), region)
         bad = ~ok | (region.sum(1) == 0)
         return MetricResult(scores={"mask_iou": torch.where(bad, torch.full_like(iou, float("nan")), iou)})
 
