@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from xattr.analyses.dead_neurons import pathway_jaccard
+from xattr.tables.output import write_table
 
 
 def _read(run: Path, analysis: str, score: str, level: str) -> tuple[float, float, int] | None:
@@ -66,10 +67,7 @@ def analysis_table(table_id: str, spec: dict, runs: list[tuple[Path, Any]], out_
         rows.append(rec)
         labelled.setdefault(label, r)
     df = pd.DataFrame(rows)
-    df.to_csv(out_dir / f"{table_id}.csv", index=False)
-    md = f"### {spec['title']}\n\nSource: {spec['source']}\n\n" + df.to_markdown(index=False, disable_numparse=True) + "\n"
-    if spec.get("claim"):
-        md += f"\nPaper: {spec['claim']}\n"
+    md = ""  # the Jaccard tables, after the main one
     if spec.get("jaccard") and labelled:
         net, layers = pathway_jaccard(labelled)
         net.to_csv(out_dir / f"{table_id}_jaccard.csv")
@@ -84,5 +82,5 @@ def analysis_table(table_id: str, spec: dict, runs: list[tuple[Path, Any]], out_
             piv = sel.pivot_table(index="other", columns="layer", values="jaccard")
             md += f"\n#### Jaccard overlap per layer with {ref} (Fig. 2b; ours; layers in call order)\n\n"
             md += piv.map(lambda v: "–" if not np.isfinite(v) else f"{v:.2f}").to_markdown(disable_numparse=True) + "\n"
-    (out_dir / f"{table_id}.md").write_text(md)
+    write_table(df, spec, table_id, out_dir, after=md)
     return df

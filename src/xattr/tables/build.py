@@ -29,6 +29,7 @@ from xattr.analyses.sensitivity_n import PooledSensitivityN  # noqa: E402
 from xattr.core.store import RunStore  # noqa: E402
 from xattr.errors import XattrConfigError, unknown  # noqa: E402
 from xattr.metrics.summary import summarise_run_scores  # noqa: E402
+from xattr.tables.output import write_table  # noqa: E402
 
 PUBLISHED = Path(__file__).with_name("published.yaml")
 
@@ -231,11 +232,7 @@ def build_table(table_id: str, run_paths: list[str | Path], out_dir: str | Path 
     order = [""] + [f"{c['name']} ({w})" for c in columns for w in ("paper", "ours")]
     extra = [k for k in (rows[0] if rows else {}) if k not in order and any(rec[k] != "–" for rec in rows)]
     df = pd.DataFrame(rows, columns=order + extra)  # stand-in columns without any number are left out
-    df.to_csv(out_dir / f"{table_id}.csv", index=False)
-    md = f"### {spec['title']}\n\nSource: {spec['source']}\n\n" + df.to_markdown(index=False, disable_numparse=True) + "\n"
-    if spec.get("claim"):
-        md += f"\nPaper: {spec['claim']}\n"
-    (out_dir / f"{table_id}.md").write_text(md)
+    write_table(df, spec, table_id, out_dir)
     return df
 
 

@@ -12,6 +12,7 @@ from typing import Any
 import pandas as pd
 
 from xattr.analyses.dissection import detector_counts
+from xattr.tables.output import write_table
 
 
 def _run_counts(run: Path, cfg: Any, analysis: str) -> tuple[pd.DataFrame, pd.DataFrame] | None:
@@ -58,9 +59,5 @@ def dissection_table(table_id: str, spec: dict, runs: list[tuple[Path, Any]], ou
     cols = ["", "detectors (paper)", "detectors (ours)", *[f"{c} (ours)" for c in concepts], "model", "weights", "layer",
             "units", "quantile", "quantile of", "union", "IoU >", "images"]
     df = pd.DataFrame(rows).reindex(columns=cols).fillna("–")
-    df.to_csv(out_dir / f"{table_id}.csv", index=False)
-    md = f"### {spec['title']}\n\nSource: {spec['source']}\n\n" + df.to_markdown(index=False, disable_numparse=True) + "\n"
-    if spec.get("claim"):
-        md += f"\nPaper: {spec['claim']}\n"
-    (out_dir / f"{table_id}.md").write_text(md)
+    write_table(df, spec, table_id, out_dir)
     return df

@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 from omegaconf import OmegaConf
 
+from xattr.tables.output import write_table
 from xattr.viz.roar import plot_roar
 
 BASE = "base"
@@ -122,22 +123,16 @@ def roar_table(table_id: str, spec: dict, run_paths: list[str | Path], out_dir: 
         names[method] = f"{method} (not in paper)"
         rows.append(_row(names[method], summary[method], percents, base, columns, None))
     df = pd.DataFrame(rows)
-    df.to_csv(out_dir / f"{table_id}.csv", index=False)
 
     curves = {names[m]: {p: v[:2] for p, v in s["acc"].items()} for m, s in summary.items() if m != BASE}
     plot_roar(curves, out_dir / f"{table_id}.png", title=spec["title"],
               baseline=base[:2] if base else None)
     used = sorted({p for m, s in summary.items() if m != BASE for p in s["auc_percents"]})
-    md = f"### {spec['title']}\n\nSource: {spec['source']}\n\n"
-    md += (f"Test accuracy after retraining (mean ± s.e. over repeats; n = repeats) per % of pixels removed; "
+    intro = (f"Test accuracy after retraining (mean ± s.e. over repeats; n = repeats) per % of pixels removed; "
            f"AUC = trapezoid over the removed fraction at {', '.join(pct(p) for p in used) or '–'} divided by "
            f"its range (lower is better). {len(units)} finished units")
-    md += f", {pending} unfinished (left out)" if pending else ""
-    md += ".\n\n" + df.to_markdown(index=False, disable_numparse=True) + "\n"
-    if spec.get("claim"):
-        md += f"\nPaper: {spec['claim']}\n"
-    md += f"\n![{table_id}]({table_id}.png)\n"
-    (out_dir / f"{table_id}.md").write_text(md)
+    intro += (f", {pending} unfinished (left out)" if pending else "") + ".\n\n"
+    write_table(df, spec, table_id, out_dir, intro=intro, after=f"\n![{table_id}]({table_id}.png)\n")
     return df
 
 
