@@ -71,18 +71,24 @@ def test_quantile_threshold_leaves_exactly_the_fraction_above_it(q):
         assert t[u].item() == pytest.approx((n - m - 1) / n)    # the (n - m)-th smallest of i / n
 
 
-def test_iou_is_a_dataset_sum_not_a_mean_of_image_ious():
-    """Image 1: unit and concept on the same pixel (IoU 1); image 2: the unit on 1 of the concept's 99
-    pixels (IoU 1/99); image 3 lacks the concept and the unit fires on 5 pixels (not counted).
-    Eq. 5: (1 + 1) / (1 + 99) = 0.02; the mean of the image IoUs would be (1 + 1/99) / 2 = 0.505."""
-    s = 10
-    masks = torch.zeros(3, 1, s, s, dtype=torch.bool)
-    acts = torch.zeros(3, 1, s, s)
+def _three_images() -> tuple[torch.Tensor, torch.Tensor]:
+    """One unit, one concept, 10 x 10: image 1 unit = concept = pixel (0, 0); image 2 concept on 99 pixels,
+    the unit on 1 of them; image 3 without the concept, the unit on 5 pixels."""
+    masks = torch.zeros(3, 1, 10, 10, dtype=torch.bool)
+    acts = torch.zeros(3, 1, 10, 10)
     masks[0, 0, 0, 0] = True
     acts[0, 0, 0, 0] = 1.0
     masks[1, 0].view(-1)[:99] = True
     acts[1, 0, 5, 5] = 1.0
     acts[2, 0, 0, :5] = 1.0
+    return acts, masks
+
+
+def test_iou_is_a_dataset_sum_not_a_mean_of_image_ious():
+    """Image 1: unit and concept on the same pixel (IoU 1); image 2: the unit on 1 of the concept's 99
+    pixels (IoU 1/99); image 3 lacks the concept and the unit fires on 5 pixels (not counted).
+    Eq. 5: (1 + 1) / (1 + 99) = 0.02; the mean of the image IoUs would be (1 + 1/99) / 2 = 0.505."""
+    acts, masks = _three_images()
     d = Dissection("x", concepts=["c"], quantile=0.95)          # 7 of 300 values > 0: T = 0
     d.add(acts, masks)
     iou, thr, images = d.iou()
@@ -95,14 +101,7 @@ def test_iou_is_a_dataset_sum_not_a_mean_of_image_ious():
 def test_code_variants_union_over_all_images_and_quantile_of_upsampled_maps():
     """``union: all_images`` (the code's netdissect IoU) adds the unit's 5 pixels of image 3 to the union:
     2 / 105; ``quantile_on: upsampled`` leaves exactly the fraction above T among the upsampled values."""
-    s = 10
-    masks = torch.zeros(3, 1, s, s, dtype=torch.bool)
-    acts = torch.zeros(3, 1, s, s)
-    masks[0, 0, 0, 0] = True
-    acts[0, 0, 0, 0] = 1.0
-    masks[1, 0].view(-1)[:99] = True
-    acts[1, 0, 5, 5] = 1.0
-    acts[2, 0, 0, :5] = 1.0
+    acts, masks = _three_images()
     d = Dissection("x", concepts=["c"], quantile=0.95, union="all_images")
     d.add(acts, masks)
     assert d.iou()[0].item() == pytest.approx(2 / 105)
