@@ -13,6 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 
+from xattr.viz.figure import save_figure  # noqa: E402
 from xattr.viz.heatmaps import normalise_map  # noqa: E402
 
 BOX_COLOURS = ("lime", "red")
@@ -45,8 +46,4 @@ def axioms_figure(images: Sequence[np.ndarray], boxes: Sequence[np.ndarray], map
     if suptitle:
         fig.suptitle(suptitle, fontsize=9)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=110)

@@ -12,6 +12,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from xattr.viz.figure import save_figure  # noqa: E402
+
 
 def mean_sem(curves: torch.Tensor | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Mean and standard error over images (axis 0) of ``(N, T)`` curves, ignoring NaN."""
@@ -49,6 +51,4 @@ def plot_curves(
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

@@ -12,6 +12,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from xattr.viz.figure import save_figure  # noqa: E402
+
 UNIT_COLOUR = (1.0, 0.15, 0.1)
 
 
@@ -57,7 +59,4 @@ def concept_units_figure(panels: Sequence[dict], path: str | Path, title: str = 
     if title:
         fig.suptitle(title, fontsize=8)
     fig.tight_layout(rect=(0, 0, 1, 0.98 if title else 1))
-    path = Path(path)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=100)

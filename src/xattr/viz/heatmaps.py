@@ -11,6 +11,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from xattr.viz.figure import save_figure  # noqa: E402
+
 
 def normalise_map(m: np.ndarray, lo_pct: float = 1.0, hi_pct: float = 99.0) -> np.ndarray:
     """Clamp to the [lo, hi] percentiles and rescale to [0, 1] (IBA paper's figure normalisation)."""
@@ -44,10 +46,7 @@ def heatmap_grid(images: Sequence[np.ndarray], maps: Sequence[np.ndarray], title
     if suptitle:
         fig.suptitle(suptitle, fontsize=10)
     fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=110)
 
 
 def comparison_grid(images: Sequence[np.ndarray], maps: dict[str, Sequence[np.ndarray]], row_titles: Sequence[str],
@@ -72,7 +71,4 @@ def comparison_grid(images: Sequence[np.ndarray], maps: dict[str, Sequence[np.nd
     if suptitle:
         fig.suptitle(suptitle, fontsize=10)
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / fig.get_figheight()) if suptitle else None)
-    path = Path(path)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=90)

@@ -13,6 +13,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from xattr.viz.figure import save_figure  # noqa: E402
+
 
 def plot_roar(curves: Mapping[str, Mapping[float, tuple[float, float]]], path: str | Path, title: str = "ROAR",
               baseline: tuple[float, float] | None = None) -> Path:
@@ -35,8 +37,4 @@ def plot_roar(curves: Mapping[str, Mapping[float, tuple[float, float]]], path: s
     if curves or baseline is not None:
         ax.legend(fontsize=7)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=110)
