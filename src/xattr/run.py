@@ -21,7 +21,12 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from torch.utils.data import DataLoader
 
 from xattr.config import CONF_DIR, build, check_overrides, check_values, root_config_error, validate
-from xattr.core.signals import install_terminate_handler, killed_with_its_group, worker_ignores_interrupts
+from xattr.core.signals import (
+    ignore_worker_deaths,
+    install_terminate_handler,
+    killed_with_its_group,
+    worker_ignores_interrupts,
+)
 from xattr.core.trainer import build_loggers, make_trainer
 from xattr.data.transforms import collate
 from xattr.engine.cost import estimate, human
@@ -196,6 +201,7 @@ def _hydra_main(cfg: DictConfig) -> None:
     except (KeyboardInterrupt, SystemExit, RuntimeError) as e:
         if isinstance(e, SystemExit) and e.code in (0, None) or isinstance(e, RuntimeError) and not killed_with_its_group(e):
             raise
+        ignore_worker_deaths()
         done = len(list((run_dir / "heatmaps").glob("*.npz"))) if (run_dir / "heatmaps").is_dir() else 0
         print(f"interrupted: {done} finished batches kept in {run_dir}; the same command resumes", file=sys.stderr)
         raise SystemExit(130) from None

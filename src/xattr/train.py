@@ -19,7 +19,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from xattr.config import CONF_DIR, build, check_overrides, root_config_error
-from xattr.core.signals import install_terminate_handler, killed_with_its_group
+from xattr.core.signals import ignore_worker_deaths, install_terminate_handler, killed_with_its_group
 from xattr.errors import missing_file, unknown
 
 # torch, Lightning and the training package are imported in `train`: a bad override fails in a second
@@ -182,6 +182,7 @@ def _hydra_main(cfg: DictConfig) -> None:
     except (KeyboardInterrupt, SystemExit, RuntimeError) as e:  # Ctrl-C / SIGTERM: Lightning shuts down, exits 1
         if isinstance(e, SystemExit) and e.code in (0, None) or isinstance(e, RuntimeError) and not killed_with_its_group(e):
             raise
+        ignore_worker_deaths()
         again = "the same command" if cfg.get("roar") is not None else "the same command with ckpt_path=last"
         print(f"interrupted: finished epochs are kept in {cfg.paths.output_dir}/checkpoints/last.ckpt; {again} "
               "resumes", file=sys.stderr)

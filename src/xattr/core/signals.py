@@ -29,3 +29,10 @@ def killed_with_its_group(exc: BaseException) -> bool:
     msg = str(exc)
     return isinstance(exc, RuntimeError) and "DataLoader worker" in msg and (
         "Terminated" in msg or "Interrupt" in msg or "killed by signal" in msg)
+
+
+def ignore_worker_deaths() -> None:
+    """On the way out after an interrupt: loader workers die with the group, and torch's SIGCHLD handler would
+    raise (and print at shutdown) "DataLoader worker ... killed by signal" after the one line; let them go."""
+    if hasattr(signal, "SIGCHLD"):
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
