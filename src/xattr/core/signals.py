@@ -8,7 +8,12 @@ import signal
 
 def terminate_like_ctrl_c(signum, _frame) -> None:
     """SIGTERM handler for the main process: raise KeyboardInterrupt, so Lightning shuts down as on Ctrl-C
-    and the entry point prints its one line. Install it before the Trainer exists (Lightning then keeps it)."""
+    and the entry point prints its one line. Install it before the Trainer exists (Lightning then keeps it).
+
+    A SIGTERM usually reaches the loader workers too (``timeout`` and schedulers signal the whole group), so
+    torch's SIGCHLD handler is dropped first: the loader iterator's ``__del__`` would otherwise raise (and
+    print, as an "Exception ignored" traceback) "DataLoader worker ... killed by signal" while unwinding."""
+    ignore_worker_deaths()
     raise KeyboardInterrupt
 
 

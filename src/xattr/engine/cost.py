@@ -58,8 +58,10 @@ def metric_forwards(metric: Metric, shape: tuple[int, ...], method_cost: float) 
     """Forward equivalents per image of ``metric``."""
     name = type(metric).__name__
     pixels = shape[-1] * shape[-2] if len(shape) == 3 else shape[-1]
-    if name == "InsertionDeletion":
-        return 2 * math.ceil(pixels * _get(metric, "max_fraction", 1.0) / _get(metric, "per_step", 10)) + 1
+    if name == "InsertionDeletion":  # T steps per curve, or ``points`` of them (``points: all`` -> None)
+        steps = math.ceil(pixels * _get(metric, "max_fraction", 1.0) / _get(metric, "per_step", 10))
+        points = getattr(metric, "points", None)
+        return 2 * (steps if points is None else min(int(points), steps)) + 1
     if name == "Degradation":
         return 2 * _get(metric, "n_points", 100)
     if name == "SensitivityN":
