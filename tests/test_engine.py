@@ -80,6 +80,37 @@ def test_killed_run_resumes_without_loss(tmp_path, capsys):
     assert (tmp_path / "run" / "heatmaps" / heat[0]).stat().st_mtime_ns == first
 
 
+def test_resume_with_another_batch_size_or_more_images_computes_each_image_once(tmp_path, capsys):
+    """``batch_size`` does not name the run folder and a dataset can grow (more generated samples): a re-run
+    leaves out the images already finished, whatever their batching, and the report holds each image once."""
+    CrashOnCall.calls = 100  # never crashes: counts the method's calls
+    target = ["method._target_=tests.test_engine.CrashOnCall", "method=random"]
+    run(_cfg(tmp_path, [*target, "dataset.limit=3"]))  # 3 images in batches of 2: b0-2, b2-1
+    # same folder (output_dir), all 7 images, batches of 4: b0-4 holds 0-2 (done) and 3 (new) -> only 3 runs
+    CrashOnCall.calls = 0
+    run_dir = run(_cfg(tmp_path, [*target, "batch_size=4"]))
+    out = capsys.readouterr().out
+    assert CrashOnCall.calls == 2, out  # {3} and {4, 5, 6}: images 0-2 were not recomputed
+    heat = sorted(p.name for p in (run_dir / "heatmaps").glob("*.npz"))
+    assert heat == ["b0000000-2.npz", "b0000002-1.npz", "b0000003-1.npz", "b0000004-3.npz"]
+    df = pd.read_parquet(run_dir / "per_image.parquet")
+    assert sorted(df["index"]) == list(range(7)) and df["id"].is_unique
+    # a third run with yet another batching: nothing left to do
+    CrashOnCall.calls = 0
+    run(_cfg(tmp_path, [*target, "batch_size=3"]))
+    assert CrashOnCall.calls == 0 and "0 batches computed, 3 skipped" in capsys.readouterr().out
+
+
+def test_take_cuts_every_per_image_field():
+    from xattr.core.store import take
+
+    batch = {"x": torch.arange(12.0).view(4, 3), "index": torch.tensor([4, 5, 6, 7]), "id": ["a", "b", "c", "d"],
+             "boxes": [[1], [2], [3], [4]], "scale": torch.tensor(2.0)}
+    got = take(batch, torch.tensor([False, True, False, True]))
+    assert got["x"].tolist() == [[3.0, 4.0, 5.0], [9.0, 10.0, 11.0]] and got["index"].tolist() == [5, 7]
+    assert got["id"] == ["b", "d"] and got["boxes"] == [[2], [4]] and float(got["scale"]) == 2.0
+
+
 def test_method_needing_fit_gets_estimation_batches(tmp_path):
     FitRecorder.seen = 0
     run(_cfg(tmp_path, ["method=random", "method._target_=tests.test_engine.FitRecorder", "dataset.limit=2"]))

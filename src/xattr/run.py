@@ -27,6 +27,8 @@ from xattr.core.signals import (
     killed_with_its_group,
     worker_ignores_interrupts,
 )
+from xattr.core.store import RunStore
+from xattr.core.threads import apply_threads
 from xattr.core.trainer import build_loggers, make_trainer
 from xattr.data.transforms import collate
 from xattr.engine.cost import estimate, human
@@ -111,8 +113,7 @@ def run(cfg: DictConfig) -> Path:
 
 def _say_duration(method, metrics, net, ds, run_dir: Path) -> None:
     """One line before a long CPU run: its estimated duration and what it is made of."""
-    todo = len(ds) - sum(int(p.stem.split("-")[1]) for p in (run_dir / "heatmaps").glob("*.npz")) \
-        if (run_dir / "heatmaps").is_dir() else len(ds)
+    todo = len(ds) - sum(1 for i in RunStore(run_dir).done_indices() if i < len(ds))
     if todo <= 0:
         return
     item = ds[0]
@@ -197,6 +198,7 @@ def _hydra_main(cfg: DictConfig) -> None:
     run_dir = Path(cfg.paths.output_dir)
     install_terminate_handler()  # SIGTERM stops like Ctrl-C: Lightning shuts down, finished batches are kept
     try:
+        apply_threads(cfg.get("threads", "auto"))
         run(cfg)
     except (KeyboardInterrupt, SystemExit, RuntimeError) as e:
         if isinstance(e, SystemExit) and e.code in (0, None) or isinstance(e, RuntimeError) and not killed_with_its_group(e):

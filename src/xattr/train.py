@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from xattr.config import CONF_DIR, build, check_overrides, root_config_error
 from xattr.core.signals import ignore_worker_deaths, install_terminate_handler, killed_with_its_group
+from xattr.core.threads import apply_threads
 from xattr.errors import missing_file, unknown
 
 # torch, Lightning and the training package are imported in `train`: a bad override fails in a second
@@ -178,6 +179,7 @@ def _hydra_main(cfg: DictConfig) -> None:
     torch.set_float32_matmul_precision("high")
     install_terminate_handler()  # before the Trainer: Lightning then keeps ours
     try:
+        apply_threads(cfg.get("threads", "auto"))
         train(cfg)
     except (KeyboardInterrupt, SystemExit, RuntimeError) as e:  # Ctrl-C / SIGTERM: Lightning shuts down, exits 1
         if isinstance(e, SystemExit) and e.code in (0, None) or isinstance(e, RuntimeError) and not killed_with_its_group(e):

@@ -16,7 +16,10 @@ Layout (documented in the README):
   (with the keys of the batches it holds), ``analyses/<name>.csv``: its result.
 
 ``<key>`` is ``b<first index>-<count>``, unique across DDP ranks. A batch is finished when its heatmap file
-exists: it is written last, atomically (temporary file + rename).
+exists: it is written last, atomically (temporary file + rename). A re-run skips images, not keys: the
+images of every finished heatmap file (:meth:`RunStore.done_indices`) are left out of each new batch
+(:func:`take`), so a run resumed with another ``batch_size`` (which does not name the folder) or over a
+dataset that has grown (more generated samples) computes each image once and the folder holds it once.
 
 Opening a store writes nothing: folders are made by the first :meth:`RunStore.write`, so reading an old
 run (``method=saved``, ``python -m xattr.table``) leaves it byte-identical.
@@ -37,6 +40,22 @@ AUX_DIR = "aux"
 
 def batch_key(index: torch.Tensor) -> str:
     return f"b{int(index[0]):07d}-{index.numel()}"
+
+
+def take(batch: Mapping, keep: torch.Tensor) -> dict:
+    """The images ``keep`` (bool ``(B,)``) of a collated batch: tensors and lists of length ``B`` are cut,
+    anything else (batch-level values) is kept as it is."""
+    b = keep.numel()
+    idx = keep.nonzero().flatten()
+    out = {}
+    for k, v in batch.items():
+        if torch.is_tensor(v) and v.dim() > 0 and v.shape[0] == b:
+            out[k] = v[idx.to(v.device)]
+        elif isinstance(v, (list, tuple)) and len(v) == b:
+            out[k] = [v[int(i)] for i in idx]
+        else:
+            out[k] = v
+    return out
 
 
 def _tmp(path: Path) -> Path:
@@ -77,6 +96,14 @@ class RunStore:
 
     def done_keys(self) -> list[str]:
         return [p.stem for p in self._files("heatmaps", "*.npz")]
+
+    def done_indices(self) -> set[int]:
+        """Dataset indices of every image in a finished batch (read from the heatmap files' ``index``)."""
+        out: set[int] = set()
+        for f in self._files("heatmaps", "*.npz"):
+            with np.load(f) as z:
+                out.update(int(i) for i in z["index"])
+        return out
 
     # ------------------------------------------------------------------ writing
     def write(self, key: str, batch: Mapping, target: torch.Tensor, maps: torch.Tensor, probs: torch.Tensor,

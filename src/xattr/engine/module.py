@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from xattr.analyses.base import Analysis
-from xattr.core.store import RunStore, batch_key
+from xattr.core.store import RunStore, batch_key, take
 from xattr.engine.targets import resolve_target
 from xattr.methods.base import Attribution, Explanation
 from xattr.metrics.base import Metric, MetricResult
@@ -69,6 +69,8 @@ class AttributionModule(pl.LightningModule):
         self.fitted = False
         self.skipped = 0
         self.computed = 0
+        #: dataset indices finished before this run (read in ``setup``): their images are not recomputed
+        self.done_before: set[int] = set()
         #: keys of the batches each analysis holds (saved with its state)
         self.analysis_keys: dict[str, list[str]] = {}
         needed = {n for m in metrics.values() for n in m.needs} | {n for a in self.analyses.values() for n in a.needs}
@@ -82,6 +84,7 @@ class AttributionModule(pl.LightningModule):
     def setup(self, stage: str) -> None:
         self.net.eval().requires_grad_(False)
         self.method = self.method_factory(self.net)
+        self.done_before = self.store.done_indices()
         for name, analysis in self.analyses.items():
             saved = self.store.load_state(self.state_name(name))
             if saved is not None:
@@ -107,6 +110,13 @@ class AttributionModule(pl.LightningModule):
     def predict_step(self, batch: dict | None, batch_idx: int) -> None:
         if batch is None:  # every image of the batch was unreadable and skipped (dataset.on_error=skip)
             return None
+        if self.done_before:  # a resumed run: leave out images finished before, whatever their batching was
+            keep = torch.tensor([int(i) not in self.done_before for i in batch["index"]], dtype=torch.bool)
+            if not keep.any():
+                self.skipped += 1
+                return None
+            if not keep.all():
+                batch = take(batch, keep)
         key = batch_key(batch["index"])
         if self.store.done(key):
             self.skipped += 1
