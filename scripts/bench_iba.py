@@ -1,7 +1,11 @@
-"""Per-Sample IBA speed: reference-style loop vs xattr batched (fp32, bf16 autocast on GPU).
+"""Per-Sample IBA speed: the authors' loop and a reference-style loop vs xattr batched (fp32, bf16 autocast).
 
-Reference style (BioroboticsLab/IBA ``analyze``): one image at a time, the image repeated ``copies`` times,
-the whole network run at every step with the bottleneck in a forward hook. xattr: ``--batch`` images (``chunk = batch * copies`` forwards per call) x
+Authors' loop (BioroboticsLab/IBA ``analyze``, as its README uses it): one image at a time, the image repeated
+``copies`` times, the whole network run at every step with the bottleneck in a forward hook, and the model's
+parameters left with ``requires_grad`` on (``analyze`` does not turn it off), so every step's backward also
+computes the weights' gradients of the whole network. Reference style: the same loop with the weights frozen
+(the fairest one-image loop). bf16: on CUDA, and on CPUs with native bfloat16 (AVX512-BF16 / AMX); the last
+column is the maps' mean Spearman correlation with the exact fp32 path on two images (same noise seeds). xattr: ``--batch`` images (``chunk = batch * copies`` forwards per call) x
 ``copies`` in one graph, the layers before the bottleneck once, only the tail per step; "plain tail" is the
 fx tail as split, "optimised tail" folds conv + BatchNorm and runs channels-last (``optimise_tail``, the default).
 Rows are timed ``--repeat`` times in turn (reference, plain, optimised, ...) and the median is printed, so
@@ -66,6 +70,25 @@ def reference_style(model, layer, bn: Bottleneck, x, target, steps, copies, beta
     return torch.cat(maps)
 
 
+AUTHORS = "authors' loop as published (1 image, whole net per step, weights' gradients on)"
+
+
+def bf16_cpu() -> bool:
+    """The CPU has native bfloat16 (AVX512-BF16 / AMX), where oneDNN runs bf16 convolutions fast."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def agreement(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Mean per-image Spearman rank correlation of two (B, 1, H, W) maps."""
+    ra = a.flatten(1).argsort(1).argsort(1).double()
+    rb = b.flatten(1).argsort(1).argsort(1).double()
+    ra, rb = ra - ra.mean(1, keepdim=True), rb - rb.mean(1, keepdim=True)
+    return float(((ra * rb).sum(1) / (ra.norm(dim=1) * rb.norm(dim=1))).mean())
+
+
 def bench_model(name, x, target, args, device) -> list[tuple]:
     ctor, layer = MODELS[name]
     model = ctor(weights=None).eval().to(device)
@@ -74,17 +97,27 @@ def bench_model(name, x, target, args, device) -> list[tuple]:
         warnings.simplefilter("ignore")
         stats = st.estimate(model, [layer], [{"x": x[: min(16, args.images)]}], n_samples=16)
     variants = [("xattr batched fp32, plain tail", None, False), ("xattr batched fp32, optimised tail", None, True)]
-    if device.type == "cuda":
+    if device.type == "cuda" or bf16_cpu():
         variants.append(("xattr batched bf16, optimised tail", "bf16", True))
     iba = {v: PerSampleIBA(model, layer, steps=args.steps, copies=args.copies, chunk=args.batch * args.copies,
                            autocast=ac, optimise_tail=opt) for v, ac, opt in variants}
     for m in iba.values():
         m.set_statistics(stats)
     bn = next(iter(iba.values())).bottleneck(layer)
-    for m in iba.values():
-        m.attribute(x[:2], target[:2])  # warm-up (cudnn autotune, fx tracing)
+    warm = {v: m.attribute(x[:2], target[:2]) for v, m in iba.items()}  # warm-up (cudnn autotune, fx tracing)
+    if not args.skip_reference:  # warm-up of the loops (allocator, oneDNN primitives)
+        reference_style(model, layer, bn, x[:1], target[:1], 1, args.copies)
+        model.zero_grad(set_to_none=True)
+    exact = warm[variants[0][0]]
+    agree = {f"{v} (batch {args.batch})": agreement(exact, warm[v]) for v, _, _ in variants}
     runs: dict[str, list[tuple[float, float]]] = {}
     for _ in range(args.repeat):
+        if not args.skip_reference and not args.skip_authors:
+            sec, peak = timed(lambda: reference_style(model, layer, bn, x[:n_ref], target[:n_ref], args.steps,
+                                                      args.copies), device)
+            runs.setdefault(AUTHORS, []).append((1000 * sec / n_ref, peak))
+            print(f"  authors' loop: {1000 * sec / n_ref:.0f} ms/image", file=sys.stderr, flush=True)
+            model.zero_grad(set_to_none=True)
         if not args.skip_reference:
             with frozen(model):
                 sec, peak = timed(lambda: reference_style(model, layer, bn, x[:n_ref], target[:n_ref], args.steps,
@@ -96,7 +129,8 @@ def bench_model(name, x, target, args, device) -> list[tuple]:
             runs.setdefault(f"{v} (batch {args.batch})", []).append((1000 * sec / args.images, peak))
             print(f"  {v}: {1000 * sec / args.images:.0f} ms/image", file=sys.stderr, flush=True)
     ref = statistics.median(ms for ms, _ in runs[next(iter(runs))])
-    return [(name, path, statistics.median(ms for ms, _ in r), max(p for _, p in r), ref) for path, r in runs.items()]
+    return [(name, path, statistics.median(ms for ms, _ in r), max(p for _, p in r), ref, agree.get(path))
+            for path, r in runs.items()]
 
 
 def main() -> None:
@@ -110,7 +144,8 @@ def main() -> None:
     ap.add_argument("--ref-images", type=int, default=None, help="images for the reference path (default: --images)")
     ap.add_argument("--models", nargs="*", default=list(MODELS))
     ap.add_argument("--repeat", type=int, default=1, help="timings per row, taken in turn; the median is shown")
-    ap.add_argument("--skip-reference", action="store_true")
+    ap.add_argument("--skip-reference", action="store_true", help="no reference rows")
+    ap.add_argument("--skip-authors", action="store_true", help="no authors'-loop row (weights' gradients on)")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     args = ap.parse_args()
     device = torch.device(args.device)
@@ -128,10 +163,11 @@ def main() -> None:
             torch.cuda.empty_cache()
     print(f"\nPer-Sample IBA, {args.steps} steps x {args.copies} copies, {args.size}x{args.size}, {device_name(device)}, "
           f"{args.images} images (reference path: {n_ref}), median of {args.repeat}\n")
-    print("| model / layer | path | ms / image | x faster than the first row | peak memory (MiB) |")
-    print("|---|---|---:|---:|---:|")
-    for name, path, ms, peak, ref in rows:
-        print(f"| {name} | {path} | {ms:.1f} | {ref / ms:.1f} | {'–' if peak != peak else f'{peak:.0f}'} |")
+    print("| model / layer | path | ms / image | x faster than the first row | peak memory (MiB) | maps vs fp32 plain tail (Spearman) |")
+    print("|---|---|---:|---:|---:|---:|")
+    for name, path, ms, peak, ref, agree in rows:
+        print(f"| {name} | {path} | {ms:.1f} | {ref / ms:.1f} | {'–' if peak != peak else f'{peak:.0f}'} | "
+              f"{'–' if agree is None else f'{agree:.4f}'} |")
 
 
 if __name__ == "__main__":
