@@ -36,6 +36,7 @@ def _cli(args, cwd, env=None, timeout=300):
     ("method=iba method.steps=0", "method.steps 0"),
     ("method=integrated_gradients method.n_steps=2.5", "method.n_steps 2.5"),
     ("trainer=ddp", "trainer.accelerator 'gpu'"),
+    ("threads=0", "threads 0"),
 ])
 def test_bad_value_is_one_line_exit_2_and_no_folder(tmp_path, override, named):
     if override == "trainer=ddp":

@@ -41,8 +41,9 @@ log = logging.getLogger("xattr")
 ANALYSIS_ROWS_SHOWN = 40  # the console shows a long analysis table's head; the CSV holds all rows
 
 
-def run(cfg: DictConfig) -> Path:
-    """Run the configured attribution experiment; returns the run directory."""
+def run(cfg: DictConfig, set_threads: bool = False) -> Path:
+    """Run the configured attribution experiment; returns the run directory. ``set_threads``: apply
+    ``cfg.threads`` to torch (the command line does; a caller in its own process keeps its threads)."""
     if (cfg.model.get("layers") or {}).get("embedding"):  # a text model: only methods with a text form
         from xattr.methods.text import check_text_method
 
@@ -80,6 +81,8 @@ def run(cfg: DictConfig) -> Path:
                             config=OmegaConf.to_container(cfg, resolve=True))
     trainer = make_trainer(cfg.trainer, logger=loggers, inference_mode=False, enable_checkpointing=False,
                            default_root_dir=str(run_dir))
+    if set_threads:  # after every check: a bad input stays one line
+        apply_threads(cfg.get("threads", "auto"))
     if trainer.is_global_zero and trainer.strategy.root_device.type == "cpu" and len(ds):
         _say_duration(probe, metrics, zoo.net, ds, run_dir)
     trainer.predict(module, loader, return_predictions=False)
@@ -198,8 +201,7 @@ def _hydra_main(cfg: DictConfig) -> None:
     run_dir = Path(cfg.paths.output_dir)
     install_terminate_handler()  # SIGTERM stops like Ctrl-C: Lightning shuts down, finished batches are kept
     try:
-        apply_threads(cfg.get("threads", "auto"))
-        run(cfg)
+        run(cfg, set_threads=True)
     except (KeyboardInterrupt, SystemExit, RuntimeError) as e:
         if isinstance(e, SystemExit) and e.code in (0, None) or isinstance(e, RuntimeError) and not killed_with_its_group(e):
             raise

@@ -41,8 +41,9 @@ def resolve_ckpt_path(ckpt_path: str | None, ckpt_dir: Path) -> Path | None:
     return path
 
 
-def train(cfg: DictConfig) -> Path:
-    """Train the configured model; returns the run directory (holding ``results.json``)."""
+def train(cfg: DictConfig, set_threads: bool = False) -> Path:
+    """Train the configured model; returns the run directory (holding ``results.json``). ``set_threads``: apply
+    ``cfg.threads`` to torch (the command line does; a caller in its own process keeps its threads)."""
     import pytorch_lightning as pl
     import torch
 
@@ -111,6 +112,8 @@ def train(cfg: DictConfig) -> Path:
     sizes = data.sizes()
     with warnings.catch_warnings():  # resuming into the run's own folder is the point
         warnings.filterwarnings("ignore", message=".*exists and is not empty.*")
+        if set_threads:  # after every check: a bad input stays one line
+            apply_threads(cfg.get("threads", "auto"))
         t0 = time.time()
         trainer.fit(module, datamodule=data, ckpt_path=str(resume) if resume else None)
         fit_minutes = (time.time() - t0) / 60
@@ -179,8 +182,7 @@ def _hydra_main(cfg: DictConfig) -> None:
     torch.set_float32_matmul_precision("high")
     install_terminate_handler()  # before the Trainer: Lightning then keeps ours
     try:
-        apply_threads(cfg.get("threads", "auto"))
-        train(cfg)
+        train(cfg, set_threads=True)
     except (KeyboardInterrupt, SystemExit, RuntimeError) as e:  # Ctrl-C / SIGTERM: Lightning shuts down, exits 1
         if isinstance(e, SystemExit) and e.code in (0, None) or isinstance(e, RuntimeError) and not killed_with_its_group(e):
             raise
