@@ -18,13 +18,15 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from xattr.config import CONF_DIR, check_overrides, root_config_error
+from xattr.core.threads import apply_threads
 from xattr.errors import XattrConfigError, unknown
 
 DEVICES = ("auto", "cpu", "cuda")
 
 
-def generate(cfg: DictConfig) -> Path:
-    """Generate samples ``0..axioms.n-1`` of one scenario; returns the scenario's folder."""
+def generate(cfg: DictConfig, set_threads: bool = False) -> Path:
+    """Generate samples ``0..axioms.n-1`` of one scenario; returns the scenario's folder. ``set_threads``: apply
+    ``cfg.threads`` to torch (the command line does; a caller in its own process keeps its threads)."""
     import torch
 
     from xattr.data.axioms_generation import SCENARIOS, AxiomGenerator, GenConfig
@@ -60,6 +62,8 @@ def generate(cfg: DictConfig) -> Path:
                       "lr": gcfg.lr, "max_iters": gcfg.max_iters, "warmup": gcfg.warmup_iters,
                       "min_main": gcfg.min_main, "softmax_min": gcfg.softmax_min, "k_rem_max": gcfg.k_rem_max})
     todo = [i for i in range(ax.n) if not store.done(i)]
+    if set_threads:  # after every check: a bad input stays one line
+        apply_threads(cfg.get("threads", "auto"))
     print(f"generate {scenario}: {ax.n - len(todo)} of {ax.n} samples done, {len(todo)} to go "
           f"({cfg.model.name} on {device}, batch {cfg.batch_size}, {prior.patch_size}x{prior.patch_size} patches) "
           f"-> {out}", flush=True)
@@ -82,7 +86,7 @@ def generate(cfg: DictConfig) -> Path:
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="generate")
 def _hydra_main(cfg: DictConfig) -> None:
     try:
-        generate(cfg)
+        generate(cfg, set_threads=True)
     except KeyboardInterrupt:
         print("interrupted: finished samples are kept; the same command resumes", file=sys.stderr)
         raise SystemExit(130) from None
