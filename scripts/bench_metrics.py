@@ -8,14 +8,26 @@ the protocol (PixelFlipping = deletion only, one forward per step for the whole 
 
 Prints a Markdown table. Models: torchvision VGG-16 and MobileNet-V2 with random weights.
 
-``--tolerance``: how far the AUC of the curve at ``--points`` evenly spread steps (``points: 100``) lies from
-the full curve's (``points: all``), on real images, real weights and several methods' maps (xattr zoo
+``--tolerance``: how far the AUC of the curve at ``--points`` steps (``points: 100``; ``--spacings even,adaptive``)
+lies from the full curve's (``points: all``), on real images, real weights and several methods' maps (xattr zoo
 models; ``--zoo cifar_resnet20`` reads CIFAR-10 test images, ``--zoo mobilenet_v2`` ImageNet val images from
-``--data``). Prints the distribution of the AUC differences (mean |d|, 95th percentile, max) per method,
-mode and number of points, and the time of each setting (forwards per image and ms per image).
+``--data``). The full curves are computed once per method (``--cache DIR`` keeps them, so a killed run
+resumes); each sparse setting's points are then picked by the metric's own rule fed the full curve's values
+(no forwards; the same points and AUCs as the metric, checked on the first ``--time-images`` images, on
+which the real sparse metric is also timed). Prints the distribution of the AUC differences (mean |d|, 95th
+percentile, max, share above 0.005, bias of the mean with its standard error) per method, mode, points and
+spacing, and the time of each setting (forwards per image and ms per image; the full curve's from its
+computation).
 
-    python scripts/bench_metrics.py --tolerance --zoo cifar_resnet20 --images 200 --per-step 1 --points 100 50
-    python scripts/bench_metrics.py --tolerance --zoo mobilenet_v2 --images 4 --per-step 10 --points 100
+    python scripts/bench_metrics.py --tolerance --zoo cifar_resnet20 --images 200 --per-step 1 --points 100 200 \
+        --batch 20 --chunk 64 --threads 1 --cache /tmp/insdel_cache --time-images 20
+    python scripts/bench_metrics.py --tolerance --zoo mobilenet_v2 --images 2 --per-step 10 --points 100 200 \
+        --methods gradient --batch 1 --chunk 64 --threads 1 --cache /tmp/insdel_cache --time-images 1
+
+``--quantus``: deletion on the same maps against Quantus 0.6 ``PixelFlipping`` (see :func:`quantus_compare`).
+
+    python scripts/bench_metrics.py --quantus --images 1 --size 224 --per-step 10 --models mobilenet_v2 \
+        --points 100 --threads 1 --chunk auto --plain
 """
 
 from __future__ import annotations
@@ -98,84 +110,212 @@ def _zoo_data(name: str, data: str, n: int, device: torch.device):
     return zoo.net.to(device).eval(), b["x"].to(device), b["label"].to(device)
 
 
+def _maps(name: str, net, x: torch.Tensor, target: torch.Tensor, batch: int) -> torch.Tensor:
+    """The ``--tolerance`` methods' maps of ``x`` (computed ``batch`` images at a time)."""
+    from xattr.methods.baselines.gradient import Gradient
+    from xattr.methods.baselines.input_x_gradient import InputXGradient
+    from xattr.methods.baselines.integrated_gradients import IntegratedGradients
+    from xattr.methods.baselines.random import RandomAttribution
+
+    make = {"gradient": lambda: Gradient(net, reduce="max_abs", abs=True),
+            "input_x_gradient": lambda: InputXGradient(net, reduce="sum"),
+            "integrated_gradients": lambda: IntegratedGradients(net, n_steps=20),
+            "random": lambda: RandomAttribution(net, seed=0, tile=1)}
+    if name not in make:
+        raise SystemExit(f"bad method {name!r}; valid choices: {', '.join(make)}")
+    method = make[name]()
+    return torch.cat([method.attribute(x[i : i + batch], target[i : i + batch]).detach() for i in range(0, len(x), batch)])
+
+
+def full_curves(a, net, x: torch.Tensor, target: torch.Tensor, mname: str, maps: torch.Tensor, device) -> dict:
+    """The full curves (``points: all``) of every image, computed ``--batch`` images per call and, with
+    ``--cache DIR``, kept in ``DIR/<zoo>_<per_step>px_<method>.pt`` (appended batch by batch, so a killed run
+    resumes). Returns ``{"insertion": (N, T), "deletion": (N, T), "seconds": s, "timed": images}``."""
+    from pathlib import Path
+
+    path = Path(a.cache) / f"{a.zoo}_{a.per_step}px_{mname}.pt" if a.cache else None
+    have = torch.load(path) if path is not None and path.is_file() else {"insertion": [], "deletion": [], "seconds": 0.0, "timed": 0}
+    done = sum(len(c) for c in have["insertion"])
+    sigma = min(15.0, (x.shape[-1] + 1) / 4)
+    metric = InsertionDeletion(points="all", per_step=a.per_step, blur_sigma=sigma, min_prob=None, chunk=a.chunk,
+                               precision=a.precision, channels_last=a.channels_last)
+    for i in range(done, len(x), a.batch):
+        sl = slice(i, i + a.batch)
+        out = []
+        sec = timed(lambda sl=sl: out.append(metric(net, x[sl], target[sl], maps[sl])), device)  # noqa: B023
+        for mode in ("insertion", "deletion"):
+            have[mode].append(out[0].curves[mode].double().cpu())
+        have["seconds"] += sec
+        have["timed"] += len(x[sl])
+        print(f"  full curves {mname}: {i + len(x[sl])} / {len(x)} images, {1000 * sec / len(x[sl]):.0f} ms per image",
+              file=sys.stderr, flush=True)
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            torch.save(have, path.with_suffix(".tmp"))
+            path.with_suffix(".tmp").replace(path)
+    return {**have, **{m: torch.cat(have[m])[: len(x)] for m in ("insertion", "deletion")}}
+
+
 def tolerance(a) -> None:
     """``--tolerance``: AUC differences of sparse curves against the full curve (see the module docstring)."""
     from timing import device_name  # scripts/ is on sys.path when run as a script
-    from xattr.methods.baselines.gradient import Gradient
-    from xattr.methods.baselines.input_x_gradient import InputXGradient
-    from xattr.methods.baselines.random import RandomAttribution
 
     device = torch.device(a.device)
     net, x, target = _zoo_data(a.zoo, a.data, a.images, device)
-    methods = {"gradient": lambda: Gradient(net, reduce="max_abs", abs=True),
-               "input_x_gradient": lambda: InputXGradient(net, reduce="sum"),
-               "random": lambda: RandomAttribution(net, seed=0, tile=1)}
-    methods = {k: v for k, v in methods.items() if k in a.methods.split(",")}
-    size = x.shape[-1]
+    size, n = x.shape[-1], len(x)
     sigma = min(15.0, (size + 1) / 4)
-    kw = dict(per_step=a.per_step, blur_sigma=sigma, min_prob=None, chunk=a.chunk, precision=a.precision)
-    settings = ["all"] + [int(p) for p in a.points]
+    kw = dict(per_step=a.per_step, blur_sigma=sigma, min_prob=None, chunk=a.chunk, precision=a.precision,
+              channels_last=a.channels_last)
+    settings = [(int(p), sp) for p in a.points for sp in a.spacings.split(",")]
     n_steps = -(-size * size // a.per_step)
-    rows, times = [], {s: [0.0, 0] for s in settings}
-    for mname, make in methods.items():
-        maps = torch.cat([make().attribute(x[i : i + a.batch], target[i : i + a.batch])
-                          for i in range(0, len(x), a.batch)])
-        aucs = {}
-        for setting in settings:
-            metric = InsertionDeletion(points=setting, **kw)
-            res = []
-            for i in range(0, len(x), a.batch):
-                sl = slice(i, i + a.batch)
-                t = timed(lambda sl=sl: res.append(metric(net, x[sl], target[sl], maps[sl])), device)  # noqa: B023 (called at once)
-                times[setting][0] += t
-                times[setting][1] += len(x[sl])
-            aucs[setting] = {m: torch.cat([r.scores[m] for r in res]).double() for m in ("insertion", "deletion")}
-        for setting in settings[1:]:
+    cap = torch.full((n,), size * size)
+    rows, diffs, times, checks = [], {}, {}, []
+    full_sec = [0.0, 0]
+    for mname in a.methods.split(","):
+        maps = _maps(mname, net, x, target, a.batch)
+        full = full_curves(a, net, x, target, mname, maps, device)
+        full_sec[0] += full["seconds"]
+        full_sec[1] += full["timed"]
+        for points, spacing in settings:
+            metric = InsertionDeletion(points=points, spacing=spacing, rounds=a.rounds, **kw)
             for mode in ("insertion", "deletion"):
-                signed = aucs[setting][mode] - aucs["all"][mode]
-                d = signed.abs()
-                rows.append((mname, mode, setting, float(aucs["all"][mode].mean()), float(d.mean()),
-                             float(d.quantile(0.95)), float(d.max()), int((d > 0.005).sum()), len(d),
-                             float(signed.mean())))
-                print(f"  {rows[-1]}", file=sys.stderr, flush=True)
-    print(f"\nInsertion/deletion AUC: sparse curve vs full curve; {a.zoo} (real weights), {len(x)} real images "
-          f"{size}x{size}, {a.per_step} px per step = {n_steps} steps per curve, {device_name(device)}\n")
-    print("| method | mode | points | mean AUC (full) | mean abs diff | 95th pct | max | images with diff > 0.005 "
-          "| diff of the mean AUC |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+                curve = full[mode]
+                steps = torch.arange(1, n_steps + 1)[None].expand(n, -1)
+                auc_full = torch.trapezoid(curve, metric._x(steps, cap))
+                # the points the metric picks, fed the full curve's values (the same rule, no forwards)
+                k, y, _, _ = metric._sample(cap, lambda i, kk, c=curve: c[i, kk - 1])  # noqa: B023
+                signed = torch.trapezoid(y, metric._x(k, cap)) - auc_full
+                diffs.setdefault((points, spacing, mode), []).append(signed)
+                rows.append((mname, mode, points, spacing, float(auc_full.mean()), signed))
+                print(f"  {mname} {mode} {points} {spacing}: mean |d| {float(signed.abs().mean()):.5f}", file=sys.stderr, flush=True)
+            if a.time_images:  # the real metric on the first images: its time, and its AUCs against the rule's
+                sl = slice(0, a.time_images)
+                got = []
+                sec = timed(lambda: got.append(metric(net, x[sl], target[sl], maps[sl])), device)  # noqa: B023
+                times.setdefault((points, spacing), [0.0, 0])
+                times[(points, spacing)][0] += sec
+                times[(points, spacing)][1] += len(x[sl])
+                for mode in ("insertion", "deletion"):
+                    auc_sim = full[mode][sl]
+                    k, y, _, _ = metric._sample(cap[sl], lambda i, kk, c=auc_sim: c[i, kk - 1])  # noqa: B023
+                    checks.append(float((got[0].scores[mode].double() - torch.trapezoid(y, metric._x(k, cap[sl]))).abs().max()))
+    print(f"\nInsertion/deletion AUC: sparse curve vs full curve; {a.zoo} (real weights), {n} real images "
+          f"{size}x{size}, {a.per_step} px per step = {n_steps} steps per curve, {device_name(device)}. d = sparse AUC "
+          f"- full AUC per image; bias = mean of d (+- its standard error)\n")
+    print("| method | mode | points | spacing | mean AUC (full) | mean abs d | 95th pct | max | images with abs d > 0.005 "
+          "| bias of the mean AUC |")
+    print("|---|---|---:|---|---:|---:|---:|---:|---:|---:|")
+
+    def line(name, mode, points, spacing, mean_full, d) -> None:
+        a_ = d.abs()
+        se = float(d.std() / len(d) ** 0.5) if len(d) > 1 else float("nan")
+        print(f"| {name} | {mode} | {points} | {spacing} | {mean_full} | {float(a_.mean()):.5f} | "
+              f"{float(a_.quantile(0.95)):.5f} | {float(a_.max()):.5f} | {int((a_ > 0.005).sum())} / {len(d)} "
+              f"({float((a_ > 0.005).double().mean()):.0%}) | {float(d.mean()):+.5f} +- {se:.5f} |")
+
     for r in rows:
-        print(f"| {r[0]} | {r[1]} | {r[2]} | {r[3]:.4f} | {r[4]:.5f} | {r[5]:.5f} | {r[6]:.5f} | {r[7]} / {r[8]} "
-              f"| {r[9]:+.5f} |")
-    print("\n| points | forwards per image (both curves) | ms per image | x faster than all |")
-    print("|---|---:|---:|---:|")
-    full_ms = 1000 * times["all"][0] / times["all"][1]
-    for setting in settings:
-        fw = 2 * (n_steps if setting == "all" else min(setting, n_steps))
-        ms = 1000 * times[setting][0] / times[setting][1]
-        print(f"| {setting} | {fw} | {ms:.0f} | {full_ms / ms:.1f} |")
+        line(r[0], r[1], r[2], r[3], f"{r[4]:.4f}", r[5])
+    if len(a.methods.split(",")) > 1:
+        for (points, spacing, mode), ds in diffs.items():
+            line("**all methods**", mode, points, spacing, "", torch.cat(ds))
+    if checks:
+        print(f"\n(the metric's own AUCs on the first {a.time_images} images equal the rule's on the full curve up to "
+              f"{max(checks):.1e})")
+    print("\n| points | spacing | forwards per image (both curves) | ms per image | x faster than all |")
+    print("|---|---|---:|---:|---:|")
+    full_ms = 1000 * full_sec[0] / max(1, full_sec[1])
+    print(f"| all | - | {2 * n_steps} | {full_ms:.0f} | 1.0 |")
+    for (points, spacing), (sec, cnt) in times.items():
+        ms = 1000 * sec / cnt
+        print(f"| {points} | {spacing} | {2 * min(points, n_steps)} | {ms:.0f} | {full_ms / ms:.1f} |")
+
+
+def quantus_compare(a) -> None:
+    """``--quantus``: deletion on the same maps, ms per image: Quantus 0.6 ``PixelFlipping`` (its batched
+    evaluation: one forward of the whole batch per step, ``features_in_step`` the divisor of C*H*W nearest to
+    3 x ``--per-step``: the same number of forwards as a ``--per-step`` px curve) against xattr's deletion with
+    every step (equal forwards; plain forwards as Quantus's, then xattr's defaults: BatchNorm folded,
+    channels-last) and with ``--points`` (adaptive), and xattr's insertion + deletion with ``--points`` (what
+    an ordinary run computes). Random weights, random maps."""
+    import quantus
+
+    from timing import device_name  # scripts/ is on sys.path when run as a script
+
+    device = torch.device(a.device)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(a.images, 3, a.size, a.size, generator=g).to(device)
+    maps = torch.rand(a.images, 1, a.size, a.size, generator=g).to(device)
+    target = torch.randint(0, 1000, (a.images,), generator=g).to(device)
+    sigma = min(15.0, (a.size + 1) / 4)
+    n_units = a.size * a.size
+    n_steps = -(-n_units // a.per_step)
+    total = 3 * n_units
+    fis = min((d for d in range(1, total + 1) if total % d == 0), key=lambda d: abs(d - 3 * a.per_step))
+    pts = int(a.points[0])
+    kw = dict(per_step=a.per_step, blur_sigma=sigma, min_prob=None, chunk=a.chunk)
+    print(f"Deletion on the same maps: {a.images} images {a.size}x{a.size}, {a.per_step} px per step, "
+          f"{device_name(device)}, random weights\n")
+    print("| model | path | forwards per image | ms per image | x faster than Quantus |")
+    print("|---|---|---:|---:|---:|")
+    for name in a.models.split(","):
+        model = getattr(torchvision.models, name)(weights=None).eval().to(device)
+        pf = quantus.PixelFlipping(features_in_step=fis, perturb_baseline=0.0, normalise=False,
+                                   disable_warnings=True, display_progressbar=False)
+        rows = [(f"Quantus 0.6 PixelFlipping (deletion, {fis} values per step, the batch per forward)", total // fis,
+                 lambda: pf(model=model, x_batch=x.cpu().numpy(), y_batch=target.cpu().numpy(),  # noqa: B023
+                            a_batch=maps.expand(-1, 3, -1, -1).cpu().numpy(), device=str(device), softmax=True))]
+        plain = [("xattr deletion, every step, plain forwards (fold_bn off, contiguous)",
+                  InsertionDeletion(modes=["deletion"], fold_bn=False, channels_last=False, **kw), n_steps)]
+        for label, metric, fw in (
+            *(plain if a.plain else []),
+            ("xattr deletion, every step (defaults: BatchNorm folded, channels-last)",
+             InsertionDeletion(modes=["deletion"], **kw), n_steps),
+            (f"xattr deletion, points {pts} adaptive", InsertionDeletion(modes=["deletion"], points=pts, **kw), pts),
+            (f"xattr insertion + deletion, points {pts} adaptive (the default)", InsertionDeletion(points=pts, **kw), 2 * pts),
+        ):
+            rows.append((label, fw, lambda m=metric: m(model, x, target, maps)))  # noqa: B023
+        InsertionDeletion(modes=["deletion"], points=4, **kw)(model, x[:1], target[:1], maps[:1])  # warm-up
+        base = None
+        for label, fw, fn in rows:
+            sec = timed(fn, device)
+            base = base or sec
+            print(f"| {name} | {label} | {fw} | {1000 * sec / a.images:.0f} | {base / sec:.1f} |", flush=True)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--tolerance", action="store_true", help="sparse vs full AUC on real images (module docstring)")
+    p.add_argument("--quantus", action="store_true", help="deletion vs Quantus PixelFlipping on the same maps")
+    p.add_argument("--plain", action="store_true", help="--quantus: also xattr with plain forwards (no folding, contiguous)")
     p.add_argument("--zoo", default="cifar_resnet20", help="--tolerance: xattr zoo model with real weights")
     p.add_argument("--data", default="/work/shared/data", help="--tolerance: the shared data folder")
     p.add_argument("--methods", default="gradient,input_x_gradient,random", help="--tolerance: maps to compare on")
     p.add_argument("--points", nargs="*", default=["100"], help="sparse settings (--tolerance: all compared; else the first)")
     p.add_argument("--batch", type=int, default=16, help="--tolerance: images per metric call")
+    p.add_argument("--cache", default=None, help="--tolerance: folder keeping the full curves between runs")
+    p.add_argument("--spacings", default="even,adaptive", help="--tolerance: spacings compared")
+    p.add_argument("--rounds", type=int, default=4, help="adaptive spacing: rounds after the first, even set")
+    p.add_argument("--time-images", type=int, default=0, help="--tolerance: images the sparse metric is timed on")
+    p.add_argument("--channels-last", action="store_true", default=None, help="channels-last forwards (CPU too)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (1 on a shared machine)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--images", type=int, default=2)
     p.add_argument("--size", type=int, default=32)
     p.add_argument("--per-step", type=int, default=10)
-    p.add_argument("--chunk", type=int, default=256)
+    p.add_argument("--chunk", type=lambda v: v if v == "auto" else int(v), default=256, help="forwards per call, or auto")
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
     p.add_argument("--n-masks", type=int, default=10)
     p.add_argument("--models", default="vgg16,mobilenet_v2")
     p.add_argument("--skip-loop", action="store_true", help="skip the per-image loop columns")
     p.add_argument("--skip-quantus", action="store_true")
     a = p.parse_args()
+    if a.threads:
+        torch.set_num_threads(a.threads)
     if a.tolerance:
         tolerance(a)
+        return
+    if a.quantus:
+        quantus_compare(a)
         return
     device = torch.device(a.device)
     if device.type == "cuda":

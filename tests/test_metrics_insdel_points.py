@@ -1,8 +1,10 @@
-"""Insertion / deletion with fewer forwards (``points``), ``chunk: auto`` and channels-last (issue 18).
+"""Insertion / deletion with fewer forwards (``points``, ``spacing``), ``chunk: auto`` and channels-last (issue 18).
 
 Closed forms on a linear model whose every pixel moves the logit by the same amount (the curve is then a
 straight line, so the trapezoid over any subset of its points, first and last kept, is its exact area),
-and subset checks on a CNN: the sparse curve's points are the full curve's points at the chosen steps.
+a linear model with one heavy pixel (the deletion curve is one jump at a known step: the adaptive points
+close in on it, even ones leave a hand-computed error), and subset checks on a CNN: the sparse curve's
+points are the full curve's points at the chosen steps.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import torch
 
 from xattr.errors import XattrConfigError
 from xattr.metrics._perturb import CPU_CHUNK, resolve_chunk
-from xattr.metrics.insertion_deletion import InsertionDeletion
+from xattr.metrics.insertion_deletion import InsertionDeletion, refine
 from xattr.models.tiny import PixelLinear, TinyCNN
 
 S = 16  # 256 pixels
@@ -29,14 +31,15 @@ def equal_pixel_model(c: float = 0.02):
     return PixelLinear(w).eval(), x[:1], maps[:1]
 
 
+@pytest.mark.parametrize("spacing", ["even", "adaptive"])
 @pytest.mark.parametrize("x_axis", ["reference", "xattr"])
 @pytest.mark.parametrize("points", [2, 7, 30])
-def test_points_auc_equals_the_full_auc_and_the_closed_form_on_a_linear_curve(x_axis, points):
+def test_points_auc_equals_the_full_auc_and_the_closed_form_on_a_linear_curve(x_axis, points, spacing):
     model, x, maps = equal_pixel_model(c=0.02)
     t = torch.zeros(1, dtype=torch.long)
     kw = dict(per_step=4, modes=["deletion"], output="logit", min_prob=None, x_axis=x_axis)
     full = InsertionDeletion(**kw)(model, x, t, maps)
-    sparse = InsertionDeletion(points=points, **kw)(model, x, t, maps)
+    sparse = InsertionDeletion(points=points, spacing=spacing, **kw)(model, x, t, maps)
     n, per = S * S, 4
     total = 0.02 * n  # logit of the clean image: 5.12
     if x_axis == "reference":  # k = 1..64 at x = (k - 1) / 64: a line from total - 0.08 to 0
@@ -44,7 +47,8 @@ def test_points_auc_equals_the_full_auc_and_the_closed_form_on_a_linear_curve(x_
         expected = (steps - 1) / steps * ((total - 0.02 * per) + 0.0) / 2
     else:  # k = 0..64 at x = k / 64: from total to 0 over [0, 1]
         expected = total / 2
-    assert sparse.curves["deletion"].shape == (1, points)
+    shown = points if spacing == "even" else max(2, -(-points // 2))  # adaptive: the first, even set
+    assert sparse.curves["deletion"].shape == (1, shown)
     assert full.scores["deletion"].item() == pytest.approx(expected, abs=1e-4)
     assert sparse.scores["deletion"].item() == pytest.approx(expected, abs=1e-4)
 
@@ -55,7 +59,7 @@ def test_points_are_the_full_curve_at_the_chosen_steps_first_and_last_kept():
     x, maps, t = torch.randn(3, 3, S, S), torch.rand(3, 1, S, S), torch.tensor([0, 1, 2])
     kw = dict(per_step=3, blur_sigma=3.0, min_prob=None, chunk=64)
     full = InsertionDeletion(**kw)(net, x, t, maps)  # T = ceil(256 / 3) = 86 steps
-    sparse = InsertionDeletion(points=10, **kw)(net, x, t, maps)
+    sparse = InsertionDeletion(points=10, spacing="even", **kw)(net, x, t, maps)
     # k_j = 1 + round(j * 85 / 9): 1, 10, 20, 29, 39, 48, 58, 67, 77, 86 (hand computed)
     idx = torch.tensor([1, 10, 20, 29, 39, 48, 58, 67, 77, 86]) - 1
     for mode in ("insertion", "deletion"):
@@ -92,7 +96,7 @@ def test_points_batched_equals_one_at_a_time_on_texts_of_different_lengths():
     mask[2, 7:] = False
     maps = torch.rand(3, 40, generator=g)
     t = torch.ones(3, dtype=torch.long)
-    metric = InsertionDeletion(per_step=1, unk_index=1, min_prob=None, points=6)
+    metric = InsertionDeletion(per_step=1, unk_index=1, min_prob=None, points=6, spacing="even")
     res = metric(Bag(), x, t, maps, mask=mask)
     assert res.curves["deletion"].shape == (3, 6)
     assert res.x_axis["deletion"].tolist() == [1, 9, 17, 24, 32, 40]  # longest text: 1 + round(j * 39 / 5)
@@ -105,10 +109,111 @@ def test_points_batched_equals_one_at_a_time_on_texts_of_different_lengths():
     assert torch.allclose(res.curves["deletion"][2], full.curves["deletion"][0, [0, 1, 2, 4, 5, 6]], atol=1e-6)
 
 
+def one_jump_model(heavy: int, weight: float = 3.0):
+    """A 16 x 16 image of ones whose logit_0 is ``weight`` x pixel ``heavy`` (all other pixels: weight 0), and
+    a map ranking pixel p p-th (flat order), so with 1 pixel per step the deletion curve (logit) is ``weight``
+    up to step ``heavy`` and 0 from step ``heavy + 1`` on: one jump between those two steps."""
+    w = torch.zeros(2, 3, S, S)
+    w[0].view(3, -1)[:, heavy] = weight / 3
+    maps = (S * S - 1 - torch.arange(S * S, dtype=torch.float32)).view(1, 1, S, S)
+    return PixelLinear(w).eval(), torch.ones(1, 3, S, S), maps
+
+
+def test_adaptive_points_close_in_on_a_jump_and_recover_its_area_where_even_ones_cannot():
+    model, x, maps = one_jump_model(heavy=100)
+    t = torch.zeros(1, dtype=torch.long)
+    kw = dict(per_step=1, modes=["deletion"], output="logit", min_prob=None)
+    full = InsertionDeletion(**kw)(model, x, t, maps)
+    # k = 1..256 at x = (k - 1) / 256: 3 for k <= 100, 0 from k = 101; area 3 x 99 / 256 + the jump's 3 / 2 / 256
+    assert full.scores["deletion"].item() == pytest.approx(3 * 99.5 / 256, abs=1e-6)
+    even = InsertionDeletion(points=20, spacing="even", **kw)(model, x, t, maps)
+    # even: k_j = 1 + round(j 255 / 19); the jump lies between k = 95 (j = 7) and k = 108 (j = 8), so the
+    # trapezoid counts 3 up to x = 94 / 256 and half of 3 over the 13 steps to x = 107 / 256
+    assert even.scores["deletion"].item() == pytest.approx(3 * (94 + 6.5) / 256, abs=1e-6)
+    adaptive = InsertionDeletion(points=20, spacing="adaptive", **kw)(model, x, t, maps)
+    assert adaptive.scores["deletion"].item() == pytest.approx(3 * 99.5 / 256, abs=1e-6)
+    # the first, even set of 10 points is what ``curves`` holds: k = 1 + round(j 255 / 9)
+    assert adaptive.x_axis["deletion"].mul(256).round().long().tolist() == [0, 28, 57, 85, 113, 142, 170, 198, 227, 255]
+
+
+def test_refine_puts_the_points_into_the_jump_interval_split_evenly():
+    # steps 1, 65, 129, 192, 256; the curve falls by 0.1 on [1, 65] and by 0.9 on [65, 129], then stays at 0
+    k = torch.tensor([[1, 65, 129, 192, 256]])
+    y = torch.tensor([[1.0, 0.9, 0.0, 0.0, 0.0]], dtype=torch.float64)
+    x = (k - 1).double() / 256
+    new, valid = refine(k, y, x, 4)
+    # weights dx (|dy| + max of the neighbours' |dy| / 2): [1, 65] 0.25 (0.1 + 0.45) = 0.1375, [65, 129]
+    # 0.25 (0.9 + 0.05) = 0.2375, [129, 192] 63 / 256 (0 + 0.45) = 0.1107, [192, 256] 0; the 4 largest of
+    # weight / j: 0.2375 ([65, 129], 1st), 0.1375 ([1, 65]), 0.11875 ([65, 129], 2nd), 0.1107 ([129, 192]);
+    # [65, 129] in thirds: 65 + round(64 / 3) = 86, 65 + round(128 / 3) = 108; halves: 33, 129 + round(31.5) = 161
+    assert valid.all() and new.tolist() == [[86, 33, 108, 161]]
+    # no room left in a 2-step interval: one seat (the step between), the rest go to the zero boxes in order
+    k2 = torch.tensor([[1, 3, 6]])
+    y2 = torch.tensor([[1.0, 0.0, 0.0]], dtype=torch.float64)
+    new2, valid2 = refine(k2, y2, (k2 - 1).double() / 6, 3)
+    # weights: [1, 3] (2 / 6) (1 + 0) = 0.333 (room for 1), [3, 6] (3 / 6) (0 + 1 / 2) = 0.25, then 0.25 / 2
+    assert valid2.all() and new2.tolist() == [[2, 4, 5]]  # 2 (the jump's interval), then 3 + round(t 3 / 3)
+    # fewer free steps than seats: the extra ones are flagged and repeat the last step
+    new3, valid3 = refine(torch.tensor([[1, 2, 4]]), y2, torch.tensor([[0.0, 0.5, 1.0]], dtype=torch.float64), 2)
+    assert valid3.tolist() == [[True, False]] and new3.tolist() == [[3, 4]]
+
+
+def test_adaptive_points_are_full_curve_points_and_batched_equals_one_at_a_time():
+    torch.manual_seed(4)
+    net = TinyCNN(num_classes=3).eval()
+    x, maps, t = torch.randn(3, 3, S, S), torch.rand(3, 1, S, S), torch.tensor([0, 1, 2])
+    kw = dict(per_step=2, blur_sigma=3.0, min_prob=None, chunk=37)
+    full = InsertionDeletion(**kw)(net, x, t, maps)  # T = 128 steps, k = 1..128
+    metric = InsertionDeletion(points=24, rounds=3, **kw)
+    res = metric(net, x, t, maps)
+    cap = torch.full((3,), S * S)
+    for mode in ("insertion", "deletion"):
+        # the points the rule picks on the full curve (the same rule, fed the full curve's values)
+        k, y, k0, y0 = metric._sample(cap, lambda i, kk, f=full.curves[mode]: f[i, kk - 1].double())
+        assert k.shape == (3, 24) and bool((k[:, 1:] > k[:, :-1]).all())  # 24 distinct steps per image
+        assert bool((k[:, 0] == 1).all() and (k[:, -1] == 128).all())
+        assert torch.allclose(res.curves[mode], full.curves[mode][:, k0[0] - 1], atol=1e-6)  # the even set
+        auc = torch.trapezoid(full.curves[mode].double().gather(1, k - 1), (k - 1).double() / 128)
+        assert torch.allclose(res.scores[mode].double(), auc, atol=1e-6)
+        for i in range(3):
+            one = metric(net, x[i : i + 1], t[i : i + 1], maps[i : i + 1])
+            assert torch.allclose(one.scores[mode], res.scores[mode][i : i + 1], atol=1e-6)
+            assert torch.allclose(one.curves[mode], res.curves[mode][i : i + 1], atol=1e-6)
+
+
+def test_adaptive_on_texts_of_different_lengths_uses_every_step_of_a_short_one():
+    class Bag(torch.nn.Module):  # logit_1 = sum of token weights
+        w = torch.linspace(0, 2, 50)
+
+        def forward(self, tok):
+            s = self.w[tok].sum(1) - 10
+            return torch.stack([torch.zeros_like(s), s], 1)
+
+    g = torch.Generator().manual_seed(5)
+    x = torch.randint(2, 50, (2, 40), generator=g)
+    mask = torch.ones_like(x, dtype=torch.bool)
+    mask[1, 9:] = False  # 9 tokens: fewer steps than points
+    maps, t = torch.rand(2, 40, generator=g), torch.ones(2, dtype=torch.long)
+    kw = dict(per_step=1, unk_index=1, min_prob=None)
+    res = InsertionDeletion(points=12, **kw)(Bag(), x, t, maps, mask=mask)
+    full = InsertionDeletion(**kw)(Bag(), x, t, maps, mask=mask)
+    for mode in ("insertion", "deletion"):
+        assert torch.allclose(res.scores[mode][1], full.scores[mode][1], atol=1e-6)  # all 9 steps evaluated
+        one = InsertionDeletion(points=12, **kw)(Bag(), x[:1], t[:1], maps[:1], mask=mask[:1])
+        assert torch.allclose(one.scores[mode], res.scores[mode][:1], atol=1e-6)
+
+
 @pytest.mark.parametrize("bad", [1, 0, "some", 2.5, True])
 def test_bad_points_name_the_value_and_the_choices(bad):
     with pytest.raises(XattrConfigError, match=r"bad points .*valid choices: all, or an integer >= 2"):
         InsertionDeletion(points=bad)
+
+
+@pytest.mark.parametrize("key,bad,msg", [("spacing", "log", r"unknown spacing 'log'; valid choices: adaptive, even"),
+                                          ("rounds", 0, r"bad rounds 0; valid choices: ")])
+def test_bad_spacing_and_rounds_name_the_value_and_the_choices(key, bad, msg):
+    with pytest.raises(XattrConfigError, match=msg):
+        InsertionDeletion(points=10, **{key: bad})
 
 
 def test_chunk_auto_and_channels_last_do_not_change_results():
@@ -122,5 +227,62 @@ def test_chunk_auto_and_channels_last_do_not_change_results():
         assert torch.allclose(base.curves[mode], auto.curves[mode], atol=1e-5)
     assert all(p.is_contiguous() for p in net.parameters())  # format restored after the call
     assert resolve_chunk("auto", net, x[:1]) == CPU_CHUNK and resolve_chunk(7, net, x[:1]) == 7
+    # CPU: 2**21 input values per call: 2 097 152 // (3 x 224 x 224) = 13 rows; 16 x 16 images: the cap of 64
+    assert CPU_CHUNK == 64 and resolve_chunk("auto", net, torch.zeros(1, 3, 224, 224)) == 13
+    assert resolve_chunk("auto", net, torch.zeros(1, 3, 1024, 1024)) == 4  # at least 4
     with pytest.raises(XattrConfigError, match="bad chunk 0; valid choices: a positive integer, or auto"):
         InsertionDeletion(chunk=0)
+
+
+def bn_cnn() -> torch.nn.Module:
+    """conv-BN-ReLU x 2, pool, linear; eval mode with non-trivial running statistics and affine parameters."""
+    torch.manual_seed(6)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
+                              torch.nn.Conv2d(8, 8, 3, padding=1, bias=False), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
+                              torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(8, 3))
+    for m in net:
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-1, 1)
+            m.running_var.uniform_(0.5, 2)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.5, 0.5)
+    return net.eval()
+
+
+def test_folded_batch_norm_gives_the_same_curves_and_leaves_the_model_alone():
+    from xattr.metrics._perturb import folded
+
+    net = bn_cnn()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    x, maps, t = torch.randn(2, 3, S, S), torch.rand(2, 1, S, S), torch.tensor([0, 2])
+    copy = folded(net, x[:1])
+    assert copy is not net and not any(isinstance(m, torch.nn.BatchNorm2d) for m in copy.modules())
+    assert torch.allclose(copy(x), net(x), atol=1e-5)
+    kw = dict(per_step=8, blur_sigma=3.0, min_prob=None)
+    plain = InsertionDeletion(fold_bn=False, channels_last=False, **kw)(net, x, t, maps)
+    fast = InsertionDeletion(fold_bn=True, channels_last=True, **kw)(net, x, t, maps)
+    for mode in ("insertion", "deletion"):
+        assert torch.allclose(plain.curves[mode], fast.curves[mode], atol=1e-5)
+    assert all(torch.equal(v, net.state_dict()[k]) for k, v in before.items())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())
+    # where folding does not apply, the model itself: no BatchNorm, training mode, a forward hook
+    tiny = TinyCNN(num_classes=3).eval()
+    assert folded(tiny, x[:1]) is tiny
+    assert folded(net.train(), x[:1]) is net
+    net.eval()
+    handle = net[2].register_forward_hook(lambda m, i, o: o * 2)
+    assert folded(net, x[:1]) is net
+    handle.remove()
+
+
+def test_folded_copy_is_kept_while_the_weights_stay_and_refolded_when_they_change():
+    from xattr.metrics._perturb import folded
+
+    net = bn_cnn()
+    x = torch.randn(2, 3, S, S)
+    first = folded(net, x[:1])
+    assert folded(net, x[:1]) is first  # same weights: the kept copy
+    with torch.no_grad():
+        net[1].running_mean.add_(1.0)  # an in-place change of a buffer
+    second = folded(net, x[:1])
+    assert second is not first and torch.allclose(second(x), net(x), atol=1e-5)

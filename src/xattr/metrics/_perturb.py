@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import weakref
 from collections.abc import Callable
 
 import torch
@@ -66,8 +67,14 @@ def chunked_readout(
     return scores
 
 
-CPU_CHUNK = 256
-"""``chunk: auto`` off CUDA: forwards per call (the default; larger calls gain nothing on a CPU)."""
+CPU_CHUNK = 64
+"""``chunk: auto`` off CUDA: the most forwards per call. Fewer for large inputs (:data:`CPU_CHUNK_VALUES`):
+on a CPU a large batch runs *slower* per image, its activations falling out of the caches (MobileNet-V2,
+224 px, 1 thread, folded and channels-last: ~45 ms per image at 4-16 rows, 62-79 at 64; plain: 66-91 at
+4-16, 188-208 at 64; CIFAR ResNet-20: 1.6 ms at 16 rows, 3.8 at 256; docs/speed.md)."""
+CPU_CHUNK_VALUES = 2**21
+"""``chunk: auto`` off CUDA: rows x values per input row at most this (8 MB of float32 inputs): 13 rows of
+3 x 224 x 224, :data:`CPU_CHUNK` of 3 x 32 x 32; at least 4 rows."""
 
 
 def check_chunk(chunk: int | str) -> int | str:
@@ -89,12 +96,13 @@ def resolve_chunk(chunk: int | str, model: nn.Module, sample: torch.Tensor, prec
                   share: float = 0.6, probe: int = 8, most: int = 8192) -> int:
     """``chunk`` itself when it is an int; ``auto``: on CUDA, the forwards per call that fill ``share`` of the
     free memory, from the peak memory of a ``probe``-row forward of ``sample`` ``(1, ...)`` (a multiple
-    of 8, at most ``most``); elsewhere :data:`CPU_CHUNK`. The result of a metric never depends on it."""
+    of 8, at most ``most``); elsewhere ``CPU_CHUNK_VALUES // sample.numel()`` rows within [4, :data:`CPU_CHUNK`]
+    (small batches keep a CPU's caches warm). The result of a metric never depends on it."""
     if chunk != "auto":
         return int(chunk)
     device = sample.device
     if device.type != "cuda" or not torch.cuda.is_available():
-        return CPU_CHUNK
+        return max(4, min(CPU_CHUNK, CPU_CHUNK_VALUES // max(1, sample[:1].numel())))
     torch.cuda.synchronize(device)
     free, _total = torch.cuda.mem_get_info(device)
     base = torch.cuda.memory_allocated(device)
@@ -108,9 +116,11 @@ def resolve_chunk(chunk: int | str, model: nn.Module, sample: torch.Tensor, prec
 
 @contextlib.contextmanager
 def channels_last_on(model: nn.Module, enabled: bool | None, device: torch.device):
-    """Run the block with ``model``'s 4-d parameters in channels-last format (``enabled=None``: on CUDA
-    only, where cuDNN's channels-last kernels are faster, esp. in bf16), restoring the format after."""
-    on = device.type == "cuda" if enabled is None else bool(enabled)
+    """Run the block with ``model``'s 4-d parameters in channels-last format, restoring the format after.
+    ``enabled=None``: on CUDA (cuDNN's channels-last kernels are faster, esp. in bf16) and on CPU (oneDNN's
+    NHWC convolutions: MobileNet-V2 at 224 px 1.5-2x, CIFAR ResNet-20 ~1.8x faster per forward, 1 thread,
+    docs/speed.md); other devices off."""
+    on = device.type in ("cuda", "cpu") if enabled is None else bool(enabled)
     if not on:
         yield
         return
@@ -119,6 +129,48 @@ def channels_last_on(model: nn.Module, enabled: bool | None, device: torch.devic
         yield
     finally:
         model.to(memory_format=torch.contiguous_format)
+
+
+def folded(model: nn.Module, sample: torch.Tensor, rtol: float = 1e-4) -> nn.Module:
+    """A copy of ``model`` with every eval-mode BatchNorm that follows a convolution folded into it (one conv
+    instead of conv + batch norm per forward: ~1/3 of a MobileNet-V2 forward on a CPU was its batch norms),
+    or ``model`` itself where that does not apply: no eval BatchNorm, a module in training mode, forward
+    hooks (an fx graph would drop those of non-leaf modules), a model ``torch.fx`` cannot trace, or a copy
+    whose output on ``sample`` differs from the model's by more than ``rtol`` (relative to the output's largest
+    magnitude). The folding is ``torch.fx.experimental.optimization.fuse`` (deep copy, the model untouched),
+    exact up to float rounding, as the IBA tail's (:mod:`xattr.methods.iba.tail`). The copy is kept for the
+    next call while the model's parameters and buffers are the same tensors, unmodified (their version
+    counters), so a metric called batch by batch folds once."""
+    mods = list(model.modules())
+    if model.training or not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in mods):
+        return model
+    if any(m.training or m._forward_hooks or m._forward_pre_hooks for m in mods):
+        return model
+    state = tuple((id(t), t._version, t.device) for t in (*model.parameters(), *model.buffers()))
+    kept = _FOLDED.get(model)
+    if kept is not None and kept[0] == state:
+        return kept[1]
+    out = _fold(model, sample, rtol)
+    _FOLDED[model] = (state, out)
+    return out
+
+
+_FOLDED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> (parameter state, folded copy)
+
+
+def _fold(model: nn.Module, sample: torch.Tensor, rtol: float) -> nn.Module:
+    try:
+        from torch.fx.experimental.optimization import fuse
+
+        copy = fuse(model, inplace=False).eval()
+        with torch.no_grad():
+            ref, got = model(sample), copy(sample)
+    except Exception:  # noqa: BLE001 - any tracing or folding failure: the model as it is
+        return model
+    if not isinstance(got, torch.Tensor) or got.shape != ref.shape:
+        return model
+    scale = ref.abs().max().clamp_min(1e-12)
+    return copy if bool(((got - ref).abs().max() / scale) <= rtol) else model
 
 
 def ranks(values: torch.Tensor, descending: bool = True, ties: str = "stable", seed: int = 0) -> torch.Tensor:
