@@ -81,14 +81,17 @@ def test_points_at_least_the_steps_is_the_full_protocol():
     assert torch.equal(full.scores["deletion"], many.scores["deletion"])
 
 
+class Bag(torch.nn.Module):
+    """A text model: logit_1 = sum of the tokens' weights - 10, logit_0 = 0."""
+
+    w = torch.linspace(0, 2, 50)
+
+    def forward(self, tok):
+        s = self.w[tok].sum(1) - 10
+        return torch.stack([torch.zeros_like(s), s], 1)
+
+
 def test_points_batched_equals_one_at_a_time_on_texts_of_different_lengths():
-    class Bag(torch.nn.Module):  # logit_1 = sum of token weights
-        w = torch.linspace(0, 2, 50)
-
-        def forward(self, tok):
-            s = self.w[tok].sum(1) - 10
-            return torch.stack([torch.zeros_like(s), s], 1)
-
     g = torch.Generator().manual_seed(2)
     x = torch.randint(2, 50, (3, 40), generator=g)
     mask = torch.ones_like(x, dtype=torch.bool)
@@ -182,13 +185,6 @@ def test_adaptive_points_are_full_curve_points_and_batched_equals_one_at_a_time(
 
 
 def test_adaptive_on_texts_of_different_lengths_uses_every_step_of_a_short_one():
-    class Bag(torch.nn.Module):  # logit_1 = sum of token weights
-        w = torch.linspace(0, 2, 50)
-
-        def forward(self, tok):
-            s = self.w[tok].sum(1) - 10
-            return torch.stack([torch.zeros_like(s), s], 1)
-
     g = torch.Generator().manual_seed(5)
     x = torch.randint(2, 50, (2, 40), generator=g)
     mask = torch.ones_like(x, dtype=torch.bool)
