@@ -10,7 +10,7 @@ import torch
 
 from xattr.data.axioms_generation import focal_neg, focal_pos, removal_ratio, smooth
 from xattr.errors import XattrConfigError
-from xattr.metrics.axioms import DOUBLE, NULL, SATURATION, SINGLE, AxiomScores, box_masks
+from xattr.metrics.axioms import DOUBLE, NULL, SATURATION, SINGLE, AxiomScores, box_masks, scale_maps
 
 S = 16
 FA = torch.tensor([1.0, 2.0, 5.0, 6.0])     # xyxy: 4 x 4 patch at columns 1-4, rows 2-5
@@ -26,18 +26,19 @@ def _ind(box):
 class _Method:
     """Stands in for the run's method: the map of class c is maps_by_class[c]."""
 
-    def __init__(self, maps_by_class):
-        self.maps = maps_by_class
+    def __init__(self, maps_by_class, name="stand_in"):
+        self.maps, self.name = maps_by_class, name
 
     def attribute(self, x, target):
         return torch.stack([self.maps[int(t)] for t in target])[:, None]
 
 
-def _call(scenario, s_a, s_b=None, null_metric="ratio", fb=FB):
+def _call(scenario, s_a, s_b=None, null_metric="ratio", fb=FB, scale="none", name="stand_in"):
+    """Scores of one-scenario batch ``s_a`` (raw maps unless ``scale`` says otherwise)."""
     b = s_a.shape[0]
     boxes = torch.stack([torch.stack([FA, fb])] * b)
-    method = _Method({1: s_b[0]}) if s_b is not None else None
-    return AxiomScores(null_metric)(torch.nn.Identity(), torch.zeros(b, 3, S, S), torch.zeros(b), s_a[:, None],
+    method = _Method({1: s_b[0]}, name) if s_b is not None else _Method({}, name)
+    return AxiomScores(null_metric, scale=scale)(torch.nn.Identity(), torch.zeros(b, 3, S, S), torch.zeros(b), s_a[:, None],
                                     feature_boxes=boxes, other=torch.ones(b, dtype=torch.long),
                                     scenario=torch.full((b,), scenario), method=method).scores
 
@@ -91,6 +92,62 @@ def test_saturation_means_of_abs_map_per_patch():
 def test_bad_null_metric_is_one_line():
     with pytest.raises(XattrConfigError, match="ratio, share"):
         AxiomScores(null_metric="fraction")
+    with pytest.raises(XattrConfigError, match="'peak'.*auto, max, minmax, none"):
+        AxiomScores(scale="peak")
+
+
+def test_scale_maps_by_hand():
+    s = torch.tensor([[[-1.0, 1.0], [2.0, 4.0]]])
+    torch.testing.assert_close(scale_maps(s, "max"), s / 4)
+    torch.testing.assert_close(scale_maps(s, "minmax"), (s + 1) / (5 + 1e-7))
+    assert scale_maps(s, "none") is s
+
+
+def test_double_per_map_max_scaling_changes_the_overlap():
+    # The reference divides each class's map by its own maximum (mask / max(mask), Captum / TorchRay rows):
+    # S_b = 10 S_a is the same map at another scale: 1 after scaling, 16 * 1 / (16 + 16 * 10) raw.
+    sa = _ind(FA) + _ind(FB)
+    raw = _call(DOUBLE, sa[None], 10 * sa[None], scale="none")["double"].item()
+    assert raw == pytest.approx((16 + 16) / (16 + 160))
+    assert _call(DOUBLE, sa[None], 10 * sa[None], scale="max")["double"].item() == pytest.approx(1.0)
+    # S_a peaks 2 on f_a, 1 on f_b; S_b peaks 4 on f_b, 1 on f_a. max: S_a = 1 | 0.5, S_b = 0.25 | 1
+    sa, sb = 2 * _ind(FA) + _ind(FB), _ind(FA) + 4 * _ind(FB)
+    want = (16 * 0.25 + 16 * 0.5) / (16 * 1 + 16 * 1)
+    assert _call(DOUBLE, sa[None], sb[None], scale="max")["double"].item() == pytest.approx(want)
+    assert _call(DOUBLE, sa[None], sb[None], scale="none")["double"].item() == pytest.approx((16 + 16) / (32 + 64))
+
+
+def test_minmax_scaling_shifts_the_null_ratio_and_scale_free_scores_do_not_move():
+    # Grad-CAM as pytorch-grad-cam stores it: a floor of 1 everywhere is removed before the ratio.
+    s = 1 + 3 * _ind(FA) + 1 * _ind(FB)          # feature 4, null 2, background 1
+    assert _call(NULL, s[None], scale="none")["null"].item() == pytest.approx(2 / 4)
+    assert _call(NULL, s[None], scale="minmax")["null"].item() == pytest.approx(1 / 3, rel=1e-6)
+    assert _call(NULL, s[None], scale="max")["null"].item() == pytest.approx(2 / 4)
+    # auto picks minmax for Grad-CAM / GradCAM++, none for FullGrad / IBA, max otherwise
+    assert _call(NULL, s[None], scale="auto", name="grad_cam")["null"].item() == pytest.approx(1 / 3, rel=1e-6)
+    assert _call(NULL, s[None], scale="auto", name="grad_cam_pp")["null"].item() == pytest.approx(1 / 3, rel=1e-6)
+    sa = _ind(FA) + _ind(FB)
+    assert _call(DOUBLE, sa[None], 10 * sa[None], scale="auto", name="fullgrad")["double"].item() == \
+        pytest.approx(32 / 176)
+    assert _call(DOUBLE, sa[None], 10 * sa[None], scale="auto", name="iba")["double"].item() == pytest.approx(32 / 176)
+    assert _call(DOUBLE, sa[None], 10 * sa[None], scale="auto", name="gradient")["double"].item() == pytest.approx(1.0)
+    # a scale change leaves the single ratio and the saturation means' ranking alone (max: both / 3)
+    sg = 3 * _ind(FA) + 1.0 * (1 - _ind(FA))
+    ra = [_call(SINGLE, sg[None], sg[None], fb=torch.full((4,), float("nan")), scale=h)["single_ra"].item()
+          for h in ("none", "max")]
+    assert ra[0] == pytest.approx((3 + 1e-5) / (1 + 1e-5)) and ra[1] == pytest.approx((1 + 1e-5) / (1 / 3 + 1e-5))
+
+
+def test_null_of_signed_gradient_vs_max_abs_gradient():
+    # The reference's Gradient row is TorchRay's max_c |grad| (>= 0); a signed channel sum can make eq. 8
+    # negative. Channels (f_a: +1, +1, +1; f_null: -2, +0.5, +0.5): signed sum 3 | -1, max_abs 1 | 2.
+    g = torch.zeros(3, S, S)
+    g[:, 2:6, 1:5] = 1.0
+    g[0, 8:12, 9:13], g[1, 8:12, 9:13], g[2, 8:12, 9:13] = -2.0, 0.5, 0.5
+    signed = g.sum(0)
+    max_abs = g.abs().amax(0)
+    assert _call(NULL, signed[None], scale="max")["null"].item() == pytest.approx(-1 / 3)
+    assert _call(NULL, max_abs[None], scale="max")["null"].item() == pytest.approx(2.0)
 
 
 def test_focal_weights_and_smoothing_match_hand_computation():
@@ -123,7 +180,7 @@ def test_axioms_figure_draws_one_row_per_sample_with_boxes(tmp_path):
     assert ((rgb[..., 1] > 0.8) & (rgb[..., 0] < 0.3) & (rgb[..., 2] < 0.3)).any()
 
 
-def test_deepshap_baselines_clamped_normal_for_ch7():
+def test_deepshap_baselines_clamped_normal_for_ch7():  # the pixel-space reading (method.mean/std/clamp)
     from xattr.methods.baselines.deepshap import DeepSHAP
 
     x = torch.zeros(1, 3, 8, 8)
@@ -134,3 +191,55 @@ def test_deepshap_baselines_clamped_normal_for_ch7():
     torch.testing.assert_close(refs, (plain * 0.2).clamp(-1, 1))
     with pytest.raises(XattrConfigError):
         DeepSHAP(torch.nn.Identity(), std=0.0)
+
+
+def test_axioms_rows_compose_to_the_reference_notebooks_maps():
+    # Do-Explanations-Explain notebook: Gradient = TorchRay max_c |grad|; Guided BP, IG, DeepLiftShap = Captum's
+    # signed maps (IG with Captum's defaults); DeepLiftShap baselines clamp(N(0.5, 0.1), 0, 1) in input space
+    from tests.helpers import compose_cfg
+
+    def method(row):
+        return compose_cfg(["experiment=axioms_t1", f"+experiment/reference_rows={row}"]).method
+
+    g = method("gradient_axioms")
+    assert (g.reduce, g.abs) == ("max_abs", True)
+    assert method("guided_backprop_axioms").reduce == "sum"
+    ig = method("integrated_gradients_axioms")
+    assert (ig.method, ig.n_steps, ig.baseline, ig.reduce) == ("gausslegendre", 50, "zero", "sum")
+    ds = method("deepshap_axioms")
+    assert (ds.n_baselines, ds.mean, ds.std, list(ds.clamp), ds.reduce) == (10, 0.5, 0.1, [0.0, 1.0], "sum")
+    cfg = compose_cfg(["experiment=axioms_t1", "+experiment/reference_rows=grad_cam"])
+    assert cfg.metric.axioms.scale == "auto" and cfg.metric.axioms.null_metric == "ratio"
+    # IBA, Grad-CAM and GradCAM++ after the last stage (ResNet-18 layer4[-1] in the notebook: Table 1's IBA null
+    # 0.211 and GradCAM++ 0.452 are Table 2's layer-4 values)
+    stages = cfg.model.layers.stages
+    for row in ("iba_axioms", "grad_cam", "grad_cam_pp"):
+        assert method(row).layer == stages.layer4 == "last_conv", row
+
+
+def test_axioms_t1_rows_land_in_the_published_rows():
+    """Each swept row of axioms_t1 lands in exactly one row of the paper's Table 1 (InputIBA: an extra row)."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import open_dict
+
+    from tests.helpers import compose_cfg
+    from xattr.config import CONF_DIR
+    from xattr.tables import load_published
+    from xattr.tables.build import _matches
+
+    def hydra_cfg(overrides):
+        with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
+            return compose("config", overrides=overrides, return_hydra_config=True)
+
+    rows = str(hydra_cfg(["experiment=axioms_t1"]).hydra.sweeper.params["+experiment/reference_rows"]).split(",")
+    spec = load_published()["axioms_t1"]
+    hit = set()
+    for row in rows:
+        overrides = ["experiment=axioms_t1", f"+experiment/reference_rows={row}"]
+        cfg = compose_cfg(overrides)
+        with open_dict(cfg):
+            cfg.method_name = hydra_cfg(overrides).hydra.runtime.choices.method
+        matched = [r["name"] for r in spec["rows"] if _matches(cfg, r.get("match"))]
+        assert len(matched) == (0 if row == "input_iba" else 1), (row, matched)
+        hit.update(matched)
+    assert hit == {r["name"] for r in spec["rows"]}
