@@ -170,8 +170,8 @@ def test_a_long_generation_says_its_duration_up_front(capsys):
     from xattr.data.axioms_generation import TYPICAL_STEPS, GenConfig, _say_duration
 
     cfg = GenConfig(scenario="single", image_size=224)
-    _say_duration(1.5, 2, 4, cfg)  # 1.5 s x 2 rounds x 200 steps = 10 min
+    _say_duration(1.5, 2, 4, cfg)  # 1.5 s x 2 rounds x 700 steps = 35 min
     err = capsys.readouterr().err
-    assert TYPICAL_STEPS == 200 and "1.50 s per step for 4 samples at once" in err and "roughly 10 min" in err
-    _say_duration(0.01, 2, 4, cfg)  # 4 s: nothing to say
+    assert TYPICAL_STEPS == 700 and "1.50 s per step for 4 samples at once" in err and "roughly 35 min" in err
+    _say_duration(0.01, 2, 4, cfg)  # 14 s: nothing to say
     assert capsys.readouterr().err == ""
