@@ -8,6 +8,9 @@ computes the weights' gradients of the whole network. Reference style: the same 
 column is the maps' mean Spearman correlation with the exact fp32 path on two images (same noise seeds). xattr: ``--batch`` images (``chunk = batch * copies`` forwards per call) x
 ``copies`` in one graph, the layers before the bottleneck once, only the tail per step; "plain tail" is the
 fx tail as split, "optimised tail" folds conv + BatchNorm and runs channels-last (``optimise_tail``, the default).
+Each row also gives the arithmetic of its path (GFLOP per image, counted by ``torch.utils.flop_counter``
+on one image) and the rate it reached (GFLOP/s): the ratio of a row's arithmetic to the first row's is the
+speed-up it would have at equal efficiency, which separates "less work" from "faster work".
 Rows are timed ``--repeat`` times in turn (reference, plain, optimised, ...) and the median is printed, so
 the ratios come from back-to-back runs on a shared machine. Prints one Markdown table: ms per image and
 peak memory (GPU: allocated by torch; CPU: resident set size above the start, see ``timing``).
@@ -20,6 +23,7 @@ peak memory (GPU: allocated by torch; CPU: resident set size above the start, se
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import sys
 import warnings
@@ -27,7 +31,7 @@ import warnings
 import torch
 import torchvision
 
-from timing import device_name, timed  # scripts/ is on sys.path when run as a script
+from timing import device_name, flops, timed  # scripts/ is on sys.path when run as a script
 from xattr.core.hooks import frozen, hooked
 from xattr.methods.iba import PerSampleIBA
 from xattr.methods.iba import statistics as st
@@ -71,6 +75,7 @@ def reference_style(model, layer, bn: Bottleneck, x, target, steps, copies, beta
 
 
 AUTHORS = "authors' loop as published (1 image, whole net per step, weights' gradients on)"
+REFERENCE = "reference style (1 image, whole net per step)"
 
 
 def bf16_cpu() -> bool:
@@ -110,6 +115,17 @@ def bench_model(name, x, target, args, device) -> list[tuple]:
         model.zero_grad(set_to_none=True)
     exact = warm[variants[0][0]]
     agree = {f"{v} (batch {args.batch})": agreement(exact, warm[v]) for v, _, _ in variants}
+    # arithmetic per image of each path, counted once on one image (the count does not depend on batching)
+    work: dict[str, float] = {}
+    if not args.skip_reference and not args.skip_authors:
+        work[AUTHORS] = flops(lambda: reference_style(model, layer, bn, x[:1], target[:1], args.steps, args.copies))
+        model.zero_grad(set_to_none=True)
+    if not args.skip_reference:
+        with frozen(model):
+            work[REFERENCE] = flops(lambda: reference_style(model, layer, bn, x[:1], target[:1], args.steps,
+                                                            args.copies))
+    for v, _, _ in variants:
+        work[f"{v} (batch {args.batch})"] = flops(lambda v=v: iba[v].attribute(x[:1], target[:1]))
     runs: dict[str, list[tuple[float, float]]] = {}
     for _ in range(args.repeat):
         if not args.skip_reference and not args.skip_authors:
@@ -122,15 +138,15 @@ def bench_model(name, x, target, args, device) -> list[tuple]:
             with frozen(model):
                 sec, peak = timed(lambda: reference_style(model, layer, bn, x[:n_ref], target[:n_ref], args.steps,
                                                           args.copies), device)
-            runs.setdefault("reference style (1 image, whole net per step)", []).append((1000 * sec / n_ref, peak))
+            runs.setdefault(REFERENCE, []).append((1000 * sec / n_ref, peak))
             print(f"  reference style: {1000 * sec / n_ref:.0f} ms/image", file=sys.stderr, flush=True)
         for v, _, _ in variants:
             sec, peak = timed(lambda v=v: iba[v].attribute(x, target), device)
             runs.setdefault(f"{v} (batch {args.batch})", []).append((1000 * sec / args.images, peak))
             print(f"  {v}: {1000 * sec / args.images:.0f} ms/image", file=sys.stderr, flush=True)
     ref = statistics.median(ms for ms, _ in runs[next(iter(runs))])
-    return [(name, path, statistics.median(ms for ms, _ in r), max(p for _, p in r), ref, agree.get(path))
-            for path, r in runs.items()]
+    return [(name, path, statistics.median(ms for ms, _ in r), max(p for _, p in r), ref, agree.get(path),
+             work.get(path, math.nan), work[next(iter(runs))]) for path, r in runs.items()]
 
 
 def main() -> None:
@@ -163,11 +179,15 @@ def main() -> None:
             torch.cuda.empty_cache()
     print(f"\nPer-Sample IBA, {args.steps} steps x {args.copies} copies, {args.size}x{args.size}, {device_name(device)}, "
           f"{args.images} images (reference path: {n_ref}), median of {args.repeat}\n")
-    print("| model / layer | path | ms / image | x faster than the first row | peak memory (MiB) | maps vs fp32 plain tail (Spearman) |")
-    print("|---|---|---:|---:|---:|---:|")
-    for name, path, ms, peak, ref, agree in rows:
-        print(f"| {name} | {path} | {ms:.1f} | {ref / ms:.1f} | {'–' if peak != peak else f'{peak:.0f}'} | "
+    print("| model / layer | path | ms / image | x faster than the first row | GFLOP / image | x less arithmetic "
+          "than the first row | GFLOP/s | peak memory (MiB) | maps vs fp32 plain tail (Spearman) |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    for name, path, ms, peak, ref, agree, work, ref_work in rows:
+        print(f"| {name} | {path} | {ms:.1f} | {ref / ms:.1f} | {work / 1e9:.1f} | {ref_work / work:.1f} | "
+              f"{work / 1e6 / ms:.1f} | {'–' if peak != peak else f'{peak:.0f}'} | "
               f"{'–' if agree is None else f'{agree:.4f}'} |")
+    print("\nGFLOP: matrix products and convolutions, forward and backward (torch.utils.flop_counter), counted on "
+          "one image; 'x less arithmetic' is the speed-up a path would have at the first row's GFLOP/s.")
 
 
 if __name__ == "__main__":

@@ -3,6 +3,11 @@
 ``timed(fn, device) -> (seconds, peak MiB)``: on CUDA the peak of ``torch.cuda.max_memory_allocated``
 during ``fn``; on CPU the peak resident set size (``/proc/self/statm``, sampled every 5 ms by a thread)
 above the size before ``fn`` (NaN where ``/proc`` is missing). Times are wall-clock, CUDA synchronised.
+``flops(fn) -> float``: floating-point operations of ``fn()`` as ``torch.utils.flop_counter`` counts them
+(matrix products and convolutions, forward and backward, 2 per multiply-add; elementwise work is not counted),
+so that a table can say how much arithmetic a path does and what rate it reached (GFLOP/s, TFLOP/s).
+One correction to torch's formulas: its weight-gradient count of a grouped convolution ignores the groups
+(a depthwise 3x3 conv's backward came out at 32x its input-gradient cost); here it is divided by the groups.
 """
 
 from __future__ import annotations
@@ -53,6 +58,34 @@ def timed(fn: Callable[[], object], device: torch.device | str) -> tuple[float, 
         stop.set()
         th.join()
     return sec, max(peak[0], rss_mib()) - start
+
+
+def _conv_backward(grad_out_shape, x_shape, w_shape, _bias, _stride, _padding, _dilation, transposed,
+                   _output_padding, groups, output_mask, out_shape, **kwargs) -> int:
+    """``aten.convolution_backward``'s count: torch's, with the weight gradient divided by ``groups``."""
+    from torch.utils.flop_counter import conv_flop_count
+
+    def t(shape):
+        return [shape[1], shape[0]] + list(shape[2:])
+
+    count = 0
+    if output_mask[0]:
+        count += conv_flop_count(grad_out_shape, w_shape, out_shape[0], not transposed)
+    if output_mask[1]:
+        a, b = (t(grad_out_shape), t(x_shape)) if transposed else (t(x_shape), t(grad_out_shape))
+        count += conv_flop_count(a, b, t(out_shape[1]), transposed=False) // groups
+    return count
+
+
+def flops(fn: Callable[[], object]) -> float:
+    """Floating-point operations of ``fn()`` (``torch.utils.flop_counter.FlopCounterMode``; see the module
+    docstring). Runs ``fn`` once, slower than usual: count in a separate call from the timed ones."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False, custom_mapping={torch.ops.aten.convolution_backward: _conv_backward})
+    with counter:
+        fn()
+    return float(counter.get_total_flops())
 
 
 def device_name(device: torch.device | str) -> str:
