@@ -5,14 +5,20 @@
     python scripts/bench_axioms.py --prior cpu --batch 4 --steps 3            # small, CPU
     python scripts/bench_axioms.py --prior paper --batch 64 --steps 10        # GPU: the 1000-samples-in-15-min target
 
-Prints a Markdown table: device, batch, s/step, samples/min, speed-up over one at a time.
+Prints a Markdown table: device, batch, s/step, samples/min, speed-up over one at a time, and the arithmetic
+of one sample's iteration (GFLOP: prior networks and classifier, forward and backward, counted by
+``torch.utils.flop_counter`` on one sample) with the rate each row reached (TFLOP/s). The default
+``--iters 700`` is the mean iterations per sample, restarts included, measured with the real MobileNet-V2 at
+the paper's thresholds (docs/axioms.md).
 """
 
 from __future__ import annotations
 
 import argparse
 import tempfile
+import sys
 import time
+from pathlib import Path
 
 import torch
 from omegaconf import OmegaConf
@@ -23,6 +29,9 @@ from xattr.data.axioms_prior import PriorSpec
 from xattr.data.axioms_store import AxiomsStore
 from xattr.models.zoo import load_model
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from timing import flops  # noqa: E402
+
 
 def prior_spec(name: str) -> PriorSpec:
     node = OmegaConf.load(CONF_DIR / "axioms" / f"{name}.yaml")
@@ -32,9 +41,22 @@ def prior_spec(name: str) -> PriorSpec:
     return PriorSpec(**OmegaConf.to_container(node.prior))
 
 
+def _generator(net, pre, spec, scenario: str, batch: int, device: torch.device) -> AxiomGenerator:
+    return AxiomGenerator(net, pre.normalise, GenConfig(scenario, image_size=pre.size, warmup=10 ** 6), spec,
+                          batch=batch, device=device)
+
+
+def flops_per_iteration(net, pre, spec, scenario: str, device: torch.device) -> float:
+    """Arithmetic of one optimisation step of one sample (after a warm-up step)."""
+    gen = _generator(net, pre, spec, scenario, 1, device)
+    with tempfile.TemporaryDirectory() as tmp:
+        store = AxiomsStore(tmp)
+        gen.run(range(1), store, limit_steps=1)
+        return flops(lambda: gen.run(range(1), store, limit_steps=1))
+
+
 def seconds_per_step(net, pre, spec, scenario: str, batch: int, steps: int, device: torch.device) -> float:
-    gen = AxiomGenerator(net, pre.normalise, GenConfig(scenario, image_size=pre.size, warmup=10 ** 6), spec,
-                         batch=batch, device=device)
+    gen = _generator(net, pre, spec, scenario, batch, device)
     with tempfile.TemporaryDirectory() as tmp:
         store = AxiomsStore(tmp)
         gen.run(range(batch), store, limit_steps=1)  # warm-up call (allocations, cuDNN choice)
@@ -55,19 +77,25 @@ def main() -> None:
     ap.add_argument("--scenario", default="null")
     ap.add_argument("--batch", type=int, nargs="+", default=[4])
     ap.add_argument("--steps", type=int, default=3)
-    ap.add_argument("--iters", type=int, default=400, help="iterations per sample for samples/min")
+    ap.add_argument("--iters", type=int, default=700, help="iterations per sample for samples/min")
     args = ap.parse_args()
     spec = prior_spec(args.prior)
     devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
-    print(f"| device | batch | s/step | samples/min ({args.iters} it/sample) | speed-up |\n|---|---|---|---|---|")
+    print(f"{args.scenario} scenario, prior {args.prior}, {args.model}; GFLOP per sample-iteration counted once per "
+          "device\n")
+    print(f"| device | batch | s/step | samples/min ({args.iters} it/sample) | speed-up | GFLOP / sample-iteration "
+          "| TFLOP/s |\n|---|---|---|---|---|---:|---:|")
     for device in devices:
         zoo = load_model(args.model, weights=args.weights, device=device)
+        work = flops_per_iteration(zoo.net, zoo.preprocess, spec, args.scenario, device)
+        name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
         one = seconds_per_step(zoo.net, zoo.preprocess, spec, args.scenario, 1, args.steps, device)
-        print(f"| {device.type} | 1 (one at a time) | {one:.3f} | {60 / (one * args.iters):.3f} | 1.0 |", flush=True)
+        print(f"| {name} | 1 (one at a time) | {one:.3f} | {60 / (one * args.iters):.3f} | 1.0 | {work / 1e9:.1f} | "
+              f"{work / one / 1e12:.3f} |", flush=True)
         for b in args.batch:
             sec = seconds_per_step(zoo.net, zoo.preprocess, spec, args.scenario, b, args.steps, device)
-            print(f"| {device.type} | {b} | {sec:.3f} | {60 * b / (sec * args.iters):.3f} | {one * b / sec:.2f} |",
-                  flush=True)
+            print(f"| {name} | {b} | {sec:.3f} | {60 * b / (sec * args.iters):.3f} | {one * b / sec:.2f} | "
+                  f"{work / 1e9:.1f} | {work * b / sec / 1e12:.3f} |", flush=True)
 
 
 if __name__ == "__main__":

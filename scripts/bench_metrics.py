@@ -40,6 +40,7 @@ import torch
 import torchvision
 from torchvision.transforms.functional import gaussian_blur
 
+from timing import flops
 from timing import timed as timed_mem  # scripts/ is on sys.path when run as a script
 from xattr.metrics.insertion_deletion import InsertionDeletion
 from xattr.metrics.sensitivity_n import SensitivityN
@@ -308,6 +309,8 @@ def main() -> None:
     p.add_argument("--models", default="vgg16,mobilenet_v2")
     p.add_argument("--skip-loop", action="store_true", help="skip the per-image loop columns")
     p.add_argument("--skip-quantus", action="store_true")
+    p.add_argument("--peak-tflops", type=float, default=None,
+                   help="the device's peak for --precision (e.g. 989 for H100 bf16 dense): adds a %% of peak column")
     a = p.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -338,8 +341,10 @@ def main() -> None:
     print(f"device {device} ({torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'}), {a.images} images "
           f"{a.size}x{a.size}, insertion+deletion {a.per_step} px/step = {steps} forwards/image, Sensitivity-n "
           f"{len(sens.n)} n x {a.n_masks} masks, chunk {a.chunk}, {a.precision}\n")
-    print("| model | metric | path | forwards / image | ms / image | peak memory (MiB) | x faster than the metric's first row |")
-    print("|---|---|---|---:|---:|---:|---:|")
+    peak_col = f" % of {a.peak_tflops:g} TFLOP/s |" if a.peak_tflops else ""
+    print("| model | metric | path | forwards / image | ms / image | peak memory (MiB) | x faster than the metric's first row "
+          f"| forward TFLOP/s |{peak_col}")
+    print("|---|---|---|---:|---:|---:|---:|---:|" + ("---:|" if a.peak_tflops else ""))
     pts = int(a.points[0])
     sparse = InsertionDeletion(per_step=a.per_step, blur_sigma=sigma, min_prob=None, chunk=a.chunk,
                                precision=a.precision, points=pts)
@@ -348,6 +353,8 @@ def main() -> None:
     n_steps = -(-n_units // a.per_step)
     for name in a.models.split(","):
         model = getattr(torchvision.models, name)(weights=None).eval().to(device)
+        with torch.no_grad():
+            per_forward = flops(lambda: model(x[:1]))  # noqa: B023  (the perturbed forwards' arithmetic per row)
         insdel(model, x[:1], target[:1], maps[:1])  # warm-up
         rows = []  # (metric, path, forwards per image, (seconds, peak MiB) or None)
         if not a.skip_loop:
@@ -378,7 +385,12 @@ def main() -> None:
             base = first.setdefault(metric, sec)
             up = "-" if base == sec else f"{base / sec:.1f}"
             mem = "-" if peak != peak else f"{peak:.0f}"
-            print(f"| {name} | {metric} | {path} | {fw} | {1000 * sec / a.images:.0f} | {mem} | {up} |", flush=True)
+            rate = per_forward * fw * a.images / sec / 1e12
+            pct = f" {100 * rate / a.peak_tflops:.1f} |" if a.peak_tflops else ""
+            print(f"| {name} | {metric} | {path} | {fw} | {1000 * sec / a.images:.0f} | {mem} | {up} | {rate:.3f} |{pct}",
+                  flush=True)
+        print(f"\n({name}: {per_forward / 1e9:.2f} GFLOP per forward (torch.utils.flop_counter: convolutions and matrix "
+              "products); forward TFLOP/s = forwards x that / time, the rate of the metric's model forwards)")
 
 if __name__ == "__main__":
     main()
