@@ -15,8 +15,8 @@ the paper's thresholds (docs/axioms.md).
 from __future__ import annotations
 
 import argparse
-import tempfile
 import sys
+import tempfile
 import time
 from pathlib import Path
 
