@@ -14,6 +14,8 @@ and restored here (also on error). No hooks are used.
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import nn
 
@@ -72,7 +74,10 @@ class ExtremalPerturbation(Attribution):
         training = self.model.training
         out = []
         try:
-            with frozen(self.model):
+            # TorchRay calls torch.meshgrid without indexing= (a UserWarning per image; its result is the
+            # documented "ij" default), library noise on the console
+            with frozen(self.model), warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=r"torch\.meshgrid", category=UserWarning)
                 for i in range(x.shape[0]):
                     with seeded(self.seed, x.device):
                         masks, _ = extremal_perturbation(
