@@ -15,22 +15,18 @@ the paper's thresholds (docs/axioms.md).
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
-from pathlib import Path
 
 import torch
 from omegaconf import OmegaConf
 
+from timing import device_name, flops  # scripts/ is on sys.path when run as a script
 from xattr.config import CONF_DIR
 from xattr.data.axioms_generation import AxiomGenerator, GenConfig
 from xattr.data.axioms_prior import PriorSpec
 from xattr.data.axioms_store import AxiomsStore
 from xattr.models.zoo import load_model
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from timing import flops  # noqa: E402
 
 
 def prior_spec(name: str) -> PriorSpec:
@@ -88,7 +84,7 @@ def main() -> None:
     for device in devices:
         zoo = load_model(args.model, weights=args.weights, device=device)
         work = flops_per_iteration(zoo.net, zoo.preprocess, spec, args.scenario, device)
-        name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
+        name = device_name(device)
         one = seconds_per_step(zoo.net, zoo.preprocess, spec, args.scenario, 1, args.steps, device)
         print(f"| {name} | 1 (one at a time) | {one:.3f} | {60 / (one * args.iters):.3f} | 1.0 | {work / 1e9:.1f} | "
               f"{work / one / 1e12:.3f} |", flush=True)

@@ -60,21 +60,16 @@ def timed(fn: Callable[[], object], device: torch.device | str) -> tuple[float, 
     return sec, max(peak[0], rss_mib()) - start
 
 
-def _conv_backward(grad_out_shape, x_shape, w_shape, _bias, _stride, _padding, _dilation, transposed,
-                   _output_padding, groups, output_mask, out_shape, **kwargs) -> int:
-    """``aten.convolution_backward``'s count: torch's, with the weight gradient divided by ``groups``."""
-    from torch.utils.flop_counter import conv_flop_count
+def _conv_backward(grad_out, x, w, bias, stride, padding, dilation, transposed, output_padding, groups, output_mask,
+                   out_shape, **kwargs) -> int:
+    """``aten.convolution_backward``'s count: torch's own formula, with the weight gradient divided by ``groups``."""
+    from torch.utils.flop_counter import conv_backward_flop
 
-    def t(shape):
-        return [shape[1], shape[0]] + list(shape[2:])
+    def torch_count(mask) -> int:
+        return conv_backward_flop(grad_out, x, w, bias, stride, padding, dilation, transposed, output_padding, groups,
+                                  mask, out_val=out_shape)
 
-    count = 0
-    if output_mask[0]:
-        count += conv_flop_count(grad_out_shape, w_shape, out_shape[0], not transposed)
-    if output_mask[1]:
-        a, b = (t(grad_out_shape), t(x_shape)) if transposed else (t(x_shape), t(grad_out_shape))
-        count += conv_flop_count(a, b, t(out_shape[1]), transposed=False) // groups
-    return count
+    return torch_count([output_mask[0], False]) + torch_count([False, output_mask[1]]) // groups
 
 
 def flops(fn: Callable[[], object]) -> float:
