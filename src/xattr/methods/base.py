@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from xattr.core.checks import module_device
+from xattr.core.params import record_arguments
 from xattr.errors import unknown
 
 REDUCTIONS = ("abs", "positive", "sum", "abs_sum", "none", "max_abs")
@@ -106,8 +107,18 @@ class Attribution(ABC):
     #: paper reference shown in tables
     paper: ClassVar[str] = ""
 
+    def __new__(cls, *args, **kwargs):
+        obj = super().__new__(cls)
+        record_arguments(obj, args, kwargs)
+        return obj
+
     def __init__(self, model: nn.Module) -> None:
         self.model = model
+
+    @property
+    def hparams(self) -> dict:
+        """The hyper-parameters this method was built with, defaults filled in (``model`` left out)."""
+        return dict(getattr(self, "_hparams", {}))
 
     @property
     def device(self) -> torch.device:

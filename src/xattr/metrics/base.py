@@ -25,6 +25,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from xattr.core.params import record_arguments
 from xattr.core.summary import mean_and_sem
 
 
@@ -57,6 +58,16 @@ class Metric(ABC):
     #: for each score name, whether higher is better (tables sort and label with it)
     higher_is_better: ClassVar[dict[str, bool]] = {}
     paper: ClassVar[str] = ""
+
+    def __new__(cls, *args, **kwargs):
+        obj = super().__new__(cls)
+        record_arguments(obj, args, kwargs)
+        return obj
+
+    @property
+    def hparams(self) -> dict:
+        """The arguments this metric was built with, defaults filled in."""
+        return dict(getattr(self, "_hparams", {}))
 
     def __call__(
         self, model: nn.Module, x: torch.Tensor, target: torch.Tensor, maps: torch.Tensor, **extras: Any
