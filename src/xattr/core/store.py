@@ -207,3 +207,24 @@ class RunStore:
                 for i, m in zip(z["id"], z["maps"]):
                     out[str(i)] = m
         return out
+
+    # ------------------------------------------------------------------ the folder as a whole
+    def is_run(self) -> bool:
+        """A run folder with finished work: it holds ``heatmaps/`` (finished batches) or a run's report."""
+        return (self.dir / "heatmaps").is_dir() or (self.dir / "per_image.parquet").is_file()
+
+    def config(self):
+        """The run's resolved config (``config.yaml``) as a ``DictConfig``; an empty one when absent."""
+        from omegaconf import OmegaConf
+
+        path = self.dir / "config.yaml"
+        return OmegaConf.load(path) if path.is_file() else OmegaConf.create({})
+
+    def summary(self) -> pd.DataFrame:
+        """The run's ``summary.csv`` (each score's mean, s.e., count); empty before the run's report."""
+        path = self.dir / "summary.csv"
+        return pd.read_csv(path) if path.is_file() else pd.DataFrame()
+
+    def analyses(self) -> dict[str, pd.DataFrame]:
+        """``name -> result`` of the run's dataset-level analyses (``analyses/<name>.csv``)."""
+        return {p.stem: pd.read_csv(p) for p in self._files("analyses", "*.csv")}

@@ -98,7 +98,10 @@ def with_prefix(prefix: str, tensors: Mapping[str, torch.Tensor]) -> dict[str, t
 
 
 class Attribution(ABC):
-    """Base of all methods. Subclasses implement :meth:`_attribute`."""
+    """Base of all methods (see the module docstring): built with the model and hyper-parameters, called as
+    ``attribute(x, target) -> maps`` or ``explain(x, target) -> Explanation``; ``fit(loader)`` when it needs
+    estimation first. Build one by name with ``xattr.method(name, model, **overrides)``; subclasses implement
+    :meth:`_attribute` (or :meth:`_explain` when they have auxiliary results)."""
 
     #: short name used in configs and tables
     name: ClassVar[str] = "attribution"

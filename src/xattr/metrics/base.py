@@ -50,7 +50,9 @@ class MetricResult:
 
 
 class Metric(ABC):
-    """Base of all metrics. Subclasses implement :meth:`evaluate`."""
+    """Base of all metrics (see the module docstring): configured at construction, called on batches as
+    ``metric(model, x, target, maps, **extras) -> MetricResult`` (per-image scores, curves), no state kept.
+    Build one by name with ``xattr.metric(name, **overrides)``; subclasses implement :meth:`evaluate`."""
 
     name: ClassVar[str] = "metric"
     #: extras this metric reads (batch keys, ``method``/``method_factory``, auxiliary result names)

@@ -145,7 +145,10 @@ def build_torchvision(node: Mapping, known_aliases: Callable[[str, nn.Module], d
 
 # ------------------------------------------------------------------------------------------------ custom
 def resolve_factory(ref: Any) -> Callable[..., Any]:
-    """The callable named by ``package.module:function`` (``model.factory``); one error line if there is none."""
+    """The callable named by ``package.module:function`` (``model.factory``); one error line if there is none.
+    A callable is taken as it is (``xattr.load_model(my_module)`` hands one over)."""
+    if callable(ref):
+        return ref
     text = str(ref)
     mod_name, sep, attr = text.partition(":")
     if not sep or not mod_name or not attr:

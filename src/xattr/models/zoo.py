@@ -61,6 +61,9 @@ class ZooModel:
     preprocess: Preprocess
     labels: list[str] = field(default_factory=list)
     weights: str = "random"
+    #: the default layer per role (``bottleneck``, ``cam``, ``readout``, ...): ``conf/model/<name>.yaml``'s
+    #: ``layers``, filled in by :func:`xattr.load_model`; the methods' ``${model.layers.<role>}`` read them
+    roles: dict[str, Any] = field(default_factory=dict)
 
     @property
     def layers(self) -> dict[str, str]:

@@ -1,0 +1,236 @@
+"""The Python API (``import xattr``): the same objects as the CLI, one source of defaults, the CLI's errors,
+numpy in and out, fitting from any data source, run folders as data, the quickstart end to end."""
+
+from __future__ import annotations
+
+import inspect
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import xattr
+from tests.helpers import compose_cfg
+from xattr.config import build, check_values
+from xattr.models.tiny import TinyCNN
+
+REPO = Path(__file__).resolve().parents[1]
+FAST = ["dataset=samples", "target=top1", "batch_size=2", "trainer=cpu", "logger=none",
+        "trainer.enable_progress_bar=false"]
+
+
+@pytest.fixture(scope="module")
+def lite0():
+    """EfficientNet-Lite0 with random weights (the architecture and layer roles of the real one)."""
+    return xattr.load_model("efficientnet_lite0", weights="random")
+
+
+@pytest.fixture(scope="module")
+def saved_run(tmp_path_factory):
+    from xattr.run import run
+
+    return run(compose_cfg(FAST + ["model=efficientnet_lite0", "model.weights=random", "method=random",
+                                   "dataset.limit=2", "metric=[insertion_deletion]",
+                                   "metric.insertion_deletion.points=4"],
+                           output_dir=tmp_path_factory.mktemp("api") / "run"))
+
+
+# --------------------------------------------------------------------------------------------- public names
+def test_every_public_name_is_importable_and_documented():
+    assert set(xattr.__all__) >= {"load_model", "method", "metric", "fit", "explain", "evaluate", "open_run",
+                                  "quantus_explain", "Explanation", "XattrConfigError"}
+    assert set(xattr.__all__) == set(xattr._PUBLIC)
+    for name in xattr.__all__:
+        obj = getattr(xattr, name)
+        doc = inspect.getdoc(obj) or ""
+        assert len(doc) > 60, f"xattr.{name} has no real docstring"
+        if inspect.isfunction(obj):  # every parameter is explained (help() is enough to call it)
+            for p in inspect.signature(obj).parameters.values():
+                if p.kind not in (p.VAR_POSITIONAL,):
+                    assert p.name in doc, f"xattr.{name}: parameter {p.name!r} not in its docstring"
+    with pytest.raises(AttributeError, match="valid choices: .*load_model"):
+        xattr.load_modle  # noqa: B018
+    # `import xattr` imports no heavy package until a name is used (the CLI's start stays fast)
+    out = subprocess.run([sys.executable, "-c", "import sys, xattr; print('torch' in sys.modules, 'hydra' in sys.modules)"],
+                         capture_output=True, text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO / "src")})
+    assert out.stdout.split() == ["False", "False"], out.stdout + out.stderr
+
+
+# --------------------------------------------------------------------------------------------- one source of defaults
+@pytest.mark.parametrize("name", xattr.list_methods())
+def test_a_method_built_by_the_api_is_the_one_the_cli_builds(name, lite0, saved_run):
+    """``xattr.method(name, model)`` == ``build(cfg.method)(model)`` of ``method=<name> model=<model>``:
+    the same class with the same parameters, every default read from conf/method/<name>.yaml."""
+    over, extra = {}, []
+    model, model_args = lite0, ["model=efficientnet_lite0", "model.weights=random"]
+    if name == "saved":
+        over, extra = {"run_dir": str(saved_run)}, [f"method.run_dir={saved_run}"]
+    if name == "input_iba_text":  # a text method: the shipped IMDB LSTM
+        model, model_args = xattr.load_model("imdb_lstm"), ["model=imdb_lstm"]
+    api = xattr.method(name, model, **over)
+    cfg = compose_cfg([f"method={name}", *model_args, *extra])
+    cli = build(cfg.method)
+    if name == "input_iba_text":
+        from xattr.methods.text import text_form
+
+        cli = text_form(cli, cfg.model.layers.embedding)
+    cli = cli(model=model.net)
+    assert type(api) is type(cli)
+    assert api.hparams == cli.hparams, (api.hparams, cli.hparams)
+    yaml_keys = {str(k) for k in cfg.method if str(k) not in ("_target_", "_partial_")}
+    if name != "input_iba_text":  # (the text form keeps the keys it shares with the image method)
+        assert yaml_keys <= set(api.hparams), yaml_keys - set(api.hparams)
+
+
+@pytest.mark.parametrize("name", xattr.list_metrics())
+def test_a_metric_built_by_the_api_is_the_one_the_cli_builds(name):
+    api = xattr.metric(name)
+    cli = build(compose_cfg([f"metric=[{name}]"]).metric[name])
+    assert type(api) is type(cli) and api.hparams == cli.hparams
+
+
+def test_layer_roles_reach_the_methods_and_overrides_win(lite0):
+    assert xattr.method("iba", lite0).hparams["layer"] == "block_4"  # conf/model/efficientnet_lite0.yaml
+    assert xattr.method("grad_cam", lite0).hparams["layer"] == "head"
+    hp = xattr.method("iba", lite0, beta=1, layer="block_2").hparams
+    assert (hp["beta"], hp["layer"], hp["steps"]) == (1, "block_2", 10)
+    roles = xattr.load_model("efficientnet_lite0", weights="random", layers={"cam": "block_10"})
+    assert xattr.method("grad_cam", roles).hparams["layer"] == "block_10"
+    assert xattr.method("grad_cam", xattr.load_model("resnet18", weights="random")).hparams["layer"] == "conv5_x"
+    # a torchvision ResNet outside the zoo: the roles of conf/model/torchvision.yaml; another arch has none
+    r34 = xattr.load_model("resnet34", weights="random")
+    assert xattr.method("grad_cam", r34).hparams["layer"] == "layer4"
+    with pytest.raises(ValueError, match="needs layer="):
+        xattr.method("grad_cam", xattr.load_model("squeezenet1_1", weights="random"))
+
+
+def test_your_own_module_with_roles_builds_as_model_custom():
+    """An nn.Module with its layers named builds what ``model=custom`` (the same module) builds."""
+    cfg = compose_cfg(["method=iba", "model=custom"])
+    roles = dict(cfg.model.layers)
+    own = xattr.load_model(TinyCNN(), layers=roles, name="custom")
+    api = xattr.method("iba", own)
+    cli = build(cfg.method)(model=own.net)
+    assert api.hparams["weights"] == "own" and cli.hparams["weights"] is None  # the one difference: its own weights
+    assert {k: v for k, v in api.hparams.items() if k != "weights"} == {k: v for k, v in cli.hparams.items() if k != "weights"}
+    bare = xattr.load_model(TinyCNN())
+    with pytest.raises(ValueError, match=r"method 'iba' needs layer=\.\.\..*valid choices: .*conv2"):
+        xattr.method("iba", bare)
+    assert xattr.method("iba", bare, layer="conv2").hparams["layer"] == "conv2"
+
+
+# --------------------------------------------------------------------------------------------- errors
+@pytest.mark.parametrize(("key", "value"), [("beta", -1.0), ("beta", "abc"), ("steps", 0), ("chunk", 0)])
+def test_bad_values_raise_the_clis_one_line(key, value, lite0):
+    cfg = compose_cfg(["method=iba", "model=efficientnet_lite0", f"method.{key}={value}"])
+    with pytest.raises(ValueError) as cli:
+        check_values(cfg)
+        build(cfg.method)(model=lite0.net)
+    with pytest.raises(ValueError) as api:
+        xattr.method("iba", lite0, **{key: value})
+    assert str(api.value) == str(cli.value) and "\n" not in str(api.value)
+
+
+def test_unknown_names_raise_one_line_with_the_choices(lite0):
+    cases = {
+        lambda: xattr.method("ibax", lite0): "unknown method 'ibax'; valid choices: deepshap, ",
+        lambda: xattr.method("iba", lite0, betta=1): "unknown parameter of method 'iba' 'betta'; valid choices: .*beta",
+        lambda: xattr.metric("insdel"): "unknown metric 'insdel'; valid choices: axioms, ",
+        lambda: xattr.metric("insertion_deletion", pointz=3): "valid choices: .*points",
+        lambda: xattr.load_model("vgg61"): "unknown model 'vgg61'; valid choices: .*efficientnet_lite0",
+        lambda: xattr.explain(lite0, torch.zeros(2, 3, 32, 32), target=[1, 2, 3]): "3 entries for 2 images",
+        lambda: xattr.explain(lite0, torch.zeros(1, 3, 32, 32), target="label"): "valid choices: top1",
+        lambda: xattr.open_run(REPO / "conf"): "missing run folder",
+    }
+    for call, pattern in cases.items():
+        with pytest.raises(ValueError, match=pattern) as e:
+            call()
+            pytest.fail(f"no error for {pattern!r}")
+        assert "\n" not in str(e.value)
+
+
+# --------------------------------------------------------------------------------------------- numpy, fit, evaluate
+def test_numpy_in_gives_the_tensors_results():
+    torch.manual_seed(0)
+    model = xattr.load_model(TinyCNN(num_classes=4), layers={"cam": "conv3"}, preprocess={"size": 16})
+    x = torch.randn(3, 3, 16, 16)
+    t = torch.tensor([0, 1, 3])
+    by_tensor = xattr.explain(model, x, t, "grad_cam").maps
+    by_numpy = xattr.explain(model, x.numpy(), t.numpy(), "grad_cam").maps
+    torch.testing.assert_close(by_numpy, by_tensor)
+    metric = xattr.metric("insertion_deletion", per_step=16, points="all", min_prob=None)
+    a = xattr.evaluate(model, x, by_tensor, target=t, metrics=[metric])
+    b = xattr.evaluate(model, x.numpy(), by_tensor[:, 0].numpy(), target=t.numpy(), metrics=[metric])
+    pd.testing.assert_frame_equal(a, b)
+    assert list(a.columns[:4]) == ["id", "target", "prob", "top1"] and len(a) == 3
+    direct = metric(model.net, x, t, by_tensor)  # the metric object itself, on the same tensors
+    np.testing.assert_allclose(a["insertion_deletion/insertion"], direct.scores["insertion"].numpy(), rtol=1e-6)
+    np.testing.assert_allclose(a.attrs["curves"]["insertion_deletion/deletion"], direct.curves["deletion"].numpy())
+    table = xattr.summarise({"grad_cam": a}, ["insertion_deletion/insertion"], sem=True)
+    assert table.loc["grad_cam", "insertion_deletion/insertion"] == pytest.approx(a["insertion_deletion/insertion"].mean())
+
+
+@pytest.mark.filterwarnings("ignore:feature statistics from only")
+def test_fit_reads_a_loader_tuples_tensors_or_a_file(tmp_path):
+    """IBA's statistics are the mean/std of the layer's output over the data, however it is handed over."""
+    torch.manual_seed(0)
+    model = xattr.load_model(TinyCNN(num_classes=4), layers={"bottleneck": "conv2"}, preprocess={"size": 16})
+    x = torch.randn(24, 3, 16, 16)
+    iba = xattr.method("iba", model, steps=2, copies=2, n_samples=24)
+    with pytest.raises(ValueError, match="call fit"):
+        iba.attribute(x[:2], torch.tensor([0, 1]))
+    xattr.fit(iba, x)
+    with torch.no_grad():  # the closed form: per-unit mean and std of conv2's output over the 24 images
+        feats = []
+        h = model.net.features[2].register_forward_hook(lambda m, i, o: feats.append(o))  # conv2
+        model.net(x)
+        h.remove()
+    torch.testing.assert_close(iba.stats["conv2"].mean, feats[0].mean(0), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(iba.stats["conv2"].std, feats[0].std(0), rtol=1e-3, atol=1e-4)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, torch.zeros(24)), batch_size=5)
+    by_loader = xattr.fit(xattr.method("iba", model, steps=2, copies=2, n_samples=24), loader, cache_dir=tmp_path)
+    torch.testing.assert_close(by_loader.stats["conv2"].mean, iba.stats["conv2"].mean)
+    files = list((tmp_path / "iba_stats").glob("*.pt"))
+    assert len(files) == 1
+    by_file = xattr.fit(xattr.method("iba", model, steps=2, copies=2), files[0])
+    torch.testing.assert_close(by_file.stats["conv2"].std, iba.stats["conv2"].std)
+    maps = by_file.attribute(x[:2], torch.tensor([0, 1]))
+    assert maps.shape == (2, 1, 16, 16) and torch.isfinite(maps).all()
+    assert xattr.fit(xattr.method("gradient", model), x) is not None  # nothing to fit: returned as is
+
+
+# --------------------------------------------------------------------------------------------- run folders
+def test_open_run_reads_the_run_as_the_store_does(saved_run):
+    from xattr.core.store import RunStore
+
+    run = xattr.open_run(saved_run)
+    store = RunStore(saved_run)
+    assert run.method_name == "random" and run.config.model.name == "efficientnet_lite0"
+    assert set(run.maps) == set(store.heatmaps()) == set(run.per_image["id"]) and len(run.maps) == 2
+    assert "insertion_deletion/insertion" in run.per_image and set(run.summary["score"]) >= {"insertion_deletion/insertion"}
+    assert run.curves["insertion_deletion/insertion"].shape[0] == 2
+    assert "2 images" not in repr(run) and "finished batches" in repr(run)
+
+
+# --------------------------------------------------------------------------------------------- the quickstart
+def test_the_quickstart_runs_and_draws(tmp_path):
+    """examples/quickstart.py as a new user runs it (real EfficientNet-Lite0, shipped photos and statistics)."""
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "MPLBACKEND": "Agg"}
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "assets").symlink_to(REPO / "assets")
+    out = subprocess.run([sys.executable, str(REPO / "examples" / "quickstart.py")], cwd=work, env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert (work / "outputs/quickstart/quickstart.png").stat().st_size > 10_000
+    table = pd.read_csv(work / "outputs/quickstart/quickstart.csv", index_col=0)
+    assert list(table.index) == ["IBA", "Grad-CAM", "Integrated Gradients"]
+    assert table.notna().all().all() and ((table >= 0) & (table <= 1)).all().all()
+    # the real network: IBA's insertion beats its deletion on these photos (maps that find the object)
+    assert (table["insertion_deletion/insertion"] > table["insertion_deletion/deletion"]).all()
+    assert out.stderr.strip() == "", out.stderr[-2000:]  # a quiet console
