@@ -9,7 +9,7 @@ TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 export WANDB_MODE ?= offline
 export HYDRA_FULL_ERROR ?= 0
 
-.PHONY: install demo test test-slow lint bench clean table
+.PHONY: install demo test test-slow lint bench bench-gpu docs clean table
 
 install: $(STAMP)
 
@@ -35,6 +35,16 @@ lint: install
 
 bench: install
 	for s in scripts/bench_*.py; do $(BIN)/python $$s || exit 1; done
+
+# every GPU figure in one call (a lent GPU machine; see docs/speed.md): tables in outputs/bench-gpu/
+bench-gpu: install
+	bash scripts/bench_gpu.sh
+
+# the API reference from the public names' docstrings (pdoc, installed on first use) -> outputs/docs/
+docs: install
+	$(BIN)/python -c "import pdoc" 2>/dev/null || $(BIN)/pip install -q pdoc
+	$(BIN)/python -m pdoc xattr xattr.api -o outputs/docs
+	@echo "API reference: outputs/docs/index.html"
 
 clean:
 	rm -rf outputs multirun .pytest_cache

@@ -234,3 +234,20 @@ def test_the_quickstart_runs_and_draws(tmp_path):
     # the real network: IBA's insertion beats its deletion on these photos (maps that find the object)
     assert (table["insertion_deletion/insertion"] > table["insertion_deletion/deletion"]).all()
     assert out.stderr.strip() == "", out.stderr[-2000:]  # a quiet console
+
+
+def test_the_readme_example_uses_only_public_names_and_its_links_exist():
+    import ast
+    import re
+
+    readme = (REPO / "README.md").read_text()
+    block = re.search(r"```python\n(.*?)```", readme, re.S).group(1)
+    used = {n.attr for n in ast.walk(ast.parse(block)) if isinstance(n, ast.Attribute)
+            and isinstance(n.value, ast.Name) and n.value.id == "xattr"}
+    assert used and used <= set(xattr.__all__), used - set(xattr.__all__)
+    assert len(readme.split("## Read on")[0].splitlines()) < 60  # the first screen
+    for link in re.findall(r"\]\(([^)#]+)\)", readme):
+        assert (REPO / link).exists(), link
+    for page in (REPO / "docs").glob("*.md"):
+        for link in re.findall(r"\]\(([^)#:]+)\)", page.read_text()):
+            assert (page.parent / link).exists(), (page.name, link)
