@@ -8,7 +8,7 @@ The Python API (``docs/api.md``; :mod:`xattr.api`):
 >>> maps = xattr.method("grad_cam", model).attribute(x, xattr.top1(model, x))
 >>> xattr.evaluate(model, x, maps, metrics=["insertion_deletion"])
 
-The command line: ``python -m xattr.run method=<name> model=<name> metric=[<name>]`` (README).
+The command line: ``python -m xattr.run method=<name> model=<name> metric=[<name>]`` (docs/cli.md).
 Names are imported on first use, so ``import xattr`` stays instant and the CLI starts fast.
 """
 
