@@ -251,3 +251,23 @@ def test_the_readme_example_uses_only_public_names_and_its_links_exist():
     for page in (REPO / "docs").glob("*.md"):
         for link in re.findall(r"\]\(([^)#:]+)\)", page.read_text()):
             assert (page.parent / link).exists(), (page.name, link)
+
+
+@pytest.mark.filterwarnings("ignore:feature statistics from only")
+def test_evaluate_reruns_the_method_for_the_sanity_check():
+    """The cascading randomisation rebuilds the method from its hparams on each randomised copy (refitted on
+    fit_data): the first step (top layer randomised) of a deterministic method gives an SSIM < 1, and the
+    same call without fit_data for IBA is one error."""
+    torch.manual_seed(0)
+    model = xattr.load_model(TinyCNN(num_classes=4), layers={"cam": "conv3", "bottleneck": "conv2"},
+                             preprocess={"size": 16})
+    x = torch.randn(2, 3, 16, 16)
+    gc = xattr.method("grad_cam", model)
+    maps = gc.attribute(x, torch.tensor([0, 1]))
+    df = xattr.evaluate(model, x, maps, target=[0, 1], metrics=["sanity_check"], method=gc)
+    ssim = [c for c in df.columns if c.startswith("sanity_check/ssim")]
+    assert ssim and df[ssim].notna().all().all() and (df[ssim].to_numpy() < 0.999).any()
+    iba = xattr.fit(xattr.method("iba", model, steps=2, copies=2, n_samples=8), x.repeat(4, 1, 1, 1))
+    with pytest.raises(ValueError, match="pass fit_data="):
+        xattr.evaluate(model, x, iba.attribute(x, torch.tensor([0, 1])), target=[0, 1], metrics=["sanity_check"],
+                       method=iba)

@@ -425,7 +425,7 @@ def metric(name: str, **overrides: Any) -> Metric:
 
 def evaluate(model: ModelLike, x: ArrayLike, maps: ArrayLike, target: ArrayLike | int | str = "top1",
              metrics: Iterable[str | Metric] = ("insertion_deletion",), method: Attribution | None = None,
-             ids: Sequence[str] | None = None, **extras: Any) -> pd.DataFrame:
+             ids: Sequence[str] | None = None, fit_data: Any = None, **extras: Any) -> pd.DataFrame:
     """Score ``maps`` for ``x`` with each metric; one row per image, one column ``<metric>/<score>``.
 
     ``target``: the explained classes (as :func:`explain`: indices, one int, or ``"top1"``); ``ids``: the
@@ -433,7 +433,9 @@ def evaluate(model: ModelLike, x: ArrayLike, maps: ArrayLike, target: ArrayLike 
     them or as you have them (Quantus' ``a_batch``). ``metrics``: names (defaults of their yaml) or metric
     objects (:func:`metric` with overrides). ``extras``: what a metric declares in ``needs`` (``boxes``: a list
     of ``(N_i, 4)`` xyxy boxes per image; ``method_factory``: ``model -> fitted method`` for the sanity check;
-    auxiliary results by name); ``method``: the method that made the maps (metrics that re-run it).
+    auxiliary results by name); ``method``: the method that made the maps (metrics that re-run it; the
+    sanity check rebuilds it with its ``hparams`` on randomised copies of the model and fits each copy on
+    ``fit_data``, anything :func:`fit` takes, when the method needs fitting).
     The per-image curves are in ``df.attrs["curves"]`` (``<metric>/<curve>`` -> ``(B, T)`` array) with their
     x axes in ``df.attrs["x_axis"]``; ``xattr.metrics.base.Metric.summarise`` gives a table's numbers."""
     zoo = _zoo(model)
@@ -450,7 +452,7 @@ def evaluate(model: ModelLike, x: ArrayLike, maps: ArrayLike, target: ArrayLike 
     context = dict(extras)
     if method is not None:
         context.setdefault("method", method)
-        context.setdefault("method_factory", lambda net: type(method)(net, **method.hparams))
+        context.setdefault("method_factory", functools.partial(_rebuilt, method, fit_data))
     with torch.no_grad():
         probs = torch.softmax(zoo.net(xt).float(), 1)
     rows: dict[str, Any] = {"id": list(ids) if ids is not None else [str(i) for i in range(xt.shape[0])],
@@ -496,6 +498,17 @@ def summarise(results: pd.DataFrame | Mapping[str, pd.DataFrame], scores: Sequen
                 row[f"{c} s.e."] = se
         rows[name] = row
     return pd.DataFrame.from_dict(rows, orient="index")
+
+
+def _rebuilt(method: Attribution, fit_data: Any, net: nn.Module) -> Attribution:
+    """``method`` built again for another network (a randomised copy), fitted on ``fit_data`` if it needs it."""
+    m = type(method)(net, **method.hparams)
+    if m.needs_fit:
+        if fit_data is None:
+            raise XattrConfigError(f"method {method.name!r} needs fitting on each randomised copy: pass fit_data=... "
+                                   "to evaluate (a DataLoader or images, as xattr.fit takes)")
+        fit(m, fit_data)
+    return m
 
 
 # ----------------------------------------------------------------------------------------------- images
