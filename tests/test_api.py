@@ -271,3 +271,20 @@ def test_evaluate_reruns_the_method_for_the_sanity_check():
     with pytest.raises(ValueError, match="pass fit_data="):
         xattr.evaluate(model, x, iba.attribute(x, torch.tensor([0, 1])), target=[0, 1], metrics=["sanity_check"],
                        method=iba)
+
+
+def test_a_text_model_gets_the_methods_text_forms_as_on_the_cli():
+    from xattr.methods.text import text_form
+
+    lstm = xattr.load_model("imdb_lstm")  # the shipped checkpoint
+    for name in ("integrated_gradients", "gradient", "iba"):
+        api = xattr.method(name, lstm)
+        cfg = compose_cfg([f"method={name}", "model=imdb_lstm", "dataset=imdb"])
+        cli = text_form(build(cfg.method), cfg.model.layers.embedding)(model=lstm.net)
+        assert type(api) is type(cli) and type(api).__name__.startswith("Text")
+        assert {k: v for k, v in api.hparams.items() if k != "dataset"} == {k: v for k, v in cli.hparams.items() if k != "dataset"}
+    with pytest.raises(ValueError, match="'grad_cam' has no text form; valid choices: "):
+        xattr.method("grad_cam", lstm)
+    tokens = torch.tensor([[5, 6, 7, 8, 0, 0]])
+    scores = xattr.explain(lstm, tokens, target=1, method="gradient").maps
+    assert scores.shape == (1, 6) and (scores[0, 4:] == 0).all()

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -186,6 +187,8 @@ def _compose(overrides: list[str]) -> DictConfig:
         cfg.name = "api"
         cfg.method_name = next((o.split("=", 1)[1] for o in overrides if o.startswith("method=")), "gradient")
         cfg.paths.output_dir = "."
+        # files named relative to the repository (assets/...) are found from any working directory
+        cfg.paths.root = os.environ.get("XATTR_ROOT", str(CONF_DIR.parent))
     return cfg
 
 
@@ -231,7 +234,7 @@ def _resolved(node: DictConfig, kind: str, option: str, given: Mapping[str, Any]
             out[key] = OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
         except Exception:
             layers = [n for n, _ in net.named_modules() if n]
-            names = list(getattr(net, "xattr_layers", {})) + layers
+            names = list(dict.fromkeys([*getattr(net, "xattr_layers", {}), *layers]))
             hint = f"; valid choices: {', '.join(names[:30])}" if "layer" in key else ""
             raise XattrConfigError(f"{kind} {option!r} needs {key}=... (the model config has no default for it)"
                                    f"{hint}") from None
@@ -288,6 +291,10 @@ def method(name: str, model: ModelLike, **overrides: Any) -> Attribution:
     zoo = _zoo(model)
     if name not in list_methods():
         raise unknown("method", name, list_methods())
+    if zoo.roles.get("embedding"):  # a text model: only methods with a text form (one line naming them)
+        from xattr.methods.text import check_text_method
+
+        check_text_method(name)
     cfg = _config_for(zoo, "method", name)
     node = cfg.method
     cls = get_class(str(node._target_))
@@ -296,9 +303,8 @@ def method(name: str, model: ModelLike, **overrides: Any) -> Attribution:
     _checked(cfg, "method", name, values)
     factory: Callable[..., Attribution] = functools.partial(cls, **values)
     if zoo.roles.get("embedding"):  # a text model: the method's text form (tokens), as the CLI's run does
-        from xattr.methods.text import check_text_method, text_form
+        from xattr.methods.text import text_form
 
-        check_text_method(name)
         factory = text_form(factory, zoo.roles["embedding"], cfg.model.get("pad_index"), cfg.model.get("unk_index"))
     return factory(model=zoo.net)
 
