@@ -225,7 +225,7 @@ def test_axioms_t1_rows_land_in_the_published_rows():
     from tests.helpers import compose_cfg
     from xattr.config import CONF_DIR
     from xattr.tables import load_published
-    from xattr.tables.build import _matches
+    from xattr.tables.match import matches as _matches
 
     def hydra_cfg(overrides):
         with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):

@@ -176,7 +176,7 @@ def test_sweep_rows_are_the_published_rows(exp, mobilenet):
     from omegaconf import open_dict
 
     from xattr.tables import load_published
-    from xattr.tables.build import _matches
+    from xattr.tables.match import matches as _matches
 
     params = _compose_hydra([f"experiment={exp}"]).hydra.sweeper.get("params") or {}
     rows = [r for r in str(params.get("+experiment/reference_rows", "")).split(",") if r]
