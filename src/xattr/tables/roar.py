@@ -23,8 +23,10 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
 
 from xattr.core.store import RunStore
+from xattr.core.summary import mean_and_sem
 from xattr.tables.match import fmt
 from xattr.tables.output import write_table
 from xattr.viz.roar import plot_roar
@@ -60,11 +62,6 @@ def roar_auc(percents: list[float], acc: list[float]) -> float:
     return float(np.sum((y[1:] + y[:-1]) / 2 * np.diff(x)) / (x[-1] - x[0]))
 
 
-def _mean_sem(v: list[float]) -> tuple[float, float]:
-    a = np.asarray(v, float)
-    return float(a.mean()), float(a.std(ddof=1) / np.sqrt(len(a))) if len(a) > 1 else float("nan")
-
-
 def summarise_units(units: list[dict], spec_percents: list[float]) -> dict[str, dict[str, Any]]:
     """Per method: ``acc[p] = (mean, sem, n)``, the AUC (mean, sem over complete repeats) and its percents."""
     df = pd.DataFrame(units)
@@ -72,7 +69,7 @@ def summarise_units(units: list[dict], spec_percents: list[float]) -> dict[str, 
     if df.empty:
         return out
     for method, g in df.groupby("method"):
-        acc = {float(p): (*_mean_sem(gp["acc"].tolist()), len(gp)) for p, gp in g.groupby("percent")}
+        acc = {float(p): mean_and_sem(torch.tensor(gp["acc"].to_numpy())) for p, gp in g.groupby("percent")}
         ran = sorted(p for p in acc if p > 0)
         use = [p for p in ran if p in {float(q) for q in spec_percents}] or ran
         auc, auc_sem = float("nan"), float("nan")
