@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import hashlib
+import re
 from pathlib import Path
 
 import numpy as np
@@ -62,6 +63,35 @@ def test_imports_only_point_down():
                 bad.append(f"{path.relative_to(SRC)} imports xattr.{dep}")
     assert not unknown, f"packages without a place in the house: {sorted(set(unknown))}"
     assert not bad, "backward or sideways imports:\n" + "\n".join(bad)
+
+
+def _doc_floors() -> dict[str, tuple[float, set[str] | None]]:
+    """``package -> (floor, imports today)`` from the floor table of docs/ARCHITECTURE.md (``None``: a package
+    not written yet, ``-``)."""
+    text = (SRC.parents[1] / "docs" / "ARCHITECTURE.md").read_text()
+    lines = text.split("floor  package")[1].split("```")[0].splitlines()
+    out, floor = {}, None
+    for line in lines[1:]:
+        if line[:6].strip():
+            floor = float(line[:6])
+        name = line[7:26].strip().removesuffix(".py").removesuffix("/")
+        if not name:
+            continue
+        deps = re.split(r"\s{2,}", line.strip())[-1].split("(")[0].strip()
+        out[name] = (floor, None if deps == "-" else set() if deps == "nothing" else set(deps.split(", ")))
+    return out
+
+
+def test_the_architecture_doc_says_what_each_package_imports():
+    doc = _doc_floors()
+    assert {k: f for k, (f, _) in doc.items()} == {k: float(v) for k, v in RANK.items()}
+    code: dict[str, set[str]] = {}
+    for path in SRC.rglob("*.py"):
+        pkg = _package(path)
+        if pkg != "__init__":
+            code.setdefault(pkg, set()).update(_imports(path) - {pkg})
+    assert {k: sorted(v) for k, v in code.items()} == {k: sorted(doc[k][1] or ()) for k in code}
+    assert all(doc[k][1] is None for k in set(doc) - set(code))  # not written yet: "-"
 
 
 def test_the_import_checker_would_catch_a_backward_arrow(tmp_path):
