@@ -199,7 +199,7 @@ def test_axioms_rows_compose_to_the_reference_notebooks_maps():
     from tests.helpers import compose_cfg
 
     def method(row):
-        return compose_cfg(["experiment=axioms_t1", f"+experiment/reference_rows={row}"]).method
+        return compose_cfg(["experiment=axioms_t1", f"row={row}"]).method
 
     g = method("gradient_axioms")
     assert (g.reduce, g.abs) == ("max_abs", True)
@@ -208,7 +208,7 @@ def test_axioms_rows_compose_to_the_reference_notebooks_maps():
     assert (ig.method, ig.n_steps, ig.baseline, ig.reduce) == ("gausslegendre", 50, "zero", "sum")
     ds = method("deepshap_axioms")
     assert (ds.n_baselines, ds.mean, ds.std, list(ds.clamp), ds.reduce) == (10, 0.5, 0.1, [0.0, 1.0], "sum")
-    cfg = compose_cfg(["experiment=axioms_t1", "+experiment/reference_rows=grad_cam"])
+    cfg = compose_cfg(["experiment=axioms_t1", "row=grad_cam"])
     assert cfg.metric.axioms.scale == "auto" and cfg.metric.axioms.null_metric == "ratio"
     # IBA, Grad-CAM and GradCAM++ after the last stage (ResNet-18 layer4[-1] in the notebook: Table 1's IBA null
     # 0.211 and GradCAM++ 0.452 are Table 2's layer-4 values)
@@ -225,17 +225,17 @@ def test_axioms_t1_rows_land_in_the_published_rows():
     from tests.helpers import compose_cfg
     from xattr.config import CONF_DIR
     from xattr.tables import load_published
-    from xattr.tables.build import _matches
+    from xattr.tables.match import matches as _matches
 
     def hydra_cfg(overrides):
         with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
             return compose("config", overrides=overrides, return_hydra_config=True)
 
-    rows = str(hydra_cfg(["experiment=axioms_t1"]).hydra.sweeper.params["+experiment/reference_rows"]).split(",")
+    rows = str(hydra_cfg(["experiment=axioms_t1"]).hydra.sweeper.params["row"]).split(",")
     spec = load_published()["axioms_t1"]
     hit = set()
     for row in rows:
-        overrides = ["experiment=axioms_t1", f"+experiment/reference_rows={row}"]
+        overrides = ["experiment=axioms_t1", f"row={row}"]
         cfg = compose_cfg(overrides)
         with open_dict(cfg):
             cfg.method_name = hydra_cfg(overrides).hydra.runtime.choices.method

@@ -11,7 +11,7 @@ import torch
 from hydra.utils import instantiate
 
 from tests.helpers import compose_cfg
-from xattr.config import build, check_overrides, group_options
+from xattr.config import GROUPS, build, check_overrides, group_options
 from xattr.engine.targets import parse_target
 from xattr.errors import XattrConfigError
 from xattr.models import load_model
@@ -89,6 +89,8 @@ def test_dataset_configs_build(opt, shared_data):
     ("method=gradcam", "unknown method 'gradcam'; valid choices:"),
     ("metric=[insertion_deletion,auc]", "unknown metric 'auc'; valid choices:"),
     ("dataset=imagenet21k", "unknown dataset 'imagenet21k'; valid choices:"),
+    ("row=gradient,saliencyy", "unknown row 'saliencyy'; valid choices: cxr_grad_cam"),
+    ("half=imbd", "unknown half 'imbd'; valid choices: imdb"),
 ])
 def test_unknown_group_option_is_one_line(arg, msg, capsys):
     with pytest.raises(SystemExit):
@@ -153,10 +155,31 @@ def test_experiment_sweeps_name_existing_methods_and_tables(exp):
             assert m in group_options("method"), (exp, m)
     for metric in cfg.metric:
         assert metric in group_options("metric")
+    for key, value in params.items():  # swept config groups (row: a,b,...) name existing options
+        group = str(key).lstrip("+")
+        if group in GROUPS or "/" in group:
+            assert group in GROUPS, (exp, key)
+            for v in str(value).split(","):
+                assert v in group_options(group), (exp, key, v)
+
+
+def test_row_presets_are_their_own_groups_not_experiments():
+    """A published row (``conf/row/``) or a figure half (``conf/half/``) is picked beside an experiment
+    (``experiment=iba_t2_bbox row=gradient``); ``conf/experiment/`` holds only the tables' experiments."""
+    from xattr.config import CONF_DIR
+
+    assert not [p for p in (CONF_DIR / "experiment").iterdir() if p.is_dir()]
+    assert len(group_options("row")) >= 33 and group_options("half") == ["imdb"]
+    for group in ("row", "half"):
+        for opt in group_options(group):
+            assert (CONF_DIR / group / f"{opt}.yaml").read_text().startswith("# @package _global_"), (group, opt)
+    assert compose_cfg(["experiment=cxr_t1_iou", "row=cxr_iba"]).method.loss == "bce"
+    cfg = compose_cfg(["experiment=inputiba_f4_sensitivity_n", "half=imdb"])
+    assert cfg.model.name == "imdb_lstm" and cfg.dataset.name == "imdb"
 
 
 
-ROWS_DIR = REPO / "conf" / "experiment" / "reference_rows"
+ROWS_DIR = REPO / "conf" / "row"
 
 
 def _compose_hydra(overrides: list[str]):
@@ -170,22 +193,22 @@ def _compose_hydra(overrides: list[str]):
 
 @pytest.mark.parametrize("exp", ["iba_t2_bbox", "iba_t2_degradation", "inputiba_t2_ehr"])
 def test_sweep_rows_are_the_published_rows(exp, mobilenet):
-    """Every swept row config (conf/experiment/reference_rows/) exists, builds on mobilenet and lands in
+    """Every swept row config (conf/row/) exists, builds on mobilenet and lands in
     exactly one row of the published table; every published row with an xattr method is swept
     (PatternAttribution has none)."""
     from omegaconf import open_dict
 
     from xattr.tables import load_published
-    from xattr.tables.build import _matches
+    from xattr.tables.match import matches as _matches
 
     params = _compose_hydra([f"experiment={exp}"]).hydra.sweeper.get("params") or {}
-    rows = [r for r in str(params.get("+experiment/reference_rows", "")).split(",") if r]
+    rows = [r for r in str(params.get("row", "")).split(",") if r]
     assert rows and len(rows) == len(set(rows))
     spec = load_published()[exp]
     hit = set()
     for row in rows:
         assert (ROWS_DIR / f"{row}.yaml").is_file(), row
-        overrides = [f"experiment={exp}", f"+experiment/reference_rows={row}"]
+        overrides = [f"experiment={exp}", f"row={row}"]
         choice = _compose_hydra(overrides).hydra.runtime.choices.method
         cfg = compose_cfg([*overrides, "model.weights=random"])
         with open_dict(cfg):
@@ -199,8 +222,8 @@ def test_sweep_rows_are_the_published_rows(exp, mobilenet):
 
 
 def test_gradient_and_saliency_rows_differ():
-    grad = compose_cfg(["experiment=iba_t2_bbox", "+experiment/reference_rows=gradient"]).method
-    sal = compose_cfg(["experiment=iba_t2_bbox", "+experiment/reference_rows=saliency"]).method
+    grad = compose_cfg(["experiment=iba_t2_bbox", "row=gradient"]).method
+    sal = compose_cfg(["experiment=iba_t2_bbox", "row=saliency"]).method
     assert (grad.abs, grad.reduce) == (False, "sum") and (sal.abs, sal.reduce) == (True, "max_abs")
 
 

@@ -397,3 +397,31 @@ def test_resnet8_is_roartorchs_architecture_and_round_trips_through_the_zoo(tmp_
     assert torch.allclose(loaded(x), narrow(x), atol=1e-6)
     with pytest.raises(XattrConfigError, match="no pretrained weights ship for cifar_resnet8"):
         load_model("cifar_resnet8", weights="pretrained")
+
+
+def test_roar_table_from_unit_folders_made_by_hand(tmp_path: Path) -> None:
+    """Units are found by their config (Hydra's .hydra copies left out); unfinished ones are counted."""
+    from xattr.tables.build import load_published
+    from xattr.tables.roar import find_units, roar_table
+
+    def unit(name: str, method: str, percent: float, repeat: int, acc: float | None) -> None:
+        d = tmp_path / "units" / name
+        (d / ".hydra").mkdir(parents=True)
+        cfg = OmegaConf.create({"roar": {"method": method, "percent": percent, "repeat": repeat}})
+        for f in (d / "config.yaml", d / ".hydra" / "config.yaml"):
+            OmegaConf.save(cfg, f)
+        if acc is not None:
+            (d / "results.json").write_text(json.dumps({"test_acc": acc}))
+
+    unit("base", "base", 0, 0, 0.9)
+    for r, accs in enumerate([(0.8, 0.4), (0.6, 0.2)]):
+        for p, a in zip((30, 90), accs):
+            unit(f"g-p{p}-r{r}", "gradient", p, r, a)
+    unit("g-p50-r0", "gradient", 50, 0, None)
+    done, pending = find_units([tmp_path / "units"])
+    assert len(done) == 5 and pending == 1
+    spec = {**load_published()["pathways_t1_roar"], "percents": [30, 90]}
+    df = roar_table("t", spec, [tmp_path / "units"], tmp_path / "out").set_index("")
+    assert df.loc["Gradient", "30%"] == "0.700 ± 0.100 (n=2)" and df.loc["Gradient", "AUC (ours)"] == "0.500 ± 0.100"
+    assert df.loc["Gradient", "0% (baseline)"] == "0.900 (n=1)"
+    assert "1 unfinished" in (tmp_path / "out" / "t.md").read_text()

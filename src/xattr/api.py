@@ -602,7 +602,7 @@ class Run:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.store = RunStore(self.path)
-        if not self.store.is_run():
+        if not (RunStore.is_run(self.path) or self.store.has_finished_work()):
             raise missing_file("run folder", self.path, "a folder written by python -m xattr.run (it holds heatmaps/)")
 
     def __repr__(self) -> str:
@@ -610,7 +610,7 @@ class Run:
 
     @property
     def config(self) -> DictConfig:
-        return self.store.config()
+        return self.store.config() or OmegaConf.create({})
 
     @property
     def method_name(self) -> str:

@@ -18,7 +18,7 @@ from xattr.errors import XattrConfigError, unknown
 
 CONF_DIR = Path(os.environ.get("XATTR_CONF", Path(__file__).resolve().parents[2] / "conf"))
 GROUPS = ("model", "dataset", "method", "metric", "analysis", "logger", "trainer", "experiment",
-          "net", "optimizer", "scheduler", "recipe", "loss", "roar", "axioms")
+          "net", "optimizer", "scheduler", "recipe", "loss", "roar", "axioms", "row", "half")
 
 
 def group_options(group: str) -> list[str]:

@@ -1,6 +1,6 @@
 """The run folder: per-batch files, so a long run never loses finished work and a re-run skips it.
 
-Layout (documented in the README):
+Layout (documented in docs/cli.md, "The demo and the run folder"):
 
 - ``heatmaps/<key>.npz``: ``maps`` float16 ``(B, H, W)`` (tokens: ``(B, L)``), ``id`` (str), ``index``,
   ``label``, ``target`` (int64). float16 keeps 3 significant digits, enough for figures and for
@@ -14,6 +14,12 @@ Layout (documented in the README):
   ``stages/input``; IBA: ``bottleneck/info_per_k``, ...), and ``id``. Maps (3 or more axes) are float16.
 - ``analyses/<name>.pt``: the state of each dataset-level analysis after the last finished batch
   (with the keys of the batches it holds), ``analyses/<name>.csv``: its result.
+- ``config.yaml``: the composed config (``method_name``, ``model``, ...); ``per_image.parquet``: every row
+  of ``per_image/`` in one file, written when the run finishes. A folder holding both is a finished run
+  (:meth:`RunStore.is_run`, :meth:`RunStore.find_runs`).
+
+This module is the only one that knows these names: every other reads and writes a run folder through
+:class:`RunStore` (``tests/test_store.py`` checks it).
 
 ``<key>`` is ``b<first index>-<count>``, unique across DDP ranks. A batch is finished when its heatmap file
 exists: it is written last, atomically (temporary file + rename). A re-run skips images, not keys: the
@@ -30,16 +36,23 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 import torch
 
-AUX_DIR = "aux"
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
+
+HEATMAPS, PER_IMAGE, CURVES, AUX_DIR, ANALYSES = "heatmaps", "per_image", "curves", "aux", "analyses"
+CONFIG, ROWS = "config.yaml", "per_image.parquet"
 
 
-def batch_key(index: torch.Tensor) -> str:
-    return f"b{int(index[0]):07d}-{index.numel()}"
+def batch_key(index: torch.Tensor | np.ndarray | list[int]) -> str:
+    """``b<first index>-<count>`` (``b0000000-0`` for no images)."""
+    n = len(index)
+    return f"b{int(index[0]) if n else 0:07d}-{n}"
 
 
 def take(batch: Mapping, keep: torch.Tensor) -> dict:
@@ -87,20 +100,83 @@ class RunStore:
     def __init__(self, run_dir: str | Path) -> None:
         self.dir = Path(run_dir)
 
+    # ------------------------------------------------------------------ finding runs
+    @staticmethod
+    def is_run(run_dir: str | Path) -> bool:
+        """A finished run folder: ``config.yaml`` and ``per_image.parquet``."""
+        d = Path(run_dir)
+        return (d / CONFIG).is_file() and (d / ROWS).is_file()
+
+    @classmethod
+    def find_runs(cls, paths: list[str | Path]) -> list[Path]:
+        """Every finished run folder (:meth:`is_run`) among ``paths`` and below them, sorted."""
+        runs = []
+        for p in map(Path, paths):
+            cands = [p] + sorted(q.parent for q in p.rglob(ROWS)) if p.is_dir() else []
+            runs += [c for c in cands if cls.is_run(c)]
+        return sorted(set(runs))
+
+    @staticmethod
+    def find_configured(paths: list[str | Path]) -> list[Path]:
+        """Every folder holding a ``config.yaml`` (Hydra's ``.hydra`` left out) among ``paths`` and below them,
+        in the order met (each path, then its sub-folders sorted), once each: run folders and training units."""
+        out, seen = [], set()
+        for p in map(Path, paths):
+            cands = [p] + sorted(q.parent for q in p.rglob(CONFIG)) if p.is_dir() else []
+            for d in cands:
+                if d in seen or d.name == ".hydra" or not (d / CONFIG).is_file():
+                    continue
+                seen.add(d)
+                out.append(d)
+        return out
+
+    def config(self) -> DictConfig | None:
+        """The run's ``config.yaml``, or None when it has none."""
+        from omegaconf import OmegaConf
+
+        path = self.dir / CONFIG
+        return OmegaConf.load(path) if path.is_file() else None
+
+    def write_config(self, cfg: Mapping | DictConfig) -> Path:
+        """Write ``config.yaml`` (a mapping or an OmegaConf node, interpolations resolved)."""
+        from omegaconf import OmegaConf
+
+        path = self.dir / CONFIG
+        path.parent.mkdir(parents=True, exist_ok=True)
+        node = cfg if OmegaConf.is_config(cfg) else OmegaConf.create(dict(cfg))
+        path.write_text(OmegaConf.to_yaml(node, resolve=True))
+        return path
+
+    # ------------------------------------------------------------------ finished work
+    @property
+    def heatmaps_dir(self) -> Path:
+        """Where the heatmap files (the done markers) go: for messages naming the missing maps."""
+        return self.dir / HEATMAPS
+
     def _files(self, sub: str, pattern: str) -> list[Path]:
         d = self.dir / sub
         return sorted(d.glob(pattern)) if d.is_dir() else []
 
+    def batch_files(self, kind: str = HEATMAPS) -> list[Path]:
+        """The per-batch files of ``kind`` (``heatmaps``, ``per_image``, ``curves``, ``aux``), sorted by key."""
+        if kind not in (HEATMAPS, PER_IMAGE, CURVES, AUX_DIR):
+            raise ValueError(f"bad batch file kind {kind!r}; valid choices: {HEATMAPS}, {PER_IMAGE}, {CURVES}, {AUX_DIR}")
+        return self._files(kind, "*.parquet" if kind == PER_IMAGE else "*.npz")
+
     def done(self, key: str) -> bool:
-        return (self.dir / "heatmaps" / f"{key}.npz").is_file()
+        return (self.dir / HEATMAPS / f"{key}.npz").is_file()
 
     def done_keys(self) -> list[str]:
-        return [p.stem for p in self._files("heatmaps", "*.npz")]
+        return [p.stem for p in self.batch_files(HEATMAPS)]
+
+    def has_finished_work(self) -> bool:
+        """True when at least one batch is finished (a heatmap file exists)."""
+        return bool(self.batch_files(HEATMAPS))
 
     def done_indices(self) -> set[int]:
         """Dataset indices of every image in a finished batch (read from the heatmap files' ``index``)."""
         out: set[int] = set()
-        for f in self._files("heatmaps", "*.npz"):
+        for f in self.batch_files(HEATMAPS):
             with np.load(f) as z:
                 out.update(int(i) for i in z["index"])
         return out
@@ -127,7 +203,7 @@ class RunStore:
         for name, v in (scores or {}).items():
             rows[name] = _np(v).reshape(n)
         df = pd.DataFrame(rows)
-        pq = self.dir / "per_image" / f"{key}.parquet"
+        pq = self.dir / PER_IMAGE / f"{key}.parquet"
         pq.parent.mkdir(parents=True, exist_ok=True)
         df.to_parquet(_tmp(pq), index=False)
         os.replace(_tmp(pq), pq)
@@ -137,7 +213,7 @@ class RunStore:
             if x_axis and name in x_axis:
                 arrays[f"{name}/x"] = _np(x_axis[name])
         if arrays:
-            atomic_npz(self.dir / "curves" / f"{key}.npz", **arrays)
+            atomic_npz(self.dir / CURVES / f"{key}.npz", **arrays)
         if aux:
             packed = {}
             for name, v in aux.items():
@@ -151,28 +227,60 @@ class RunStore:
         m = maps.detach().float().cpu()
         if m.dim() == 4:
             m = m[:, 0]
-        atomic_npz(self.dir / "heatmaps" / f"{key}.npz", maps=m.numpy().astype(np.float16),
-                   id=np.array(rows["id"]), index=rows["index"], label=rows["label"], target=rows["target"])
+        self._write_maps(key, m, rows["id"], rows["index"], rows["label"], rows["target"])
         return df
+
+    def _write_maps(self, key: str, maps: torch.Tensor, ids: list[str], index: np.ndarray, label: np.ndarray,
+                    target: np.ndarray) -> Path:
+        path = self.dir / HEATMAPS / f"{key}.npz"
+        atomic_npz(path, maps=maps.numpy().astype(np.float16), id=np.array([str(i) for i in ids]),
+                   index=np.asarray(index, dtype=np.int64), label=np.asarray(label, dtype=np.int64),
+                   target=np.asarray(target, dtype=np.int64))
+        return path
+
+    def write_maps(self, maps: torch.Tensor, ids: list[str], index: list[int] | np.ndarray | None = None,
+                   labels: list[int] | np.ndarray | None = None, targets: list[int] | np.ndarray | None = None) -> Path:
+        """Write maps made outside ``python -m xattr.run`` (a RoarTorch PNG folder, tests) as one finished batch:
+        ``maps`` ``(N, H, W)`` (``(N, C, H, W)``: the channel max), ``index`` default ``0..N-1``, ``labels``
+        default 0, ``targets`` default the labels. Only the heatmap file: no rows, curves or auxiliaries."""
+        n = len(ids)
+        idx = np.arange(n) if index is None else np.asarray(index, dtype=np.int64)
+        lab = np.zeros(n, dtype=np.int64) if labels is None else np.asarray(labels, dtype=np.int64)
+        tgt = lab if targets is None else np.asarray(targets, dtype=np.int64)
+        m = maps.detach().float().cpu()
+        m = m.amax(1) if m.dim() == 4 else m
+        return self._write_maps(batch_key(idx), m, list(ids), idx, lab, tgt)
 
     def save_state(self, name: str, state: object) -> None:
         """Atomically save a dataset-level analysis' state (``analyses/<name>.pt``)."""
-        atomic_torch(self.dir / "analyses" / f"{name}.pt", state)
+        atomic_torch(self.dir / ANALYSES / f"{name}.pt", state)
 
     def load_state(self, name: str) -> object | None:
-        path = self.dir / "analyses" / f"{name}.pt"
+        path = self.dir / ANALYSES / f"{name}.pt"
         return torch.load(path, map_location="cpu", weights_only=False) if path.is_file() else None
+
+    def analysis_result(self, name: str) -> pd.DataFrame | None:
+        """A dataset-level analysis' result ``analyses/<name>.csv``, or None when the run has none."""
+        path = self.dir / ANALYSES / f"{name}.csv"
+        return pd.read_csv(path) if path.is_file() else None
 
     # ------------------------------------------------------------------ reading back
     def per_image(self) -> pd.DataFrame:
-        files = self._files("per_image", "*.parquet")
+        """Every finished image's row, from the per-batch files, sorted by dataset index."""
+        files = self.batch_files(PER_IMAGE)
         if not files:
             return pd.DataFrame()
         return pd.concat([pd.read_parquet(f) for f in files], ignore_index=True).sort_values("index")
 
+    def rows(self) -> pd.DataFrame:
+        """The finished run's ``per_image.parquet`` (what ``python -m xattr.table`` reads); when it is not
+        written yet, :meth:`per_image`."""
+        path = self.dir / ROWS
+        return pd.read_parquet(path) if path.is_file() else self.per_image()
+
     def curves(self) -> dict[str, np.ndarray]:
         out: dict[str, list[np.ndarray]] = {}
-        for f in self._files("curves", "*.npz"):
+        for f in self.batch_files(CURVES):
             with np.load(f) as z:
                 for k in z.files:
                     if k.endswith("/x"):
@@ -181,11 +289,31 @@ class RunStore:
                         out.setdefault(k, []).append(z[k])
         return {k: (v[0] if k.endswith("/x") else np.concatenate(v)) for k, v in out.items()}
 
+    def padded_curves(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """``name -> (curves (N, T) float64, x (T,))`` where batches may have curves of different lengths
+        (token curves end at each batch's longest review): shorter ones NaN-padded, ``x`` the longest."""
+        parts: dict[str, list[np.ndarray]] = {}
+        xs: dict[str, np.ndarray] = {}
+        for f in self.batch_files(CURVES):
+            with np.load(f) as z:
+                for k in z.files:
+                    if k.endswith("/x"):
+                        if len(z[k]) > len(xs.get(k[:-2], [])):
+                            xs[k[:-2]] = z[k]
+                    else:
+                        parts.setdefault(k, []).append(z[k].astype(np.float64))
+        out = {}
+        for k, ps in parts.items():
+            t = max(p.shape[1] for p in ps)
+            c = np.concatenate([np.pad(p, ((0, 0), (0, t - p.shape[1])), constant_values=np.nan) for p in ps])
+            out[k] = (c, xs.get(k, np.arange(t))[:t])
+        return out
+
     def aux(self, prefix: str = "") -> dict[str, dict[str, np.ndarray]]:
         """``id -> {name: array}`` of the method's auxiliary results whose names start with ``prefix``
         (the prefix is stripped); empty when the method returned none."""
         out: dict[str, dict[str, np.ndarray]] = {}
-        for f in self._files(AUX_DIR, "*.npz"):
+        for f in self.batch_files(AUX_DIR):
             with np.load(f) as z:
                 names = [k for k in z.files if k != "id" and k.startswith(prefix)]
                 for j, i in enumerate(z["id"]):
@@ -202,23 +330,11 @@ class RunStore:
     def heatmaps(self) -> dict[str, np.ndarray]:
         """``id -> map`` for every finished image."""
         out = {}
-        for f in self._files("heatmaps", "*.npz"):
+        for f in self.batch_files(HEATMAPS):
             with np.load(f) as z:
                 for i, m in zip(z["id"], z["maps"]):
                     out[str(i)] = m
         return out
-
-    # ------------------------------------------------------------------ the folder as a whole
-    def is_run(self) -> bool:
-        """A run folder with finished work: it holds ``heatmaps/`` (finished batches) or a run's report."""
-        return (self.dir / "heatmaps").is_dir() or (self.dir / "per_image.parquet").is_file()
-
-    def config(self):
-        """The run's resolved config (``config.yaml``) as a ``DictConfig``; an empty one when absent."""
-        from omegaconf import OmegaConf
-
-        path = self.dir / "config.yaml"
-        return OmegaConf.load(path) if path.is_file() else OmegaConf.create({})
 
     def summary(self) -> pd.DataFrame:
         """The run's ``summary.csv`` (each score's mean, s.e., count); empty before the run's report."""
@@ -226,5 +342,26 @@ class RunStore:
         return pd.read_csv(path) if path.is_file() else pd.DataFrame()
 
     def analyses(self) -> dict[str, pd.DataFrame]:
-        """``name -> result`` of the run's dataset-level analyses (``analyses/<name>.csv``)."""
-        return {p.stem: pd.read_csv(p) for p in self._files("analyses", "*.csv")}
+        """``name -> result`` of every dataset-level analysis of the run (``analyses/<name>.csv``)."""
+        return {p.stem: pd.read_csv(p) for p in self._files(ANALYSES, "*.csv")}
+
+    def heatmaps_by_index(self) -> tuple[np.ndarray, np.ndarray, list[str]]:
+        """``(maps (N, ...) float16, index (N,) int64, ids)`` of every finished image, in batch-file order
+        (``maps[k]`` is the image at dataset index ``index[k]``); empty arrays when nothing is finished."""
+        maps, index, ids = [], [], []
+        for f in self.batch_files(HEATMAPS):
+            with np.load(f) as z:
+                maps.append(z["maps"])
+                index.append(z["index"].astype(np.int64))
+                ids += [str(i) for i in z["id"]]
+        if not maps:
+            return np.zeros((0,), np.float16), np.zeros((0,), np.int64), []
+        return np.concatenate(maps), np.concatenate(index), ids
+
+    def map_shape(self) -> tuple[int, ...] | None:
+        """The shape of one stored map (``(H, W)`` for images, ``(L,)`` for tokens), None when none is stored."""
+        files = self.batch_files(HEATMAPS)
+        if not files:
+            return None
+        with np.load(files[0]) as z:
+            return tuple(z["maps"].shape[1:])

@@ -58,7 +58,6 @@ NIH_LAYOUT = ("layout <root>/images/*.png, Data_Entry_2017.csv, BBox_List_2017.c
               "test_list.txt (the NIH release); set dataset.root")
 BRIXIA_LAYOUT = ("layout <root>/metadata_global_v2.csv, <root>/dicom_clean/<Filename>, optional "
                  "<root>/lung_masks/<stem>.png (the BrixIA release); set dataset.root")
-ZONES = "ABCDEF"
 
 
 def _need(path: Path, what: str, layout: str) -> Path:

@@ -30,6 +30,7 @@ import torch
 from torch.utils.data import Dataset
 
 from xattr.core.preprocess import Preprocess
+from xattr.core.store import RunStore
 from xattr.errors import XattrConfigError, missing_file, unknown
 
 QUANTISE = ("uint8", "none")
@@ -87,19 +88,13 @@ def load_maps(run_dir: str | Path, quantise: str = "uint8") -> tuple[torch.Tenso
     float32), ``ids[index]`` and ``present[index]`` (bool) for ``N`` = the largest stored dataset index + 1."""
     if quantise not in QUANTISE:
         raise unknown("roar.quantise", quantise, QUANTISE)
-    run_dir = Path(run_dir)
-    files = sorted((run_dir / "heatmaps").glob("*.npz")) if (run_dir / "heatmaps").is_dir() else []
-    if not files:
-        raise missing_file("attribution maps (heatmaps/*.npz) for ROAR", run_dir / "heatmaps",
+    store = RunStore(run_dir)
+    if not store.has_finished_work():
+        raise missing_file("attribution maps (heatmaps/*.npz) for ROAR", store.heatmaps_dir,
                            "run python -m xattr.run experiment=pathways_t1_roar method=<m> first "
                            "(dataset.attribution.split=all)")
-    chunks, idx, names = [], [], []
-    for f in files:
-        with np.load(f) as z:
-            chunks.append(torch.from_numpy(z["maps"].astype(np.float32)))
-            idx.append(torch.from_numpy(z["index"].astype(np.int64)))
-            names += [str(i) for i in z["id"]]
-    maps, index = torch.cat(chunks), torch.cat(idx)
+    stored, stored_index, names = store.heatmaps_by_index()
+    maps, index = torch.from_numpy(stored.astype(np.float32)), torch.from_numpy(stored_index)
     if quantise == "uint8":
         maps = quantise_uint8(maps)
     n = int(index.max()) + 1
@@ -115,24 +110,14 @@ def load_maps(run_dir: str | Path, quantise: str = "uint8") -> tuple[torch.Tenso
 
 def save_maps(run_dir: str | Path, maps: torch.Tensor, ids: Sequence[str], index: Sequence[int] | None = None,
               method: str | None = None, labels: Sequence[int] | None = None) -> Path:
-    """Write maps ``(N, H, W)`` as a run folder :func:`load_maps` reads (``heatmaps/b0000000-N.npz`` in the run
-    store's format, ``config.yaml`` with ``method_name``): for maps made outside ``xattr.run`` (e.g. a
-    RoarTorch PNG folder) and for tests."""
-    from omegaconf import OmegaConf
-
-    from xattr.core.store import atomic_npz
-
-    run_dir = Path(run_dir)
-    n = len(ids)
-    idx = np.arange(n) if index is None else np.asarray(index, dtype=np.int64)
-    lab = np.zeros(n, dtype=np.int64) if labels is None else np.asarray(labels, dtype=np.int64)
-    m = maps.detach().float().cpu()
-    m = m.amax(1) if m.dim() == 4 else m
-    atomic_npz(run_dir / "heatmaps" / f"b{int(idx[0]) if n else 0:07d}-{n}.npz", maps=m.numpy().astype(np.float16),
-               id=np.array([str(i) for i in ids]), index=idx, label=lab, target=lab)
+    """Write maps ``(N, H, W)`` as a run folder :func:`load_maps` reads (one finished batch of the run store,
+    :meth:`~xattr.core.store.RunStore.write_maps`, and a config with ``method_name``): for maps made outside
+    ``xattr.run`` (e.g. a RoarTorch PNG folder) and for tests."""
+    store = RunStore(run_dir)
+    store.write_maps(maps, list(ids), index, labels)
     if method is not None:
-        OmegaConf.save(OmegaConf.create({"method_name": method}), run_dir / "config.yaml")
-    return run_dir
+        store.write_config({"method_name": method})
+    return store.dir
 
 
 class RoarDataset(Dataset):

@@ -164,7 +164,6 @@ class SyntheticCXR(Dataset):
     """
 
     concepts = FINDINGS
-    synthetic = True
 
     def __init__(self, split: str = "test", n: int = 200, size: int = 64, rates: Sequence[float] = DEFAULT_RATES,
                  rows: str = "finding", label: str = "index", seed: int = 0, preprocess: Preprocess | None = None,

@@ -30,8 +30,6 @@ class ConvBlock(nn.Module):
     """BasicBlock with a convolutional shortcut (RoarTorch's ``BasicBlock``): two 3x3 conv + BN, ReLU after
     the sum; the shortcut is 1x1 conv (stride) + BN when stride != 1 or the width changes, else identity."""
 
-    expansion = 1
-
     def __init__(self, in_planes: int, planes: int, stride: int = 1) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False)

@@ -48,22 +48,3 @@ class PixelLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.einsum("bchw,kchw->bk", x, self.weight) + self.bias
 
-
-class HalfBlindCNN(nn.Module):
-    """A CNN whose output ignores the right half of the image (it is multiplied by zero).
-
-    Used to check that attribution gives (near) zero to the ignored half.
-    """
-
-    def __init__(self, num_classes: int = 4, size: int = 16) -> None:
-        super().__init__()
-        self.body = TinyCNN(num_classes)
-        mask = torch.ones(1, 1, size, size)
-        mask[..., size // 2 :] = 0
-        self.register_buffer("mask", mask)
-        self.num_classes = num_classes
-        self.xattr_layers = {"input_gate": "gate", **{k: "body." + v for k, v in self.body.xattr_layers.items()}}
-        self.gate = nn.Identity()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.body(self.gate(x * self.mask))

@@ -17,14 +17,15 @@ import numpy as np
 import pandas as pd
 
 from xattr.analyses.dead_neurons import pathway_jaccard
+from xattr.core.store import RunStore
+from xattr.tables.match import fmt, matches
 from xattr.tables.output import write_table
 
 
 def _read(run: Path, analysis: str, score: str, level: str) -> tuple[float, float, int] | None:
-    f = run / "analyses" / f"{analysis}.csv"
-    if not f.is_file():
+    df = RunStore(run).analysis_result(analysis)
+    if df is None:
         return None
-    df = pd.read_csv(f)
     sel = df[df["layer"].astype(str) == str(level)]
     if sel.empty or score not in sel:
         return None
@@ -35,8 +36,6 @@ def _read(run: Path, analysis: str, score: str, level: str) -> tuple[float, floa
 
 def analysis_table(table_id: str, spec: dict, runs: list[tuple[Path, Any]], out_dir: Path) -> pd.DataFrame:
     """Build a ``kind: analysis`` table (see module docstring); writes ``.csv`` and ``.md`` to ``out_dir``."""
-    from xattr.tables.build import _fmt, _matches
-
     name, level = spec["analysis"], spec.get("level", "all")
     rows, labelled = [], {}
     for i, row in enumerate(spec["rows"]):
@@ -46,24 +45,24 @@ def analysis_table(table_id: str, spec: dict, runs: list[tuple[Path, Any]], out_
             rec[f"{col['name']} (paper)"] = "–" if paper is None else f"{paper:.3f}"
             ours, models = [], set()
             for r, cfg in runs:
-                if _matches(cfg, row.get("match")) and _matches(cfg, col.get("match")):
+                if matches(cfg, row.get("match")) and matches(cfg, col.get("match")):
                     val = _read(r, name, col["score"], level)
                     if val is not None:
                         ours.append(val)
                         models.add(str(cfg.model.name))
                         labelled.setdefault(row["name"], r)
             rec[f"{col['name']} (ours)"] = (
-                "; ".join(_fmt(m, s) for m, s, _ in ours) + f" ({', '.join(sorted(models))})" if ours else "–")
+                "; ".join(fmt(m, s) for m, s, _ in ours) + f" ({', '.join(sorted(models))})" if ours else "–")
         rows.append(rec)
     for r, cfg in runs:  # runs the paper's table has no row for
-        if any(_matches(cfg, row.get("match")) for row in spec["rows"]):
+        if any(matches(cfg, row.get("match")) for row in spec["rows"]):
             continue
         label = f"{cfg.get('method_name')} (not in paper)"
         rec = {"": label}
         for col in spec["columns"]:
             val = _read(r, name, col["score"], level)
             rec[f"{col['name']} (paper)"] = "–"
-            rec[f"{col['name']} (ours)"] = f"{_fmt(val[0], val[1])} ({cfg.model.name})" if val else "–"
+            rec[f"{col['name']} (ours)"] = f"{fmt(val[0], val[1])} ({cfg.model.name})" if val else "–"
         rows.append(rec)
         labelled.setdefault(label, r)
     df = pd.DataFrame(rows)

@@ -1,6 +1,6 @@
 """Build a paper table from run directories: the paper's rows and columns, published values beside ours.
 
-A run is a folder with ``config.yaml`` and ``per_image.parquet`` (written by ``python -m xattr.run``); it is
+A run is a finished ``python -m xattr.run`` folder (:meth:`~xattr.core.store.RunStore.find_runs`); it is
 only read (:class:`~xattr.core.store.RunStore` writes nothing on opening). Each metric's dataset summary is
 its class's :meth:`~xattr.metrics.base.Metric.summarise` (e.g. the eq.-8 scaling of the degradation score
 needs dataset-level ``t1`` and ``b``), the same numbers as the run's ``summary.csv``. Figures
@@ -23,13 +23,16 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 import yaml  # noqa: E402
-from omegaconf import OmegaConf  # noqa: E402
 
 from xattr.analyses.sensitivity_n import PooledSensitivityN  # noqa: E402
 from xattr.core.store import RunStore  # noqa: E402
 from xattr.errors import XattrConfigError, unknown  # noqa: E402
 from xattr.metrics.summary import summarise_run_scores  # noqa: E402
+from xattr.tables.analysis import analysis_table  # noqa: E402
+from xattr.tables.dissection import dissection_table  # noqa: E402
+from xattr.tables.match import fmt, matches  # noqa: E402
 from xattr.tables.output import write_table  # noqa: E402
+from xattr.tables.roar import roar_table  # noqa: E402
 
 PUBLISHED = Path(__file__).with_name("published.yaml")
 
@@ -40,19 +43,10 @@ def load_published() -> dict[str, dict]:
         return yaml.safe_load(f)
 
 
-def find_runs(paths: list[str | Path]) -> list[Path]:
-    """Every run folder (holding ``config.yaml`` and ``per_image.parquet``) under the given paths."""
-    runs = []
-    for p in map(Path, paths):
-        cands = [p] + sorted(q.parent for q in p.rglob("per_image.parquet")) if p.is_dir() else []
-        runs += [c for c in cands if (c / "config.yaml").is_file() and (c / "per_image.parquet").is_file()]
-    return sorted(set(runs))
-
-
 def summarise_run(run_dir: Path) -> dict[str, tuple[float, float, int]]:
     """``<metric>/<score>`` -> (mean, s.e., n) for one run, each metric summarising its own scores."""
-    cfg = OmegaConf.load(run_dir / "config.yaml")
-    df = pd.read_parquet(run_dir / "per_image.parquet")
+    store = RunStore(run_dir)
+    cfg, df = store.config(), store.rows()
     metrics = {}
     for mname, node in (cfg.get("metric") or {}).items():
         try:
@@ -66,36 +60,6 @@ def build_metric(node):
     from hydra.utils import instantiate
 
     return instantiate(node)
-
-
-def _lookup(cfg: Any, key: str) -> Any:
-    if key == "method_name":
-        return cfg.get("method_name")
-    if key.startswith("method.") and cfg.get("source_method") is not None:  # method=saved runs
-        return OmegaConf.select(cfg.source_method, key[len("method."):], default=None)
-    return OmegaConf.select(cfg, key, default=None)
-
-
-def _matches(cfg: Any, match: dict) -> bool:
-    for k, v in (match or {}).items():
-        got = _lookup(cfg, k)
-        if got is None:
-            return False
-        if isinstance(v, float | int) and not isinstance(v, bool):
-            try:
-                if not np.isclose(float(got), float(v)):
-                    return False
-            except (TypeError, ValueError):
-                return False
-        elif str(got) != str(v):
-            return False
-    return True
-
-
-def _fmt(mean: float, sem: float) -> str:
-    if not np.isfinite(mean):
-        return "–"
-    return f"{mean:.3f}" + (f" ± {sem:.3f}" if np.isfinite(sem) else "")
 
 
 def _score(spec: dict, row: dict, col: dict) -> str | None:
@@ -154,7 +118,7 @@ def _ours(hits: list[tuple[tuple[float, float, int], str]], named: bool) -> str:
     """Our numbers of one cell; ``named``: each followed by the model that produced it."""
     if not hits:
         return "–"
-    return "; ".join(_fmt(m, s) + (f" ({model})" if named else "") for (m, s, _), model in hits)
+    return "; ".join(fmt(m, s) + (f" ({model})" if named else "") for (m, s, _), model in hits)
 
 
 def build_table(table_id: str, run_paths: list[str | Path], out_dir: str | Path | None = None) -> pd.DataFrame:
@@ -172,10 +136,8 @@ def build_table(table_id: str, run_paths: list[str | Path], out_dir: str | Path 
         raise unknown("table", table_id, sorted(pub))
     spec = pub[table_id]
     if spec.get("kind") == "roar":  # ROAR: retraining units (results.json), accuracy per percentile, AUC, figure
-        from xattr.tables.roar import roar_table
-
         return roar_table(table_id, spec, run_paths, Path(out_dir or "outputs/tables"))
-    runs = [(r, OmegaConf.load(r / "config.yaml")) for r in find_runs(run_paths)]
+    runs = [(r, RunStore(r).config()) for r in RunStore.find_runs(run_paths)]
     out_dir = Path(out_dir or "outputs/tables")
     out_dir.mkdir(parents=True, exist_ok=True)
     if spec.get("kind") == "figure":
@@ -185,12 +147,8 @@ def build_table(table_id: str, run_paths: list[str | Path], out_dir: str | Path 
                                       out_dir).assign(model=m) for m in models], ignore_index=True)
         return _figure(table_id, spec, runs, out_dir)
     if spec.get("kind") == "dissection":  # detectors per model and concept from analyses/dissection.csv
-        from xattr.tables.dissection import dissection_table
-
         return dissection_table(table_id, spec, runs, out_dir)
     if spec.get("kind") == "analysis":  # cells from analyses/<name>.csv (e.g. the pathways' dead-neuron shares)
-        from xattr.tables.analysis import analysis_table
-
         return analysis_table(table_id, spec, runs, out_dir)
     summaries = {r: summarise_run(r) for r, _ in runs}
     columns = spec["columns"]
@@ -203,13 +161,13 @@ def build_table(table_id: str, run_paths: list[str | Path], out_dir: str | Path 
         for col in columns:
             score = _score(spec, row, col)
             hits = [(summaries[r][score], str(cfg.model.name)) for r, cfg in row_runs
-                    if _matches(cfg, col.get("match")) and score in summaries[r]]
+                    if matches(cfg, col.get("match")) and score in summaries[r]]
             rec[f"{col['name']} (ours)"] = _ours(hits, named=True)
         for model in stand_ins:
             for name, col in groups:
                 score = _score(spec, row, col)
                 hits = [(summaries[r][score], model) for r, cfg in row_runs
-                        if str(cfg.model.name) == model and _matches(cfg, col["match"]) and score in summaries[r]]
+                        if str(cfg.model.name) == model and matches(cfg, col["match"]) and score in summaries[r]]
                 rec[f"{name} (ours, {model})".strip()] = _ours(hits, named=False)
         return rec
 
@@ -219,11 +177,11 @@ def build_table(table_id: str, run_paths: list[str | Path], out_dir: str | Path 
         for j, col in enumerate(columns):
             paper = spec["paper"][i][j] if spec.get("paper") else None
             rec[f"{col['name']} (paper)"] = "–" if paper is None else f"{paper:.3f}"
-        rec.update(cells(row, [(r, cfg) for r, cfg in runs if _matches(cfg, row.get("match"))]))
+        rec.update(cells(row, [(r, cfg) for r, cfg in runs if matches(cfg, row.get("match"))]))
         rows.append(rec)
     # runs of methods the paper's table does not have: extra rows, marked
     for r, cfg in runs:
-        if any(_matches(cfg, row.get("match")) for row in spec["rows"]):
+        if any(matches(cfg, row.get("match")) for row in spec["rows"]):
             continue
         rec = {"": f"{cfg.get('method_name')} (not in paper)"}
         rec.update({f"{col['name']} (paper)": "–" for col in columns})
@@ -242,10 +200,11 @@ def _figure(table_id: str, spec: dict, runs: list, out_dir: Path) -> pd.DataFram
     for r, cfg in runs:
         key = spec["curve"]
         metric = key.split("/")[0]
-        pooled = r / "analyses" / f"{PooledSensitivityN.name}.csv"
-        curves = RunStore(r).curves()
-        if pooled.is_file():  # IBA-paper protocol: the run's analysis, one correlation pooled over images
-            res = pd.read_csv(pooled)
+        store = RunStore(r)
+        pooled = store.analysis_result(PooledSensitivityN.name)
+        curves = store.curves()
+        if pooled is not None:  # IBA-paper protocol: the run's analysis, one correlation pooled over images
+            res = pooled
             x, y = res["n"].to_numpy(), res["correlation"].to_numpy()
         elif f"{metric}/attr_sum" in curves:  # a run made before the analysis: pool its stored pairs now
             analysis = PooledSensitivityN(metric)

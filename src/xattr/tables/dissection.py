@@ -12,27 +12,26 @@ from typing import Any
 import pandas as pd
 
 from xattr.analyses.dissection import detector_counts
+from xattr.core.store import RunStore
+from xattr.tables.match import matches
 from xattr.tables.output import write_table
 
 
 def _run_counts(run: Path, cfg: Any, analysis: str) -> tuple[pd.DataFrame, pd.DataFrame] | None:
-    f = run / "analyses" / f"{analysis}.csv"
-    if not f.is_file():
+    units = RunStore(run).analysis_result(analysis)
+    if units is None:
         return None
-    units = pd.read_csv(f)
     concepts = (cfg.get("analysis") or {}).get(analysis, {}).get("concepts") or None
     return units, detector_counts(units, list(concepts) if concepts else None)
 
 
 def dissection_table(table_id: str, spec: dict, runs: list[tuple[Path, Any]], out_dir: Path) -> pd.DataFrame:
     """Build a ``kind: dissection`` table (see module docstring); writes ``.csv`` and ``.md`` to ``out_dir``."""
-    from xattr.tables.build import _matches
-
     name = spec.get("analysis", "dissection")
     rows, concepts = [], []
     for i, row in enumerate(spec["rows"]):
         paper = spec["paper"][i][0] if spec.get("paper") else None
-        hits = [(r, cfg, got) for r, cfg in runs if _matches(cfg, row.get("match"))
+        hits = [(r, cfg, got) for r, cfg in runs if matches(cfg, row.get("match"))
                 for got in [_run_counts(r, cfg, name)] if got is not None]
         if not hits:
             rows.append({"": row["name"], "detectors (paper)": "–" if paper is None else str(paper),

@@ -23,8 +23,11 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from omegaconf import OmegaConf
+import torch
 
+from xattr.core.store import RunStore
+from xattr.core.summary import mean_and_sem
+from xattr.tables.match import fmt
 from xattr.tables.output import write_table
 from xattr.viz.roar import plot_roar
 
@@ -33,25 +36,19 @@ BASE = "base"
 
 def find_units(paths: list[str | Path]) -> tuple[list[dict[str, Any]], int]:
     """``(finished units, unfinished count)`` under ``paths``: each ``{method, percent, repeat, acc, dir}``."""
-    done, pending, seen = [], 0, set()
-    for p in map(Path, paths):
-        cands = [p] + sorted(q.parent for q in p.rglob("config.yaml")) if p.is_dir() else []
-        for d in cands:
-            if d in seen or d.name == ".hydra" or not (d / "config.yaml").is_file():
-                continue
-            seen.add(d)
-            cfg = OmegaConf.load(d / "config.yaml")
-            roar = cfg.get("roar")
-            if roar is None or roar.get("percent") is None:
-                continue
-            res = d / "results.json"
-            if not res.is_file():
-                pending += 1
-                continue
-            acc = json.loads(res.read_text()).get("test_acc")
-            method = BASE if float(roar.percent) == 0 else str(roar.method)
-            done.append({"method": method, "percent": float(roar.percent), "repeat": int(roar.repeat),
-                         "acc": float(acc), "dir": str(d)})
+    done, pending = [], 0
+    for d in RunStore.find_configured(paths):
+        roar = RunStore(d).config().get("roar")
+        if roar is None or roar.get("percent") is None:
+            continue
+        res = d / "results.json"  # written by python -m xattr.train (a training unit, not a run folder)
+        if not res.is_file():
+            pending += 1
+            continue
+        acc = json.loads(res.read_text()).get("test_acc")
+        method = BASE if float(roar.percent) == 0 else str(roar.method)
+        done.append({"method": method, "percent": float(roar.percent), "repeat": int(roar.repeat),
+                     "acc": float(acc), "dir": str(d)})
     return done, pending
 
 
@@ -65,17 +62,6 @@ def roar_auc(percents: list[float], acc: list[float]) -> float:
     return float(np.sum((y[1:] + y[:-1]) / 2 * np.diff(x)) / (x[-1] - x[0]))
 
 
-def _mean_sem(v: list[float]) -> tuple[float, float]:
-    a = np.asarray(v, float)
-    return float(a.mean()), float(a.std(ddof=1) / np.sqrt(len(a))) if len(a) > 1 else float("nan")
-
-
-def _fmt(mean: float, sem: float) -> str:
-    if not np.isfinite(mean):
-        return "–"
-    return f"{mean:.3f}" + (f" ± {sem:.3f}" if np.isfinite(sem) else "")
-
-
 def summarise_units(units: list[dict], spec_percents: list[float]) -> dict[str, dict[str, Any]]:
     """Per method: ``acc[p] = (mean, sem, n)``, the AUC (mean, sem over complete repeats) and its percents."""
     df = pd.DataFrame(units)
@@ -83,7 +69,7 @@ def summarise_units(units: list[dict], spec_percents: list[float]) -> dict[str, 
     if df.empty:
         return out
     for method, g in df.groupby("method"):
-        acc = {float(p): (*_mean_sem(gp["acc"].tolist()), len(gp)) for p, gp in g.groupby("percent")}
+        acc = {float(p): mean_and_sem(torch.tensor(gp["acc"].to_numpy())) for p, gp in g.groupby("percent")}
         ran = sorted(p for p in acc if p > 0)
         use = [p for p in ran if p in {float(q) for q in spec_percents}] or ran
         auc, auc_sem = float("nan"), float("nan")
@@ -139,13 +125,13 @@ def roar_table(table_id: str, spec: dict, run_paths: list[str | Path], out_dir: 
 def _row(name: str, s: dict | None, percents: list[float], base: tuple | None, columns: list[dict],
          paper: list | None) -> dict[str, str]:
     rec: dict[str, str] = {"": name}
-    rec["0% (baseline)"] = f"{_fmt(base[0], base[1])} (n={base[2]})" if base else "–"
+    rec["0% (baseline)"] = f"{fmt(base[0], base[1])} (n={base[2]})" if base else "–"
     for p in percents:
         if p == 0:
             continue
         v = (s or {}).get("acc", {}).get(p)
-        rec[f"{p:g}%"] = f"{_fmt(v[0], v[1])} (n={v[2]})" if v else "–"
-    rec["AUC (ours)"] = _fmt(*s["auc"]) if s else "–"
+        rec[f"{p:g}%"] = f"{fmt(v[0], v[1])} (n={v[2]})" if v else "–"
+    rec["AUC (ours)"] = fmt(*s["auc"]) if s else "–"
     for j, col in enumerate(columns):
         val = paper[j] if paper else None
         rec[f"AUC {col['name']} (paper)"] = "–" if val is None else f"{val:.3f}"

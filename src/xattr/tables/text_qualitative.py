@@ -22,11 +22,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from omegaconf import OmegaConf
 
 from xattr.core.store import RunStore
 from xattr.errors import XattrConfigError
-from xattr.tables.build import find_runs
 from xattr.viz.curves import plot_curves
 from xattr.viz.tokens import render_html, render_plain, render_terminal
 
@@ -34,14 +32,12 @@ from xattr.viz.tokens import render_html, render_plain, render_terminal
 def text_runs(paths: list[str | Path]) -> list[tuple[str, Path, object]]:
     """``(method name, run dir, config)`` of the runs with token maps (``(B, L)`` heatmaps), sorted by name."""
     out = []
-    for r in find_runs(paths):
-        cfg = OmegaConf.load(r / "config.yaml")
-        files = sorted((r / "heatmaps").glob("*.npz"))
-        if not files:
+    for r in RunStore.find_runs(paths):
+        store = RunStore(r)
+        shape = store.map_shape()
+        if shape is None or len(shape) != 1:
             continue
-        with np.load(files[0]) as z:
-            if z["maps"].ndim != 2:
-                continue
+        cfg = store.config()
         out.append((str(cfg.get("method_name") or r.name), r, cfg))
     return sorted(out, key=lambda t: t[0])
 
@@ -50,27 +46,6 @@ def _dataset(cfg):
     from hydra.utils import instantiate
 
     return instantiate(cfg.dataset.attribution)
-
-
-def _curves(run: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """``name -> (curves (N, T), x (T,))``; batches with shorter curves are NaN-padded (token curves end
-    at each batch's longest review)."""
-    parts: dict[str, list[np.ndarray]] = {}
-    xs: dict[str, np.ndarray] = {}
-    for f in sorted((run / "curves").glob("*.npz")):
-        with np.load(f) as z:
-            for k in z.files:
-                if k.endswith("/x"):
-                    if len(z[k]) > len(xs.get(k[:-2], [])):
-                        xs[k[:-2]] = z[k]
-                else:
-                    parts.setdefault(k, []).append(z[k].astype(np.float64))
-    out = {}
-    for k, ps in parts.items():
-        t = max(p.shape[1] for p in ps)
-        c = np.concatenate([np.pad(p, ((0, 0), (0, t - p.shape[1])), constant_values=np.nan) for p in ps])
-        out[k] = (c, xs.get(k, np.arange(t))[:t])
-    return out
 
 
 def qualitative(paths: list[str | Path], out_dir: str | Path | None = None, ids: list[str] | None = None,
@@ -128,7 +103,7 @@ def qualitative(paths: list[str | Path], out_dir: str | Path | None = None, ids:
 
 
 def _plots(runs: list, out: Path) -> None:
-    curves = {name: _curves(r) for name, r, _ in runs}
+    curves = {name: RunStore(r).padded_curves() for name, r, _ in runs}
     for mode in ("insertion", "deletion"):
         key = f"insertion_deletion/{mode}"
         got = {n: c[key] for n, c in curves.items() if key in c}

@@ -26,10 +26,11 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, open_dict
 from torch import nn
 
 from xattr.core.preprocess import Preprocess
+from xattr.core.store import RunStore
 from xattr.data.roar import n_removed
 from xattr.errors import XattrConfigError, missing_file
 from xattr.models.cifar_resnet8 import CIFAR10_PRE, ResNet8
@@ -66,11 +67,9 @@ class ResNet8Net:
 
 
 def maps_method(maps_dir: Path) -> str | None:
-    """The ``method_name`` recorded in a map run's ``config.yaml`` (None when it has none)."""
-    cfg_file = maps_dir / "config.yaml"
-    if not cfg_file.is_file():
-        return None
-    return OmegaConf.load(cfg_file).get("method_name")
+    """The ``method_name`` recorded in a map run's config (None when it has none)."""
+    cfg = RunStore(maps_dir).config()
+    return None if cfg is None else cfg.get("method_name")
 
 
 def prepare_unit(cfg: DictConfig, run_dir: Path) -> bool:
@@ -91,7 +90,7 @@ def prepare_unit(cfg: DictConfig, run_dir: Path) -> bool:
             raise XattrConfigError(f"roar.percent={percent:g} needs maps: set roar.method=<method> (maps in "
                                    f"{roar.maps_root}/<method>) or roar.maps=<run dir of python -m xattr.run>")
         maps = Path(str(roar.maps))
-        if not (maps / "heatmaps").is_dir():
+        if not RunStore(maps).has_finished_work():
             raise missing_file(f"maps of {roar.method} for ROAR", maps,
                                "python -m xattr.run experiment=pathways_t1_roar (or inputiba_f6_roar) "
                                f"method={roar.method} writes them; or roar.maps=<its run dir>")
