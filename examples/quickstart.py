@@ -26,7 +26,7 @@ maps = {name: m.attribute(x, target) for name, m in methods.items()}  # each (2,
 # insertion / deletion AUC (InputIBA's protocol; 20 points of each curve, every image scored)
 insdel = xattr.metric("insertion_deletion", points=20, min_prob=None)
 scores = {name: xattr.evaluate(model, x, m, target=target, metrics=[insdel], ids=ids) for name, m in maps.items()}
-table = xattr.summarise(scores, ["insertion_deletion/insertion", "insertion_deletion/deletion"])
+table = xattr.summary_table(scores, ["insertion_deletion/insertion", "insertion_deletion/deletion"])
 print(table.to_markdown(floatfmt=".3f"))
 
 figure = xattr.plot(model, x, maps, out / "quickstart.png")

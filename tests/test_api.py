@@ -171,7 +171,7 @@ def test_numpy_in_gives_the_tensors_results():
     direct = metric(model.net, x, t, by_tensor)  # the metric object itself, on the same tensors
     np.testing.assert_allclose(a["insertion_deletion/insertion"], direct.scores["insertion"].numpy(), rtol=1e-6)
     np.testing.assert_allclose(a.attrs["curves"]["insertion_deletion/deletion"], direct.curves["deletion"].numpy())
-    table = xattr.summarise({"grad_cam": a}, ["insertion_deletion/insertion"], sem=True)
+    table = xattr.summary_table({"grad_cam": a}, ["insertion_deletion/insertion"], sem=True)
     assert table.loc["grad_cam", "insertion_deletion/insertion"] == pytest.approx(a["insertion_deletion/insertion"].mean())
 
 

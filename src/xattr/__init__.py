@@ -22,7 +22,7 @@ __version__ = "0.1.0"
 #: public name -> the module that defines it
 _PUBLIC = {
     "load_model": "xattr.api", "load_images": "xattr.api", "method": "xattr.api", "metric": "xattr.api",
-    "fit": "xattr.api", "explain": "xattr.api", "top1": "xattr.api", "evaluate": "xattr.api", "summarise": "xattr.api", "plot": "xattr.api",
+    "fit": "xattr.api", "explain": "xattr.api", "top1": "xattr.api", "evaluate": "xattr.api", "summary_table": "xattr.api", "plot": "xattr.api",
     "open_run": "xattr.api", "Run": "xattr.api", "quantus_explain": "xattr.api", "list_methods": "xattr.api",
     "list_metrics": "xattr.api", "list_models": "xattr.api",
     "Explanation": "xattr.methods.base", "Attribution": "xattr.methods.base",
@@ -33,7 +33,7 @@ _PUBLIC = {
 __all__ = [
     "Attribution", "Explanation", "Metric", "MetricResult", "Preprocess", "Run", "XattrConfigError", "ZooModel",
     "evaluate", "explain", "fit", "list_methods", "list_metrics", "list_models", "load_images", "load_model",
-    "method", "metric", "open_run", "plot", "quantus_explain", "summarise", "top1",
+    "method", "metric", "open_run", "plot", "quantus_explain", "summary_table", "top1",
 ]
 
 if TYPE_CHECKING:  # for editors and type checkers; at run time the names load lazily (PEP 562)
@@ -52,7 +52,7 @@ if TYPE_CHECKING:  # for editors and type checkers; at run time the names load l
         open_run,
         plot,
         quantus_explain,
-        summarise,
+        summary_table,
         top1,
     )
     from xattr.core.preprocess import Preprocess

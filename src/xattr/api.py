@@ -482,8 +482,8 @@ def evaluate(model: ModelLike, x: ArrayLike, maps: ArrayLike, target: ArrayLike 
     return df
 
 
-def summarise(results: pd.DataFrame | Mapping[str, pd.DataFrame], scores: Sequence[str] | None = None,
-              sem: bool = False) -> pd.DataFrame:
+def summary_table(results: pd.DataFrame | Mapping[str, pd.DataFrame], scores: Sequence[str] | None = None,
+                  sem: bool = False) -> pd.DataFrame:
     """A table from :func:`evaluate`'s per-image frames: one row per entry of ``results`` (e.g. per method),
     one column per score (``scores``; default every ``<metric>/<score>`` column), the mean over the images a
     metric kept (NaN = filtered); ``sem=True`` adds ``<score> s.e.`` columns (standard error)."""
@@ -648,4 +648,4 @@ def open_run(path: str | Path) -> Run:
 
 
 __all__ = ["Run", "evaluate", "explain", "fit", "list_methods", "list_metrics", "list_models", "load_images",
-           "load_model", "method", "metric", "open_run", "plot", "quantus_explain", "summarise", "top1"]
+           "load_model", "method", "metric", "open_run", "plot", "quantus_explain", "summary_table", "top1"]
