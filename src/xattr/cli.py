@@ -115,13 +115,13 @@ def written_since(folder: Path, since: float) -> bool:
 
 def parents_to_outputs(folder: Path, cwd: Path | None = None) -> int:
     """How many parents of ``folder`` lie between it and ``./outputs`` (that one included), for
-    :attr:`Stop.empty_parents`: a failed first command leaves no ``outputs/runs/<name>/`` behind. 1 for a
-    folder elsewhere (only its own parent, when left empty)."""
+    :attr:`Stop.empty_parents`: a failed first command leaves no ``outputs/runs/<name>/`` behind. 0 for a
+    folder elsewhere (a folder the user named: its parents are theirs)."""
     top = (cwd or Path.cwd()).resolve() / "outputs"
     try:
         return len(folder.resolve().relative_to(top).parts)
     except ValueError:
-        return 1
+        return 0
 
 
 def remove_unfinished(stop: Stop) -> bool:
@@ -130,12 +130,14 @@ def remove_unfinished(stop: Stop) -> bool:
     folder = stop.folder
     if folder is None or not folder.is_dir() or stop.has_finished_work(folder):
         return False
-    if not written_since(folder, stop.since):
+    here = Path.cwd().resolve()
+    mine = {here, *here.parents}  # never the working directory or a folder holding it
+    if folder.resolve() in mine or not written_since(folder, stop.since):
         return False
     shutil.rmtree(folder, ignore_errors=True)
     parent = folder.parent
     for _ in range(stop.empty_parents):
-        if not parent.is_dir() or any(parent.iterdir()):
+        if parent.resolve() in mine or not parent.is_dir() or any(parent.iterdir()):
             break
         parent.rmdir()
         parent = parent.parent
