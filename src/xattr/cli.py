@@ -85,7 +85,7 @@ def one_line(err: BaseException) -> str:
 def is_interruption(exc: BaseException) -> bool:
     """Ctrl-C or SIGTERM (``KeyboardInterrupt``), Lightning's ``SystemExit(1)`` after one, or a DataLoader
     worker killed with its process group (:func:`~xattr.core.signals.killed_with_its_group`)."""
-    if isinstance(exc, KeyboardInterrupt):
+    if isinstance(exc, KeyboardInterrupt) or type(exc).__name__ == "SIGTERMException":  # Lightning's, if it wins
         return True
     if isinstance(exc, RuntimeError):
         return killed_with_its_group(exc)
