@@ -248,6 +248,13 @@ def checked(argv: Sequence[str], config_name: str | None) -> int:
     return 0
 
 
+def _set_env(name: str, value: str | None) -> None:
+    if value is None:
+        os.environ.pop(name, None)
+    else:
+        os.environ[name] = value
+
+
 @contextlib.contextmanager
 def _hydra_call(argv: Sequence[str]) -> Iterator[None]:
     """Hydra reads ``sys.argv``; it re-raises what it meets itself (making the run folder) only with
@@ -259,10 +266,7 @@ def _hydra_call(argv: Sequence[str]) -> Iterator[None]:
         yield
     finally:
         sys.argv = saved_argv
-        if saved_env is None:
-            os.environ.pop("HYDRA_FULL_ERROR", None)
-        else:
-            os.environ["HYDRA_FULL_ERROR"] = saved_env
+        _set_env("HYDRA_FULL_ERROR", saved_env)
         from hydra.core.global_hydra import GlobalHydra
 
         GlobalHydra.instance().clear()  # a caller in this process may compose again
@@ -308,14 +312,19 @@ def hydra_command(config_name: str, task: Callable[[Any], Any], stop_for: Callab
     if code:
         return code
 
+    user_full = os.environ.get("HYDRA_FULL_ERROR")
+
     @functools.wraps(task)  # Hydra names the job after `task`'s module (run.log, train.log, generate.log)
     def job(cfg):
         stop = stop_for(cfg)
         stop.since = since
-        guarded(lambda: task(cfg), stop)
+        _set_env("HYDRA_FULL_ERROR", user_full)  # the task's own child processes see the user's setting
+        try:
+            guarded(lambda: task(cfg), stop)
+        finally:
+            os.environ["HYDRA_FULL_ERROR"] = "1"
 
     hydra_job = hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name=config_name)(job)
-    user_full = os.environ.get("HYDRA_FULL_ERROR") == "1"
     with _signals():  # also while Hydra sets up, before the job
         try:
             with _hydra_call(argv):
@@ -334,5 +343,5 @@ def hydra_command(config_name: str, task: Callable[[Any], Any], stop_for: Callab
             if err is not None:
                 _say(f"error: {one_line(err)}")
                 return BAD_INPUT
-            return _hydra_error(e, user_full)
+            return _hydra_error(e, user_full == "1")
     return 0

@@ -133,13 +133,14 @@ def main(argv: list[str] | None = None) -> int:
     if code:
         return code
     stop = Stop(interrupted="each method's finished batches are kept in its folder; the same command resumes",
-                has_finished_work=_has_finished_runs)
+                has_finished_work=_has_finished_runs, writable="a writable folder (demo.out_dir=...)")
 
     def work() -> Path:
         cfg = compose_demo(argv)
         stop.folder = Path(cfg.demo.out_dir)
         stop.empty_parents = parents_to_outputs(stop.folder)
-        stop.interrupted = f"each method's finished batches are kept in {stop.folder}/<method>; the same command resumes"
+        stop.interrupted = (f"each method's finished batches are kept in {stop.folder}/<method>; the same command "
+                            "resumes")
         return demo(cfg, set_threads=True)
 
     return command(work, stop)
