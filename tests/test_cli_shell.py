@@ -111,7 +111,7 @@ def test_an_unwritable_run_folder_is_one_line_exit_2(in_tmp, capfd):
         pytest.skip("no /sys here")
     assert _main("run")([*RUN, "hydra.run.dir=/sys/xattr-test/run"]) == 2
     line, _ = _one_line(capfd)
-    assert line.startswith("error: cannot write /sys/xattr-test: permission denied; valid choices: a writable")
+    assert line.startswith("error: cannot access /sys/xattr-test: permission denied; valid choices: a writable")
 
 
 def test_a_permission_error_inside_the_task_is_one_line(in_tmp, capfd):
@@ -120,7 +120,7 @@ def test_a_permission_error_inside_the_task_is_one_line(in_tmp, capfd):
 
     assert cli.command(work, cli.Stop(writable="a writable folder (--out DIR)"), uses_torch=False) == 2
     line, _ = _one_line(capfd)
-    assert line == ("error: cannot write /data/locked.csv: permission denied; valid choices: a writable folder "
+    assert line == ("error: cannot access /data/locked.csv: permission denied; valid choices: a writable folder "
                     "(--out DIR)")
 
 

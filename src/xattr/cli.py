@@ -12,7 +12,7 @@ what it keeps when stopped early and which folder it writes; the shell gives the
   ``error: <one line>`` on stderr, exit 2, and the output folder is removed when this command made it and it
   holds no finished work (the entry point says what finished work is).
 - **Permissions**: a file or folder that cannot be written (or read) is one line naming it, exit 2, also
-  when Hydra meets it while making the run folder.
+  when Hydra meets it while making the run folder; the unfinished folder goes as on bad input.
 - Before any work: ``check_overrides(argv, config_name)`` for Hydra entry points (an unknown group option or
   key is one line), ``torch.set_float32_matmul_precision("high")`` where torch works. CPU threads are set by
   the task itself (``set_threads=True``) after its checks, so that a bad input stays one line.
@@ -160,9 +160,10 @@ def _end_children() -> None:
 
 
 def permission_line(err: PermissionError, writable: str) -> str:
-    """``error: cannot write <file>: permission denied; valid choices: <writable>``."""
+    """``error: cannot access <file>: permission denied; valid choices: <writable>`` (the file or folder the
+    operating system refused, written or read)."""
     name = err.filename or one_line(err)
-    return f"error: cannot write {name}: permission denied; valid choices: {writable}"
+    return f"error: cannot access {name}: permission denied; valid choices: {writable}"
 
 
 @contextlib.contextmanager
@@ -211,6 +212,7 @@ def guarded(work: Callable[[], T], stop: Stop, *, uses_torch: bool = True) -> T:
                 _say(stop.interrupted_line())
                 raise SystemExit(INTERRUPTED) from None
             if isinstance(e, PermissionError):
+                remove_unfinished(stop)
                 _say(permission_line(e, stop.writable))
                 raise SystemExit(BAD_INPUT) from None
             err = root_config_error(e) if isinstance(e, Exception) else None
