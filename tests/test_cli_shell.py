@@ -334,3 +334,21 @@ def test_sigterm_to_the_group_stops_demo(tmp_path):
     line = _stopped_with_one_line(code, err)
     assert line == f"interrupted: each method's finished batches are kept in {out}/<method>; the same command resumes"
     assert RunStore(out / "gradient").done_keys()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name,argv,named", [
+    ("train", [*TRAIN, "monitor=val_accc"], "unknown monitor 'val_accc'"),
+    ("generate", [*GENERATE, "axioms.n=0", "axioms.out=outputs/axioms"], "bad axioms.n 0"),
+    ("demo", ["dataset.limit=0", "demo.out_dir=outputs/demo"], "bad dataset.limit 0"),
+    ("table", ["iba_t9"], "unknown table 'iba_t9'"),
+])
+def test_a_bad_value_in_a_subprocess_exits_2(tmp_path, name, argv, named):
+    """The real exit code (``raise SystemExit(main())``); run's own: tests/test_first_hour.py."""
+    env = {**os.environ, "XATTR_ROOT": str(REPO), "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"}
+    env.pop("HYDRA_FULL_ERROR", None)
+    p = subprocess.run([sys.executable, "-m", f"xattr.{name}", *argv], cwd=tmp_path, env=env, capture_output=True,
+                       text=True, timeout=300)
+    lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
+    assert p.returncode == 2 and len(lines) == 1 and lines[0].startswith(f"error: {named}"), p.stderr[-3000:]
+    assert not (tmp_path / "outputs").exists()
