@@ -23,7 +23,7 @@ BASE = ["model=efficientnet_lite0", "dataset=samples", "target=top1", "trainer=c
 
 
 def _cli(args, cwd, env=None, timeout=300):
-    env = {**os.environ, "XATTR_ROOT": str(REPO), **(env or {})}
+    env = {**os.environ, "XATTR_ROOT": str(REPO), "PYTHONPATH": str(REPO / "src"), **(env or {})}  # this checkout
     return subprocess.run([sys.executable, "-m", "xattr.run", *args], capture_output=True, text=True, cwd=cwd,
                           env=env, timeout=timeout)
 
@@ -110,7 +110,7 @@ def test_sigterm_keeps_finished_batches_and_leaves_no_process(tmp_path, group):
     run_dir = tmp_path / "slowrun"
     args = [*BASE, "method=random", "method._target_=tests.slow_method.SlowRandom", "batch_size=1",
             "dataset.num_workers=2", f"hydra.run.dir={run_dir}", "trainer.enable_progress_bar=false"]
-    env = {**os.environ, "XATTR_ROOT": str(REPO), "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "XATTR_ROOT": str(REPO), "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'src'}"}
     proc = subprocess.Popen([sys.executable, "-m", "xattr.run", *args], cwd=tmp_path, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=group)
     deadline = time.time() + 240

@@ -16,17 +16,18 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 import yaml
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from xattr.config import CONF_DIR, build, check_overrides, root_config_error
+from xattr.cli import Stop, checked, command, parents_to_outputs
+from xattr.config import CONF_DIR, build, check_values, validate
 from xattr.core.store import RunStore
+from xattr.core.threads import apply_threads
+from xattr.engine.cost import estimate
 from xattr.models.zoo import load_model
 from xattr.run import run
 from xattr.viz.heatmaps import comparison_grid
-
-#: rough CPU seconds per image of each method in the demo (2 cores), for the up-front estimate
-CPU_SECONDS = {"gradient": 0.2, "grad_cam": 0.3, "iba": 4.0, "input_iba": 26.0}
 
 
 def compose_demo(overrides: list[str]) -> DictConfig:
@@ -59,21 +60,31 @@ def method_config(base: DictConfig, method: str, overrides: list[str]) -> DictCo
     return cfg
 
 
-def demo(cfg: DictConfig) -> Path:
-    """Run every method of ``cfg.demo.methods`` and draw the comparison; returns the figure's path."""
+def demo(cfg: DictConfig, set_threads: bool = False) -> Path:
+    """Run every method of ``cfg.demo.methods`` and draw the comparison; returns the figure's path.
+    ``set_threads``: apply ``cfg.threads`` to torch (the command line does; a caller keeps its threads)."""
     methods = dict(cfg.demo.methods)
     out = Path(cfg.demo.out_dir)
+    configs = {m: method_config(cfg, m, list(spec.overrides)) for m, spec in methods.items()}
+    validate(cfg)
+    for c in configs.values():  # every run's values before any work: a bad one is one line, nothing written
+        check_values(c)
     zoo = load_model(cfg.model.name, weights=cfg.model.weights, spec=cfg.model)
     ds = build(cfg.dataset.attribution, preprocess=zoo.preprocess)
     n = len(ds)
-    est = sum(CPU_SECONDS.get(m, 1.0) for m in methods) * n
+    built = {m: build(c.method)(zoo.net) for m, c in configs.items()}  # a bad layer or setting: before any work
+    metrics = {name: build(node) for name, node in (cfg.get("metric") or {}).items()}
+    if set_threads:  # after every check: a bad input stays one line
+        apply_threads(cfg.get("threads", "auto"))
+    sec = _seconds(built, metrics, zoo.net, ds, out)
+    cores = torch.get_num_threads()
     print(f"demo: {n} photos x {len(methods)} methods ({', '.join(methods)}) with {cfg.model.name}; "
-          f"about {max(1, round(est / 60))} min on 2 CPU cores")
+          f"about {max(1, round(sec / 60))} min on {cores} CPU core{'s' * (cores > 1)}", flush=True)
     runs = {}
     for m, spec in methods.items():
         t0 = time.time()
         print(f"\n[{m}] {spec.title}")
-        runs[m] = run(method_config(cfg, m, list(spec.overrides)))
+        runs[m] = run(configs[m])
         print(f"[{m}] done in {time.time() - t0:.0f} s")
     per_image = pd.read_parquet(next(iter(runs.values())) / "per_image.parquet")
     images, titles = [], []
@@ -97,18 +108,42 @@ def demo(cfg: DictConfig) -> Path:
     return path
 
 
+def _seconds(methods: dict, metrics: dict, net, ds, out: Path) -> float:
+    """The demo's estimated CPU seconds (``xattr.engine.cost``: each built method's forwards per image x one
+    measured forward), counting only the images each method's run has not finished yet."""
+    if not len(ds):
+        return 0.0
+    x = ds[0]["x"][None]
+    total = 0.0
+    for m, method in methods.items():
+        todo = len(ds) - sum(1 for i in RunStore(out / m).done_indices() if i < len(ds))
+        if todo > 0:
+            total += estimate(method, metrics, net, x, todo)[0]
+    return total
+
+
+def _has_finished_runs(out: Path) -> bool:
+    return (out / "demo.png").is_file() or any(RunStore(d).done_keys() for d in out.iterdir() if d.is_dir())
+
+
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    check_overrides(argv, None)  # demo keys are checked when it composes each method's run
-    try:
-        demo(compose_demo(argv))
-    except Exception as e:  # bad input: one line, no traceback
-        err = root_config_error(e)
-        if err is None:
-            raise
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    """``python -m xattr.demo [overrides]``: :func:`demo` in the CLI shell (:mod:`xattr.cli`); the exit code."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    code = checked(["experiment=demo", *argv], "config")  # overrides apply to every method's run
+    if code:
+        return code
+    stop = Stop(interrupted="each method's finished batches are kept in its folder; the same command resumes",
+                has_finished_work=_has_finished_runs, writable="a writable folder (demo.out_dir=...)")
+
+    def work() -> Path:
+        cfg = compose_demo(argv)
+        stop.folder = Path(cfg.demo.out_dir)
+        stop.empty_parents = parents_to_outputs(stop.folder)
+        stop.interrupted = (f"each method's finished batches are kept in {stop.folder}/<method>; the same command "
+                            "resumes")
+        return demo(cfg, set_threads=True)
+
+    return command(work, stop)
 
 
 if __name__ == "__main__":

@@ -4,20 +4,19 @@ the axiom samples of dissertation ch. 7 ("Do Explanations Explain? Model Knows B
 Writes ``<axioms.out>/<model>/<scenario>/samples/<index>.pt`` sample by sample (a killed generation
 resumes: the same command skips finished samples) and ``meta.json``; ``python -m xattr.run dataset=axioms
 dataset.scenario=<s> metric=axioms method=<m>`` reads them back. ``generate(cfg)`` is a plain function
-(tests call it); ``main`` wraps it in ``@hydra.main(config_name="generate")``.
+(tests call it); ``main`` hands it to the CLI shell (``xattr.cli``: ``@hydra.main(config_name="generate")``,
+one-line errors, Ctrl-C / SIGTERM).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import sys
 import time
 from pathlib import Path
 
-import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from xattr.config import CONF_DIR, check_overrides, root_config_error
+from xattr.cli import Stop, hydra_command, parents_to_outputs
 from xattr.core.threads import apply_threads
 from xattr.errors import XattrConfigError, unknown
 
@@ -83,25 +82,36 @@ def generate(cfg: DictConfig, set_threads: bool = False) -> Path:
     return out
 
 
-@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="generate")
-def _hydra_main(cfg: DictConfig) -> None:
-    try:
-        generate(cfg, set_threads=True)
-    except KeyboardInterrupt:
-        print("interrupted: finished samples are kept; the same command resumes", file=sys.stderr)
-        raise SystemExit(130) from None
-    except Exception as e:  # bad input: one line, no traceback
-        err = root_config_error(e)
-        if err is None:
-            raise
-        print(f"error: {str(err).strip().splitlines()[-1]}", file=sys.stderr)
-        raise SystemExit(2) from None
+def _scenario_folder(cfg: DictConfig) -> Path:
+    scenario = "null" if cfg.axioms.scenario is None else str(cfg.axioms.scenario)
+    return Path(cfg.axioms.out) / cfg.model.name / scenario
 
 
-def main() -> None:
-    check_overrides(sys.argv[1:], "generate")
-    _hydra_main()
+def _has_samples(out: Path) -> bool:
+    return any(out.rglob("samples/*.pt"))
+
+
+def _stop(cfg: DictConfig) -> Stop:
+    """What an interrupted or failed generation keeps: its finished samples (one file each). Hydra's run folder is
+    ``axioms.out``: removed on bad input when this command made it and no sample is in it."""
+    from xattr.data.axioms_store import AxiomsStore
+
+    folder = _scenario_folder(cfg)
+
+    def kept() -> str:
+        return f"{len(AxiomsStore(folder).indices())} finished samples kept in {folder}; the same command resumes"
+
+    out = Path(cfg.axioms.out)
+    return Stop(interrupted=kept, folder=out, has_finished_work=_has_samples, empty_parents=parents_to_outputs(out),
+                writable="a writable folder (axioms.out=...)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m xattr.generate [overrides]``: :func:`generate` in the CLI shell (:mod:`xattr.cli`); the exit
+    code."""
+    return hydra_command("generate", lambda cfg: generate(cfg, set_threads=True), _stop, argv,
+                         writable="a writable folder (axioms.out=...)")
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

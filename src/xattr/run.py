@@ -1,32 +1,27 @@
 """``python -m xattr.run method=<m> model=<m> dataset=<d> metric=<m>``: one attribution run.
 
-``run(cfg)`` is a plain function (tests call it with a composed config); ``main`` only wraps it in
-``@hydra.main``. Flow: validate config -> model -> dataset -> method (+ fit on the estimation split) ->
-Lightning ``Trainer.predict`` (attribute + evaluate + write each batch) -> report (tables and figures).
+``run(cfg)`` is a plain function (tests call it with a composed config); ``main`` only hands it to the CLI
+shell (``xattr.cli``: ``@hydra.main``, one-line errors, Ctrl-C / SIGTERM). Flow: validate config -> model
+-> dataset -> method (+ fit on the estimation split) -> Lightning ``Trainer.predict`` (attribute + evaluate
++ write each batch) -> report (tables and figures).
 """
 
 from __future__ import annotations
 
 import logging
-import shutil
-import sys
 from functools import partial
 from pathlib import Path
 
-import hydra
 import pandas as pd
 import pytorch_lightning as pl
 import torch
+from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf, open_dict
 from torch.utils.data import DataLoader
 
-from xattr.config import CONF_DIR, build, check_overrides, check_values, root_config_error, validate
-from xattr.core.signals import (
-    ignore_worker_deaths,
-    install_terminate_handler,
-    killed_with_its_group,
-    worker_ignores_interrupts,
-)
+from xattr.cli import Stop, hydra_command, parents_to_outputs
+from xattr.config import build, check_values, validate
+from xattr.core.signals import worker_ignores_interrupts
 from xattr.core.store import RunStore
 from xattr.core.threads import apply_threads
 from xattr.core.trainer import build_loggers, make_trainer
@@ -138,15 +133,30 @@ def make_loader(ds, batch_size: int, num_workers: int) -> DataLoader:
 
 
 def _record_source_method(cfg: DictConfig) -> None:
-    """For ``method=saved``: record the original run's method name and settings (tables match on them)."""
-    if not str(cfg.method.get("_target_", "")).endswith("SavedMaps"):
+    """For a method that reads an earlier run's maps (``method=saved``: its class names the key holding that
+    run, ``source_run_key``): record the original run's method name and settings (tables match on them)."""
+    key = _source_run_key(cfg.method)
+    if key is None or cfg.method.get(key) is None:
         return
-    src = Path(cfg.method.run_dir) / "config.yaml"
+    src = Path(cfg.method[key]) / "config.yaml"
     if src.is_file():
         orig = OmegaConf.load(src)
         with open_dict(cfg):
             cfg.method_name = orig.get("method_name", cfg.method_name)
             cfg.source_method = orig.get("method")
+
+
+def _source_run_key(node: DictConfig) -> str | None:
+    """The method class's ``source_run_key`` (None for a method computing its own maps, or a target that does
+    not import: building the method names that error)."""
+    target = node.get("_target_") if node is not None else None
+    if not target:
+        return None
+    try:
+        cls = get_class(str(target))
+    except Exception:
+        return None
+    return getattr(cls, "source_run_key", None)
 
 
 def _wandb_extras(lg, run_dir: Path, summary) -> None:
@@ -181,52 +191,21 @@ class _LazyLoader:
         return len(self._get())
 
 
-def one_line(err: BaseException) -> str:
-    """The last line of an error's message (a DataLoader worker wraps it in its traceback)."""
-    lines = [ln for ln in str(err).strip().splitlines() if ln.strip()] or [type(err).__name__]
-    return lines[-1].split("XattrConfigError: ", 1)[-1].strip()
-
-
-def remove_unfinished(run_dir: Path) -> None:
-    """A run that failed before finishing any batch leaves no folder behind (Hydra made it first)."""
-    if run_dir.is_dir() and not (run_dir / "heatmaps").is_dir():
-        shutil.rmtree(run_dir, ignore_errors=True)
-        if run_dir.parent.is_dir() and not any(run_dir.parent.iterdir()):
-            run_dir.parent.rmdir()  # the run name's folder, when this was its only run
-
-
-@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
-def _hydra_main(cfg: DictConfig) -> None:
-    torch.set_float32_matmul_precision("high")
+def _stop(cfg: DictConfig) -> Stop:
+    """What an interrupted or failed run keeps: its finished batches (``RunStore``), in the Hydra run folder."""
     run_dir = Path(cfg.paths.output_dir)
-    install_terminate_handler()  # SIGTERM stops like Ctrl-C: Lightning shuts down, finished batches are kept
-    try:
-        run(cfg, set_threads=True)
-    except (KeyboardInterrupt, SystemExit, RuntimeError) as e:
-        if isinstance(e, SystemExit) and e.code in (0, None) or isinstance(e, RuntimeError) and not killed_with_its_group(e):
-            raise
-        ignore_worker_deaths()
-        done = len(list((run_dir / "heatmaps").glob("*.npz"))) if (run_dir / "heatmaps").is_dir() else 0
-        print(f"interrupted: {done} finished batches kept in {run_dir}; the same command resumes", file=sys.stderr)
-        raise SystemExit(130) from None
-    except Exception as e:  # bad input: one line, no traceback
-        err = root_config_error(e)
-        if err is None:
-            raise
-        remove_unfinished(run_dir)
-        print(f"error: {one_line(err)}", file=sys.stderr)
-        raise SystemExit(2) from None
+
+    def kept() -> str:
+        return f"{len(RunStore(run_dir).done_keys())} finished batches kept in {run_dir}; the same command resumes"
+
+    return Stop(interrupted=kept, folder=run_dir, has_finished_work=lambda d: bool(RunStore(d).done_keys()),
+                empty_parents=parents_to_outputs(run_dir))  # outputs/runs/<name>/ when this was its only run
 
 
-def main() -> None:
-    check_overrides(sys.argv[1:])
-    try:
-        _hydra_main()
-    except PermissionError as e:  # e.g. a read-only output folder, met by Hydra before the run starts
-        print(f"error: cannot write {e.filename}: permission denied; valid choices: a writable folder "
-              "(hydra.run.dir=... or run from a writable directory)", file=sys.stderr)
-        raise SystemExit(2) from None
+def main(argv: list[str] | None = None) -> int:
+    """``python -m xattr.run [overrides]``: :func:`run` in the CLI shell (:mod:`xattr.cli`); the exit code."""
+    return hydra_command("config", lambda cfg: run(cfg, set_threads=True), _stop, argv)
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -1,8 +1,8 @@
 """``python -m xattr.train [recipe=<r>] model=<m> dataset=<d>``: train a classifier, keep its best epoch.
 
-``train(cfg)`` is a plain function (tests call it with a composed config); ``main`` only wraps it in
-``@hydra.main(config_name="train")``. Flow: checks -> splits (``xattr.training.data``) -> network
-(``net`` group) -> Lightning ``fit`` (``checkpoints/best.ckpt`` on ``monitor``, ``checkpoints/last.ckpt``
+``train(cfg)`` is a plain function (tests call it with a composed config); ``main`` only hands it to the CLI
+shell (``xattr.cli``: ``@hydra.main(config_name="train")``, one-line errors, Ctrl-C / SIGTERM). Flow:
+checks -> splits (``xattr.training.data``) -> network (``net`` group) -> Lightning ``fit`` (``checkpoints/best.ckpt`` on ``monitor``, ``checkpoints/last.ckpt``
 every epoch; ``ckpt_path=last`` resumes) -> test accuracy of the best epoch (``results.json``) -> the trained
 weights exported where ``python -m xattr.run model=<name> model.weights=<file>`` reads them.
 """
@@ -10,16 +10,14 @@ weights exported where ``python -m xattr.run model=<name> model.weights=<file>``
 from __future__ import annotations
 
 import json
-import sys
 import time
 import warnings
 from pathlib import Path
 
-import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from xattr.config import CONF_DIR, build, check_overrides, root_config_error
-from xattr.core.signals import ignore_worker_deaths, install_terminate_handler, killed_with_its_group
+from xattr.cli import Stop, hydra_command, parents_to_outputs
+from xattr.config import build
 from xattr.core.threads import apply_threads
 from xattr.errors import missing_file, unknown
 
@@ -175,35 +173,23 @@ def _keep_old_csv_log(run_dir: Path) -> None:
         old.rename(old.parent / f"metrics.{k}.csv")
 
 
-@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
-def _hydra_main(cfg: DictConfig) -> None:
-    import torch
-
-    torch.set_float32_matmul_precision("high")
-    install_terminate_handler()  # before the Trainer: Lightning then keeps ours
-    try:
-        train(cfg, set_threads=True)
-    except (KeyboardInterrupt, SystemExit, RuntimeError) as e:  # Ctrl-C / SIGTERM: Lightning shuts down, exits 1
-        if isinstance(e, SystemExit) and e.code in (0, None) or isinstance(e, RuntimeError) and not killed_with_its_group(e):
-            raise
-        ignore_worker_deaths()
-        again = "the same command" if cfg.get("roar") is not None else "the same command with ckpt_path=last"
-        print(f"interrupted: finished epochs are kept in {cfg.paths.output_dir}/checkpoints/last.ckpt; {again} "
-              "resumes", file=sys.stderr)
-        raise SystemExit(130) from None
-    except Exception as e:  # bad input: one line, no traceback
-        err = root_config_error(e)
-        if err is None:
-            raise
-        print(f"error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
+def _stop(cfg: DictConfig) -> Stop:
+    """What an interrupted or failed training keeps: its checkpoints (``last.ckpt`` resumes with ``ckpt_path=last``;
+    a ROAR unit resumes by itself), in the Hydra run folder."""
+    run_dir = Path(cfg.paths.output_dir)
+    again = "the same command" if cfg.get("roar") is not None else "the same command with ckpt_path=last"
+    return Stop(interrupted=f"finished epochs are kept in {run_dir}/checkpoints/last.ckpt; {again} resumes",
+                folder=run_dir, has_finished_work=_has_checkpoints, empty_parents=parents_to_outputs(run_dir))
 
 
-def main() -> None:
-    check_overrides(sys.argv[1:], "train")
-    _hydra_main()
+def _has_checkpoints(run_dir: Path) -> bool:
+    return (run_dir / "results.json").is_file() or any((run_dir / "checkpoints").glob("*.ckpt"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m xattr.train [overrides]``: :func:`train` in the CLI shell (:mod:`xattr.cli`); the exit code."""
+    return hydra_command("train", lambda cfg: train(cfg, set_threads=True), _stop, argv)
 
 
 if __name__ == "__main__":
-    main()
-
+    raise SystemExit(main())

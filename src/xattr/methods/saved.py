@@ -23,6 +23,7 @@ from xattr.methods.base import Attribution, Explanation
 class SavedMaps(Attribution):
     name = "saved"
     requires_grad = False
+    source_run_key = "run_dir"  # the argument naming the earlier run (run.py records that run's method)
 
     def __init__(self, model: nn.Module, run_dir: str | Path) -> None:
         super().__init__(model)
