@@ -152,10 +152,6 @@ NAMES = {"heatmaps", "per_image", "curves", "aux", "analyses", "config.yaml", "p
 # does (take it off the list) and when any other file does
 ALLOWED = {
     "api.py": "not a file: evaluate()'s DataFrame attribute attrs['curves'] (the per-image curves in memory)",
-    "run.py": "entry point, owned by another helper: config.yaml, per_image.parquet, heatmaps/ (to use RunStore)",
-    "train.py": "entry point, owned by another helper: a training unit's config.yaml (RunStore.write_config)",
-    "demo.py": "entry point, owned by another helper: per_image.parquet (RunStore.rows)",
-    "engine/report.py": "owned by another helper: writes per_image.parquet and analyses/<name>.csv|md and extras",
     "methods/saved.py": "owned by another helper: checks heatmaps/ exists (RunStore.has_finished_work)",
     "methods/semantic.py": "owned by another helper: a dissection run's analyses/<csv> (RunStore.analysis_result)",
 }

@@ -86,7 +86,7 @@ def demo(cfg: DictConfig, set_threads: bool = False) -> Path:
         print(f"\n[{m}] {spec.title}")
         runs[m] = run(configs[m])
         print(f"[{m}] done in {time.time() - t0:.0f} s")
-    per_image = pd.read_parquet(next(iter(runs.values())) / "per_image.parquet")
+    per_image = RunStore(next(iter(runs.values()))).rows()
     images, titles = [], []
     for r in per_image.itertuples():
         x = ds[int(r.index)]["x"]

@@ -12,7 +12,6 @@ import logging
 from functools import partial
 from pathlib import Path
 
-import pandas as pd
 import pytorch_lightning as pl
 import torch
 from hydra.utils import get_class
@@ -48,8 +47,7 @@ def run(cfg: DictConfig, set_threads: bool = False) -> Path:
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     _record_source_method(cfg)
     run_dir = Path(cfg.paths.output_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    RunStore(run_dir).write_config(cfg)
 
     zoo = load_model(cfg.model.name, weights=cfg.model.weights, weights_dir=cfg.paths.get("weights_dir"), spec=cfg.model)
     target = parse_target(cfg.target, zoo.net.num_classes)
@@ -96,7 +94,7 @@ def run(cfg: DictConfig, set_threads: bool = False) -> Path:
             more = f"\n... {len(df) - len(shown)} more rows in analyses/{name}.csv" if len(df) > len(shown) else ""
             print(f"\n{name} (analyses/{name}.csv):\n" + shown.to_markdown(index=False, floatfmt=".4f") + more)
         if len(ds) <= int(cfg.get("list_images", 20)):  # small runs: each image's top-1 label (and the target's)
-            per_image = pd.read_parquet(run_dir / "per_image.parquet")
+            per_image = RunStore(run_dir).rows()
             for r in per_image.itertuples():
                 line = f"  {r.id}: {zoo.labels[int(r.top1)]} ({getattr(r, 'top1_prob', r.prob):.2f})"
                 if int(r.target) != int(r.top1):
@@ -138,9 +136,8 @@ def _record_source_method(cfg: DictConfig) -> None:
     key = _source_run_key(cfg.method)
     if key is None or cfg.method.get(key) is None:
         return
-    src = Path(cfg.method[key]) / "config.yaml"
-    if src.is_file():
-        orig = OmegaConf.load(src)
+    orig = RunStore(cfg.method[key]).config()
+    if orig is not None:
         with open_dict(cfg):
             cfg.method_name = orig.get("method_name", cfg.method_name)
             cfg.source_method = orig.get("method")

@@ -67,8 +67,9 @@ def train(cfg: DictConfig, set_threads: bool = False) -> Path:
     scheduler, interval = _scheduler(cfg.scheduler)
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
 
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    from xattr.core.store import RunStore
+
+    RunStore(run_dir).write_config(cfg)
     knobs = cfg.data
     if cfg.get("roar") is not None and cfg.roar.get("device_data"):  # ROAR on a GPU: splits in device memory
         from xattr.training.roar import device_data

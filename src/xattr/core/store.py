@@ -259,6 +259,27 @@ class RunStore:
         path = self.dir / ANALYSES / f"{name}.pt"
         return torch.load(path, map_location="cpu", weights_only=False) if path.is_file() else None
 
+    def shard_states(self, name: str) -> list[object]:
+        """The states other DDP ranks saved for analysis ``name`` (``analyses/<name>.rank<r>.pt``)."""
+        return [torch.load(f, map_location="cpu", weights_only=False) for f in self._files(ANALYSES, f"{name}.rank*.pt")]
+
+    def write_analysis(self, name: str, result: pd.DataFrame) -> Path:
+        """Write an analysis' result (``analyses/<name>.csv`` and ``.md``); returns the folder, where the
+        analysis may write files of its own (``write_extras``)."""
+        folder = self.dir / ANALYSES
+        folder.mkdir(parents=True, exist_ok=True)
+        result.to_csv(folder / f"{name}.csv", index=False)
+        (folder / f"{name}.md").write_text(result.to_markdown(index=False, floatfmt=".4f") + "\n")
+        return folder
+
+    def write_report_tables(self, per_image: pd.DataFrame, summary: pd.DataFrame) -> None:
+        """The finished run's tables: ``per_image.{parquet,csv}`` (every image) and ``summary.{csv,md}``."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        per_image.to_parquet(self.dir / ROWS, index=False)
+        per_image.to_csv(self.dir / ROWS.replace(".parquet", ".csv"), index=False)
+        summary.to_csv(self.dir / "summary.csv", index=False)
+        (self.dir / "summary.md").write_text(summary.to_markdown(index=False, floatfmt=".4f") + "\n")
+
     def analysis_result(self, name: str) -> pd.DataFrame | None:
         """A dataset-level analysis' result ``analyses/<name>.csv``, or None when the run has none."""
         path = self.dir / ANALYSES / f"{name}.csv"

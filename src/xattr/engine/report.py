@@ -50,17 +50,14 @@ def finish_analyses(store: RunStore, analyses: dict[str, Analysis]) -> dict[str,
     ``analyses/<name>.{csv,md}``; returns name -> result."""
     out = {}
     for name, analysis in analyses.items():
-        files = sorted((store.dir / "analyses").glob(f"{name}.rank*.pt")) if (store.dir / "analyses").is_dir() else []
-        for f in files:
+        for state in store.shard_states(name):
             other = copy.copy(analysis)  # same configuration, another shard's state
-            other.load_state_dict(torch.load(f, map_location="cpu", weights_only=False)["state"])
+            other.load_state_dict(state["state"])
             analysis.merge(other)
         df = analysis.compute()
-        (store.dir / "analyses").mkdir(parents=True, exist_ok=True)
-        df.to_csv(store.dir / "analyses" / f"{name}.csv", index=False)
-        (store.dir / "analyses" / f"{name}.md").write_text(df.to_markdown(index=False, floatfmt=".4f") + "\n")
+        folder = store.write_analysis(name, df)
         if hasattr(analysis, "write_extras"):  # further files of its own (dissection: IoU matrix, figure)
-            analysis.write_extras(store.dir / "analyses", name)
+            analysis.write_extras(folder, name)
         out[name] = df
     return out
 
@@ -71,11 +68,8 @@ def write_report(run_dir: str | Path, dataset=None, labels: list[str] | None = N
     run_dir = Path(run_dir)
     store = RunStore(run_dir)
     per_image = store.per_image()
-    per_image.to_parquet(run_dir / "per_image.parquet", index=False)
-    per_image.to_csv(run_dir / "per_image.csv", index=False)
     summary = summarise_run_scores(per_image, metrics)
-    summary.to_csv(run_dir / "summary.csv", index=False)
-    (run_dir / "summary.md").write_text(summary.to_markdown(index=False, floatfmt=".4f") + "\n")
+    store.write_report_tables(per_image, summary)
     plot_curves(store.curves(), run_dir / "curves.png", title)
     if dataset is not None and len(per_image) and hasattr(dataset, "vocab"):
         _text_report(run_dir, dataset, store.heatmaps(), per_image.head(grid_size), labels, title)
