@@ -106,6 +106,11 @@ class Attribution(ABC):
     requires_grad: ClassVar[bool] = True
     #: paper reference shown in tables
     paper: ClassVar[str] = ""
+    #: the hyper-parameter that bounds the rows per device call (``"chunk"``, :mod:`xattr.core.chunk`), or None
+    memory_knob: ClassVar[str | None] = None
+    #: (low, high): the forwards a run really makes, as factors of :meth:`forwards_per_image` (``(1, 1)``:
+    #: exact; a class with early stops or skipped forwards says why in its docstring)
+    cost_bounds: ClassVar[tuple[float, float]] = (1.0, 1.0)
 
     def __new__(cls, *args, **kwargs):
         obj = super().__new__(cls)
@@ -123,6 +128,13 @@ class Attribution(ABC):
     @property
     def device(self) -> torch.device:
         return module_device(self.model)
+
+    def forwards_per_image(self, shape: tuple[int, ...]) -> float:
+        """Forward-pass equivalents per image for an input of ``shape`` ``(C, H, W)`` or ``(L,)``, from this
+        object's own hyper-parameters; a backward counts 2 (forward + backward = 3). ``engine.cost`` asks it
+        for the duration estimate. Default: one forward and one backward (3); every method states its own
+        (``tests/test_plugin_cost.py`` counts the forwards of each ``conf/method`` option)."""
+        return 3.0
 
     def fit(self, loader: Iterable[dict], cache_dir: Path | None = None) -> None:  # noqa: B027 (optional hook)
         """Estimate what the method needs from data before attributing (feature statistics, a read-out

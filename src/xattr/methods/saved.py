@@ -24,6 +24,10 @@ class SavedMaps(Attribution):
     name = "saved"
     requires_grad = False
 
+    def forwards_per_image(self, shape: tuple[int, ...]) -> float:
+        """Cost rule: free (maps read from the earlier run's folder)."""
+        return 0.0
+
     def __init__(self, model: nn.Module, run_dir: str | Path) -> None:
         super().__init__(model)
         self.run_dir = Path(run_dir)

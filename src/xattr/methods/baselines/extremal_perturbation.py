@@ -43,6 +43,10 @@ class ExtremalPerturbation(Attribution):
     name = "extremal_perturbation"
     paper = "Fong et al., ICCV 2019"
 
+    def forwards_per_image(self, shape: tuple[int, ...]) -> float:
+        """Cost rule: ``max_iter`` steps per area, each a forward and a backward (``3 max_iter len(areas)``)."""
+        return 3.0 * self.max_iter * len(self.areas)
+
     def __init__(
         self,
         model: nn.Module,

@@ -82,6 +82,11 @@ class ReadoutIBA(IBABase):
     paper = "Schulz et al., ICLR 2020 (Readout Bottleneck)"
     requires_grad = False
 
+    def forwards_per_image(self, shape: tuple[int, ...]) -> float:
+        """Cost rule: one forward (the read-out network is trained once, in ``fit``); the Table 1 accuracies,
+        only when asked for (``aux``), add ``copies`` noisy forwards."""
+        return 1.0
+
     def __init__(self, model: nn.Module, layer: str, readout_layers: Sequence[str], beta: float = 10.0,
                  lr: float = 1e-5, epochs: int = 10, train_batch_limit: int | None = None,
                  train_batch_size: int | None = None, copies: int = 10, seed: int = 0, **kw) -> None:

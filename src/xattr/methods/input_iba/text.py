@@ -108,8 +108,8 @@ class TextFeatureIBA(PerSampleIBA):
     def bottleneck(self, layer: str) -> Bottleneck:
         return _MaskedBottleneck(super().bottleneck(layer), self._weight)
 
-    def images_per_group(self, n: int) -> int:
-        return n  # the KL weight is per batch: one group
+    def images_per_group(self, x: torch.Tensor) -> int:
+        return x.shape[0]  # the KL weight is per batch: one group
 
     def optimize(self, x: torch.Tensor, target: torch.Tensor):
         """The per-sample optimisation; the returned ``kl`` / ``first_kl`` are the capacities per token and

@@ -17,6 +17,10 @@ class TextRandom(TokenAttribution):
     name = "random"
     requires_grad = False
 
+    def forwards_per_image(self, shape: tuple[int, ...]) -> float:
+        """Cost rule: free (no forward)."""
+        return 0.0
+
     def __init__(self, model: nn.Module, embedding: str = "embedding", pad_index: int | None = None,
                  seed: int | None = 0, unk_index: int = 1) -> None:
         super().__init__(model, embedding, pad_index, unk_index)
