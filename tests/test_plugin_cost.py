@@ -328,3 +328,61 @@ def test_every_metric_with_chunk_takes_all_three_forms(name):
     with pytest.raises(XattrConfigError, match="valid choices: an integer >= 1, null"):
         build(yaml_node("metric", name, chunk="abc"))
 
+
+
+# ------------------------------------------------------------------------------------- values, by the classes
+@pytest.mark.parametrize("override,named", [
+    ("metric.insertion_deletion.chunk=0", "bad metric.insertion_deletion.chunk 0; valid choices: an integer >= 1"),
+    ("metric.insertion_deletion.per_step=0", "bad metric.insertion_deletion.per_step 0; valid choices: an integer"),
+    ("+metric.sensitivity_n.chunk=abc", "bad metric.sensitivity_n.chunk 'abc'; valid choices: an integer >= 1"),
+    ("method.beta=abc", "bad method.beta 'abc'; valid choices: a number (default 10.0)"),
+])
+def test_check_values_refuses_with_one_line_naming_the_key(override, named):
+    from tests.helpers import compose_cfg
+    from xattr.config import check_values
+
+    extra = ["metric=[insertion_deletion,sensitivity_n]"] if "sensitivity_n" in override else []
+    cfg = compose_cfg(["method=iba", *extra, override.lstrip("+")])
+    with pytest.raises(XattrConfigError) as e:
+        check_values(cfg)
+    assert str(e.value).startswith(named) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("name,key,value,named", [
+    ("iba", "beta", -1, "bad beta -1; valid choices: a number > 0"),
+    ("iba", "steps", 0, "bad steps 0; valid choices: an integer >= 1"),
+    ("input_iba", "feat_copies", 2.5, "bad feat_copies 2.5; valid choices: an integer >= 1"),
+    ("input_iba", "lr_disc", 0, "bad lr_disc 0; valid choices: a number > 0"),
+    ("integrated_gradients", "n_steps", 2.5, "bad n_steps 2.5; valid choices: an integer >= 1"),
+    ("smoothgrad", "n_samples", 0, "bad n_samples 0; valid choices: an integer >= 1"),
+    ("readout_iba", "epochs", 0, "bad epochs 0; valid choices: an integer >= 1"),
+    ("lime", "chunk", 1.5, "bad chunk 1.5; valid choices: an integer >= 1, null (all at once), auto"),
+])
+def test_building_a_method_refuses_its_bad_values_with_one_line(name, key, value, named):
+    net, _, _ = images()
+    with pytest.raises(XattrConfigError) as e:
+        build(yaml_node("method", name, **{key: value}))(model=net)
+    assert str(e.value) == named if "(default" not in named else str(e.value).startswith(named)
+
+
+# ------------------------------------------------------------------------------------------------ text forms
+def test_input_iba_text_shares_the_image_keys_its_signature_does_not_redeclare():
+    from xattr.methods.input_iba import InputIBA, InputIBAText
+    from xattr.methods.text import TEXT_FORMS, shared_keys
+
+    assert TEXT_FORMS["input_iba"] is InputIBAText and TEXT_FORMS["input_iba_text"] is InputIBAText
+    keys = shared_keys(InputIBAText)
+    image = set(inspect.signature(InputIBA.__init__).parameters) - {"self", "model"}
+    text_own = {"feat_beta", "beta", "steps", "lr", "sigma", "lr_mask"}  # text defaults of the reference
+    assert keys == image - text_own and {"layer", "feat_steps", "epochs", "chunk", "seed"} <= keys
+
+
+def test_input_iba_imports_nothing_of_the_text_methods():
+    import subprocess
+    import sys
+
+    code = ("import sys, xattr.methods.input_iba.text; "
+            "assert not [m for m in sys.modules if m.startswith('xattr.methods.text')], sorted(sys.modules)")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       env={**__import__("os").environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")})
+    assert p.returncode == 0, p.stderr[-1500:]

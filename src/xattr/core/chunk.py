@@ -20,7 +20,7 @@ import contextlib
 import torch
 from torch import nn
 
-from xattr.errors import XattrConfigError
+from xattr.core.checks import bad
 
 CHOICES = "an integer >= 1, null (all at once), auto"
 
@@ -39,7 +39,7 @@ def check_chunk(chunk: object, kind: str = "chunk") -> int | str | None:
     if chunk is None or chunk == "auto":
         return chunk
     if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
-        raise XattrConfigError(f"bad {kind} {chunk!r}; valid choices: {CHOICES}")
+        raise bad(kind, chunk, CHOICES)
     return chunk
 
 

@@ -36,6 +36,10 @@ from xattr.errors import unknown
 
 REDUCTIONS = ("abs", "positive", "sum", "abs_sum", "none", "max_abs")
 
+#: image method name (a ``conf/method`` option) -> the class that is its text form, filled by each text class
+#: itself (``text_form_of``) when its module is imported; :mod:`xattr.methods.text` imports them all
+TEXT_FORMS: dict[str, type] = {}
+
 
 def reduce_channels(attr: torch.Tensor, how: str = "abs_sum") -> torch.Tensor:
     """Reduce a ``(B, C, H, W)`` signed multi-channel attribution to ``(B, 1, H, W)``.
@@ -111,6 +115,14 @@ class Attribution(ABC):
     #: (low, high): the forwards a run really makes, as factors of :meth:`forwards_per_image` (``(1, 1)``:
     #: exact; a class with early stops or skipped forwards says why in its docstring)
     cost_bounds: ClassVar[tuple[float, float]] = (1.0, 1.0)
+    #: a text class: the image methods (``conf/method`` names) it is the text form of (registered in
+    #: :data:`TEXT_FORMS`); ``()``: not a text form
+    text_form_of: ClassVar[tuple[str, ...]] = ()
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        for image_name in cls.__dict__.get("text_form_of", ()):
+            TEXT_FORMS[image_name] = cls
 
     def __new__(cls, *args, **kwargs):
         obj = super().__new__(cls)

@@ -63,7 +63,7 @@ import torch
 from torch import nn
 from torchvision.transforms.functional import gaussian_blur
 
-from xattr.core.checks import check_choice, check_positive_int, module_device
+from xattr.core.checks import bad, check_choice, check_positive_int, module_device
 from xattr.core.chunk import check_chunk, resolve_chunk
 from xattr.errors import XattrConfigError
 from xattr.metrics._perturb import (
@@ -364,7 +364,7 @@ def check_points(points: int | str | None) -> int | None:
     if points is None or points == "all":
         return None
     if isinstance(points, bool) or not isinstance(points, int) or points < 2:
-        raise XattrConfigError(f"bad points {points!r}; valid choices: all, or an integer >= 2")
+        raise bad("points", points, "all, or an integer >= 2")
     return points
 
 

@@ -24,7 +24,7 @@ import torch
 from captum.attr import DeepLiftShap as _CaptumDeepLiftShap
 from torch import nn
 
-from xattr.core.checks import check_choice, check_positive
+from xattr.core.checks import check_choice, check_positive, check_positive_int
 from xattr.core.chunk import check_chunk, items_per_call, resolve_chunk
 from xattr.core.hooks import frozen
 from xattr.errors import XattrConfigError
@@ -69,7 +69,7 @@ class DeepSHAP(Attribution):
     ) -> None:
         super().__init__(model)
         check_choice("DeepSHAP baselines", baselines, BASELINES)
-        check_positive("n_baselines", n_baselines)
+        check_positive_int("n_baselines", n_baselines)
         check_chunk(chunk)
         reduce_channels(torch.zeros(1, 1, 1, 1), reduce)
         self.baselines, self.n_baselines, self.seed = baselines, int(n_baselines), seed

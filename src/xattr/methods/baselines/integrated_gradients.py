@@ -13,7 +13,7 @@ import torch
 from captum.attr import IntegratedGradients as _CaptumIG
 from torch import nn
 
-from xattr.core.checks import check_choice, check_positive
+from xattr.core.checks import check_choice, check_positive_int
 from xattr.core.chunk import check_chunk, items_per_call, resolve_chunk
 from xattr.core.hooks import frozen
 from xattr.methods.base import Attribution, reduce_channels
@@ -58,7 +58,7 @@ class IntegratedGradients(Attribution):
     ) -> None:
         super().__init__(model)
         check_choice("integration method", method, METHODS)
-        check_positive("n_steps", n_steps)
+        check_positive_int("n_steps", n_steps)
         check_chunk(chunk)
         baseline_tensor(torch.zeros(1, 1, 1, 1), baseline)
         reduce_channels(torch.zeros(1, 1, 1, 1), reduce)

@@ -24,7 +24,7 @@ from captum.attr import Lime as _CaptumLime
 from captum.attr._core.lime import get_exp_kernel_similarity_function
 from torch import nn
 
-from xattr.core.checks import check_choice, check_positive
+from xattr.core.checks import check_choice, check_positive, check_positive_int
 from xattr.core.chunk import check_chunk, items_per_call, resolve_chunk
 from xattr.core.seeding import seeded
 from xattr.methods.base import Attribution, reduce_channels
@@ -84,8 +84,9 @@ class LIME(Attribution):
     ) -> None:
         super().__init__(model)
         check_choice("segmentation", segmentation, SEGMENTATIONS)
-        for k, v in (("n_samples", n_samples), ("n_segments", n_segments), ("cell", cell), ("kernel_width", kernel_width)):
-            check_positive(k, v)
+        for k, v in (("n_samples", n_samples), ("n_segments", n_segments), ("cell", cell)):
+            check_positive_int(k, v)
+        check_positive("kernel_width", kernel_width)
         check_chunk(chunk)
         baseline_tensor(torch.zeros(1, 1, 1, 1), baseline)
         check_choice("LIME reduce", reduce, ("sum", "abs", "positive", "none"))

@@ -18,7 +18,7 @@ import torch
 from captum.attr import Occlusion as _CaptumOcclusion
 from torch import nn
 
-from xattr.core.checks import check_choice, check_positive
+from xattr.core.checks import check_choice, check_positive_int
 from xattr.core.chunk import check_chunk, items_per_call, resolve_chunk
 from xattr.methods.base import Attribution, reduce_channels
 from xattr.methods.baselines._utils import baseline_tensor
@@ -58,8 +58,8 @@ class Occlusion(Attribution):
         reduce: str = "sum",
     ) -> None:
         super().__init__(model)
-        check_positive("window", window)
-        check_positive("stride", stride, allow_none=True)
+        check_positive_int("window", window)
+        check_positive_int("stride", stride, allow_none=True)
         check_chunk(chunk)
         check_choice("occlusion reduce", reduce, ("sum", "abs", "positive", "none"))
         baseline_tensor(torch.zeros(1, 1, 1, 1), baseline)

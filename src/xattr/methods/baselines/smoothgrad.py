@@ -17,7 +17,7 @@ import torch
 from captum.attr import NoiseTunnel, Saliency
 from torch import nn
 
-from xattr.core.checks import check_positive
+from xattr.core.checks import check_positive, check_positive_int
 from xattr.core.chunk import check_chunk, items_per_call, resolve_chunk
 from xattr.core.hooks import frozen
 from xattr.core.seeding import seeded
@@ -59,7 +59,7 @@ class SmoothGrad(Attribution):
         reduce: str = "max_abs",
     ) -> None:
         super().__init__(model)
-        check_positive("n_samples", n_samples)
+        check_positive_int("n_samples", n_samples)
         check_positive("noise_level", noise_level)
         check_chunk(chunk)
         reduce_channels(torch.zeros(1, 1, 1, 1), reduce)

@@ -23,6 +23,7 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
+from xattr.core.checks import check_positive, check_positive_int
 from xattr.core.chunk import check_chunk, items_per_call, resolve_chunk
 from xattr.core.hooks import frozen
 from xattr.core.layers import resolve
@@ -73,7 +74,8 @@ class IBABase(Attribution):
         #: resolved once (a bad name fails here, with the valid choices)
         self.resolved = {name: resolve(model, name) for name in layers}
         self.layers = list(layers)
-        self.n_samples = int(n_samples)
+        self.n_samples = check_positive_int("n_samples", n_samples)
+        check_positive("min_std", min_std)
         self.min_std = float(min_std)
         self.active_threshold = float(active_threshold)
         self.sigma = sigma
@@ -157,7 +159,10 @@ class PerSampleIBA(IBABase):
         if loss not in MODEL_LOSSES:
             raise unknown("loss", loss, MODEL_LOSSES)
         self.layer = layer
-        self.beta, self.steps, self.lr, self.copies = float(beta), int(steps), float(lr), int(copies)
+        check_positive("beta", beta)
+        check_positive("lr", lr)
+        self.beta, self.lr = float(beta), float(lr)
+        self.steps, self.copies = check_positive_int("steps", steps), check_positive_int("copies", copies)
         self.init_alpha = float(init_alpha)
         self.chunk = check_chunk(chunk)
         self.seed = seed

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from xattr.core.checks import check_positive_int
+from xattr.core.checks import check_positive, check_positive_int
 from xattr.core.hooks import capture_many, frozen
 from xattr.core.seeding import draw_noise
 from xattr.core.trainer import accelerator_of, make_trainer
@@ -93,7 +93,10 @@ class ReadoutIBA(IBABase):
         readout_layers = list(readout_layers)
         super().__init__(model, [layer] + [r for r in readout_layers if r != layer], **kw)
         self.layer, self.readout_layers = layer, readout_layers
-        self.beta, self.lr, self.epochs = float(beta), float(lr), int(epochs)
+        check_positive("beta", beta)
+        check_positive("lr", lr)
+        self.beta, self.lr, self.epochs = float(beta), float(lr), check_positive_int("epochs", epochs)
+        check_positive_int("train_batch_limit", train_batch_limit, allow_none=True)
         self.train_batch_limit, self.seed = train_batch_limit, seed
         self.train_batch_size = check_positive_int("train_batch_size", train_batch_size, allow_none=True)
         self.copies = check_positive_int("copies", copies)

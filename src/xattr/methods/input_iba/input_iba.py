@@ -41,6 +41,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from xattr.core.checks import bad, check_positive, check_positive_int
 from xattr.core.chunk import check_chunk, items_per_call, resolve_chunk
 from xattr.core.hooks import capture, frozen
 from xattr.core.layers import resolve
@@ -118,12 +119,15 @@ class InputIBA(Attribution):
         super().__init__(model)
         if target_mask not in TARGET_MASKS:
             raise unknown("target mask", target_mask, TARGET_MASKS)
-        if min(steps, epochs, copies, n_targets, gan_batch, critic) < 1 or n_targets < n_groups:
-            raise XattrConfigError(
-                f"steps, epochs, copies, n_targets, gan_batch, critic must be >= 1 and n_targets >= n_groups; got "
-                f"steps={steps}, epochs={epochs}, copies={copies}, n_targets={n_targets}, gan_batch={gan_batch}, "
-                f"critic={critic}, n_groups={n_groups}"
-            )
+        for kind, value in (("feat_steps", feat_steps), ("feat_copies", feat_copies), ("epochs", epochs),
+                            ("n_targets", n_targets), ("n_groups", n_groups), ("gan_batch", gan_batch),
+                            ("critic", critic), ("steps", steps), ("copies", copies), ("n_samples", n_samples)):
+            check_positive_int(kind, value)
+        for kind, value in (("feat_beta", feat_beta), ("feat_lr", feat_lr), ("lr_disc", lr_disc), ("lr_mask", lr_mask),
+                            ("lr_mean", lr_mean), ("lr_std", lr_std), ("clip", clip), ("beta", beta), ("lr", lr)):
+            check_positive(kind, value)
+        if n_targets < n_groups:
+            raise bad("n_targets", n_targets, f"an integer >= n_groups ({n_groups})")
         self.layer = layer
         self.module = resolve(model, layer).module
         self.feature_iba = self._make_feature_iba(

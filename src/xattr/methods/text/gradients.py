@@ -26,7 +26,7 @@ import torch
 from captum.attr import DeepLift, DeepLiftShap, InputXGradient, IntegratedGradients, Saliency
 from torch import nn
 
-from xattr.core.checks import check_choice, check_positive, check_positive_int
+from xattr.core.checks import check_choice, check_positive_int
 from xattr.core.chunk import check_chunk, items_per_call, resolve_chunk
 from xattr.core.hooks import frozen
 from xattr.methods.text.base import (
@@ -68,6 +68,7 @@ class TextGradient(_EmbeddingGradient):
     """Gradient of the target logit w.r.t. each token's embedding, reduced to one score (``l2``)."""
 
     name = "gradient"
+    text_form_of = ("gradient",)
     paper = "Simonyan et al., ICLR-W 2014 (on the embeddings)"
     captum_cls, captum_kwargs = Saliency, {"abs": False}
 
@@ -80,6 +81,7 @@ class TextInputXGradient(_EmbeddingGradient):
     """Embedding times its gradient, summed over ``D`` (signed)."""
 
     name = "input_x_gradient"
+    text_form_of = ("input_x_gradient",)
     paper = "Shrikumar et al., 2016 (on the embeddings)"
     captum_cls, captum_kwargs = InputXGradient, {}
 
@@ -96,6 +98,7 @@ class TextIntegratedGradients(TokenAttribution):
     """
 
     name = "integrated_gradients"
+    text_form_of = ("integrated_gradients",)
     paper = "Sundararajan et al., ICML 2017 (on the embeddings)"
     memory_knob = "chunk"
 
@@ -110,7 +113,7 @@ class TextIntegratedGradients(TokenAttribution):
         super().__init__(model, embedding, pad_index, unk_index)
         check_choice("integration method", method, IG_METHODS)
         check_choice("token baseline", token_baseline, TOKEN_BASELINES)
-        check_positive("n_steps", n_steps)
+        check_positive_int("n_steps", n_steps)
         self.chunk = check_chunk(chunk)
         check_choice("token reduction", token_reduce, TOKEN_REDUCTIONS)
         self.n_steps, self.method, self.token_baseline, self.token_reduce = int(n_steps), method, token_baseline, token_reduce
@@ -141,6 +144,7 @@ class TextDeepLift(TokenAttribution):
     """
 
     name = "deepshap"
+    text_form_of = ("deepshap",)
     paper = "Shrikumar et al., ICML 2017; Lundberg & Lee, NeurIPS 2017 (on the embeddings)"
     def forwards_per_image(self, shape: tuple[int, ...]) -> float:
         """Cost rule: the input and each reference (``normal``: ``n_baselines``, else one), forward and

@@ -20,7 +20,7 @@ from captum._utils.models.linear_model import SkLearnLasso, SkLearnRidge
 from captum.attr import Lime
 from torch import nn
 
-from xattr.core.checks import check_choice, check_positive
+from xattr.core.checks import check_choice, check_positive, check_positive_int
 from xattr.core.chunk import check_chunk, items_per_call, resolve_chunk
 from xattr.core.hooks import frozen
 from xattr.core.seeding import seeded
@@ -45,6 +45,7 @@ class TextLIME(TokenAttribution):
     """LIME coefficient of each real token; ``(B, L)``, 0 on padding."""
 
     name = "lime"
+    text_form_of = ("lime",)
     paper = "Ribeiro et al., KDD 2016 (text explainer)"
     requires_grad = False
     memory_knob = "chunk"
@@ -61,7 +62,7 @@ class TextLIME(TokenAttribution):
         super().__init__(model, embedding, pad_index, unk_index)
         check_choice("token baseline", token_baseline, TOKEN_BASELINES)
         check_choice("LIME surrogate", surrogate, SURROGATES)
-        check_positive("n_samples", n_samples)
+        check_positive_int("n_samples", n_samples)
         check_positive("token_kernel_width", token_kernel_width)
         self.chunk = check_chunk(chunk)
         self.n_samples, self.token_baseline, self.kernel_width = int(n_samples), token_baseline, float(token_kernel_width)

@@ -15,6 +15,7 @@ class TextRandom(TokenAttribution):
     """Uniform random score per real token, ``(B, L)``; ``seed=None`` draws fresh ones."""
 
     name = "random"
+    text_form_of = ("random",)
     requires_grad = False
 
     def forwards_per_image(self, shape: tuple[int, ...]) -> float:
