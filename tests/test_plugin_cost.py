@@ -9,6 +9,7 @@ backward = 3). A class states in its docstring when its count is not exact (earl
 
 from __future__ import annotations
 
+import functools
 import inspect
 from pathlib import Path
 
@@ -142,6 +143,8 @@ def build_method(name: str, net: nn.Module, x: torch.Tensor, tmp: Path, text: bo
         from xattr.methods.text import text_form
 
         factory = text_form(factory, embedding="embedding", pad_index=0, unk_index=1)
+        if name == "input_iba":  # the image config's steps are not the text form's (its own default: 30)
+            factory = functools.partial(factory, steps=3)
     method = factory(model=net)
     if method.needs_fit:
         method.fit(loader(x), tmp / "cache")
