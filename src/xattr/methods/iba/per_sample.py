@@ -23,7 +23,7 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
-from xattr.core.checks import check_positive, check_positive_int
+from xattr.core.checks import bad, check_positive, check_positive_int
 from xattr.core.chunk import check_chunk, items_per_call, resolve_chunk
 from xattr.core.hooks import frozen
 from xattr.core.layers import resolve
@@ -75,7 +75,8 @@ class IBABase(Attribution):
         self.resolved = {name: resolve(model, name) for name in layers}
         self.layers = list(layers)
         self.n_samples = check_positive_int("n_samples", n_samples)
-        check_positive("min_std", min_std)
+        if isinstance(min_std, bool) or not isinstance(min_std, int | float) or min_std < 0:
+            raise bad("min_std", min_std, "a number >= 0")
         self.min_std = float(min_std)
         self.active_threshold = float(active_threshold)
         self.sigma = sigma

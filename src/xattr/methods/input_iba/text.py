@@ -31,7 +31,7 @@ refuses; they run with cuDNN disabled on CUDA (:func:`xattr.core.rnn.rnn_backwar
 
 The model offers ``embed(x)``, ``forward_embedded(emb, mask)`` and ``pad_index`` (as
 :class:`xattr.models.text.LSTMClassifier`), or names its embedding layer (``embedding=``; any ``nn.Module``
-on token ids, wrapped in :class:`xattr.core.embedding.EmbeddingAdapter`).
+on token ids, wrapped in :class:`xattr.methods.embedding.EmbeddingAdapter`).
 
 >>> method = InputIBAText(lstm, layer="rnn_4"); method.fit(loader)
 >>> scores = method.attribute(x, target)   # (B, L), 0 on padding
@@ -46,11 +46,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from xattr.core.embedding import EmbeddingAdapter
 from xattr.core.hooks import capture
 from xattr.core.rnn import rnn_backward_ok
 from xattr.errors import XattrConfigError, unknown
 from xattr.methods.base import Explanation
+from xattr.methods.embedding import EmbeddingAdapter
 from xattr.methods.iba import Bottleneck, PerSampleIBA
 from xattr.methods.iba import statistics as st
 from xattr.methods.input_iba.input_bottleneck import InputBottleneck
@@ -136,7 +136,7 @@ class InputIBAText(InputIBA):
         lr_mask: generator mask learning rate (reference text GAN: 0.03).
         embedding, pad_index: for a model without ``embed`` / ``forward_embedded`` / ``pad_index`` (any
             ``nn.Module`` on token ids): its embedding layer's name; it is then wrapped in
-            :class:`xattr.core.embedding.EmbeddingAdapter`.
+            :class:`xattr.methods.embedding.EmbeddingAdapter`.
     """
 
     name = "input_iba_text"

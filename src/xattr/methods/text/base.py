@@ -14,9 +14,9 @@ attributions at embedding space") and give one score per token ``(B, L)``:
   :class:`xattr.models.text.LSTMClassifier`: right padding, causal RNN, last real token) computes
   independently of the padding.
 
-:func:`~xattr.core.embedding.embedded_forward` runs the model on its own token ids with the embedding layer's output replaced
-by given embeddings (a forward hook), so ``f(emb)`` exists for any text model, not only ones with a
-``forward_embedded`` method.
+:func:`~xattr.methods.embedding.embedded_forward` runs the model on its own token ids with the embedding
+layer's output replaced by given embeddings (a forward hook), so ``f(emb)`` exists for any text model, not
+only ones with a ``forward_embedded`` method.
 
 cuDNN refuses the backward of an RNN in eval mode ("cudnn RNN backward can only be called in training
 mode"); :func:`xattr.core.rnn.rnn_backward_ok` disables cuDNN for the block on CUDA (no effect on CPU).
@@ -27,11 +27,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from xattr.core.embedding import EmbeddedModel, EmbeddingAdapter, embedded_forward, pad_index_of
 from xattr.core.layers import resolve
 from xattr.core.rnn import rnn_backward_ok
 from xattr.errors import unknown
 from xattr.methods.base import Attribution
+from xattr.methods.embedding import EmbeddedModel, EmbeddingAdapter, embedded_forward, pad_index_of
 
 TOKEN_REDUCTIONS = ("sum", "l2", "abs_sum")
 TOKEN_BASELINES = ("pad", "unk", "zero")

@@ -2,7 +2,8 @@
 and the ``embed`` / ``forward_embedded`` / ``pad_index`` view of any ``nn.Module`` on token ids.
 
 Shared by the text methods (:mod:`xattr.methods.text`) and InputIBA's text form
-(:mod:`xattr.methods.input_iba.text`), which never import each other's plumbing.
+(:mod:`xattr.methods.input_iba.text`): it lives beside :mod:`xattr.methods.base`, so InputIBA's text form
+needs nothing of :mod:`xattr.methods.text` (which imports it, one way).
 """
 
 from __future__ import annotations
