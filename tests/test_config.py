@@ -238,7 +238,7 @@ def test_number_options_that_take_a_word(value, ok):
         check_values(cfg)
     else:
         with pytest.raises(XattrConfigError, match=r"bad metric.insertion_deletion.points 'most'; valid choices: "
-                                                   r"a number \(default 100\), all"):
+                                                   r"all, or an integer >= 2"):
             check_values(cfg)
 
 

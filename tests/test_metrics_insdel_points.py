@@ -12,8 +12,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from xattr.core.chunk import CPU_CHUNK, resolve_chunk
 from xattr.errors import XattrConfigError
-from xattr.metrics._perturb import CPU_CHUNK, resolve_chunk
 from xattr.metrics.insertion_deletion import InsertionDeletion, refine
 from xattr.models.tiny import PixelLinear, TinyCNN
 
@@ -226,7 +226,7 @@ def test_chunk_auto_and_channels_last_do_not_change_results():
     # CPU: 2**21 input values per call: 2 097 152 // (3 x 224 x 224) = 13 rows; 16 x 16 images: the cap of 64
     assert CPU_CHUNK == 64 and resolve_chunk("auto", net, torch.zeros(1, 3, 224, 224)) == 13
     assert resolve_chunk("auto", net, torch.zeros(1, 3, 1024, 1024)) == 4  # at least 4
-    with pytest.raises(XattrConfigError, match="bad chunk 0; valid choices: a positive integer, or auto"):
+    with pytest.raises(XattrConfigError, match="bad chunk 0; valid choices: an integer >= 1, null .all at once., auto"):
         InsertionDeletion(chunk=0)
 
 

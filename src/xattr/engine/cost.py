@@ -1,5 +1,6 @@
 """How long a run will take on this machine, said before it starts: each method's and metric's cost in
-forward-pass equivalents per image (a backward counts 2), times one measured forward of the model.
+forward-pass equivalents per image (a backward counts 2), times one measured forward of the model. The costs
+are the objects' own (``forwards_per_image``: every method and metric states its rule in its docstring).
 
 Estimates, not guarantees: batching, the IBA family's tail-only forwards and early stops make real runs
 somewhat faster; the order of magnitude is what lets a user choose ``dataset.limit`` or a GPU.
@@ -7,7 +8,6 @@ somewhat faster; the order of magnitude is what lets a user choose ``dataset.lim
 
 from __future__ import annotations
 
-import math
 import time
 
 import torch
@@ -17,62 +17,15 @@ from xattr.methods.base import Attribution
 from xattr.metrics.base import Metric
 
 
-def _get(obj, name: str, default: float = 1.0) -> float:
-    v = getattr(obj, name, default)
-    return float(default if v is None else v)
-
-
 def method_forwards(method: Attribution, shape: tuple[int, ...]) -> float:
-    """Forward equivalents per image of ``method`` for inputs of ``shape`` (C, H, W) or (L,)."""
-    name = type(method).__name__
-    if name in ("RandomAttribution", "SavedMaps"):
-        return 0.0
-    if name == "ReadoutIBA":
-        return 1.0
-    if name == "MultiLayerIBA":
-        return sum(method_forwards(m, shape) for m in getattr(method, "methods", []))
-    if hasattr(method, "feature_iba"):  # InputIBA: feature IBA, the WGAN (head passes), input bottleneck
-        fi = method.feature_iba
-        gan = method.gan
-        return (fi.steps * fi.copies * 3 + gan.epochs * gan.n_targets * 3 / max(1, gan.critic)
-                + method.steps * method.copies * 3)
-    if hasattr(method, "steps") and hasattr(method, "copies"):  # the IBA family
-        return _get(method, "steps") * _get(method, "copies") * 3 + 1
-    if name in ("IntegratedGradients", "SemanticAttribution"):  # semantic: IG at one layer (eq. 6)
-        return _get(method, "n_steps", 50) * 3
-    if name == "SmoothGrad":
-        return _get(method, "n_samples", 50) * 3
-    if name == "LIME":
-        return _get(method, "n_samples", 1000)
-    if name == "DeepSHAP":
-        return _get(method, "n_baselines", 10) * 6
-    if name == "Occlusion" and len(shape) == 3:
-        w, s = _get(method, "window", 16), _get(method, "stride", 8)
-        return ((shape[1] - w) // s + 1) * ((shape[2] - w) // s + 1)
-    if name == "ExtremalPerturbation":
-        return _get(method, "max_iter", 800) * 3 * max(1, len(getattr(method, "areas", [1])))
-    return 3.0  # one forward and one backward
+    """Forward equivalents per image of ``method`` for inputs of ``shape`` (C, H, W) or (L,): its own
+    :meth:`~xattr.methods.base.Attribution.forwards_per_image`."""
+    return float(method.forwards_per_image(shape))
 
 
 def metric_forwards(metric: Metric, shape: tuple[int, ...], method_cost: float) -> float:
-    """Forward equivalents per image of ``metric``."""
-    name = type(metric).__name__
-    pixels = shape[-1] * shape[-2] if len(shape) == 3 else shape[-1]
-    if name == "InsertionDeletion":  # T steps per curve, or ``points`` of them (``points: all`` -> None)
-        steps = math.ceil(pixels * _get(metric, "max_fraction", 1.0) / _get(metric, "per_step", 10))
-        points = getattr(metric, "points", None)
-        return 2 * (steps if points is None else min(int(points), steps)) + 1
-    if name == "Degradation":
-        return 2 * _get(metric, "n_points", 100)
-    if name == "SensitivityN":
-        n = getattr(metric, "n", None)
-        return _get(metric, "n_masks", 100) * (len(n) if n else 16) + 1
-    if name == "CascadingRandomisation":
-        layers = getattr(metric, "layers", None)
-        return (len(layers) if layers else 10) * method_cost
-    if name == "BottleneckAccuracy":
-        return 1.0
-    return 0.0
+    """Forward equivalents per image of ``metric``: its own :meth:`~xattr.metrics.base.Metric.forwards_per_image`."""
+    return float(metric.forwards_per_image(shape, method_cost))
 
 
 @torch.no_grad()

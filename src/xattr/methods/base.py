@@ -36,6 +36,10 @@ from xattr.errors import unknown
 
 REDUCTIONS = ("abs", "positive", "sum", "abs_sum", "none", "max_abs")
 
+#: image method name (a ``conf/method`` option) -> the class that is its text form, filled by each text class
+#: itself (``text_form_of``) when its module is imported; :mod:`xattr.methods.text` imports them all
+TEXT_FORMS: dict[str, type] = {}
+
 
 def reduce_channels(attr: torch.Tensor, how: str = "abs_sum") -> torch.Tensor:
     """Reduce a ``(B, C, H, W)`` signed multi-channel attribution to ``(B, 1, H, W)``.
@@ -109,6 +113,19 @@ class Attribution(ABC):
     requires_grad: ClassVar[bool] = True
     #: paper reference shown in tables
     paper: ClassVar[str] = ""
+    #: the hyper-parameter that bounds the rows per device call (``"chunk"``, :mod:`xattr.core.chunk`), or None
+    memory_knob: ClassVar[str | None] = None
+    #: (low, high): the forwards a run really makes, as factors of :meth:`forwards_per_image` (``(1, 1)``:
+    #: exact; a class with early stops or skipped forwards says why in its docstring)
+    cost_bounds: ClassVar[tuple[float, float]] = (1.0, 1.0)
+    #: a text class: the image methods (``conf/method`` names) it is the text form of (registered in
+    #: :data:`TEXT_FORMS`); ``()``: not a text form
+    text_form_of: ClassVar[tuple[str, ...]] = ()
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        for image_name in cls.__dict__.get("text_form_of", ()):
+            TEXT_FORMS[image_name] = cls
 
     def __new__(cls, *args, **kwargs):
         obj = super().__new__(cls)
@@ -126,6 +143,13 @@ class Attribution(ABC):
     @property
     def device(self) -> torch.device:
         return module_device(self.model)
+
+    def forwards_per_image(self, shape: tuple[int, ...]) -> float:
+        """Forward-pass equivalents per image for an input of ``shape`` ``(C, H, W)`` or ``(L,)``, from this
+        object's own hyper-parameters; a backward counts 2 (forward + backward = 3). ``engine.cost`` asks it
+        for the duration estimate. Default: one forward and one backward (3); every method states its own
+        (``tests/test_plugin_cost.py`` counts the forwards of each ``conf/method`` option)."""
+        return 3.0
 
     def fit(self, loader: Iterable[dict], cache_dir: Path | None = None) -> None:  # noqa: B027 (optional hook)
         """Estimate what the method needs from data before attributing (feature statistics, a read-out

@@ -25,6 +25,10 @@ class SavedMaps(Attribution):
     requires_grad = False
     source_run_key = "run_dir"  # the argument naming the earlier run (run.py records that run's method)
 
+    def forwards_per_image(self, shape: tuple[int, ...]) -> float:
+        """Cost rule: free (maps read from the earlier run's folder)."""
+        return 0.0
+
     def __init__(self, model: nn.Module, run_dir: str | Path) -> None:
         super().__init__(model)
         self.run_dir = Path(run_dir)

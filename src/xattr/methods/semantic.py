@@ -32,13 +32,13 @@ import torch
 from torch import nn
 
 from xattr.core.checks import check_choice, check_positive_int
+from xattr.core.chunk import check_chunk, items_per_call, resolve_chunk
 from xattr.core.hooks import capture, hooked
 from xattr.core.layers import resolve
 from xattr.errors import XattrConfigError, missing_file
 from xattr.methods.base import Attribution, Explanation, upsample
 from xattr.methods.pathways.contributions import SCHEDULES, alpha_schedule
 from xattr.methods.pathways.neurons import target_logit
-from xattr.methods.pathways.pathway import rows_per_call
 
 CSV = "dissection.csv"
 
@@ -53,7 +53,7 @@ def layer_output(model: nn.Module, layer: nn.Module, x: torch.Tensor, replace: t
 
 
 def neuron_intgrad(model: nn.Module, layer: nn.Module, x: torch.Tensor, target: torch.Tensor, n_steps: int = 50,
-                   schedule: str = "linear", chunk: int | None = None) -> torch.Tensor:
+                   schedule: str = "linear", chunk: int | str | None = None) -> torch.Tensor:
     """Signed ``s`` of eq. 6 for every neuron of ``layer``: ``(B, *layer shape)``, rows (image, step)
     batched, ``chunk`` rows per forward/backward."""
     with torch.no_grad():
@@ -65,7 +65,7 @@ def neuron_intgrad(model: nn.Module, layer: nn.Module, x: torch.Tensor, target: 
     alphas, weights = alphas.to(dev, a.dtype), weights.to(dev, a.dtype)
     view = (-1, *([1] * (a.dim() - 1)))
     acc = torch.zeros_like(a)
-    step = rows_per_call(chunk, b * s)
+    step = items_per_call(b * s, 1, resolve_chunk(chunk, model, x[:1], backward=True))
     for start in range(0, b * s, step):
         rb, rs = rows_b[start : start + step], rows_s[start : start + step]
         z = (a[rb] * alphas[rs].view(view)).requires_grad_(True)
@@ -103,7 +103,7 @@ class SemanticAttribution(Attribution):
             concept labels (``semantic/concept`` is -1).
         n_steps: integration steps of eq. 6.
         alpha_schedule: ``linear`` (``j / n``) | ``reference`` (the pathway code's cumulative schedule).
-        chunk: forward rows (image x step) per device call; ``None``: all at once.
+        chunk: forward rows (image x step) per device call; ``None``: all at once; ``auto``: sized for the device.
 
     >>> m = SemanticAttribution(net, layer="denseblock4", dissection="outputs/runs/.../dissection-run")
     >>> e = m.explain(x, target)   # e.maps (B, 1, H, W); e.aux["semantic/unit"], ["semantic/concept"]
@@ -111,15 +111,22 @@ class SemanticAttribution(Attribution):
 
     name = "semantic_attribution"
     paper = "Khakzar et al. (dissertation ch. 9), eq. 6 L1749 (semantic attribution)"
+    memory_knob = "chunk"
+
+    def forwards_per_image(self, shape: tuple[int, ...]) -> float:
+        """Cost rule: eq. 6's integrated gradients at ``layer``, ``n_steps`` points (``reference``: one more),
+        each a forward from the layer and a backward to it, counted as full ones (``3 n_steps``)."""
+        return 3.0 * (self.n_steps + (self.alpha_schedule == "reference"))
+
 
     def __init__(self, model: nn.Module, layer: str, dissection: str | Path | None = None, n_steps: int = 50,
-                 alpha_schedule: str = "linear", chunk: int | None = 64) -> None:
+                 alpha_schedule: str = "linear", chunk: int | str | None = 64) -> None:
         super().__init__(model)
         self.layer = resolve(model, layer)
         self.n_steps = check_positive_int("n_steps", n_steps)
         check_choice("alpha_schedule", alpha_schedule, SCHEDULES)
         self.alpha_schedule = alpha_schedule
-        self.chunk = check_positive_int("chunk", chunk, allow_none=True)
+        self.chunk = check_chunk(chunk)
         self.units, self.concepts = read_dissection(dissection) if dissection else ({}, {})
 
     def scores(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

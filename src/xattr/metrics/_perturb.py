@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from xattr.core.checks import check_choice, check_positive_int
+from xattr.core.chunk import autocast, items_per_call
 from xattr.core.progress import progress
 from xattr.errors import XattrConfigError
 
@@ -44,20 +45,22 @@ def chunked_readout(
     model: nn.Module,
     n_jobs: int,
     build: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
-    chunk: int,
+    chunk: int | None,
     device: torch.device,
     output: str,
     precision: str = "fp32",
     forward: Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     desc: str = "metric forwards",
 ) -> torch.Tensor:
-    """Run ``n_jobs`` perturbed forwards, ``chunk`` per pass; ``build(job_ids) -> (inputs, target)``.
+    """Run ``n_jobs`` perturbed forwards, ``chunk`` per pass (resolved: an int or ``None`` for all at once;
+    :mod:`xattr.core.chunk`); ``build(job_ids) -> (inputs, target)``.
 
     Returns the read-out ``(n_jobs,)``. The result does not depend on ``chunk`` (up to float
     non-determinism of batched convolutions).
     """
     scores = torch.empty(n_jobs, device=device)
-    amp = _amp(device, precision)
+    amp = autocast(device, precision)
+    chunk = items_per_call(n_jobs, 1, chunk)
     for start in progress(range(0, n_jobs, chunk), desc=desc, unit="call"):
         jobs = torch.arange(start, min(start + chunk, n_jobs), device=device)
         inputs, tgt = build(jobs)
@@ -65,53 +68,6 @@ def chunked_readout(
             out = model(inputs) if forward is None else forward(model, inputs, jobs)
         scores[start : start + len(jobs)] = readout(out, tgt, output)
     return scores
-
-
-CPU_CHUNK = 64
-"""``chunk: auto`` off CUDA: the most forwards per call. Fewer for large inputs (:data:`CPU_CHUNK_VALUES`):
-on a CPU a large batch runs *slower* per image, its activations falling out of the caches (MobileNet-V2,
-224 px, 1 thread, folded and channels-last: ~45 ms per image at 4-16 rows, 62-79 at 64; plain: 66-91 at
-4-16, 188-208 at 64; CIFAR ResNet-20: 1.6 ms at 16 rows, 3.8 at 256; docs/speed.md)."""
-CPU_CHUNK_VALUES = 2**21
-"""``chunk: auto`` off CUDA: rows x values per input row at most this (8 MB of float32 inputs): 13 rows of
-3 x 224 x 224, :data:`CPU_CHUNK` of 3 x 32 x 32; at least 4 rows."""
-
-
-def check_chunk(chunk: int | str) -> int | str:
-    """A positive int, or ``auto`` (sized from the free GPU memory, see :func:`resolve_chunk`)."""
-    if chunk == "auto":
-        return chunk
-    if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
-        raise XattrConfigError(f"bad chunk {chunk!r}; valid choices: a positive integer, or auto")
-    return chunk
-
-
-def _amp(device: torch.device, precision: str):
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
-
-
-def resolve_chunk(chunk: int | str, model: nn.Module, sample: torch.Tensor, precision: str = "fp32",
-                  share: float = 0.6, probe: int = 8, most: int = 8192) -> int:
-    """``chunk`` itself when it is an int; ``auto``: on CUDA, the forwards per call that fill ``share`` of the
-    free memory, from the peak memory of a ``probe``-row forward of ``sample`` ``(1, ...)`` (a multiple
-    of 8, at most ``most``); elsewhere ``CPU_CHUNK_VALUES // sample.numel()`` rows within [4, :data:`CPU_CHUNK`]
-    (small batches keep a CPU's caches warm). The result of a metric never depends on it."""
-    if chunk != "auto":
-        return int(chunk)
-    device = sample.device
-    if device.type != "cuda" or not torch.cuda.is_available():
-        return max(4, min(CPU_CHUNK, CPU_CHUNK_VALUES // max(1, sample[:1].numel())))
-    torch.cuda.synchronize(device)
-    free, _total = torch.cuda.mem_get_info(device)
-    base = torch.cuda.memory_allocated(device)
-    torch.cuda.reset_peak_memory_stats(device)
-    with torch.no_grad(), _amp(device, precision):
-        model(sample.expand(probe, *sample.shape[1:]).contiguous())
-    per_row = max(1, (torch.cuda.max_memory_allocated(device) - base) // probe)
-    rows = int(share * free // (2 * per_row))  # x2: the perturbed inputs and their build are alive too
-    return max(8, min(most, rows // 8 * 8))
 
 
 @contextlib.contextmanager

@@ -133,6 +133,14 @@ class AxiomScores(Metric):
 
     name = "axioms"
     needs = ("feature_boxes", "other", "scenario", "method")
+    #: only the samples of the two-feature scenarios are attributed again (the others cost nothing)
+    cost_bounds = (0.0, 1.0)
+
+    def forwards_per_image(self, shape: tuple[int, ...], method_cost: float) -> float:
+        """Cost rule: the method once more, for the other class (``method_cost``; only samples of the
+        single- and double-feature scenarios, see :attr:`cost_bounds`)."""
+        return float(method_cost)
+
     higher_is_better = {"null": False, "double": False, "single": False, "saturation": True}
     paper = "Khakzar et al., 'Do Explanations Explain? Model Knows Best', CVPR 2022 (dissertation ch. 7)"
 

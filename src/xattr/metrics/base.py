@@ -60,6 +60,10 @@ class Metric(ABC):
     #: for each score name, whether higher is better (tables sort and label with it)
     higher_is_better: ClassVar[dict[str, bool]] = {}
     paper: ClassVar[str] = ""
+    #: the argument that bounds the rows per device call (``"chunk"``, :mod:`xattr.core.chunk`), or None
+    memory_knob: ClassVar[str | None] = None
+    #: (low, high): the forwards a call really makes, as factors of :meth:`forwards_per_image` (``(1, 1)``: exact)
+    cost_bounds: ClassVar[tuple[float, float]] = (1.0, 1.0)
 
     def __new__(cls, *args, **kwargs):
         obj = super().__new__(cls)
@@ -70,6 +74,12 @@ class Metric(ABC):
     def hparams(self) -> dict:
         """The arguments this metric was built with, defaults filled in."""
         return dict(getattr(self, "_hparams", {}))
+
+    def forwards_per_image(self, shape: tuple[int, ...], method_cost: float) -> float:
+        """Forward-pass equivalents per image this metric runs for an input of ``shape`` ``(C, H, W)`` or
+        ``(L,)`` (a backward counts 2), given the method's own ``method_cost`` (a sanity check re-runs the
+        method). Default: none (0); every metric states its own (``tests/test_plugin_cost.py``)."""
+        return 0.0
 
     def __call__(
         self, model: nn.Module, x: torch.Tensor, target: torch.Tensor, maps: torch.Tensor, **extras: Any

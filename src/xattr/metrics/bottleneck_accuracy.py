@@ -29,6 +29,10 @@ class BottleneckAccuracy(Metric):
     higher_is_better = {"top1": True, "top5": True, "info_per_k": False}
     paper = "Schulz et al., ICLR 2020, Table 1"
     needs = tuple(f"bottleneck/{p}{k}" for p in ("", "initial_") for k in KEYS)
+    def forwards_per_image(self, shape: tuple[int, ...], method_cost: float) -> float:
+        """Cost rule: one clean forward (the model's own accuracy); the bottleneck's are the method's."""
+        return 1.0
+
 
     def __init__(self, initial: bool = True) -> None:
         self.initial = initial

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from xattr.core.checks import check_choice, check_positive_int, module_device
+from xattr.core.chunk import check_chunk, resolve_chunk
 from xattr.errors import XattrConfigError
 from xattr.metrics._perturb import (
     OUTPUTS,
@@ -53,7 +54,8 @@ class Degradation(Metric):
         output: ``softmax`` (the paper) or ``logit`` / ``sigmoid``.
         t1, b: the dataset constants of eq. 8, if known; ``None`` leaves the per-sample score unscaled.
         ties, seed: tie-breaking of equal tile sums.
-        chunk, precision: forwards per model call; autocast precision.
+        chunk, precision: forwards per model call (int >= 1, null: all at once, auto: sized for the device);
+            autocast precision.
     """
 
     name = "degradation"
@@ -66,6 +68,12 @@ class Degradation(Metric):
         "degraded_prob": False,
     }
     paper = "Schulz et al., ICLR 2020, eq. 8 and Table 2; Khakzar et al., CVPR 2021 (pathways), Table 2"
+    memory_knob = "chunk"
+
+    def forwards_per_image(self, shape: tuple[int, ...], method_cost: float) -> float:
+        """Cost rule: ``n_points`` perturbed forwards for each of MoRF and LeRF, plus the clean one."""
+        return 2.0 * self.n_points + 1
+
 
     def __init__(
         self,
@@ -77,7 +85,7 @@ class Degradation(Metric):
         b: float | None = None,
         ties: str = "stable",
         seed: int = 0,
-        chunk: int = 256,
+        chunk: int | str | None = 256,
         precision: str = "fp32",
     ) -> None:
         self.tile = check_positive_int("tile", tile)
@@ -93,7 +101,7 @@ class Degradation(Metric):
         if (t1 is None) != (b is None):
             raise XattrConfigError(f"bad t1/b {t1!r}/{b!r}; valid choices: both numbers or both null")
         self.output, self.t1, self.b, self.ties, self.seed = output, t1, b, ties, seed
-        self.chunk = check_positive_int("chunk", chunk)
+        self.chunk = check_chunk(chunk)
         self.precision = precision
 
     def evaluate(
@@ -120,7 +128,8 @@ class Degradation(Metric):
                 m = (pix_rank[i] < counts[s, None]).view(-1, 1, h, w)
                 return torch.where(m, fill[i], x[i]), target[i]
 
-            curve = chunked_readout(model, bsz * t, build, self.chunk, device, self.output, self.precision)
+            chunk = resolve_chunk(self.chunk, model, x[:1], self.precision)
+            curve = chunked_readout(model, bsz * t, build, chunk, device, self.output, self.precision)
             res.curves[name] = curve.view(bsz, t)
             res.x_axis[name] = frac
         morf, lerf = res.curves["morf"], res.curves["lerf"]

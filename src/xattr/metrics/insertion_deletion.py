@@ -55,6 +55,7 @@ perturbed at each step.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -62,20 +63,19 @@ import torch
 from torch import nn
 from torchvision.transforms.functional import gaussian_blur
 
-from xattr.core.checks import check_choice, check_positive_int, module_device
+from xattr.core.checks import bad, check_choice, check_positive_int, module_device
+from xattr.core.chunk import check_chunk, resolve_chunk
 from xattr.errors import XattrConfigError
 from xattr.metrics._perturb import (
     OUTPUTS,
     PRECISIONS,
     TIES,
     channels_last_on,
-    check_chunk,
     chunked_readout,
     flat_map,
     folded,
     ranks,
     readout,
-    resolve_chunk,
     trapezoid,
 )
 from xattr.metrics.base import Metric, MetricResult
@@ -99,7 +99,8 @@ class InsertionDeletion(Metric):
             ``None`` keeps all (paper: 0.6).
         ties: ``stable`` or ``random`` tie-breaking in the ranking (see module docstring).
         seed: seed of the random tie-break.
-        chunk: forward passes per model call (memory knob; the result does not depend on it).
+        chunk: forward passes per model call: an int >= 1, ``None`` (all at once) or ``auto`` (sized for the
+            device, :func:`xattr.core.chunk.resolve_chunk`); memory knob, the result does not depend on it.
         precision: ``fp32`` (default), ``bf16`` or ``fp16`` autocast for the perturbed forwards.
         unk_index: replacement token for token inputs (required for them).
         max_fraction: share of pixels/tokens the curves run to (1.0; reference text code: 0.4).
@@ -121,6 +122,21 @@ class InsertionDeletion(Metric):
     needs = ("mask",)  # text: the real tokens
     higher_is_better = {"insertion": True, "deletion": False, "prob": True}
     paper = "Petsiuk et al., BMVC 2018; Khakzar et al., CVPR 2021 (InputIBA), Table 3"
+    memory_knob = "chunk"
+    #: ``points`` with ``spacing: adaptive``: a refinement with no seat left (a sample whose curve has fewer
+    #: steps than asked) repeats the last point without a forward, so a call may run fewer forwards
+    cost_bounds = (0.5, 1.0)
+
+    def forwards_per_image(self, shape: tuple[int, ...], method_cost: float) -> float:
+        """Cost rule: per mode, one forward per evaluated step (``ceil(pixels * max_fraction / per_step)``
+        steps, one more for ``x_axis: xattr``; ``points``: at most that many), plus the clean forward of the
+        ``min_prob`` filter: ``len(modes) x points + 1``."""
+        pixels = shape[-1] * shape[-2] if len(shape) == 3 else shape[-1]
+        steps = max(1, math.ceil(max(1, round(self.max_fraction * pixels)) / self.per_step))
+        steps += self.x_axis == "xattr"
+        evaluated = steps if self.points is None else min(self.points, steps)
+        return float(len(self.modes) * evaluated + 1)
+
 
     def __init__(
         self,
@@ -133,7 +149,7 @@ class InsertionDeletion(Metric):
         min_prob: float | None = 0.6,
         ties: str = "stable",
         seed: int = 0,
-        chunk: int | str = 256,
+        chunk: int | str | None = 256,
         precision: str = "fp32",
         unk_index: int | None = None,
         max_fraction: float = 1.0,
@@ -316,7 +332,7 @@ class InsertionDeletion(Metric):
         cap = (mask.sum(1).float() * self.max_fraction).round().clamp_min(1).long()
         unk = torch.full_like(x, self.unk_index)
         canvases = {"deletion": (x, unk), "insertion": (torch.where(mask, unk, x), x)}
-        chunk = self.chunk if isinstance(self.chunk, int) else 256
+        chunk = 256 if self.chunk == "auto" else self.chunk  # tokens: no probe forward (a model may need a mask)
         res = MetricResult()
         for mode in self.modes:
             start, fill = canvases[mode]
@@ -348,7 +364,7 @@ def check_points(points: int | str | None) -> int | None:
     if points is None or points == "all":
         return None
     if isinstance(points, bool) or not isinstance(points, int) or points < 2:
-        raise XattrConfigError(f"bad points {points!r}; valid choices: all, or an integer >= 2")
+        raise bad("points", points, "all, or an integer >= 2")
     return points
 
 

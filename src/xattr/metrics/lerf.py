@@ -25,7 +25,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from xattr.core.checks import check_choice, check_positive_int, module_device
+from xattr.core.checks import check_choice, module_device
+from xattr.core.chunk import check_chunk, resolve_chunk
 from xattr.errors import XattrConfigError
 from xattr.metrics._perturb import (
     OUTPUTS,
@@ -52,15 +53,22 @@ class LeRF(Metric):
         fill: value of removed pixels in normalised space (0).
         output: ``softmax`` (the paper) | ``logit`` | ``sigmoid``.
         ties, seed: tie-breaking of equal map values.
-        chunk, precision: perturbed images per forward; autocast precision.
+        chunk, precision: perturbed images per forward (int >= 1, null: all at once, auto: sized for the
+            device); autocast precision.
     """
 
     name = "lerf"
     higher_is_better = {"auc": False, "p0": True}
     paper = "Khakzar et al., CVPR 2021 (dissertation ch. 5), Table 2 and Fig. 7a-c"
+    memory_knob = "chunk"
+
+    def forwards_per_image(self, shape: tuple[int, ...], method_cost: float) -> float:
+        """Cost rule: one perturbed forward per fraction, plus the clean one."""
+        return float(len(self.fractions) + 1)
+
 
     def __init__(self, fractions: Sequence[float] = DEFAULT_FRACTIONS, rank: str = "abs", fill: float = 0.0,
-                 output: str = "softmax", ties: str = "stable", seed: int = 0, chunk: int = 256,
+                 output: str = "softmax", ties: str = "stable", seed: int = 0, chunk: int | str | None = 256,
                  precision: str = "fp32") -> None:
         fr = [float(f) for f in fractions]
         if len(fr) < 2 or any(not 0 <= f <= 1 for f in fr) or any(b <= a for a, b in zip(fr, fr[1:])):
@@ -71,7 +79,7 @@ class LeRF(Metric):
         check_choice("precision", precision, PRECISIONS)
         self.fractions, self.rank, self.fill, self.output = fr, rank, float(fill), output
         self.ties, self.seed, self.precision = ties, int(seed), precision
-        self.chunk = check_positive_int("chunk", chunk)
+        self.chunk = check_chunk(chunk)
 
     def evaluate(self, model: nn.Module, x: torch.Tensor, target: torch.Tensor, maps: torch.Tensor,
                  **extras: Any) -> MetricResult:
@@ -91,7 +99,8 @@ class LeRF(Metric):
             m = (order[i] < counts[s, None]).view(-1, 1, h, w)
             return torch.where(m, torch.full_like(x[i], self.fill), x[i]), target[i]
 
-        p = chunked_readout(model, b * t, build, self.chunk, device, self.output, self.precision).view(b, t)
+        chunk = resolve_chunk(self.chunk, model, x[:1], self.precision)
+        p = chunked_readout(model, b * t, build, chunk, device, self.output, self.precision).view(b, t)
         p0 = readout(model(x), target, self.output)
         change = (p0[:, None] - p).abs() / p0[:, None].abs().clamp_min(1e-12)
         qf = q.float()

@@ -123,6 +123,10 @@ class _Localisation(Metric):
     """Shared option handling: ``normalise`` and ``map_kind``."""
 
     needs = ("boxes", "method")
+    def forwards_per_image(self, shape: tuple[int, ...], method_cost: float) -> float:
+        """Cost rule: free (the maps against boxes or masks; no forward)."""
+        return 0.0
+
 
     def _init_normalise(self, normalise: str, map_kind: str) -> None:
         check_choice("normalise", normalise, NORMALISATIONS)

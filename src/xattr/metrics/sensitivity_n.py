@@ -38,6 +38,7 @@ import torch
 from torch import nn
 
 from xattr.core.checks import check_choice, check_positive_int, module_device
+from xattr.core.chunk import check_chunk, resolve_chunk
 from xattr.errors import XattrConfigError
 from xattr.metrics._perturb import PRECISIONS, chunked_readout, flat_map, pearson, tile_index, tile_sums
 from xattr.metrics.base import Metric, MetricResult, mean_and_sem
@@ -72,7 +73,8 @@ class SensitivityN(Metric):
         output: ``logit`` (eq. 16) or ``softmax``.
         return_pairs: also return the raw (attribution sum, output drop) pairs per sample
             (``None``: only for the ``iba`` protocol, which pools them).
-        chunk: forward passes per model call; precision: ``fp32`` | ``bf16`` | ``fp16``.
+        chunk: forward passes per model call (int >= 1, null: all at once, auto: sized for the device);
+            precision: ``fp32`` | ``bf16`` | ``fp16``.
         fractions: tokens only: shares of each review's real tokens replaced (``None``: 1% .. 80%,
             12 log-spaced values, :func:`default_fractions`).
         unk_index: tokens only: the replacement token (the vocabulary's ``<unk>``, 1); required for tokens.
@@ -81,6 +83,18 @@ class SensitivityN(Metric):
     name = "sensitivity_n"
     higher_is_better = {"sensitivity_n": True}
     paper = "Ancona et al., ICLR 2018; Schulz et al., ICLR 2020, eq. 16 and Fig. 6; InputIBA Fig. 4"
+    memory_knob = "chunk"
+
+    def forwards_per_image(self, shape: tuple[int, ...], method_cost: float) -> float:
+        """Cost rule: ``n_masks`` perturbed forwards per ``n`` (images: the protocol's ``n`` values for this
+        size when ``n`` is null; tokens: per fraction), plus the clean one."""
+        if len(shape) == 3:
+            n_units = tile_index(shape[-2], shape[-1], self.tile)[1]
+            values = len(default_n(self.protocol, n_units) if self.n is None else self.n)
+        else:
+            values = len(self.fractions or default_fractions())
+        return float(self.n_masks * values + 1)
+
     needs = ("mask",)  # text: the real tokens
 
     def __init__(
@@ -93,7 +107,7 @@ class SensitivityN(Metric):
         fill: float = 0.0,
         output: str = "logit",
         return_pairs: bool | None = None,
-        chunk: int = 256,
+        chunk: int | str | None = 256,
         precision: str = "fp32",
         fractions: Sequence[float] | None = None,
         unk_index: int | None = None,
@@ -109,7 +123,7 @@ class SensitivityN(Metric):
         self.fill = float(fill)
         self.output = output
         self.return_pairs = (protocol == "iba") if return_pairs is None else bool(return_pairs)
-        self.chunk = check_positive_int("chunk", chunk)
+        self.chunk = check_chunk(chunk)
         self.precision = precision
         self.fractions = None if fractions is None else [float(f) for f in fractions]
         bad = [f for f in self.fractions or [] if not 0 < f <= 1]
@@ -151,8 +165,9 @@ class SensitivityN(Metric):
             pix = flat_units[k][:, tid].view(-1, 1, h, w)  # (J, 1, H, W)
             return torch.where(pix, fill, x[i]), target[i]
 
-        clean = chunked_readout(model, b, lambda j: (x[j], target[j]), self.chunk, device, self.output, self.precision)
-        pert = chunked_readout(model, b * per, build, self.chunk, device, self.output, self.precision)
+        chunk = resolve_chunk(self.chunk, model, x[:1], self.precision)
+        clean = chunked_readout(model, b, lambda j: (x[j], target[j]), chunk, device, self.output, self.precision)
+        pert = chunked_readout(model, b * per, build, chunk, device, self.output, self.precision)
         drop = clean[:, None, None].double() - pert.view(b, nn_, m).double()  # (B, N_n, M)
         corr = pearson(attr_sum, drop, dim=-1).float()  # (B, N_n)
         n_pixels = (n * self.tile * self.tile).float()
@@ -207,8 +222,9 @@ class SensitivityN(Metric):
             i = jobs // per
             return torch.where(masks_t[jobs], unk, x[i]), target[i]
 
-        clean = chunked_readout(model, b, lambda j: (x[j], target[j]), self.chunk, device, self.output, self.precision)
-        pert = chunked_readout(model, b * per, build, self.chunk, device, self.output, self.precision)
+        chunk = resolve_chunk(self.chunk, model, x[:1], self.precision)
+        clean = chunked_readout(model, b, lambda j: (x[j], target[j]), chunk, device, self.output, self.precision)
+        pert = chunked_readout(model, b * per, build, chunk, device, self.output, self.precision)
         drop = clean[:, None, None].double() - pert.view(b, nf, m).double()
         corr = pearson(attr_sum, drop, dim=-1).float()  # (B, N_f)
         return MetricResult(scores={"sensitivity_n": corr.nanmean(1)}, curves={"sensitivity_n": corr},

@@ -1,22 +1,15 @@
-"""Small helpers shared by the baseline wrappers (chunking, baselines); seeding, hooks and checks live in
-:mod:`xattr.core`.
+"""Small helpers shared by the baseline wrappers (baselines); seeding, hooks, checks and the memory knob
+``chunk`` live in :mod:`xattr.core` (:mod:`xattr.core.chunk`).
 
-Memory knob of every baseline: ``chunk`` = forward rows per device call (``None``: everything in one call);
-each wrapper maps it to its library's own parameter and documents the mapping. Results never depend on it."""
+Memory knob of every baseline: ``chunk`` = forward rows per device call (``None``: everything in one call;
+``auto``: sized for the device); each wrapper maps it to its library's own parameter and documents the
+mapping. Results never depend on it."""
 
 from __future__ import annotations
 
 import torch
 
 from xattr.errors import unknown
-
-
-def items_per_call(n_items: int, rows_per_item: int, chunk: int | None) -> int:
-    """How many items (images, windows) of ``rows_per_item`` forward rows each fit in ``chunk`` rows per
-    device call: between 1 and ``n_items`` (``chunk=None``: all of them)."""
-    if chunk is None:
-        return n_items
-    return max(1, min(n_items, chunk // max(1, rows_per_item)))
 
 
 def image_mean_baseline(x: torch.Tensor) -> torch.Tensor:

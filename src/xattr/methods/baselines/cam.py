@@ -34,6 +34,10 @@ INTERPOLATIONS = ("bilinear", "nearest", "bicubic")
 
 
 class _LayerMethod(Attribution):
+    def forwards_per_image(self, shape: tuple[int, ...]) -> float:
+        """Cost rule: one forward and one backward to the layer, counted as a full one (3)."""
+        return 3.0
+
     def __init__(self, model: nn.Module, layer: str) -> None:
         super().__init__(model)
         self.layer = layer
@@ -73,6 +77,10 @@ class GuidedGradCAM(_LayerMethod):
 
     name = "guided_grad_cam"
     paper = "Selvaraju et al., ICCV 2017"
+
+    def forwards_per_image(self, shape: tuple[int, ...]) -> float:
+        """Cost rule: Grad-CAM and Guided Backprop, each a forward and a backward (6)."""
+        return 6.0
 
     def __init__(self, model: nn.Module, layer: str, interpolation: str = "nearest", reduce: str = "max_abs") -> None:
         super().__init__(model, layer)
@@ -133,6 +141,10 @@ class FullGrad(Attribution):
 
     name = "fullgrad"
     paper = "Srinivas & Fleuret, NeurIPS 2019"
+
+    def forwards_per_image(self, shape: tuple[int, ...]) -> float:
+        """Cost rule: one forward and one backward, biases' gradients read on the way (3)."""
+        return 3.0
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__(model)

@@ -25,10 +25,10 @@ from captum.attr import DeepLiftShap as _CaptumDeepLiftShap
 from torch import nn
 
 from xattr.core.checks import check_choice, check_positive, check_positive_int
+from xattr.core.chunk import check_chunk, items_per_call, resolve_chunk
 from xattr.core.hooks import frozen
 from xattr.errors import XattrConfigError
 from xattr.methods.base import Attribution, reduce_channels
-from xattr.methods.baselines._utils import items_per_call
 from xattr.methods.baselines.model_fixes import fixed_copy
 
 BASELINES = ("normal", "zero", "data")
@@ -47,13 +47,21 @@ class DeepSHAP(Attribution):
     name = "deepshap"
     paper = "Lundberg & Lee, NeurIPS 2017"
 
+    memory_knob = "chunk"
+
+    def forwards_per_image(self, shape: tuple[int, ...]) -> float:
+        """Cost rule: DeepLift runs the input and each reference (``n_baselines``; ``data``: the fitted
+        background; at least 2), forward and backward: ``2 refs x 3``."""
+        refs = self.background.shape[0] if self.baselines == "data" and self.background is not None else self.n_baselines
+        return 6.0 * max(2, refs)
+
     def __init__(
         self,
         model: nn.Module,
         baselines: str = "normal",
         n_baselines: int = 10,
         seed: int = 0,
-        chunk: int | None = None,
+        chunk: int | str | None = None,
         reduce: str = "sum",
         mean: float = 0.0,
         std: float = 1.0,
@@ -61,8 +69,8 @@ class DeepSHAP(Attribution):
     ) -> None:
         super().__init__(model)
         check_choice("DeepSHAP baselines", baselines, BASELINES)
-        check_positive("n_baselines", n_baselines)
-        check_positive_int("chunk", chunk, allow_none=True)
+        check_positive_int("n_baselines", n_baselines)
+        check_chunk(chunk)
         reduce_channels(torch.zeros(1, 1, 1, 1), reduce)
         self.baselines, self.n_baselines, self.seed = baselines, int(n_baselines), seed
         self.chunk, self.reduce = chunk, reduce
@@ -108,7 +116,8 @@ class DeepSHAP(Attribution):
         if refs.shape[0] == 1:  # Captum's DeepLiftShap needs at least two references
             refs = refs.expand(2, *refs.shape[1:]).contiguous()
         fixed = fixed_copy(self.model, x, relu6="split")
-        step = items_per_call(x.shape[0], 2 * refs.shape[0], self.chunk)  # DeepLift: input + reference rows
+        chunk = resolve_chunk(self.chunk, self.model, x[:1], backward=True)
+        step = items_per_call(x.shape[0], 2 * refs.shape[0], chunk)  # DeepLift: input + reference rows
         out = []
         with torch.enable_grad(), frozen(self.model):
             explainer = _CaptumDeepLiftShap(fixed)

@@ -19,7 +19,7 @@ import warnings
 import torch
 from torch import nn
 
-from xattr.core.checks import check_choice, check_positive
+from xattr.core.checks import check_choice, check_positive_int
 from xattr.core.hooks import frozen
 from xattr.core.seeding import seeded
 from xattr.methods.base import Attribution
@@ -43,6 +43,10 @@ class ExtremalPerturbation(Attribution):
     name = "extremal_perturbation"
     paper = "Fong et al., ICCV 2019"
 
+    def forwards_per_image(self, shape: tuple[int, ...]) -> float:
+        """Cost rule: ``max_iter`` steps per area, each a forward and a backward (``3 max_iter len(areas)``)."""
+        return 3.0 * self.max_iter * len(self.areas)
+
     def __init__(
         self,
         model: nn.Module,
@@ -62,7 +66,7 @@ class ExtremalPerturbation(Attribution):
                 from xattr.errors import XattrConfigError
 
                 raise XattrConfigError(f"extremal perturbation area must be in (0, 1), got {a!r}")
-        check_positive("max_iter", max_iter)
+        check_positive_int("max_iter", max_iter)
         check_choice("extremal perturbation variant", variant, VARIANTS)
         check_choice("extremal perturbation perturbation", perturbation, PERTURBATIONS)
         self.areas, self.max_iter, self.perturbation, self.variant = areas, int(max_iter), perturbation, variant

@@ -27,6 +27,10 @@ class Gradient(Attribution):
     name = "gradient"
     paper = "Simonyan et al., ICLR-W 2014"
 
+    def forwards_per_image(self, shape: tuple[int, ...]) -> float:
+        """Cost rule: one forward and one backward (3)."""
+        return 3.0
+
     def __init__(self, model: nn.Module, reduce: str = "max_abs", abs: bool = True) -> None:
         super().__init__(model)
         self.reduce = reduce

@@ -29,6 +29,10 @@ class GuidedBackprop(Attribution):
     name = "guided_backprop"
     paper = "Springenberg et al., ICLR-W 2015"
 
+    def forwards_per_image(self, shape: tuple[int, ...]) -> float:
+        """Cost rule: one forward and one (guided) backward (3)."""
+        return 3.0
+
     def __init__(self, model: nn.Module, reduce: str = "max_abs") -> None:
         super().__init__(model)
         reduce_channels(torch.zeros(1, 1, 1, 1), reduce)

@@ -24,6 +24,10 @@ class InputXGradient(Attribution):
     name = "input_x_gradient"
     paper = "Shrikumar et al., arXiv 2016"
 
+    def forwards_per_image(self, shape: tuple[int, ...]) -> float:
+        """Cost rule: one forward and one backward (3)."""
+        return 3.0
+
     def __init__(self, model: nn.Module, reduce: str = "sum") -> None:
         super().__init__(model)
         self.reduce = reduce

@@ -13,10 +13,11 @@ import torch
 from captum.attr import IntegratedGradients as _CaptumIG
 from torch import nn
 
-from xattr.core.checks import check_choice, check_positive, check_positive_int
+from xattr.core.checks import check_choice, check_positive_int
+from xattr.core.chunk import check_chunk, items_per_call, resolve_chunk
 from xattr.core.hooks import frozen
 from xattr.methods.base import Attribution, reduce_channels
-from xattr.methods.baselines._utils import baseline_tensor, items_per_call
+from xattr.methods.baselines._utils import baseline_tensor
 
 METHODS = ("riemann_right", "riemann_left", "riemann_middle", "riemann_trapezoid", "gausslegendre")
 
@@ -40,19 +41,25 @@ class IntegratedGradients(Attribution):
     name = "integrated_gradients"
     paper = "Sundararajan et al., ICML 2017"
 
+    memory_knob = "chunk"
+
+    def forwards_per_image(self, shape: tuple[int, ...]) -> float:
+        """Cost rule: ``n_steps`` path points, each a forward and a backward (``3 n_steps``)."""
+        return 3.0 * self.n_steps
+
     def __init__(
         self,
         model: nn.Module,
         baseline: str | float = "zero",
         n_steps: int = 50,
         method: str = "riemann_right",
-        chunk: int | None = None,
+        chunk: int | str | None = None,
         reduce: str = "sum",
     ) -> None:
         super().__init__(model)
         check_choice("integration method", method, METHODS)
-        check_positive("n_steps", n_steps)
-        check_positive_int("chunk", chunk, allow_none=True)
+        check_positive_int("n_steps", n_steps)
+        check_chunk(chunk)
         baseline_tensor(torch.zeros(1, 1, 1, 1), baseline)
         reduce_channels(torch.zeros(1, 1, 1, 1), reduce)
         self.baseline, self.n_steps, self.method = baseline, int(n_steps), method
@@ -61,7 +68,8 @@ class IntegratedGradients(Attribution):
     def attribute_channels(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """The un-reduced ``(B, C, H, W)`` attribution (for completeness checks)."""
         x = x.detach()
-        step = items_per_call(x.shape[0], 1, self.chunk)  # Captum runs >= 1 step of each image per call
+        chunk = resolve_chunk(self.chunk, self.model, x[:1], backward=True)
+        step = items_per_call(x.shape[0], 1, chunk)  # Captum runs >= 1 step of each image per call
         out = []
         with torch.enable_grad(), frozen(self.model):
             ig = _CaptumIG(self.model)
@@ -74,7 +82,7 @@ class IntegratedGradients(Attribution):
                         target=target[i : i + step],
                         n_steps=self.n_steps,
                         method=self.method,
-                        internal_batch_size=self.chunk,
+                        internal_batch_size=chunk,
                     ).detach()
                 )
         return torch.cat(out)

@@ -25,6 +25,7 @@ from captum.attr._core.lime import get_exp_kernel_similarity_function
 from torch import nn
 
 from xattr.core.checks import check_choice, check_positive, check_positive_int
+from xattr.core.chunk import check_chunk, items_per_call, resolve_chunk
 from xattr.core.seeding import seeded
 from xattr.methods.base import Attribution, reduce_channels
 from xattr.methods.baselines._utils import baseline_tensor
@@ -61,6 +62,12 @@ class LIME(Attribution):
     paper = "Ribeiro et al., KDD 2016"
     requires_grad = False
 
+    memory_knob = "chunk"
+
+    def forwards_per_image(self, shape: tuple[int, ...]) -> float:
+        """Cost rule: ``n_samples`` perturbed forwards, no backward."""
+        return float(self.n_samples)
+
     def __init__(
         self,
         model: nn.Module,
@@ -72,14 +79,15 @@ class LIME(Attribution):
         lasso_alpha: float = 0.01,
         baseline: str | float = "zero",
         seed: int | None = 0,
-        chunk: int | None = 256,
+        chunk: int | str | None = 256,
         reduce: str = "sum",
     ) -> None:
         super().__init__(model)
         check_choice("segmentation", segmentation, SEGMENTATIONS)
-        for k, v in (("n_samples", n_samples), ("n_segments", n_segments), ("cell", cell), ("kernel_width", kernel_width)):
-            check_positive(k, v)
-        check_positive_int("chunk", chunk, allow_none=True)
+        for k, v in (("n_samples", n_samples), ("n_segments", n_segments), ("cell", cell)):
+            check_positive_int(k, v)
+        check_positive("kernel_width", kernel_width)
+        check_chunk(chunk)
         baseline_tensor(torch.zeros(1, 1, 1, 1), baseline)
         check_choice("LIME reduce", reduce, ("sum", "abs", "positive", "none"))
         self.n_samples, self.segmentation, self.n_segments, self.cell = int(n_samples), segmentation, n_segments, cell
@@ -87,7 +95,7 @@ class LIME(Attribution):
         self.chunk, self.reduce = chunk, reduce
 
     def _attribute(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        ppe = self.n_samples if self.chunk is None else min(self.chunk, self.n_samples)
+        ppe = items_per_call(self.n_samples, 1, resolve_chunk(self.chunk, self.model, x[:1]))
         out = []
         with torch.no_grad():
             for i in range(x.shape[0]):

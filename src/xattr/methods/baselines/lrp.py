@@ -81,6 +81,11 @@ class LRP(Attribution):
     name = "lrp"
     paper = "Bach et al., PLoS ONE 2015"
 
+    def forwards_per_image(self, shape: tuple[int, ...]) -> float:
+        """Cost rule: zennit's ``Gradient`` attributor runs the model twice, each a forward and a modified
+        backward (6; counted on the tiny CNN)."""
+        return 6.0
+
     def __init__(
         self,
         model: nn.Module,

@@ -12,13 +12,16 @@ and ``reduce`` acts on it (``sum``: the signed drop; ``abs``; ``positive``).
 
 from __future__ import annotations
 
+import math
+
 import torch
 from captum.attr import Occlusion as _CaptumOcclusion
 from torch import nn
 
-from xattr.core.checks import check_choice, check_positive, check_positive_int
+from xattr.core.checks import check_choice, check_positive_int
+from xattr.core.chunk import check_chunk, items_per_call, resolve_chunk
 from xattr.methods.base import Attribution, reduce_channels
-from xattr.methods.baselines._utils import baseline_tensor, items_per_call
+from xattr.methods.baselines._utils import baseline_tensor
 
 
 class Occlusion(Attribution):
@@ -34,19 +37,30 @@ class Occlusion(Attribution):
     paper = "Zeiler & Fergus, ECCV 2014"
     requires_grad = False
 
+    memory_knob = "chunk"
+
+    def n_windows(self, shape: tuple[int, ...]) -> int:
+        """Window positions for an input of ``shape`` ``(C, H, W)`` (Captum's: ``ceil((H - w) / s) + 1`` per side)."""
+        h, w = shape[-2:]
+        return (math.ceil(max(0, h - self.window) / self.stride) + 1) * (math.ceil(max(0, w - self.window) / self.stride) + 1)
+
+    def forwards_per_image(self, shape: tuple[int, ...]) -> float:
+        """Cost rule: one forward per window position and one of the clean image, no backward."""
+        return float(self.n_windows(shape) + 1)
+
     def __init__(
         self,
         model: nn.Module,
         window: int = 8,
         stride: int | None = None,
         baseline: str | float = "mean",
-        chunk: int | None = 256,
+        chunk: int | str | None = 256,
         reduce: str = "sum",
     ) -> None:
         super().__init__(model)
-        check_positive("window", window)
-        check_positive("stride", stride, allow_none=True)
-        check_positive_int("chunk", chunk, allow_none=True)
+        check_positive_int("window", window)
+        check_positive_int("stride", stride, allow_none=True)
+        check_chunk(chunk)
         check_choice("occlusion reduce", reduce, ("sum", "abs", "positive", "none"))
         baseline_tensor(torch.zeros(1, 1, 1, 1), baseline)
         self.window, self.stride = int(window), int(stride or window)
@@ -56,9 +70,10 @@ class Occlusion(Attribution):
         c = x.shape[1]
         h, w = x.shape[-2:]
         n_windows = ((h - self.window) // self.stride + 1) * ((w - self.window) // self.stride + 1)
-        step = items_per_call(x.shape[0], 1, self.chunk)
+        chunk = resolve_chunk(self.chunk, self.model, x[:1])
+        step = items_per_call(x.shape[0], 1, chunk)
         # windows per call: all of them (chunk=None) or as many as fit in chunk rows for `step` images
-        ppe = items_per_call(n_windows, step, self.chunk)
+        ppe = items_per_call(n_windows, step, chunk)
         out = []
         with torch.no_grad():
             occlusion = _CaptumOcclusion(self.model)

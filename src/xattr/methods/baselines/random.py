@@ -18,6 +18,10 @@ class RandomAttribution(Attribution):
     name = "random"
     requires_grad = False
 
+    def forwards_per_image(self, shape: tuple[int, ...]) -> float:
+        """Cost rule: free (no forward)."""
+        return 0.0
+
     def __init__(self, model: nn.Module, seed: int | None = 0, tile: int = 1) -> None:
         super().__init__(model)
         self.seed = seed

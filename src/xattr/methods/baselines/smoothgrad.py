@@ -18,6 +18,7 @@ from captum.attr import NoiseTunnel, Saliency
 from torch import nn
 
 from xattr.core.checks import check_positive, check_positive_int
+from xattr.core.chunk import check_chunk, items_per_call, resolve_chunk
 from xattr.core.hooks import frozen
 from xattr.core.seeding import seeded
 from xattr.methods.base import Attribution, reduce_channels
@@ -41,6 +42,12 @@ class SmoothGrad(Attribution):
     name = "smoothgrad"
     paper = "Smilkov et al., arXiv 2017"
 
+    memory_knob = "chunk"
+
+    def forwards_per_image(self, shape: tuple[int, ...]) -> float:
+        """Cost rule: ``n_samples`` noisy copies, each a forward and a backward (``3 n_samples``)."""
+        return 3.0 * self.n_samples
+
     def __init__(
         self,
         model: nn.Module,
@@ -48,20 +55,20 @@ class SmoothGrad(Attribution):
         noise_level: float = 0.15,
         abs: bool = True,
         seed: int | None = 0,
-        chunk: int | None = None,
+        chunk: int | str | None = None,
         reduce: str = "max_abs",
     ) -> None:
         super().__init__(model)
-        check_positive("n_samples", n_samples)
+        check_positive_int("n_samples", n_samples)
         check_positive("noise_level", noise_level)
-        check_positive_int("chunk", chunk, allow_none=True)
+        check_chunk(chunk)
         reduce_channels(torch.zeros(1, 1, 1, 1), reduce)
         self.n_samples, self.noise_level, self.abs, self.seed = int(n_samples), float(noise_level), abs, seed
         self.chunk, self.reduce = chunk, reduce
 
     def _attribute(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         tunnel = NoiseTunnel(Saliency(self.model))
-        per_call = self.n_samples if self.chunk is None else min(self.chunk, self.n_samples)
+        per_call = items_per_call(self.n_samples, 1, resolve_chunk(self.chunk, self.model, x[:1], backward=True))
         out = []
         with frozen(self.model):
             for i in range(x.shape[0]):

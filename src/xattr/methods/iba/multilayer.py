@@ -66,6 +66,12 @@ class MultiLayerIBA(IBABase):
     name = "multilayer_iba"
     paper = "Khakzar et al., MICCAI 2021 (dissertation ch. 8, eq. 5)"
 
+    memory_knob = "chunk"
+
+    def forwards_per_image(self, shape: tuple[int, ...]) -> float:
+        """Cost rule: one Per-Sample IBA per layer, the sum of their costs."""
+        return float(sum(m.forwards_per_image(shape) for m in self.methods))
+
     def __init__(self, model: nn.Module, layers: Sequence[str], threshold: float = 0.5,
                  threshold_mode: str = "relative", combine: str = "binary", inverse: bool = False,
                  n_samples: int = 10_000, min_std: float = 0.01, active_threshold: float = 0.01,

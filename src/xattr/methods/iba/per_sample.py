@@ -23,7 +23,8 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
-from xattr.core.checks import check_positive_int
+from xattr.core.checks import bad, check_positive, check_positive_int
+from xattr.core.chunk import check_chunk, items_per_call, resolve_chunk
 from xattr.core.hooks import frozen
 from xattr.core.layers import resolve
 from xattr.core.seeding import image_generators
@@ -73,7 +74,9 @@ class IBABase(Attribution):
         #: resolved once (a bad name fails here, with the valid choices)
         self.resolved = {name: resolve(model, name) for name in layers}
         self.layers = list(layers)
-        self.n_samples = int(n_samples)
+        self.n_samples = check_positive_int("n_samples", n_samples)
+        if isinstance(min_std, bool) or not isinstance(min_std, int | float) or min_std < 0:
+            raise bad("min_std", min_std, "a number >= 0")
         self.min_std = float(min_std)
         self.active_threshold = float(active_threshold)
         self.sigma = sigma
@@ -111,7 +114,8 @@ class PerSampleIBA(IBABase):
         steps, lr, copies, init_alpha: Adam steps, learning rate, noisy copies per image, alpha init.
         sigma: smoothing of ``sigmoid(alpha)`` (eq. 7).
         chunk: forward passes per device call (memory knob): images are optimised in groups of
-            ``max(1, chunk // copies)``; ``None``: the whole batch in one graph; never changes results.
+            ``max(1, chunk // copies)``; ``None``: the whole batch in one graph; ``auto``: sized for the
+            device (:mod:`xattr.core.chunk`); never changes results.
         seed: noise seed (per image, see module docstring); ``None``: global RNG.
         autocast: ``null`` | ``bf16`` | ``fp16``: the tail under autocast (GPU).
         tail: ``auto`` | ``fx`` | ``hook`` (see :mod:`xattr.methods.iba.tail`).
@@ -130,10 +134,21 @@ class PerSampleIBA(IBABase):
     inverse = False
     #: the Table 1 scores are defined (classification targets)
     scores = True
+    memory_knob = "chunk"
+    #: the fx tail's set-up per image: one full forward (the split's recording) and three tail rows (its
+    #: checks with one and two copies); a tail that falls back to the hook skips them (``tail: hook``: none)
+    TAIL_SETUP = 4.0
+
+    def forwards_per_image(self, shape: tuple[int, ...]) -> float:
+        """Cost rule: ``steps`` optimisation steps of ``copies`` noisy copies, each a forward and a backward,
+        plus the tail's set-up: ``3 steps copies + 4``. The steps run only the network after the bottleneck
+        (tail-only forwards), counted here as full ones: the real time is lower by the head's share."""
+        return 3.0 * self.steps * self.copies + (0.0 if self.tail_mode == "hook" else self.TAIL_SETUP)
+
 
     def __init__(
         self, model: nn.Module, layer: str, beta: float = 10.0, steps: int = 10, lr: float = 1.0,
-        copies: int = 10, sigma: float | None = 1.0, init_alpha: float = 5.0, chunk: int | None = None,
+        copies: int = 10, sigma: float | None = 1.0, init_alpha: float = 5.0, chunk: int | str | None = None,
         seed: int | None = 0, autocast: str | None = None, tail: str = "auto", loss: str = "ce",
         optimise_tail: bool = True, **kw,
     ) -> None:
@@ -145,9 +160,12 @@ class PerSampleIBA(IBABase):
         if loss not in MODEL_LOSSES:
             raise unknown("loss", loss, MODEL_LOSSES)
         self.layer = layer
-        self.beta, self.steps, self.lr, self.copies = float(beta), int(steps), float(lr), int(copies)
+        check_positive("beta", beta)
+        check_positive("lr", lr)
+        self.beta, self.lr = float(beta), float(lr)
+        self.steps, self.copies = check_positive_int("steps", steps), check_positive_int("copies", copies)
         self.init_alpha = float(init_alpha)
-        self.chunk = check_positive_int("chunk", chunk, allow_none=True)
+        self.chunk = check_chunk(chunk)
         self.seed = seed
         self.autocast = autocast
         self.tail_mode = tail
@@ -159,14 +177,16 @@ class PerSampleIBA(IBABase):
         clean feature ``tail.r`` and network, for losses that need the clean prediction)."""
         return MODEL_LOSSES[self.loss](target)
 
-    def images_per_group(self, n: int) -> int:
-        """Images optimised in one graph for a batch of ``n`` (``chunk`` forwards per device call)."""
-        return n if self.chunk is None else max(1, self.chunk // self.copies)
+    def images_per_group(self, x: torch.Tensor) -> int:
+        """Images optimised in one graph for the batch ``x`` (``chunk`` forwards per device call, ``copies``
+        rows per image; :func:`xattr.core.chunk.items_per_call`)."""
+        chunk = resolve_chunk(self.chunk, self.model, x[:1], backward=True)
+        return items_per_call(x.shape[0], self.copies, chunk)
 
     def optimize(self, x: torch.Tensor, target: torch.Tensor) -> AlphaResult:
         """Run the per-sample optimisation on ``x`` (in groups, see ``chunk``); returns the concatenated result."""
         bn = self.bottleneck(self.layer)
-        group = self.images_per_group(x.shape[0])
+        group = self.images_per_group(x)
         parts = []
         with frozen(self.model), torch.enable_grad():
             for i in range(0, x.shape[0], group):

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from xattr.core.checks import check_positive_int
+from xattr.core.checks import check_positive, check_positive_int
 from xattr.core.hooks import capture_many, frozen
 from xattr.core.seeding import draw_noise
 from xattr.core.trainer import accelerator_of, make_trainer
@@ -82,13 +82,21 @@ class ReadoutIBA(IBABase):
     paper = "Schulz et al., ICLR 2020 (Readout Bottleneck)"
     requires_grad = False
 
+    def forwards_per_image(self, shape: tuple[int, ...]) -> float:
+        """Cost rule: one forward (the read-out network is trained once, in ``fit``); the Table 1 accuracies,
+        only when asked for (``aux``), add ``copies`` noisy forwards."""
+        return 1.0
+
     def __init__(self, model: nn.Module, layer: str, readout_layers: Sequence[str], beta: float = 10.0,
                  lr: float = 1e-5, epochs: int = 10, train_batch_limit: int | None = None,
                  train_batch_size: int | None = None, copies: int = 10, seed: int = 0, **kw) -> None:
         readout_layers = list(readout_layers)
         super().__init__(model, [layer] + [r for r in readout_layers if r != layer], **kw)
         self.layer, self.readout_layers = layer, readout_layers
-        self.beta, self.lr, self.epochs = float(beta), float(lr), int(epochs)
+        check_positive("beta", beta)
+        check_positive("lr", lr)
+        self.beta, self.lr, self.epochs = float(beta), float(lr), check_positive_int("epochs", epochs)
+        check_positive_int("train_batch_limit", train_batch_limit, allow_none=True)
         self.train_batch_limit, self.seed = train_batch_limit, seed
         self.train_batch_size = check_positive_int("train_batch_size", train_batch_size, allow_none=True)
         self.copies = check_positive_int("copies", copies)

@@ -53,6 +53,10 @@ class RegressionIBA(PerSampleIBA):
     name = "regression_iba"
     paper = "Khakzar et al., MICCAI 2021 (dissertation ch. 8, sec. 2.2)"
 
+    def forwards_per_image(self, shape: tuple[int, ...]) -> float:
+        """Cost rule: :class:`PerSampleIBA`'s, plus ``dv``'s clean prediction (one tail forward)."""
+        return super().forwards_per_image(shape) + (self.regression_loss == "dv")
+
     def __init__(self, model, layer: str, regression_loss: str = "dv", output: int | None = None,
                  inverse: bool = False, **kw) -> None:
         super().__init__(model, layer, **kw)

@@ -41,7 +41,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from xattr.core.checks import check_positive_int
+from xattr.core.checks import bad, check_positive, check_positive_int
+from xattr.core.chunk import check_chunk, items_per_call, resolve_chunk
 from xattr.core.hooks import capture, frozen
 from xattr.core.layers import resolve
 from xattr.core.seeding import image_generators
@@ -71,13 +72,36 @@ class InputIBA(Attribution):
         init_alpha: alpha initialisation (both bottlenecks).
         seed: per-image noise seed; None: the global RNG.
         chunk: forward passes per device call (memory knob): images are processed in groups of
-            ``max(1, chunk // max(copies, feat_copies))``; None: the whole batch. Never changes the result.
+            ``max(1, chunk // max(copies, feat_copies))``; None: the whole batch; ``auto``: sized for the
+            device (:mod:`xattr.core.chunk`). Never changes the result.
         n_samples, model_name, weights, dataset, statistics, tail: passed to the feature IBA (statistics
             and cache; ``statistics``: a statistics file used instead of estimating).
     """
 
     name = "input_iba"
     paper = "Khakzar et al., NeurIPS 2021"
+    memory_knob = "chunk"
+    #: the stages' passes the network's head does not see: the WGAN's generator samples run the network only
+    #: up to the feature layer (counted as full forwards in :meth:`forwards_per_image`, an upper bound)
+    head_free_stages = ("wgan",)
+
+    def forwards_by_stage(self, shape: tuple[int, ...]) -> dict[str, float]:
+        """Forward equivalents per image of each stage: ``feature`` (the feature IBA's), ``wgan`` (per epoch and
+        minibatch of ``gan_batch`` target samples: the critic's fake samples without gradient, and on every
+        ``critic``-th minibatch the generator's, forward and backward) and ``input`` (``steps`` x ``copies``
+        noisy inputs, forward and backward)."""
+        gan = self.gan
+        starts = range(0, gan.n_targets, gan.batch)
+        gen_rows = sum(min(gan.batch, gan.n_targets - s) for i, s in enumerate(starts) if i % gan.critic == 0)
+        return {"feature": self.feature_iba.forwards_per_image(shape),
+                "wgan": float(gan.epochs * (gan.n_targets + 3 * gen_rows)),
+                "input": 3.0 * self.steps * self.copies}
+
+    def forwards_per_image(self, shape: tuple[int, ...]) -> float:
+        """Cost rule: the sum of :meth:`forwards_by_stage` (the WGAN's passes stop at the feature layer, so the
+        real time is lower by the rest of the network's share of them)."""
+        return float(sum(self.forwards_by_stage(shape).values()))
+
 
     def __init__(
         self, model: nn.Module, layer: str = "features.17", *,
@@ -88,19 +112,22 @@ class InputIBA(Attribution):
         clip: float = 0.01, target_mask: str = "capacity",
         beta: float = 20.0, steps: int = 60, lr: float = 1.0, copies: int = 10, sigma: float | None = 1.0,
         input_mean: float = 0.0, input_std: float = 1.0, init_alpha: float = 5.0,
-        seed: int | None = 0, chunk: int | None = None, n_samples: int = 1000,
+        seed: int | None = 0, chunk: int | str | None = None, n_samples: int = 1000,
         model_name: str | None = None, weights: str | None = None, dataset: str | None = None, tail: str = "auto",
         statistics: str | None = None,
     ) -> None:  # fmt: skip
         super().__init__(model)
         if target_mask not in TARGET_MASKS:
             raise unknown("target mask", target_mask, TARGET_MASKS)
-        if min(steps, epochs, copies, n_targets, gan_batch, critic) < 1 or n_targets < n_groups:
-            raise XattrConfigError(
-                f"steps, epochs, copies, n_targets, gan_batch, critic must be >= 1 and n_targets >= n_groups; got "
-                f"steps={steps}, epochs={epochs}, copies={copies}, n_targets={n_targets}, gan_batch={gan_batch}, "
-                f"critic={critic}, n_groups={n_groups}"
-            )
+        for kind, value in (("feat_steps", feat_steps), ("feat_copies", feat_copies), ("epochs", epochs),
+                            ("n_targets", n_targets), ("n_groups", n_groups), ("gan_batch", gan_batch),
+                            ("critic", critic), ("steps", steps), ("copies", copies), ("n_samples", n_samples)):
+            check_positive_int(kind, value)
+        for kind, value in (("feat_beta", feat_beta), ("feat_lr", feat_lr), ("lr_disc", lr_disc), ("lr_mask", lr_mask),
+                            ("lr_mean", lr_mean), ("lr_std", lr_std), ("clip", clip), ("beta", beta), ("lr", lr)):
+            check_positive(kind, value)
+        if n_targets < n_groups:
+            raise bad("n_targets", n_targets, f"an integer >= n_groups ({n_groups})")
         self.layer = layer
         self.module = resolve(model, layer).module
         self.feature_iba = self._make_feature_iba(
@@ -113,7 +140,7 @@ class InputIBA(Attribution):
         self.beta, self.steps, self.lr, self.copies, self.sigma = float(beta), int(steps), float(lr), int(copies), sigma
         self.input_mean, self.input_std, self.init_alpha = input_mean, input_std, float(init_alpha)
         self.seed = seed
-        self.chunk = check_positive_int("chunk", chunk, allow_none=True)
+        self.chunk = check_chunk(chunk)
 
     # ------------------------------------------------------------------------------------- hooks per domain
 
@@ -163,16 +190,17 @@ class InputIBA(Attribution):
     def _gens(self, x: torch.Tensor, stage: int):
         return image_generators(x, None if self.seed is None else self.seed + 1000 * stage)
 
-    def images_per_group(self, n: int) -> int:
-        """Images processed in one graph for a batch of ``n`` (``chunk`` forwards per device call)."""
-        copies = max(self.copies, self.feature_iba.copies)
-        return n if self.chunk is None else max(1, self.chunk // copies)
+    def images_per_group(self, x: torch.Tensor) -> int:
+        """Images processed in one graph for the batch ``x`` (``chunk`` forwards per device call, the larger
+        of ``copies`` and ``feat_copies`` rows per image; :func:`xattr.core.chunk.items_per_call`)."""
+        chunk = resolve_chunk(self.chunk, self.model, x[:1], backward=True)
+        return items_per_call(x.shape[0], max(self.copies, self.feature_iba.copies), chunk)
 
     def _attribute(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return self._explain(x, target, frozenset()).maps
 
     def _explain(self, x: torch.Tensor, target: torch.Tensor, aux: frozenset[str]) -> Explanation:
-        group = self.images_per_group(x.shape[0])
+        group = self.images_per_group(x)
         parts = [self._explain_group(x[i : i + group], target[i : i + group]) for i in range(0, x.shape[0], group)]
         return Explanation.cat(parts)
 

@@ -31,7 +31,7 @@ refuses; they run with cuDNN disabled on CUDA (:func:`xattr.core.rnn.rnn_backwar
 
 The model offers ``embed(x)``, ``forward_embedded(emb, mask)`` and ``pad_index`` (as
 :class:`xattr.models.text.LSTMClassifier`), or names its embedding layer (``embedding=``; any ``nn.Module``
-on token ids, wrapped in :class:`xattr.methods.text.base.EmbeddingAdapter`).
+on token ids, wrapped in :class:`xattr.methods.embedding.EmbeddingAdapter`).
 
 >>> method = InputIBAText(lstm, layer="rnn_4"); method.fit(loader)
 >>> scores = method.attribute(x, target)   # (B, L), 0 on padding
@@ -50,6 +50,7 @@ from xattr.core.hooks import capture
 from xattr.core.rnn import rnn_backward_ok
 from xattr.errors import XattrConfigError, unknown
 from xattr.methods.base import Explanation
+from xattr.methods.embedding import EmbeddingAdapter
 from xattr.methods.iba import Bottleneck, PerSampleIBA
 from xattr.methods.iba import statistics as st
 from xattr.methods.input_iba.input_bottleneck import InputBottleneck
@@ -108,8 +109,8 @@ class TextFeatureIBA(PerSampleIBA):
     def bottleneck(self, layer: str) -> Bottleneck:
         return _MaskedBottleneck(super().bottleneck(layer), self._weight)
 
-    def images_per_group(self, n: int) -> int:
-        return n  # the KL weight is per batch: one group
+    def images_per_group(self, x: torch.Tensor) -> int:
+        return x.shape[0]  # the KL weight is per batch: one group
 
     def optimize(self, x: torch.Tensor, target: torch.Tensor):
         """The per-sample optimisation; the returned ``kl`` / ``first_kl`` are the capacities per token and
@@ -135,10 +136,13 @@ class InputIBAText(InputIBA):
         lr_mask: generator mask learning rate (reference text GAN: 0.03).
         embedding, pad_index: for a model without ``embed`` / ``forward_embedded`` / ``pad_index`` (any
             ``nn.Module`` on token ids): its embedding layer's name; it is then wrapped in
-            :class:`xattr.methods.text.base.EmbeddingAdapter`.
+            :class:`xattr.methods.embedding.EmbeddingAdapter`.
     """
 
     name = "input_iba_text"
+    #: the text form of ``method=input_iba`` on a text model, and ``method=input_iba_text`` itself; the image
+    #: keys it shares are :class:`InputIBA`'s parameters less the ones it declares with text defaults
+    text_form_of = ("input_iba", "input_iba_text")
 
     def __init__(self, model: nn.Module, layer: str = "rnn_4", *, feat_beta: float = 15.0, beta: float = 30.0,
                  steps: int = 30, lr: float = 0.5, sigma: float | None = None, input_prior: str = "standard",
@@ -146,10 +150,6 @@ class InputIBAText(InputIBA):
                  mask_init: str = "nats", redraw_targets: bool = False, lr_mask: float = 0.03,
                  embedding: str | None = None, pad_index: int | None = None, **kw) -> None:
         if embedding is not None and not all(hasattr(model, a) for a in ("embed", "forward_embedded", "pad_index")):
-            from xattr.methods.text.base import (
-                EmbeddingAdapter,  # a user's text model: its embedding layer named
-            )
-
             model = EmbeddingAdapter(model, embedding, pad_index).eval()
         for attr in ("embed", "forward_embedded", "pad_index"):
             if not hasattr(model, attr):

@@ -25,8 +25,9 @@ import torch
 from torch import nn
 
 from xattr.core.checks import check_choice, check_positive_int
+from xattr.core.chunk import items_per_call, resolve_chunk
 from xattr.methods.pathways.neurons import DEFAULT_ACTIVATIONS, Layout, Neurons, target_logit
-from xattr.methods.pathways.pathway import PathwayMethod, rows_per_call
+from xattr.methods.pathways.pathway import PathwayMethod
 from xattr.methods.pathways.selection import select
 
 SCHEDULES = ("linear", "reference")
@@ -65,7 +66,7 @@ def alpha_schedule(n_steps: int, schedule: str = "linear") -> tuple[torch.Tensor
 
 
 def intgrad_scores(neurons: Neurons, x: torch.Tensor, target: torch.Tensor, layout: Layout, n_steps: int = 50,
-                   schedule: str = "linear", chunk: int | None = None) -> list[torch.Tensor]:
+                   schedule: str = "linear", chunk: int | str | None = None) -> list[torch.Tensor]:
     """Signed NeuronIntGrad scores per layer ``(B, *shape)`` (eq. 13): layer by layer, rows (image, step)
     batched, ``chunk`` rows per forward/backward."""
     alphas, weights = alpha_schedule(n_steps, schedule)
@@ -74,7 +75,7 @@ def intgrad_scores(neurons: Neurons, x: torch.Tensor, target: torch.Tensor, layo
     rows_b = torch.arange(b, device=dev).repeat_interleave(s)
     rows_s = torch.arange(s, device=dev).repeat(b)
     alphas, weights = alphas.to(dev), weights.to(dev)
-    step = rows_per_call(chunk, b * s)
+    step = items_per_call(b * s, 1, resolve_chunk(chunk, neurons.model, x[:1], backward=True))
     out = []
     for i, shape in enumerate(layout.shapes):
         acc = torch.zeros(b, *shape, device=dev, dtype=x.dtype)
@@ -106,8 +107,12 @@ class NeuronMCT(PathwayMethod):
 
     name = "neuron_mct"
 
+    def forwards_per_image(self, shape: tuple[int, ...]) -> float:
+        """Cost rule: the marginal contributions (a forward and a backward) plus :attr:`BASE_FORWARDS`."""
+        return 3.0 + self.BASE_FORWARDS
+
     def pathway(self, x: torch.Tensor, target: torch.Tensor, layout: Layout) -> tuple[torch.Tensor, dict]:
-        step = rows_per_call(self.chunk, x.shape[0])
+        step = items_per_call(x.shape[0], 1, self.rows(x))
         scores = torch.cat([layout.flatten(mct_scores(self.neurons, x[i : i + step], target[i : i + step]))
                             for i in range(0, x.shape[0], step)])
         return select(scores.abs(), self.sparsity), {}
@@ -123,10 +128,20 @@ class NeuronIntGrad(PathwayMethod):
     """
 
     name = "neuron_intgrad"
+    #: the layers are counted as modules; a module called several times (a ResNet block's ReLU) is one
+    #: layer per call at run time, so the run may cost up to 3x more (no more than three calls per module)
+    cost_bounds = (1.0, 3.0)
+
+    def forwards_per_image(self, shape: tuple[int, ...]) -> float:
+        """Cost rule: layer by layer, ``n_steps`` scaled points (``reference``: ``n_steps + 1``), each a forward
+        and a backward, plus :attr:`BASE_FORWARDS`: ``3 steps layers + 4``."""
+        steps = self.n_steps + (self.alpha_schedule == "reference")
+        return 3.0 * steps * len(self.neurons.modules) + self.BASE_FORWARDS
+
 
     def __init__(self, model: nn.Module, sparsity: float = 0.7, n_steps: int = 10, alpha_schedule: str = "linear",
                  score: str = "abs", pruned: str = "zero", reduce: str = "signed_max_abs", opening_size: int = 0,
-                 activations: Sequence[str] = DEFAULT_ACTIVATIONS, chunk: int | None = None) -> None:
+                 activations: Sequence[str] = DEFAULT_ACTIVATIONS, chunk: int | str | None = None) -> None:
         super().__init__(model, sparsity, pruned, reduce, opening_size, activations, chunk)
         self.n_steps = check_positive_int("n_steps", n_steps)
         check_choice("alpha_schedule", alpha_schedule, SCHEDULES)

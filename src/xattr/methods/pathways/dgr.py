@@ -35,10 +35,11 @@ import torch
 from torch import nn
 
 from xattr.core.checks import check_choice, check_positive, check_positive_int
+from xattr.core.chunk import items_per_call
 from xattr.core.seeding import image_generators
 from xattr.errors import XattrConfigError
 from xattr.methods.pathways.neurons import DEFAULT_ACTIVATIONS, Layout
-from xattr.methods.pathways.pathway import PathwayMethod, rows_per_call
+from xattr.methods.pathways.pathway import PathwayMethod
 from xattr.methods.pathways.selection import select
 
 INITS = ("one", "uniform")
@@ -52,12 +53,23 @@ class DGR(PathwayMethod):
     """
 
     name = "dgr"
+    @property
+    def cost_bounds(self) -> tuple[float, float]:
+        """One round of ``iterations`` is the cost; an image without a valid pathway retries, up to
+        ``max_retries`` rounds."""
+        return (1.0, float(self.max_retries))
+
+    def forwards_per_image(self, shape: tuple[int, ...]) -> float:
+        """Cost rule: the clean forward, one round of ``iterations`` gated forwards and backwards, plus
+        :attr:`BASE_FORWARDS`: ``3 iterations + 5`` (retries: see :attr:`cost_bounds`)."""
+        return 1.0 + 3.0 * self.iterations + self.BASE_FORWARDS
+
 
     def __init__(self, model: nn.Module, sparsity: float = 0.7, init: str = "one", gamma: float = 0.01,
                  lr: float = 0.01, momentum: float = 0.9, iterations: int = 1000, clamp: float = 100.0,
                  max_retries: int = 100, seed: int = 0, pruned: str = "zero", reduce: str = "signed_max_abs",
                  opening_size: int = 0, activations: Sequence[str] = DEFAULT_ACTIVATIONS,
-                 chunk: int | None = None) -> None:
+                 chunk: int | str | None = None) -> None:
         super().__init__(model, sparsity, pruned, reduce, opening_size, activations, chunk)
         check_choice("init", init, INITS)
         if isinstance(gamma, bool) or not isinstance(gamma, int | float) or gamma < 0:
@@ -129,7 +141,7 @@ class DGR(PathwayMethod):
         return best, {"found": found, "rounds": rounds, "gamma": gamma, "dgr_loss": best_loss}
 
     def pathway(self, x: torch.Tensor, target: torch.Tensor, layout: Layout) -> tuple[torch.Tensor, dict]:
-        step = rows_per_call(self.chunk, x.shape[0])  # images per optimisation graph (memory only)
+        step = items_per_call(x.shape[0], 1, self.rows(x))  # images per optimisation graph (memory only)
         parts = [self.optimise(x[i : i + step], layout) for i in range(0, x.shape[0], step)]
         lam = torch.cat([p[0] for p in parts])
         info = {k: torch.cat([p[1][k] for p in parts]) for k in parts[0][1]}

@@ -31,9 +31,10 @@ import torch
 from torch import nn
 
 from xattr.core.checks import check_choice, check_positive, check_positive_int
+from xattr.core.chunk import items_per_call
 from xattr.methods.pathways.contributions import mct_scores
 from xattr.methods.pathways.neurons import DEFAULT_ACTIVATIONS, Layout
-from xattr.methods.pathways.pathway import PathwayMethod, rows_per_call
+from xattr.methods.pathways.pathway import PathwayMethod
 from xattr.methods.pathways.selection import percentile
 
 VARIANTS = ("paper", "reference")
@@ -55,11 +56,24 @@ class GreedyPruning(PathwayMethod):
     """
 
     name = "greedy_pruning"
+    #: ``paper``: the stated cost is the most pruning rounds ``ceil(sparsity / prune_step)``; the loop stops
+    #: early once only ``k`` neurons with a positive score are left (neurons scoring 0 drop out at once)
+    cost_bounds = (0.25, 1.0)
+
+    def forwards_per_image(self, shape: tuple[int, ...]) -> float:
+        """Cost rule: scoring rounds (a forward and a backward each) plus :attr:`BASE_FORWARDS`; ``paper``:
+        ``1 + min(max_iterations, ceil(sparsity / prune_step))`` rounds; ``reference``: ``1 + iterations``."""
+        if self.variant == "reference":
+            rounds = 1 + self.iterations
+        else:
+            rounds = 1 + min(self.max_iterations, math.ceil(self.sparsity / self.prune_step - 1e-9))
+        return 3.0 * rounds + self.BASE_FORWARDS
+
 
     def __init__(self, model: nn.Module, sparsity: float = 0.7, variant: str = "paper", prune_step: float = 0.01,
                  max_iterations: int = 1000, iterations: int = 99, percentile_step: float = 0.01,
                  pruned: str = "zero", reduce: str = "signed_max_abs", opening_size: int = 0,
-                 activations: Sequence[str] = DEFAULT_ACTIVATIONS, chunk: int | None = None) -> None:
+                 activations: Sequence[str] = DEFAULT_ACTIVATIONS, chunk: int | str | None = None) -> None:
         super().__init__(model, sparsity, pruned, reduce, opening_size, activations, chunk)
         check_choice("variant", variant, VARIANTS)
         check_positive("prune_step", prune_step)
@@ -70,7 +84,7 @@ class GreedyPruning(PathwayMethod):
 
     def scores(self, x: torch.Tensor, target: torch.Tensor, layout: Layout, mask: torch.Tensor) -> torch.Tensor:
         """``|a * dPhi/da|`` ``(B, N)`` in the network pruned by ``mask`` (pruned neurons score 0)."""
-        step = rows_per_call(self.chunk, x.shape[0])
+        step = items_per_call(x.shape[0], 1, self.rows(x))
         return torch.cat([
             layout.flatten(mct_scores(self.neurons, x[i : i + step], target[i : i + step],
                                       layout.split(mask[i : i + step]))).abs()

@@ -42,7 +42,7 @@ class InputIntGrad(IntegratedGradients):
     paper = "Khakzar et al., CVPR 2021 (dissertation ch. 5): InputIntGrad = Sundararajan et al. 2017"
 
     def __init__(self, model: nn.Module, baseline: str | float = "zero", n_steps: int = 50,
-                 method: str = "riemann_right", chunk: int | None = None, reduce: str = "signed_max_abs",
+                 method: str = "riemann_right", chunk: int | str | None = None, reduce: str = "signed_max_abs",
                  opening_size: int = 0) -> None:
         super().__init__(model, baseline=baseline, n_steps=n_steps, method=method, chunk=chunk, reduce="sum")
         self.reduce = check_reduce(reduce)

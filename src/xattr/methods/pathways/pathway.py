@@ -28,7 +28,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from xattr.core.checks import check_choice, check_positive_int
+from xattr.core.checks import check_choice
+from xattr.core.chunk import check_chunk, items_per_call, resolve_chunk
 from xattr.core.hooks import frozen
 from xattr.methods.base import Attribution, Explanation
 from xattr.methods.pathways.maps import check_opening, check_reduce, finish_map
@@ -66,7 +67,7 @@ def pathway_forward(neurons: Neurons, x: torch.Tensor, masks: Sequence[torch.Ten
 def pathway_gradient(neurons: Neurons, x: torch.Tensor, target: torch.Tensor, masks: Sequence[torch.Tensor],
                      pruned: str = "zero", chunk: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``d Phi_hat(x; e) / dx`` ``(B, C, H, W)`` and ``Phi_hat(x; e)`` ``(B,)``, ``chunk`` images per call."""
-    step = x.shape[0] if chunk is None else max(1, chunk)
+    step = items_per_call(x.shape[0], 1, chunk)
     grads, phis = [], []
     for i in range(0, x.shape[0], step):
         xi = x[i : i + step].detach().clone().requires_grad_(True)
@@ -87,15 +88,21 @@ class PathwayMethod(Attribution):
         reduce: channel reduction of the input gradient (``signed_max_abs``, the reference's).
         opening_size: ``*`` smoothing: side of the square of the opening of ``|map|`` (0: off).
         activations: the ReLU family counted as neurons (``relu``, ``relu6``, ...).
-        chunk: images (forward rows) per device call; ``null``: all at once. Results do not depend on it.
+        chunk: images (forward rows) per device call; ``null``: all at once; ``auto``: sized for the device
+            (:mod:`xattr.core.chunk`). Results do not depend on it.
     """
 
     requires_grad = True
     paper = "Khakzar et al., CVPR 2021 (dissertation ch. 5)"
+    memory_knob = "chunk"
+    #: forwards of every pathway method besides its selection: the layout probe (one forward per batch,
+    #: counted as one per image: exact for one image, an upper bound otherwise) and the pathway gradient (3)
+    BASE_FORWARDS = 4.0
+
 
     def __init__(self, model: nn.Module, sparsity: float = 0.7, pruned: str = "zero",
                  reduce: str = "signed_max_abs", opening_size: int = 0,
-                 activations: Sequence[str] = DEFAULT_ACTIVATIONS, chunk: int | None = None) -> None:
+                 activations: Sequence[str] = DEFAULT_ACTIVATIONS, chunk: int | str | None = None) -> None:
         super().__init__(model)
         self.sparsity = check_sparsity(sparsity)
         check_choice("pruned", pruned, PRUNED)
@@ -103,18 +110,23 @@ class PathwayMethod(Attribution):
         self.reduce = check_reduce(reduce)
         self.opening_size = check_opening(opening_size)
         self.activations = list(activations)
-        self.chunk = check_positive_int("chunk", chunk, allow_none=True)
+        self.chunk = check_chunk(chunk)
         self.neurons = Neurons(model, self.activations)
 
     @abstractmethod
     def pathway(self, x: torch.Tensor, target: torch.Tensor, layout: Layout) -> tuple[torch.Tensor, dict]:
         """The pathway ``(B, N)`` bool (flat, network-wide) and extra auxiliaries ``{name: (B, ...)}``."""
 
+    def rows(self, x: torch.Tensor) -> int | None:
+        """``chunk`` resolved for ``x`` (``auto`` sized for the device; :mod:`xattr.core.chunk`)."""
+        return resolve_chunk(self.chunk, self.model, x[:1], backward=True)
+
     def _explain(self, x: torch.Tensor, target: torch.Tensor, aux: frozenset[str]) -> Explanation:
         with frozen(self.model):
             layout = self.neurons.layout(x)
             mask, extra = self.pathway(x, target, layout)
-            grads, phi = pathway_gradient(self.neurons, x, target, layout.split(mask), self.pruned, self.chunk)
+            grads, phi = pathway_gradient(self.neurons, x, target, layout.split(mask), self.pruned,
+                                          self.rows(x))
         maps = finish_map(grads, self.reduce, self.opening_size)
         b = x.shape[0]
         out = {
@@ -138,6 +150,4 @@ class PathwayMethod(Attribution):
         return f"{type(self).__name__}(sparsity={self.sparsity}, pruned={self.pruned!r})"
 
 
-def rows_per_call(chunk: int | None, n_rows: int) -> int:
-    return n_rows if chunk is None else max(1, min(chunk, n_rows))
 

@@ -3,10 +3,11 @@
 A run is a text run when the model's config names an embedding layer (``model.layers.embedding``); the
 method config then stays the image one (``method=integrated_gradients``, the same name as for images) and
 :func:`text_form` turns its partial into the text class: the keys the text class shares with the image one
-(``n_steps``, ``chunk``, ``seed``, ``layer``, ...) pass, image-only keys (``reduce``, ``baseline``,
+(``n_steps``, ``chunk``, ``seed``, ``layer``, ...; :func:`shared_keys`) pass, image-only keys (``reduce``, ``baseline``,
 ``segmentation``, ``sigma``, ...) are dropped, and the text-only keys keep their defaults (override with
 ``+method.token_reduce=l2``, ``+method.token_baseline=unk``, ...). A method without a text form fails
-with one line naming it and the methods that have one.
+with one line naming it and the methods that have one. Each text class registers itself in
+:data:`~xattr.methods.base.TEXT_FORMS` under the image names it declares (``text_form_of``).
 
 >>> factory = text_form(build(cfg.method), embedding="embedding")
 >>> scores = factory(model=net).attribute(tokens, target)     # (B, L), 0 on padding
@@ -20,9 +21,9 @@ from collections.abc import Callable
 
 from torch import nn
 
+import xattr.methods.input_iba.text  # noqa: F401 - InputIBAText registers itself (one-way: it needs nothing here)
 from xattr.errors import XattrConfigError
-from xattr.methods.base import Attribution
-from xattr.methods.input_iba.text import InputIBAText
+from xattr.methods.base import TEXT_FORMS, Attribution
 from xattr.methods.text.base import TOKEN_BASELINES, TOKEN_REDUCTIONS, TokenAttribution, reduce_tokens
 from xattr.methods.text.gradients import (
     TextDeepLift,
@@ -34,25 +35,6 @@ from xattr.methods.text.iba import TextIBA
 from xattr.methods.text.lime import TextLIME
 from xattr.methods.text.random import TextRandom
 
-#: image method name -> its text form (the names of ``conf/method``)
-TEXT_FORMS: dict[str, type[Attribution]] = {
-    "gradient": TextGradient,
-    "input_x_gradient": TextInputXGradient,
-    "integrated_gradients": TextIntegratedGradients,
-    "deepshap": TextDeepLift,
-    "lime": TextLIME,
-    "random": TextRandom,
-    "iba": TextIBA,
-    "input_iba": InputIBAText,
-    "input_iba_text": InputIBAText,
-}
-#: image config keys that keep their meaning for the text form (the rest of the image config is dropped)
-_INPUT_IBA_KEYS = ("layer", "feat_beta", "feat_steps", "feat_lr", "feat_copies", "epochs", "n_targets", "n_groups",
-                   "gan_batch", "critic", "lr_disc", "lr_mean", "lr_std", "clip", "target_mask", "copies",
-                   "init_alpha", "seed", "chunk", "n_samples", "statistics", "tail", "model_name", "weights", "dataset")
-TEXT_CLASSES = (TokenAttribution, TextIBA, InputIBAText)
-
-
 PASS_THROUGH = ("saved",)  # methods that attribute nothing themselves (maps of an earlier run)
 
 
@@ -62,9 +44,29 @@ def check_text_method(name: str) -> None:
         raise XattrConfigError(f"method {name!r} has no text form; valid choices: {', '.join(sorted(TEXT_FORMS))}")
 
 
+def _params(cls: type) -> dict[str, inspect.Parameter]:
+    return {p.name: p for p in inspect.signature(cls.__init__).parameters.values()
+            if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL) and p.name not in ("self", "model")}
+
+
 def _accepted(cls: type) -> set[str]:
-    return {p.name for p in inspect.signature(cls.__init__).parameters.values()
-            if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)} - {"self", "model"}
+    return set(_params(cls))
+
+
+def shared_keys(text_cls: type) -> set[str]:
+    """The image config keys that keep their meaning for ``text_cls``: its ``image_keys`` when it lists them;
+    for a text class derived from its image class (``InputIBAText(InputIBA)``), the image class's parameters
+    less the keyword-only ones the text class declares itself (its text defaults: ``beta``, ``steps``, ...);
+    else every keyword its ``__init__`` accepts."""
+    listed = getattr(text_cls, "image_keys", None)
+    if listed is not None:
+        return set(listed)
+    image_cls = next((c for c in text_cls.__mro__[1:] if getattr(c, "name", None) in text_cls.text_form_of
+                      and not c.__dict__.get("text_form_of")), None)
+    if image_cls is None:
+        return _accepted(text_cls)
+    own = {k for k, p in _params(text_cls).items() if p.kind == p.KEYWORD_ONLY}
+    return _accepted(image_cls) - own
 
 
 def text_form(factory: Callable[..., Attribution], embedding: str = "embedding", pad_index: int | None = None,
@@ -78,12 +80,11 @@ def text_form(factory: Callable[..., Attribution], embedding: str = "embedding",
     name = getattr(cls, "name", getattr(cls, "__name__", str(cls)))
     if name in PASS_THROUGH:
         return factory
-    if isinstance(cls, type) and issubclass(cls, TEXT_CLASSES):
-        text_cls, keep = cls, None
+    if isinstance(cls, type) and getattr(cls, "text_form_of", ()):
+        text_cls = cls
     elif name in TEXT_FORMS:
         text_cls = TEXT_FORMS[name]
-        keep = _INPUT_IBA_KEYS if text_cls is InputIBAText else getattr(text_cls, "image_keys", None)
-        keep = set(keep) if keep is not None else _accepted(text_cls)
+        keep = shared_keys(text_cls)
         kw = {k: v for k, v in kw.items() if k in keep}
     else:
         check_text_method(name or "?")
@@ -97,5 +98,5 @@ def text_form(factory: Callable[..., Attribution], embedding: str = "embedding",
 __all__ = [
     "TEXT_FORMS", "TOKEN_BASELINES", "check_text_method", "TOKEN_REDUCTIONS", "TextDeepLift", "TextGradient", "TextIBA",
     "TextInputXGradient", "TextIntegratedGradients", "TextLIME", "TextRandom", "TokenAttribution",
-    "reduce_tokens", "text_form",
+    "reduce_tokens", "shared_keys", "text_form",
 ]

@@ -26,9 +26,9 @@ import torch
 from captum.attr import DeepLift, DeepLiftShap, InputXGradient, IntegratedGradients, Saliency
 from torch import nn
 
-from xattr.core.checks import check_choice, check_positive, check_positive_int
+from xattr.core.checks import check_choice, check_positive_int
+from xattr.core.chunk import check_chunk, items_per_call, resolve_chunk
 from xattr.core.hooks import frozen
-from xattr.methods.baselines._utils import items_per_call
 from xattr.methods.text.base import (
     TOKEN_BASELINES,
     TOKEN_REDUCTIONS,
@@ -45,6 +45,10 @@ class _EmbeddingGradient(TokenAttribution):
 
     captum_cls: type = Saliency
     captum_kwargs: dict = {}
+
+    def forwards_per_image(self, shape: tuple[int, ...]) -> float:
+        """Cost rule: one forward and one backward to the embeddings (3)."""
+        return 3.0
 
     def __init__(self, model: nn.Module, embedding: str, pad_index: int | None, token_reduce: str,
                  unk_index: int) -> None:
@@ -64,6 +68,7 @@ class TextGradient(_EmbeddingGradient):
     """Gradient of the target logit w.r.t. each token's embedding, reduced to one score (``l2``)."""
 
     name = "gradient"
+    text_form_of = ("gradient",)
     paper = "Simonyan et al., ICLR-W 2014 (on the embeddings)"
     captum_cls, captum_kwargs = Saliency, {"abs": False}
 
@@ -76,6 +81,7 @@ class TextInputXGradient(_EmbeddingGradient):
     """Embedding times its gradient, summed over ``D`` (signed)."""
 
     name = "input_x_gradient"
+    text_form_of = ("input_x_gradient",)
     paper = "Shrikumar et al., 2016 (on the embeddings)"
     captum_cls, captum_kwargs = InputXGradient, {}
 
@@ -92,22 +98,30 @@ class TextIntegratedGradients(TokenAttribution):
     """
 
     name = "integrated_gradients"
+    text_form_of = ("integrated_gradients",)
     paper = "Sundararajan et al., ICML 2017 (on the embeddings)"
+    memory_knob = "chunk"
+
+    def forwards_per_image(self, shape: tuple[int, ...]) -> float:
+        """Cost rule: ``n_steps`` path points on the embeddings, each a forward and a backward (``3 n_steps``)."""
+        return 3.0 * self.n_steps
+
 
     def __init__(self, model: nn.Module, embedding: str = "embedding", pad_index: int | None = None,
-                 n_steps: int = 50, method: str = "riemann_right", chunk: int | None = None,
+                 n_steps: int = 50, method: str = "riemann_right", chunk: int | str | None = None,
                  token_baseline: str = "pad", token_reduce: str = "sum", unk_index: int = 1) -> None:
         super().__init__(model, embedding, pad_index, unk_index)
         check_choice("integration method", method, IG_METHODS)
         check_choice("token baseline", token_baseline, TOKEN_BASELINES)
-        check_positive("n_steps", n_steps)
-        self.chunk = check_positive_int("chunk", chunk, allow_none=True)
+        check_positive_int("n_steps", n_steps)
+        self.chunk = check_chunk(chunk)
         check_choice("token reduction", token_reduce, TOKEN_REDUCTIONS)
         self.n_steps, self.method, self.token_baseline, self.token_reduce = int(n_steps), method, token_baseline, token_reduce
 
     def attribute_embeddings(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """The un-reduced ``(B, L, D)`` attribution (for completeness checks)."""
-        step = items_per_call(x.shape[0], 1, self.chunk)
+        chunk = resolve_chunk(self.chunk, self.model, x[:1], backward=True)
+        step = items_per_call(x.shape[0], 1, chunk)
         out = []
         with torch.enable_grad(), frozen(self.model):
             ig = IntegratedGradients(self.forward_embedded)
@@ -116,7 +130,7 @@ class TextIntegratedGradients(TokenAttribution):
                 emb = self.embed(xi).detach()
                 out.append(ig.attribute(emb, baselines=self.baseline_embedding(xi, self.token_baseline).detach(),
                                         target=target[i : i + step], n_steps=self.n_steps, method=self.method,
-                                        internal_batch_size=self.chunk, additional_forward_args=(xi,)).detach())
+                                        internal_batch_size=chunk, additional_forward_args=(xi,)).detach())
         return torch.cat(out)
 
     def _scores(self, x, target, mask):
@@ -130,7 +144,13 @@ class TextDeepLift(TokenAttribution):
     """
 
     name = "deepshap"
+    text_form_of = ("deepshap",)
     paper = "Shrikumar et al., ICML 2017; Lundberg & Lee, NeurIPS 2017 (on the embeddings)"
+    def forwards_per_image(self, shape: tuple[int, ...]) -> float:
+        """Cost rule: the input and each reference (``normal``: ``n_baselines``, else one), forward and
+        backward: ``6 refs``."""
+        return 6.0 * (self.n_baselines if self.token_baseline == "normal" else 1)
+
 
     def __init__(self, model: nn.Module, embedding: str = "embedding", pad_index: int | None = None,
                  baselines: str = "normal", n_baselines: int = 10, seed: int | None = 0,

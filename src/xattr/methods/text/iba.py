@@ -32,6 +32,7 @@ class TextIBA(TextFeatureIBA):
     """
 
     name = "iba"
+    text_form_of = ("iba",)
     paper = "Schulz et al., ICLR 2020 (at an RNN's hidden layer, ch. 6 L900)"
     image_keys = ("layer", "beta", "steps", "lr", "copies", "init_alpha", "min_std", "active_threshold",
                   "n_samples", "statistics", "chunk", "seed", "autocast", "tail", "loss", "model_name",

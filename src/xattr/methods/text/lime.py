@@ -21,6 +21,7 @@ from captum.attr import Lime
 from torch import nn
 
 from xattr.core.checks import check_choice, check_positive, check_positive_int
+from xattr.core.chunk import check_chunk, items_per_call, resolve_chunk
 from xattr.core.hooks import frozen
 from xattr.core.seeding import seeded
 from xattr.methods.text.base import TOKEN_BASELINES, TokenAttribution
@@ -44,25 +45,32 @@ class TextLIME(TokenAttribution):
     """LIME coefficient of each real token; ``(B, L)``, 0 on padding."""
 
     name = "lime"
+    text_form_of = ("lime",)
     paper = "Ribeiro et al., KDD 2016 (text explainer)"
     requires_grad = False
+    memory_knob = "chunk"
+
+    def forwards_per_image(self, shape: tuple[int, ...]) -> float:
+        """Cost rule: ``n_samples`` perturbed forwards per review, no backward."""
+        return float(self.n_samples)
+
 
     def __init__(self, model: nn.Module, embedding: str = "embedding", pad_index: int | None = None,
                  n_samples: int = 1000, token_baseline: str = "unk", token_kernel_width: float = 25.0,
                  surrogate: str = "ridge", lasso_alpha: float = 0.01, seed: int | None = 0,
-                 chunk: int | None = 256, unk_index: int = 1) -> None:
+                 chunk: int | str | None = 256, unk_index: int = 1) -> None:
         super().__init__(model, embedding, pad_index, unk_index)
         check_choice("token baseline", token_baseline, TOKEN_BASELINES)
         check_choice("LIME surrogate", surrogate, SURROGATES)
-        check_positive("n_samples", n_samples)
+        check_positive_int("n_samples", n_samples)
         check_positive("token_kernel_width", token_kernel_width)
-        self.chunk = check_positive_int("chunk", chunk, allow_none=True)
+        self.chunk = check_chunk(chunk)
         self.n_samples, self.token_baseline, self.kernel_width = int(n_samples), token_baseline, float(token_kernel_width)
         self.surrogate, self.lasso_alpha, self.seed = surrogate, float(lasso_alpha), seed
 
     def _scores(self, x, target, mask):
         out = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
-        ppe = self.n_samples if self.chunk is None else min(self.chunk, self.n_samples)
+        ppe = items_per_call(self.n_samples, 1, resolve_chunk(self.chunk, self.model, x[:1]))
         with torch.no_grad(), frozen(self.model):
             for i in range(x.shape[0]):
                 xi = x[i : i + 1, mask[i]]  # the review without its padding

@@ -15,7 +15,12 @@ class TextRandom(TokenAttribution):
     """Uniform random score per real token, ``(B, L)``; ``seed=None`` draws fresh ones."""
 
     name = "random"
+    text_form_of = ("random",)
     requires_grad = False
+
+    def forwards_per_image(self, shape: tuple[int, ...]) -> float:
+        """Cost rule: free (no forward)."""
+        return 0.0
 
     def __init__(self, model: nn.Module, embedding: str = "embedding", pad_index: int | None = None,
                  seed: int | None = 0, unk_index: int = 1) -> None:

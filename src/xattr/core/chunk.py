@@ -1,0 +1,86 @@
+"""The memory knob ``chunk``, one meaning everywhere: forward rows per device call.
+
+``chunk`` is ``int | None | "auto"`` for every method and metric that takes it:
+
+- an integer >= 1: at most that many forward rows (an image, a noisy copy, a path point, a perturbed
+  input) per device call;
+- ``None`` (``null`` in yaml): everything in one call;
+- ``"auto"``: a size chosen for the device (:func:`resolve_chunk`: on CUDA from the free memory, on a CPU
+  from the input size, small batches keeping its caches warm).
+
+Results never depend on it. :func:`check_chunk` validates it (one line naming the bad value and the
+choices), :func:`resolve_chunk` turns ``auto`` into a number before the work, and :func:`items_per_call`
+is the one formula "how many items of ``rows_per_item`` rows each fit in ``chunk`` rows".
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from torch import nn
+
+from xattr.core.checks import bad
+
+CHOICES = "an integer >= 1, null (all at once), auto"
+
+CPU_CHUNK = 64
+"""``chunk: auto`` off CUDA: the most forwards per call. Fewer for large inputs (:data:`CPU_CHUNK_VALUES`):
+on a CPU a large batch runs *slower* per image, its activations falling out of the caches (MobileNet-V2,
+224 px, 1 thread, folded and channels-last: ~45 ms per image at 4-16 rows, 62-79 at 64; plain: 66-91 at
+4-16, 188-208 at 64; CIFAR ResNet-20: 1.6 ms at 16 rows, 3.8 at 256; docs/speed.md)."""
+CPU_CHUNK_VALUES = 2**21
+"""``chunk: auto`` off CUDA: rows x values per input row at most this (8 MB of float32 inputs): 13 rows of
+3 x 224 x 224, :data:`CPU_CHUNK` of 3 x 32 x 32; at least 4 rows."""
+
+
+def check_chunk(chunk: object, kind: str = "chunk") -> int | str | None:
+    """``chunk`` itself when it is an integer >= 1, ``None`` or ``"auto"``; else the one-line config error."""
+    if chunk is None or chunk == "auto":
+        return chunk
+    if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
+        raise bad(kind, chunk, CHOICES)
+    return chunk
+
+
+def autocast(device: torch.device, precision: str = "fp32"):
+    """Autocast to ``bf16`` / ``fp16`` on ``device``, or nothing for ``fp32``."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+
+
+def resolve_chunk(chunk: int | str | None, model: nn.Module, sample: torch.Tensor, precision: str = "fp32",
+                  share: float = 0.6, probe: int = 8, most: int = 8192, backward: bool = False) -> int | None:
+    """``chunk`` itself when it is an int or ``None``; ``auto``: on CUDA, the forward rows per call that fill
+    ``share`` of the free memory, from the peak memory of a ``probe``-row forward of ``sample`` ``(1, ...)``
+    (a multiple of 8, at most ``most``; ``backward``: the probe keeps its graph, as a method that
+    backpropagates does); elsewhere ``CPU_CHUNK_VALUES // sample.numel()`` rows within
+    [4, :data:`CPU_CHUNK`] (small batches keep a CPU's caches warm). Results never depend on it."""
+    check_chunk(chunk)
+    if chunk != "auto":
+        return chunk
+    device = sample.device
+    if device.type != "cuda" or not torch.cuda.is_available():
+        return max(4, min(CPU_CHUNK, CPU_CHUNK_VALUES // max(1, sample[:1].numel())))
+    torch.cuda.synchronize(device)
+    free, _total = torch.cuda.mem_get_info(device)
+    base = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    with torch.set_grad_enabled(backward), autocast(device, precision):
+        out = model(sample[:1].expand(probe, *sample.shape[1:]).contiguous())
+    del out
+    per_row = max(1, (torch.cuda.max_memory_allocated(device) - base) // probe)
+    rows = int(share * free // (2 * per_row))  # x2: the perturbed inputs and their build are alive too
+    return max(8, min(most, rows // 8 * 8))
+
+
+def items_per_call(n_items: int, rows_per_item: int, chunk: int | None) -> int:
+    """How many items (images, windows, jobs) of ``rows_per_item`` forward rows each fit in ``chunk`` rows
+    per device call: between 1 and ``n_items`` (``chunk=None``: all of them). ``chunk`` is resolved
+    (:func:`resolve_chunk`), never ``auto`` here."""
+    if chunk is None:
+        return max(1, n_items)
+    if chunk == "auto":
+        raise ValueError("items_per_call needs a resolved chunk (resolve_chunk), not 'auto'")
+    return max(1, min(n_items, int(chunk) // max(1, rows_per_item)))
