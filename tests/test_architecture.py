@@ -100,15 +100,8 @@ def test_the_import_checker_would_catch_a_backward_arrow(tmp_path):
     assert _imports(mod) == {"engine"}
 
 
+
 # ----------------------------------------------------------------------------- no file cycles
-# Cycles another helper is removing right now; the lead empties this at merge. Nothing else may be added.
-# methods/text/__init__.py <-> methods/input_iba/text.py (the latter imports methods.text.base, which runs
-# methods/text/__init__.py, which imports input_iba.text, whose package __init__ imports it too).
-KNOWN_CYCLES_BEING_FIXED = [
-    {"xattr.methods.text", "xattr.methods.input_iba.text", "xattr.methods.input_iba"},
-]
-
-
 def _module_name(path: Path, root: Path) -> str:
     parts = list(path.relative_to(root.parent).with_suffix("").parts)
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
@@ -204,7 +197,7 @@ def import_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 
 def test_no_module_imports_itself_round_a_cycle():
-    cycles = [c for c in import_cycles(import_graph(SRC)) if set(c) not in KNOWN_CYCLES_BEING_FIXED]
+    cycles = import_cycles(import_graph(SRC))
     assert not cycles, "modules that import each other (break it: shared pieces into a module both import):\n" + \
         "\n".join(" -> ".join(c) for c in cycles)
 

@@ -35,7 +35,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 
 from xattr.config import CONF_DIR, check_values, group_options
-from xattr.core.checks import module_device
+from xattr.core.checks import module_device, naming
 from xattr.core.preprocess import Preprocess
 from xattr.core.store import RunStore
 from xattr.errors import XattrConfigError, missing_file, unknown
@@ -306,7 +306,8 @@ def method(name: str, model: ModelLike, **overrides: Any) -> Attribution:
         from xattr.methods.text import text_form
 
         factory = text_form(factory, zoo.roles["embedding"], cfg.model.get("pad_index"), cfg.model.get("unk_index"))
-    return factory(model=zoo.net)
+    with naming("method."):  # a bad hyper-parameter is named as on the command line (method.beta)
+        return factory(model=zoo.net)
 
 
 def fit(method: Attribution, data: Any, cache_dir: str | Path | None = None, n_samples: int | None = None) -> Attribution:

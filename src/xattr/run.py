@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader
 
 from xattr.cli import Stop, hydra_command, parents_to_outputs
 from xattr.config import build, check_values, validate
+from xattr.core.checks import naming
 from xattr.core.signals import worker_ignores_interrupts
 from xattr.core.store import RunStore
 from xattr.core.threads import apply_threads
@@ -64,7 +65,8 @@ def run(cfg: DictConfig, set_threads: bool = False) -> Path:
         method_factory = text_form(method_factory, cfg.model.layers.embedding, cfg.model.get("pad_index"),
                                    cfg.model.get("unk_index"))
     # build once on CPU now, so a bad layer/hyper-parameter fails before any work
-    probe = method_factory(zoo.net)
+    with naming("method."):  # a bad hyper-parameter is named as on the command line (method.beta)
+        probe = method_factory(zoo.net)
     metrics = {name: build(node) for name, node in (cfg.get("metric") or {}).items()}
     analyses = {name: build(node) for name, node in (cfg.get("analysis") or {}).items()}
     module = AttributionModule(zoo.net, method_factory, metrics, run_dir, target, est_loader,

@@ -6,8 +6,6 @@ import torch
 
 from xattr.errors import XattrConfigError
 
-TARGET_CHOICES = ("label", "top1", "<class index>")
-
 
 def parse_target(spec: str | int, num_classes: int) -> str | int:
     """Validate the ``target`` config before any work: ``label``, ``top1`` or an int in range."""

@@ -41,7 +41,7 @@ scenarios are NaN):
 method is scored on the same samples by the ordinary ``python -m xattr.run ... dataset=axioms
 metric=axioms``. Maps are the method's ``(B, 1, H, W)`` maps (its own channel reduction: the reference's
 Gradient is TorchRay's ``max_c |grad|``, its Captum rows the signed channel mean; see
-``conf/experiment/reference_rows/*_axioms.yaml``).
+``conf/row/*_axioms.yaml``).
 """
 
 from __future__ import annotations
@@ -141,7 +141,6 @@ class AxiomScores(Metric):
         single- and double-feature scenarios, see :attr:`cost_bounds`)."""
         return float(method_cost)
 
-    higher_is_better = {"null": False, "double": False, "single": False, "saturation": True}
     paper = "Khakzar et al., 'Do Explanations Explain? Model Knows Best', CVPR 2022 (dissertation ch. 7)"
 
     def __init__(self, null_metric: str = "ratio", eps: float = 1e-5, scale: str = "auto") -> None:

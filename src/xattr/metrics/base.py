@@ -57,8 +57,6 @@ class Metric(ABC):
     name: ClassVar[str] = "metric"
     #: extras this metric reads (batch keys, ``method``/``method_factory``, auxiliary result names)
     needs: ClassVar[tuple[str, ...]] = ()
-    #: for each score name, whether higher is better (tables sort and label with it)
-    higher_is_better: ClassVar[dict[str, bool]] = {}
     paper: ClassVar[str] = ""
     #: the argument that bounds the rows per device call (``"chunk"``, :mod:`xattr.core.chunk`), or None
     memory_knob: ClassVar[str | None] = None

@@ -26,7 +26,6 @@ KEYS = ("info_per_k", "top1", "top5")
 
 class BottleneckAccuracy(Metric):
     name = "bottleneck_accuracy"
-    higher_is_better = {"top1": True, "top5": True, "info_per_k": False}
     paper = "Schulz et al., ICLR 2020, Table 1"
     needs = tuple(f"bottleneck/{p}{k}" for p in ("", "initial_") for k in KEYS)
     def forwards_per_image(self, shape: tuple[int, ...], method_cost: float) -> float:

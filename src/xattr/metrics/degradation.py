@@ -59,14 +59,6 @@ class Degradation(Metric):
     """
 
     name = "degradation"
-    higher_is_better = {
-        "degradation": True,
-        "morf_auc": False,
-        "lerf_auc": True,
-        "lerf_change_auc": False,
-        "top1_prob": True,
-        "degraded_prob": False,
-    }
     paper = "Schulz et al., ICLR 2020, eq. 8 and Table 2; Khakzar et al., CVPR 2021 (pathways), Table 2"
     memory_knob = "chunk"
 
@@ -165,6 +157,3 @@ class Degradation(Metric):
         return out
 
 
-def scaled_curves(curves: torch.Tensor, t1: float, b: float) -> torch.Tensor:
-    """``s(x) = (p - b) / (t1 - b)`` of eq. 8 applied to MoRF / LeRF probability curves (for plots)."""
-    return (curves - b) / (t1 - b)

@@ -120,7 +120,6 @@ class InsertionDeletion(Metric):
 
     name = "insertion_deletion"
     needs = ("mask",)  # text: the real tokens
-    higher_is_better = {"insertion": True, "deletion": False, "prob": True}
     paper = "Petsiuk et al., BMVC 2018; Khakzar et al., CVPR 2021 (InputIBA), Table 3"
     memory_knob = "chunk"
     #: ``points`` with ``spacing: adaptive``: a refinement with no seat left (a sample whose curve has fewer

@@ -58,7 +58,6 @@ class LeRF(Metric):
     """
 
     name = "lerf"
-    higher_is_better = {"auc": False, "p0": True}
     paper = "Khakzar et al., CVPR 2021 (dissertation ch. 5), Table 2 and Fig. 7a-c"
     memory_knob = "chunk"
 

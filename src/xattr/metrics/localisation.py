@@ -162,7 +162,6 @@ class BoundingBoxRatio(_Localisation):
     """
 
     name = "bbox_ratio"
-    higher_is_better = {"bbox_ratio": True}
     paper = "Schulz et al., ICLR 2020, sec. 4.5 and Table 2"
 
     def __init__(self, max_coverage: float | None = 0.33, ties: str = "stable", seed: int = 0,
@@ -203,7 +202,6 @@ class EffectiveHeatRatio(_Localisation):
     """
 
     name = "ehr"
-    higher_is_better = {"ehr": True, "ehr_reference_uint8": True}
     paper = "Khakzar et al., CVPR 2021 (InputIBA), sec. 4.5 and Table 2"
 
     def __init__(
@@ -275,7 +273,6 @@ class BoxIoU(_Localisation):
     """
 
     name = "iou"
-    higher_is_better = {"iou": True}
     paper = "Khakzar et al., MICCAI 2021 (CheXplain-IBA), Table 1"
 
     def __init__(

@@ -27,7 +27,6 @@ class MaskIoU(_Localisation):
 
     name = "mask_iou"
     needs = ("concept_masks", "method")
-    higher_is_better = {"mask_iou": True}
     paper = "Khakzar et al., MICCAI 2021 (CheXplain-IBA), Tables 1-3, with exact masks"
 
     def __init__(self, threshold: float = 0.5, mode: str = "value", normalise: str = "max",
@@ -60,7 +59,6 @@ class SeverityCorrelation(_Localisation):
 
     name = "severity_pcc"
     needs = ("severity", "method")
-    higher_is_better = {"severity_pcc": True}
     paper = "Khakzar et al., MICCAI 2021 (CheXplain-IBA), sec. 3.2 Correlation Analysis"
 
     def __init__(self, normalise: str = "none", map_kind: str = "auto") -> None:

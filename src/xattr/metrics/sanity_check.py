@@ -109,7 +109,6 @@ class CascadingRandomisation(Metric):
 
     name = "sanity_check"
     needs = ("method", "method_factory")
-    higher_is_better = {"ssim": False, "spearman": False, "spearman_abs": False}
     paper = "Adebayo et al., NeurIPS 2018; Schulz et al., ICLR 2020, Fig. 6; InputIBA Fig. 3; pathways Fig. 6"
     def forwards_per_image(self, shape: tuple[int, ...], method_cost: float) -> float:
         """Cost rule: the method again on the original and on each randomised step: ``(steps + 1) x

@@ -6,7 +6,7 @@ Two protocols (REFERENCE.md, "Evaluations"):
 
 - ``inputiba`` (InputIBA @5f03549e, Fig. 4 of ch. 6): single pixels, ``n = unique(int(logspace(0, 4.5, 45)))``,
   100 masks per n, correlation over the masks *per image*, then averaged over images
-  (curve ``sensitivity_n`` (B, N_n); :func:`mean_curve`);
+  (curve ``sensitivity_n`` (B, N_n), averaged over images by the run's summary);
 - ``iba`` (IBA-paper-code @6bac54a8, Fig. 6): tiles of 8 (or 14) pixels, 16 n log-spaced from 1 tile to 80%
   of the tiles, 100 masks per n, *one* correlation pooled over all (image, mask) pairs per n. For that the
   metric returns the raw pairs per sample as curves ``attr_sum`` and ``output_drop`` ``(B, N_n * M)``
@@ -41,7 +41,7 @@ from xattr.core.checks import check_choice, check_positive_int, module_device
 from xattr.core.chunk import check_chunk, resolve_chunk
 from xattr.errors import XattrConfigError
 from xattr.metrics._perturb import PRECISIONS, chunked_readout, flat_map, pearson, tile_index, tile_sums
-from xattr.metrics.base import Metric, MetricResult, mean_and_sem
+from xattr.metrics.base import Metric, MetricResult
 
 PROTOCOLS = ("inputiba", "iba")
 
@@ -81,7 +81,6 @@ class SensitivityN(Metric):
     """
 
     name = "sensitivity_n"
-    higher_is_better = {"sensitivity_n": True}
     paper = "Ancona et al., ICLR 2018; Schulz et al., ICLR 2020, eq. 16 and Fig. 6; InputIBA Fig. 4"
     memory_knob = "chunk"
 
@@ -231,7 +230,3 @@ class SensitivityN(Metric):
                             x_axis={"sensitivity_n": torch.tensor(fractions, device=device) * 100})
 
 
-def mean_curve(curves: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """InputIBA protocol: per-image correlations ``(N_images, N_n)`` -> mean and s.e. per n."""
-    stats = [mean_and_sem(curves[:, k]) for k in range(curves.shape[1])]
-    return torch.tensor([s[0] for s in stats]), torch.tensor([s[1] for s in stats])

@@ -211,10 +211,6 @@ class PerSampleIBA(IBABase):
                                                **{f"initial_{k}": v for k, v in initial_scores(res, target).items()}})
         return Explanation(to_bits_map(res.kl, tuple(x.shape[-2:]), self.resize), extra)
 
-    def capacity(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """Per-channel capacity ``(B, C, h, w)`` in bits (the reference's ``capacity`` mode)."""
-        return self.optimize(x, target).kl / torch.log(torch.tensor(2.0))
-
     def __repr__(self) -> str:
         return f"{type(self).__name__}(layer={self.layer!r}, beta={self.beta}, steps={self.steps})"
 

@@ -71,12 +71,6 @@ class Layout:
         parts = torch.split(flat, self.sizes, dim=1)
         return [p.reshape(flat.shape[0], *s) for p, s in zip(parts, self.shapes)]
 
-    def layer_index(self, device: torch.device | None = None) -> torch.Tensor:
-        """``(N,)`` the layer of every neuron of the flat vector."""
-        return torch.repeat_interleave(torch.arange(len(self.sizes), device=device),
-                                       torch.tensor(self.sizes, device=device))
-
-
 def activation_types(activations: Sequence[str]) -> tuple[type[nn.Module], ...]:
     for a in activations:
         if a not in ACTIVATIONS:
