@@ -152,8 +152,6 @@ NAMES = {"heatmaps", "per_image", "curves", "aux", "analyses", "config.yaml", "p
 # does (take it off the list) and when any other file does
 ALLOWED = {
     "api.py": "not a file: evaluate()'s DataFrame attribute attrs['curves'] (the per-image curves in memory)",
-    "methods/saved.py": "owned by another helper: checks heatmaps/ exists (RunStore.has_finished_work)",
-    "methods/semantic.py": "owned by another helper: a dissection run's analyses/<csv> (RunStore.analysis_result)",
 }
 
 

@@ -32,8 +32,9 @@ class SavedMaps(Attribution):
     def __init__(self, model: nn.Module, run_dir: str | Path) -> None:
         super().__init__(model)
         self.run_dir = Path(run_dir)
-        if not (self.run_dir / "heatmaps").is_dir():
-            raise missing_file("heatmaps of an earlier run", self.run_dir / "heatmaps",
+        store = RunStore(self.run_dir)
+        if not store.has_finished_work():
+            raise missing_file("heatmaps of an earlier run", store.heatmaps_dir,
                                "method.run_dir must be a run folder written by python -m xattr.run")
         self._maps: dict[str, np.ndarray] | None = None
         self._aux: dict[str, dict[str, np.ndarray]] | None = None

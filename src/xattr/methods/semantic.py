@@ -35,6 +35,7 @@ from xattr.core.checks import check_choice, check_positive_int
 from xattr.core.chunk import check_chunk, items_per_call, resolve_chunk
 from xattr.core.hooks import capture, hooked
 from xattr.core.layers import resolve
+from xattr.core.store import RunStore
 from xattr.errors import XattrConfigError, missing_file
 from xattr.methods.base import Attribution, Explanation, upsample
 from xattr.methods.pathways.contributions import SCHEDULES, alpha_schedule
@@ -79,12 +80,13 @@ def read_dissection(path: str | Path) -> tuple[dict[int, tuple[int, float, bool]
     """A dissection result (``analyses/dissection.csv`` or its run folder): ``unit -> (concept index,
     IoU, detector)`` and ``concept index -> name``."""
     p = Path(path)
-    if p.is_dir():
-        p = p / "analyses" / CSV if (p / "analyses" / CSV).is_file() else p / CSV
-    if not p.is_file():
-        raise missing_file("network dissection result", p, "run analysis=[dissection] on this model and layer "
-                           "first, e.g. python -m xattr.run experiment=dissection_f2")
-    df = pd.read_csv(p)
+    df = RunStore(p).analysis_result(Path(CSV).stem) if p.is_dir() else None  # a run folder
+    if df is None:  # the CSV itself, or a folder holding it
+        p = p / CSV if p.is_dir() else p
+        if not p.is_file():
+            raise missing_file("network dissection result", p, "run analysis=[dissection] on this model and layer "
+                               "first, e.g. python -m xattr.run experiment=dissection_f2")
+        df = pd.read_csv(p)
     need = {"unit", "concept", "concept_index", "iou", "detector"}
     if not need <= set(df.columns):
         raise XattrConfigError(f"bad dissection file {p}: columns {sorted(df.columns)}; valid choices: a file "
