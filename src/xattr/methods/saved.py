@@ -33,7 +33,7 @@ class SavedMaps(Attribution):
         super().__init__(model)
         self.run_dir = Path(run_dir)
         store = RunStore(self.run_dir)
-        if not store.has_finished_work():
+        if not store.heatmaps_dir.is_dir():
             raise missing_file("heatmaps of an earlier run", store.heatmaps_dir,
                                "method.run_dir must be a run folder written by python -m xattr.run")
         self._maps: dict[str, np.ndarray] | None = None
