@@ -35,7 +35,7 @@ def lite0():
 def saved_run(tmp_path_factory):
     from xattr.run import run
 
-    return run(compose_cfg(FAST + ["model=efficientnet_lite0", "model.weights=random", "method=random",
+    return run(compose_cfg(FAST + ["model=custom", "method=random",
                                    "dataset.limit=2", "metric=[insertion_deletion]",
                                    "metric.insertion_deletion.points=4"],
                            output_dir=tmp_path_factory.mktemp("api") / "run"))
@@ -211,7 +211,7 @@ def test_open_run_reads_the_run_as_the_store_does(saved_run):
 
     run = xattr.open_run(saved_run)
     store = RunStore(saved_run)
-    assert run.method_name == "random" and run.config.model.name == "efficientnet_lite0"
+    assert run.method_name == "random" and run.config.model.name == "custom"
     assert set(run.maps) == set(store.heatmaps()) == set(run.per_image["id"]) and len(run.maps) == 2
     assert "insertion_deletion/insertion" in run.per_image and set(run.summary["score"]) >= {"insertion_deletion/insertion"}
     assert run.curves["insertion_deletion/insertion"].shape[0] == 2

@@ -352,7 +352,7 @@ def test_summary_of_a_run_is_each_metrics_own(tmp_path):
     from xattr.tables.build import summarise_run
 
     run_dir = run(compose_cfg(FAST + ["method=random", "dataset.limit=2", "metric=[degradation]",
-                                      "metric.degradation.tile=56"], output_dir=tmp_path / "run"))
+                                      "metric.degradation.tile=56", "metric.degradation.n_points=17"], output_dir=tmp_path / "run"))
     summary = pd.read_csv(run_dir / "summary.csv").set_index("score")
     df = pd.read_parquet(run_dir / "per_image.parquet")
     t1, b = df["degradation/top1_prob"].mean(), df["degradation/degraded_prob"].mean()
