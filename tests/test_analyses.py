@@ -51,7 +51,7 @@ def test_other_n_values_are_refused():
         an.add(*_pairs(1, n_values=(1, 2, 3)))
 
 
-FAST = ["model=efficientnet_lite0", "dataset=samples", "target=top1", "batch_size=2", "trainer=cpu", "logger=none",
+FAST = ["model=custom", "dataset=samples", "target=top1", "batch_size=2", "trainer=cpu", "logger=none",
         "trainer.enable_progress_bar=false", "method=random", "metric=[sensitivity_n]",
         "metric.sensitivity_n.protocol=iba", "metric.sensitivity_n.tile=56", "metric.sensitivity_n.n_masks=4",
         "metric.sensitivity_n.n=[1,4,8]", "analysis=[pooled_sensitivity_n]", "dataset.limit=5"]
