@@ -2,9 +2,12 @@
 group) stop every one of them with one line on stderr, exit 130, no process left, finished work kept; a bad
 value is one line, exit 2, and no output folder is left; a folder that cannot be written is one line.
 
-The fast tests call each entry point's ``main(argv)`` in this process (the same code a subprocess runs, minus
-the interpreter start); the ``slow`` ones start each entry point as a subprocess in its own process group and
-send SIGTERM to the group once it has started work."""
+Most tests call each entry point's ``main(argv)`` in this process (the same code a subprocess runs, minus the
+interpreter start). As subprocesses in their own process group, SIGTERM to the group once work has started:
+train and generate here, run in tests/test_first_hour.py (make test), run and demo again marked ``slow``
+(make test-slow; demo's run is the longest); table finishes too fast to signal from outside, so it gets a
+real SIGTERM in this process. A bad value as a subprocess: train, generate, table here, run in
+test_first_hour.py, demo ``slow``."""
 
 from __future__ import annotations
 
@@ -300,7 +303,6 @@ def test_sigterm_to_the_group_stops_run(tmp_path):
     assert kept >= 2 and line == f"interrupted: {kept} finished batches kept in {run_dir}; the same command resumes"
 
 
-@pytest.mark.slow
 def test_sigterm_to_the_group_stops_train(tmp_path):
     run_dir = tmp_path / "train"
     last = run_dir / "checkpoints" / "last.ckpt"
@@ -312,7 +314,6 @@ def test_sigterm_to_the_group_stops_train(tmp_path):
     assert last.is_file()
 
 
-@pytest.mark.slow
 def test_sigterm_to_the_group_stops_generate(tmp_path):
     out = tmp_path / "axioms"
     done = out / "custom" / "null" / "samples" / "000000.pt"  # a finished sample (the store checks its file)
@@ -336,11 +337,10 @@ def test_sigterm_to_the_group_stops_demo(tmp_path):
     assert RunStore(out / "gradient").done_keys()
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("name,argv,named", [
     ("train", [*TRAIN, "monitor=val_accc"], "unknown monitor 'val_accc'"),
     ("generate", [*GENERATE, "axioms.n=0", "axioms.out=outputs/axioms"], "bad axioms.n 0"),
-    ("demo", ["dataset.limit=0", "demo.out_dir=outputs/demo"], "bad dataset.limit 0"),
+    pytest.param("demo", ["dataset.limit=0", "demo.out_dir=outputs/demo"], "bad dataset.limit 0", marks=pytest.mark.slow),
     ("table", ["iba_t9"], "unknown table 'iba_t9'"),
 ])
 def test_a_bad_value_in_a_subprocess_exits_2(tmp_path, name, argv, named):

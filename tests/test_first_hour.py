@@ -29,12 +29,9 @@ def _cli(args, cwd, env=None, timeout=300):
 
 
 @pytest.mark.parametrize("override,named", [
-    ("dataset.limit=-1", "dataset.limit -1"),
     ("dataset.limit=0", "dataset.limit 0"),
-    ("method=iba method.beta=-1", "method.beta -1"),
     ("method=iba method.beta=abc", "method.beta 'abc'"),
     ("method=iba method.steps=0", "method.steps 0"),
-    ("method=integrated_gradients method.n_steps=2.5", "method.n_steps 2.5"),
     ("trainer=ddp", "trainer.accelerator 'gpu'"),
     ("threads=0", "threads 0"),
 ])
