@@ -102,6 +102,11 @@ def test_layer_roles_reach_the_methods_and_overrides_win(lite0):
     assert (hp["beta"], hp["layer"], hp["steps"]) == (1, "block_2", 10)
     roles = xattr.load_model("efficientnet_lite0", weights="random", layers={"cam": "block_10"})
     assert xattr.method("grad_cam", roles).hparams["layer"] == "block_10"
+    # aliases name layers of a zoo model too (they were silently dropped before)
+    named = xattr.load_model("efficientnet_lite0", weights="random", aliases={"stem": "_conv_stem"})
+    assert xattr.method("grad_cam", named, layer="stem").layer_path == "_conv_stem"
+    with pytest.raises(ValueError, match=r"unknown module path for model\.aliases\.stem '_stem'; valid choices: "):
+        xattr.load_model("efficientnet_lite0", weights="random", aliases={"stem": "_stem"})
     assert xattr.method("grad_cam", xattr.load_model("resnet18", weights="random")).hparams["layer"] == "conv5_x"
     # a torchvision ResNet outside the zoo: the roles of conf/model/torchvision.yaml; another arch has none
     r34 = xattr.load_model("resnet34", weights="random")

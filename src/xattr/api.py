@@ -41,7 +41,7 @@ from xattr.core.store import RunStore
 from xattr.errors import XattrConfigError, missing_file, unknown
 from xattr.methods.base import Attribution, Explanation
 from xattr.metrics.base import Metric, MetricResult
-from xattr.models.zoo import ZOO, ZooModel
+from xattr.models.zoo import ZOO, ZooModel, check_layer_names, model_kind
 
 ModelLike = ZooModel | nn.Module
 ArrayLike = torch.Tensor | np.ndarray | Sequence
@@ -103,21 +103,21 @@ def load_model(model: str | nn.Module, weights: str | Path | None = None, device
     if not isinstance(model, str):
         raise XattrConfigError(f"bad model {type(model).__name__}; valid choices: a zoo name ({', '.join(list_models())}), "
                                "a torchvision architecture name, or an nn.Module")
-    option, spec = _model_option(model)
-    node = dict(spec or {})
-    if aliases:
-        node["aliases"] = {**node.get("aliases", {}), **dict(aliases)}
+    option = _model_option(model)
     if preprocess is not None or num_classes is not None or labels is not None:
-        if node.get("kind") is None:
-            raise XattrConfigError(f"preprocess/num_classes/labels describe your own module; {model!r} is a zoo "
-                                   "model with its own")
-        node.update({k: v for k, v in (("preprocess", _preprocess_node(preprocess)), ("num_classes", num_classes),
-                                       ("labels", list(labels) if labels is not None else None)) if v is not None})
-    if weights is None and option in group_options("model"):
-        weights = _compose([f"model={option}"]).model.get("weights")
-    w = str(weights if weights is not None else "imagenet")
-    zoo = zoo_load(model, weights=w, device=device, spec=node if node.get("kind") else None)
-    zoo.roles = {**_model_roles(option, model), **dict(layers or {})}
+        raise XattrConfigError(f"preprocess/num_classes/labels describe your own module; {model!r} is a zoo "
+                               "model with its own")
+    node = _compose([f"model={option}"]).model if option in group_options("model") else None
+    if weights is None and node is not None:
+        weights = node.get("weights")
+    zoo = zoo_load(model, weights=str(weights if weights is not None else "imagenet"), device=device)
+    if aliases:
+        zoo.net.xattr_layers = {**zoo.net.xattr_layers, **dict(aliases)}
+        check_layer_names(zoo.net)
+    roles = OmegaConf.to_container(node.layers, resolve=True) if node is not None and node.get("layers") else {}
+    if option == "torchvision" and not model.startswith(("resnet", "resnext", "wide_resnet")):
+        roles = {}  # conf/model/torchvision.yaml's roles fit the ResNets only
+    zoo.roles = {**roles, **dict(layers or {})}
     return zoo
 
 
@@ -142,31 +142,18 @@ def _preprocess_node(pre: Preprocess | Mapping[str, Any] | None) -> dict | None:
     return dict(pre)
 
 
-def _model_option(model: str) -> tuple[str, dict | None]:
-    """The ``conf/model`` option describing ``model`` and its node when it is not a plain zoo entry."""
+def _model_option(model: str) -> str:
+    """The ``conf/model`` option describing ``model``: its own, ``torchvision`` for an architecture name, or
+    the name itself for a zoo entry without one."""
     if model in group_options("model") and model not in ("torchvision", "custom"):
-        raw = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "model" / f"{model}.yaml"), resolve=False)
-        return model, (raw if raw.get("kind") else None)
-    if model in ZOO:
-        return model, None
-    from xattr.models.custom import torchvision_archs
-
-    if model in torchvision_archs():
-        return "torchvision", None
+        return model
+    try:
+        kind = model_kind(model)
+    except XattrConfigError:
+        kind = None
+    if kind in ("zoo", "torchvision"):
+        return model if kind == "zoo" else "torchvision"
     raise unknown("model", model, list_models() + ["<a torchvision architecture>", "<an nn.Module>"])
-
-
-def _model_roles(option: str, name: str) -> dict[str, Any]:
-    """``layers`` of ``conf/model/<option>.yaml`` (a torchvision arch: the ResNet roles of torchvision.yaml,
-    only for ResNets)."""
-    path = CONF_DIR / "model" / f"{option}.yaml"
-    if not path.is_file():
-        return {}
-    raw = OmegaConf.load(path)
-    roles = OmegaConf.to_container(raw.get("layers") or {}, resolve=False)
-    if option == "torchvision" and not name.startswith(("resnet", "resnext", "wide_resnet")):
-        return {}
-    return dict(roles)
 
 
 def _zoo(model: ModelLike) -> ZooModel:
@@ -196,7 +183,7 @@ def _config_for(zoo: ZooModel, group: str, option: str) -> DictConfig:
     """The composed config of ``python -m xattr.run <group>=<option> model=<zoo's option>``, with the model
     node describing ``zoo`` (its name, weights and roles)."""
     model_option = zoo.name if zoo.name in group_options("model") else (
-        "torchvision" if zoo.weights != "own" and _is_torchvision(zoo.name) else "custom")
+        "torchvision" if zoo.weights != "own" and model_kind(zoo.name) == "torchvision" else "custom")
     value = f"[{option}]" if group in ("metric", "analysis") else option
     overrides = [f"{group}={value}", f"model={model_option}"]
     if group != "metric":
@@ -211,12 +198,6 @@ def _config_for(zoo: ZooModel, group: str, option: str) -> DictConfig:
             cfg.model.layers = OmegaConf.merge(cfg.model.layers, OmegaConf.create(zoo.roles))
         cfg.model.weights = zoo.weights
     return cfg
-
-
-def _is_torchvision(name: str) -> bool:
-    from xattr.models.custom import torchvision_archs
-
-    return name in torchvision_archs()
 
 
 def _resolved(node: DictConfig, kind: str, option: str, given: Mapping[str, Any], net: nn.Module) -> dict[str, Any]:
@@ -333,7 +314,7 @@ def fit(method: Attribution, data: Any, cache_dir: str | Path | None = None, n_s
         return method
     if not method.needs_fit:
         return method
-    method.fit(_as_batches(data, module_device(method.model)), None if cache_dir is None else Path(cache_dir))
+    method.fit(_Batches(data, module_device(method.model)), None if cache_dir is None else Path(cache_dir))
     return method
 
 
@@ -362,10 +343,6 @@ class _Batches:
         if torch.is_tensor(self.data) or isinstance(self.data, np.ndarray):
             return -(-len(self.data) // 16)
         return len(self.data)
-
-
-def _as_batches(data: Any, device: torch.device) -> _Batches:
-    return _Batches(data, device)
 
 
 def explain(model: ModelLike, x: ArrayLike, target: ArrayLike | int | str = "top1", method: str | Attribution = "gradient",

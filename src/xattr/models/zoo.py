@@ -37,7 +37,7 @@ from xattr.core.labels import (
     imagenet_labels,
 )
 from xattr.core.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess
-from xattr.errors import XattrConfigError, missing_file, unknown
+from xattr.errors import missing_file, unknown
 from xattr.models import custom
 from xattr.models.cifar_resnet import cifar_resnet
 from xattr.models.cifar_resnet8 import CIFAR10_PRE, RESNET8_LAYERS, build_resnet8
@@ -329,10 +329,7 @@ def load_model(
     net.xattr_layers = {**getattr(net, "xattr_layers", {}), **layers}
     net.num_classes = num_classes
     if kind != "zoo":
-        bad = {k: v for k, v in net.xattr_layers.items() if v not in dict(net.named_modules())}
-        if bad:
-            k, v = next(iter(bad.items()))
-            raise unknown(f"module path for model.aliases.{k}", v, [p for p, _ in net.named_modules() if p][:40])
+        check_layer_names(net)
     net.eval().requires_grad_(False)
     return ZooModel(name, net.to(device), pre, labels, weights)
 
@@ -349,8 +346,10 @@ def _plain(spec: Mapping[str, Any] | None) -> dict[str, Any] | None:
 
 
 def check_layer_names(net: nn.Module) -> None:
-    """Every paper name must point at an existing module (used by the tests for every zoo model)."""
+    """Every paper name (``net.xattr_layers``: zoo tables, ``model.aliases``, ``xattr.load_model(aliases=)``)
+    must point at an existing module; else one error naming the first that does not and the module paths."""
     names = dict(net.named_modules())
     bad = {k: v for k, v in net.xattr_layers.items() if v not in names}
     if bad:
-        raise XattrConfigError(f"layer aliases point nowhere: {bad}")
+        k, v = next(iter(bad.items()))
+        raise unknown(f"module path for model.aliases.{k}", v, [p for p in names if p][:40])
