@@ -140,12 +140,12 @@ def test_cost_model_counts_forwards_and_a_long_cpu_run_says_its_duration(tmp_pat
 
     net = TinyCNN().eval()
     iba = PerSampleIBA(net, "conv2", steps=10, copies=10)
-    assert cost.method_forwards(iba, (3, 16, 16)) == 304  # 3 x steps x copies + the fx tail's set-up (4)
-    assert cost.method_forwards(IntegratedGradients(net, n_steps=50), (3, 16, 16)) == 150
-    assert cost.metric_forwards(InsertionDeletion(per_step=10), (3, 20, 20), 0) == 2 * 40 + 1
+    assert iba.forwards_per_image((3, 16, 16)) == 304  # 3 x steps x copies + the fx tail's set-up (4)
+    assert IntegratedGradients(net, n_steps=50).forwards_per_image((3, 16, 16)) == 150
+    assert InsertionDeletion(per_step=10).forwards_per_image((3, 20, 20), 0) == 2 * 40 + 1
     # ``points``: that many steps per curve (the default config's 100), never more than the curve has
-    assert cost.metric_forwards(InsertionDeletion(per_step=1, points=100), (3, 20, 20), 0) == 2 * 100 + 1
-    assert cost.metric_forwards(InsertionDeletion(per_step=10, points=100), (3, 20, 20), 0) == 2 * 40 + 1
+    assert InsertionDeletion(per_step=1, points=100).forwards_per_image((3, 20, 20), 0) == 2 * 100 + 1
+    assert InsertionDeletion(per_step=10, points=100).forwards_per_image((3, 20, 20), 0) == 2 * 40 + 1
     monkeypatch.setattr(cost, "seconds_per_forward", lambda net, x, batch=4: 0.01)
     sec, what = cost.estimate(iba, {"insertion_deletion": InsertionDeletion(per_step=10)}, net,
                               torch.zeros(1, 3, 20, 20), n_images=100)

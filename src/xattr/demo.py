@@ -24,7 +24,7 @@ from xattr.cli import Stop, checked, command, parents_to_outputs
 from xattr.config import CONF_DIR, build, check_values, validate
 from xattr.core.store import RunStore
 from xattr.core.threads import apply_threads
-from xattr.engine.cost import estimate
+from xattr.engine.cost import estimate, seconds_per_forward
 from xattr.models.zoo import load_model
 from xattr.run import run
 from xattr.viz.heatmaps import comparison_grid
@@ -114,16 +114,17 @@ def _seconds(methods: dict, metrics: dict, net, ds, out: Path) -> float:
     if not len(ds):
         return 0.0
     x = ds[0]["x"][None]
+    per_forward = seconds_per_forward(net, x)  # the same network for every method: measured once
     total = 0.0
     for m, method in methods.items():
         todo = len(ds) - sum(1 for i in RunStore(out / m).done_indices() if i < len(ds))
         if todo > 0:
-            total += estimate(method, metrics, net, x, todo)[0]
+            total += estimate(method, metrics, net, x, todo, per_forward)[0]
     return total
 
 
 def _has_finished_runs(out: Path) -> bool:
-    return (out / "demo.png").is_file() or any(RunStore(d).done_keys() for d in out.iterdir() if d.is_dir())
+    return (out / "demo.png").is_file() or any(RunStore(d).has_finished_work() for d in out.iterdir() if d.is_dir())
 
 
 def main(argv: list[str] | None = None) -> int:

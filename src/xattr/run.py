@@ -197,7 +197,7 @@ def _stop(cfg: DictConfig) -> Stop:
     def kept() -> str:
         return f"{len(RunStore(run_dir).done_keys())} finished batches kept in {run_dir}; the same command resumes"
 
-    return Stop(interrupted=kept, folder=run_dir, has_finished_work=lambda d: bool(RunStore(d).done_keys()),
+    return Stop(interrupted=kept, folder=run_dir, has_finished_work=lambda d: RunStore(d).has_finished_work(),
                 empty_parents=parents_to_outputs(run_dir))  # outputs/runs/<name>/ when this was its only run
 
 

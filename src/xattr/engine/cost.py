@@ -17,17 +17,6 @@ from xattr.methods.base import Attribution
 from xattr.metrics.base import Metric
 
 
-def method_forwards(method: Attribution, shape: tuple[int, ...]) -> float:
-    """Forward equivalents per image of ``method`` for inputs of ``shape`` (C, H, W) or (L,): its own
-    :meth:`~xattr.methods.base.Attribution.forwards_per_image`."""
-    return float(method.forwards_per_image(shape))
-
-
-def metric_forwards(metric: Metric, shape: tuple[int, ...], method_cost: float) -> float:
-    """Forward equivalents per image of ``metric``: its own :meth:`~xattr.metrics.base.Metric.forwards_per_image`."""
-    return float(metric.forwards_per_image(shape, method_cost))
-
-
 @torch.no_grad()
 def seconds_per_forward(net: nn.Module, x: torch.Tensor, batch: int = 4) -> float:
     """Wall seconds of one image's forward within a batch of ``batch`` (median of 3, after a warm-up)."""
@@ -42,13 +31,14 @@ def seconds_per_forward(net: nn.Module, x: torch.Tensor, batch: int = 4) -> floa
 
 
 def estimate(method: Attribution, metrics: dict[str, Metric], net: nn.Module, example: torch.Tensor,
-             n_images: int) -> tuple[float, str]:
-    """(seconds, one-line explanation) for ``n_images`` images like ``example`` ``(1, ...)``."""
+             n_images: int, per_forward: float | None = None) -> tuple[float, str]:
+    """(seconds, one-line explanation) for ``n_images`` images like ``example`` ``(1, ...)``; ``per_forward``:
+    seconds of one forward when already measured (:func:`seconds_per_forward`), else measured here."""
     shape = tuple(example.shape[1:])
-    m = method_forwards(method, shape)
-    costs = {name: metric_forwards(metric, shape, m) for name, metric in metrics.items()}
+    m = float(method.forwards_per_image(shape))
+    costs = {name: float(metric.forwards_per_image(shape, m)) for name, metric in metrics.items()}
     per_image = m + sum(costs.values())
-    sec = n_images * per_image * seconds_per_forward(net, example)
+    sec = n_images * per_image * (seconds_per_forward(net, example) if per_forward is None else per_forward)
     parts = [f"{method.name} ~{m:.0f}"] + [f"{k} ~{v:.0f}" for k, v in costs.items() if v]
     return sec, f"{', '.join(parts)} forwards per image"
 
