@@ -47,3 +47,28 @@ def sigkill_once_written(proc: subprocess.Popen, path: Path, timeout: float = 24
         proc.kill()
         proc.wait()
         proc.stdout.close()
+
+
+TINY_BERT_WORDS = "the a movie film was is great good bad awful plot acting and but not very ! . , i".split()
+
+
+def tiny_bert_folder(folder: Path, seed: int = 0, layers: int = 2) -> Path:
+    """A tiny ``BertForSequenceClassification`` (random weights, a wide initialiser so every token matters)
+    and its word tokenizer (``[PAD] [UNK] [CLS] [SEP] [MASK]`` + 20 words) saved to ``folder``: what
+    ``model=hf model.path=<folder>`` loads."""
+    import torch
+    import transformers
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *TINY_BERT_WORDS]
+    (folder / "vocab.txt").write_text("\n".join(words) + "\n")
+    tok = transformers.BertTokenizer(str(folder / "vocab.txt"), do_lower_case=True)
+    torch.manual_seed(seed)
+    cfg = transformers.BertConfig(vocab_size=len(words), hidden_size=16, num_hidden_layers=layers,
+                                  num_attention_heads=2, intermediate_size=32, max_position_embeddings=64,
+                                  num_labels=2, initializer_range=0.3, id2label={0: "negative", 1: "positive"},
+                                  label2id={"negative": 0, "positive": 1})
+    transformers.BertForSequenceClassification(cfg).save_pretrained(str(folder))
+    tok.save_pretrained(str(folder))
+    return folder

@@ -57,6 +57,7 @@ CHEAP = {
 }
 METHODS = sorted(p.stem for p in (CONF_DIR / "method").glob("*.yaml"))
 TEXT_ONLY = ("input_iba_text",)  # text classes of their own (on the tiny LSTM below)
+TRANSFORMER_ONLY = ("attention_rollout", "chefer")  # need attention maps: on a tiny BERT (model=hf)
 METRICS = sorted(p.stem for p in (CONF_DIR / "metric").glob("*.yaml"))
 TEXT = ("gradient", "input_x_gradient", "integrated_gradients", "deepshap", "lime", "random", "iba", "input_iba")
 
@@ -189,7 +190,7 @@ def overrides(cls: type, name: str, base: type) -> bool:
 
 
 # --------------------------------------------------------------------------------------------- methods
-@pytest.mark.parametrize("name", [n for n in METHODS if n not in TEXT_ONLY])
+@pytest.mark.parametrize("name", [n for n in METHODS if n not in TEXT_ONLY + TRANSFORMER_ONLY])
 def test_every_image_method_states_its_cost_and_the_counter_agrees(name, tmp_path):
     net, x, t = images()
     method = build_method(name, net, x, tmp_path)
@@ -205,6 +206,20 @@ def test_every_image_method_states_its_cost_and_the_counter_agrees(name, tmp_pat
 def test_every_text_form_states_its_cost_and_the_counter_agrees(name, tmp_path):
     net, x, t = tokens()
     method = build_method(name, net, x, tmp_path, text=True)
+    assert overrides(type(method), "forwards_per_image", Attribution), f"{type(method).__name__} states no cost"
+    check(head_cost(method, (L,)), measure_method(method, net, x, t), method.cost_bounds)
+
+
+@pytest.mark.parametrize("name", TRANSFORMER_ONLY)
+def test_every_transformer_method_states_its_cost_and_the_counter_agrees(name, tmp_path):
+    pytest.importorskip("transformers")
+    from xattr.models.hf import load_hf
+
+    from .helpers import tiny_bert_folder
+
+    net = load_hf(tiny_bert_folder(tmp_path / "bert"))
+    x, t = torch.randint(5, 25, (B, L), generator=torch.Generator().manual_seed(3)), torch.tensor([0, 1])[:B]
+    method = build_method(name, net, x, tmp_path)
     assert overrides(type(method), "forwards_per_image", Attribution), f"{type(method).__name__} states no cost"
     check(head_cost(method, (L,)), measure_method(method, net, x, t), method.cost_bounds)
 

@@ -36,6 +36,7 @@ from torch import nn
 
 from xattr.config import CONF_DIR, check_values, group_options
 from xattr.core.checks import module_device, naming
+from xattr.core.hf import is_model_folder
 from xattr.core.preprocess import Preprocess
 from xattr.core.store import RunStore
 from xattr.errors import XattrConfigError, missing_file, unknown
@@ -100,17 +101,24 @@ def load_model(model: str | nn.Module, weights: str | Path | None = None, device
         zoo.weights = "own"
         zoo.roles = dict(layers or {})
         return zoo
+    if isinstance(model, Path) or (isinstance(model, str) and is_model_folder(model)):
+        model, weights = "hf", (str(model) if weights is None else weights)  # a HuggingFace model folder
     if not isinstance(model, str):
         raise XattrConfigError(f"bad model {type(model).__name__}; valid choices: a zoo name ({', '.join(list_models())}), "
-                               "a torchvision architecture name, or an nn.Module")
+                               "a torchvision architecture name, a HuggingFace model folder, or an nn.Module")
     option = _model_option(model)
     if preprocess is not None or num_classes is not None or labels is not None:
         raise XattrConfigError(f"preprocess/num_classes/labels describe your own module; {model!r} is a zoo "
                                "model with its own")
-    node = _compose([f"model={option}"]).model if option in group_options("model") else None
+    if option == "hf" and weights is None:
+        raise XattrConfigError("missing the model folder: xattr.load_model('<folder>') or load_model('hf', "
+                               "weights='<folder>') (a transformers classifier saved with save_pretrained)")
+    hf_path = [f"model.path={weights}"] if option == "hf" else []
+    node = _compose([f"model={option}", *hf_path]).model if option in group_options("model") else None
     if weights is None and node is not None:
         weights = node.get("weights")
-    zoo = zoo_load(model, weights=str(weights if weights is not None else "imagenet"), device=device)
+    spec = node if node is not None and node.get("kind") == "hf" else None
+    zoo = zoo_load(model, weights=str(weights if weights is not None else "imagenet"), device=device, spec=spec)
     if aliases:
         zoo.net.xattr_layers = {**zoo.net.xattr_layers, **dict(aliases)}
         check_layer_names(zoo.net)
@@ -197,6 +205,8 @@ def _config_for(zoo: ZooModel, group: str, option: str) -> DictConfig:
         elif zoo.roles:
             cfg.model.layers = OmegaConf.merge(cfg.model.layers, OmegaConf.create(zoo.roles))
         cfg.model.weights = zoo.weights
+        if cfg.model.get("kind") == "hf":
+            cfg.model.path = zoo.weights
     return cfg
 
 

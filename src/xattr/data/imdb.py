@@ -6,8 +6,15 @@ dropped, punctuation split off), which is what the InputIBA reference feeds its 
 as in Table 1 of ch. 6 ("henson ' s talent .").
 
 Batches are dicts (docs/ARCHITECTURE.md): ``x`` ``(B, L)`` long token ids (right-padded with ``<pad>`` = 0),
-``mask`` ``(B, L)`` bool (True on real tokens), ``target`` and ``label`` ``(B,)`` long, ``id`` list of str,
-``index`` ``(B,)`` long (row in the split).
+``mask`` ``(B, L)`` bool (True on the tokens a metric may perturb: the real ones), ``target`` and ``label``
+``(B,)`` long, ``id`` list of str, ``index`` ``(B,)`` long (row in the split).
+
+A HuggingFace model (``model=hf``, :mod:`xattr.models.hf`) brings its tokenizer: ``vocab`` is then the model
+folder (or a tokenizer), reviews are encoded with it (``<br />`` removed first) as ``[CLS] words [SEP]``,
+padded with its ``[PAD]``, and batches add ``special`` ``(B, L)`` bool (``[CLS]``, ``[SEP]``, ...). With
+``special_tokens: exclude`` (the default) those are outside ``mask``: insertion / deletion and Sensitivity-N
+never remove them, as they never touch padding (a transformer without its ``[CLS]`` is a different input
+format, not a less informative text); ``include`` puts them in.
 
 >>> vocab = build_vocab(read_imdb(root, "train"), max_size=25_000)
 >>> ds = IMDB(root, "test", vocab, max_len=400)
@@ -26,11 +33,14 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
+from xattr.core.hf import TokenizerVocab, is_model_folder, pre_tokenize, word_tokenizer
 from xattr.core.vocab import PAD, UNK, Vocab
 from xattr.errors import missing_file, unknown
 
 SPLITS = ("train", "test")
 TRUNCATIONS = ("head", "tail")
+SPECIAL_TOKENS = ("exclude", "include")
+_BR = re.compile(r"<br\s*/?>")
 
 _PATTERNS = [
     (re.compile(r"<br\s*/?>"), " "),
@@ -94,6 +104,20 @@ def build_vocab(rows: Iterable[dict], max_size: int = 25_000, min_freq: int = 1)
     return Vocab([PAD, UNK, *words])
 
 
+def build_tokenizer(rows: Iterable[dict], max_size: int = 20_000, min_freq: int = 1,
+                    folder: str | Path | None = None) -> TokenizerVocab:
+    """A BERT word-level tokenizer over the ``max_size`` most frequent words of ``rows`` (counted as the
+    tokenizer splits them, ``<br />`` removed): what ``python -m xattr.train recipe=imdb_transformer`` trains
+    its transformer on and saves beside it. ``folder``: where its ``vocab.txt`` goes (a temporary one)."""
+    import tempfile
+
+    counts: Counter[str] = Counter()
+    for words in pre_tokenize([_BR.sub(" ", r["text"]) for r in rows]):
+        counts.update(words)
+    words = [w for w, c in counts.most_common() if c >= min_freq][:max_size]
+    return TokenizerVocab(word_tokenizer(words, folder or tempfile.mkdtemp(prefix="xattr-tokenizer-")))
+
+
 def vocab_from_checkpoint(path: str | Path) -> Vocab:
     """The vocabulary stored in an IMDB LSTM checkpoint (key ``itos``)."""
     path = Path(path)
@@ -129,11 +153,13 @@ class IMDB(Dataset):
     Args:
         root: folder with ``{train,test}.jsonl.gz``.
         split: ``train`` or ``test``.
-        vocab: the model's vocabulary, or the path of a checkpoint of :func:`xattr.models.text.save_imdb_lstm`
-            (which carries it).
+        vocab: the model's vocabulary, the path of a checkpoint of :func:`xattr.models.text.save_imdb_lstm`
+            (which carries it), or a HuggingFace model folder / tokenizer (its tokenizer encodes the reviews).
         max_len: keep at most this many tokens (``truncate``: the ``head`` or the ``tail`` of the review).
         limit: keep a balanced random subset of this many reviews (fixed ``seed``); None keeps all.
         rows: already-read rows (skips reading ``root``).
+        special_tokens: ``exclude`` (default) or ``include`` the tokenizer's ``[CLS]`` / ``[SEP]`` in the
+            batch's ``mask`` (what metrics perturb); see the module docstring.
     """
 
     def __init__(
@@ -147,12 +173,20 @@ class IMDB(Dataset):
         seed: int = 0,
         rows: Sequence[dict] | None = None,
         preprocess: object = None,
+        special_tokens: str = "exclude",
     ) -> None:
         del preprocess  # the engine passes the image preprocessing to every dataset; text has none
-        if not isinstance(vocab, Vocab):
+        if isinstance(vocab, str | Path) and is_model_folder(vocab):
+            vocab = TokenizerVocab(vocab)
+        elif not isinstance(vocab, Vocab | TokenizerVocab) and hasattr(vocab, "all_special_ids"):
+            vocab = TokenizerVocab(vocab)
+        elif not isinstance(vocab, Vocab | TokenizerVocab):
             vocab = vocab_from_checkpoint(vocab)
         if truncate not in TRUNCATIONS:
             raise unknown("truncation", truncate, TRUNCATIONS)
+        if special_tokens not in SPECIAL_TOKENS:
+            raise unknown("dataset.special_tokens", special_tokens, SPECIAL_TOKENS)
+        self.special_tokens = special_tokens
         rows = list(rows) if rows is not None else read_imdb(root, split)
         if limit is not None and limit < len(rows):
             rows = balanced_subset(rows, limit, seed)
@@ -160,6 +194,8 @@ class IMDB(Dataset):
         self.ids = [self._encode(r["text"]) for r in rows]
 
     def _encode(self, text: str) -> torch.Tensor:
+        if isinstance(self.vocab, TokenizerVocab):
+            return torch.tensor(self.vocab.encode_text(_BR.sub(" ", text), self.max_len, self.truncate), dtype=torch.long)
         ids = self.vocab.encode(tokenize(text)) or [self.vocab.unk_index]
         if self.max_len is not None and len(ids) > self.max_len:
             ids = ids[: self.max_len] if self.truncate == "head" else ids[-self.max_len :]
@@ -168,10 +204,16 @@ class IMDB(Dataset):
     def __len__(self) -> int:
         return len(self.rows)
 
-    @staticmethod
-    def collate(items: Sequence[tuple[torch.Tensor, int, str, int]]) -> dict:
-        """The loader's ``collate_fn`` for this dataset (:func:`collate`)."""
-        return collate(items)
+    def collate(self, items: Sequence[tuple[torch.Tensor, int, str, int]]) -> dict:
+        """The loader's ``collate_fn`` for this dataset (:func:`collate` with its padding id; with a tokenizer
+        also ``special``, and ``mask`` without the special tokens unless ``special_tokens: include``)."""
+        batch = collate(items, self.vocab.pad_index)
+        special_ids = getattr(self.vocab, "special_ids", ())
+        if special_ids:
+            batch["special"] = torch.isin(batch["x"], torch.tensor(special_ids)) & batch["mask"]
+            if self.special_tokens == "exclude":
+                batch["mask"] = batch["mask"] & ~batch["special"]
+        return batch
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int, str, int]:
         return self.ids[i], int(self.rows[i]["label"]), str(self.rows[i]["id"]), i

@@ -26,6 +26,18 @@ TIES = ("stable", "random")
 PRECISIONS = ("fp32", "bf16", "fp16")
 
 
+def token_unk_index(given: int | None, model: nn.Module) -> int:
+    """The replacement token of the token metrics: ``given``, else the model's own ``unk_index`` (a HuggingFace
+    classifier's ``[UNK]``, :class:`xattr.models.hf.HFClassifier`; the LSTM's ``<unk>``), else one error."""
+    if given is not None:
+        return int(given)
+    found = getattr(model, "unk_index", None)
+    if found is None:
+        raise XattrConfigError("missing unk_index for token inputs; valid choices: the vocabulary's <unk> id "
+                               f"({type(model).__name__} names none)")
+    return int(found)
+
+
 def readout(out: torch.Tensor, target: torch.Tensor, how: str) -> torch.Tensor:
     """The scalar each metric tracks per forward: ``softmax`` probability of ``target``, its ``logit``,
     or ``sigmoid`` (multi-label: sigmoid of the target logit; one output unit: p for target 1, 1-p for 0,

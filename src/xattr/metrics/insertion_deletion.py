@@ -76,6 +76,7 @@ from xattr.metrics._perturb import (
     folded,
     ranks,
     readout,
+    token_unk_index,
     trapezoid,
 )
 from xattr.metrics.base import Metric, MetricResult
@@ -102,7 +103,7 @@ class InsertionDeletion(Metric):
         chunk: forward passes per model call: an int >= 1, ``None`` (all at once) or ``auto`` (sized for the
             device, :func:`xattr.core.chunk.resolve_chunk`); memory knob, the result does not depend on it.
         precision: ``fp32`` (default), ``bf16`` or ``fp16`` autocast for the perturbed forwards.
-        unk_index: replacement token for token inputs (required for them).
+        unk_index: replacement token for token inputs (``None``: the model's ``unk_index``).
         max_fraction: share of pixels/tokens the curves run to (1.0; reference text code: 0.4).
         pass_mask: token models called as ``model(x, mask=mask)`` instead of ``model(x)``.
         x_axis: ``reference`` (no step 0, ``dx = 1 / T``) or ``xattr`` (step 0, fraction perturbed; see the
@@ -318,8 +319,7 @@ class InsertionDeletion(Metric):
     def _evaluate_tokens(
         self, model: nn.Module, x: torch.Tensor, target: torch.Tensor, maps: torch.Tensor, mask: Any
     ) -> MetricResult:
-        if self.unk_index is None:
-            raise XattrConfigError("missing unk_index for token inputs; valid choices: the vocabulary's <unk> id")
+        unk_index = token_unk_index(self.unk_index, model)
         device = module_device(model, x.device)
         x, target = x.to(device), target.to(device)
         b, length = x.shape
@@ -329,7 +329,7 @@ class InsertionDeletion(Metric):
         scores = maps.to(device).float().masked_fill(~mask, float("nan"))  # padding ranked last
         rank = ranks(scores, True, self.ties, self.seed)
         cap = (mask.sum(1).float() * self.max_fraction).round().clamp_min(1).long()
-        unk = torch.full_like(x, self.unk_index)
+        unk = torch.full_like(x, unk_index)
         canvases = {"deletion": (x, unk), "insertion": (torch.where(mask, unk, x), x)}
         chunk = 256 if self.chunk == "auto" else self.chunk  # tokens: no probe forward (a model may need a mask)
         res = MetricResult()

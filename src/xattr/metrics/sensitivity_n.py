@@ -40,7 +40,15 @@ from torch import nn
 from xattr.core.checks import check_choice, check_positive_int, module_device
 from xattr.core.chunk import check_chunk, resolve_chunk
 from xattr.errors import XattrConfigError
-from xattr.metrics._perturb import PRECISIONS, chunked_readout, flat_map, pearson, tile_index, tile_sums
+from xattr.metrics._perturb import (
+    PRECISIONS,
+    chunked_readout,
+    flat_map,
+    pearson,
+    tile_index,
+    tile_sums,
+    token_unk_index,
+)
 from xattr.metrics.base import Metric, MetricResult
 
 PROTOCOLS = ("inputiba", "iba")
@@ -77,7 +85,8 @@ class SensitivityN(Metric):
             precision: ``fp32`` | ``bf16`` | ``fp16``.
         fractions: tokens only: shares of each review's real tokens replaced (``None``: 1% .. 80%,
             12 log-spaced values, :func:`default_fractions`).
-        unk_index: tokens only: the replacement token (the vocabulary's ``<unk>``, 1); required for tokens.
+        unk_index: tokens only: the replacement token (the vocabulary's ``<unk>``, 1; ``None``: the model's
+            ``unk_index``).
     """
 
     name = "sensitivity_n"
@@ -196,8 +205,7 @@ class SensitivityN(Metric):
 
     def _evaluate_tokens(self, model: nn.Module, x: torch.Tensor, target: torch.Tensor, maps: torch.Tensor,
                          mask: Any) -> MetricResult:
-        if self.unk_index is None:
-            raise XattrConfigError("missing unk_index for token inputs; valid choices: the vocabulary's <unk> id")
+        unk_index = token_unk_index(self.unk_index, model)
         device = module_device(model, x.device)
         x, target, maps = x.to(device), target.to(device), maps.to(device).double()
         if maps.shape != x.shape:
@@ -215,7 +223,7 @@ class SensitivityN(Metric):
             masks.append(full)
             attr_sum[i] = sets.double() @ maps[i, idx]
         masks_t = torch.stack(masks).view(b * per, x.shape[1])
-        unk = torch.full_like(x[:1], self.unk_index)
+        unk = torch.full_like(x[:1], unk_index)
 
         def build(jobs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             i = jobs // per

@@ -36,7 +36,7 @@ from torch import nn
 from xattr.core.preprocess import Preprocess
 from xattr.errors import XattrConfigError, missing_file, unknown
 
-KINDS = ("torchvision", "custom")
+KINDS = ("torchvision", "custom", "hf")
 RANDOM = ("random", "none", "null", "")
 PRETRAINED = {"imagenet": "IMAGENET1K_V1", "pretrained": "IMAGENET1K_V1"}
 
@@ -224,6 +224,10 @@ def check(node: Mapping) -> None:
         raise unknown("model.kind", kind, KINDS)
     if kind == "torchvision":
         _check_torchvision(node)
+    elif kind == "hf":
+        from xattr.models.hf import check_folder
+
+        check_folder(node.get("path"))
     else:
         _check_custom(node)
     _preprocess(node.get("preprocess"), {})
@@ -238,7 +242,20 @@ def build(node: Mapping, known_aliases: Callable[[str, nn.Module], dict[str, str
         return build_torchvision(node, known_aliases)
     if kind == "custom":
         return build_custom(node)
+    if kind == "hf":
+        return build_hf(node)
     raise unknown("model.kind", kind, KINDS)
+
+
+def build_hf(node: Mapping) -> Built:
+    """A HuggingFace sequence classifier from the local folder ``model.path`` (:mod:`xattr.models.hf`);
+    ``model.weights: random`` keeps its architecture (``config.json``) with fresh weights (tests)."""
+    from xattr.models.hf import check_folder, labels_of, load_hf
+
+    folder = check_folder(node.get("path"))
+    net = load_hf(folder, random=_weights_text(node.get("weights")).lower() in RANDOM)
+    labels = _labels(node.get("labels"), net.num_classes, labels_of(net.model))
+    return Built(net, Preprocess(), labels, _aliases(node))
 
 
 def _weights_text(weights: Any) -> str:

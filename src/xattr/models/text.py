@@ -74,6 +74,7 @@ class LSTMClassifier(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.fc = nn.Linear(hidden_size, num_classes)
         self.pool, self.pad_index, self.num_classes = pool, pad_index, num_classes
+        self.unk_index = 1  # xattr's vocabularies (xattr.core.vocab.Vocab): <pad> 0, <unk> 1
         self.hparams = dict(
             vocab_size=vocab_size, embedding_dim=embedding_dim, hidden_size=hidden_size, num_layers=num_layers,
             num_classes=num_classes, dropout=dropout, pool=pool, pad_index=pad_index,

@@ -156,7 +156,8 @@ class NetworkTail:
         model: the network (parameters should be frozen by the caller during optimisation).
         layer: the bottleneck layer (a resolved :class:`~xattr.core.layers.Layer`, or its name).
         x: ``(B, ...)`` input batch; ``z`` passed to the tail has ``B * copies`` rows, image-major.
-        mode: ``auto`` (fx, falling back to the hook), ``fx`` or ``hook``.
+        mode: ``auto`` (fx, falling back to the hook; the hook at once for a model whose ``fx_traceable`` is
+            False), ``fx`` or ``hook``.
         optimise: fold conv + BatchNorm and run 4-d fx tails channels-last (module docstring).
     """
 
@@ -173,6 +174,8 @@ class NetworkTail:
         self.channels_last = False
         self.mode = "hook"
         self._cache: dict[int, list] = {}
+        if mode == "auto" and getattr(model, "fx_traceable", True) is False:  # the model says fx cannot trace it
+            mode = "hook"
         if mode in ("auto", "fx"):
             try:
                 self.mode = "fx"

@@ -24,6 +24,7 @@ from torch import nn
 import xattr.methods.input_iba.text  # noqa: F401 - InputIBAText registers itself (one-way: it needs nothing here)
 from xattr.errors import XattrConfigError
 from xattr.methods.base import TEXT_FORMS, Attribution
+from xattr.methods.text.attention import TextAttentionRollout, TextChefer
 from xattr.methods.text.base import TOKEN_BASELINES, TOKEN_REDUCTIONS, TokenAttribution, reduce_tokens
 from xattr.methods.text.gradients import (
     TextDeepLift,
@@ -96,7 +97,7 @@ def text_form(factory: Callable[..., Attribution], embedding: str = "embedding",
 
 
 __all__ = [
-    "TEXT_FORMS", "TOKEN_BASELINES", "check_text_method", "TOKEN_REDUCTIONS", "TextDeepLift", "TextGradient", "TextIBA",
+    "TEXT_FORMS", "TextAttentionRollout", "TextChefer", "TOKEN_BASELINES", "check_text_method", "TOKEN_REDUCTIONS", "TextDeepLift", "TextGradient", "TextIBA",
     "TextInputXGradient", "TextIntegratedGradients", "TextLIME", "TextRandom", "TokenAttribution",
     "reduce_tokens", "shared_keys", "text_form",
 ]
