@@ -9,7 +9,7 @@ TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 export WANDB_MODE ?= offline
 export HYDRA_FULL_ERROR ?= 0
 
-.PHONY: install demo test test-slow lint bench bench-gpu docs clean table
+.PHONY: install demo test test-slow lint bench bench-gpu docs clean table text-transformers
 
 install: $(STAMP)
 
@@ -53,3 +53,16 @@ clean:
 table: install
 	$(BIN)/python -m xattr.run --multirun experiment=$(ID) $(ARGS)
 	$(BIN)/python -m xattr.table $(ID) outputs/multirun/$(ID)
+
+# ch. 6 Fig. 5b (insertion / deletion over tokens) and Table 1 (highlights) for the IMDB LSTM and the IMDB
+# transformer side by side (docs/text.md "Transformers"): make text-transformers LIMIT=32
+# InputIBA's text row is left out on a CPU (~6 min per review): add it with METHODS=input_iba_text,...
+LIMIT ?= 32
+METHODS ?= integrated_gradients,lime,iba,random,gradient,input_x_gradient,deepshap
+text-transformers: install
+	$(BIN)/python -m xattr.run --multirun experiment=inputiba_f5_imdb_insdel dataset.limit=$(LIMIT) method=$(METHODS) $(ARGS)
+	$(BIN)/python -m xattr.run --multirun experiment=inputiba_f5_imdb_insdel_transformer dataset.limit=$(LIMIT) \
+		method=$(METHODS),attention_rollout,chefer $(ARGS)
+	$(BIN)/python -m xattr.table inputiba_f5_imdb_insdel outputs/multirun/inputiba_f5_imdb_insdel \
+		outputs/multirun/inputiba_f5_imdb_insdel_transformer
+	$(BIN)/python -m xattr.tables.text_qualitative outputs/multirun/inputiba_f5_imdb_insdel_transformer

@@ -63,7 +63,7 @@ def tiny_bert_folder(folder: Path, seed: int = 0, layers: int = 2) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *TINY_BERT_WORDS]
     (folder / "vocab.txt").write_text("\n".join(words) + "\n")
-    tok = transformers.BertTokenizer(str(folder / "vocab.txt"), do_lower_case=True)
+    tok = transformers.BertTokenizer(str(folder / "vocab.txt"), do_lower_case=True, model_max_length=64)
     torch.manual_seed(seed)
     cfg = transformers.BertConfig(vocab_size=len(words), hidden_size=16, num_hidden_layers=layers,
                                   num_attention_heads=2, intermediate_size=32, max_position_embeddings=64,

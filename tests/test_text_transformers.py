@@ -7,6 +7,8 @@ folder and loaded back through ``xattr.load_model(folder)``, the path ``model=hf
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -243,3 +245,54 @@ def test_iba_on_token_states_closed_form_kl_and_masked_tokens(folder, zoo) -> No
     assert (s[~real] == 0).all() and (s[real] > 0).all()
     one = m.attribute(x[2:, : int(real[2].sum())], t[2:])  # batched == one at a time, padding ignored
     assert torch.allclose(one[0], s[2, : one.shape[1]], atol=1e-4, rtol=1e-3)
+
+
+def test_special_tokens_are_shown_apart_and_do_not_set_the_scale() -> None:
+    """[CLS] / [SEP] keep their raw score and stay out of the min-max of the words (hand case: without the
+    exclusion [CLS]'s 5 would make every word plain)."""
+    from xattr.viz.tokens import render_html, render_plain
+
+    tokens, scores = ["[CLS]", "a", "great", "film", "[SEP]"], [5.0, 0.0, 1.0, 0.5, -2.0]
+    special = [True, False, False, False, True]
+    assert render_plain(tokens, scores, special=special) == "[CLS]{5} a [[great]] [film] [SEP]{-2}"
+    assert render_plain(tokens, scores) == "[[[CLS]]] a [great] [film] [SEP]"  # the scale the specials would set
+    html = render_html(tokens, scores, special=special)
+    assert html.count("#ff4d4d") == 1 and html.count("#ffb347") == 1 and html.count("color:#888") == 2
+
+
+# ------------------------------------------------------------------------------------------------ the shipped model
+SHIPPED = Path(__file__).resolve().parents[1] / "assets" / "text" / "imdb_transformer"
+
+
+def test_the_shipped_transformer_loads_as_a_model_hf_folder() -> None:
+    """assets/text/imdb_transformer: the HuggingFace layout, loaded by name and by folder, the same network;
+    it reads sentiment words the right way round."""
+    if not (SHIPPED / "config.json").is_file():
+        pytest.skip("assets/text/imdb_transformer is not in this checkout")
+    zoo = xattr.load_model("imdb_transformer")
+    assert zoo.labels == ["negative", "positive"] and zoo.roles["bottleneck"] == "layer_1"
+    b = batch(str(SHIPPED), ["a wonderful , moving film . i loved every minute", "awful , boring and stupid . "
+                             "the worst film i have seen"])
+    p = zoo.net(b["x"]).softmax(1)
+    assert p[0, 1] > 0.8 and p[1, 0] > 0.8
+    same = xattr.load_model(str(SHIPPED)).net(b["x"]).softmax(1)
+    assert torch.allclose(p, same)
+
+
+@pytest.mark.slow
+@pytest.mark.shared
+def test_the_shipped_transformer_reaches_its_stated_accuracy(shared_data) -> None:
+    """The accuracy the README states, on 2 000 balanced IMDB test reviews (the last 256 tokens)."""
+    import json
+
+    from xattr.data.imdb import IMDB
+
+    stated = json.loads((SHIPPED / "xattr.json").read_text())["test_acc"]
+    zoo = xattr.load_model("imdb_transformer")
+    ds = IMDB(shared_data / "imdb", "test", str(SHIPPED), max_len=256, truncate="tail", limit=2000)
+    right = 0
+    with torch.no_grad():
+        for i in range(0, len(ds), 100):
+            b = ds.collate([ds[j] for j in range(i, min(i + 100, len(ds)))])
+            right += int((zoo.net(b["x"]).argmax(1) == b["label"]).sum())
+    assert right / len(ds) > stated - 0.02, (right / len(ds), stated)

@@ -78,6 +78,9 @@ def pre_tokenize(texts) -> list[list[str]]:
 def encode(tokenizer: Any, text: str, max_len: int | None = None, truncate: str = "head") -> list[int]:
     """Token ids of ``text`` with the tokenizer's special tokens (``[CLS] ... [SEP]``); at most ``max_len`` ids
     in all, the words cut at the ``head`` (keep the first) or the ``tail`` (keep the last)."""
+    limit = getattr(tokenizer, "model_max_length", None)  # the model's positions, when the tokenizer knows them
+    if limit is not None and limit < 1_000_000:
+        max_len = int(limit) if max_len is None else min(int(max_len), int(limit))
     tokenizer.truncation_side = "right" if truncate == "head" else "left"
     out = tokenizer(text, truncation=max_len is not None, max_length=None if max_len is None else int(max_len))
     return list(out["input_ids"])

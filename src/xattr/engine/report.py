@@ -106,10 +106,14 @@ def _text_report(run_dir: Path, dataset, maps: dict, rows: pd.DataFrame, labels:
         tokens = dataset.vocab.decode(ids.tolist()) if hasattr(dataset.vocab, "decode") else [
             dataset.vocab.itos[i] for i in ids.tolist()]
         m = maps[str(r["id"])].astype(np.float32)[: len(tokens)]
+        special = dataset.vocab.is_special(ids.tolist()) if hasattr(dataset.vocab, "is_special") else None
         name = labels[int(r["top1"])] if labels else str(int(r["top1"]))
         head = f"{r['id']}: pred {name} ({r['prob']:.2f}), label {int(r['label'])}"
-        html.append(render_html(tokens, m, title=head))
-        txt.append(head + "\n" + render_plain(tokens, m) + "\n")
+        if special is not None and any(special):  # a transformer's [CLS] / [SEP]: their share, apart from the words
+            share = float(np.abs(m[np.array(special)]).sum() / max(float(np.abs(m).sum()), 1e-12))
+            head += f"; special tokens {share:.0%} of |attribution|"
+        html.append(render_html(tokens, m, title=head, special=special))
+        txt.append(head + "\n" + render_plain(tokens, m, special=special) + "\n")
     (run_dir / "tokens.html").write_text("\n".join(html))
     (run_dir / "tokens.txt").write_text("\n".join(txt))
 

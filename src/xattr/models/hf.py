@@ -81,7 +81,15 @@ class HFClassifier(nn.Module):
         """The ``attention_mask`` ``(B, L)`` of token ids: 1 on every token that is not ``[PAD]``."""
         return (x != self.pad_index).long()
 
+    def check_length(self, x: torch.Tensor) -> None:
+        """One line when a text is longer than the model's position embeddings."""
+        n = getattr(self.model.config, "max_position_embeddings", None)
+        if n is not None and x.shape[1] > int(n):
+            raise XattrConfigError(f"texts of {x.shape[1]} tokens are longer than the model's {n} positions; set "
+                                   f"dataset.max_len <= {n} (or the tokenizer's model_max_length)")
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.check_length(x)
         return self.model(input_ids=x, attention_mask=self.mask(x)).logits
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
@@ -136,13 +144,20 @@ def labels_of(model: nn.Module) -> list[str]:
     return [str(id2label.get(i, id2label.get(str(i), f"class {i}"))) for i in range(n)]
 
 
-def save_hf(path: str | Path, net: HFClassifier, **meta: Any) -> Path:
-    """Write ``net`` (model and tokenizer) in the HuggingFace layout; ``meta`` goes into ``xattr.json``."""
+def save_hf(path: str | Path, net: HFClassifier, half: bool = True, **meta: Any) -> Path:
+    """Write ``net`` (model and tokenizer) in the HuggingFace layout, the weights in float16 when ``half``
+    (half the file; :func:`load_hf` reads them back as float32); ``meta`` goes into ``xattr.json``."""
     import json
 
     folder = Path(path)
     folder.mkdir(parents=True, exist_ok=True)
-    net.model.save_pretrained(str(folder))
+    n = getattr(net.model.config, "max_position_embeddings", None)
+    if n is not None:  # the datasets cut texts at the model's positions
+        net.tokenizer.model_max_length = int(n)
+    import copy
+
+    model = copy.deepcopy(net.model).half() if half else net.model
+    model.save_pretrained(str(folder))
     net.tokenizer.save_pretrained(str(folder))
     (folder / "xattr.json").write_text(json.dumps(meta, indent=2, default=str) + "\n")
     return folder

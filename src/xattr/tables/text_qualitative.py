@@ -80,6 +80,7 @@ def qualitative(paths: list[str | Path], out_dir: str | Path | None = None, ids:
     for rid in chosen:
         ids_ = ds[index[rid]][0]
         tokens = ds.vocab.decode(ids_.tolist())
+        special = ds.vocab.is_special(ids_.tolist()) if hasattr(ds.vocab, "is_special") else None
         head = f"review {rid} (label {label[rid]}, {len(tokens)} tokens)"
         html.append(f"<h4>{head}</h4><table>")
         txt.append(head)
@@ -87,12 +88,12 @@ def qualitative(paths: list[str | Path], out_dir: str | Path | None = None, ids:
             print(head)
         for name, _, _ in runs:
             m = maps[name][rid].astype(np.float32)[: len(tokens)]
-            html.append(f"<tr><td><b>{name}</b></td><td>{render_html(tokens, m)[3:-4]}</td></tr>")
-            plain = render_plain(tokens, m)
+            html.append(f"<tr><td><b>{name}</b></td><td>{render_html(tokens, m, special=special)[3:-4]}</td></tr>")
+            plain = render_plain(tokens, m, special=special)
             txt.append(f"{name:>22}: {plain}")
             rows.append({"review": rid, "method": name, "tokens": plain})
             if terminal:
-                print(f"{name:>22}: {render_terminal(tokens, m)}")
+                print(f"{name:>22}: {render_terminal(tokens, m, special=special)}")
         html.append("</table>")
         txt.append("")
     html.append("</body></html>")
