@@ -20,7 +20,7 @@ from xattr.methods.text.attention import chefer_relevance, rollout  # noqa: E402
 from xattr.metrics.insertion_deletion import InsertionDeletion  # noqa: E402
 from xattr.metrics.sensitivity_n import SensitivityN  # noqa: E402
 
-from .helpers import tiny_bert_folder  # noqa: E402
+from .helpers import TINY_BERT_WORDS, tiny_bert_folder  # noqa: E402
 
 TEXTS = ["The movie was great! Good acting, not bad", "awful plot but good film", "very bad"]
 
@@ -60,6 +60,33 @@ def test_loads_through_model_hf_with_its_tokenizer_and_layers(folder, zoo) -> No
     # the model's tokenisation: the words of the vocabulary, an unknown word is [UNK]
     unk = batch(folder, ["the zebra"])["x"][0].tolist()
     assert unk == [2, 5, 1, 3]
+
+
+def test_texts_are_cut_at_the_head_or_the_tail_around_the_special_tokens(folder) -> None:
+    """max_len counts [CLS] and [SEP]; ``tail`` keeps the last words, ``head`` the first."""
+    from xattr.data.imdb import IMDB
+
+    rows = [{"id": "0", "label": 1, "text": "the movie was great but the plot was bad"}]
+    ids = {w: i for i, w in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *TINY_BERT_WORDS])}
+    for truncate, words in (("head", "the movie was great"), ("tail", "the plot was bad")):
+        x = IMDB(None, "test", folder, rows=rows, max_len=6, truncate=truncate)[0][0].tolist()
+        assert x == [2, *[ids[w] for w in words.split()], 3], truncate
+
+
+def test_sst2_sentences_with_the_models_tokenizer(folder, tmp_path) -> None:
+    from xattr.data.sst2 import SST2, read_sst2
+
+    (tmp_path / "stsa.binary.test").write_text("1 a great film .\n0 not good , very bad .\n")
+    rows = read_sst2(tmp_path, "test")
+    assert [r["label"] for r in rows] == [1, 0] and rows[1]["text"] == "not good , very bad ."
+    ds = SST2(tmp_path, "test", folder)
+    b = ds.collate([ds[0], ds[1]])
+    assert b["x"][0].tolist() == [2, 6, 11, 8, 22, 3, 0, 0] and b["mask"].sum(1).tolist() == [4, 6]
+    (tmp_path / "stsa.binary.dev").write_text("positive a great film\n")
+    with pytest.raises(XattrConfigError, match="bad SST-2 line 1"):
+        read_sst2(tmp_path, "dev")
+    with pytest.raises(XattrConfigError, match="SST-2 split"):
+        read_sst2(tmp_path, "validation")
 
 
 def test_missing_folder_and_missing_package_are_one_line(tmp_path) -> None:
@@ -146,7 +173,8 @@ def test_insertion_deletion_never_unpads_nor_removes_special_tokens(folder, zoo)
             spy, x, t, maps[i : i + 1], mask=mask)
         SensitivityN(n_masks=4, fractions=[0.2, 0.5], unk_index=unk)(spy, x, t, maps[i : i + 1], mask=mask)
         rows = torch.cat(spy.seen)
-        fixed = ~mask[0]
+        fixed = torch.isin(x[0], torch.tensor([0, 2, 3]))  # [PAD], [CLS], [SEP] by their ids
+        assert (fixed == ~mask[0]).all(), i  # the batch's mask is the words and nothing else
         assert (rows[:, fixed] == x[0, fixed]).all(), i  # padding, [CLS], [SEP] never touched
         words = rows[:, mask[0]]
         assert ((words == x[0, mask[0]]) | (words == unk)).all(), i
