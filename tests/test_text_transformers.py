@@ -324,3 +324,22 @@ def test_the_shipped_transformer_reaches_its_stated_accuracy(shared_data) -> Non
             b = ds.collate([ds[j] for j in range(i, min(i + 100, len(ds)))])
             right += int((zoo.net(b["x"]).argmax(1) == b["label"]).sum())
     assert right / len(ds) > stated - 0.02, (right / len(ds), stated)
+
+
+def test_input_iba_text_on_the_transformer(folder, zoo) -> None:
+    """Text InputIBA on a transformer (feature bottleneck on layer_1's token states, WGAN and input bottleneck
+    on the word embeddings; tiny settings): a score in (0, 1] per real token, 0 on padding, the three stages;
+    a text alone gives its scores in the batch."""
+    b = batch(folder)
+    x, t = b["x"], torch.tensor([1, 0, 0])
+    tiny = dict(epochs=1, n_targets=16, n_groups=2, gan_batch=8, critic=2, feat_steps=2, feat_copies=2, steps=3,
+                copies=2, n_samples=3)
+    m = xattr.method("input_iba_text", zoo, layer="layer_1", **tiny)
+    xattr.fit(m, [b])
+    ex = m.explain(x, t)
+    s = ex.maps
+    assert s.shape == x.shape and (s[x == 0] == 0).all() and ((s[x != 0] > 0) & (s[x != 0] <= 1)).all()
+    assert set(ex.group("stages")) == {"feature", "generator", "input"}
+    n = int((x[2] != 0).sum())
+    one = m.attribute(x[2:, :n], t[2:])
+    assert torch.allclose(one[0], s[2, :n], atol=1e-4), (one[0], s[2, :n])

@@ -42,6 +42,15 @@ def image_generators(x: torch.Tensor, seed: int | None) -> list[torch.Generator]
     return None if seed is None else make_generators(image_seeds(x, seed), x.device)
 
 
+def token_generators(x: torch.Tensor, seed: int | None, pad_index: int) -> list[torch.Generator] | None:
+    """Generators seeded per text of the token ids ``x`` ``(B, L)`` from its ids *without the padding*, so a
+    text draws the same noise alone (unpadded) as in a padded batch; a draw of shape ``(L, ...)`` then agrees on
+    the real positions (row-major: the first rows of a longer draw are the shorter draw)."""
+    if seed is None:
+        return None
+    return make_generators([image_seeds(row[row != pad_index][None], seed)[0] for row in x], x.device)
+
+
 def draw_noise(
     shape: tuple[int, ...], n: int, generators: Sequence[torch.Generator] | None, device: torch.device
 ) -> torch.Tensor:

@@ -197,8 +197,12 @@ class PerSampleIBA(IBABase):
                 parts.append(optimize_alpha(
                     tail, tail.r, bn, self.model_loss(ts, tail), beta=self.beta, steps=self.steps, lr=self.lr,
                     copies=self.copies, init_alpha=self.init_alpha, inverse=self.inverse,
-                    generators=image_generators(xs, self.seed), autocast_dtype=AUTOCAST[self.autocast]))
+                    generators=self._generators(xs), autocast_dtype=AUTOCAST[self.autocast]))
         return AlphaResult.cat(parts)
+
+    def _generators(self, xs: torch.Tensor):
+        """The noise generators of a group of inputs: one per image, seeded by its content."""
+        return image_generators(xs, self.seed)
 
     def _attribute(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return to_bits_map(self.optimize(x, target).kl, tuple(x.shape[-2:]), self.resize)

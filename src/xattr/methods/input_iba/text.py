@@ -48,6 +48,7 @@ from torch import nn
 
 from xattr.core.hooks import capture
 from xattr.core.rnn import rnn_backward_ok
+from xattr.core.seeding import token_generators
 from xattr.errors import XattrConfigError, unknown
 from xattr.methods.base import Explanation
 from xattr.methods.embedding import EmbeddingAdapter
@@ -109,6 +110,11 @@ class TextFeatureIBA(PerSampleIBA):
     def bottleneck(self, layer: str) -> Bottleneck:
         return _MaskedBottleneck(super().bottleneck(layer), self._weight)
 
+    def _generators(self, xs: torch.Tensor):
+        """One generator per text, seeded by its ids without the padding (batched == one at a time)."""
+        pad = getattr(self, "pad_index", None)
+        return token_generators(xs, self.seed, self.model.pad_index if pad is None else pad)
+
     def images_per_group(self, x: torch.Tensor) -> int:
         return x.shape[0]  # the KL weight is per batch: one group
 
@@ -122,6 +128,13 @@ class TextFeatureIBA(PerSampleIBA):
         unweight = lambda kl: None if kl is None else torch.where(w > 0, kl / w.clamp_min(1e-12), torch.zeros_like(kl))  # noqa: E731
         res.kl, res.first_kl = unweight(res.kl), unweight(res.first_kl)
         return res
+
+
+def _pad_tokens(t: torch.Tensor, n: int, length: int) -> torch.Tensor:
+    """A per-token result ``(1, n, ...)`` padded with zeros to ``(1, length, ...)``; other shapes as they are."""
+    if t.dim() < 2 or t.shape[1] != n or n == length:
+        return t
+    return torch.nn.functional.pad(t, (0, 0) * (t.dim() - 2) + (0, length - n))
 
 
 class InputIBAText(InputIBA):
@@ -169,9 +182,24 @@ class InputIBAText(InputIBA):
         self.disc_hidden = None if disc_hidden is None else int(disc_hidden)
         self.gan.redraw_targets = bool(redraw_targets)
 
+    def _gens(self, x: torch.Tensor, stage: int):
+        """One generator per text and stage, seeded by its ids without the padding (batched == one at a time)."""
+        return token_generators(x, None if self.seed is None else self.seed + 1000 * stage, self.model.pad_index)
+
     def _explain(self, x: torch.Tensor, target: torch.Tensor, aux: frozenset[str]) -> Explanation:
+        """Each text alone, without its (right) padding, as the reference code runs them: the noise of the
+        ``copies`` is drawn as ``(copies, L, D)``, so a padded length would shift every copy after the first and
+        a text would get other scores in a batch. The maps are padded back with zeros."""
+        pad, length = self.model.pad_index, x.shape[1]
+        parts = []
         with rnn_backward_ok(x.device):
-            return super()._explain(x, target, aux)
+            for i in range(x.shape[0]):
+                real = (x[i] != pad).nonzero()
+                n = int(real.max()) + 1 if len(real) else 1
+                ex = self._explain_group(x[i : i + 1, :n], target[i : i + 1])
+                parts.append(Explanation(_pad_tokens(ex.maps, n, length),
+                                         {k: _pad_tokens(v, n, length) for k, v in ex.aux.items()}))
+        return Explanation.cat(parts)
 
     def _make_feature_iba(self, **kw) -> PerSampleIBA:
         return TextFeatureIBA(self.model, **kw)
