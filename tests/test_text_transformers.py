@@ -46,7 +46,7 @@ def batch(folder, texts=TEXTS, special_tokens="exclude") -> dict:
 def test_loads_through_model_hf_with_its_tokenizer_and_layers(folder, zoo) -> None:
     net = zoo.net
     assert zoo.labels == ["negative", "positive"] and net.num_classes == 2
-    assert net.pad_index == 0 and net.unk_index == 1 and net.special_ids == (1, 2, 3, 4)
+    assert net.pad_index == 0 and net.unk_index == 1 and net.special_ids == (2, 3, 4)  # [UNK] is a word the model does not know: not special
     assert set(net.xattr_layers) >= {"embedding", "layer_1", "layer_2"}
     assert zoo.roles["embedding"] == "embedding" and zoo.roles["bottleneck"] == "layer_2"
     b = batch(folder)

@@ -88,7 +88,7 @@ def encode(tokenizer: Any, text: str, max_len: int | None = None, truncate: str 
 
 class TokenizerVocab:
     """A HuggingFace tokenizer seen as xattr's :class:`~xattr.core.vocab.Vocab` (``encode`` of a text,
-    ``decode`` of ids, ``pad_index``, ``unk_index``, ``len``) plus ``special_ids`` (``[CLS]``, ``[SEP]``, ...).
+    ``decode`` of ids, ``pad_index``, ``unk_index``, ``len``) plus ``special_ids`` (``[CLS]``, ``[SEP]``, ...; not ``[PAD]``, not ``[UNK]``: an unknown word is a word).
 
     Args:
         tokenizer: a ``transformers`` tokenizer, or the model folder holding one.
@@ -102,7 +102,7 @@ class TokenizerVocab:
             raise XattrConfigError("the model's tokenizer has no [PAD] token; set tokenizer.pad_token and save it")
         self.pad_index = int(tokenizer.pad_token_id)
         self.unk_index = int(tokenizer.unk_token_id if tokenizer.unk_token_id is not None else self.pad_index)
-        self.special_ids = tuple(sorted({int(i) for i in tokenizer.all_special_ids} - {self.pad_index}))
+        self.special_ids = tuple(sorted({int(i) for i in tokenizer.all_special_ids} - {self.pad_index, self.unk_index}))
 
     def __len__(self) -> int:
         return len(self.tokenizer)

@@ -67,7 +67,7 @@ class HFClassifier(nn.Module):
                                    "(tokenizer.pad_token = ...) and save it again")
         self.pad_index = int(tokenizer.pad_token_id)
         self.unk_index = int(tokenizer.unk_token_id if tokenizer.unk_token_id is not None else self.pad_index)
-        self.special_ids = tuple(sorted({int(i) for i in tokenizer.all_special_ids} - {self.pad_index}))
+        self.special_ids = tuple(sorted({int(i) for i in tokenizer.all_special_ids} - {self.pad_index, self.unk_index}))
         self.num_classes = int(model.config.num_labels)
         emb = model.get_input_embeddings()
         paths = {id(m): n for n, m in model.named_modules()}
