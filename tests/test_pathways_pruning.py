@@ -118,3 +118,45 @@ def test_dgr_ties_at_the_percentile_are_kept(cnn, images):
     exp = DGR(cnn, gamma=0.0, iterations=2).explain(x, t)
     # all gates equal 1: nothing is above the percentile strictly, ties at 1 are kept (>= c_kappa)
     assert (exp.aux["pathway/kept"] == exp.aux["pathway/layer_sizes"].sum(1)).all()
+
+
+def test_dgr_eq3_by_hand_on_a_two_layer_net():
+    """DGR's eq. 3 on Linear(4, 6) -> ReLU (gated) -> Linear(6, 3), written here per image: loss(lambda) =
+    -sum_k p_orig[k] log(softmax(W2 (lambda * relu(W1 x + b1)) + b2)[k] + 1e-20) + gamma sum |lambda|, SGD with
+    momentum 0.9 from lambda = 1, clamp [0, 100], the kept gates the lowest-loss iterate predicting the
+    original class. Hidden neuron 5 feeds nothing (W2[:, 5] = 0): only gamma's term moves its gate, which
+    shrinks as 1 - lr gamma sum_{t<=k} (1 - 0.9^t) / 0.1 after k steps."""
+    torch.manual_seed(21)
+    net = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3)).eval()
+    with torch.no_grad():
+        net[0].bias.fill_(0.5)  # every hidden neuron active on these inputs
+        net[2].weight[:, 5] = 0.0
+    x = torch.rand(2, 4)
+    gamma, lr, iters = 0.05, 0.1, 20
+    dgr = DGR(net, gamma=gamma, lr=lr, iterations=iters, max_retries=1, init="one")
+    with torch.no_grad():
+        layout = dgr.neurons.layout(x)
+    gates, aux = dgr.optimise(x, layout)
+    w1, b1, w2, b2 = (p.detach() for p in (net[0].weight, net[0].bias, net[2].weight, net[2].bias))
+    for i in range(2):  # one image at a time, from the equation
+        a = torch.relu(w1 @ x[i] + b1)
+        p0 = torch.softmax(w2 @ a + b2, 0)
+
+        def loss(lam, a=a, p0=p0):
+            return -(p0 * torch.log(torch.softmax(w2 @ (lam * a) + b2, 0) + 1e-20)).sum() + gamma * lam.abs().sum()
+
+        lam, buf, best, best_loss, best_k = torch.ones(6), torch.zeros(6), None, float("inf"), None
+        for k in range(iters):
+            leaf = lam.clone().requires_grad_(True)
+            value = loss(leaf)
+            (g,) = torch.autograd.grad(value, leaf)
+            same = int((w2 @ (lam * a) + b2).argmax()) == int(p0.argmax())
+            if same and float(value) < best_loss:
+                best, best_loss, best_k = lam.clone(), float(value), k
+            buf = 0.9 * buf + g
+            lam = (lam - lr * buf).clamp(0, 100)
+        assert bool(aux["found"][i]) and best_k == iters - 1
+        torch.testing.assert_close(aux["dgr_loss"][i], torch.tensor(best_loss), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(gates[i], best, rtol=1e-5, atol=1e-6)
+        shrunk = 1 - lr * gamma * sum((1 - 0.9**t) / 0.1 for t in range(1, best_k + 1))
+        assert gates[i, 5] == pytest.approx(shrunk, rel=1e-5) and shrunk < 0.5
