@@ -171,3 +171,28 @@ def test_top5_hand_case_on_ten_classes():
     s = bottleneck_scores(AlphaResult(alpha=kl, kl=kl, outputs=out, losses=kl[:0, :, 0, 0], info=kl[:0, :, 0, 0]), target)
     assert s["top1"].tolist() == [0.25, 0.5]  # rank 0: one of four copies; two of four
     assert s["top5"].tolist() == [0.5, 0.75]  # ranks 0 and 4 of {0, 4, 5, 9}; 1, 0, 0 of {1, 0, 0, 7}
+
+
+def test_needs_are_the_keys_the_methods_emit_and_one_forward_is_counted():
+    """The metric's ``needs`` are the auxiliaries Per-Sample IBA emits (an engine passes only those);
+    ``initial=False`` keeps the three trained-bottleneck scores as given; the model runs once (its stated
+    cost), counted by a hook; its name is its config option."""
+    from pathlib import Path
+
+    torch.manual_seed(0)
+    model = TinyCNN(10).eval()
+    iba = _iba(model, "conv2", steps=1, copies=2)
+    x, target = torch.randn(2, 3, 16, 16), torch.tensor([1, 2])
+    aux = iba.explain(x, target, aux=BottleneckAccuracy.needs).aux
+    assert set(BottleneckAccuracy.needs) == {k for k in aux if k.startswith("bottleneck/")}
+    metric = BottleneckAccuracy(initial=False)
+    calls = []
+    h = model.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
+    res = metric(model, x, target, torch.zeros(2, 1, 16, 16), **{k: aux[k] for k in BottleneckAccuracy.needs})
+    h.remove()
+    assert set(res.scores) == {"model_top1", "model_top5", "info_per_k", "top1", "top5"}
+    for k in ("info_per_k", "top1", "top5"):
+        assert torch.equal(res.scores[k], aux[f"bottleneck/{k}"].float())
+    assert len(calls) == metric.forwards_per_image((3, 16, 16), 0.0) == 1
+    conf = Path(__file__).resolve().parents[1] / "conf" / "metric" / f"{BottleneckAccuracy.name}.yaml"
+    assert conf.is_file()
