@@ -279,6 +279,15 @@ def test_an_unknown_key_is_one_line_naming_the_keys_that_exist(argv, config, msg
     assert "_target_" not in valid
 
 
-def test_known_keys_and_sweeps_pass_the_key_check():
-    check_overrides(["method=iba", "method.beta=10", "hydra.run.dir=/tmp/x"])
-    check_overrides(["method=iba,gradient", "method.whatever=1,2"])  # a sweep: each job composes itself
+def test_known_keys_and_sweeps_pass_the_key_check(capsys):
+    """Known keys and sweeps pass silently; the same calls with one key or option misspelt exit 2 (so the
+    check is live for these shapes of argument)."""
+    assert check_overrides(["method=iba", "method.beta=10", "hydra.run.dir=/tmp/x"]) is None
+    assert check_overrides(["method=iba,gradient", "method.whatever=1,2"]) is None  # a sweep: each job composes itself
+    assert capsys.readouterr().err == ""
+    for bad in (["method=iba", "method.betaa=10", "hydra.run.dir=/tmp/x"], ["method=iba,gradientt", "method.whatever=1,2"]):
+        with pytest.raises(SystemExit) as e:
+            check_overrides(bad)
+        assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "betaa" in err and "gradientt" in err

@@ -47,10 +47,17 @@ def test_greedy_pruning_lets_an_originally_dead_neuron_in_with_the_output_preser
 
 
 def test_greedy_reference_variant_restores_zero_scores():
+    """PathwayGrad's rounds worked by hand on dead_trap (u v w | p d z; scores u .1, v 1.12, w 0, p 1.1, d 0,
+    z .12). Round 0 (percentile 0 of the scores with zeros raised to the max: .1): u pruned, the zero-score
+    w, d restored -> u off. Then u = 0: p = d = 1, Phi = 1.34; scores v 1.34, p 1, d .22, z .12, u = w = 0.
+    Round 1 (40th percentile of [1.34, 1.34, 1.34, 1, .22, .12] = 1): p, d, z pruned, u, w restored (score 0).
+    Then layer 2 is off: every score is 0, so round 2 (t = 0) restores everything."""
     net, x, t = dead_trap(), torch.ones(1, 1), torch.tensor([0])
-    e = GreedyPruning(net, variant="reference", iterations=3, percentile_step=0.4).explain_pathway(x, t)[0]
-    # zero-score neurons (w, d and everything pruned earlier) are restored every round: dead ones are "kept"
-    assert e[2] and e.sum() >= 4
+    rounds = {k: GreedyPruning(net, variant="reference", iterations=k, percentile_step=0.4).explain_pathway(x, t)[0]
+              for k in (1, 2, 3)}
+    assert rounds[1].tolist() == [False, True, True, True, True, True]
+    assert rounds[2].tolist() == [True, True, True, False, False, False]
+    assert rounds[3].tolist() == [True] * 6
 
 
 @pytest.fixture(scope="module")
