@@ -179,9 +179,11 @@ def test_custom_example_config_runs_grad_cam(tmp_path):
     assert df.set_index("id").loc[ids, "target"].tolist() == target.tolist()
     expected = GradCAM(model.net, layer="conv3").attribute(x, target)
     saved = RunStore(run_dir).heatmaps()
-    for i, image_id in enumerate(ids):
-        np.testing.assert_allclose(saved[image_id].astype(np.float32), expected[i, 0].numpy(), rtol=2e-3, atol=2e-3)
     assert expected.amax() > 0
+    for i, image_id in enumerate(ids):  # random weights give maps of ~1e-5: tolerances relative to the map's max
+        scale = float(expected[i].amax())
+        np.testing.assert_allclose(saved[image_id].astype(np.float32) / scale, expected[i, 0].numpy() / scale,
+                                   rtol=1e-2, atol=5e-3)
 
 
 # ------------------------------------------------------------------------------------------------ bad input
