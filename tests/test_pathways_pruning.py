@@ -167,3 +167,27 @@ def test_dgr_eq3_by_hand_on_a_two_layer_net():
         torch.testing.assert_close(gates[i], best, rtol=1e-5, atol=1e-6)
         shrunk = 1 - lr * gamma * sum((1 - 0.9**t) / 0.1 for t in range(1, best_k + 1))
         assert gates[i, 5] == pytest.approx(shrunk, rel=1e-5) and shrunk < 0.5
+
+
+def test_dgr_defaults_are_the_papers_and_bad_values_are_one_line(cnn):
+    """Defaults of ch. 5 / the reference code (module docstring of dgr.py: gamma 0.01, SGD lr 0.01, momentum
+    0.9, 1000 iterations, gates clamped to [0, 100], up to 100 rounds, sparsity 0.7, init one); each bad value
+    is one XattrConfigError line naming it, and the values at the edge of each range are accepted. The stated
+    cost: the clean forward, 3 per iteration (a forward and a backward), and the 4 forwards every pathway
+    method spends besides its selection (pathway.BASE_FORWARDS), rounds 1 .. max_retries."""
+    h = DGR(cnn).hparams
+    assert {k: h[k] for k in ("gamma", "lr", "momentum", "iterations", "clamp", "max_retries", "sparsity", "init")} == {
+        "gamma": 0.01, "lr": 0.01, "momentum": 0.9, "iterations": 1000, "clamp": 100.0, "max_retries": 100,
+        "sparsity": 0.7, "init": "one"}
+    for kw, named in [({"gamma": -0.1}, "gamma"), ({"gamma": True}, "gamma"), ({"gamma": "x"}, "gamma"),
+                      ({"lr": 0.0}, "lr"), ({"clamp": 0.0}, "clamp"), ({"momentum": 1.0}, "momentum"),
+                      ({"momentum": -0.1}, "momentum"), ({"iterations": 0}, "iterations"),
+                      ({"max_retries": 0}, "max_retries")]:
+        with pytest.raises(XattrConfigError, match=named) as err:
+            DGR(cnn, **kw)
+        assert "\n" not in str(err.value)
+    DGR(cnn, gamma=0, momentum=0.0, iterations=1, max_retries=1)  # the edges are valid
+    dgr = DGR(cnn, iterations=7, max_retries=3)
+    assert dgr.forwards_per_image((3, 10, 10)) == 1 + 3 * 7 + 4
+    assert dgr.cost_bounds == (1.0, 3.0)
+    assert DGR.name == "dgr"
