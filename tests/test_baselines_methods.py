@@ -368,7 +368,7 @@ def test_grad_cam_hand_computed():
         alpha = net[4].weight[target] / 36.0  # (2, 4)
         expected = torch.relu((alpha[:, :, None, None] * acts).sum(1, keepdim=True))
     torch.testing.assert_close(maps, expected)
-    # signed map and the bilinear resize of a coarser layer
+    # signed map (the bilinear resize of a coarser layer: test_grad_cam_bilinear_resize_of_a_coarser_layer)
     signed = GradCAM(net, layer="1", relu=False).attribute(x, target)
     torch.testing.assert_close(signed, (alpha[:, :, None, None] * acts).sum(1, keepdim=True))
 
