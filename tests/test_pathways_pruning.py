@@ -191,3 +191,20 @@ def test_dgr_defaults_are_the_papers_and_bad_values_are_one_line(cnn):
     assert dgr.forwards_per_image((3, 10, 10)) == 1 + 3 * 7 + 4
     assert dgr.cost_bounds == (1.0, 3.0)
     assert DGR.name == "dgr"
+
+
+def test_dgr_loss_stays_finite_when_a_probability_underflows():
+    """Logits (0, 300): softmax's first probability is 0 in float32, and eq. 3's log(p + 1e-20) keeps the
+    distillation term finite: at the start (gates 1, three hidden units of 1) the loss is -1 log 1 + 0.01 * 3."""
+    net = nn.Sequential(nn.Linear(2, 3), nn.ReLU(), nn.Linear(3, 2)).eval()
+    with torch.no_grad():
+        net[0].weight.zero_()
+        net[0].bias.fill_(1.0)
+        net[2].weight.copy_(torch.tensor([[0.0, 0.0, 0.0], [100.0, 100.0, 100.0]]))
+        net[2].bias.zero_()
+    x = torch.zeros(1, 2)
+    dgr = DGR(net, iterations=1, max_retries=1)
+    with torch.no_grad():
+        layout = dgr.neurons.layout(x)
+    _, aux = dgr.optimise(x, layout)
+    assert bool(aux["found"][0]) and float(aux["dgr_loss"][0]) == pytest.approx(0.03, rel=1e-5)
