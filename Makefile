@@ -9,7 +9,7 @@ TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 export WANDB_MODE ?= offline
 export HYDRA_FULL_ERROR ?= 0
 
-.PHONY: install demo test test-slow lint bench bench-gpu docs clean table text-transformers
+.PHONY: install demo test test-slow lint bench bench-gpu docs clean table text-transformers mutation
 
 install: $(STAMP)
 
@@ -29,6 +29,12 @@ test: install
 
 test-slow: install
 	$(BIN)/python -m pytest -q -m slow tests
+
+# mutation testing of the modules that compute published numbers (hours on 2 cores; one process, one worker):
+# make mutation [MODULES="metrics/localisation.py data/roar.py"]; table in outputs/mutation/scores.md, docs/testing.md
+mutation: install
+	$(BIN)/python -c "import mutmut" 2>/dev/null || $(BIN)/pip install -q -e '.[mutation]'
+	OMP_NUM_THREADS=1 $(BIN)/python scripts/mutation.py $(MODULES)
 
 lint: install
 	$(BIN)/ruff check src tests scripts

@@ -175,3 +175,22 @@ def test_a_long_generation_says_its_duration_up_front(capsys):
     assert TYPICAL_STEPS == 700 and "1.50 s per step for 4 samples at once" in err and "roughly 35 min" in err
     _say_duration(0.01, 2, 4, cfg)  # 14 s: nothing to say
     assert capsys.readouterr().err == ""
+
+
+def test_loss_pieces_of_one_generation_step_by_hand():
+    """The pieces of a main-phase step (ch. 7 appendix 6.3, eqs. 12-13) at hand values: FL(v, 1) =
+    -(1 - v)^0.8 log v and FL(v, 0) = -v^0.8 log(1 - v); k_rem = tanh(|w - wo| / min(|w|, |wo|)); the smoothed
+    key 0.1 k + 0.9 k_hat."""
+    import math
+
+    from xattr.data.axioms_generation import focal_neg, focal_pos, removal_ratio, smooth
+
+    v = torch.tensor([0.2, 0.5, 0.9])
+    pos = [-((1 - a) ** 0.8) * math.log(a) for a in (0.2, 0.5, 0.9)]
+    neg = [-(a**0.8) * math.log(1 - a) for a in (0.2, 0.5, 0.9)]
+    torch.testing.assert_close(focal_pos(v), torch.tensor(pos))
+    torch.testing.assert_close(focal_neg(v), torch.tensor(neg))
+    # with 3, without 1: |2| / 1 = 2; with -4, without 2: 6 / 2 = 3; with 0.5, without -0.5: 1 / 0.5 = 2
+    r = removal_ratio(torch.tensor([3.0, -4.0, 0.5]), torch.tensor([1.0, 2.0, -0.5]))
+    torch.testing.assert_close(r, torch.tensor([2.0, 3.0, 2.0]))
+    torch.testing.assert_close(smooth(torch.tensor([0.5, 0.5]), torch.tensor([1.0, 0.0])), torch.tensor([0.55, 0.45]))

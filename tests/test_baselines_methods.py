@@ -368,27 +368,88 @@ def test_grad_cam_hand_computed():
         alpha = net[4].weight[target] / 36.0  # (2, 4)
         expected = torch.relu((alpha[:, :, None, None] * acts).sum(1, keepdim=True))
     torch.testing.assert_close(maps, expected)
-    # signed map and the bilinear resize of a coarser layer
+    # signed map (the bilinear resize of a coarser layer: test_grad_cam_bilinear_resize_of_a_coarser_layer)
     signed = GradCAM(net, layer="1", relu=False).attribute(x, target)
     torch.testing.assert_close(signed, (alpha[:, :, None, None] * acts).sum(1, keepdim=True))
 
 
-def test_grad_cam_pp_on_linear_head_is_positive_weighted_activation_map():
-    """With a linear head after average pooling the gradients are constant per channel, so Grad-CAM++'s
-    weights are sum_ij alpha_ij ReLU(g_k) with sum_ij alpha_ij = 1 for g_k != 0 ... i.e. ReLU(g_k) * const;
-    its map is then proportional to ReLU(sum_k 1[W_ck > 0] * W_ck * A_k) up to the alpha normaliser."""
+def _coarse_cam_net():
+    """conv (stride 2: an 8x8 input gives a 4x4 layer) -> ReLU (the CAM layer "1") -> GAP -> linear; class 1's
+    head weights set by hand with mixed signs, so every channel's gradient dy_1/dA_k = W_1k / 16 is constant."""
     torch.manual_seed(6)
-    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3))
-    net.eval()
-    x = torch.randn(1, 3, 6, 6)
-    maps = GradCAMPlusPlus(net, layer="1").attribute(x, torch.tensor([1]))
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, stride=2, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                        nn.Linear(4, 3)).eval()
     with torch.no_grad():
-        acts = torch.relu(net[0](x))
-    # channels with negative weight get no weight at all
-    neg = net[4].weight[1] < 0
-    if neg.any() and (~neg).any():
-        only_pos = (acts[:, ~neg] * net[4].weight[1][~neg][None, :, None, None]).sum(1, keepdim=True)
-        assert torch.corrcoef(torch.stack([maps.flatten(), only_pos.flatten()]))[0, 1] > 0.99 or maps.abs().max() == 0
+        net[4].weight[1] = torch.tensor([0.8, -0.6, 0.5, -0.9])
+    return net
+
+
+def _skimage_bilinear(maps: torch.Tensor, size: int) -> torch.Tensor:
+    """Independent bilinear resize (scikit-image, order 1, edge mode, no anti-aliasing) per map."""
+    from skimage.transform import resize
+
+    out = [resize(m[0].double().numpy(), (size, size), order=1, mode="edge", anti_aliasing=False) for m in maps]
+    return torch.tensor(out, dtype=maps.dtype).unsqueeze(1)
+
+
+def test_grad_cam_bilinear_resize_of_a_coarser_layer():
+    """Grad-CAM at a 4x4 layer of an 8x8 input: ReLU(sum_k W_ck / (h w) A_k) at 4x4, resized bilinearly
+    (half-pixel centres, as scikit-image's order-1 resize) to 8x8."""
+    net = _coarse_cam_net()
+    x = torch.randn(2, 3, 8, 8)
+    target = torch.tensor([1, 1])
+    with torch.no_grad():
+        acts = torch.relu(net[0](x))  # (2, 4, 4, 4)
+        coarse = torch.relu((net[4].weight[1][None, :, None, None] / 16.0 * acts).sum(1, keepdim=True))
+    assert coarse.amax() > 0
+    torch.testing.assert_close(GradCAM(net, layer="1").attribute(x, target), _skimage_bilinear(coarse, 8),
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_grad_cam_pp_hand_formula_with_mixed_sign_weights():
+    """Grad-CAM++ (Chattopadhyay et al., Eq. 19, pytorch-grad-cam's closed-form alpha): per channel
+    w_k = sum_ij alpha_ij ReLU(g_ij), alpha_ij = g_ij^2 / (2 g_ij^2 + sum_ab A_ab g_ij^3) (0 where g = 0),
+    map = ReLU(sum_k w_k A_k), bilinearly resized. Class 1's head has two negative weights: those channels
+    get no weight; written per image and per channel from the equation."""
+    net = _coarse_cam_net()
+    x = torch.randn(2, 3, 8, 8)
+    target = torch.tensor([1, 1])
+    maps = GradCAMPlusPlus(net, layer="1").attribute(x, target)
+    expected = []
+    with torch.no_grad():
+        for i in range(2):
+            acts = torch.relu(net[0](x[i : i + 1]))[0].double()  # (4, 4, 4)
+            cam = torch.zeros(4, 4, dtype=torch.float64)
+            for k in range(4):
+                g = float(net[4].weight[1, k]) / 16.0  # the same at every (i, j)
+                a_sum = float(acts[k].sum())
+                alpha = g**2 / (2 * g**2 + a_sum * g**3 + 1e-6)
+                w_k = 16 * alpha * max(g, 0.0)
+                cam += w_k * acts[k]
+            expected.append(torch.relu(cam)[None].float())
+    expected = _skimage_bilinear(torch.stack(expected), 8)
+    assert expected.amax() > 0
+    torch.testing.assert_close(maps, expected, rtol=1e-4, atol=1e-6)
+
+
+def test_guided_grad_cam_is_guided_backprop_times_upsampled_grad_cam():
+    """Guided Grad-CAM (Selvaraju et al., Sec. 3.1) = guided backprop (ReLU passes ReLU(grad) where its input
+    was > 0) times the Grad-CAM map nearest-upsampled from 4x4 to 8x8, elementwise per channel, then the
+    max over channels of |.|; both factors written by hand."""
+    net = _coarse_cam_net()
+    x = torch.randn(2, 3, 8, 8)
+    target = torch.tensor([1, 1])
+    maps = GuidedGradCAM(net, layer="1").attribute(x, target)
+    g = net[4].weight[1].detach() / 16.0  # dy/dA_k, constant over the 4x4 layer
+    xg = x.clone().requires_grad_(True)
+    z = net[0](xg)  # (2, 4, 4, 4), the ReLU's input
+    guided_at_z = (z > 0).float() * torch.relu(g)[None, :, None, None]
+    (gbp,) = torch.autograd.grad(z, xg, grad_outputs=guided_at_z.detach())
+    with torch.no_grad():
+        cam = torch.relu((g[None, :, None, None] * torch.relu(z)).sum(1, keepdim=True))  # (2, 1, 4, 4)
+        up = cam.repeat_interleave(2, dim=2).repeat_interleave(2, dim=3)  # nearest 4 -> 8
+    assert cam.amax() > 0 and gbp.abs().amax() > 0
+    torch.testing.assert_close(maps, (gbp * up).abs().amax(1, keepdim=True), rtol=1e-5, atol=1e-7)
 
 
 def test_lrp_epsilon_zero_equals_gradient_times_input_on_bias_free_relu_net():
@@ -422,28 +483,35 @@ def test_guided_backprop_passes_only_positive_signal():
 
 
 def test_extremal_perturbation_restores_flags_and_finds_the_evidence():
-    """A model whose target logit is the mean of the top-left quadrant: the preserved mask sits there."""
+    """A model whose target logit is 300 x the mean of the top-right quadrant (a score of a network's scale:
+    TorchRay's area penalty has weight 300; the top-right, not a diagonal quadrant, so a transposed mask
+    fails): the preserved mask sits there, beating each of the three other quadrants, IoU > 0.5."""
 
     class Quadrant(nn.Module):
         num_classes = 2
 
         def __init__(self):
             super().__init__()
-            self.scale = nn.Parameter(torch.ones(()))
+            self.scale = nn.Parameter(torch.tensor(300.0))
 
         def forward(self, x):
-            q = x[:, :, :16, :16].mean((1, 2, 3)) * self.scale
+            q = x[:, :, :16, 16:].mean((1, 2, 3)) * self.scale
             return torch.stack([q, -q], 1)
 
     model = Quadrant().eval()
     model.scale.requires_grad_(True)
     x = torch.full((1, 3, 32, 32), -1.0)
-    x[:, :, :16, :16] = 3.0
+    x[:, :, :16, 16:] = 3.0
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)  # TorchRay's meshgrid UserWarning stays off the console
         maps = ExtremalPerturbation(model, areas=[0.25], max_iter=60, step=4, sigma=4.0).attribute(x, torch.tensor([0]))
     assert model.scale.requires_grad
-    assert maps[..., :16, :16].mean() > 2 * maps[..., 16:, 16:].mean()
+    quadrants = [maps[..., r : r + 16, c : c + 16].mean() for r in (0, 16) for c in (0, 16)]  # TL, TR, BL, BR
+    assert quadrants[1] > 2 * max(quadrants[0], quadrants[2], quadrants[3]), quadrants
+    top = maps[0, 0] > 0.5
+    truth = torch.zeros(32, 32, dtype=torch.bool)
+    truth[:16, 16:] = True
+    assert (top & truth).sum() / (top | truth).sum() > 0.5
 
 
 def test_lime_grid_recovers_linear_model():
@@ -537,3 +605,125 @@ def test_deepshap_data_baselines_need_fit():
     method.fit([{"x": torch.randn(2, 3, 16, 16)}, {"x": torch.randn(2, 3, 16, 16)}])
     assert method.reference_set(x).shape == (3, 3, 16, 16)
     assert method.attribute(x, torch.tensor([0, 1])).shape == (2, 1, 16, 16)
+
+
+# ---------------------------------------------------------------- SmoothGrad, FullGrad, LRP alpha-beta: closed forms
+class _Cubic(nn.Module):
+    """logit_c = sum_p w_cp x_p^3: the gradient 3 w_cp (x_p + sigma eps_p)^2 has the expectation
+    3 w_cp (x_p^2 + sigma^2), which depends on the noise level."""
+
+    num_classes = 2
+
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.stack([torch.linspace(0.5, 2.0, 16), -torch.linspace(1.0, 3.0, 16)]).view(2, 1, 4, 4))
+
+    def forward(self, x):
+        return (self.w[None] * x[:, None] ** 3).flatten(2).sum(2)
+
+
+def test_smoothgrad_mean_equals_closed_form_expectation():
+    """SmoothGrad (Smilkov et al., Eq. 2, signed) with sigma = noise_level * (max x - min x): the mean over
+    4000 noisy copies of 3 w (x + sigma eps)^2 equals 3 w (x^2 + sigma^2) up to Monte-Carlo error
+    (a 10x noise level would give sigma^2 x 100)."""
+    model = _Cubic().eval()
+    x = torch.tensor([[-0.5, 0.0, 0.25, 1.0], [0.5, -1.0, 0.75, 0.1], [0.3, -0.2, 0.0, 0.6], [-0.7, 0.2, 0.4, -0.3]])
+    x = torch.stack([x.view(1, 4, 4), -x.view(1, 4, 4)])  # two images, (2, 1, 4, 4)
+    target = torch.tensor([0, 1])
+    maps = SmoothGrad(model, n_samples=4000, noise_level=0.2, abs=False, reduce="sum", seed=3).attribute(x, target)
+    sigma = 0.2 * 2.0  # max - min = 1 - (-1) for both images
+    w = model.w.detach()[target]  # (2, 1, 4, 4)
+    estimate = (maps / (3 * w) - x**2)  # per pixel, an unbiased estimate of sigma^2
+    torch.testing.assert_close(estimate.mean((1, 2, 3)), torch.full((2,), sigma**2), rtol=0.05, atol=0.0)
+
+
+def _fullgrad_net():
+    torch.manual_seed(13)
+    net = nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 5, 3, padding=1), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(5, 3),
+    ).eval()
+    with torch.no_grad():
+        bn = net[1]
+        bn.running_mean.uniform_(-0.5, 0.5)
+        bn.running_var.uniform_(0.5, 2.0)
+        bn.weight.uniform_(0.5, 1.5)
+        bn.bias.uniform_(-0.3, 0.3)
+        net[0].bias.uniform_(-0.5, 0.5)
+        net[3].bias.uniform_(-0.5, 0.5)
+    return net
+
+
+def test_fullgrad_completeness_and_hand_map():
+    """FullGrad (Srinivas & Fleuret, Eq. 2 and 4). A ReLU net is piecewise linear, so the input-gradient
+    term and the bias-gradient terms (conv biases, the batch-norm's folded bias beta - gamma mu / sqrt(var +
+    eps), the linear head's bias) sum to the target logit (completeness). The map is psi applied to the
+    pieces as pytorch-grad-cam does: per channel min-max of |x * grad_x| and of |b * grad_b| for the
+    conv / batch-norm biases, summed, then a final per-image min-max."""
+    net = _fullgrad_net()
+    x = torch.randn(2, 3, 8, 8)
+    target = torch.tensor([0, 2])
+    maps = FullGrad(net).attribute(x, target)
+
+    def mm(m):  # psi's min-max of one map
+        m = m - m.min()
+        return m / (1e-7 + m.max())
+
+    bn = net[1]
+    biases = [net[0].bias, bn.bias - bn.running_mean * bn.weight / torch.sqrt(bn.running_var + bn.eps), net[3].bias]
+    for i in range(2):  # per image, from the equations
+        xi = x[i : i + 1].clone().requires_grad_(True)
+        outs = []
+        a0 = net[0](xi)
+        a1 = net[1](a0)
+        a3 = net[3](net[2](a1))
+        logit = net[7](net[6](net[5](net[4](a3))))[0, target[i]]
+        grads = torch.autograd.grad(logit, [xi, a0, a1, a3])
+        with torch.no_grad():
+            terms = [(b[None, :, None, None] * g).sum() for b, g in zip(biases, grads[1:])]
+            total = (xi * grads[0]).sum() + sum(terms) + net[7].bias[target[i]]
+            torch.testing.assert_close(total, logit.detach(), rtol=1e-4, atol=1e-5)  # completeness
+            acc = sum(mm((xi * grads[0])[0, c].abs()) for c in range(3))
+            for b, g in zip(biases, grads[1:]):
+                acc = acc + sum(mm((b[c] * g[0, c]).abs()) for c in range(b.shape[0]))
+            outs.append(mm(acc))
+        torch.testing.assert_close(maps[i, 0], outs[0], rtol=1e-4, atol=1e-5)
+
+
+def _lrp_alpha_beta_by_hand(net, x, target, alpha=2.0, beta=1.0):
+    """LRP per image from Bach et al.: linear head LRP-0 (R_j = w_cj a_j with R_c = the logit), ReLU passes
+    relevance, the bias-free conv by the alpha-beta rule R_i = sum_j (alpha z_ij^+ / sum_i z_ij^+ -
+    beta z_ij^- / sum_i z_ij^-) R_j with z_ij = w_ij x_i over each output's receptive field."""
+    conv, lin = net[0], net[3]
+    out = []
+    for b in range(x.shape[0]):
+        xb = x[b : b + 1].double()
+        a = torch.relu(nn.functional.conv2d(xb, conv.weight.double(), padding=1))  # (1, O, H, W)
+        r_a = lin.weight.double()[target[b]].view_as(a) * a  # LRP-0 of the head
+        patches = nn.functional.unfold(xb, 3, padding=1)[0]  # (C*9, L)
+        w = conv.weight.double().flatten(1)  # (O, C*9)
+        z = w[:, :, None] * patches[None]  # (O, C*9, L)
+        zp, zn = z.clamp(min=0), z.clamp(max=0)
+        sp = zp.sum(1, keepdim=True)
+        sn = zn.sum(1, keepdim=True)
+        share = alpha * zp / torch.where(sp == 0, 1.0, sp) - beta * zn / torch.where(sn == 0, -1.0, sn)
+        r_in = (share * r_a.flatten(2)[0][:, None, :]).sum(0)  # (C*9, L)
+        out.append(nn.functional.fold(r_in[None], x.shape[-2:], 3, padding=1)[0])
+    return torch.stack(out).float()
+
+
+def test_lrp_alpha_beta_hand_case_and_conservation():
+    """alpha = 2, beta = 1 on conv (bias-free) -> ReLU -> flatten -> linear (bias-free, epsilon ~ 0):
+    the relevance equals the per-image loop from the rule, and it is conserved (alpha - beta = 1: the
+    input relevance sums to the target logit)."""
+    torch.manual_seed(14)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1, bias=False), nn.ReLU(), nn.Flatten(),
+                        nn.Linear(4 * 6 * 6, 3, bias=False)).eval()
+    x = torch.randn(2, 3, 6, 6)
+    target = torch.tensor([0, 2])
+    rel = LRP(net, rule="alpha_beta", alpha=2.0, beta=1.0, epsilon=1e-9, canonize=False,
+              init="logit").attribute_channels(x, target)
+    torch.testing.assert_close(rel, _lrp_alpha_beta_by_hand(net, x, target), rtol=1e-3, atol=1e-5)
+    with torch.no_grad():
+        logits = net(x)[torch.arange(2), target]
+    torch.testing.assert_close(rel.sum((1, 2, 3)), logits, rtol=1e-3, atol=1e-5)

@@ -74,14 +74,36 @@ def test_metric_list_composes_several():
 
 
 @pytest.mark.parametrize("opt", [o for o in group_options("dataset") if o != "axioms"])  # axioms: generated, tests/test_axioms_*
-def test_dataset_configs_build(opt, shared_data):
-    if opt in ("nih_chestxray8", "brixia"):  # no chest X-ray here: tests/test_cxr_data.py reads fixture files
-        pytest.skip(f"{opt} is not on this machine")
+def test_dataset_configs_build(opt, request, tmp_path):
+    if opt in ("nih_chestxray8", "brixia"):  # no chest X-ray here: the configs built on fixture files
+        return _cxr_config_builds(opt, tmp_path)
+    shared_data = request.getfixturevalue("shared_data")
     model = ["model=imdb_lstm"] if opt == "imdb" else []
     cfg = compose_cfg([f"dataset={opt}", "dataset.limit=2", f"paths.data_dir={shared_data}", *model])
     ds = instantiate(cfg.dataset.attribution, preprocess=load_model("cifar_resnet20", "random").preprocess
                      if opt == "cifar10" else load_model("mobilenet_v2", "random").preprocess)
     assert len(ds) == 2
+
+
+def _cxr_config_builds(opt, root):
+    """The composed NIH / BrixIA configs build their four splits on tests/test_cxr_data.py's fixture files
+    (official layouts, written into ``root``); the attribution rows are the fixture's, by hand."""
+    from tests.test_cxr_data import write_brixia, write_nih
+
+    extra = ["dataset.images=png", "dataset.image_ext=.png"] if opt == "brixia" else []
+    (write_nih if opt == "nih_chestxray8" else write_brixia)(root)
+    cfg = compose_cfg([f"dataset={opt}", "dataset.limit=2", f"dataset.root={root}", *extra])
+    pre = load_model("mobilenet_v2", "random").preprocess
+    ds = {k: instantiate(cfg.dataset[k], preprocess=pre) for k in ("attribution", "estimation", "train", "test")}
+    if opt == "nih_chestxray8":  # rows (image, boxed finding), limit 2 of 3; train / test lists of 2 / 1 images
+        assert [(ds["attribution"][i]["id"], ds["attribution"][i]["label"]) for i in range(len(ds["attribution"]))] \
+            == [("00000001_000_Cardiomegaly", 1), ("00000003_001_Mass", 4)]
+        assert (len(ds["train"]), len(ds["test"])) == (2, 1)
+    else:  # ConsensusTestset: b (score 3 + 3 = 6) is the test split, a the training split
+        assert len(ds["attribution"]) == 1 and float(ds["attribution"][0]["label"]) == 6.0
+        assert ds["attribution"][0]["zones"].tolist() == [0, 0, 0, 0, 3, 3]
+        assert (len(ds["train"]), len(ds["test"]), len(ds["estimation"])) == (1, 1, 1)
+    assert ds["attribution"][0]["x"].shape == (3, 224, 224)
 
 
 @pytest.mark.parametrize("arg,msg", [
@@ -257,6 +279,15 @@ def test_an_unknown_key_is_one_line_naming_the_keys_that_exist(argv, config, msg
     assert "_target_" not in valid
 
 
-def test_known_keys_and_sweeps_pass_the_key_check():
-    check_overrides(["method=iba", "method.beta=10", "hydra.run.dir=/tmp/x"])
-    check_overrides(["method=iba,gradient", "method.whatever=1,2"])  # a sweep: each job composes itself
+def test_known_keys_and_sweeps_pass_the_key_check(capsys):
+    """Known keys and sweeps pass silently; the same calls with one key or option misspelt exit 2 (so the
+    check is live for these shapes of argument)."""
+    assert check_overrides(["method=iba", "method.beta=10", "hydra.run.dir=/tmp/x"]) is None
+    assert check_overrides(["method=iba,gradient", "method.whatever=1,2"]) is None  # a sweep: each job composes itself
+    assert capsys.readouterr().err == ""
+    for bad in (["method=iba", "method.betaa=10", "hydra.run.dir=/tmp/x"], ["method=iba,gradientt", "method.whatever=1,2"]):
+        with pytest.raises(SystemExit) as e:
+            check_overrides(bad)
+        assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "betaa" in err and "gradientt" in err

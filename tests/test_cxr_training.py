@@ -139,9 +139,10 @@ def test_mask_iou_by_hand() -> None:
     # explaining a finding whose mask is empty: NaN (no region to localise)
     r = MaskIoU()(None, x, torch.tensor([0, 1]), maps, concept_masks=masks)
     assert all(math.isnan(v) for v in r.scores["mask_iou"].tolist())
-    # quantile mode: the top 25% (4 pixels) of image 0's map, ties broken stably: the first 4 of the 6 ones
+    # quantile mode: the top 25% (4 pixels) of image 0's map, ties broken stably: the first 4 of the 6 ones in
+    # raster order, (0,0) (0,1) (0,2) (1,0); 3 of them in the 2x2 mask: IoU 3 / (4 + 4 - 3) = 3/5
     r = MaskIoU(threshold=0.25, mode="quantile")(None, x[:1], torch.tensor([1]), maps[:1], concept_masks=masks[:1])
-    assert 0 < float(r.scores["mask_iou"][0]) <= 1
+    assert float(r.scores["mask_iou"][0]) == pytest.approx(3 / 5)
 
 
 def test_severity_pearson_by_hand() -> None:

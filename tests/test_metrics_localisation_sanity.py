@@ -65,8 +65,11 @@ def test_union_of_boxes_and_iou():
     res = run(BoxIoU(), maps, boxes)
     assert res.scores["iou"].item() == pytest.approx(75 / 125)
     assert res.curves["iou"].shape == (1, 50)
-    q = run(BoxIoU(threshold=0.25, mode="quantile"), torch.rand(1, 1, H, H), boxes)
-    assert 0 <= q.scores["iou"].item() <= 1
+    # quantile mode: a map decreasing in raster order keeps its first 25% of pixels (rows 0-4, 100 pixels);
+    # with the boxes' 125 pixels they share the 25 of the top-left box: IoU 25 / (100 + 125 - 25) = 1/8
+    ramp = (H * H - torch.arange(H * H, dtype=torch.float32)).view(1, 1, H, H)
+    q = run(BoxIoU(threshold=0.25, mode="quantile"), ramp, boxes)
+    assert q.scores["iou"].item() == pytest.approx(25 / 200)
     with pytest.raises(XattrConfigError, match="boxes"):
         run(BoxIoU(), maps, [BOX, BOX])
 
@@ -83,6 +86,7 @@ def test_sanity_check_steps_and_rebuilding():
     x, t = torch.randn(2, 3, 16, 16), torch.tensor([1, 3])
     method = Gradient(net)
     maps = method.attribute(x, t)
+    before = {k: v.detach().clone() for k, v in net.state_dict().items()}  # a copy: compared after the metric
     metric = CascadingRandomisation(layers=["fc", "conv3", "conv2"])
     res = metric(net, x, t, maps, method=method)
     assert res.curves["ssim"].shape == (2, 4) and torch.equal(res.x_axis["ssim"], torch.arange(4.0))
@@ -91,7 +95,8 @@ def test_sanity_check_steps_and_rebuilding():
     assert (res.curves["ssim"][:, 1:] < 0.9).all()  # a gradient depends on the weights
     assert metric.step_names(net) == ["original", "fc", "features.5", "features.2"]
     assert metric.plan(net) == [["fc"], ["features.5"], ["features.2"]]
-    assert torch.equal(net.fc.weight, method.model.fc.weight)  # the original model is untouched
+    after = net.state_dict()
+    assert all(torch.equal(after[k], v) for k, v in before.items())  # the original model is untouched
     same = metric(net, x, t, maps, method_factory=lambda m: Gradient(m))
     assert torch.allclose(same.curves["ssim"], res.curves["ssim"])  # same seed, same random weights
     # a method that ignores the model: SSIM stays 1 at every step

@@ -157,8 +157,33 @@ def test_custom_weights_aliases_and_default_labels(tmp_path):
 
 
 def test_custom_example_config_runs_grad_cam(tmp_path):
-    run_dir = _run(tmp_path, ["model=custom", "method=grad_cam", "model.preprocess.size=32"])
-    assert len(pd.read_parquet(run_dir / "per_image.parquet")) == 2
+    """The shipped example (TinyCNN, random weights drawn after the run's seed) through the CLI's run: the saved
+    maps are Grad-CAM at its conv3 computed here on the same network and photos (the model rebuilt under the
+    same seed, the photos loaded by the API), up to the float16 of the files; targets are the top-1 classes."""
+    import pytorch_lightning as pl
+
+    import xattr
+    from xattr.core.store import RunStore
+    from xattr.methods.baselines.cam import GradCAM
+    from xattr.models.tiny import TinyCNN
+
+    overrides = ["model=custom", "method=grad_cam", "model.preprocess.size=32"]
+    run_dir = _run(tmp_path, overrides)
+    df = pd.read_parquet(run_dir / "per_image.parquet")
+    assert len(df) == 2 and (df["target"] == df["top1"]).all()
+    cfg = compose_cfg(FAST + overrides)
+    pl.seed_everything(cfg.seed, verbose=False)
+    model = xattr.load_model(TinyCNN(), preprocess={"size": 32})  # the example's factory, under the run's seed
+    x, ids = xattr.load_images(REPO / "assets" / "samples", model, limit=2)
+    target = model.net(x).argmax(1)
+    assert df.set_index("id").loc[ids, "target"].tolist() == target.tolist()
+    expected = GradCAM(model.net, layer="conv3").attribute(x, target)
+    saved = RunStore(run_dir).heatmaps()
+    assert expected.amax() > 0
+    for i, image_id in enumerate(ids):  # random weights give maps of ~1e-5: tolerances relative to the map's max
+        scale = float(expected[i].amax())
+        np.testing.assert_allclose(saved[image_id].astype(np.float32) / scale, expected[i, 0].numpy() / scale,
+                                   rtol=1e-2, atol=5e-3)
 
 
 # ------------------------------------------------------------------------------------------------ bad input

@@ -53,10 +53,13 @@ def _top1(zoo, root, limit):
 
 @pytest.mark.shared
 def test_mobilenet_v2_top1_on_shared_val_subset(shared_data):
-    """README: 71.2% on images 1-1000 with SAME padding (66.4% without). 150 images: +-3.7% s.e."""
+    """README: 71.2% on images 1-1000 with TF SAME padding, 66.4% with PyTorch's symmetric padding (the failure
+    to catch). The floor lies between the two (68.8%, rounded up to 69 of the first 100 images): on these 100
+    images the symmetric padding classifies 67 (the floor fails it), SAME padding 71. The exact 71.2% on all
+    1000 images: test_mobilenet_v2_top1_on_all_shared_val (slow)."""
     zoo = load_model("mobilenet_v2", "imagenet", weights_dir=shared_data / "weights")
-    acc = _top1(zoo, shared_data / "imagenet", 150)
-    assert 0.60 <= acc <= 0.82, acc
+    acc = _top1(zoo, shared_data / "imagenet", 100)
+    assert 0.69 <= acc <= 0.82, acc
 
 
 @pytest.mark.slow

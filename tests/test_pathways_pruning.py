@@ -47,10 +47,17 @@ def test_greedy_pruning_lets_an_originally_dead_neuron_in_with_the_output_preser
 
 
 def test_greedy_reference_variant_restores_zero_scores():
+    """PathwayGrad's rounds worked by hand on dead_trap (u v w | p d z; scores u .1, v 1.12, w 0, p 1.1, d 0,
+    z .12). Round 0 (percentile 0 of the scores with zeros raised to the max: .1): u pruned, the zero-score
+    w, d restored -> u off. Then u = 0: p = d = 1, Phi = 1.34; scores v 1.34, p 1, d .22, z .12, u = w = 0.
+    Round 1 (40th percentile of [1.34, 1.34, 1.34, 1, .22, .12] = 1): p, d, z pruned, u, w restored (score 0).
+    Then layer 2 is off: every score is 0, so round 2 (t = 0) restores everything."""
     net, x, t = dead_trap(), torch.ones(1, 1), torch.tensor([0])
-    e = GreedyPruning(net, variant="reference", iterations=3, percentile_step=0.4).explain_pathway(x, t)[0]
-    # zero-score neurons (w, d and everything pruned earlier) are restored every round: dead ones are "kept"
-    assert e[2] and e.sum() >= 4
+    rounds = {k: GreedyPruning(net, variant="reference", iterations=k, percentile_step=0.4).explain_pathway(x, t)[0]
+              for k in (1, 2, 3)}
+    assert rounds[1].tolist() == [False, True, True, True, True, True]
+    assert rounds[2].tolist() == [True, True, True, False, False, False]
+    assert rounds[3].tolist() == [True] * 6
 
 
 @pytest.fixture(scope="module")
@@ -118,3 +125,86 @@ def test_dgr_ties_at_the_percentile_are_kept(cnn, images):
     exp = DGR(cnn, gamma=0.0, iterations=2).explain(x, t)
     # all gates equal 1: nothing is above the percentile strictly, ties at 1 are kept (>= c_kappa)
     assert (exp.aux["pathway/kept"] == exp.aux["pathway/layer_sizes"].sum(1)).all()
+
+
+def test_dgr_eq3_by_hand_on_a_two_layer_net():
+    """DGR's eq. 3 on Linear(4, 6) -> ReLU (gated) -> Linear(6, 3), written here per image: loss(lambda) =
+    -sum_k p_orig[k] log(softmax(W2 (lambda * relu(W1 x + b1)) + b2)[k] + 1e-20) + gamma sum |lambda|, SGD with
+    momentum 0.9 from lambda = 1, clamp [0, 100], the kept gates the lowest-loss iterate predicting the
+    original class. Hidden neuron 5 feeds nothing (W2[:, 5] = 0): only gamma's term moves its gate, which
+    shrinks as 1 - lr gamma sum_{t<=k} (1 - 0.9^t) / 0.1 after k steps."""
+    torch.manual_seed(21)
+    net = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3)).eval()
+    with torch.no_grad():
+        net[0].bias.fill_(0.5)  # every hidden neuron active on these inputs
+        net[2].weight[:, 5] = 0.0
+    x = torch.rand(2, 4)
+    gamma, lr, iters = 0.05, 0.1, 20
+    dgr = DGR(net, gamma=gamma, lr=lr, iterations=iters, max_retries=1, init="one")
+    with torch.no_grad():
+        layout = dgr.neurons.layout(x)
+    gates, aux = dgr.optimise(x, layout)
+    w1, b1, w2, b2 = (p.detach() for p in (net[0].weight, net[0].bias, net[2].weight, net[2].bias))
+    for i in range(2):  # one image at a time, from the equation
+        a = torch.relu(w1 @ x[i] + b1)
+        p0 = torch.softmax(w2 @ a + b2, 0)
+
+        def loss(lam, a=a, p0=p0):
+            return -(p0 * torch.log(torch.softmax(w2 @ (lam * a) + b2, 0) + 1e-20)).sum() + gamma * lam.abs().sum()
+
+        lam, buf, best, best_loss, best_k = torch.ones(6), torch.zeros(6), None, float("inf"), None
+        for k in range(iters):
+            leaf = lam.clone().requires_grad_(True)
+            value = loss(leaf)
+            (g,) = torch.autograd.grad(value, leaf)
+            same = int((w2 @ (lam * a) + b2).argmax()) == int(p0.argmax())
+            if same and float(value) < best_loss:
+                best, best_loss, best_k = lam.clone(), float(value), k
+            buf = 0.9 * buf + g
+            lam = (lam - lr * buf).clamp(0, 100)
+        assert bool(aux["found"][i]) and best_k == iters - 1
+        torch.testing.assert_close(aux["dgr_loss"][i], torch.tensor(best_loss), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(gates[i], best, rtol=1e-5, atol=1e-6)
+        shrunk = 1 - lr * gamma * sum((1 - 0.9**t) / 0.1 for t in range(1, best_k + 1))
+        assert gates[i, 5] == pytest.approx(shrunk, rel=1e-5) and shrunk < 0.5
+
+
+def test_dgr_defaults_are_the_papers_and_bad_values_are_one_line(cnn):
+    """Defaults of ch. 5 / the reference code (module docstring of dgr.py: gamma 0.01, SGD lr 0.01, momentum
+    0.9, 1000 iterations, gates clamped to [0, 100], up to 100 rounds, sparsity 0.7, init one); each bad value
+    is one XattrConfigError line naming it, and the values at the edge of each range are accepted. The stated
+    cost: the clean forward, 3 per iteration (a forward and a backward), and the 4 forwards every pathway
+    method spends besides its selection (pathway.BASE_FORWARDS), rounds 1 .. max_retries."""
+    h = DGR(cnn).hparams
+    assert {k: h[k] for k in ("gamma", "lr", "momentum", "iterations", "clamp", "max_retries", "sparsity", "init")} == {
+        "gamma": 0.01, "lr": 0.01, "momentum": 0.9, "iterations": 1000, "clamp": 100.0, "max_retries": 100,
+        "sparsity": 0.7, "init": "one"}
+    for kw, named in [({"gamma": -0.1}, "gamma"), ({"gamma": True}, "gamma"), ({"gamma": "x"}, "gamma"),
+                      ({"lr": 0.0}, "lr"), ({"clamp": 0.0}, "clamp"), ({"momentum": 1.0}, "momentum"),
+                      ({"momentum": -0.1}, "momentum"), ({"iterations": 0}, "iterations"),
+                      ({"max_retries": 0}, "max_retries")]:
+        with pytest.raises(XattrConfigError, match=named) as err:
+            DGR(cnn, **kw)
+        assert "\n" not in str(err.value)
+    DGR(cnn, gamma=0, momentum=0.0, iterations=1, max_retries=1)  # the edges are valid
+    dgr = DGR(cnn, iterations=7, max_retries=3)
+    assert dgr.forwards_per_image((3, 10, 10)) == 1 + 3 * 7 + 4
+    assert dgr.cost_bounds == (1.0, 3.0)
+    assert DGR.name == "dgr"
+
+
+def test_dgr_loss_stays_finite_when_a_probability_underflows():
+    """Logits (0, 300): softmax's first probability is 0 in float32, and eq. 3's log(p + 1e-20) keeps the
+    distillation term finite: at the start (gates 1, three hidden units of 1) the loss is -1 log 1 + 0.01 * 3."""
+    net = nn.Sequential(nn.Linear(2, 3), nn.ReLU(), nn.Linear(3, 2)).eval()
+    with torch.no_grad():
+        net[0].weight.zero_()
+        net[0].bias.fill_(1.0)
+        net[2].weight.copy_(torch.tensor([[0.0, 0.0, 0.0], [100.0, 100.0, 100.0]]))
+        net[2].bias.zero_()
+    x = torch.zeros(1, 2)
+    dgr = DGR(net, iterations=1, max_retries=1)
+    with torch.no_grad():
+        layout = dgr.neurons.layout(x)
+    _, aux = dgr.optimise(x, layout)
+    assert bool(aux["found"][0]) and float(aux["dgr_loss"][0]) == pytest.approx(0.03, rel=1e-5)
