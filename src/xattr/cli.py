@@ -12,7 +12,8 @@ what it keeps when stopped early and which folder it writes; the shell gives the
   ``error: <one line>`` on stderr, exit 2, and the output folder is removed when this command made it and it
   holds no finished work (the entry point says what finished work is).
 - **Permissions**: a file or folder that cannot be written (or read) is one line naming it, exit 2, also
-  when Hydra meets it while making the run folder; the unfinished folder goes as on bad input.
+  when Hydra meets it while making the run folder; the unfinished folder goes as on bad input. A file where
+  the output folder must go (``hydra.run.dir=<a file>``, ``--out <a file>``) is one line the same way.
 - Before any work: ``check_overrides(argv, config_name)`` for Hydra entry points (an unknown group option or
   key is one line), ``torch.set_float32_matmul_precision("high")`` where torch works. CPU threads are set by
   the task itself (``set_threads=True``) after its checks, so that a bad input stays one line.
@@ -166,6 +167,16 @@ def permission_line(err: PermissionError, writable: str) -> str:
     return f"error: cannot access {name}: permission denied; valid choices: {writable}"
 
 
+def in_the_way_line(err: OSError, writable: str) -> str:
+    """``error: cannot make folder <path>: a file is in the way; valid choices: <writable>`` (a folder the
+    command must make, ``hydra.run.dir=<a file>``, ``--out <a file>``, or one below a file)."""
+    name = err.filename or one_line(err)
+    return f"error: cannot make folder {name}: a file is in the way; valid choices: {writable}"
+
+
+IN_THE_WAY = (FileExistsError, NotADirectoryError)
+
+
 @contextlib.contextmanager
 def _signals() -> Iterator[None]:
     """SIGTERM behaves like Ctrl-C inside; the previous handlers come back after (a caller in this process)."""
@@ -214,6 +225,10 @@ def guarded(work: Callable[[], T], stop: Stop, *, uses_torch: bool = True) -> T:
             if isinstance(e, PermissionError):
                 remove_unfinished(stop)
                 _say(permission_line(e, stop.writable))
+                raise SystemExit(BAD_INPUT) from None
+            if isinstance(e, IN_THE_WAY):
+                remove_unfinished(stop)
+                _say(in_the_way_line(e, stop.writable))
                 raise SystemExit(BAD_INPUT) from None
             err = root_config_error(e) if isinstance(e, Exception) else None
             if err is None:
@@ -339,6 +354,9 @@ def hydra_command(config_name: str, task: Callable[[Any], Any], stop_for: Callab
             return INTERRUPTED
         except PermissionError as e:  # Hydra making the run folder
             _say(permission_line(e, writable))
+            return BAD_INPUT
+        except IN_THE_WAY as e:  # Hydra making the run folder where a file is
+            _say(in_the_way_line(e, writable))
             return BAD_INPUT
         except Exception as e:
             err = root_config_error(e)

@@ -1,0 +1,105 @@
+"""Call one entry point's ``main(argv)`` once per row, in this process, each row in a fresh folder: the bad-input
+rows of tests/test_bad_input.py in ONE interpreter per entry point (the imports are paid once).
+
+``python tests/bad_input_driver.py <entry> <rows.json>``: ``rows.json`` is a list of ``{"argv": [...], "setup":
+name or null}``; ``{cwd}`` in an argument is the row's folder. Prints one JSON line per row on stdout:
+``{"rc": exit code or "traceback: <last line>", "err": [stderr lines], "left": [paths left under the row's
+folder that the row's set-up did not make]}``. Each row's stderr is caught at the file-descriptor level, so
+warnings, logging and a traceback all count as lines.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import sys
+import tempfile
+import traceback
+from pathlib import Path
+
+
+def _files(root: Path) -> set[str]:
+    return {str(p.relative_to(root)) for p in root.rglob("*")}
+
+
+def setup(name: str | None, cwd: Path) -> None:
+    """What a row needs on disk before it runs (made before the row's folder is listed)."""
+    import numpy as np
+
+    if name is None:
+        return
+    if name == "empty_dir":
+        (cwd / "empty").mkdir()
+    elif name == "a_file":
+        (cwd / "a_file").write_text("not a folder\n")
+    elif name == "corrupt_pth":
+        (cwd / "w.pth").write_bytes(b"\x80\x02not a pickle at all")
+        (cwd / "empty.pth").write_bytes(b"")
+    elif name == "latin1_imdb":
+        import gzip
+
+        d = cwd / "imdb"
+        d.mkdir()
+        with gzip.open(d / "test.jsonl.gz", "wb") as f:
+            f.write('{"text": "caf\u00e9 tr\u00e8s bien", "label": 1}\n'.encode("latin-1"))
+    elif name.startswith("saved_run:"):  # a finished run folder made by another model/dataset (config + maps)
+        model, dataset, limit = name.split(":", 1)[1].split(",")
+        run = cwd / "saved"
+        (run / "heatmaps").mkdir(parents=True)
+        (run / "config.yaml").write_text(
+            f"method_name: gradient\nmodel:\n  name: {model}\n  weights: imagenet\n"
+            f"dataset:\n  name: {dataset}\n  limit: {limit}\n")
+        np.savez(run / "heatmaps" / "b0000000-2.npz", maps=np.zeros((2, 4, 4), np.float16),
+                 id=np.array(["a", "b"]), index=np.arange(2), label=np.zeros(2, np.int64),
+                 target=np.zeros(2, np.int64))
+    else:
+        raise SystemExit(f"unknown setup {name!r}")
+
+
+def one_row(main, argv: list[str], setup_name: str | None) -> dict:
+    cwd = Path(tempfile.mkdtemp(prefix="row-"))
+    os.chdir(cwd)
+    setup(setup_name, cwd)
+    before = _files(cwd)
+    argv = [a.replace("{cwd}", str(cwd)) for a in argv]
+    err_path = cwd.parent / f"{cwd.name}.stderr"
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved, saved_out = os.dup(2), os.dup(1)
+    with open(err_path, "w") as f, open(os.devnull, "w") as null:
+        os.dup2(f.fileno(), 2)
+        os.dup2(null.fileno(), 1)
+    try:
+        try:
+            rc: int | str = main(argv)
+        except SystemExit as e:
+            rc = e.code if isinstance(e.code, int) else 1
+        except BaseException as e:  # noqa: BLE001 - a traceback is what the row reports
+            traceback.print_exc()
+            rc = f"traceback: {type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}"
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.dup2(saved_out, 1)
+        os.close(saved)
+        os.close(saved_out)
+    err = [ln for ln in err_path.read_text(errors="replace").splitlines() if ln.strip()]
+    left = sorted(_files(cwd) - before)
+    return {"rc": rc, "err": err, "left": left}
+
+
+def main() -> None:
+    entry, rows_file = sys.argv[1], sys.argv[2]
+    rows = json.loads(Path(rows_file).read_text())
+    main_fn = importlib.import_module(f"xattr.{entry}").main
+    out = sys.stdout
+    for row in rows:
+        res = one_row(main_fn, row["argv"], row.get("setup"))
+        out.write(json.dumps(res) + "\n")
+        out.flush()
+
+
+if __name__ == "__main__":
+    main()
