@@ -175,8 +175,11 @@ class ClassificationData(pl.LightningDataModule):
             if dataset.get(key) is None:
                 raise XattrConfigError(f"dataset {dataset.get('name')!r} has no '{key}' node: training needs "
                                        "dataset.train and dataset.test (see conf/dataset/cifar10.yaml)")
-        if int(batch_size) < 1:
-            raise XattrConfigError(f"batch_size must be >= 1, got {batch_size}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise XattrConfigError(f"bad batch_size {batch_size!r}; valid choices: an integer >= 1")
+        for key, value in (("data.limit", limit), ("data.test_limit", test_limit)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise XattrConfigError(f"bad {key} {value!r}; valid choices: an integer >= 1, or null for all items")
         split_indices([0, 0], val_fraction)  # checks the fraction before any work
         self.dataset_cfg, self.preprocess = dataset, preprocess
         self.batch_size, self.num_workers = int(batch_size), int(num_workers)
@@ -184,6 +187,7 @@ class ClassificationData(pl.LightningDataModule):
         self.limit = int(limit) if limit is not None else None
         self.test_limit = int(test_limit) if test_limit is not None else None
         self.augment_cfg = augment
+        self.train_generator = torch.Generator().manual_seed(self.seed)  # shuffling and worker seeds
         self.vocab = None
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
@@ -251,11 +255,19 @@ class ClassificationData(pl.LightningDataModule):
         self.setup()
         return {"train": len(self.train_set), "val": len(self.val_set), "test": len(self.test_set)}
 
+    def generators(self) -> dict[str, torch.Generator]:
+        """The generators the loaders draw from (checkpointed by :class:`xattr.training.resume.RandomState`)."""
+        return {"train": self.train_generator}
+
     def _loader(self, ds: Dataset, shuffle: bool) -> DataLoader:
+        """Every loader has its own generator (none draws from torch's global one: a resumed run draws what
+        the uninterrupted run drew). The training loader's is :attr:`train_generator`, and its workers are
+        new each epoch, seeded from it."""
+        generator = self.train_generator if shuffle else torch.Generator().manual_seed(self.seed)
         return DataLoader(ds, batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers,
-                          collate_fn=self.collate, persistent_workers=self.num_workers > 0,
+                          collate_fn=self.collate, persistent_workers=self.num_workers > 0 and not shuffle,
                           worker_init_fn=worker_ignores_interrupts if self.num_workers else None,
-                          pin_memory=torch.cuda.is_available())
+                          pin_memory=torch.cuda.is_available(), generator=generator)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, shuffle=True)
