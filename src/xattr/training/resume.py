@@ -9,12 +9,12 @@ on CPU (``tests/test_train_resume.py``). Three pieces make it so:
 - :class:`RandomState` (a callback with state): every random number generator a training draws from, saved
   with each checkpoint and put back when one is loaded: torch's CPU and CUDA generators, numpy's, Python's,
   and the data module's own generators (:meth:`~xattr.training.data.ClassificationData.generators`: the
-  training loader's shuffling and worker seeds, so the data order of the next epoch is the one the
-  uninterrupted run draws). Only tensors, numbers and strings are stored: the checkpoint loads with
+  training order and each item's augmentation seed, so the next epoch's data is the one the uninterrupted
+  run draws). Only tensors, numbers and strings are stored: the checkpoint loads with
   ``torch.load(weights_only=True)``.
-- the loaders never draw from the global generator on their own (validation and test loaders have theirs),
-  and the training loader starts fresh workers each epoch (seeded from its generator), so a resumed epoch's
-  workers get the seeds the uninterrupted run gave them.
+- the loaders never draw from the global generator on their own (each has its own for the workers' base
+  seeds), and an augmentation is seeded per item (:class:`~xattr.training.data.SeededSampler`,
+  :class:`~xattr.training.data.Augmented`), so it does not depend on which worker loads the item.
 """
 
 from __future__ import annotations
