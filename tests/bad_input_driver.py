@@ -29,6 +29,10 @@ def setup(name: str | None, cwd: Path) -> None:
 
     if name is None:
         return
+    if "+" in name:  # several set-ups
+        for part in name.split("+"):
+            setup(part, cwd)
+        return
     if name == "empty_dir":
         (cwd / "empty").mkdir()
     elif name == "a_file":
@@ -53,6 +57,16 @@ def setup(name: str | None, cwd: Path) -> None:
         np.savez(run / "heatmaps" / "b0000000-2.npz", maps=np.zeros((2, 4, 4), np.float16),
                  id=np.array(["a", "b"]), index=np.arange(2), label=np.zeros(2, np.int64),
                  target=np.zeros(2, np.int64))
+    elif name in ("finished_run", "planted_run"):  # a finished run folder; planted: its metric is os.system
+        import pandas as pd
+
+        run = cwd / "run"
+        run.mkdir()
+        metric = (f"metric:\n  evil:\n    _target_: os.system\n    command: touch {cwd}/PWNED\n"
+                  if name == "planted_run" else "metric: {}\n")
+        (run / "config.yaml").write_text(f"method_name: gradient\nmodel:\n  name: custom\n{metric}")
+        pd.DataFrame({"id": ["a"], "index": [0], "label": [0], "target": [0], "prob": [0.5], "top1": [0],
+                      "top1_prob": [0.5]}).to_parquet(run / "per_image.parquet")
     else:
         raise SystemExit(f"unknown setup {name!r}")
 
