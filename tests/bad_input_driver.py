@@ -1,10 +1,11 @@
-"""Call one entry point's ``main(argv)`` once per row, in this process, each row in a fresh folder: the bad-input
-rows of tests/test_bad_input.py in ONE interpreter per entry point (the imports are paid once).
+"""Call an entry point's ``main(argv)`` once per row, in this process, each row in a fresh folder: the bad-input
+rows of tests/test_bad_input.py, of all five entry points, in ONE interpreter (the imports are paid once).
 
-``python tests/bad_input_driver.py <entry> <rows.json>``: ``rows.json`` is a list of ``{"argv": [...], "setup":
-name or null}``; ``{cwd}`` in an argument is the row's folder. Prints one JSON line per row on stdout:
-``{"rc": exit code or "traceback: <last line>", "err": [stderr lines], "left": [paths left under the row's
-folder that the row's set-up did not make]}``. Each row's stderr is caught at the file-descriptor level, so
+``python tests/bad_input_driver.py <rows.json>``: ``rows.json`` is a list of ``{"entry": run | train | generate
+| demo | table, "argv": [...], "setup": name or null}``; row ``k`` runs in ``./row<k>`` (made here), ``{cwd}``
+in an argument is that folder. Prints one
+JSON line per row on stdout: ``{"rc": exit code or "traceback: <last line>", "err": [stderr lines], "left":
+[paths left under the row's folder that the row's set-up did not make], "cwd": the row's folder}``. Each row's stderr is caught at the file-descriptor level, so
 warnings, logging and a traceback all count as lines.
 """
 
@@ -14,7 +15,7 @@ import importlib
 import json
 import os
 import sys
-import tempfile
+import time
 import traceback
 from pathlib import Path
 
@@ -71,13 +72,13 @@ def setup(name: str | None, cwd: Path) -> None:
         raise SystemExit(f"unknown setup {name!r}")
 
 
-def one_row(main, argv: list[str], setup_name: str | None) -> dict:
-    cwd = Path(tempfile.mkdtemp(prefix="row-"))
+def one_row(main, argv: list[str], setup_name: str | None, cwd: Path) -> dict:
+    cwd.mkdir(parents=True)
     os.chdir(cwd)
     setup(setup_name, cwd)
     before = _files(cwd)
     argv = [a.replace("{cwd}", str(cwd)) for a in argv]
-    err_path = cwd.parent / f"{cwd.name}.stderr"
+    err_path = cwd.parent / f"{cwd.name}.stderr"  # beside the row's folder: not one of its files
     sys.stdout.flush()
     sys.stderr.flush()
     saved, saved_out = os.dup(2), os.dup(1)
@@ -101,16 +102,17 @@ def one_row(main, argv: list[str], setup_name: str | None) -> dict:
         os.close(saved_out)
     err = [ln for ln in err_path.read_text(errors="replace").splitlines() if ln.strip()]
     left = sorted(_files(cwd) - before)
-    return {"rc": rc, "err": err, "left": left}
+    return {"rc": rc, "err": err, "left": left, "cwd": str(cwd)}
 
 
 def main() -> None:
-    entry, rows_file = sys.argv[1], sys.argv[2]
-    rows = json.loads(Path(rows_file).read_text())
-    main_fn = importlib.import_module(f"xattr.{entry}").main
-    out = sys.stdout
-    for row in rows:
-        res = one_row(main_fn, row["argv"], row.get("setup"))
+    rows = json.loads(Path(sys.argv[1]).read_text())
+    out, base = sys.stdout, Path.cwd()
+    for k, row in enumerate(rows):
+        t0 = time.perf_counter()
+        main_fn = importlib.import_module(f"xattr.{row['entry']}").main
+        res = one_row(main_fn, row["argv"], row.get("setup"), base / f"row{k}")
+        res["seconds"] = round(time.perf_counter() - t0, 2)
         out.write(json.dumps(res) + "\n")
         out.flush()
 
