@@ -58,13 +58,14 @@ def setup(name: str | None, cwd: Path) -> None:
         np.savez(run / "heatmaps" / "b0000000-2.npz", maps=np.zeros((2, 4, 4), np.float16),
                  id=np.array(["a", "b"]), index=np.arange(2), label=np.zeros(2, np.int64),
                  target=np.zeros(2, np.int64))
-    elif name in ("finished_run", "planted_run"):  # a finished run folder; planted: its metric is os.system
+    elif name in ("finished_run", "planted_run"):  # a finished run folder; planted: a foreign _target_
         import pandas as pd
 
         run = cwd / "run"
         run.mkdir()
-        metric = (f"metric:\n  evil:\n    _target_: os.system\n    command: touch {cwd}/PWNED\n"
-                  if name == "planted_run" else "metric: {}\n")
+        # planted: a callable Hydra's own blocklist lets through (it stops os.system), copying a file if called
+        metric = (f"metric:\n  evil:\n    _target_: shutil.copyfile\n    src: {run}/config.yaml\n"
+                  f"    dst: {cwd}/PWNED\n" if name == "planted_run" else "metric: {}\n")
         (run / "config.yaml").write_text(f"method_name: gradient\nmodel:\n  name: custom\n{metric}")
         pd.DataFrame({"id": ["a"], "index": [0], "label": [0], "target": [0], "prob": [0.5], "top1": [0],
                       "top1_prob": [0.5]}).to_parquet(run / "per_image.parquet")

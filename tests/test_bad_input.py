@@ -86,9 +86,10 @@ ROWS: dict[str, list[tuple[list[str], str | None, str]]] = {
          "error: cannot make folder {cwd}/a_file: a file is in the way; valid choices: a writable folder (--out DIR)"),
         (["pathways_t1_roar", "{cwd}/empty"], "empty_dir", "error: no ROAR units of python -m xattr.train recipe=roar"),
         (["iba_t9"], None, "error: unknown table 'iba_t9'; valid choices: axioms_t1"),
-        # a foreign run folder's config names os.system: refused before anything runs (no PWNED file)
+        # a foreign run folder's config names shutil.copyfile (Hydra's blocklist would stop os.system, not this):
+        # refused before anything runs (no PWNED file left)
         (["iba_t1_beta", "{cwd}/run"], "planted_run",
-         "error: refused metric.evil _target_ 'os.system' in the config of {cwd}/run: it builds only xattr's own"),
+         "error: refused metric.evil _target_ 'shutil.copyfile' in the config of {cwd}/run: it builds only xattr's own"),
     ],
 }
 
