@@ -56,9 +56,11 @@ def test_run_folder_round_trips_through_method_saved(tmp_path):
     line = next(ln for ln in first.stdout.splitlines() if " -> " in ln)
     run_dir = line.split(" -> ")[-1].strip()
     assert "=" not in Path(run_dir).name and "," not in Path(run_dir).name
-    again = _cli([*BASE, "method=saved", f"method.run_dir={run_dir}", "dataset.limit=2", "metric=[insertion_deletion]",
+    # no dataset.limit: the saved run's images (its dataset.limit=2), not all seven photos
+    again = _cli([*BASE, "method=saved", f"method.run_dir={run_dir}", "metric=[insertion_deletion]",
                   "metric.insertion_deletion.per_step=25000", "trainer.enable_progress_bar=false"], cwd=tmp_path)
     assert again.returncode == 0, again.stderr[-2000:]
+    assert f"method=saved: the 2 images of {run_dir} (dataset.limit=2" in again.stdout
     assert "2 images, 1 batches computed" in again.stdout
 
 
@@ -68,7 +70,6 @@ def test_console_of_a_small_run_has_no_warnings(tmp_path):
     noise = [ln for ln in (p.stdout + p.stderr).splitlines()
              if "Warning" in ln or "warn" in ln.lower() or "Lightning" in ln or "💡" in ln or "LeafSpec" in ln]
     assert not noise, noise
-
 
 
 def _children_of(marker: str) -> list[int]:
