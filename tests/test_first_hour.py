@@ -31,7 +31,7 @@ def _cli(args, cwd, env=None, timeout=300):
 # bad values as a subprocess of each entry point: tests/test_bad_input.py (one interpreter for all rows)
 
 
-def test_truncated_image_is_named_or_skipped_and_listed(tmp_path, caplog):
+def test_truncated_image_is_named_or_skipped_and_listed(tmp_path, caplog, capsys):
     photos = tmp_path / "photos"
     shutil.copytree(REPO / "assets" / "samples", photos)
     bad = photos / "cat.jpg"
@@ -48,6 +48,7 @@ def test_truncated_image_is_named_or_skipped_and_listed(tmp_path, caplog):
     ids = pd.read_parquet(run_dir / "per_image.parquet")["id"].tolist()
     assert "cat" not in ids and len(ids) == 6
     assert any("skipped unreadable image" in r.message and "cat.jpg" in r.message for r in caplog.records)
+    assert f"test: 6 images (1 of 7 unreadable, skipped), 1 batches computed, 0 skipped -> {run_dir}" in capsys.readouterr().out
 
 
 def test_run_folder_round_trips_through_method_saved(tmp_path):

@@ -152,3 +152,21 @@ def test_a_planted_pickle_in_a_statistics_file_is_refused_without_running(tmp_pa
         else:
             st.load_file(path, model, ["conv2"])
     assert not marker.exists()
+
+
+def test_the_statistics_bar_counts_the_images_that_exist(monkeypatch):
+    """10 000 samples asked of a dataset of 48: the bar's total is 48 (its ETA is the real one)."""
+    totals = []
+    real = st.progress
+
+    def spy(*a, total=None, **kw):
+        totals.append(total)
+        return real(*a, total=total, **kw)
+
+    monkeypatch.setattr(st, "progress", spy)
+    data = torch.utils.data.TensorDataset(torch.randn(48, 3, 8, 8))
+    loader = torch.utils.data.DataLoader(data, batch_size=16, collate_fn=lambda items: {"x": torch.stack([i[0] for i in items])})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        st.estimate(TinyCNN().eval(), ["conv2"], loader, n_samples=10_000)
+    assert totals == [48]

@@ -88,7 +88,9 @@ def run(cfg: DictConfig, set_threads: bool = False) -> Path:
         results = finish_analyses(module.store, analyses)
         log.info("run dir %s: %d batches computed, %d skipped (finished earlier)", run_dir, module.computed,
                  module.skipped)
-        print(f"\n{cfg.name}: {len(ds)} images, {module.computed} batches computed, "
+        attributed = len(RunStore(run_dir).rows())  # what was attributed: unreadable skipped images are not
+        unread = f" ({len(ds) - attributed} of {len(ds)} unreadable, skipped)" if attributed < len(ds) else ""
+        print(f"\n{cfg.name}: {attributed} images{unread}, {module.computed} batches computed, "
               f"{module.skipped} skipped -> {run_dir}")
         if len(summary):
             print(summary.to_markdown(index=False, floatfmt=".4f"))

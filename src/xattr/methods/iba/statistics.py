@@ -125,7 +125,7 @@ def estimate(
         est[name].update(out[mask[0]] if tokens else out)
 
     with hooked_many(modules, update):
-        bar = progress(total=n_samples, desc="feature statistics", unit="img")
+        bar = progress(total=min(n_samples, _available(loader)), desc="feature statistics", unit="img")
         for batch in loader:
             x = batch_images(batch).to(device)
             take = min(x.shape[0], n_samples - seen)
@@ -143,6 +143,14 @@ def estimate(
     if tokens:
         out = {k: FeatureStats(s.mean[None], s.std[None], s.nonzero[None], s.n) for k, s in out.items()}
     return out
+
+
+def _available(loader: Iterable) -> int | float:
+    """How many images (reviews) ``loader`` holds: its dataset's length (inf when it does not say)."""
+    try:
+        return len(loader.dataset)
+    except (AttributeError, TypeError):
+        return float("inf")
 
 
 def weights_fingerprint(model: nn.Module) -> str:
