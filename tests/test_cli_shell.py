@@ -355,3 +355,18 @@ def test_a_bad_value_in_a_subprocess_exits_2(tmp_path, name, argv, named):
     lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
     assert p.returncode == 2 and len(lines) == 1 and lines[0].startswith(f"error: {named}"), p.stderr[-3000:]
     assert not (tmp_path / "outputs").exists()
+
+
+@pytest.mark.parametrize("name,groups", [
+    ("run", "analysis dataset experiment half logger method metric model row trainer"),
+    ("train", "dataset logger loss model net optimizer recipe scheduler trainer"),
+    ("generate", "axioms model"),
+    ("demo", "analysis dataset logger metric model trainer"),  # method: each of the demo's own
+])
+def test_help_lists_only_the_entry_points_own_groups(in_tmp, capsys, name, groups):
+    assert _main(name)(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"usage: python -m xattr.{name} ")
+    listed = out.split("Config groups")[1].split("\n\n")[0].splitlines()[1:]
+    assert sorted(ln.split(":")[0].strip() for ln in listed) == groups.split()
+    assert not (in_tmp / "outputs").exists()

@@ -303,6 +303,39 @@ def _hydra_error(e: Exception, user_full: bool) -> int:
     return 1
 
 
+HELP_FLAGS = ("--help", "-h")
+
+
+def help_text(prog: str, doc: str | None, config_name: str, argv: Sequence[str] = (),
+              omit: Sequence[str] = ()) -> str:
+    """``--help`` of a Hydra entry point: its own config groups only (those of ``conf/<config_name>.yaml``'s
+    defaults once ``argv`` is applied, less ``omit``) with their options, then the composed config."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from xattr.config import group_options
+
+    args = [a for a in argv if a not in HELP_FLAGS and not a.startswith("-") and "=" in a]
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
+        try:
+            cfg = compose(config_name, overrides=args, return_hydra_config=True)
+        except Exception:  # noqa: BLE001 - a bad override: the help of the plain config (running says what is bad)
+            cfg = compose(config_name, return_hydra_config=True)
+    # the config file's own defaults (list groups as metric: [...] too) and what they pull in (recipe=roar: roar)
+    own = OmegaConf.load(CONF_DIR / f"{config_name}.yaml").get("defaults") or []
+    named = {str(k) for d in own if OmegaConf.is_dict(d) for k in d} | {str(g) for g in cfg.hydra.runtime.choices}
+    groups = [g for g in named if "/" not in g and g not in omit and group_options(g)]
+    OmegaConf.set_struct(cfg, False)
+    cfg.pop("hydra")
+    summary = (doc or "").strip().split("\n\n")[0]
+    lines = [f"usage: {prog} [group=option ...] [key=value ...]", "", summary, "",
+             "Config groups (group=option; a list group takes [a,b]):"]
+    lines += [f"  {g}: {', '.join(group_options(g))}" for g in sorted(groups)]
+    lines += ["", "Config (override any key: key=value; docs/cli.md):", "",
+              OmegaConf.to_yaml(cfg, resolve=False).rstrip()]
+    return "\n".join(lines)
+
+
 def hydra_command(config_name: str, task: Callable[[Any], Any], stop_for: Callable[[Any], Stop],
                   argv: Sequence[str] | None = None, *,
                   writable: str = "a writable folder (hydra.run.dir=... or run from a writable directory)") -> int:
@@ -324,6 +357,12 @@ def hydra_command(config_name: str, task: Callable[[Any], Any], stop_for: Callab
     import hydra
 
     argv = list(sys.argv[1:] if argv is None else argv)
+    if any(a in HELP_FLAGS for a in argv):  # this entry point's groups, not every group of conf/
+        module = sys.modules.get(getattr(task, "__module__", "") or "")
+        spec = getattr(module, "__spec__", None)  # `python -m xattr.run`: the module runs as __main__
+        name = spec.name if spec is not None else getattr(module, "__name__", "xattr")
+        print(help_text(f"python -m {name}", getattr(module, "__doc__", None), config_name, argv))
+        return 0
     since = time.time()
     code = checked(argv, config_name)
     if code:
