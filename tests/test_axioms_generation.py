@@ -175,3 +175,13 @@ def test_a_long_generation_says_its_duration_up_front(capsys):
     assert TYPICAL_STEPS == 700 and "1.50 s per step for 4 samples at once" in err and "roughly 35 min" in err
     _say_duration(0.01, 2, 4, cfg)  # 14 s: nothing to say
     assert capsys.readouterr().err == ""
+
+
+def test_the_duration_uses_max_iters_and_max_restarts(capsys):
+    """A sample never takes more than ``max_iters`` steps before a restart: with max_iters=300 the typical 700 is
+    300 (1.5 s x 2 rounds x 300 = 15 min), and max_restarts=1 bounds it at 2 x 300 steps (30 min)."""
+    from xattr.data.axioms_generation import GenConfig, _say_duration
+
+    _say_duration(1.5, 2, 4, GenConfig(scenario="single", image_size=224, max_iters=300, max_restarts=1))
+    err = capsys.readouterr().err
+    assert "at about 300 steps per sample this takes roughly 15 min (at most 30 min with axioms.max_restarts=1)" in err
