@@ -36,6 +36,8 @@ ROWS: dict[str, list[tuple[list[str], str | None, str]]] = {
         ([*RUN, "batch_size=abc"], None, "error: bad batch_size 'abc'; valid choices: an integer >= 1"),
         ([*RUN, "model.weights={cwd}/w.pth"], "corrupt_pth", "error: bad model.weights '{cwd}/w.pth': cannot load"),
         ([*RUN, "model.weights={cwd}/empty.pth"], "corrupt_pth", "error: bad model.weights '{cwd}/empty.pth'"),
+        ([*RUN, "model=mobilenet_v2", "model.weights={cwd}/w.pth"], "corrupt_pth",
+         "error: bad model.weights '{cwd}/w.pth': cannot load it as a state dict (UnpicklingError); valid choices: "),
         ([*RUN, "dataset.root={cwd}/empty"], "empty_dir", "error: bad dataset.root '{cwd}/empty': it holds no photos"),
         (IMDB, "latin1_imdb", "error: cannot read IMDB reviews {cwd}/imdb/test.jsonl.gz (line 1: 'utf-8' codec"),
         ([*RUN, "method=saved", "method.run_dir={cwd}/saved"], "saved_run:efficientnet_lite0,samples,null",

@@ -260,7 +260,7 @@ def load_state(net: nn.Module, path: Path, what: str) -> None:
     try:
         sd = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # not a torch.save file (truncated, empty, another format) or one holding code
-        raise XattrConfigError(f"bad model.weights {str(path)!r}: cannot load it as a state dict ({type(e).__name__}); "
+        raise XattrConfigError(f"bad model.weights {str(path)!r}: cannot load it as a state dict ({_kind(e)}); "
                                f"valid choices: {STATE_DICT_CHOICES}") from None
     if isinstance(sd, dict) and isinstance(sd.get("state_dict"), dict):
         sd = sd["state_dict"]
@@ -340,6 +340,12 @@ def _aliases(node: Mapping) -> dict[str, str]:
     if not isinstance(aliases, Mapping):
         raise XattrConfigError(f"model.aliases {aliases!r} must map paper names to module paths")
     return {str(k): str(v) for k, v in aliases.items()}
+
+
+def _kind(e: BaseException) -> str:
+    """An exception's class name, with its module when the name alone says nothing (``struct.error``)."""
+    name = type(e).__name__
+    return f"{type(e).__module__}.{name}" if name.islower() else name
 
 
 def _first_line(e: BaseException) -> str:
