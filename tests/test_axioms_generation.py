@@ -185,3 +185,23 @@ def test_the_duration_uses_max_iters_and_max_restarts(capsys):
     _say_duration(1.5, 2, 4, GenConfig(scenario="single", image_size=224, max_iters=300, max_restarts=1))
     err = capsys.readouterr().err
     assert "at about 300 steps per sample this takes roughly 15 min (at most 30 min with axioms.max_restarts=1)" in err
+
+
+def test_the_bar_moves_per_step_even_for_one_sample(tmp_path, monkeypatch):
+    """One sample takes hundreds of steps: the bar counts steps (total: the typical count, capped by max_iters),
+    so it moves from the first step on."""
+    import xattr.data.axioms_generation as ag
+
+    bars = []
+    real = ag.progress
+
+    def spy(*a, **kw):
+        bars.append(real(*a, **kw))
+        bars[-1].kw = kw
+        return bars[-1]
+
+    monkeypatch.setattr(ag, "progress", spy)
+    monkeypatch.setenv("XATTR_PROGRESS", "1")  # shown (a hidden tqdm counts nothing)
+    _gen("single", batch=1).run([0], AxiomsStore(tmp_path), limit_steps=3)
+    assert len(bars) == 1 and bars[0].kw["unit"] == "step" and bars[0].kw["total"] == 400  # max_iters < 700
+    assert bars[0].n == 3
