@@ -45,6 +45,10 @@ ROWS: dict[str, list[tuple[list[str], str | None, str]]] = {
          "'custom'); valid choices: the same settings as that run, or method.check_source=false"),
         ([*RUN, "method=saved", "method.run_dir={cwd}/saved"], "saved_run:custom,imagenet,null",
          "error: bad method.run_dir '{cwd}/saved': its maps were made with dataset.name='imagenet' (here 'samples')"),
+        # method.check_source=false: scored knowingly (here its maps are of other photos: the next line says so)
+        ([*RUN, "method=saved", "method.run_dir={cwd}/saved", "method.check_source=false"],
+         "saved_run:efficientnet_lite0,samples,null",
+         "error: image 'bird' has no saved map in {cwd}/saved; valid choices: the 2 images of that run"),
         ([*RUN, "hydra.run.dir={cwd}/a_file"], "a_file",
          "error: cannot make folder {cwd}/a_file: a file is in the way; valid choices: a writable folder"),
         ([*RUN, "+method.betta=10"], None, "error: unknown key 'method.betta'; valid choices: reduce, abs"),
