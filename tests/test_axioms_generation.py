@@ -194,3 +194,33 @@ def test_loss_pieces_of_one_generation_step_by_hand():
     r = removal_ratio(torch.tensor([3.0, -4.0, 0.5]), torch.tensor([1.0, 2.0, -0.5]))
     torch.testing.assert_close(r, torch.tensor([2.0, 3.0, 2.0]))
     torch.testing.assert_close(smooth(torch.tensor([0.5, 0.5]), torch.tensor([1.0, 0.0])), torch.tensor([0.55, 0.45]))
+
+
+def test_the_duration_uses_max_iters_and_max_restarts(capsys):
+    """A sample never takes more than ``max_iters`` steps before a restart: with max_iters=300 the typical 700 is
+    300 (1.5 s x 2 rounds x 300 = 15 min), and max_restarts=1 bounds it at 2 x 300 steps (30 min)."""
+    from xattr.data.axioms_generation import GenConfig, _say_duration
+
+    _say_duration(1.5, 2, 4, GenConfig(scenario="single", image_size=224, max_iters=300, max_restarts=1))
+    err = capsys.readouterr().err
+    assert "at about 300 steps per sample this takes roughly 15 min (at most 30 min with axioms.max_restarts=1)" in err
+
+
+def test_the_bar_moves_per_step_even_for_one_sample(tmp_path, monkeypatch):
+    """One sample takes hundreds of steps: the bar counts steps (total: the typical count, capped by max_iters),
+    so it moves from the first step on."""
+    import xattr.data.axioms_generation as ag
+
+    bars = []
+    real = ag.progress
+
+    def spy(*a, **kw):
+        bars.append(real(*a, **kw))
+        bars[-1].kw = kw
+        return bars[-1]
+
+    monkeypatch.setattr(ag, "progress", spy)
+    monkeypatch.setenv("XATTR_PROGRESS", "1")  # shown (a hidden tqdm counts nothing)
+    _gen("single", batch=1).run([0], AxiomsStore(tmp_path), limit_steps=3)
+    assert len(bars) == 1 and bars[0].kw["unit"] == "step" and bars[0].kw["total"] == 400  # max_iters < 700
+    assert bars[0].n == 3

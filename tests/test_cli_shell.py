@@ -6,8 +6,8 @@ Most tests call each entry point's ``main(argv)`` in this process (the same code
 interpreter start). As subprocesses in their own process group, SIGTERM to the group once work has started:
 train and generate here, run in tests/test_first_hour.py (make test), run and demo again marked ``slow``
 (make test-slow; demo's run is the longest); table finishes too fast to signal from outside, so it gets a
-real SIGTERM in this process. A bad value as a subprocess: train, generate, table here, run in
-test_first_hour.py, demo ``slow``."""
+real SIGTERM in this process. Every bad input of every entry point: tests/test_bad_input.py (one interpreter
+for all rows); the real exit code 2 of ``python -m xattr.table`` here (the others ``slow``)."""
 
 from __future__ import annotations
 
@@ -338,13 +338,16 @@ def test_sigterm_to_the_group_stops_demo(tmp_path):
 
 
 @pytest.mark.parametrize("name,argv,named", [
-    ("train", [*TRAIN, "monitor=val_accc"], "unknown monitor 'val_accc'"),
-    ("generate", [*GENERATE, "axioms.n=0", "axioms.out=outputs/axioms"], "bad axioms.n 0"),
+    pytest.param("train", [*TRAIN, "monitor=val_accc"], "unknown monitor 'val_accc'", marks=pytest.mark.slow),
+    pytest.param("generate", [*GENERATE, "axioms.n=0", "axioms.out=outputs/axioms"], "bad axioms.n 0",
+                 marks=pytest.mark.slow),
     pytest.param("demo", ["dataset.limit=0", "demo.out_dir=outputs/demo"], "bad dataset.limit 0", marks=pytest.mark.slow),
     ("table", ["iba_t9"], "unknown table 'iba_t9'"),
 ])
 def test_a_bad_value_in_a_subprocess_exits_2(tmp_path, name, argv, named):
-    """The real exit code (``raise SystemExit(main())``); run's own: tests/test_first_hour.py."""
+    """The real exit code of ``python -m xattr.<name>`` (``raise SystemExit(main())``): table in make test, the
+    others slow (their ``main`` returning 2 on every bad input: tests/test_bad_input.py; train's and generate's
+    real exit code 130: the SIGTERM tests above)."""
     env = {**os.environ, "XATTR_ROOT": str(REPO), "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"}
     env.pop("HYDRA_FULL_ERROR", None)
     p = subprocess.run([sys.executable, "-m", f"xattr.{name}", *argv], cwd=tmp_path, env=env, capture_output=True,
@@ -352,3 +355,18 @@ def test_a_bad_value_in_a_subprocess_exits_2(tmp_path, name, argv, named):
     lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
     assert p.returncode == 2 and len(lines) == 1 and lines[0].startswith(f"error: {named}"), p.stderr[-3000:]
     assert not (tmp_path / "outputs").exists()
+
+
+@pytest.mark.parametrize("name,groups", [
+    ("run", "analysis dataset experiment half logger method metric model row trainer"),
+    ("train", "dataset logger loss model net optimizer recipe scheduler trainer"),
+    ("generate", "axioms model"),
+    ("demo", "analysis dataset logger metric model trainer"),  # method: each of the demo's own
+])
+def test_help_lists_only_the_entry_points_own_groups(in_tmp, capsys, name, groups):
+    assert _main(name)(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"usage: python -m xattr.{name} ")
+    listed = out.split("Config groups")[1].split("\n\n")[0].splitlines()[1:]
+    assert sorted(ln.split(":")[0].strip() for ln in listed) == groups.split()
+    assert not (in_tmp / "outputs").exists()

@@ -119,3 +119,54 @@ def test_method_configs_instantiate():
         cfg = OmegaConf.create({**root, "method": OmegaConf.load(Path(__file__).resolve().parents[1] / "conf" / "method" / f"{name}.yaml")})
         method = instantiate(cfg.method)(model=TinyCNN())
         assert type(method) is cls and method.layers[0] == "conv2" and method.model_name == "tiny"
+
+
+class _Planted:
+    """Unpickling it would run code (``__reduce__``): it writes a marker file."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.write_text, (self.marker, "ran"))
+
+
+@pytest.mark.parametrize("where", ["method.statistics", "cache"])
+def test_a_planted_pickle_in_a_statistics_file_is_refused_without_running(tmp_path, where):
+    """A statistics file a user names (``method.statistics=``) or finds in the cache is read as data
+    (``weights_only=True``): a pickle that would run code is one error naming the file, and does not run."""
+    from xattr.errors import XattrConfigError
+
+    model = TinyCNN().eval()
+    marker = tmp_path / "ran.txt"
+    if where == "cache":
+        fname, _ = st.cache_key(model, ["conv2"], 32)
+        path = tmp_path / "iba_stats" / fname
+    else:
+        path = tmp_path / "stats.pt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"key": {}, "stats": _Planted(marker)}, path)
+    with pytest.raises(XattrConfigError, match=f"^bad feature statistics {path}: cannot load it as data"):
+        if where == "cache":
+            st.load_or_estimate(model, ["conv2"], _loader(), tmp_path, n_samples=32)
+        else:
+            st.load_file(path, model, ["conv2"])
+    assert not marker.exists()
+
+
+def test_the_statistics_bar_counts_the_images_that_exist(monkeypatch):
+    """10 000 samples asked of a dataset of 48: the bar's total is 48 (its ETA is the real one)."""
+    totals = []
+    real = st.progress
+
+    def spy(*a, total=None, **kw):
+        totals.append(total)
+        return real(*a, total=total, **kw)
+
+    monkeypatch.setattr(st, "progress", spy)
+    data = torch.utils.data.TensorDataset(torch.randn(48, 3, 8, 8))
+    loader = torch.utils.data.DataLoader(data, batch_size=16, collate_fn=lambda items: {"x": torch.stack([i[0] for i in items])})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        st.estimate(TinyCNN().eval(), ["conv2"], loader, n_samples=10_000)
+    assert totals == [48]

@@ -12,7 +12,8 @@ what it keeps when stopped early and which folder it writes; the shell gives the
   ``error: <one line>`` on stderr, exit 2, and the output folder is removed when this command made it and it
   holds no finished work (the entry point says what finished work is).
 - **Permissions**: a file or folder that cannot be written (or read) is one line naming it, exit 2, also
-  when Hydra meets it while making the run folder; the unfinished folder goes as on bad input.
+  when Hydra meets it while making the run folder; the unfinished folder goes as on bad input. A file where
+  the output folder must go (``hydra.run.dir=<a file>``, ``--out <a file>``) is one line the same way.
 - Before any work: ``check_overrides(argv, config_name)`` for Hydra entry points (an unknown group option or
   key is one line), ``torch.set_float32_matmul_precision("high")`` where torch works. CPU threads are set by
   the task itself (``set_threads=True``) after its checks, so that a bad input stays one line.
@@ -166,6 +167,16 @@ def permission_line(err: PermissionError, writable: str) -> str:
     return f"error: cannot access {name}: permission denied; valid choices: {writable}"
 
 
+def in_the_way_line(err: OSError, writable: str) -> str:
+    """``error: cannot make folder <path>: a file is in the way; valid choices: <writable>`` (a folder the
+    command must make, ``hydra.run.dir=<a file>``, ``--out <a file>``, or one below a file)."""
+    name = err.filename or one_line(err)
+    return f"error: cannot make folder {name}: a file is in the way; valid choices: {writable}"
+
+
+IN_THE_WAY = (FileExistsError, NotADirectoryError)
+
+
 @contextlib.contextmanager
 def _signals() -> Iterator[None]:
     """SIGTERM behaves like Ctrl-C inside; the previous handlers come back after (a caller in this process)."""
@@ -214,6 +225,10 @@ def guarded(work: Callable[[], T], stop: Stop, *, uses_torch: bool = True) -> T:
             if isinstance(e, PermissionError):
                 remove_unfinished(stop)
                 _say(permission_line(e, stop.writable))
+                raise SystemExit(BAD_INPUT) from None
+            if isinstance(e, IN_THE_WAY):
+                remove_unfinished(stop)
+                _say(in_the_way_line(e, stop.writable))
                 raise SystemExit(BAD_INPUT) from None
             err = root_config_error(e) if isinstance(e, Exception) else None
             if err is None:
@@ -288,6 +303,39 @@ def _hydra_error(e: Exception, user_full: bool) -> int:
     return 1
 
 
+HELP_FLAGS = ("--help", "-h")
+
+
+def help_text(prog: str, doc: str | None, config_name: str, argv: Sequence[str] = (),
+              omit: Sequence[str] = ()) -> str:
+    """``--help`` of a Hydra entry point: its own config groups only (those of ``conf/<config_name>.yaml``'s
+    defaults once ``argv`` is applied, less ``omit``) with their options, then the composed config."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from xattr.config import group_options
+
+    args = [a for a in argv if a not in HELP_FLAGS and not a.startswith("-") and "=" in a]
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
+        try:
+            cfg = compose(config_name, overrides=args, return_hydra_config=True)
+        except Exception:  # noqa: BLE001 - a bad override: the help of the plain config (running says what is bad)
+            cfg = compose(config_name, return_hydra_config=True)
+    # the config file's own defaults (list groups as metric: [...] too) and what they pull in (recipe=roar: roar)
+    own = OmegaConf.load(CONF_DIR / f"{config_name}.yaml").get("defaults") or []
+    named = {str(k) for d in own if OmegaConf.is_dict(d) for k in d} | {str(g) for g in cfg.hydra.runtime.choices}
+    groups = [g for g in named if "/" not in g and g not in omit and group_options(g)]
+    OmegaConf.set_struct(cfg, False)
+    cfg.pop("hydra")
+    summary = (doc or "").strip().split("\n\n")[0]
+    lines = [f"usage: {prog} [group=option ...] [key=value ...]", "", summary, "",
+             "Config groups (group=option; a list group takes [a,b]):"]
+    lines += [f"  {g}: {', '.join(group_options(g))}" for g in sorted(groups)]
+    lines += ["", "Config (override any key: key=value; docs/cli.md):", "",
+              OmegaConf.to_yaml(cfg, resolve=False).rstrip()]
+    return "\n".join(lines)
+
+
 def hydra_command(config_name: str, task: Callable[[Any], Any], stop_for: Callable[[Any], Stop],
                   argv: Sequence[str] | None = None, *,
                   writable: str = "a writable folder (hydra.run.dir=... or run from a writable directory)") -> int:
@@ -309,6 +357,12 @@ def hydra_command(config_name: str, task: Callable[[Any], Any], stop_for: Callab
     import hydra
 
     argv = list(sys.argv[1:] if argv is None else argv)
+    if any(a in HELP_FLAGS for a in argv):  # this entry point's groups, not every group of conf/
+        module = sys.modules.get(getattr(task, "__module__", "") or "")
+        spec = getattr(module, "__spec__", None)  # `python -m xattr.run`: the module runs as __main__
+        name = spec.name if spec is not None else getattr(module, "__name__", "xattr")
+        print(help_text(f"python -m {name}", getattr(module, "__doc__", None), config_name, argv))
+        return 0
     since = time.time()
     code = checked(argv, config_name)
     if code:
@@ -339,6 +393,9 @@ def hydra_command(config_name: str, task: Callable[[Any], Any], stop_for: Callab
             return INTERRUPTED
         except PermissionError as e:  # Hydra making the run folder
             _say(permission_line(e, writable))
+            return BAD_INPUT
+        except IN_THE_WAY as e:  # Hydra making the run folder where a file is
+            _say(in_the_way_line(e, writable))
             return BAD_INPUT
         except Exception as e:
             err = root_config_error(e)

@@ -94,11 +94,17 @@ def validate(cfg: DictConfig) -> None:
     from xattr.models.zoo import check_model
 
     check_model(cfg.model.name, cfg.model)  # a zoo name, or kind torchvision | custom: arch, factory, files
-    if int(cfg.batch_size) < 1:
-        raise XattrConfigError(f"batch_size must be >= 1, got {cfg.batch_size}")
+    check_batch_size(cfg.batch_size)
     for name in cfg.get("metric") or {}:
         if name not in group_options("metric"):
             raise unknown("metric", name, group_options("metric"))
+
+
+def check_batch_size(value: object, key: str = "batch_size") -> int:
+    """``value`` if it is an integer >= 1, else the one-line error naming ``key`` (``batch_size=abc``)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise XattrConfigError(f"bad {key} {value!r}; valid choices: an integer >= 1")
+    return value
 
 
 def root_config_error(exc: BaseException) -> XattrConfigError | None:
@@ -157,15 +163,37 @@ def _takes_text(target: object, key: str) -> bool:
     return "str" in str(param.annotation)
 
 
-def _check_node(prefix: str, node, defaults: dict) -> None:
-    """The generic type check: a yaml number given as text (unless the class takes a word there), a yaml
-    boolean given as anything else. Ranges and choices are the classes' own (checked when built)."""
+def _check_keys(prefix: str, target: object, keys, given_later: int) -> None:
+    """A key the class does not take (``+method.betta=10``) as one error naming it and the keys it takes;
+    ``given_later``: leading arguments passed when it is built (a method's model), not from the config."""
+    import inspect
+
+    from hydra.utils import get_class
+
+    try:
+        params = list(inspect.signature(get_class(str(target)).__init__).parameters.values())[1 + given_later:]
+    except Exception:  # noqa: BLE001 - not importable here: building it names that error
+        return
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return
+    valid = [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    for key in keys:
+        if key not in SKIP and key not in valid:
+            raise XattrConfigError(f"unknown key '{prefix}.{key}'; valid choices: {', '.join(valid) or 'none'}")
+
+
+def _check_node(prefix: str, node, defaults: dict, given_later: int = 0) -> None:
+    """The generic checks: a key the class does not take, a yaml number given as text (unless the class takes
+    a word there), a yaml boolean given as anything else. Ranges and choices are the classes' own (checked when
+    built)."""
     from omegaconf import OmegaConf
 
     if node is None:
         return
     values = OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else dict(node)
     target = values.get("_target_")
+    if target:
+        _check_keys(prefix, target, values, given_later)
     for key, value in values.items():
         if key in SKIP:
             continue
@@ -190,7 +218,7 @@ def check_values(cfg: DictConfig) -> None:
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise XattrConfigError(f"bad dataset.limit {limit!r}; valid choices: an integer >= 1, or null for all images")
     method_option = str(cfg.get("method_name") or "")
-    _check_node("method", cfg.get("method"), _raw_defaults("method", method_option))
+    _check_node("method", cfg.get("method"), _raw_defaults("method", method_option), given_later=1)
     for group in ("metric", "analysis"):
         for name, node in (cfg.get(group) or {}).items():
             _check_node(f"{group}.{name}", node, _raw_defaults(group, name))

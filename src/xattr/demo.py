@@ -20,7 +20,7 @@ import torch
 import yaml
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from xattr.cli import Stop, checked, command, parents_to_outputs
+from xattr.cli import HELP_FLAGS, Stop, checked, command, help_text, parents_to_outputs
 from xattr.config import CONF_DIR, build, check_values, validate
 from xattr.core.store import RunStore
 from xattr.core.threads import apply_threads
@@ -130,6 +130,10 @@ def _has_finished_runs(out: Path) -> bool:
 def main(argv: list[str] | None = None) -> int:
     """``python -m xattr.demo [overrides]``: :func:`demo` in the CLI shell (:mod:`xattr.cli`); the exit code."""
     argv = sys.argv[1:] if argv is None else list(argv)
+    if any(a in HELP_FLAGS for a in argv):  # the groups an override of every method's run may use
+        print(help_text("python -m xattr.demo", __doc__, "config", ["experiment=demo", *argv],
+                        omit=("method", "experiment", "row", "half")))
+        return 0
     code = checked(["experiment=demo", *argv], "config")  # overrides apply to every method's run
     if code:
         return code

@@ -39,6 +39,7 @@ def generate(cfg: DictConfig, set_threads: bool = False) -> Path:
         raise unknown("axioms.scenario", scenario, SCENARIOS)
     if not isinstance(ax.n, int) or ax.n < 1:
         raise XattrConfigError(f"bad axioms.n {ax.n!r}; valid choices: an integer >= 1")
+    _check_numbers(cfg)
     if cfg.device not in DEVICES:
         raise unknown("device", cfg.device, DEVICES)
     if cfg.device == "cuda" and not torch.cuda.is_available():
@@ -80,6 +81,24 @@ def generate(cfg: DictConfig, set_threads: bool = False) -> Path:
               f"mean output-change ratio {ratio:.4f} (paper 0.0712), mean iterations {iters:.0f}, "
               f"{restarts} restarts", flush=True)
     return out
+
+
+def _check_numbers(cfg: DictConfig) -> None:
+    """``batch_size``, ``axioms.max_iters``, ``axioms.max_restarts``, ``axioms.lr``: one line each before any
+    work (nothing written: ``meta.json`` comes after)."""
+    def integer(value: object, low: int) -> bool:
+        return not isinstance(value, bool) and isinstance(value, int) and value >= low
+
+    ax = cfg.axioms
+    if not integer(cfg.batch_size, 1):
+        raise XattrConfigError(f"bad batch_size {cfg.batch_size!r}; valid choices: an integer >= 1")
+    if not integer(ax.max_iters, 1):
+        raise XattrConfigError(f"bad axioms.max_iters {ax.max_iters!r}; valid choices: an integer >= 1")
+    if ax.max_restarts is not None and not integer(ax.max_restarts, 0):
+        raise XattrConfigError(f"bad axioms.max_restarts {ax.max_restarts!r}; valid choices: an integer >= 0, "
+                               "or null (restart until found)")
+    if isinstance(ax.lr, bool) or not isinstance(ax.lr, (int, float)) or not ax.lr > 0:
+        raise XattrConfigError(f"bad axioms.lr {ax.lr!r}; valid choices: a number > 0")
 
 
 def _scenario_folder(cfg: DictConfig) -> Path:

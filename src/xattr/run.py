@@ -30,6 +30,7 @@ from xattr.engine.cost import estimate, human
 from xattr.engine.module import AttributionModule
 from xattr.engine.report import finish_analyses, write_report
 from xattr.engine.targets import parse_target
+from xattr.errors import XattrConfigError
 from xattr.models.zoo import load_model
 
 log = logging.getLogger("xattr")
@@ -45,8 +46,8 @@ def run(cfg: DictConfig, set_threads: bool = False) -> Path:
         check_text_method(str(cfg.get("method_name") or ""))
     validate(cfg)
     check_values(cfg)
-    pl.seed_everything(cfg.seed, workers=True, verbose=False)
     _record_source_method(cfg)
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
     run_dir = Path(cfg.paths.output_dir)
     RunStore(run_dir).write_config(cfg)
 
@@ -87,7 +88,9 @@ def run(cfg: DictConfig, set_threads: bool = False) -> Path:
         results = finish_analyses(module.store, analyses)
         log.info("run dir %s: %d batches computed, %d skipped (finished earlier)", run_dir, module.computed,
                  module.skipped)
-        print(f"\n{cfg.name}: {len(ds)} images, {module.computed} batches computed, "
+        attributed = len(RunStore(run_dir).rows())  # what was attributed: unreadable skipped images are not
+        unread = f" ({len(ds) - attributed} of {len(ds)} unreadable, skipped)" if attributed < len(ds) else ""
+        print(f"\n{cfg.name}: {attributed} images{unread}, {module.computed} batches computed, "
               f"{module.skipped} skipped -> {run_dir}")
         if len(summary):
             print(summary.to_markdown(index=False, floatfmt=".4f"))
@@ -132,17 +135,48 @@ def make_loader(ds, batch_size: int, num_workers: int) -> DataLoader:
                       worker_init_fn=worker_ignores_interrupts if num_workers else None)
 
 
+SOURCE_KEYS = ("model.name", "model.weights", "model.preprocess", "dataset.name", "target")
+
+
 def _record_source_method(cfg: DictConfig) -> None:
     """For a method that reads an earlier run's maps (``method=saved``: its class names the key holding that
-    run, ``source_run_key``): record the original run's method name and settings (tables match on them)."""
+    run, ``source_run_key``): check that the earlier run had this run's model, weights, preprocessing, dataset
+    and target (``method.check_source=false`` scores its maps anyway), take its images when ``dataset.limit``
+    is not given, and record its method name and settings (tables match on them)."""
     key = _source_run_key(cfg.method)
     if key is None or cfg.method.get(key) is None:
         return
-    orig = RunStore(cfg.method[key]).config()
-    if orig is not None:
-        with open_dict(cfg):
-            cfg.method_name = orig.get("method_name", cfg.method_name)
-            cfg.source_method = orig.get("method")
+    source = cfg.method[key]
+    orig = RunStore(source).config()
+    if orig is None:
+        return  # building the method names what is missing
+    if cfg.method.get("check_source", True):
+        differ = []
+        for k in SOURCE_KEYS:
+            theirs, ours = OmegaConf.select(orig, k), OmegaConf.select(cfg, k)
+            if theirs is None or ours is None:
+                continue
+            theirs, ours = (OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v
+                            for v in (theirs, ours))
+            if theirs != ours:
+                differ.append(f"{k}={_short(theirs)} (here {_short(ours)})")
+        if differ:
+            raise XattrConfigError(
+                f"bad method.{key} {str(source)!r}: its maps were made with {'; '.join(differ)}; valid choices: the "
+                f"same settings as that run, or method.check_source=false to score its maps anyway")
+    limit = OmegaConf.select(orig, "dataset.limit")
+    with open_dict(cfg):
+        if cfg.dataset.get("limit") is None and limit is not None:
+            print(f"method=saved: the {limit} images of {source} (dataset.limit={limit}; set dataset.limit to "
+                  "choose)", flush=True)
+            cfg.dataset.limit = int(limit)
+        cfg.method_name = orig.get("method_name", cfg.method_name)
+        cfg.source_method = orig.get("method")
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _source_run_key(node: DictConfig) -> str | None:

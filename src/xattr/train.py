@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from xattr.cli import Stop, hydra_command, parents_to_outputs
 from xattr.config import build
 from xattr.core.threads import apply_threads
-from xattr.errors import missing_file, unknown
+from xattr.errors import XattrConfigError, missing_file, unknown
 
 # torch, Lightning and the training package are imported in `train`: a bad override fails in a second
 
@@ -39,6 +39,47 @@ def resolve_ckpt_path(ckpt_path: str | None, ckpt_dir: Path) -> Path | None:
     return path
 
 
+def check_checkpoint(path: Path) -> dict:
+    """A checkpoint's ``epoch`` and ``global_step``, read with ``weights_only=True`` (a checkpoint is never
+    trusted to run code); a file that is not a checkpoint of ``python -m xattr.train`` is one line."""
+    import torch
+
+    try:
+        info = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - truncated, another format, or pickled code: all refused alike
+        raise XattrConfigError(f"bad ckpt_path {str(path)!r}: cannot load it as a checkpoint ({type(e).__name__}); "
+                               f"valid choices: {CKPT_CHOICES}") from None
+    if not isinstance(info, dict) or "state_dict" not in info or "epoch" not in info:
+        raise XattrConfigError(f"bad ckpt_path {str(path)!r}: not a Lightning checkpoint (no state_dict and epoch); "
+                               f"valid choices: {CKPT_CHOICES}")
+    return {"epoch": info.get("epoch"), "global_step": info.get("global_step")}
+
+
+CKPT_CHOICES = "last (this run's checkpoints/last.ckpt), or a .ckpt file written by python -m xattr.train"
+
+
+def check_train_values(cfg: DictConfig) -> None:
+    """Values Lightning or torch would take silently or refuse with a traceback, as one line each."""
+    from xattr.config import check_batch_size
+
+    check_batch_size(cfg.batch_size)
+    for key in ("limit", "test_limit"):
+        value = (cfg.get("data") or {}).get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise XattrConfigError(f"bad data.{key} {value!r}; valid choices: an integer >= 1, or null for all items")
+    epochs = (cfg.get("trainer") or {}).get("max_epochs")
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+        raise XattrConfigError(f"bad trainer.max_epochs {epochs!r}; valid choices: an integer >= 1")
+    for key in ("lr", "weight_decay", "momentum"):
+        value = (cfg.get("optimizer") or {}).get(key)
+        if value is None:
+            continue
+        low = "> 0" if key == "lr" else ">= 0"
+        if (isinstance(value, bool) or not isinstance(value, (int, float))
+                or not (value > 0 if key == "lr" else value >= 0)):
+            raise XattrConfigError(f"bad optimizer.{key} {value!r}; valid choices: a number {low}")
+
+
 def train(cfg: DictConfig, set_threads: bool = False) -> Path:
     """Train the configured model; returns the run directory (holding ``results.json``). ``set_threads``: apply
     ``cfg.threads`` to torch (the command line does; a caller in its own process keeps its threads)."""
@@ -48,12 +89,14 @@ def train(cfg: DictConfig, set_threads: bool = False) -> Path:
     from xattr.core.trainer import build_loggers, make_trainer, quiet_lightning
     from xattr.training.data import ClassificationData
     from xattr.training.module import Classifier
+    from xattr.training.resume import LastEveryEpoch, RandomState
 
     quiet_lightning()
     if cfg.monitor not in MONITORS:
         raise unknown("monitor", cfg.monitor, MONITORS)
     if cfg.monitor_mode not in MODES:
         raise unknown("monitor_mode", cfg.monitor_mode, MODES)
+    check_train_values(cfg)
     run_dir = Path(cfg.paths.output_dir)
     ckpt_dir = run_dir / "checkpoints"
     if cfg.get("roar") is not None:  # one ROAR unit: finished -> skipped, killed -> resumed (xattr.training.roar)
@@ -62,6 +105,7 @@ def train(cfg: DictConfig, set_threads: bool = False) -> Path:
         if prepare_unit(cfg, run_dir):
             return run_dir
     resume = resolve_ckpt_path(cfg.get("ckpt_path"), ckpt_dir)
+    info = check_checkpoint(resume) if resume is not None else None
     net_recipe = build(cfg.net)
     optimizer = build(cfg.optimizer)
     scheduler, interval = _scheduler(cfg.scheduler)
@@ -93,7 +137,6 @@ def train(cfg: DictConfig, set_threads: bool = False) -> Path:
     if resume is None and (ckpt_dir / "last.ckpt").is_file():
         print(f"note: training from scratch over the checkpoints in {ckpt_dir} (ckpt_path=last resumes them)")
     if resume is not None:
-        info = torch.load(resume, map_location="cpu", weights_only=False, mmap=True)
         print(f"resuming from {resume} (saved in epoch {info.get('epoch')}, global step {info.get('global_step')})")
         _keep_old_csv_log(run_dir)
     loggers = build_loggers(cfg.logger.get("kind", "csv"), run_dir, name=cfg.name,
@@ -101,9 +144,11 @@ def train(cfg: DictConfig, set_threads: bool = False) -> Path:
                             config=OmegaConf.to_container(cfg, resolve=True))
     ckpt_cb = pl.callbacks.ModelCheckpoint(
         dirpath=str(ckpt_dir), filename="best", monitor=cfg.monitor, mode=cfg.monitor_mode, save_top_k=1,
-        save_last=True, auto_insert_metric_name=False, enable_version_counter=False,
+        save_last=False, auto_insert_metric_name=False, enable_version_counter=False,
     )  # fmt: skip
-    callbacks: list[pl.Callback] = [ckpt_cb]
+    # last.ckpt after every epoch whatever `monitor` says, with every generator's state: an exact resume
+    generators = data.generators() if hasattr(data, "generators") else {}
+    callbacks: list[pl.Callback] = [ckpt_cb, LastEveryEpoch(str(ckpt_dir)), RandomState(generators)]
     if loggers and scheduler is not None:
         callbacks.append(pl.callbacks.LearningRateMonitor(logging_interval=interval))
     trainer = make_trainer(cfg.trainer, logger=loggers, callbacks=callbacks, default_root_dir=str(run_dir),
@@ -114,17 +159,17 @@ def train(cfg: DictConfig, set_threads: bool = False) -> Path:
         if set_threads:  # after every check: a bad input stays one line
             apply_threads(cfg.get("threads", "auto"))
         t0 = time.time()
-        trainer.fit(module, datamodule=data, ckpt_path=str(resume) if resume else None)
+        trainer.fit(module, datamodule=data, ckpt_path=str(resume) if resume else None, weights_only=True)
         fit_minutes = (time.time() - t0) / 60
         # read before testing: loading best.ckpt for the test restores the callback's older state
         best, score = ckpt_cb.best_model_path or None, ckpt_cb.best_model_score
-        test = trainer.test(module, datamodule=data, ckpt_path=best, verbose=False)[0]
+        test = trainer.test(module, datamodule=data, ckpt_path=best, verbose=False, weights_only=True)[0]
     if not trainer.is_global_zero:
         return run_dir
 
     best_epoch = None
     if best and Path(best).is_file():
-        best_epoch = int(torch.load(best, map_location="cpu", weights_only=False, mmap=True)["epoch"])
+        best_epoch = int(torch.load(best, map_location="cpu", weights_only=True, mmap=True)["epoch"])
     results = {
         "name": cfg.name, "model": cfg.model.name, "dataset": cfg.dataset.name,
         "test_acc": float(test["test_acc"]) if "test_acc" in test else None, "test_loss": float(test["test_loss"]),

@@ -90,6 +90,17 @@ def atomic_torch(path: Path, obj: object) -> None:
     os.replace(tmp, path)
 
 
+def _load_data(path: Path) -> object:
+    """``torch.load(weights_only=True)`` of a file in a run folder; anything but data is one error."""
+    from xattr.errors import XattrConfigError
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - truncated, or pickled objects that could run code: refused alike
+        raise XattrConfigError(f"cannot load {path} as data ({type(e).__name__}); valid choices: a file written by "
+                               "xattr (delete it to recompute)") from None
+
+
 def _np(t: torch.Tensor) -> np.ndarray:
     return t.detach().float().cpu().numpy()
 
@@ -256,12 +267,15 @@ class RunStore:
         atomic_torch(self.dir / ANALYSES / f"{name}.pt", state)
 
     def load_state(self, name: str) -> object | None:
+        """An analysis' saved state (``analyses/<name>.pt``), None when there is none. Read with
+        ``weights_only=True`` (tensors, numbers, strings, lists, dicts): a file holding anything else (code) is
+        one error naming it."""
         path = self.dir / ANALYSES / f"{name}.pt"
-        return torch.load(path, map_location="cpu", weights_only=False) if path.is_file() else None
+        return _load_data(path) if path.is_file() else None
 
     def shard_states(self, name: str) -> list[object]:
         """The states other DDP ranks saved for analysis ``name`` (``analyses/<name>.rank<r>.pt``)."""
-        return [torch.load(f, map_location="cpu", weights_only=False) for f in self._files(ANALYSES, f"{name}.rank*.pt")]
+        return [_load_data(f) for f in self._files(ANALYSES, f"{name}.rank*.pt")]
 
     def write_analysis(self, name: str, result: pd.DataFrame) -> Path:
         """Write an analysis' result (``analyses/<name>.csv`` and ``.md``); returns the folder, where the

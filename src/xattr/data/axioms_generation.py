@@ -171,14 +171,26 @@ TYPICAL_STEPS = 700  # mean steps per sample, restarts included, seen with the r
 #                      thresholds (557-806 per scenario, docs/axioms.md)
 
 
+def steps_per_sample(cfg: GenConfig) -> tuple[int, int | None]:
+    """(typical, most) steps one sample takes under ``cfg``: about :data:`TYPICAL_STEPS`, never more than
+    ``max_iters`` without a restart; at most ``max_iters x (max_restarts + 1)`` (None: restarts unlimited)."""
+    typical = min(TYPICAL_STEPS, cfg.max_iters)
+    most = cfg.max_iters * (cfg.max_restarts + 1) if cfg.max_restarts is not None else None
+    return typical, most
+
+
 def _say_duration(per_step: float, n_rounds: int, nslots: int, cfg: GenConfig) -> None:
     """One line, up front, when the generation will be long: the measured seconds per step times the steps
-    a sample typically needs (restarts add up to ``max_iters`` steps each)."""
-    minutes = per_step * n_rounds * TYPICAL_STEPS / 60
+    a sample typically needs under this ``max_iters`` (:func:`steps_per_sample`; restarts add up to
+    ``max_iters`` steps each, bounded by ``max_restarts`` when it is set)."""
+    typical, most = steps_per_sample(cfg)
+    minutes = per_step * n_rounds * typical / 60
     if minutes >= 2:
+        bound = (f"at most {per_step * n_rounds * most / 60:.0f} min with axioms.max_restarts={cfg.max_restarts}"
+                 if most is not None else f"more with restarts, each up to axioms.max_iters={cfg.max_iters} steps")
         print(f"generate {cfg.scenario}: {per_step:.2f} s per step for {nslots} samples at once; at about "
-              f"{TYPICAL_STEPS} steps per sample this takes roughly {minutes:.0f} min (more with restarts, each up "
-              f"to {cfg.max_iters} steps); finished samples are kept if you stop it", file=sys.stderr, flush=True)
+              f"{typical} steps per sample this takes roughly {minutes:.0f} min ({bound}); finished samples are "
+              "kept if you stop it", file=sys.stderr, flush=True)
 
 
 @dataclass
@@ -251,8 +263,11 @@ class AxiomGenerator:
             self._start(slots[s], s, prior, opt)
         done, steps = 0, 0
         fixed = cfg.fixed_positions()
-        bar = progress(total=len(pending) + nslots, desc=f"generate {cfg.scenario}", unit="sample", min_total=1)
-        n_rounds = -(-(len(pending) + nslots) // nslots)  # batches of samples, one after another
+        n_samples = len(pending) + nslots
+        n_rounds = -(-n_samples // nslots)  # batches of samples, one after another
+        # the bar moves per optimisation step (a sample takes hundreds); its total is the typical count
+        bar = progress(total=n_rounds * steps_per_sample(cfg)[0], desc=f"generate {cfg.scenario}", unit="step",
+                       min_total=1)
         t0 = time.perf_counter()
         while any(sl is not None for sl in slots):
             active = [s for s, sl in enumerate(slots) if sl is not None]
@@ -317,7 +332,8 @@ class AxiomGenerator:
             steps += 1
             self.iterations += 1
             per_step = (time.perf_counter() - t0) / steps
-            bar.set_postfix_str(f"step {steps}, {per_step:.2f} s/step", refresh=True)
+            bar.update(1)
+            bar.set_postfix_str(f"{done}/{n_samples} samples, {per_step:.2f} s/step", refresh=False)
             if steps == ESTIMATE_AFTER and limit_steps is None:
                 _say_duration(per_step, n_rounds, nslots, cfg)
             for k, s in finished:
@@ -334,7 +350,6 @@ class AxiomGenerator:
                     "ratio": ratio[:, k].clone(), "iterations": sl.total, "restarts": sl.restarts,
                 })
                 done += 1
-                bar.update(1)
                 if pending:
                     i = pending.popleft()
                     slots[s] = _Slot(i, sample_generator(self.seed, cfg.scenario, i))
@@ -345,7 +360,11 @@ class AxiomGenerator:
                 sl = slots[s]
                 sl.restarts += 1
                 if cfg.max_restarts is not None and sl.restarts > cfg.max_restarts:
-                    raise RuntimeError(f"axioms sample {sl.index}: no solution after {sl.restarts} restarts")
+                    bar.close()
+                    raise XattrConfigError(
+                        f"axioms sample {sl.index}: no solution within axioms.max_iters={cfg.max_iters} steps and "
+                        f"axioms.max_restarts={cfg.max_restarts} ({done} samples finished and kept); valid choices: "
+                        "a larger axioms.max_iters (paper: 1500), or axioms.max_restarts=null (restart until found)")
                 self._start(sl, s, prior, opt)
             if limit_steps is not None and steps >= limit_steps:
                 break

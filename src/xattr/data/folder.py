@@ -15,7 +15,7 @@ from torch.utils.data import Dataset
 from xattr.core.preprocess import Preprocess
 from xattr.data.imagenet import IMG_EXT
 from xattr.data.transforms import ImageTransform, read_image
-from xattr.errors import missing_file
+from xattr.errors import XattrConfigError, missing_file
 
 
 class ImageFolderFlat(Dataset):
@@ -25,6 +25,9 @@ class ImageFolderFlat(Dataset):
         if not self.root.is_dir():
             raise missing_file("image folder", self.root, "a folder of .jpg/.png photos; set dataset.root")
         self.files = sorted(p for p in self.root.iterdir() if p.suffix.lower() in IMG_EXT)
+        if not self.files:
+            raise XattrConfigError(f"bad dataset.root {str(self.root)!r}: it holds no photos; valid choices: a "
+                                   f"folder holding {', '.join(sorted(IMG_EXT))} files")
         if limit is not None:
             self.files = self.files[: int(limit)]
         self.transform = ImageTransform(preprocess or Preprocess())

@@ -35,7 +35,7 @@ from torch.utils.data import Dataset
 
 from xattr.core.hf import TokenizerVocab, is_model_folder, pre_tokenize, word_tokenizer
 from xattr.core.vocab import PAD, UNK, Vocab
-from xattr.errors import missing_file, unknown
+from xattr.errors import XattrConfigError, missing_file, unknown
 
 SPLITS = ("train", "test")
 TRUNCATIONS = ("head", "tail")
@@ -75,11 +75,16 @@ def read_imdb(root: str | Path, split: str = "train", limit: int | None = None) 
     if not path.is_file():
         raise missing_file("IMDB reviews", path, "the Large Movie Review Dataset as jsonl.gz, see ../shared/data/README.md")
     rows = []
-    with gzip.open(path, "rt", encoding="utf-8") as f:
-        for line in f:
-            rows.append(json.loads(line))
-            if limit is not None and len(rows) >= limit:
-                break
+    try:
+        with gzip.open(path, "rt", encoding="utf-8") as f:
+            for line in f:
+                rows.append(json.loads(line))
+                if limit is not None and len(rows) >= limit:
+                    break
+    except (UnicodeDecodeError, json.JSONDecodeError, OSError, EOFError) as e:
+        why = str(e).splitlines()[0] if str(e).strip() else type(e).__name__
+        raise XattrConfigError(f"cannot read IMDB reviews {path} (line {len(rows) + 1}: {why}); valid choices: "
+                               "gzip-compressed UTF-8 JSON lines (id, label, text), see ../shared/data/README.md") from None
     return rows
 
 

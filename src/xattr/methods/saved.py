@@ -29,8 +29,11 @@ class SavedMaps(Attribution):
         """Cost rule: free (maps read from the earlier run's folder)."""
         return 0.0
 
-    def __init__(self, model: nn.Module, run_dir: str | Path) -> None:
+    def __init__(self, model: nn.Module, run_dir: str | Path, check_source: bool = True) -> None:
+        """``check_source``: ``python -m xattr.run`` refuses an earlier run of another model, weights,
+        preprocessing, dataset or target unless it is false (the maps are then scored knowingly)."""
         super().__init__(model)
+        self.check_source = bool(check_source)
         self.run_dir = Path(run_dir)
         store = RunStore(self.run_dir)
         if not store.heatmaps_dir.is_dir():

@@ -132,7 +132,7 @@ def build_torchvision(node: Mapping, known_aliases: Callable[[str, nn.Module], d
         raise XattrConfigError(f"torchvision {arch} with model.weights {weights!r} does not take "
                                f"{kwargs} (model.num_classes, model.kwargs): {_first_line(e)}") from None
     if w is None and weights.lower() not in RANDOM:
-        _load_state(net, Path(weights), arch)
+        load_state(net, Path(weights), arch)
     entry = w or _default_entry(arch)
     num_classes = int(kwargs.get("num_classes") or (len(w.meta.get("categories") or []) if w is not None else 0)
                       or 1000)  # torchvision's default head
@@ -190,7 +190,7 @@ def build_custom(node: Mapping) -> Built:
     if not isinstance(net, nn.Module):
         raise XattrConfigError(f"model.factory {ref!r} returned {type(net).__name__}, not a torch.nn.Module")
     if weights.lower() not in RANDOM:
-        _load_state(net, Path(weights), ref)
+        load_state(net, Path(weights), ref)
     pre = _preprocess(node.get("preprocess"), {})
     num_classes = node.get("num_classes")
     if num_classes is None:
@@ -268,17 +268,22 @@ def _check_file(path: str, what: str) -> None:
                            "a state_dict saved by torch.save; or model.weights=random")
 
 
-def _load_state(net: nn.Module, path: Path, what: str) -> None:
+STATE_DICT_CHOICES = "a state_dict file saved by torch.save (tensors only), or model.weights=random"
+
+
+def load_state(net: nn.Module, path: Path, what: str) -> None:
     """Load a state-dict file (``{"state_dict": ...}`` and a DataParallel ``module.`` prefix accepted)."""
     _check_file(str(path), what)
     try:
         sd = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise XattrConfigError(f"model.weights {str(path)!r} is not a state dict ({_first_line(e)})") from None
+    except Exception as e:  # not a torch.save file (truncated, empty, another format) or one holding code
+        raise XattrConfigError(f"bad model.weights {str(path)!r}: cannot load it as a state dict ({_kind(e)}); "
+                               f"valid choices: {STATE_DICT_CHOICES}") from None
     if isinstance(sd, dict) and isinstance(sd.get("state_dict"), dict):
         sd = sd["state_dict"]
     if not isinstance(sd, dict):
-        raise XattrConfigError(f"model.weights {str(path)!r} is not a state dict ({type(sd).__name__})")
+        raise XattrConfigError(f"bad model.weights {str(path)!r}: not a state dict ({type(sd).__name__}); "
+                               f"valid choices: {STATE_DICT_CHOICES}")
     if sd and all(k.startswith("module.") for k in sd):
         sd = {k.removeprefix("module."): v for k, v in sd.items()}
     result = net.load_state_dict(sd, strict=False)
@@ -352,6 +357,12 @@ def _aliases(node: Mapping) -> dict[str, str]:
     if not isinstance(aliases, Mapping):
         raise XattrConfigError(f"model.aliases {aliases!r} must map paper names to module paths")
     return {str(k): str(v) for k, v in aliases.items()}
+
+
+def _kind(e: BaseException) -> str:
+    """An exception's class name, with its module when the name alone says nothing (``struct.error``)."""
+    name = type(e).__name__
+    return f"{type(e).__module__}.{name}" if name.islower() else name
 
 
 def _first_line(e: BaseException) -> str:

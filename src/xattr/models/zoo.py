@@ -151,15 +151,12 @@ def _torchvision(arch: str, enum: str) -> Callable[[str, Path], nn.Module]:
     return build
 
 
-def _load_state(net: nn.Module, path: Path, what: str, strip: str = "") -> None:
+def _load_state(net: nn.Module, path: Path, what: str) -> None:
+    """A state-dict file into ``net`` (:func:`xattr.models.custom.load_state`: an unreadable or ill-fitting
+    file is one line; a DataParallel ``module.`` prefix is dropped there)."""
     if not path.is_file():
         raise missing_file(f"{what} weights", path, "a state_dict saved by torch.save; or model.weights=random")
-    sd = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(sd, dict) and "state_dict" in sd:
-        sd = sd["state_dict"]
-    if strip:
-        sd = {k.removeprefix(strip): v for k, v in sd.items()}
-    net.load_state_dict(sd)
+    custom.load_state(net, path, what)
 
 
 def _mobilenet_v2(weights: str, weights_dir: Path) -> nn.Module:
@@ -192,9 +189,9 @@ def _cifar(depth: int, fname: str) -> Callable[[str, Path], nn.Module]:
     def build(weights: str, weights_dir: Path) -> nn.Module:
         net = cifar_resnet(depth)
         if weights in ("cifar10", "pretrained", "imagenet"):
-            _load_state(net, weights_dir / fname, f"CIFAR-10 ResNet-{depth}", strip="module.")
+            _load_state(net, weights_dir / fname, f"CIFAR-10 ResNet-{depth}")
         elif weights != "random":
-            _load_state(net, Path(weights), f"CIFAR-10 ResNet-{depth}", strip="module.")
+            _load_state(net, Path(weights), f"CIFAR-10 ResNet-{depth}")
         return net
 
     return build

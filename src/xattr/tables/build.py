@@ -25,12 +25,13 @@ import torch  # noqa: E402
 import yaml  # noqa: E402
 
 from xattr.analyses.sensitivity_n import PooledSensitivityN  # noqa: E402
+from xattr.core.safe_build import build_known, check_known  # noqa: E402
 from xattr.core.store import RunStore  # noqa: E402
 from xattr.errors import XattrConfigError, unknown  # noqa: E402
 from xattr.metrics.summary import summarise_run_scores  # noqa: E402
 from xattr.tables.analysis import analysis_table  # noqa: E402
 from xattr.tables.dissection import dissection_table  # noqa: E402
-from xattr.tables.match import fmt, matches  # noqa: E402
+from xattr.tables.match import check_run_paths, fmt, matches, no_runs  # noqa: E402
 from xattr.tables.output import write_table  # noqa: E402
 from xattr.tables.roar import roar_table  # noqa: E402
 
@@ -49,6 +50,7 @@ def summarise_run(run_dir: Path) -> dict[str, tuple[float, float, int]]:
     cfg, df = store.config(), store.rows()
     metrics = {}
     for mname, node in (cfg.get("metric") or {}).items():
+        check_known(node, METRIC_PACKAGES, f"metric.{mname}", f"the config of {store.dir}")  # one line
         try:
             metrics[mname] = build_metric(node)
         except (XattrConfigError, ImportError, TypeError, ValueError):  # a metric this version cannot build
@@ -56,10 +58,13 @@ def summarise_run(run_dir: Path) -> dict[str, tuple[float, float, int]]:
     return {r.score: (r.mean, r.sem, r.n) for r in summarise_run_scores(df, metrics).itertuples()}
 
 
-def build_metric(node):
-    from hydra.utils import instantiate
+METRIC_PACKAGES = ("xattr.metrics.",)
 
-    return instantiate(node)
+
+def build_metric(node, source: object = "a run's config"):
+    """A metric from a run's config, read as data: only classes of ``xattr.metrics`` are built
+    (:func:`xattr.core.safe_build.build_known`)."""
+    return build_known(node, METRIC_PACKAGES, "metric", source)
 
 
 def _score(spec: dict, row: dict, col: dict) -> str | None:
@@ -135,9 +140,15 @@ def build_table(table_id: str, run_paths: list[str | Path], out_dir: str | Path 
     if table_id not in pub:
         raise unknown("table", table_id, sorted(pub))
     spec = pub[table_id]
+    check_run_paths(run_paths)
     if spec.get("kind") == "roar":  # ROAR: retraining units (results.json), accuracy per percentile, AUC, figure
         return roar_table(table_id, spec, run_paths, Path(out_dir or "outputs/tables"))
     runs = [(r, RunStore(r).config()) for r in RunStore.find_runs(run_paths)]
+    if not runs:  # never replace a table with an empty one
+        raise no_runs(run_paths)
+    for r, cfg in runs:  # a run's config is data: refuse a foreign _target_ before building anything
+        for mname, node in (cfg.get("metric") or {}).items():
+            check_known(node, METRIC_PACKAGES, f"metric.{mname}", f"the config of {r}")
     out_dir = Path(out_dir or "outputs/tables")
     out_dir.mkdir(parents=True, exist_ok=True)
     if spec.get("kind") == "figure":

@@ -1,12 +1,33 @@
-"""What every table kind shares: which runs a published row or column takes (``match:`` on the run's
-config) and how a number is written (mean ± s.e.)."""
+"""What every table kind shares: the run paths it reads (each an existing folder, something found under
+them), which runs a published row or column takes (``match:`` on the run's config) and how a number is
+written (mean ± s.e.)."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from omegaconf import OmegaConf
+
+from xattr.errors import XattrConfigError
+
+
+def check_run_paths(paths: list[str | Path]) -> None:
+    """Every path the table reads is an existing folder: else one error naming it (nothing is written)."""
+    for p in map(Path, paths):
+        why = "does not exist" if not p.exists() else "is a file" if not p.is_dir() else None
+        if why:
+            raise XattrConfigError(f"bad runs path {str(p)!r}: it {why}; valid choices: folders holding run folders "
+                                   "of python -m xattr.run (e.g. outputs/runs)")
+
+
+def no_runs(paths: list[str | Path], what: str = "finished runs of python -m xattr.run") -> XattrConfigError:
+    """The error for paths under which nothing to tabulate was found (a table is never replaced by an
+    empty one)."""
+    listed = ", ".join(repr(str(p)) for p in paths)
+    return XattrConfigError(f"no {what} under {listed}; valid choices: folders holding them (e.g. outputs/runs); "
+                            "nothing was written")
 
 
 def lookup(cfg: Any, key: str) -> Any:

@@ -27,7 +27,7 @@ import torch
 
 from xattr.core.store import RunStore
 from xattr.core.summary import mean_and_sem
-from xattr.tables.match import fmt
+from xattr.tables.match import fmt, no_runs
 from xattr.tables.output import write_table
 from xattr.viz.roar import plot_roar
 
@@ -86,8 +86,10 @@ def summarise_units(units: list[dict], spec_percents: list[float]) -> dict[str, 
 
 def roar_table(table_id: str, spec: dict, run_paths: list[str | Path], out_dir: Path) -> pd.DataFrame:
     """Build a ``kind: roar`` table: ``<out_dir>/<id>.md``, ``.csv`` and ``.png`` (see module docstring)."""
-    out_dir.mkdir(parents=True, exist_ok=True)
     units, pending = find_units(run_paths)
+    if not units and not pending:  # never replace a table with an empty one
+        raise no_runs(run_paths, "ROAR units of python -m xattr.train recipe=roar")
+    out_dir.mkdir(parents=True, exist_ok=True)
     spec_percents = [float(p) for p in spec.get("percents") or []]
     summary = summarise_units(units, spec_percents)
     percents = sorted({float(u["percent"]) for u in units} | set(spec_percents))

@@ -42,10 +42,11 @@ def text_runs(paths: list[str | Path]) -> list[tuple[str, Path, object]]:
     return sorted(out, key=lambda t: t[0])
 
 
-def _dataset(cfg):
-    from hydra.utils import instantiate
+def _dataset(cfg, source: object = "a run's config"):
+    """The run's attribution dataset, from its config read as data: only classes of ``xattr.data`` are built."""
+    from xattr.core.safe_build import build_known
 
-    return instantiate(cfg.dataset.attribution)
+    return build_known(cfg.dataset.attribution, ("xattr.data.",), "dataset.attribution", source)
 
 
 def qualitative(paths: list[str | Path], out_dir: str | Path | None = None, ids: list[str] | None = None,
@@ -70,7 +71,7 @@ def qualitative(paths: list[str | Path], out_dir: str | Path | None = None, ids:
         chosen = list(ids)
     else:
         chosen = common[:n]
-    ds = dataset if dataset is not None else _dataset(runs[0][2])
+    ds = dataset if dataset is not None else _dataset(runs[0][2], f"the config of {runs[0][1]}")
     index = dict(zip(per_image["id"].astype(str), per_image["index"].astype(int)))
     label = dict(zip(per_image["id"].astype(str), per_image["label"].astype(int)))
     html = ["<html><head><meta charset='utf-8'><style>td{padding:4px 8px;vertical-align:top;border-bottom:1px solid #ddd}"

@@ -26,7 +26,7 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
 from xattr.core.preprocess import Preprocess
 from xattr.core.signals import worker_ignores_interrupts
@@ -98,7 +98,7 @@ class RandomCropFlip:
     """CIFAR's train-time augmentation on a normalised ``(C, H, W)`` tensor: pad by ``padding``, crop a
     random ``size`` square, flip left-right with probability 1/2 (``flip``). ``fill``: ``black`` pads with
     the normalised value of a black pixel (torchvision's ``RandomCrop(32, 4)`` before ``Normalize``), ``zero``
-    with 0 (the mean colour). Uses torch's global RNG (seeded per worker by Lightning)."""
+    with 0 (the mean colour). Draws from torch's global generator (in training seeded per item by :class:`Augmented`)."""
 
     def __init__(self, size: int = 32, padding: int = 4, flip: bool = True, fill: str = "black",
                  preprocess: Preprocess | None = None) -> None:
@@ -128,7 +128,10 @@ class RandomCropFlip:
 
 
 class Augmented(Dataset):
-    """``base`` with ``augment`` applied to each item's ``x`` (dict items)."""
+    """``base`` with ``augment`` applied to each item's ``x`` (dict items). A key ``(i, seed)`` (from
+    :class:`SeededSampler`) draws item ``i``'s augmentation from torch's generator seeded with ``seed`` (the
+    global state is put back after): the same crops whatever process or worker loads it, so a resumed
+    training draws what the uninterrupted one drew."""
 
     def __init__(self, base: Dataset, augment: Callable[[torch.Tensor], torch.Tensor]) -> None:
         self.base, self.augment = base, augment
@@ -136,11 +139,35 @@ class Augmented(Dataset):
     def __len__(self) -> int:
         return len(self.base)
 
-    def __getitem__(self, i: int) -> Any:
+    def __getitem__(self, key: int | tuple[int, int]) -> Any:
+        i, seed = key if isinstance(key, tuple) else (key, None)
         item = self.base[i]
         if not isinstance(item, Mapping):
             raise XattrConfigError("data.augment works on image datasets (dict items); set data.augment=null")
-        return {**item, "x": self.augment(item["x"])}
+        if seed is None:
+            return {**item, "x": self.augment(item["x"])}
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return {**item, "x": self.augment(item["x"])}
+
+
+class SeededSampler(Sampler):
+    """A random permutation of ``range(n)`` per epoch drawn from ``generator`` (the only state: checkpointed
+    by :class:`xattr.training.resume.RandomState`); ``seeds``: each index comes with a seed for its
+    augmentation, ``(i, seed)`` (:class:`Augmented`)."""
+
+    def __init__(self, n: int, generator: torch.Generator, seeds: bool = False) -> None:
+        self.n, self.generator, self.seeds = int(n), generator, bool(seeds)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        order = torch.randperm(self.n, generator=self.generator).tolist()
+        if not self.seeds:
+            return iter(order)
+        seeds = torch.randint(0, 2**62, (self.n,), generator=self.generator).tolist()
+        return iter(list(zip(order, seeds)))
 
 
 def collate_with_target(items: list[dict]) -> dict:
@@ -175,8 +202,11 @@ class ClassificationData(pl.LightningDataModule):
             if dataset.get(key) is None:
                 raise XattrConfigError(f"dataset {dataset.get('name')!r} has no '{key}' node: training needs "
                                        "dataset.train and dataset.test (see conf/dataset/cifar10.yaml)")
-        if int(batch_size) < 1:
-            raise XattrConfigError(f"batch_size must be >= 1, got {batch_size}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise XattrConfigError(f"bad batch_size {batch_size!r}; valid choices: an integer >= 1")
+        for key, value in (("data.limit", limit), ("data.test_limit", test_limit)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise XattrConfigError(f"bad {key} {value!r}; valid choices: an integer >= 1, or null for all items")
         split_indices([0, 0], val_fraction)  # checks the fraction before any work
         self.dataset_cfg, self.preprocess = dataset, preprocess
         self.batch_size, self.num_workers = int(batch_size), int(num_workers)
@@ -184,6 +214,7 @@ class ClassificationData(pl.LightningDataModule):
         self.limit = int(limit) if limit is not None else None
         self.test_limit = int(test_limit) if test_limit is not None else None
         self.augment_cfg = augment
+        self.train_generator = torch.Generator().manual_seed(self.seed)  # shuffling and worker seeds
         self.vocab = None
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
@@ -251,11 +282,19 @@ class ClassificationData(pl.LightningDataModule):
         self.setup()
         return {"train": len(self.train_set), "val": len(self.val_set), "test": len(self.test_set)}
 
+    def generators(self) -> dict[str, torch.Generator]:
+        """The generators the loaders draw from (checkpointed by :class:`xattr.training.resume.RandomState`)."""
+        return {"train": self.train_generator}
+
     def _loader(self, ds: Dataset, shuffle: bool) -> DataLoader:
-        return DataLoader(ds, batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers,
+        """No loader draws from torch's global generator (a resumed run draws what the uninterrupted one
+        drew): the training order and augmentation seeds come from :attr:`train_generator`
+        (:class:`SeededSampler`), the workers' base seeds from a fixed generator of each loader's own."""
+        sampler = SeededSampler(len(ds), self.train_generator, seeds=isinstance(ds, Augmented)) if shuffle else None
+        return DataLoader(ds, batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers,
                           collate_fn=self.collate, persistent_workers=self.num_workers > 0,
                           worker_init_fn=worker_ignores_interrupts if self.num_workers else None,
-                          pin_memory=torch.cuda.is_available())
+                          pin_memory=torch.cuda.is_available(), generator=torch.Generator().manual_seed(self.seed))
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, shuffle=True)

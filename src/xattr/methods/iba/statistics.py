@@ -125,7 +125,7 @@ def estimate(
         est[name].update(out[mask[0]] if tokens else out)
 
     with hooked_many(modules, update):
-        bar = progress(total=n_samples, desc="feature statistics", unit="img")
+        bar = progress(total=min(n_samples, _available(loader)), desc="feature statistics", unit="img")
         for batch in loader:
             x = batch_images(batch).to(device)
             take = min(x.shape[0], n_samples - seen)
@@ -143,6 +143,14 @@ def estimate(
     if tokens:
         out = {k: FeatureStats(s.mean[None], s.std[None], s.nonzero[None], s.n) for k, s in out.items()}
     return out
+
+
+def _available(loader: Iterable) -> int | float:
+    """How many images (reviews) ``loader`` holds: its dataset's length (inf when it does not say)."""
+    try:
+        return len(loader.dataset)
+    except (AttributeError, TypeError):
+        return float("inf")
 
 
 def weights_fingerprint(model: nn.Module) -> str:
@@ -180,6 +188,21 @@ def cache_key(model: nn.Module, layers: Sequence[str], n_samples: int, model_nam
     return name, key
 
 
+def _read(path: Path) -> dict:
+    """A statistics file, read with ``weights_only=True`` (tensors, numbers, strings): a file holding anything
+    else (a pickle that could run code) or no statistics is one error naming it."""
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - truncated, another format, or pickled code: refused alike
+        raise XattrConfigError(f"bad feature statistics {path}: cannot load it as data ({type(e).__name__}); valid "
+                               "choices: a file written by an IBA run into <cache_dir>/iba_stats/ (delete a cached "
+                               "one to estimate again)") from None
+    if not isinstance(blob, dict) or not isinstance(blob.get("stats"), dict):
+        raise XattrConfigError(f"bad feature statistics {path}: no 'stats' in it; valid choices: a file written by "
+                               "an IBA run into <cache_dir>/iba_stats/")
+    return blob
+
+
 def load_or_estimate(
     model: nn.Module, layers: Sequence[str], loader: Iterable, cache_dir: Path | str | None,
     n_samples: int = 10_000, model_name: str | None = None, weights: str | None = None,
@@ -192,7 +215,7 @@ def load_or_estimate(
     fname, key = cache_key(model, layers, n_samples, model_name, weights, dataset, tokens)
     path = Path(cache_dir) / "iba_stats" / fname
     if path.is_file():
-        blob = torch.load(path, map_location="cpu", weights_only=False)
+        blob = _read(path)
         if blob.get("key") == key:
             return {name: FeatureStats(**blob["stats"][name]).to(device) for name in layers}
         warnings.warn(f"stale IBA statistics cache {path} (key {blob.get('key')} != {key}); re-estimating",
@@ -211,7 +234,7 @@ def load_file(path: Path | str, model: nn.Module, layers: Sequence[str]) -> dict
     path = Path(path)
     if not path.is_file():
         raise missing_file("feature statistics", path, "a file written by an IBA run into <cache_dir>/iba_stats/")
-    blob = torch.load(path, map_location="cpu", weights_only=False)
+    blob = _read(path)
     key = blob.get("key", {})
     if key.get("fingerprint") != weights_fingerprint(model):
         raise XattrConfigError(f"feature statistics {path} belong to other weights (model {key.get('model')!r}, "
