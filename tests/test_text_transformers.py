@@ -343,3 +343,22 @@ def test_input_iba_text_on_the_transformer(folder, zoo) -> None:
     n = int((x[2] != 0).sum())
     one = m.attribute(x[2:, :n], t[2:])
     assert torch.allclose(one[0], s[2, :n], atol=1e-4), (one[0], s[2, :n])
+
+
+def test_text_only_keys_pass_the_key_check_and_typos_do_not() -> None:
+    """On a text model the method's keys are those of the image class and of its text form:
+    ``+method.token_reduce=l2`` is taken, ``+method.betta=1`` is one line naming the keys."""
+    from xattr.config import build, check_values
+    from xattr.methods.text import text_form
+
+    from .helpers import compose_cfg
+
+    cfg = compose_cfg(["model=imdb_lstm", "dataset=imdb", "method=gradient", "+method.token_reduce=l2"])
+    check_values(cfg)
+    assert text_form(build(cfg.method), "embedding").keywords["token_reduce"] == "l2"
+    bad = compose_cfg(["model=imdb_lstm", "dataset=imdb", "method=gradient", "+method.betta=1"])
+    check_values(bad)
+    with pytest.raises(XattrConfigError, match=r"unknown key 'method.betta'; valid choices: .*token_reduce"):
+        text_form(build(bad.method), "embedding")
+    with pytest.raises(XattrConfigError, match="unknown key 'method.betta'"):
+        check_values(compose_cfg(["model=mobilenet_v2", "method=gradient", "+method.betta=1"]))

@@ -182,7 +182,7 @@ def _check_keys(prefix: str, target: object, keys, given_later: int) -> None:
             raise XattrConfigError(f"unknown key '{prefix}.{key}'; valid choices: {', '.join(valid) or 'none'}")
 
 
-def _check_node(prefix: str, node, defaults: dict, given_later: int = 0) -> None:
+def _check_node(prefix: str, node, defaults: dict, given_later: int = 0, check_keys: bool = True) -> None:
     """The generic checks: a key the class does not take, a yaml number given as text (unless the class takes
     a word there), a yaml boolean given as anything else. Ranges and choices are the classes' own (checked when
     built)."""
@@ -192,7 +192,7 @@ def _check_node(prefix: str, node, defaults: dict, given_later: int = 0) -> None
         return
     values = OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else dict(node)
     target = values.get("_target_")
-    if target:
+    if target and check_keys:
         _check_keys(prefix, target, values, given_later)
     for key, value in values.items():
         if key in SKIP:
@@ -218,7 +218,10 @@ def check_values(cfg: DictConfig) -> None:
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise XattrConfigError(f"bad dataset.limit {limit!r}; valid choices: an integer >= 1, or null for all images")
     method_option = str(cfg.get("method_name") or "")
-    _check_node("method", cfg.get("method"), _raw_defaults("method", method_option), given_later=1)
+    text = bool((cfg.model.get("layers") or {}).get("embedding"))  # a text model: xattr.methods.text.text_form
+    # checks the keys against the image class and its text form (text-only keys: +method.token_reduce=l2)
+    _check_node("method", cfg.get("method"), _raw_defaults("method", method_option), given_later=1,
+                check_keys=not text)
     for group in ("metric", "analysis"):
         for name, node in (cfg.get(group) or {}).items():
             _check_node(f"{group}.{name}", node, _raw_defaults(group, name))

@@ -130,7 +130,7 @@ def load_hf(path: str | Path, dtype: torch.dtype = torch.float32, random: bool =
             model = tr.AutoModelForSequenceClassification.from_config(config)
         else:
             model = tr.AutoModelForSequenceClassification.from_pretrained(
-                str(folder), local_files_only=True, attn_implementation="eager", dtype=dtype)
+                str(folder), local_files_only=True, use_safetensors=True, attn_implementation="eager", dtype=dtype)
     except (OSError, ValueError, KeyError) as e:
         raise XattrConfigError(f"model.path {str(folder)!r} holds no sequence classifier "
                                f"({str(e).splitlines()[0]}); put a model saved with save_pretrained there") from None

@@ -86,6 +86,10 @@ def text_form(factory: Callable[..., Attribution], embedding: str = "embedding",
     elif name in TEXT_FORMS:
         text_cls = TEXT_FORMS[name]
         keep = shared_keys(text_cls)
+        known = _accepted(text_cls) | (_accepted(cls) if isinstance(cls, type) else set(kw))
+        bad = sorted(set(kw) - known)
+        if bad:  # neither the image class's key (config defaults) nor the text form's: a typo
+            raise XattrConfigError(f"unknown key 'method.{bad[0]}'; valid choices: {', '.join(sorted(known))}")
         kw = {k: v for k, v in kw.items() if k in keep}
     else:
         check_text_method(name or "?")
