@@ -362,3 +362,9 @@ def test_text_only_keys_pass_the_key_check_and_typos_do_not() -> None:
         text_form(build(bad.method), "embedding")
     with pytest.raises(XattrConfigError, match="unknown key 'method.betta'"):
         check_values(compose_cfg(["model=mobilenet_v2", "method=gradient", "+method.betta=1"]))
+
+
+def test_the_api_takes_text_only_keys_on_a_text_model(zoo) -> None:
+    assert xattr.method("gradient", zoo, token_reduce="abs_sum").token_reduce == "abs_sum"
+    with pytest.raises(XattrConfigError, match="unknown key 'method.betta'"):
+        xattr.method("gradient", zoo, betta=1)

@@ -289,7 +289,8 @@ def method(name: str, model: ModelLike, **overrides: Any) -> Attribution:
     cfg = _config_for(zoo, "method", name)
     node = cfg.method
     cls = get_class(str(node._target_))
-    _check_overrides("method", name, node, overrides, cls)
+    if not zoo.roles.get("embedding"):  # a text model: text_form checks the keys (the image class's and its own)
+        _check_overrides("method", name, node, overrides, cls)
     values = {**_resolved(node, "method", name, overrides, zoo.net), **overrides}
     _checked(cfg, "method", name, values)
     factory: Callable[..., Attribution] = functools.partial(cls, **values)
