@@ -73,10 +73,12 @@ def test_a_method_built_by_the_api_is_the_one_the_cli_builds(name, lite0, saved_
         over, extra = {"run_dir": str(saved_run)}, [f"method.run_dir={saved_run}"]
     if name == "input_iba_text":  # a text method: the shipped IMDB LSTM
         model, model_args = xattr.load_model("imdb_lstm"), ["model=imdb_lstm"]
+    if name in ("attention_rollout", "chefer"):  # transformer methods: the shipped IMDB transformer
+        model, model_args = xattr.load_model("imdb_transformer"), ["model=imdb_transformer"]
     api = xattr.method(name, model, **over)
     cfg = compose_cfg([f"method={name}", *model_args, *extra])
     cli = build(cfg.method)
-    if name == "input_iba_text":
+    if name in ("input_iba_text", "attention_rollout", "chefer"):
         from xattr.methods.text import text_form
 
         cli = text_form(cli, cfg.model.layers.embedding)
@@ -84,7 +86,7 @@ def test_a_method_built_by_the_api_is_the_one_the_cli_builds(name, lite0, saved_
     assert type(api) is type(cli)
     assert api.hparams == cli.hparams, (api.hparams, cli.hparams)
     yaml_keys = {str(k) for k in cfg.method if str(k) not in ("_target_", "_partial_")}
-    if name != "input_iba_text":  # (the text form keeps the keys it shares with the image method)
+    if name not in ("input_iba_text", "attention_rollout", "chefer"):  # (text forms keep the keys they share)
         assert yaml_keys <= set(api.hparams), yaml_keys - set(api.hparams)
 
 
