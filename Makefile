@@ -71,4 +71,5 @@ text-transformers: install
 		method=$(METHODS),attention_rollout,chefer $(ARGS)
 	$(BIN)/python -m xattr.table inputiba_f5_imdb_insdel outputs/multirun/inputiba_f5_imdb_insdel \
 		outputs/multirun/inputiba_f5_imdb_insdel_transformer
+	$(BIN)/python -m xattr.tables.text_qualitative outputs/multirun/inputiba_f5_imdb_insdel
 	$(BIN)/python -m xattr.tables.text_qualitative outputs/multirun/inputiba_f5_imdb_insdel_transformer
