@@ -146,7 +146,7 @@ def test_bad_values_raise_the_clis_one_line(key, value, lite0):
 
 def test_unknown_names_raise_one_line_with_the_choices(lite0):
     cases = {
-        lambda: xattr.method("ibax", lite0): "unknown method 'ibax'; valid choices: deepshap, ",
+        lambda: xattr.method("ibax", lite0): "unknown method 'ibax'; valid choices: attention_rollout, chefer, deepshap, ",
         lambda: xattr.method("iba", lite0, betta=1): "unknown parameter of method 'iba' 'betta'; valid choices: .*beta",
         lambda: xattr.metric("insdel"): "unknown metric 'insdel'; valid choices: axioms, ",
         lambda: xattr.metric("insertion_deletion", pointz=3): "valid choices: .*points",

@@ -37,8 +37,9 @@ def test_every_option_composes(group):
 def test_model_configs_build_and_default_layers_resolve(opt):
     from xattr.core.layers import resolve_layer
 
-    cfg = compose_cfg([f"model={opt}", "model.weights=random"])
-    zoo = load_model(cfg.model.name, cfg.model.weights)
+    hf = ["model.path=${paths.root}/assets/text/imdb_transformer"] if opt == "hf" else []  # a folder to read
+    cfg = compose_cfg([f"model={opt}", "model.weights=random", *hf])
+    zoo = load_model(cfg.model.name, cfg.model.weights, spec=cfg.model)
     assert "bottleneck" in cfg.model.layers
     for role in ("bottleneck", "cam", "embedding"):
         if role in cfg.model.layers:
@@ -50,12 +51,15 @@ def test_model_configs_build_and_default_layers_resolve(opt):
 @pytest.mark.parametrize("opt", group_options("method"))
 def test_method_configs_build_on_mobilenet(opt, mobilenet, tmp_path):
     text = "text" in opt
-    extra = ["model=imdb_lstm"] if text else []
+    transformer = opt in ("attention_rollout", "chefer")  # need attention maps: the shipped IMDB transformer
+    extra = ["model=imdb_lstm"] if text else ["model=imdb_transformer"] if transformer else []
     if opt == "saved":  # maps of an earlier run: needs its folder
         (tmp_path / "heatmaps").mkdir()
         extra = [f"method.run_dir={tmp_path}"]
     cfg = compose_cfg([f"method={opt}", "model.weights=random", *extra])
     net = load_model("imdb_lstm", "random").net if text else mobilenet.net
+    if transformer:
+        net = load_model(cfg.model.name, cfg.model.weights, spec=cfg.model).net
     method = build(cfg.method)(model=net)
     assert hasattr(method, "attribute")
 
@@ -78,7 +82,7 @@ def test_dataset_configs_build(opt, request, tmp_path):
     if opt in ("nih_chestxray8", "brixia"):  # no chest X-ray here: the configs built on fixture files
         return _cxr_config_builds(opt, tmp_path)
     shared_data = request.getfixturevalue("shared_data")
-    model = ["model=imdb_lstm"] if opt == "imdb" else []
+    model = ["model=imdb_lstm"] if opt in ("imdb", "sst2") else []
     cfg = compose_cfg([f"dataset={opt}", "dataset.limit=2", f"paths.data_dir={shared_data}", *model])
     ds = instantiate(cfg.dataset.attribution, preprocess=load_model("cifar_resnet20", "random").preprocess
                      if opt == "cifar10" else load_model("mobilenet_v2", "random").preprocess)

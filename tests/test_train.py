@@ -128,7 +128,7 @@ def test_unknown_recipe_from_the_command_line() -> None:
 
 @pytest.mark.parametrize("arg,msg", [("optimizer=adamw", "unknown optimizer 'adamw'; valid choices: adam, sgd"),
                                      ("scheduler=cosine", "unknown scheduler 'cosine'; valid choices: none, step"),
-                                     ("net=bert", "unknown net 'bert'; valid choices: imdb_lstm, resnet8, zoo")])
+                                     ("net=bert", "unknown net 'bert'; valid choices: imdb_lstm, imdb_transformer, resnet8, zoo")])
 def test_unknown_group_option_is_one_line(arg: str, msg: str, capsys: pytest.CaptureFixture) -> None:
     with pytest.raises(SystemExit):
         check_overrides([arg])

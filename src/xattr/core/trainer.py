@@ -61,6 +61,10 @@ def make_trainer(config: Mapping[str, Any] | None = None, **overrides: Any) -> p
     kw.update(overrides)
     if kw.get("logger") in (None, []):
         kw["logger"] = False
+    callbacks = list(kw.get("callbacks") or [])
+    if kw.get("enable_progress_bar", True) and not any(isinstance(c, pl.callbacks.ProgressBar) for c in callbacks):
+        # Lightning picks its rich bar whenever ``rich`` is installed (transformers' CLI brings it): keep one bar
+        kw["callbacks"] = [*callbacks, pl.callbacks.TQDMProgressBar()]
     return pl.Trainer(**kw)
 
 

@@ -50,6 +50,13 @@ def _params(cls: type) -> dict[str, inspect.Parameter]:
             if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL) and p.name not in ("self", "model")}
 
 
+def _takes_any(cls: object) -> bool:
+    """The class's ``__init__`` passes ``**kwargs`` on (its keys are checked where they land)."""
+    if not isinstance(cls, type):
+        return True
+    return any(p.kind is p.VAR_KEYWORD for p in inspect.signature(cls.__init__).parameters.values())
+
+
 def _accepted(cls: type) -> set[str]:
     return set(_params(cls))
 
@@ -87,7 +94,7 @@ def text_form(factory: Callable[..., Attribution], embedding: str = "embedding",
         text_cls = TEXT_FORMS[name]
         keep = shared_keys(text_cls)
         known = _accepted(text_cls) | (_accepted(cls) if isinstance(cls, type) else set(kw))
-        bad = sorted(set(kw) - known)
+        bad = [] if _takes_any(text_cls) or _takes_any(cls) else sorted(set(kw) - known)
         if bad:  # neither the image class's key (config defaults) nor the text form's: a typo
             raise XattrConfigError(f"unknown key 'method.{bad[0]}'; valid choices: {', '.join(sorted(known))}")
         kw = {k: v for k, v in kw.items() if k in keep}
