@@ -192,8 +192,9 @@ def train(cfg: DictConfig, set_threads: bool = False) -> Path:
     if "test_mae" in results:
         quality = f"test MAE {results['test_mae']:.4f}"
     print(f"\n{cfg.name}: {quality} on {sizes['test']} (best epoch {best_epoch}{val}) -> {run_dir}")
+    key = "model.path" if cfg.model.get("kind") == "hf" else "model.weights"  # a HuggingFace folder: its path
     print(f"  weights: {results['weights']}  (python -m xattr.run model={cfg.model.name} "
-          f"model.weights={results['weights']})")
+          f"{key}={results['weights']})")
     return run_dir
 
 
