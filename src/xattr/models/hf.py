@@ -19,20 +19,20 @@ keys, so they neither get attention nor change the output of the real tokens. Be
 - ``xattr_layers``: ``embedding`` (``get_input_embeddings()``) and ``layer_1`` .. ``layer_n`` (the encoder's
   blocks, whose outputs are the ``(B, L, H)`` token states: where a bottleneck sits).
 
->>> zoo = xattr.load_model("hf", path="assets/text/imdb_transformer")   # or model=imdb_transformer
+>>> zoo = xattr.load_model("assets/text/imdb_transformer")            # or model=imdb_transformer
 >>> logits = zoo.net(ids)                                               # ids (B, L), [PAD] on the right
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from xattr.core.hf import check_folder, load_tokenizer, transformers_module
+from xattr.core.hf import TokenizerVocab, check_folder, load_tokenizer, transformers_module
 from xattr.errors import XattrConfigError
 
 
@@ -62,12 +62,8 @@ class HFClassifier(nn.Module):
         super().__init__()
         self.model = model
         self.tokenizer = tokenizer
-        if tokenizer.pad_token_id is None:
-            raise XattrConfigError("the tokenizer of this HuggingFace model has no [PAD] token; set one "
-                                   "(tokenizer.pad_token = ...) and save it again")
-        self.pad_index = int(tokenizer.pad_token_id)
-        self.unk_index = int(tokenizer.unk_token_id if tokenizer.unk_token_id is not None else self.pad_index)
-        self.special_ids = tuple(sorted({int(i) for i in tokenizer.all_special_ids} - {self.pad_index, self.unk_index}))
+        vocab = TokenizerVocab(tokenizer)  # the ids the datasets use too
+        self.pad_index, self.unk_index, self.special_ids = vocab.pad_index, vocab.unk_index, vocab.special_ids
         self.num_classes = int(model.config.num_labels)
         emb = model.get_input_embeddings()
         paths = {id(m): n for n, m in model.named_modules()}
@@ -111,10 +107,6 @@ class HFClassifier(nn.Module):
         if not out.attentions:
             raise XattrConfigError(f"{type(self.model).__name__} returns no attention maps")
         return out.logits, tuple(out.attentions)
-
-    def tokens(self, ids: Sequence[int]) -> list[str]:
-        """The token strings of ids (for reports)."""
-        return list(self.tokenizer.convert_ids_to_tokens([int(i) for i in ids]))
 
 
 def load_hf(path: str | Path, dtype: torch.dtype = torch.float32, random: bool = False) -> HFClassifier:
