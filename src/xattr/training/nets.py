@@ -140,7 +140,8 @@ class ImdbTransformerNet:
         table, found = load_glove(self.glove, vocab, dim=50, seed=self.seed)
         emb = model.get_input_embeddings().weight
         with torch.no_grad():
-            rows = torch.tensor([i for i in range(len(vocab)) if i not in vocab.special_ids and i != vocab.pad_index])
+            skip = {*vocab.special_ids, vocab.pad_index, vocab.unk_index}  # the special tokens keep BERT's init
+            rows = torch.tensor([i for i in range(len(vocab)) if i not in skip])
             emb[rows, :dim] = table[rows, :dim]  # GloVe where found, N(0, 0.1^2) elsewhere (load_glove)
             emb[vocab.pad_index] = 0
         self.meta = {"glove_found": found}
