@@ -40,10 +40,10 @@ from xattr.errors import XattrConfigError, missing_file, unknown
 SPLITS = ("train", "test")
 TRUNCATIONS = ("head", "tail")
 SPECIAL_TOKENS = ("exclude", "include")
-_BR = re.compile(r"<br\s*/?>")
+_BR = re.compile(r"<br\s*/?>")  # IMDB's line breaks: dropped before either tokenisation
 
 _PATTERNS = [
-    (re.compile(r"<br\s*/?>"), " "),
+    (_BR, " "),
     (re.compile(r"\'"), " '  "),
     (re.compile(r"\""), ""),
     (re.compile(r"\."), " . "),
@@ -181,11 +181,11 @@ class IMDB(Dataset):
         special_tokens: str = "exclude",
     ) -> None:
         del preprocess  # the engine passes the image preprocessing to every dataset; text has none
-        if isinstance(vocab, str | Path) and is_model_folder(vocab):
+        if isinstance(vocab, Vocab | TokenizerVocab):
+            pass
+        elif hasattr(vocab, "all_special_ids") or is_model_folder(vocab):  # a HuggingFace tokenizer or folder
             vocab = TokenizerVocab(vocab)
-        elif not isinstance(vocab, Vocab | TokenizerVocab) and hasattr(vocab, "all_special_ids"):
-            vocab = TokenizerVocab(vocab)
-        elif not isinstance(vocab, Vocab | TokenizerVocab):
+        else:
             vocab = vocab_from_checkpoint(vocab)
         if truncate not in TRUNCATIONS:
             raise unknown("truncation", truncate, TRUNCATIONS)
