@@ -55,7 +55,8 @@ def test_loads_through_model_hf_with_its_tokenizer_and_layers(folder, zoo) -> No
     assert [x[i, int(b["special"][i].nonzero().max())].item() for i in range(3)] == [3, 3, 3]  # [SEP] last
     # the batch mask: real words only ([CLS], [SEP] and padding out); padding only at the right
     assert not (b["mask"] & b["special"]).any() and not (b["mask"] & (x == 0)).any()
-    assert b["mask"].sum(1).tolist() == [len(t) for t in ([9], [5], [2])] or b["mask"].sum(1).min() >= 2
+    # the words by hand: "the movie was great ! good acting , not bad", "awful plot but good film", "very bad"
+    assert b["mask"].sum(1).tolist() == [10, 5, 2]
     assert batch(folder, special_tokens="include")["mask"].sum().item() == b["mask"].sum().item() + 6
     # the model's tokenisation: the words of the vocabulary, an unknown word is [UNK]
     unk = batch(folder, ["the zebra"])["x"][0].tolist()
