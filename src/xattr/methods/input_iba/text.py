@@ -182,10 +182,6 @@ class InputIBAText(InputIBA):
         self.disc_hidden = None if disc_hidden is None else int(disc_hidden)
         self.gan.redraw_targets = bool(redraw_targets)
 
-    def _gens(self, x: torch.Tensor, stage: int):
-        """One generator per text and stage, seeded by its ids without the padding (batched == one at a time)."""
-        return token_generators(x, None if self.seed is None else self.seed + 1000 * stage, self.model.pad_index)
-
     def _explain(self, x: torch.Tensor, target: torch.Tensor, aux: frozenset[str]) -> Explanation:
         """Each text alone, without its (right) padding, as the reference code runs them: the noise of the
         ``copies`` is drawn as ``(copies, L, D)``, so a padded length would shift every copy after the first and
