@@ -25,7 +25,7 @@ demo: install
 	$(BIN)/python -m xattr.demo
 
 test: install
-	$(BIN)/python -m pytest -q -n 2 -m "not slow" tests
+	$(BIN)/python -m pytest -q -n 2 --dist loadgroup -m "not slow" tests
 
 test-slow: install
 	$(BIN)/python -m pytest -q -m slow tests

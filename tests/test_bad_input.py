@@ -17,6 +17,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
@@ -100,7 +101,13 @@ ROWS: dict[str, list[tuple[list[str], str | None, str]]] = {
 }
 
 
-def test_every_bad_input_of_every_entry_point_is_one_line_exit_2_and_leaves_nothing(tmp_path):
+@pytest.fixture(scope="module")
+def driven(tmp_path_factory) -> dict[str, list]:
+    """Every row of every entry point run once, in one subprocess (the driver calls each entry point's
+    ``main(argv)`` in a fresh folder; one interpreter's imports instead of one per entry point):
+    entry point -> [(argv, expected line, result)]. The tests below share one xdist worker
+    (``xdist_group``; ``make test`` runs ``--dist loadgroup``), so the subprocess runs once."""
+    tmp_path = tmp_path_factory.mktemp("bad_input")
     rows = [(entry, argv, setup, said) for entry, entry_rows in ROWS.items() for argv, setup, said in entry_rows]
     spec = tmp_path / "rows.json"
     spec.write_text(json.dumps([{"entry": entry, "argv": argv, "setup": setup} for entry, argv, setup, _ in rows]))
@@ -112,11 +119,20 @@ def test_every_bad_input_of_every_entry_point_is_one_line_exit_2_and_leaves_noth
     assert p.returncode == 0, p.stderr[-3000:]
     results = [json.loads(line) for line in p.stdout.splitlines()]
     assert len(results) == len(rows), p.stderr[-3000:]
-    wrong = []
+    out: dict[str, list] = {entry: [] for entry in ROWS}
     for (entry, argv, _, said), res in zip(rows, results):
+        out[entry].append((argv, said, res))
+    return out
+
+
+@pytest.mark.xdist_group("bad_input")
+@pytest.mark.parametrize("entry", list(ROWS))
+def test_every_bad_input_of_every_entry_point_is_one_line_exit_2_and_leaves_nothing(entry, driven):
+    wrong = []
+    for argv, said, res in driven[entry]:
         want = said.replace("{cwd}", res["cwd"])
         ok = (res["rc"] == 2 and len(res["err"]) == 1 and res["err"][0].startswith(want) and res["left"] == [])
         if not ok:
             wrong.append(f"{entry} {' '.join(argv[-2:])}: rc {res['rc']}, left {res['left'][:3]}, "
                          f"stderr {res['err'][-3:]}")
-    assert not wrong, "\n".join(wrong)
+    assert driven[entry] and not wrong, "\n".join(wrong)
