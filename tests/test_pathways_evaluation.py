@@ -97,6 +97,7 @@ def test_pathway_jaccard_between_runs(tmp_path):
 
 # ------------------------------------------------------------------------------------------------ LeRF
 def test_lerf_ranks_the_true_weight_map_best():
+    """By |map| (rank: abs): the exact per-pixel contributions' magnitudes change the output least."""
     g = torch.Generator().manual_seed(0)
     w = torch.zeros(3, 3, 8, 8)
     w[0] = torch.randn(3, 8, 8, generator=g) * 0.2          # only the target's logit moves
@@ -106,14 +107,14 @@ def test_lerf_ranks_the_true_weight_map_best():
     truth = (w[0] * x).sum(1, keepdim=True)                      # each pixel's exact contribution to the logit
     maps = {"truth": truth, "weight": w[0].abs().sum(0).expand(6, 1, 8, 8),
             "random": torch.rand(6, 1, 8, 8, generator=g), "inverse": 1 / (truth.abs() + 1e-3)}
-    metric = LeRF(chunk=17)
+    metric = LeRF(rank="abs", chunk=17)
     auc = {k: metric(net, x, t, m).scores["auc"].mean().item() for k, m in maps.items()}
     assert auc["truth"] < min(auc["weight"], auc["random"], auc["inverse"]), auc
     res = metric(net, x, t, maps["random"])
     assert res.curves["change"].shape == (6, 10) and res.x_axis["change"][-1] == pytest.approx(0.1)
 
 
-def test_lerf_auc_is_normalised_by_the_q_range():
+def test_lerf_auc_over_q_and_normalised_by_the_q_range():
     class Const(torch.nn.Module):  # p0 = 0.5; any removal: p = 0.25 -> change 0.5 everywhere
         num_classes = 2
 
@@ -123,7 +124,9 @@ def test_lerf_auc_is_normalised_by_the_q_range():
 
     x = torch.ones(2, 1, 8, 8)
     res = LeRF(fractions=[0.02, 0.05, 0.1])(Const(), x, torch.zeros(2, dtype=torch.long), torch.rand(2, 1, 8, 8))
-    assert torch.allclose(res.scores["auc"], torch.full((2,), 0.5)) and torch.allclose(res.scores["p0"], torch.full((2,), 0.5))
+    # change 0.5 at every q: area 0.5 * (0.10 - 0.02) = 0.04; divided by the range 0.08: 0.5
+    assert torch.allclose(res.scores["auc"], torch.full((2,), 0.04))
+    assert torch.allclose(res.scores["auc_normalised"], torch.full((2,), 0.5)) and torch.allclose(res.scores["p0"], torch.full((2,), 0.5))
     with pytest.raises(XattrConfigError, match="bad fractions"):
         LeRF(fractions=[0.1, 0.05])
 
@@ -192,12 +195,16 @@ def test_lerf_and_sanity_tables_place_ours_beside_the_paper(tmp_path):
 
     lerf = {"lerf": {"_target_": "xattr.metrics.lerf.LeRF"}}
     fake("a", "neuron_intgrad_star", "imagenet", "mobilenet_v2", {"lerf/auc": [0.01, 0.03], "lerf/p0": [0.5, 0.5]}, lerf)
-    fake("b", "grad_cam", "cifar10", "cifar_resnet20", {"lerf/auc": [0.02, 0.02], "lerf/p0": [0.5, 0.5]}, lerf)
+    fake("b", "grad_cam", "cifar10", "cifar_resnet20", {"lerf/auc": [0.02, 0.02], "lerf/auc_normalised": [0.2, 0.4],
+                                                        "lerf_abs/auc": [0.05, 0.07], "lerf/p0": [0.5, 0.5]}, lerf)
     df = build_table("pathways_t2_lerf", [tmp_path], tmp_path / "t").set_index("")
     star = "NeuronIntGrad* (opening 3x3, our choice)"
     assert df.loc["ImageNet", f"{star} (paper)"] == "0.009"
     assert df.loc["ImageNet", f"{star} (ours)"].startswith("0.020 ± 0.010")
     assert df.loc["CIFAR-10", "GradCAM (ours)"].startswith("0.020") and df.loc["Birdsnap", "GradCAM (ours)"] == "–"
+    assert df.loc["CIFAR-10, AUC / q range", "GradCAM (ours)"].startswith("0.300 ± 0.100")   # the other conventions:
+    assert df.loc["CIFAR-10, ranked by |map|", "GradCAM (ours)"].startswith("0.060 ± 0.010")  # own rows, no paper
+    assert df.loc["CIFAR-10, ranked by |map|", "GradCAM (paper)"] == "–"
     sanity = {"sanity_check": {"_target_": "xattr.metrics.sanity_check.CascadingRandomisation"}}
     fake("c", "neuron_mct", "imagenet", "mobilenet_v2", {"sanity_check/ssim": [0.1, 0.3], "sanity_check/spearman":
          [0.0, 0.2], "sanity_check/spearman_abs": [0.1, 0.1]}, sanity)

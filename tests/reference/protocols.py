@@ -205,3 +205,71 @@ def degradation_curves(model, heatmap: np.ndarray, image: torch.Tensor, target: 
         with torch.no_grad():
             out[name] = model(torch.stack(states)).softmax(-1)[:, target].double().numpy()
     return out
+
+
+# ---------------------------------------------------------------------------------------------- LeRF
+# RoarTorch src/lerf/pixel_perturbation_analysis.py (commit a410328; read at 5a8afb9): remove(..., bottom=True,
+# gray=True) on the channel max of the signed map, replace value 0 in normalised space, softmax of the
+# predicted class, |p0 - pq| / p0 per percentile (integers 1..10), averaged over images (x 100; no AUC).
+
+
+def lerf_curve(model, image: torch.Tensor, attribution: np.ndarray, percentiles: list[int]) -> np.ndarray:
+    """``|p0 - pq| / p0`` at each integer percentile for one image ``(3, H, W)`` and its map ``(C, H, W)``."""
+    amap = np.max(attribution, axis=0)                      # signed channel max
+    img = image.numpy()
+    flat = np.ravel(np.copy(amap))
+    changed = []
+    for p in percentiles:
+        k = int((p * img.size) / 300)                       # int(p * 3HW / 300) = int(p% of H*W)
+        idx = flat.argsort()[:k][::-1]                      # the k lowest signed values
+        mask = np.zeros(flat.shape, dtype=bool)
+        mask[idx] = True
+        mask = mask.reshape(img[0].shape)
+        out = np.copy(img)
+        for c in range(3):
+            out[c, mask] = 0.0
+        changed.append(out)
+    with torch.no_grad():
+        p0 = torch.softmax(model(image[None]), 1)[0].numpy()
+        cls = int(p0.argmax())
+        pq = torch.softmax(model(torch.from_numpy(np.stack(changed))), 1).numpy()[:, cls]
+    return np.abs((p0[cls] - pq) / p0[cls])
+
+
+# ---------------------------------------------------------------------------------------------- ROAR
+# RoarTorch src/roar/roar_core.py remove(..., keep=False, gray=True) as CompoundImageFolderDataset calls it:
+# maps read back from 8-bit PNG by ToTensor (uint8 / 255, float32), channel max (keepdims), the top
+# int(p H W) pixels taken as argsort()[-k:] (numpy's default sort), every channel set to the fill.
+
+
+def roar_removed(map_uint8: np.ndarray, percent: int) -> np.ndarray:
+    """``(H, W)`` bool: the pixels RoarTorch removes from an image whose stored map is ``map_uint8`` ``(H, W)``."""
+    attribution = (torch.from_numpy(map_uint8[None].astype(np.uint8)).float() / 255).numpy()  # ToTensor
+    attribution = np.max(attribution, axis=0, keepdims=True)
+    flat = np.array(np.ravel(np.copy(attribution[0])))
+    k = int(percent * (3 * flat.size) / 3 / 100)
+    mask = np.zeros(flat.shape, dtype=bool)
+    mask[flat.argsort()[-k:][::-1]] = True
+    return mask.reshape(map_uint8.shape)
+
+
+def roar_train_image(image_uint8: np.ndarray, removed: np.ndarray, mean: tuple) -> np.ndarray:
+    """A training image as RoarTorch feeds it to the augmentation: ToTensor ([0, 1], float32), removed pixels
+    set to the dataset mean, then ``(image * 255).astype(np.uint8)`` (truncation), ``(3, H, W)`` uint8."""
+    img = (torch.from_numpy(image_uint8).float() / 255).numpy()
+    for c in range(3):
+        img[c, removed] = mean[c]
+    return (img * 255).astype(np.uint8)
+
+
+def first_split(labels: list[int], ratio: float = 7.0 / 8.0) -> tuple[list[int], list[int]]:
+    """RoarTorch's CIFAR10._uniform_train_val_split: per class, the first int(ratio n) indices train, the rest
+    validate."""
+    labels_np = np.array(labels)
+    train, val = [], []
+    for c in range(int(labels_np.max()) + 1):
+        idx = np.argwhere(labels_np == c).ravel()
+        n = int(ratio * len(idx))
+        train += idx[:n].tolist()
+        val += idx[n:].tolist()
+    return train, val

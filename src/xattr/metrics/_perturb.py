@@ -9,20 +9,19 @@ tensor per forward pass, which no library offers.
 from __future__ import annotations
 
 import contextlib
-import math
 import weakref
 from collections.abc import Callable
 
 import torch
 from torch import nn
 
-from xattr.core.checks import check_choice, check_positive_int
+from xattr.core.checks import check_positive_int
 from xattr.core.chunk import autocast, items_per_call
 from xattr.core.progress import progress
+from xattr.core.ranking import TIES, ranks  # noqa: F401  (the metrics' names for them)
 from xattr.errors import XattrConfigError
 
 OUTPUTS = ("softmax", "logit", "sigmoid")
-TIES = ("stable", "random")
 PRECISIONS = ("fp32", "bf16", "fp16")
 
 
@@ -139,27 +138,6 @@ def _fold(model: nn.Module, sample: torch.Tensor, rtol: float) -> nn.Module:
         return model
     scale = ref.abs().max().clamp_min(1e-12)
     return copy if bool(((got - ref).abs().max() / scale) <= rtol) else model
-
-
-def ranks(values: torch.Tensor, descending: bool = True, ties: str = "stable", seed: int = 0) -> torch.Tensor:
-    """Rank of every entry of ``values`` ``(B, N)`` (0 = first to perturb), int32 ``(B, N)``.
-
-    Ties: ``stable`` keeps raster order among equal values (lower flat index first); ``random`` breaks
-    them by a seeded random permutation per row. NaN entries come last.
-    """
-    check_choice("ties", ties, TIES)
-    v = values.float() if descending else -values.float()
-    v = v.nan_to_num(nan=-math.inf)  # NaN last in either direction
-    b, n = v.shape
-    if ties == "random":
-        g = torch.Generator(device="cpu").manual_seed(seed)
-        perm = torch.stack([torch.randperm(n, generator=g) for _ in range(b)]).to(v.device)
-        order = perm.gather(1, torch.sort(v.gather(1, perm), dim=1, descending=True, stable=True).indices)
-    else:
-        order = torch.sort(v, dim=1, descending=True, stable=True).indices
-    rank = torch.empty_like(order, dtype=torch.int32)
-    rank.scatter_(1, order, torch.arange(n, device=v.device, dtype=torch.int32).expand(b, n).contiguous())
-    return rank
 
 
 def tile_index(h: int, w: int, tile: int, device: torch.device | None = None) -> tuple[torch.Tensor, int]:
