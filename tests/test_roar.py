@@ -224,7 +224,8 @@ def test_smoke_sweep_writes_one_result_per_unit_and_a_rerun_skips_them(shared_da
     stamps = {}
     for u, f in results.items():
         res = json.loads(f.read_text())
-        assert res["train_size"] == 180 and res["val_size"] == 20 and res["test_size"] == 200, res
+        # val_split first (RoarTorch's): per class the first int(7/8 * 20) = 17 train, the other 3 validate
+        assert res["train_size"] == 170 and res["val_size"] == 30 and res["test_size"] == 200, res
         assert res["epochs"] == 1 and 0.0 <= res["test_acc"] <= 1.0
         assert (f.parent / "cifar_resnet8.pt").is_file()
         stamps[u] = f.stat().st_mtime_ns
@@ -293,6 +294,10 @@ def test_roar_auc_is_the_normalised_trapezoid() -> None:
     s = summarise_units(units, [30, 90])["g"]
     assert s["acc"][30.0][:2] == pytest.approx((0.7, 0.1))  # mean, s.e. of (0.8, 0.6)
     assert s["auc"][0] == pytest.approx(0.5) and s["auc"][1] == pytest.approx(0.1)  # AUCs 0.6 and 0.4
+    assert "auc_with_10" not in s
+    # with the 10% point (0.9): (0.9 + 0.7) / 2 * 0.2 + (0.7 + 0.3) / 2 * 0.6 = 0.46 over a range of 0.8
+    s10 = summarise_units([*units, {"method": "g", "percent": 10, "repeat": 0, "acc": 0.9, "dir": ""}], [30, 90])["g"]
+    assert s10["auc"][0] == pytest.approx(0.5) and s10["auc_with_10"] == pytest.approx(0.46 / 0.8)
 
 
 @pytest.mark.shared
@@ -357,7 +362,7 @@ def test_device_data_gives_the_per_item_splits_and_removal(shared_data: Path, tm
     cfg = compose_train(args, tmp_path / "unit")
     pre = ResNet8Net().preprocess
     items = ClassificationData(cfg.dataset, preprocess=pre, batch_size=16, val_fraction=cfg.data.val_fraction,
-                               seed=cfg.seed)
+                               seed=cfg.seed, val_split=cfg.data.val_split)
     items.setup()
     dev = device_data(cfg, pre)
     assert dev.sizes() == items.sizes() == {"train": 70, "val": 10, "test": 80}

@@ -123,7 +123,8 @@ def train(cfg: DictConfig, set_threads: bool = False) -> Path:
         data = ClassificationData(cfg.dataset, preprocess=net_recipe.preprocess, batch_size=cfg.batch_size,
                                   num_workers=knobs.num_workers, val_fraction=knobs.val_fraction,
                                   stratified=knobs.stratified, limit=knobs.limit, test_limit=knobs.test_limit,
-                                  augment=knobs.get("augment"), seed=cfg.seed)
+                                  augment=knobs.get("augment"), seed=cfg.seed,
+                                  val_split=knobs.get("val_split", "random"))
     data.setup("fit")  # before the network: a text model needs the vocabulary of the training split
     loss = build(cfg.loss) if cfg.get("loss") is not None else None
     if loss is not None and loss.task != "multiclass":  # chest X-ray: multi-label / regression (training.tasks)

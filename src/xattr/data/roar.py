@@ -8,9 +8,17 @@ map, are replaced by an uninformative value. As in the authors' RoarTorch code:
   and read here from its run folder (``heatmaps/*.npz``, by dataset ``index``); RoarTorch stored them as
   8-bit min-max PNG, hence ``quantise="uint8"`` (default) re-quantises each map the same way
   (:func:`quantise_uint8`); ``none`` ranks the stored float16 maps;
-- per image the top ``int(p H W)`` pixels of the channel-max map (:func:`n_removed`, :func:`removal_mask`;
-  ties broken by the lower flat index, a stable sort) get all three channels set to the dataset mean
-  (``fill``, in [0, 1] units, normalised with the model's preprocessing);
+- per image the top ``int(p H W)`` pixels of the channel-max map (:func:`n_removed`, :func:`removal_mask`)
+  get all three channels set to the dataset mean (``fill``, in [0, 1] units, normalised with the model's
+  preprocessing). Ties (``ties``): ``numpy`` is RoarTorch's ``argsort()[-k:]`` on the map read back as
+  float32 (``uint8 / 255``), whose order scatters equal values over the image (the reference, and the
+  configs' default: a uint8 map of a sparse method has many zeros, so ties decide which pixels go);
+  ``stable`` takes the lower flat index first (a contiguous block);
+- ``train_fill``: ``uint8`` is RoarTorch's training pipeline (``CompoundImageFolderDataset``): the image in
+  [0, 1] gets the mean, then ``(image * 255).astype(uint8)`` (truncation: the fill becomes 125/255 for
+  0.4914, and a kept value k/255 can come back as k - 1), then the augmentation; its validation and test
+  images get 0 in normalised space, which is the mean exactly (``float``). ``float`` fills every split with
+  the mean;
 - train-time augmentation (RandomCrop(32, pad 4), horizontal flip) is applied *after* removal: it is the
   datamodule's ``augment``, which wraps this dataset's items.
 
@@ -20,6 +28,7 @@ No copy of the dataset is written per percentile: :class:`RoarDataset` keeps the
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Sequence
 from fractions import Fraction
 from pathlib import Path
@@ -30,10 +39,13 @@ import torch
 from torch.utils.data import Dataset
 
 from xattr.core.preprocess import Preprocess
+from xattr.core.ranking import numpy_order
 from xattr.core.store import RunStore
 from xattr.errors import XattrConfigError, missing_file, unknown
 
 QUANTISE = ("uint8", "none")
+ROAR_TIES = ("numpy", "stable")
+TRAIN_FILLS = ("uint8", "float")
 
 
 def n_removed(percent: float, h: int, w: int) -> int:
@@ -54,19 +66,32 @@ def quantise_uint8(maps: torch.Tensor) -> torch.Tensor:
     return scaled.clamp(0, 255).to(torch.uint8).view(maps.shape)
 
 
-def removal_mask(maps: torch.Tensor, percent: float) -> torch.Tensor:
+def removal_mask(maps: torch.Tensor, percent: float, ties: str = "stable") -> torch.Tensor:
     """``(N, H, W)`` bool: True at the top ``int(p H W)`` pixels of each map. ``maps``: ``(N, H, W)`` or
-    ``(N, C, H, W)`` (reduced by the channel max first). Ties: the lower flat index ranks higher."""
+    ``(N, C, H, W)`` (reduced by the channel max first). Ties: ``stable`` (the lower flat index ranks higher)
+    | ``numpy`` (RoarTorch's ``argsort()[-k:]`` on the float32 map, uint8 maps read as ``uint8 / 255``)."""
+    if ties not in ROAR_TIES:
+        raise unknown("roar.ties", ties, ROAR_TIES)
     if maps.dim() == 4:
         maps = maps.amax(1)
     if maps.dim() != 3:
         raise XattrConfigError(f"ROAR maps must be (N, H, W) or (N, C, H, W), got shape {tuple(maps.shape)}")
     n, h, w = maps.shape
     k = n_removed(percent, h, w)
-    order = torch.sort(maps.reshape(n, h * w).float(), dim=1, descending=True, stable=True).indices
+    flat = maps.reshape(n, h * w)
+    if ties == "numpy":
+        values = flat.float() / 255 if flat.dtype == torch.uint8 else flat.float()  # as ToTensor reads the PNG
+        order = numpy_order(values, descending=True)
+    else:
+        order = torch.sort(flat.float(), dim=1, descending=True, stable=True).indices
     mask = torch.zeros(n, h * w, dtype=torch.bool, device=maps.device)
     mask.scatter_(1, order[:, :k], True)
     return mask.view(n, h, w)
+
+
+def truncate_uint8(x01: torch.Tensor) -> torch.Tensor:
+    """RoarTorch's ``(image * 255).astype(np.uint8)`` of a float32 image in [0, 1] (truncation), as uint8."""
+    return (x01.float() * 255).to(torch.uint8)
 
 
 def remove(x: torch.Tensor, mask: torch.Tensor, fill: torch.Tensor) -> torch.Tensor:
@@ -134,15 +159,26 @@ class RoarDataset(Dataset):
         part: keep only the items whose ``base.parts`` entry is this (``train`` / ``test``); None: all.
         fill: the replacement colour in [0, 1] RGB (the dataset mean), normalised with ``preprocess``.
         quantise: ``uint8`` (RoarTorch's 8-bit min-max PNG) or ``none``.
+        ties: ``numpy`` (RoarTorch's order among equal map values) | ``stable`` (see the module docstring).
+        train_fill: ``uint8`` (the filled training image truncated to 8 bits, as RoarTorch) | ``float``;
+            applies to :meth:`training_view`'s items only (validation and test are filled in float, as the code's).
         limit: a deterministic prefix of the kept items (quick runs); None: all.
     """
 
     def __init__(self, base: Dataset | Callable[..., Dataset], maps: str | Path | torch.Tensor | None = None,
                  percent: float = 0.0, part: str | None = None,
                  fill: Sequence[float] = (0.4914, 0.4822, 0.4465), quantise: str = "uint8",
-                 preprocess: Preprocess | None = None, limit: int | None = None) -> None:
+                 preprocess: Preprocess | None = None, limit: int | None = None, ties: str = "stable",
+                 train_fill: str = "float") -> None:
         if quantise not in QUANTISE:
             raise unknown("roar.quantise", quantise, QUANTISE)
+        if ties not in ROAR_TIES:
+            raise unknown("roar.ties", ties, ROAR_TIES)
+        if train_fill not in TRAIN_FILLS:
+            raise unknown("roar.train_fill", train_fill, TRAIN_FILLS)
+        self.ties, self.train_fill = ties, train_fill
+        self.truncate = False  # on in training_view() only: the training items, not validation nor test
+        self.preprocess = preprocess
         self.base = base if isinstance(base, Dataset) else base(preprocess=preprocess)
         self.percent = float(percent)
         n_removed(self.percent, 1, 1)  # range check
@@ -159,6 +195,7 @@ class RoarDataset(Dataset):
             indices = indices[: int(limit)]
         self.indices = indices
         self.fill = normalised_fill(fill, preprocess)
+        self._fill01 = torch.tensor([float(v) for v in fill])
         self.ids: list[str] | None = None
         self.maps: torch.Tensor | None = None
         if maps is not None and self.percent > 0:
@@ -175,6 +212,13 @@ class RoarDataset(Dataset):
             if self.maps.dim() == 4:
                 self.maps = self.maps.amax(1)
 
+    def training_view(self) -> RoarDataset:
+        """This dataset as the training loop reads it: with ``train_fill="uint8"``, the filled image truncated to
+        8 bits (RoarTorch's training pipeline); validation and test items stay in float, as the code's."""
+        view = copy.copy(self)
+        view.truncate = self.train_fill == "uint8"
+        return view
+
     @property
     def labels(self) -> list[int]:
         base = getattr(self.base, "labels", None)
@@ -187,7 +231,7 @@ class RoarDataset(Dataset):
 
     def mask(self, index: int) -> torch.Tensor:
         """``(H, W)`` bool: the pixels removed from the image at dataset ``index``."""
-        return removal_mask(self.maps[index : index + 1], self.percent)[0]
+        return removal_mask(self.maps[index : index + 1], self.percent, self.ties)[0]
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         item = dict(self.base[self.indices[i]])
@@ -198,8 +242,20 @@ class RoarDataset(Dataset):
             raise XattrConfigError(
                 f"ROAR maps do not belong to this dataset: index {index} is {item['id']!r} here but "
                 f"{self.ids[index]!r} in the map run; compute the maps on the same dataset (split, per_class)")
+        if self.truncate:  # back to the uint8 image, then RoarTorch's float32 arithmetic exactly
+            mean, std = self._stats(item["x"])
+            x01 = (item["x"] * std + mean).mul(255).round().clamp(0, 255) / 255
+            filled = remove(x01, self.mask(index), self._fill01.to(x01))
+            item["x"] = (truncate_uint8(filled).float() / 255 - mean) / std
+            return item
         item["x"] = remove(item["x"], self.mask(index), self.fill)
         return item
+
+    def _stats(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        pre = self.preprocess
+        mean = torch.tensor(pre.mean if pre is not None else (0.0,) * x.shape[0]).view(-1, 1, 1)
+        std = torch.tensor(pre.std if pre is not None else (1.0,) * x.shape[0]).view(-1, 1, 1)
+        return mean, std
 
 
 # ---------------------------------------------------------------- batched pipeline (data held on the GPU)
@@ -236,7 +292,8 @@ class DeviceRoarBatches:
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, mean: Sequence[float], std: Sequence[float],
                  fill: Sequence[float], maps: torch.Tensor | None = None, percent: float = 0.0,
                  batch_size: int = 256, augment: bool = True, shuffle: bool = True, padding: int = 4,
-                 channels_last: bool = False, seed: int = 0) -> None:
+                 channels_last: bool = False, seed: int = 0, ties: str = "stable",
+                 quantise_train: bool = False) -> None:
         dev = images.device
         self.images, self.labels = images, labels.to(dev)
         self.mean = torch.tensor(list(mean), device=dev).view(1, -1, 1, 1)
@@ -245,7 +302,9 @@ class DeviceRoarBatches:
         self.black = -self.mean.view(-1) / self.std.view(-1)  # torchvision pads before Normalize
         self.masks = None
         if maps is not None and percent > 0:
-            self.masks = torch.cat([removal_mask(m.to(dev), percent) for m in maps.split(4096)])
+            self.masks = torch.cat([removal_mask(m.to(dev), percent, ties) for m in maps.split(4096)])
+        self.fill01 = torch.tensor(list(fill), device=dev)
+        self.quantise_train = bool(quantise_train)
         self.batch_size, self.augment, self.shuffle, self.padding = int(batch_size), augment, shuffle, padding
         self.channels_last = channels_last
         self.generator = torch.Generator(device=dev).manual_seed(int(seed))
@@ -258,9 +317,13 @@ class DeviceRoarBatches:
         order = torch.randperm(n, device=dev, generator=self.generator) if self.shuffle else torch.arange(n, device=dev)
         for s in range(0, n, self.batch_size):
             idx = order[s : s + self.batch_size]
-            x = (self.images[idx].float() / 255 - self.mean) / self.std
-            if self.masks is not None:
-                x = remove(x, self.masks[idx], self.fill)
+            if self.masks is not None and self.quantise_train:  # RoarTorch's training images (see RoarDataset)
+                x01 = remove(self.images[idx].float() / 255, self.masks[idx], self.fill01)
+                x = (truncate_uint8(x01).float() / 255 - self.mean) / self.std
+            else:
+                x = (self.images[idx].float() / 255 - self.mean) / self.std
+                if self.masks is not None:
+                    x = remove(x, self.masks[idx], self.fill)
             if self.augment:
                 x = crop_flip_batch(x, self.padding, self.black, generator=self.generator)
             if self.channels_last:

@@ -52,16 +52,28 @@ def balanced_indices(labels: Sequence[int], n: int, seed: int = 0) -> list[int]:
     return sorted(out)
 
 
+VAL_SPLITS = ("random", "first")
+
+
 def split_indices(labels: Sequence[int], val_fraction: float, stratified: bool = True,
-                  seed: int = 0) -> tuple[list[int], list[int]]:
-    """``(train, val)`` positions into ``labels``: ``val_fraction`` of all rows (``stratified``: of every
-    class, rounded) go to validation, drawn with a fixed ``seed``; both lists sorted and disjoint."""
+                  seed: int = 0, order: str = "random") -> tuple[list[int], list[int]]:
+    """``(train, val)`` positions into ``labels``; both lists sorted and disjoint.
+
+    ``random``: ``val_fraction`` of all rows (``stratified``: of every class, rounded) go to validation, drawn
+    with a fixed ``seed``. ``first`` (RoarTorch's ``CIFAR10._uniform_train_val_split``): per class the first
+    ``int((1 - val_fraction) n)`` rows train and the rest validate, the same split for every seed.
+    """
     if not 0.0 < float(val_fraction) < 1.0:
         raise XattrConfigError(f"data.val_fraction must be in (0, 1), got {val_fraction}")
+    if order not in VAL_SPLITS:
+        raise XattrConfigError(f"bad data.val_split {order!r}; valid choices: {', '.join(VAL_SPLITS)}")
     g = torch.Generator().manual_seed(int(seed))
     groups = [idx for _, idx in sorted(_by_class(labels).items())] if stratified else [list(range(len(labels)))]
     val: list[int] = []
     for idx in groups:
+        if order == "first":
+            val += idx[int((1.0 - float(val_fraction)) * len(idx)):]
+            continue
         perm = torch.randperm(len(idx), generator=g).tolist()
         val += [idx[i] for i in perm[: int(round(len(idx) * float(val_fraction)))]]
     val_set = set(val)
@@ -188,6 +200,7 @@ class ClassificationData(pl.LightningDataModule):
         preprocess: the model's preprocessing, given to the image datasets and the augmentation.
         batch_size, num_workers: of every loader.
         val_fraction, stratified: the validation share of the training split (per class when stratified).
+        val_split: ``random`` (seeded) | ``first`` (the first rows of every class train: RoarTorch's split).
         limit, test_limit: balanced random subsets of the training / test split (None: all).
         augment: a train-time augmentation node (``_target_``) or callable; None: none.
         seed: of the subsets and the validation split.
@@ -196,7 +209,7 @@ class ClassificationData(pl.LightningDataModule):
     def __init__(self, dataset: Mapping, preprocess: Preprocess | None = None, batch_size: int = 128,
                  num_workers: int = 0, val_fraction: float = 0.1, stratified: bool = True,
                  limit: int | None = None, test_limit: int | None = None, augment: Any = None,
-                 seed: int = 0) -> None:
+                 seed: int = 0, val_split: str = "random") -> None:
         super().__init__()
         for key in ("train", "test"):
             if dataset.get(key) is None:
@@ -207,7 +220,8 @@ class ClassificationData(pl.LightningDataModule):
         for key, value in (("data.limit", limit), ("data.test_limit", test_limit)):
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise XattrConfigError(f"bad {key} {value!r}; valid choices: an integer >= 1, or null for all items")
-        split_indices([0, 0], val_fraction)  # checks the fraction before any work
+        split_indices([0, 0], val_fraction, order=val_split)  # checks the values before any work
+        self.val_split = val_split
         self.dataset_cfg, self.preprocess = dataset, preprocess
         self.batch_size, self.num_workers = int(batch_size), int(num_workers)
         self.val_fraction, self.stratified, self.seed = float(val_fraction), bool(stratified), int(seed)
@@ -234,7 +248,8 @@ class ClassificationData(pl.LightningDataModule):
 
     def _pool_and_split(self, labels: Sequence[int]) -> tuple[list[int], list[int]]:
         pool = balanced_indices(labels, self.limit, self.seed) if self.limit else list(range(len(labels)))
-        tr, va = split_indices([labels[i] for i in pool], self.val_fraction, self.stratified, self.seed)
+        tr, va = split_indices([labels[i] for i in pool], self.val_fraction, self.stratified, self.seed,
+                               self.val_split)
         if not tr or not va:
             per = " per class" if self.stratified else ""
             raise XattrConfigError(
@@ -246,7 +261,9 @@ class ClassificationData(pl.LightningDataModule):
         ds = self.dataset_cfg
         base = instantiate(ds.train, preprocess=self.preprocess)
         train_idx, val_idx = self._pool_and_split(labels_of(base))
-        train: Dataset = Subset(base, train_idx)
+        # a dataset whose training items differ from its validation ones (ROAR's uint8 training fill) says so
+        train_view = base.training_view() if hasattr(base, "training_view") else base
+        train: Dataset = Subset(train_view, train_idx)
         augment = self.augment_cfg
         if augment is not None and not callable(augment):
             augment = instantiate(augment, preprocess=self.preprocess)

@@ -136,8 +136,9 @@ class DeviceRoarData(pl.LightningDataModule):
 
     def __init__(self, dataset: DictConfig, roar: DictConfig, preprocess: Preprocess, batch_size: int,
                  val_fraction: float, stratified: bool, seed: int, cache_dir: str | Path | None = None,
-                 channels_last: bool = False, augment: bool = True) -> None:
+                 channels_last: bool = False, augment: bool = True, val_split: str = "random") -> None:
         super().__init__()
+        self.val_split = val_split
         self.dataset_cfg, self.roar, self.preprocess = dataset, roar, preprocess
         self.batch_size, self.val_fraction, self.stratified = int(batch_size), float(val_fraction), bool(stratified)
         self.seed, self.cache_dir, self.channels_last, self.augment = int(seed), cache_dir, channels_last, augment
@@ -156,7 +157,8 @@ class DeviceRoarData(pl.LightningDataModule):
         self.images, self.labels = decoded_images(base, self.cache_dir), torch.tensor(base.labels)
         parts = list(base.parts)
         train_pool = [i for i, p in enumerate(parts) if p == "train"]
-        tr, va = split_indices([base.labels[i] for i in train_pool], self.val_fraction, self.stratified, self.seed)
+        tr, va = split_indices([base.labels[i] for i in train_pool], self.val_fraction, self.stratified, self.seed,
+                               self.val_split)
         self.parts = {"train": torch.tensor([train_pool[i] for i in tr]), "val": torch.tensor([train_pool[i] for i in va]),
                       "test": torch.tensor([i for i, p in enumerate(parts) if p == "test"])}
         self.maps = None
@@ -187,7 +189,8 @@ class DeviceRoarData(pl.LightningDataModule):
                                  self.roar.fill, maps=None if self.maps is None else self.maps[idx],
                                  percent=float(self.roar.percent), batch_size=self.batch_size,
                                  augment=train and self.augment, shuffle=train, channels_last=self.channels_last,
-                                 seed=self.seed)
+                                 seed=self.seed, ties=self.roar.get("ties", "stable"),
+                                 quantise_train=train and self.roar.get("train_fill", "float") == "uint8")
 
     def train_dataloader(self) -> Any:
         return self._batches("train")
@@ -204,4 +207,4 @@ def device_data(cfg: DictConfig, preprocess: Preprocess) -> DeviceRoarData:
     return DeviceRoarData(cfg.dataset, cfg.roar, preprocess, cfg.batch_size, cfg.data.val_fraction,
                           cfg.data.stratified, cfg.seed, cache_dir=cfg.paths.get("cache_dir"),
                           channels_last=bool(cfg.net.get("channels_last", False)),
-                          augment=cfg.data.get("augment") is not None)
+                          augment=cfg.data.get("augment") is not None, val_split=cfg.data.get("val_split", "random"))
