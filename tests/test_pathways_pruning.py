@@ -120,11 +120,24 @@ def test_dgr_gates_are_clamped_and_retries_lower_gamma(cnn, images):
         DGR(cnn, init="r")
 
 
-def test_dgr_ties_at_the_percentile_are_kept(cnn, images):
+def test_dgr_ties_at_the_percentile_kept_or_dropped(cnn, images):
     x, t = images
-    exp = DGR(cnn, gamma=0.0, iterations=2).explain(x, t)
-    # all gates equal 1: nothing is above the percentile strictly, ties at 1 are kept (>= c_kappa)
-    assert (exp.aux["pathway/kept"] == exp.aux["pathway/layer_sizes"].sum(1)).all()
+    # gamma 0, lr tiny: every gate stays ~1, the percentile is 1: keep (>=) takes all, drop (>, the code) none
+    # but the gates that grew; the never-active neurons (gradient 0) tie at exactly 1 under both
+    keep = DGR(cnn, gamma=0.0, iterations=2, ties="keep").explain(x, t)
+    assert (keep.aux["pathway/kept"] == keep.aux["pathway/layer_sizes"].sum(1)).all()
+    drop = DGR(cnn, gamma=0.0, iterations=2, ties="drop").explain(x, t)
+    assert (drop.aux["pathway/kept"] < keep.aux["pathway/kept"]).all()
+    with pytest.raises(XattrConfigError, match="unknown ties 'x'; valid choices: keep, drop"):
+        DGR(cnn, ties="x")
+
+
+def test_select_ties_by_hand():
+    from xattr.methods.pathways.selection import select
+
+    scores = torch.tensor([[0.0, 1.0, 2.0, 2.0, 2.0, 3.0]])  # 50th percentile: 2.0 (np.percentile)
+    assert select(scores, 0.5, "keep").tolist() == [[False, False, True, True, True, True]]
+    assert select(scores, 0.5, "drop").tolist() == [[False, False, False, False, False, True]]
 
 
 def test_dgr_eq3_by_hand_on_a_two_layer_net():

@@ -40,7 +40,7 @@ from xattr.core.seeding import image_generators
 from xattr.errors import XattrConfigError
 from xattr.methods.pathways.neurons import DEFAULT_ACTIVATIONS, Layout
 from xattr.methods.pathways.pathway import PathwayMethod
-from xattr.methods.pathways.selection import select
+from xattr.methods.pathways.selection import TIES, select
 
 INITS = ("one", "uniform")
 
@@ -49,7 +49,10 @@ class DGR(PathwayMethod):
     """DGR pathways (see module docstring).
 
     Args (besides :class:`PathwayMethod`'s): init, gamma, lr, momentum, iterations, clamp (upper bound of
-    the gates), max_retries (rounds in all), seed (of ``init: uniform``).
+    the gates), max_retries (rounds in all), seed (of ``init: uniform``), ties: ``drop`` (default: the
+    code keeps gates strictly above the percentile, PathwayGrad ``src/Pruner.py:304-305``, where the
+    published dead-neuron shares come from) | ``keep`` (``>=``, the text's "at or above"). With ``init: one``
+    never-active neurons keep identical gates, so the tie rule decides whether they enter the pathway.
     """
 
     name = "dgr"
@@ -69,9 +72,11 @@ class DGR(PathwayMethod):
                  lr: float = 0.01, momentum: float = 0.9, iterations: int = 1000, clamp: float = 100.0,
                  max_retries: int = 100, seed: int = 0, pruned: str = "zero", reduce: str = "signed_max_abs",
                  opening_size: int = 0, activations: Sequence[str] = DEFAULT_ACTIVATIONS,
-                 chunk: int | str | None = None) -> None:
+                 chunk: int | str | None = None, ties: str = "drop") -> None:
         super().__init__(model, sparsity, pruned, reduce, opening_size, activations, chunk)
         check_choice("init", init, INITS)
+        check_choice("ties", ties, TIES)
+        self.ties = ties
         if isinstance(gamma, bool) or not isinstance(gamma, int | float) or gamma < 0:
             raise XattrConfigError(f"bad gamma {gamma!r}; valid choices: a number >= 0")
         check_positive("lr", lr)
@@ -145,4 +150,4 @@ class DGR(PathwayMethod):
         parts = [self.optimise(x[i : i + step], layout) for i in range(0, x.shape[0], step)]
         lam = torch.cat([p[0] for p in parts])
         info = {k: torch.cat([p[1][k] for p in parts]) for k in parts[0][1]}
-        return select(lam, self.sparsity), info
+        return select(lam, self.sparsity, self.ties), info

@@ -6,7 +6,7 @@ the ranking), and is positive: a neuron with score 0 is never kept, so dead neur
 IntGrad give them 0) never enter a pathway. The percentile interpolates linearly between ranks, as
 ``np.percentile`` in the reference code (PathwayGrad ``src/Pruner.py`` @d59b16d6); the code prunes
 ``score <= c_kappa``, i.e. keeps ``score > c_kappa``, which differs from "at or above" only on exact ties
-with ``c_kappa``. With distinct scores it keeps exactly ``N - ceil(kappa (N - 1))`` neurons, i.e.
+with ``c_kappa`` (``ties``: ``keep`` | ``drop``, the code's; DGR's gates tie, its default is ``drop``). With distinct scores it keeps exactly ``N - ceil(kappa (N - 1))`` neurons, i.e.
 ``(1 - kappa) N`` whenever ``kappa N`` is an integer.
 
 Sparsity ``kappa``: 70% for ResNet-50, 90% for VGG-16 in the paper (appendix C, L1974); the code's
@@ -43,9 +43,15 @@ def percentile(scores: torch.Tensor, q: float) -> torch.Tensor:
     return v_lo + (v_hi - v_lo) * frac
 
 
-def select(scores: torch.Tensor, sparsity: float) -> torch.Tensor:
-    """The pathway ``(B, N)`` bool: ``score >= c_kappa`` (network-wide percentile ``kappa = sparsity``)
-    and ``score > 0``."""
+TIES = ("keep", "drop")
+
+
+def select(scores: torch.Tensor, sparsity: float, ties: str = "keep") -> torch.Tensor:
+    """The pathway ``(B, N)`` bool: ``score >= c_kappa`` (``ties="keep"``: the text's "at or above") or
+    ``score > c_kappa`` (``"drop"``: the code's pruning of ``score <= c_kappa``), network-wide percentile
+    ``kappa = sparsity``, and ``score > 0``."""
     check_sparsity(sparsity)
-    t = percentile(scores, sparsity)
-    return (scores >= t[:, None]) & (scores > 0)
+    if ties not in TIES:
+        raise XattrConfigError(f"bad ties {ties!r}; valid choices: {', '.join(TIES)}")
+    t = percentile(scores, sparsity)[:, None]
+    return (scores >= t if ties == "keep" else scores > t) & (scores > 0)
