@@ -45,6 +45,7 @@ def test_text_defaults_are_the_reference_values() -> None:
         assert (m.beta, m.steps, m.lr, m.sigma, m.copies, m.init_alpha) == (30.0, 30, 0.5, None, 10, 5.0)
         assert (m.input_prior, m.discriminator, m.disc_hidden, m.noise, m.mask_init) == (
             "standard", "lstm", None, "token", "nats")
+        assert m.disc_slope == 0.2 and m.classifier_mode == "eval"
         assert m.target_mask == "capacity" and f.n_samples == 1000
 
 
@@ -95,7 +96,8 @@ def test_lstm_discriminator_is_the_reference_architecture() -> None:
         for name, p in (("weight_ih_l0", d.w_ih), ("weight_hh_l0", d.w_hh), ("bias_ih_l0", d.b_ih), ("bias_hh_l0", d.b_hh)):
             getattr(lstm, name).copy_(p[1])
         h = lstm(z[1])[0][:, 2]
-        want = torch.nn.functional.leaky_relu(h @ d.w1[1].T + d.b1[1]) @ d.w2[1].T + d.b2[1]
+        pre = h @ d.w1[1].T + d.b1[1]
+        want = torch.where(pre > 0, pre, 0.2 * pre) @ d.w2[1].T + d.b2[1]  # LeakyReLU(0.2), nlp_discriminator.py:20
     assert torch.allclose(out[1], want[:, 0], atol=1e-6)
     # one review at a time == batched (each review's discriminator from its own generator)
     one = LSTMDiscriminators(1, (3, 5), mask[1:], gens=[torch.Generator().manual_seed(2)])
@@ -113,6 +115,37 @@ def test_targets_drawn_once_or_per_minibatch(monkeypatch, redraw: bool) -> None:
     cfg = WGANConfig(epochs=2, n_targets=8, n_groups=2, batch=4, critic=1, redraw_targets=redraw)
     fit_wgan(gen, disc, r, torch.rand(2, 3, 4), cfg)
     assert calls == ([(2, 4)] * 4 if redraw else [(2, 8)])
+
+
+def test_train_mode_has_dropout_on_in_every_stage_and_batched_equals_single() -> None:
+    """classifier_mode=train (the reference's): the maps differ from eval mode (dropout 0.5 active), the same
+    text gets the same map alone or in a batch (seeded per text), and the model is left in eval mode."""
+    torch.manual_seed(0)
+    net = LSTMClassifier(30, 4, 6, 2, dropout=0.5).eval()
+    tiny = dict(epochs=1, n_targets=8, n_groups=2, gan_batch=4, critic=2, feat_steps=2, feat_copies=2, steps=2, copies=2)
+    loader = [{"x": torch.randint(2, 30, (6, 5)), "mask": torch.ones(6, 5, dtype=torch.bool)}]
+    x = torch.randint(2, 30, (2, 5))
+    x[1, 3:] = 0
+    t = torch.tensor([0, 1])
+    modes = []
+    seen = []
+    hook = net.rnn_1.register_forward_pre_hook(lambda mod, inp: seen.append(net.training))
+    for mode in ("eval", "train"):
+        m = InputIBAText(net, layer="rnn_2", classifier_mode=mode, **tiny)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            m.fit(loader)
+            seen.clear()
+            modes.append(m.attribute(x, t))
+            assert all(s == (mode == "train") for s in seen) and seen
+            assert not net.training
+            if mode == "train":
+                one = m.attribute(x[1:], t[1:])
+                assert torch.allclose(one[0], modes[-1][1], atol=1e-6)
+    hook.remove()
+    assert not torch.allclose(modes[0], modes[1])
+    with pytest.raises(Exception, match="unknown classifier_mode 'x'"):
+        InputIBAText(net, classifier_mode="x")
 
 
 def test_text_input_iba_runs_with_the_reference_pieces() -> None:

@@ -16,14 +16,20 @@ as an option:
 - input prior N(0, 1) (``input_prior="standard"``; the reference's config sets none, so its default
   N(0, 1) applies); ``"embedding"``: per-dimension mean / std of the embedding table;
 - generator mask learning rate 0.03 (``lr_mask``; the image GAN's is 0.003);
-- discriminator an LSTM of the hidden width, then Linear(H, 128), LeakyReLU, Linear(128, 1)
-  (``discriminator="lstm"``, :mod:`.text_discriminator`); ``"rnn"``: a tanh RNN of width ``disc_hidden``
-  (64) and one linear layer;
+- discriminator an LSTM of the hidden width, then Linear(H, 128), LeakyReLU(0.2), Linear(128, 1)
+  (``discriminator="lstm"``, :mod:`.text_discriminator`; ``disc_slope``, the reference's
+  ``nlp_discriminator.py:20``); ``"rnn"``: a tanh RNN of width ``disc_hidden`` (64) and one linear layer;
 - generator noise mean / std one per token (``noise="token"``); ``"dimension"``: one per embedding dimension;
 - mask logits initialised with the feature capacity summed over hidden units in nats
   (``mask_init="nats"``); ``"bits"``: the same divided by ln 2;
 - the WGAN's target samples drawn once and reshuffled per epoch (``redraw_targets=False``); ``True``:
   redrawn per minibatch.
+
+``classifier_mode``: the reference forces the classifier into train mode (``nlp_attributor.py:26-39``), so
+its dropout (0.5 in the reference LSTM) is active in every stage (statistics, feature IBA, WGAN, input IBA):
+``train`` reproduces that, each text under its own seed (``seed`` and its ids), so batched == one at a time
+still holds; ``eval`` (the default) explains the deterministic model the metrics score, the same model the
+image form and every other method explain; the reference's dropout makes a map depend on dropout draws.
 
 The feature statistics are per hidden unit, pooled over the real tokens of the estimation reviews (a
 review has no fixed positions). Stages 2 and 3 backpropagate through the RNN in eval mode, which cuDNN
@@ -39,6 +45,7 @@ on token ids, wrapped in :class:`xattr.methods.embedding.EmbeddingAdapter`).
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -48,7 +55,7 @@ from torch import nn
 
 from xattr.core.hooks import capture
 from xattr.core.rnn import rnn_backward_ok
-from xattr.core.seeding import token_generators
+from xattr.core.seeding import image_seeds, seeded, token_generators
 from xattr.errors import XattrConfigError, unknown
 from xattr.methods.base import Explanation
 from xattr.methods.embedding import EmbeddingAdapter
@@ -62,6 +69,7 @@ from xattr.methods.input_iba.wgan import RNNDiscriminators
 PRIORS = ("standard", "embedding")
 NOISE = ("token", "dimension")
 MASK_INIT = ("nats", "bits")
+CLASSIFIER_MODES = ("eval", "train")
 
 
 def token_weight(mask: torch.Tensor) -> torch.Tensor:
@@ -147,6 +155,8 @@ class InputIBAText(InputIBA):
         noise: ``token`` (reference) or ``dimension``; mask_init: ``nats`` (reference) or ``bits``.
         redraw_targets: redraw the WGAN's target samples per minibatch (reference: False, drawn once).
         lr_mask: generator mask learning rate (reference text GAN: 0.03).
+        disc_slope: the LSTM discriminator's LeakyReLU slope (reference 0.2).
+        classifier_mode: ``eval`` (default) | ``train`` (the reference: dropout active; see the module docstring).
         embedding, pad_index: for a model without ``embed`` / ``forward_embedded`` / ``pad_index`` (any
             ``nn.Module`` on token ids): its embedding layer's name; it is then wrapped in
             :class:`xattr.methods.embedding.EmbeddingAdapter`.
@@ -161,6 +171,7 @@ class InputIBAText(InputIBA):
                  steps: int = 30, lr: float = 0.5, sigma: float | None = None, input_prior: str = "standard",
                  discriminator: str = "lstm", disc_hidden: int | None = None, noise: str = "token",
                  mask_init: str = "nats", redraw_targets: bool = False, lr_mask: float = 0.03,
+                 disc_slope: float = 0.2, classifier_mode: str = "eval",
                  embedding: str | None = None, pad_index: int | None = None, **kw) -> None:
         if embedding is not None and not all(hasattr(model, a) for a in ("embed", "forward_embedded", "pad_index")):
             model = EmbeddingAdapter(model, embedding, pad_index).eval()
@@ -170,7 +181,8 @@ class InputIBAText(InputIBA):
         if input_prior not in PRIORS:
             raise unknown("input prior", input_prior, PRIORS)
         for kind, value, choices in (("text discriminator", discriminator, DISCRIMINATORS), ("noise", noise, NOISE),
-                                     ("mask init", mask_init, MASK_INIT)):
+                                     ("mask init", mask_init, MASK_INIT),
+                                     ("classifier_mode", classifier_mode, CLASSIFIER_MODES)):
             if value not in choices:
                 raise unknown(kind, value, choices)
         if sigma:
@@ -180,6 +192,7 @@ class InputIBAText(InputIBA):
                          lr_mask=lr_mask, **kw)
         self.input_prior, self.discriminator, self.noise, self.mask_init = input_prior, discriminator, noise, mask_init
         self.disc_hidden = None if disc_hidden is None else int(disc_hidden)
+        self.disc_slope, self.classifier_mode = float(disc_slope), classifier_mode
         self.gan.redraw_targets = bool(redraw_targets)
 
     def _explain(self, x: torch.Tensor, target: torch.Tensor, aux: frozenset[str]) -> Explanation:
@@ -192,10 +205,40 @@ class InputIBAText(InputIBA):
             for i in range(x.shape[0]):
                 real = (x[i] != pad).nonzero()
                 n = int(real.max()) + 1 if len(real) else 1
-                ex = self._explain_group(x[i : i + 1, :n], target[i : i + 1])
+                with self._classifier_mode(x[i : i + 1, :n]):
+                    ex = self._explain_group(x[i : i + 1, :n], target[i : i + 1])
                 parts.append(Explanation(_pad_tokens(ex.maps, n, length),
                                          {k: _pad_tokens(v, n, length) for k, v in ex.aux.items()}))
         return Explanation.cat(parts)
+
+    def fit(self, loader: Iterable[dict], cache_dir: Path | None = None) -> None:
+        """The feature statistics; with ``classifier_mode="train"`` under dropout too (seeded by ``seed``), and
+        then not cached (a cache file does not record the mode)."""
+        if self.classifier_mode == "eval":
+            return super().fit(loader, cache_dir)
+        was = self.model.training
+        try:
+            with seeded(0 if self.seed is None else self.seed, torch.device("cpu")):
+                self.model.train()
+                super().fit(loader, None)
+        finally:
+            self.model.train(was)
+
+    @contextlib.contextmanager
+    def _classifier_mode(self, ids: torch.Tensor):
+        """``train``: the classifier in train mode (dropout on) with the global RNG seeded from ``seed`` and the
+        text's ids, restored afterwards; ``eval``: nothing changes."""
+        if self.classifier_mode == "eval":
+            yield
+            return
+        was = self.model.training
+        seed = image_seeds(ids, 0 if self.seed is None else self.seed)[0]
+        try:
+            with seeded(seed, ids.device):
+                self.model.train()
+                yield
+        finally:
+            self.model.train(was)
 
     def _make_feature_iba(self, **kw) -> PerSampleIBA:
         return TextFeatureIBA(self.model, **kw)
@@ -221,7 +264,8 @@ class InputIBAText(InputIBA):
     def _discriminator(self, r: torch.Tensor, x: torch.Tensor, gens) -> nn.Module:
         mask = x != self.model.pad_index
         if self.discriminator == "lstm":
-            return LSTMDiscriminators(r.shape[0], r.shape[1:], mask, self.disc_hidden, gens, r.device)
+            return LSTMDiscriminators(r.shape[0], r.shape[1:], mask, self.disc_hidden, gens, r.device,
+                                      slope=self.disc_slope)
         return RNNDiscriminators(r.shape[0], r.shape[1:], mask, self.disc_hidden or 64, gens, r.device)
 
     def _stage3(self, x: torch.Tensor, lam_g: torch.Tensor):

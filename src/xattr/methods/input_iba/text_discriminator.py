@@ -5,7 +5,8 @@ hidden width over the feature sequence ``(L, H)``, read at the last real token, 
 
 ``B`` discriminators (one per review), each initialised from its review's generator (PyTorch's default
 LSTM / Linear init: ``U(-1/sqrt(fan), 1/sqrt(fan))``), so a batch gives the results of one review at a
-time. The LeakyReLU slope is PyTorch's default 0.01 (the reference's ``nn.LeakyReLU()``). Padded
+time. The LeakyReLU slope is the reference's 0.2 (``nlp_discriminator.py:20``: ``nn.LeakyReLU(0.2)``; an
+earlier reading here took PyTorch's default 0.01, kept as ``slope``). Padded
 positions are zeroed and never read (the LSTM is causal and read at the last real token).
 """
 
@@ -30,10 +31,12 @@ class LSTMDiscriminators(nn.Module):
         b: reviews; feat_shape: ``(L, H)``; mask: ``(B, L)`` bool, True on real tokens.
         hidden: LSTM width (``None``: the feature width ``H``, the reference's).
         head: width of the first linear layer (128).
+        slope: the LeakyReLU's negative slope (reference 0.2).
     """
 
     def __init__(self, b: int, feat_shape: Sequence[int], mask: torch.Tensor, hidden: int | None = None,
-                 gens: Generators = None, device: torch.device | str = "cpu", head: int = 128) -> None:
+                 gens: Generators = None, device: torch.device | str = "cpu", head: int = 128,
+                 slope: float = 0.2) -> None:
         super().__init__()
         _l, d = feat_shape
         h = int(hidden or d)
@@ -49,7 +52,7 @@ class LSTMDiscriminators(nn.Module):
         self.b2 = nn.Parameter(_uniform((1,), 1 / math.sqrt(head), gens, b, dev))
         self.register_buffer("mask", mask.to(dev).bool())
         self.register_buffer("last", (mask.long().cumsum(1) * mask).argmax(1).to(dev))  # (B,)
-        self.hidden = h
+        self.hidden, self.slope = h, float(slope)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         b, n = z.shape[:2]
@@ -60,5 +63,5 @@ class LSTMDiscriminators(nn.Module):
             states = torch._VF.lstm(seq, (h0, h0), [self.w_ih[i], self.w_hh[i], self.b_ih[i], self.b_hh[i]],
                                     True, 1, 0.0, self.training, False, True)[0]
             read = states[:, self.last[i]]  # (N, hidden)
-            out.append(F.linear(F.leaky_relu(F.linear(read, self.w1[i], self.b1[i])), self.w2[i], self.b2[i])[:, 0])
+            out.append(F.linear(F.leaky_relu(F.linear(read, self.w1[i], self.b1[i]), self.slope), self.w2[i], self.b2[i])[:, 0])
         return torch.stack(out)
