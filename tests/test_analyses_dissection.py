@@ -26,6 +26,9 @@ class Probe(nn.Module):
     def forward(self, x):
         return self.head(self.features(x).mean((2, 3)))
 
+#: the paper text's settings (the config's defaults are the CheXplain-Dissection code's; see the module docstring)
+TEXT = {"quantile_on": "features", "union": "concept_images", "labels": "multi", "mask_size": None}
+
 
 def _squares(n: int, size: int, side: int, seed: int) -> torch.Tensor:
     """``(n, size, size)`` bool: one ``side``-square per image at a random place, in every other image."""
@@ -43,7 +46,7 @@ def test_a_unit_equal_to_a_concept_mask_has_iou_one_and_is_a_detector():
     masks = torch.stack([blob, ring], 1)                        # (n, 2, s, s): concepts blob, ring
     g = torch.Generator().manual_seed(2)
     x = torch.stack([blob.float(), torch.rand(n, s, s, generator=g)], 1)  # unit 0 = blob's mask, unit 1 noise
-    d = Dissection("features.0", concepts=["blob", "ring"], quantile=0.95)
+    d = Dissection("features.0", **TEXT, concepts=["blob", "ring"], quantile=0.95)
     for i in range(0, n, 4):                                    # through update(): captures the layer
         d.update(Probe(), x[i : i + 4], torch.zeros(4, dtype=torch.long), None, concept_masks=masks[i : i + 4])
     iou, thr, images = d.iou()
@@ -89,7 +92,7 @@ def test_iou_is_a_dataset_sum_not_a_mean_of_image_ious():
     pixels (IoU 1/99); image 3 lacks the concept and the unit fires on 5 pixels (not counted).
     Eq. 5: (1 + 1) / (1 + 99) = 0.02; the mean of the image IoUs would be (1 + 1/99) / 2 = 0.505."""
     acts, masks = _three_images()
-    d = Dissection("x", concepts=["c"], quantile=0.95)          # 7 of 300 values > 0: T = 0
+    d = Dissection("x", **TEXT, concepts=["c"], quantile=0.95)          # 7 of 300 values > 0: T = 0
     d.add(acts, masks)
     iou, thr, images = d.iou()
     assert thr.item() == 0.0 and images.item() == 2
@@ -102,7 +105,7 @@ def test_code_variants_union_over_all_images_and_quantile_of_upsampled_maps():
     """``union: all_images`` (the code's netdissect IoU) adds the unit's 5 pixels of image 3 to the union:
     2 / 105; ``quantile_on: upsampled`` leaves exactly the fraction above T among the upsampled values."""
     acts, masks = _three_images()
-    d = Dissection("x", concepts=["c"], quantile=0.95, union="all_images")
+    d = Dissection("x", **{**TEXT, "union": "all_images"}, concepts=["c"], quantile=0.95)
     d.add(acts, masks)
     assert d.iou()[0].item() == pytest.approx(2 / 105)
     g = torch.Generator().manual_seed(3)
@@ -122,7 +125,7 @@ def test_low_resolution_maps_are_upsampled_bilinearly_to_the_masks():
     acts = torch.tensor([[[[1.0, 0.0], [0.0, 0.0]]]])
     masks = torch.zeros(1, 1, 8, 8, dtype=torch.bool)
     masks[0, 0, :2, :2] = True
-    d = Dissection("x", concepts=["corner"], quantile=0.5)      # 4 values: T = the 2nd smallest = 0
+    d = Dissection("x", **TEXT, concepts=["corner"], quantile=0.5)      # 4 values: T = the 2nd smallest = 0
     d.add(acts, masks)
     up = torch.nn.functional.interpolate(acts, size=(8, 8), mode="bilinear", align_corners=False)[0, 0]
     inter = ((up > 0) & masks[0, 0]).sum().item()
@@ -145,20 +148,20 @@ def _random_batches(seed: int, sizes=(3, 4, 2), k: int = 5, c: int = 3):
 
 def test_save_load_merge_equals_one_pass(tmp_path):
     batches = _random_batches(0)
-    one = Dissection("x", concepts=["a", "b", "c"], quantile=0.9, iou_threshold=0.01)
+    one = Dissection("x", **TEXT, concepts=["a", "b", "c"], quantile=0.9, iou_threshold=0.01)
     for a, m, gr in batches:
         one.add(a, m, gr)
     # a run killed after its first batch: the engine's saved state, reloaded, then the rest
     torch.save({"state": one.state_dict()}, tmp_path / "full.pt")
-    first = Dissection("x", concepts=["a", "b", "c"], quantile=0.9, iou_threshold=0.01)
+    first = Dissection("x", **TEXT, concepts=["a", "b", "c"], quantile=0.9, iou_threshold=0.01)
     first.add(*batches[0])
     torch.save({"state": first.state_dict()}, tmp_path / "part.pt")
-    resumed = Dissection("x", concepts=["a", "b", "c"], quantile=0.9, iou_threshold=0.01)
+    resumed = Dissection("x", **TEXT, concepts=["a", "b", "c"], quantile=0.9, iou_threshold=0.01)
     resumed.load_state_dict(torch.load(tmp_path / "part.pt", weights_only=False)["state"])
     for a, m, gr in batches[1:]:
         resumed.add(a, m, gr)
     # two shards merged
-    left, right = (Dissection("x", concepts=["a", "b", "c"], quantile=0.9, iou_threshold=0.01) for _ in range(2))
+    left, right = (Dissection("x", **TEXT, concepts=["a", "b", "c"], quantile=0.9, iou_threshold=0.01) for _ in range(2))
     left.add(*batches[1])
     right.add(*batches[0])
     right.add(*batches[2])
@@ -182,7 +185,7 @@ def test_save_load_merge_equals_one_pass(tmp_path):
 
 
 def test_extras_and_figure(tmp_path):
-    d = Dissection("x", concepts=["a", "b", "c"], quantile=0.9, iou_threshold=0.01, examples=2, top_units=2)
+    d = Dissection("x", **TEXT, concepts=["a", "b", "c"], quantile=0.9, iou_threshold=0.01, examples=2, top_units=2)
     for a, m, gr in _random_batches(1):
         d.add(a, m, gr)
     files = d.write_extras(tmp_path)
@@ -200,7 +203,7 @@ def test_extras_and_figure(tmp_path):
 def test_bad_input_is_one_line():
     with pytest.raises(XattrConfigError, match="bad quantile 1.5; valid choices"):
         Dissection("x", quantile=1.5)
-    d = Dissection("features.0", concepts=["a", "b", "c"])
+    d = Dissection("features.0", **TEXT, concepts=["a", "b", "c"])
     x = torch.rand(2, 2, 8, 8)
     with pytest.raises(XattrConfigError, match="dissection needs batches with 'concept_masks'"):
         d.update(Probe(), x, torch.zeros(2, dtype=torch.long), None)
