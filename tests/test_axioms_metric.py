@@ -243,3 +243,34 @@ def test_axioms_t1_rows_land_in_the_published_rows():
         assert len(matched) == (0 if row == "input_iba" else 1), (row, matched)
         hit.update(matched)
     assert hit == {r["name"] for r in spec["rows"]}
+
+
+def test_deepshap_train_mode_is_the_notebooks_model_without_eval():
+    """model_mode=train (ch. 7's notebook: resnet18 without .eval()): BatchNorm on the batch statistics of one
+    image's input and reference rows, per image. Equal to Captum's DeepLiftShap on a copy put in train mode
+    (running statistics frozen), image by image; the model itself (mode, running statistics) is untouched."""
+    import copy
+
+    from captum.attr import DeepLiftShap
+    from torch import nn
+
+    from xattr.methods.baselines.deepshap import DeepSHAP
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 3))
+    with torch.no_grad():
+        net[1].running_mean.uniform_(-1, 1)
+        net[1].running_var.uniform_(0.5, 2)
+    net.eval()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    x, t = torch.randn(3, 3, 8, 8), torch.tensor([0, 1, 2])
+    method = DeepSHAP(net, n_baselines=4, seed=1, model_mode="train")
+    ours = method.attribute_channels(x, t)
+    assert not net.training and all(torch.equal(v, net.state_dict()[k]) for k, v in before.items())
+    ref = copy.deepcopy(net).train()
+    ref[1].track_running_stats = False
+    refs = method.reference_set(x)
+    theirs = torch.cat([DeepLiftShap(ref).attribute(x[i : i + 1], baselines=refs, target=int(t[i])) for i in range(3)])
+    torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-6)
+    evald = DeepSHAP(net, n_baselines=4, seed=1).attribute_channels(x, t)
+    assert not torch.allclose(ours, evald, atol=1e-3)

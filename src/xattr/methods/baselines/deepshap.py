@@ -13,10 +13,18 @@ module and hooks ``nn.ReLU`` only: a copy with out-of-place activations, one mod
 (torchvision ResNet's shared ``relu``, EfficientNet-lite's shared ReLU6), ReLU6 written exactly as
 ``relu(x) - relu(x - 6)`` (the rescale multiplier of the sum is then exactly ``Delta relu6 / Delta x``), and
 DenseNet's functional ReLU as a module. The copy shares the weights; the model is never changed.
+
+``model_mode``: ``eval`` (default: the deterministic model every other method explains) | ``train``: the
+reference notebook of ch. 7 (Do-Explanations-Explain @400c0ab) builds ``resnet18(pretrained=True)`` without
+``.eval()``, so its DeepLiftShap row ran with BatchNorm on *batch* statistics (and dropout on): ``train``
+reproduces that on the copy, one image's input and reference rows per call as the notebook's per-image
+call (``chunk`` is set to ``2 n_baselines`` rows), the running statistics untouched (``track_running_stats``
+off for the call) and dropout seeded per call.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -27,11 +35,13 @@ from torch import nn
 from xattr.core.checks import check_choice, check_positive, check_positive_int
 from xattr.core.chunk import check_chunk, items_per_call, resolve_chunk
 from xattr.core.hooks import frozen
+from xattr.core.seeding import seeded
 from xattr.errors import XattrConfigError
 from xattr.methods.base import Attribution, reduce_channels
 from xattr.methods.baselines.model_fixes import fixed_copy
 
 BASELINES = ("normal", "zero", "data")
+MODEL_MODES = ("eval", "train")
 
 
 class DeepSHAP(Attribution):
@@ -66,8 +76,11 @@ class DeepSHAP(Attribution):
         mean: float = 0.0,
         std: float = 1.0,
         clamp: tuple[float, float] | None = None,
+        model_mode: str = "eval",
     ) -> None:
         super().__init__(model)
+        check_choice("model_mode", model_mode, MODEL_MODES)
+        self.model_mode = model_mode
         check_choice("DeepSHAP baselines", baselines, BASELINES)
         check_positive_int("n_baselines", n_baselines)
         check_chunk(chunk)
@@ -116,15 +129,40 @@ class DeepSHAP(Attribution):
         if refs.shape[0] == 1:  # Captum's DeepLiftShap needs at least two references
             refs = refs.expand(2, *refs.shape[1:]).contiguous()
         fixed = fixed_copy(self.model, x, relu6="split")
-        chunk = resolve_chunk(self.chunk, self.model, x[:1], backward=True)
-        step = items_per_call(x.shape[0], 2 * refs.shape[0], chunk)  # DeepLift: input + reference rows
+        if self.model_mode == "train":  # the notebook's per-image call: batch statistics of its own rows
+            step = 1
+        else:
+            chunk = resolve_chunk(self.chunk, self.model, x[:1], backward=True)
+            step = items_per_call(x.shape[0], 2 * refs.shape[0], chunk)  # DeepLift: input + reference rows
         out = []
-        with torch.enable_grad(), frozen(self.model):
+        with torch.enable_grad(), frozen(self.model), _train_mode(fixed, self.model_mode == "train"):
             explainer = _CaptumDeepLiftShap(fixed)
             for i in range(0, x.shape[0], step):
                 xi = x[i : i + step].detach().clone().requires_grad_(True)
-                out.append(explainer.attribute(xi, baselines=refs, target=target[i : i + step]).detach())
+                with seeded(self.seed if self.model_mode == "train" else None, x.device):
+                    out.append(explainer.attribute(xi, baselines=refs, target=target[i : i + step]).detach())
         return torch.cat(out)
 
     def _attribute(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return reduce_channels(self.attribute_channels(x, target), self.reduce)
+
+
+@contextlib.contextmanager
+def _train_mode(model: nn.Module, on: bool):
+    """``on``: ``model`` in train mode with every BatchNorm on batch statistics *without* updating its running
+    statistics (``track_running_stats`` off); modes and flags restored on exit."""
+    if not on:
+        yield
+        return
+    was = {m: (m.training, getattr(m, "track_running_stats", None)) for m in model.modules()}
+    try:
+        model.train()
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.track_running_stats = False
+        yield
+    finally:
+        for m, (training, track) in was.items():
+            m.training = training
+            if track is not None:
+                m.track_running_stats = track
