@@ -157,7 +157,7 @@ def test_f1_runs_write_dead_shares_and_the_table_adds_jaccard(tmp_path):
     df = build_table("pathways_f1_dead", [tmp_path / "multirun"], tmp_path / "tables").set_index("")
     assert df.loc["NeuronMCT", "dead share (paper)"] == "0.000"
     assert df.loc["NeuronMCT", "dead share (ours)"].startswith("0.000 ± 0.000 (cifar_resnet20)")
-    assert df.loc["DGR(init=1)", "dead share (ours)"] == "–"
+    assert df.loc["DGR(init=1), gates > percentile (reference code)", "dead share (ours)"] == "–"
     jac = pd.read_csv(tmp_path / "tables" / "pathways_f1_dead_jaccard.csv", index_col=0)
     assert jac.loc["NeuronMCT", "NeuronMCT"] == 1 and 0 < jac.loc["NeuronMCT", "NeuronIntGrad"] < 1
     assert "Jaccard overlap" in (tmp_path / "tables" / "pathways_f1_dead.md").read_text()
