@@ -15,6 +15,7 @@ import torch
 
 from xattr.core.store import RunStore
 from xattr.engine.compare import agreement, kendall, load_runs, method_table
+from xattr.engine.report import plot_curves
 from xattr.metrics.summary import summarise_run_scores
 from xattr.report import main
 
@@ -36,6 +37,7 @@ def multirun(root: Path) -> Path:
         store.write("0", batch, torch.zeros(4).long(), maps, probs, {s: torch.tensor(v) for s, v in scores.items()})
         rows = store.per_image()
         store.write_report_tables(rows, summarise_run_scores(rows))
+    plot_curves({"m/deletion": np.array([[1.0, 0.5, 0.2]])}, root / "0" / "curves.png")  # a run's own figure
     return root
 
 
@@ -69,7 +71,7 @@ def test_report_of_a_constructed_multirun_has_the_known_numbers(tmp_path):
 def test_report_of_a_folder_without_runs_is_one_line(tmp_path, capsys):
     assert main([str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
-    assert "\n" not in err and "no finished run under" in err
+    assert "\n" not in err and "no finished runs of python -m xattr.run under" in err
 
 
 def chromium() -> str | None:
@@ -101,7 +103,7 @@ def test_report_page_in_a_real_browser(tmp_path):
         headers = page.eval_on_selector_all("#methods thead th", "ths => ths.map(t => t.innerText)")
         browser.close()
     assert not errors, errors
-    assert len(widths) == 2 and all(w > 0 for w in widths)
+    assert len(widths) == 3 and all(w > 0 for w in widths)  # agreement, gallery, run 0's curves
     col = {h: i for i, h in enumerate(headers)}
     for row in cells:
         s = summaries[row[0]].set_index("score")["mean"]

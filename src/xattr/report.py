@@ -9,10 +9,15 @@ from pathlib import Path
 
 from xattr.cli import Stop, command, parents_to_outputs
 from xattr.engine.compare import load_runs, write
+from xattr.tables.match import check_run_paths, no_runs
 
 
 def _report(paths: list[str], out: Path, n_boot: int) -> None:
-    page = write(load_runs(paths), out, n_boot)
+    check_run_paths(paths)
+    runs = load_runs(paths)
+    if not runs:
+        raise no_runs(paths)
+    page = write(runs, out, n_boot)
     print(f"report: {page} (and {out / 'report.md'})")
 
 

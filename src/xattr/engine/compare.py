@@ -6,6 +6,9 @@ stored (``summary.csv``, ``per_image.parquet``, heatmaps, ``config.yaml``): noth
 - metric agreement: Kendall's tau between the method rankings of every pair of metrics, and a bootstrap over
   images (the images every run scored, resampled with replacement, ``n_boot`` times) of each tau; a pair
   "differs significantly" when the upper end of tau's 95 % bootstrap interval is below 1;
+- each run's own figures (``curves.png``, ``heatmaps.png`` of :func:`xattr.engine.report.write_report`), copied
+  beside the page, and runs without a ``summary.csv`` summarised as that report does
+  (:func:`~xattr.metrics.summary.summarise_run_scores`);
 - a heatmap gallery (image x method, one colour scale per image) and one "saliency card" per method (the fields
   of Boggust et al., "Saliency cards", FAccT 2023, that runs can measure: determinism across seeds,
   sensitivity to the swept hyper-parameters, the stored sanity check, the metrics' verdicts).
@@ -14,6 +17,7 @@ stored (``summary.csv``, ``per_image.parquet``, heatmaps, ``config.yaml``): noth
 from __future__ import annotations
 
 import html
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,7 +31,6 @@ from omegaconf import OmegaConf  # noqa: E402
 from scipy.stats import kendalltau  # noqa: E402
 
 from xattr.core.store import RunStore  # noqa: E402
-from xattr.errors import XattrConfigError  # noqa: E402
 
 #: score names (the part after ``<metric>/``) where a lower value is better
 LOWER_IS_BETTER = ("deletion", "complexity", "infidelity", "max_sensitivity", "avg_sensitivity",
@@ -50,11 +53,8 @@ class Run:
 
 
 def load_runs(paths: list[str | Path]) -> list[Run]:
-    """Every finished run under ``paths`` (:meth:`RunStore.find_runs`); one error when there is none."""
+    """Every finished run under ``paths`` (:meth:`RunStore.find_runs`), possibly none."""
     folders = RunStore.find_runs(list(paths))
-    if not folders:
-        raise XattrConfigError(f"no finished run under {', '.join(map(str, paths))}; valid choices: a run or "
-                               "multirun folder of python -m xattr.run (config.yaml and per_image.parquet)")
     runs = []
     for f in folders:
         store = RunStore(f)
@@ -220,6 +220,18 @@ def cards(runs: list[Run], table: pd.DataFrame) -> dict[str, dict]:
     return out
 
 
+def run_figures(runs: list[Run], out: Path) -> list[str]:
+    """Copy each run's ``curves.png`` / ``heatmaps.png`` (its own report) beside the page; their names there."""
+    names = []
+    for k, r in enumerate(runs):
+        for fig in ("heatmaps.png", "curves.png"):
+            if (r.folder / fig).is_file():
+                name = f"run{k}_{r.method}_{fig}"
+                shutil.copyfile(r.folder / fig, out / name)
+                names.append(name)
+    return names
+
+
 def write(runs: list[Run], out: Path, n_boot: int = 200, seed: int = 0) -> Path:
     """Write ``report.md``, ``report.html`` and their figures into ``out``; returns the HTML page."""
     out.mkdir(parents=True, exist_ok=True)
@@ -239,6 +251,9 @@ def write(runs: list[Run], out: Path, n_boot: int = 200, seed: int = 0) -> Path:
         md += ["Rankings that differ significantly (bootstrap over images): " + (", ".join(differ) or "none"), ""]
     if figs["gallery"]:
         md += ["## Heatmap gallery", "", "![gallery](gallery.png)", ""]
+    own = run_figures(runs, out)
+    if own:
+        md += ["## The runs' own figures", ""] + [f"![{n}]({n})" for n in own] + [""]
     md += ["## Saliency cards", ""]
     for m, card in cs.items():
         md += [f"### {m}", ""] + [f"- **{k}**: {v}" for k, v in card.items()] + [""]
@@ -252,6 +267,8 @@ def write(runs: list[Run], out: Path, n_boot: int = 200, seed: int = 0) -> Path:
                  tau.to_html(float_format=lambda v: f"{v:.3f}", table_id="agreement")]
     if figs["gallery"]:
         page += ["<h2>Heatmap gallery</h2>", "<img src='gallery.png' alt='heatmap gallery'>"]
+    if own:
+        page += ["<h2>The runs' own figures</h2>"] + [f"<img src='{n}' alt='{html.escape(n)}'>" for n in own]
     page += ["<h2>Saliency cards</h2>"]
     for m, card in cs.items():
         page += [f"<h3>{html.escape(m)}</h3><ul>"] + [f"<li><b>{html.escape(k)}</b>: {html.escape(v)}</li>"
