@@ -9,7 +9,7 @@ TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 export WANDB_MODE ?= offline
 export HYDRA_FULL_ERROR ?= 0
 
-.PHONY: install browser demo test test-slow lint bench bench-gpu docs clean table text-transformers mutation
+.PHONY: install browser meta-eval demo test test-slow lint bench bench-gpu docs clean table text-transformers mutation
 
 install: $(STAMP)
 
@@ -65,6 +65,12 @@ docs: install
 
 clean:
 	rm -rf outputs multirun .pytest_cache
+
+# N methods x every image metric on the shared ImageNet images, then the report (docs/metrics.md):
+# make meta-eval [ARGS="dataset.limit=50"]; report in outputs/multirun/meta_eval/report/
+meta-eval: install
+	$(BIN)/python -m xattr.run --multirun experiment=meta_eval $(ARGS)
+	$(BIN)/python -m xattr.report outputs/multirun/meta_eval
 
 # Regenerate one paper table: make table ID=inputiba_t3_insdel [ARGS="dataset.limit=50"]
 table: install
