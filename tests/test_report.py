@@ -64,8 +64,33 @@ def test_report_of_a_constructed_multirun_has_the_known_numbers(tmp_path):
     assert high.at["m1/s", "m2/s"] < 1 and high.at["m1/s", "complexity/complexity"] == pytest.approx(1)
     assert main([str(root), "--out", str(tmp_path / "rep"), "--n-boot", "20"]) == 0
     md = (tmp_path / "rep" / "report.md").read_text()
-    assert "m1/s vs m2/s" in md and "0.75" in md and "### A" in md
+    assert "m1/s vs m2/s" in md and "0.75 ± 0.065 (1)" in md and "### A" in md
     assert (tmp_path / "rep" / "agreement.png").stat().st_size > 0 and (tmp_path / "rep" / "gallery.png").is_file()
+
+
+def test_saliency_cards_measure_seeds_and_the_sweep(tmp_path):
+    """Method A again with another seed (maps + 0.5 at one pixel) and with beta=2 (m1/s 0.25 lower): the card
+    names the largest map difference across seeds and each score's range over the sweep."""
+    from xattr.engine.compare import cards
+
+    root = multirun(tmp_path / "multi")
+    for k, (seed, beta, shift) in enumerate([(1, 1, 0.0), (0, 2, -0.25)], start=3):
+        store = RunStore(root / str(k))
+        store.write_config({"method": {"_target_": "xattr.methods.fake.A", "beta": beta}, "seed": seed})
+        batch = {"id": [f"im{i}" for i in range(4)], "index": torch.arange(4), "label": torch.zeros(4).long()}
+        maps = torch.arange(4 * 16, dtype=torch.float32).view(4, 1, 4, 4)
+        if seed == 1:
+            maps[2, 0, 1, 1] += 0.5
+        scores = {s: torch.tensor(v) + (shift if s == "m1/s" else 0.0) for s, v in SCORES["A"].items()}
+        store.write("0", batch, torch.zeros(4).long(), maps, torch.tensor([[0.7, 0.3]] * 4), scores)
+        rows = store.per_image()
+        store.write_report_tables(rows, summarise_run_scores(rows))
+    runs = load_runs([root])
+    table = method_table(runs)
+    assert sorted(table.index)[:3] == ["A beta=1 seed=0", "A beta=1 seed=1", "A beta=2 seed=0"]
+    card = cards(runs, table)["A"]
+    assert card["runs"] == "3" and card["determinism across seeds"] == "largest map difference 0.5"
+    assert "m1/s range 0.25" in card["hyper-parameter sensitivity"] and "m2/s range 0" in card["hyper-parameter sensitivity"]
 
 
 def test_report_of_a_folder_without_runs_is_one_line(tmp_path, capsys):

@@ -77,7 +77,8 @@ def label(run: Run, runs: list[Run]) -> str:
     """The method's name, with the hyper-parameters that differ between its runs (``IBA beta=10``)."""
     same = [r for r in runs if r.method == run.method]
     keys = sorted(k for k in run.hparams if len({str(r.hparams.get(k)) for r in same}) > 1)
-    return " ".join([run.method] + [f"{k}={run.hparams[k]}" for k in keys])
+    seed = [f"seed={run.seed}"] if len({r.seed for r in same}) > 1 else []
+    return " ".join([run.method] + [f"{k}={run.hparams[k]}" for k in keys] + seed)
 
 
 def score_names(runs: list[Run]) -> list[str]:
@@ -242,8 +243,11 @@ def write(runs: list[Run], out: Path, n_boot: int = 200, seed: int = 0) -> Path:
             "gallery": gallery(runs, out / "gallery.png")}
     cs = cards(runs, table)
     show = table[[c for s in score_names(runs) for c in (s, f"{s} s.e.", f"{s} rank")]]
+    compact = pd.DataFrame({s: [f"{table.at[i, s]:.4g} ± {table.at[i, f'{s} s.e.']:.2g} ({int(table.at[i, f'{s} rank'])})"
+                                if np.isfinite(table.at[i, s]) else "–" for i in table.index]
+                            for s in score_names(runs)}, index=table.index)
     md = ["# xattr report", "", f"{len(runs)} runs: " + ", ".join(str(r.folder) for r in runs), "",
-          "## Methods x metrics (mean, s.e., rank: 1 = best)", "", show.to_markdown(floatfmt=".4g"), ""]
+          "## Methods x metrics (mean ± s.e. (rank: 1 = best))", "", compact.to_markdown(), ""]
     if figs["agreement"]:
         md += ["## Metric agreement (Kendall's tau of the method rankings)", "", "![agreement](agreement.png)", "",
                tau.to_markdown(floatfmt=".3f"), ""]
