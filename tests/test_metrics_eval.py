@@ -174,6 +174,16 @@ def test_road_imputation_matches_quantus_and_keeps_a_constant():
     assert linear_imputation(img, centre)[0, 1, 1] == pytest.approx(expect)
 
 
+def test_road_noise_is_the_references_std_on_the_imputed_pixels_only():
+    x = torch.randn(3, 40, 50, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    removed = torch.rand(2000, generator=torch.Generator().manual_seed(2)) < 0.5
+    noisy = ROAD(noise=0.05).impute(x, removed, torch.Generator().manual_seed(3)).reshape(3, -1)
+    clean = torch.from_numpy(linear_imputation(x.numpy(), removed.numpy())).reshape(3, -1)
+    d = noisy - clean
+    assert d[:, ~removed].abs().max() == 0 and d[:, removed].std().item() == pytest.approx(0.05, rel=0.05)
+    assert d[:, removed].mean().abs().item() < 0.005
+
+
 def test_road_morf_matches_quantus_and_batched_equals_single():
     net, x, _, maps = setup(b=4)
     t = net(x).argmax(1)  # correctly classified at 0 %
