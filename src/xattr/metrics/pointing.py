@@ -78,7 +78,7 @@ class RelevanceMass(_RegionMetric):
     ``positive: true`` (default, xattr's choice: negative relevance is evidence against the class, not mass
     placed somewhere) sums ``max(map, 0)``, so the score lies in [0, 1]. Quantus 0.6 (``RelevanceMassAccuracy``)
     and ``positive: false`` sum the raw map, so a map with negative relevance outside the object can score above 1 there (a hand case in
-    ``tests/test_metrics_new.py``). A map without positive relevance scores NaN.
+    ``tests/test_metrics_eval.py``). A map without positive relevance scores NaN.
     """
 
     name = "relevance_mass"
