@@ -22,12 +22,12 @@ class _MapOnly(Metric):
 
 class Sparseness(_MapOnly):
     """Sparseness (Chalasani et al., "Concise explanations of neural networks using adversarial training",
-    ICML 2020, sec. 5): the Gini index of ``|a|`` sorted ascending, ``G = sum_i (2i - n - 1) a_(i) / (n sum_i a_i)``
+    ICML 2020): the Gini index of ``|a|`` sorted ascending, ``G = sum_i (2i - n - 1) a_(i) / (n sum_i a_i)``
     (i = 1..n): 0 for a uniform map, ``1 - 1/n`` for a one-hot map; higher = sparser. An all-zero map scores
     NaN (Quantus adds 1e-7 to every entry first, which makes it 0 and shifts other scores by ~1e-7)."""
 
     name = "sparseness"
-    paper = "Chalasani et al., ICML 2020, sec. 5 (Gini index)"
+    paper = "Chalasani et al., ICML 2020 (Gini index)"
 
     def evaluate(self, model: nn.Module, x: torch.Tensor, target: torch.Tensor, maps: torch.Tensor,
                  **extras: Any) -> MetricResult:
@@ -41,13 +41,12 @@ class Sparseness(_MapOnly):
 
 
 class Complexity(_MapOnly):
-    """Complexity (Bhatt et al., "Evaluating and aggregating feature-based model explanations", IJCAI 2020,
-    def. 4): the entropy of the fractional contributions ``P_i = |a_i| / sum_j |a_j|``,
+    """Complexity (Bhatt et al., "Evaluating and aggregating feature-based model explanations", IJCAI 2020): the entropy of the fractional contributions ``P_i = |a_i| / sum_j |a_j|``,
     ``-sum_i P_i ln P_i`` (``0 ln 0 = 0``): ``ln n`` for a uniform map, 0 for a one-hot map; lower = simpler.
     An all-zero map scores NaN."""
 
     name = "complexity"
-    paper = "Bhatt et al., IJCAI 2020, def. 4"
+    paper = "Bhatt et al., IJCAI 2020 (complexity)"
 
     def evaluate(self, model: nn.Module, x: torch.Tensor, target: torch.Tensor, maps: torch.Tensor,
                  **extras: Any) -> MetricResult:

@@ -36,8 +36,7 @@ class _RegionMetric(Metric):
 
 
 class PointingGame(_RegionMetric):
-    """Pointing game (Zhang et al., "Top-down neural attention by excitation backprop", ECCV 2016 / IJCV 2018,
-    sec. 5.1): the map's maximum is a hit when it lies within ``tolerance`` pixels of the object.
+    """Pointing game (Zhang et al., "Top-down neural attention by excitation backprop", ECCV 2016 / IJCV 2018): the map's maximum is a hit when it lies within ``tolerance`` pixels of the object.
 
     As TorchRay's benchmark (``torchray.benchmark.pointing_game.PointingGame.evaluate``, the reference the issue
     names): the point is the first maximum of the map in raster order (``torch.argmax`` of the flattened map),
@@ -49,7 +48,7 @@ class PointingGame(_RegionMetric):
     """
 
     name = "pointing_game"
-    paper = "Zhang et al., IJCV 2018 (Excitation Backprop), sec. 5.1; TorchRay benchmark"
+    paper = "Zhang et al., IJCV 2018 (Excitation Backprop), the pointing game; TorchRay benchmark"
 
     def __init__(self, tolerance: int = 15) -> None:
         if isinstance(tolerance, bool) or not isinstance(tolerance, int) or tolerance < 0:
@@ -72,7 +71,7 @@ class PointingGame(_RegionMetric):
 
 
 class RelevanceMass(_RegionMetric):
-    """Relevance mass accuracy (Arras et al., "CLEVR-XAI", Information Fusion 2022, eq. 1):
+    """Relevance mass accuracy (Arras et al., "CLEVR-XAI", Information Fusion 2022):
     ``R_within / R_total``, the relevance inside the object region over the relevance of the whole image.
 
     ``positive: true`` (default, xattr's choice: negative relevance is evidence against the class, not mass
@@ -82,7 +81,7 @@ class RelevanceMass(_RegionMetric):
     """
 
     name = "relevance_mass"
-    paper = "Arras et al., Information Fusion 2022 (CLEVR-XAI), eq. 1"
+    paper = "Arras et al., Information Fusion 2022 (CLEVR-XAI), relevance mass accuracy"
 
     def __init__(self, positive: bool = True) -> None:
         self.positive = bool(positive)
@@ -100,13 +99,13 @@ class RelevanceMass(_RegionMetric):
 
 
 class RelevanceRank(_RegionMetric):
-    """Relevance rank accuracy (Arras et al., Information Fusion 2022, eq. 2): with ``K`` = the number of object
+    """Relevance rank accuracy (Arras et al., Information Fusion 2022): with ``K`` = the number of object
     pixels, the share of the ``K`` highest-relevance pixels that lie in the object. (The IBA paper's bounding-box
     ratio, ``bbox_ratio``, is the same number with its coverage filter and map normalisation.) Ties are
     broken stably (raster order); Quantus' ``argsort`` breaks them arbitrarily."""
 
     name = "relevance_rank"
-    paper = "Arras et al., Information Fusion 2022 (CLEVR-XAI), eq. 2"
+    paper = "Arras et al., Information Fusion 2022 (CLEVR-XAI), relevance rank accuracy"
 
     def evaluate(self, model: nn.Module, x: torch.Tensor, target: torch.Tensor, maps: torch.Tensor,
                  **extras: Any) -> MetricResult:
@@ -119,13 +118,13 @@ class RelevanceRank(_RegionMetric):
 
 
 class TopKIntersection(_RegionMetric):
-    """Top-k intersection (Theiner et al., "Interpretable semantic photo geolocation", WACV 2022, sec. 4.2):
+    """Top-k intersection (Theiner et al., "Interpretable semantic photo geolocation", WACV 2022):
     the share of the ``k`` highest-relevance pixels that lie in the object region; ``concept_influence``
     divides by the region's share of the image (Quantus' option of the same name). Default ``k`` = 1000
     (Quantus' default, at 224 px); ``k`` must be below the number of pixels."""
 
     name = "top_k_intersection"
-    paper = "Theiner et al., WACV 2022, sec. 4.2"
+    paper = "Theiner et al., WACV 2022"
 
     def __init__(self, k: int = 1000, concept_influence: bool = False) -> None:
         self.k = check_positive_int("k", k)

@@ -71,8 +71,7 @@ class _Randomised(Metric):
 
 
 class RandomLogit(Metric):
-    """Random logit test (Sixt et al., "When explanations lie: why many modified BP attributions fail", ICML 2020,
-    sec. 5.2): the SSIM between the map for the target and the map for a random other class; a class-sensitive
+    """Random logit test (Sixt et al., "When explanations lie: why many modified BP attributions fail", ICML 2020): the SSIM between the map for the target and the map for a random other class; a class-sensitive
     method scores low, a map that ignores the class scores 1.
 
     The other class is drawn per image (uniform over the classes other than the target, a generator seeded per
@@ -83,7 +82,7 @@ class RandomLogit(Metric):
 
     name = "random_logit"
     needs = ("method",)
-    paper = "Sixt et al., ICML 2020, sec. 5.2"
+    paper = "Sixt et al., ICML 2020 (random logit test)"
 
     def __init__(self, win_size: int = 7, seed: int = 0) -> None:
         self.win_size = check_positive_int("win_size", win_size)
@@ -114,7 +113,7 @@ class RandomLogit(Metric):
 
 class SmoothMPRT(_Randomised):
     """Smooth model parameter randomisation test (sMPRT; Hedström et al., "Sanity checks revisited: an
-    exploration to repair the model parameter randomisation test", XAI in Action workshop, NeurIPS 2023, sec. 4.1):
+    exploration to repair the model parameter randomisation test", XAI in Action workshop, NeurIPS 2023):
     the cascading MPRT (layers reset bottom-up) where each explanation is denoised by averaging it over
     ``n_samples`` noisy copies of the input, ``x + N(0, (noise_magnitude (max x - min x))^2)`` per image (as
     Quantus' ``SmoothMPRT``, whose last copy is the clean input). Per layer, the Spearman rank correlation of
@@ -128,7 +127,7 @@ class SmoothMPRT(_Randomised):
     """
 
     name = "smooth_mprt"
-    paper = "Hedström et al., NeurIPS-W 2023 (Sanity checks revisited), sec. 4.1"
+    paper = "Hedström et al., NeurIPS-W 2023 (Sanity checks revisited), sMPRT"
 
     def __init__(self, n_samples: int = 50, noise_magnitude: float = 0.1, layers: Sequence[str] | None = None,
                  layer_order: str = "bottom_up", seed: int = 42) -> None:
@@ -153,7 +152,7 @@ class SmoothMPRT(_Randomised):
                 eps = torch.stack([torch.randn(x.shape[1:], generator=g, dtype=torch.float64) * s
                                    for g, s in zip(gens, std)]).to(x)
             total = total + method.attribute(x + eps, target).detach().double().cpu().numpy() / self.n_samples
-        return np.abs(total.reshape(x.shape[0], -1))
+        return (total.reshape(x.shape[0], -1))
 
     def evaluate(self, model: nn.Module, x: torch.Tensor, target: torch.Tensor, maps: torch.Tensor,
                  **extras: Any) -> MetricResult:
@@ -177,7 +176,7 @@ def discrete_entropy(a: np.ndarray, n_bins: int = 100) -> float:
 
 
 class EfficientMPRT(_Randomised):
-    """Efficient model parameter randomisation test (eMPRT; Hedström et al., NeurIPS-W 2023, sec. 4.2): the
+    """Efficient model parameter randomisation test (eMPRT; Hedström et al., NeurIPS-W 2023): the
     complexity of the explanation of the fully randomised model (every layer reset, bottom-up) over that of the
     original, complexity = the discrete entropy of the map's histogram (100 bins). Above 1: randomising the model
     made the explanation more complex (passes); a method that ignores the parameters scores exactly 1. The
@@ -186,7 +185,7 @@ class EfficientMPRT(_Randomised):
     """
 
     name = "efficient_mprt"
-    paper = "Hedström et al., NeurIPS-W 2023 (Sanity checks revisited), sec. 4.2"
+    paper = "Hedström et al., NeurIPS-W 2023 (Sanity checks revisited), eMPRT"
 
     def __init__(self, n_bins: int = 100, layers: Sequence[str] | None = None, layer_order: str = "bottom_up",
                  seed: int = 42) -> None:

@@ -94,16 +94,16 @@ class MaxSensitivity(_Sensitivity):
 class AvgSensitivity(_Sensitivity):
     __doc__ = "Average-sensitivity: the mean of the draws (Monte-Carlo). " + _Sensitivity.__doc__
     name = "avg_sensitivity"
-    paper = "Yeh et al., NeurIPS 2019, def. 3.1 (average form, sec. 3)"
+    paper = "Yeh et al., NeurIPS 2019, def. 3.1 (its average form)"
     reduce = "mean"
 
 
 class _Stability(_Perturbed):
-    """Relative stability (Agarwal et al., "Rethinking stability for attribution-based explanations", 2022,
-    eqs. 2 and 4): over perturbed copies ``x'`` that keep the prediction (``argmax`` unchanged; others are
+    """Relative stability (Agarwal et al., "Rethinking stability for attribution-based explanations", 2022:
+    RIS and ROS): over perturbed copies ``x'`` that keep the prediction (``argmax`` unchanged; others are
     skipped), the largest ``||(e_x - e_x') / e_x||_2 / max(||D||_2, eps_min)``, the division elementwise (a zero
-    of ``e_x`` divided by ``eps_min``, as Quantus). ``D`` is ``(x - x') / x`` (RIS, eq. 2; zeros of ``x`` by
-    ``eps_min``) or the logits' change ``h(x) - h(x')`` (ROS, eq. 4). NaN when every copy changed the prediction.
+    of ``e_x`` divided by ``eps_min``, as Quantus). ``D`` is ``(x - x') / x`` (RIS; zeros of ``x`` by
+    ``eps_min``) or the logits' change ``h(x) - h(x')`` (ROS). NaN when every copy changed the prediction.
 
     Departures of Quantus 0.6: it takes ``np.max`` over draws where changed predictions are NaN (so one
     changed prediction makes the score NaN), and adds ``eps_min`` to a zero denominator instead of
@@ -145,9 +145,9 @@ class _Stability(_Perturbed):
 
 
 class RelativeInputStability(_Stability):
-    __doc__ = "Relative input stability (RIS, eq. 2). " + _Stability.__doc__
+    __doc__ = "Relative input stability (RIS). " + _Stability.__doc__
     name = "relative_input_stability"
-    paper = "Agarwal et al., 2022, eq. 2 (RIS)"
+    paper = "Agarwal et al., 2022 (RIS)"
 
     def denominator(self, x, xp, out, out_p) -> torch.Tensor:
         xd = x.double()
@@ -156,9 +156,9 @@ class RelativeInputStability(_Stability):
 
 
 class RelativeOutputStability(_Stability):
-    __doc__ = "Relative output stability (ROS, eq. 4; h = the logits). " + _Stability.__doc__
+    __doc__ = "Relative output stability (ROS; h = the logits). " + _Stability.__doc__
     name = "relative_output_stability"
-    paper = "Agarwal et al., 2022, eq. 4 (ROS)"
+    paper = "Agarwal et al., 2022 (ROS)"
 
     def denominator(self, x, xp, out, out_p) -> torch.Tensor:
         return (out - out_p).norm(dim=1)
