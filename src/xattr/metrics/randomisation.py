@@ -152,7 +152,7 @@ class SmoothMPRT(_Randomised):
                 eps = torch.stack([torch.randn(x.shape[1:], generator=g, dtype=torch.float64) * s
                                    for g, s in zip(gens, std)]).to(x)
             total = total + method.attribute(x + eps, target).detach().double().cpu().numpy() / self.n_samples
-        return (total.reshape(x.shape[0], -1))
+        return np.abs(total.reshape(x.shape[0], -1))
 
     def evaluate(self, model: nn.Module, x: torch.Tensor, target: torch.Tensor, maps: torch.Tensor,
                  **extras: Any) -> MetricResult:
