@@ -429,3 +429,13 @@ def test_smooth_mprt_without_noise_matches_quantus_and_batched_equals_single(mon
     blind = SmoothMPRT(n_samples=3)(net, x, t, maps, method_factory=ClassBlind).scores["smooth_mprt"]
     torch.testing.assert_close(blind, torch.ones(2))
     batched_equals_single(SmoothMPRT(n_samples=2, layers=["conv3", "fc"]), net, x, t, maps, method_factory=factory)
+
+    class Flip:  # the map's sign flips on a randomised copy: the absolute maps are equal (Spearman 1)
+        def __init__(self, model):
+            self.sign = 1.0 if model is net else -1.0
+
+        def attribute(self, x, target):
+            return self.sign * x.sum(1, keepdim=True)
+
+    flipped = SmoothMPRT(n_samples=1, layers=["fc"])(net, x, t, maps, method_factory=Flip).scores["smooth_mprt"]
+    torch.testing.assert_close(flipped, torch.ones(2))
