@@ -192,7 +192,7 @@ def test_road_morf_matches_quantus_and_batched_equals_single():
     theirs = quantus.ROAD(percentages=pct, noise=0.0, abs=False, normalise=False, **QKW)(
         model=net, x_batch=x.numpy(), y_batch=t.numpy(), a_batch=maps.numpy(), device="cpu")
     np.testing.assert_allclose(ours.curves["road_morf"].mean(0).numpy(), [theirs[p] for p in pct], atol=1e-6)
-    batched_equals_single(ROAD(percentages=[20, 60], noise=0.05, chunk=3), net, x, t, maps)
+    batched_equals_single(ROAD(percentages=[20, 60], noise=0.05, output="softmax", chunk=3), net, x, t, maps)
 
 
 # ---------------------------------------------------------------------------------------- faithfulness corr.
