@@ -9,7 +9,7 @@ TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 export WANDB_MODE ?= offline
 export HYDRA_FULL_ERROR ?= 0
 
-.PHONY: install demo test test-slow lint bench bench-gpu docs clean table text-transformers mutation
+.PHONY: install browser meta-eval demo test test-slow lint bench bench-gpu docs clean table text-transformers mutation
 
 install: $(STAMP)
 
@@ -18,8 +18,19 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q $(TORCH_PINS)
 	$(BIN)/pip install -q -e '.[dev]' $(TORCH_PINS)
+	$(MAKE) -s browser
 	rm -f $(VENV)/.installed-*
 	touch $@
+
+# Chromium for tests/test_report.py's browser test (Playwright drives this binary; a browser that Playwright
+# downloads by itself cannot be fetched here): Debian's package, once, where apt-get works (root or sudo -n);
+# elsewhere the test is skipped and says why.
+browser:
+	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; elif sudo -n true 2>/dev/null; then SUDO="sudo -n"; else \
+	    echo "no chromium and no root/sudo for apt-get: the browser test will be skipped"; exit 0; fi; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq \
+	    --no-install-recommends chromium >/dev/null || echo "apt-get could not install chromium: the browser test will be skipped"; }
 
 demo: install
 	$(BIN)/python -m xattr.demo
@@ -54,6 +65,12 @@ docs: install
 
 clean:
 	rm -rf outputs multirun .pytest_cache
+
+# N methods x every image metric on the shared ImageNet images, then the report (docs/metrics.md):
+# make meta-eval [ARGS="dataset.limit=50"]; report in outputs/multirun/meta_eval/report/
+meta-eval: install
+	$(BIN)/python -m xattr.run --multirun experiment=meta_eval $(ARGS)
+	$(BIN)/python -m xattr.report outputs/multirun/meta_eval
 
 # Regenerate one paper table: make table ID=inputiba_t3_insdel [ARGS="dataset.limit=50"]
 table: install

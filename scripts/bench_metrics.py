@@ -25,6 +25,9 @@ computation).
         --methods gradient --batch 1 --chunk 64 --threads 1 --cache /tmp/insdel_cache --time-images 1
 
 ``--quantus``: deletion on the same maps against Quantus 0.6 ``PixelFlipping`` (see :func:`quantus_compare`).
+``--eval-metrics``: issue 28's metrics against Quantus 0.6 at equal protocol (:func:`eval_metrics_compare`):
+
+    python scripts/bench_metrics.py --eval-metrics --images 8 --size 32 --threads 1
 
     python scripts/bench_metrics.py --quantus --images 1 --size 224 --per-step 10 --models mobilenet_v2 \
         --points 100 --threads 1 --chunk auto --plain
@@ -283,10 +286,85 @@ def quantus_compare(a) -> None:
             print(f"| {name} | {label} | {fw} | {1000 * sec / a.images:.0f} | {base / sec:.1f} |", flush=True)
 
 
+def eval_metrics_compare(a) -> None:
+    """``--eval-metrics``: the metrics of issue 28 against Quantus 0.6 on the same model, images and maps, at equal
+    protocol (the same number of runs / percentages / draws / segments; the method: xattr's Gradient, which Quantus
+    calls as its ``explain_func``), images per second. Both take the batch of ``--images`` at once; Quantus' random
+    draws are its own (equal counts, not equal values: the tests compare values). Random weights, random maps."""
+    import numpy as np
+    import quantus
+
+    from timing import device_name  # scripts/ is on sys.path when run as a script
+    from xattr.methods.baselines.gradient import Gradient
+    from xattr.metrics.complexity import Complexity, Sparseness
+    from xattr.metrics.faithfulness import IROF, FaithfulnessCorrelation
+    from xattr.metrics.pointing import PointingGame, RelevanceMass, RelevanceRank, TopKIntersection
+    from xattr.metrics.randomisation import EfficientMPRT, RandomLogit
+    from xattr.metrics.road import ROAD
+    from xattr.metrics.robustness import MaxSensitivity, RelativeInputStability
+
+    if not hasattr(np, "trapz"):  # Quantus 0.6 calls np.trapz (numpy 2: np.trapezoid)
+        np.trapz = np.trapezoid
+    device = torch.device(a.device)
+    g = torch.Generator().manual_seed(0)
+    n, s = a.images, a.size
+    x = torch.randn(n, 1, s, s, generator=g).to(device)  # one channel: Quantus' ROAD and IROF need it
+    maps = torch.rand(n, 1, s, s, generator=g).to(device)
+    target = torch.randint(0, 10, (n,), generator=g).to(device)
+    box = [torch.tensor([[s / 4, s / 4, 3 * s / 4, 3 * s / 4]])] * n
+    seg = np.zeros((n, 1, s, s))
+    seg[:, :, s // 4:3 * s // 4, s // 4:3 * s // 4] = 1
+    model = torchvision.models.resnet18(weights=None, num_classes=10).eval().to(device)
+    model.conv1 = torch.nn.Conv2d(1, 64, 7, 2, 3, bias=False).to(device).eval()
+    method = Gradient(model, reduce="sum")
+
+    def explain(model, inputs, targets, **kw):
+        return Gradient(model, reduce="sum").attribute(torch.as_tensor(np.asarray(inputs), device=device),
+                                                        torch.as_tensor(np.asarray(targets), device=device)).cpu().numpy()
+
+    q = dict(disable_warnings=True, display_progressbar=False)
+    qa = dict(abs=False, normalise=False, **q)
+    data = dict(model=model, x_batch=x.cpu().numpy(), y_batch=target.cpu().numpy(), a_batch=maps.cpu().numpy(),
+                device=str(device))
+    pct = [10, 30, 50, 70, 90]
+    cases = [
+        ("pointing_game", PointingGame(tolerance=1), quantus.PointingGame(**qa), {"boxes": box}, {"s_batch": seg}),
+        ("relevance_mass", RelevanceMass(positive=False), quantus.RelevanceMassAccuracy(**qa), {"boxes": box},
+         {"s_batch": seg}),
+        ("relevance_rank", RelevanceRank(), quantus.RelevanceRankAccuracy(**qa), {"boxes": box}, {"s_batch": seg}),
+        ("top_k_intersection", TopKIntersection(k=s), quantus.TopKIntersection(k=s, **qa), {"boxes": box},
+         {"s_batch": seg}),
+        ("sparseness", Sparseness(), quantus.Sparseness(abs=True, normalise=False, **q), {}, {}),
+        ("complexity", Complexity(), quantus.Complexity(abs=True, normalise=False, **q), {}, {}),
+        ("road (MoRF, 5 levels)", ROAD(percentages=pct, orders=["morf"]), quantus.ROAD(percentages=pct, **qa), {}, {}),
+        ("faithfulness_correlation (20 runs)", FaithfulnessCorrelation(n_runs=20, subset_size=s),
+         quantus.FaithfulnessCorrelation(nr_runs=20, subset_size=s, return_aggregate=False, **qa), {}, {}),
+        ("irof", IROF(baseline="zero"), quantus.IROF(return_aggregate=False, perturb_baseline=0.0, **qa), {}, {}),
+        ("max_sensitivity (10 draws)", MaxSensitivity(n_samples=10), quantus.MaxSensitivity(nr_samples=10, **qa),
+         {"method": method}, {"explain_func": explain}),
+        ("relative_input_stability (10 draws)", RelativeInputStability(n_samples=10),
+         quantus.RelativeInputStability(nr_samples=10, **q), {"method": method}, {"explain_func": explain}),
+        ("random_logit", RandomLogit(), quantus.RandomLogit(num_classes=10, **qa), {"method": method},
+         {"explain_func": explain}),
+        ("efficient_mprt", EfficientMPRT(), quantus.EfficientMPRT(**q), {"method_factory": lambda m: Gradient(m, reduce="sum")},
+         {"explain_func": explain}),
+    ]
+    print(f"Issue 28's metrics on the same maps: {n} images 1x{s}x{s}, ResNet-18 (10 classes, random weights), "
+          f"{device_name(device)}, {torch.get_num_threads()} thread(s)\n")
+    print("| metric | Quantus 0.6 images/s | xattr images/s | x faster |")
+    print("|---|---:|---:|---:|")
+    for name, ours, theirs, extras, qkw in cases:
+        ours(model, x[:1], target[:1], maps[:1], **{k: (v[:1] if k == "boxes" else v) for k, v in extras.items()})
+        t_ours = timed(lambda: ours(model, x, target, maps, **extras), device)  # noqa: B023
+        t_q = timed(lambda: theirs(**data, **qkw), device)  # noqa: B023
+        print(f"| {name} | {n / t_q:.1f} | {n / t_ours:.1f} | {t_q / t_ours:.1f} |", flush=True)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--tolerance", action="store_true", help="sparse vs full AUC on real images (module docstring)")
     p.add_argument("--quantus", action="store_true", help="deletion vs Quantus PixelFlipping on the same maps")
+    p.add_argument("--eval-metrics", action="store_true", help="issue 28's metrics vs Quantus on the same maps")
     p.add_argument("--plain", action="store_true", help="--quantus: also xattr with plain forwards (no folding, contiguous)")
     p.add_argument("--zoo", default="cifar_resnet20", help="--tolerance: xattr zoo model with real weights")
     p.add_argument("--data", default="/work/shared/data", help="--tolerance: the shared data folder")
@@ -319,6 +397,9 @@ def main() -> None:
         return
     if a.quantus:
         quantus_compare(a)
+        return
+    if a.eval_metrics:
+        eval_metrics_compare(a)
         return
     device = torch.device(a.device)
     if device.type == "cuda":

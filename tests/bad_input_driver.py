@@ -1,8 +1,8 @@
 """Call an entry point's ``main(argv)`` once per row, in this process, each row in a fresh folder: the bad-input
-rows of tests/test_bad_input.py, of all five entry points, in ONE interpreter (the imports are paid once).
+rows of tests/test_bad_input.py, of all six entry points, in ONE interpreter (the imports are paid once).
 
 ``python tests/bad_input_driver.py <rows.json>``: ``rows.json`` is a list of ``{"entry": run | train | generate
-| demo | table, "argv": [...], "setup": name or null}``; row ``k`` runs in ``./row<k>`` (made here), ``{cwd}``
+| demo | table | report, "argv": [...], "setup": name or null}``; row ``k`` runs in ``./row<k>`` (made here), ``{cwd}``
 in an argument is that folder. Prints one
 JSON line per row on stdout: ``{"rc": exit code or "traceback: <last line>", "err": [stderr lines], "left":
 [paths left under the row's folder that the row's set-up did not make], "cwd": the row's folder}``. Each row's stderr is caught at the file-descriptor level, so

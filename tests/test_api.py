@@ -148,7 +148,7 @@ def test_unknown_names_raise_one_line_with_the_choices(lite0):
     cases = {
         lambda: xattr.method("ibax", lite0): "unknown method 'ibax'; valid choices: attention_rollout, chefer, deepshap, ",
         lambda: xattr.method("iba", lite0, betta=1): "unknown parameter of method 'iba' 'betta'; valid choices: .*beta",
-        lambda: xattr.metric("insdel"): "unknown metric 'insdel'; valid choices: axioms, ",
+        lambda: xattr.metric("insdel"): "unknown metric 'insdel'; valid choices: avg_sensitivity, axioms, ",
         lambda: xattr.metric("insertion_deletion", pointz=3): "valid choices: .*points",
         lambda: xattr.load_model("vgg61"): "unknown model 'vgg61'; valid choices: .*efficientnet_lite0",
         lambda: xattr.explain(lite0, torch.zeros(2, 3, 32, 32), target=[1, 2, 3]): "3 entries for 2 images",

@@ -26,7 +26,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "xattr"
 # (xattr.config holds the CLI's pre-Hydra checks; the entry points run, train, table sit on top).
 # Same rank: siblings that must not import each other.
 RANK = {"errors": 0, "core": 1, "viz": 2, "data": 3, "models": 3, "methods": 4, "training": 4,
-        "metrics": 5, "analyses": 6, "engine": 7, "tables": 8, "config": 9, "cli": 9.5, "api": 10, "run": 10, "train": 10, "generate": 10, "table": 10, "demo": 11}
+        "metrics": 5, "analyses": 6, "engine": 7, "tables": 8, "config": 9, "cli": 9.5, "api": 10, "run": 10, "train": 10, "generate": 10, "table": 10, "report": 10, "demo": 11}
 FAST = ["model=efficientnet_lite0", "dataset=samples", "target=top1", "batch_size=2", "trainer=cpu",
         "logger=none", "trainer.enable_progress_bar=false"]
 

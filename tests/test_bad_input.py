@@ -98,6 +98,12 @@ ROWS: dict[str, list[tuple[list[str], str | None, str]]] = {
         (["iba_t1_beta", "{cwd}/run"], "planted_run",
          "error: refused metric.evil _target_ 'shutil.copyfile' in the config of {cwd}/run: it builds only xattr's own"),
     ],
+    "report": [
+        (["{cwd}/nope"], None, "error: bad runs path '{cwd}/nope': it does not exist; valid choices"),
+        (["{cwd}/empty"], "empty_dir", "error: no finished runs of python -m xattr.run under '{cwd}/empty'"),
+        (["{cwd}/run", "--out", "{cwd}/a_file"], "finished_run+a_file",
+         "error: cannot make folder {cwd}/a_file: a file is in the way; valid choices: a writable folder (--out DIR)"),
+    ],
 }
 
 

@@ -343,6 +343,7 @@ def test_sigterm_to_the_group_stops_demo(tmp_path):
                  marks=pytest.mark.slow),
     pytest.param("demo", ["dataset.limit=0", "demo.out_dir=outputs/demo"], "bad dataset.limit 0", marks=pytest.mark.slow),
     ("table", ["iba_t9"], "unknown table 'iba_t9'"),
+    pytest.param("report", ["nope"], "bad runs path 'nope': it does not exist", marks=pytest.mark.slow),
 ])
 def test_a_bad_value_in_a_subprocess_exits_2(tmp_path, name, argv, named):
     """The real exit code of ``python -m xattr.<name>`` (``raise SystemExit(main())``): table in make test, the

@@ -165,6 +165,10 @@ def test_missing_data_root(tmp_path):
         build(cfg.dataset.attribution, preprocess=None)
 
 
+#: experiments that are not a published table (their output is a report, not a table row)
+NOT_TABLES = ("meta_eval",)
+
+
 @pytest.mark.parametrize("exp", [e for e in group_options("experiment") if e != "demo"])
 def test_experiment_sweeps_name_existing_methods_and_tables(exp):
     from hydra import compose, initialize_config_dir
@@ -174,7 +178,7 @@ def test_experiment_sweeps_name_existing_methods_and_tables(exp):
 
     with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
         cfg = compose("config", overrides=[f"experiment={exp}"], return_hydra_config=True)
-    assert cfg.name == exp and exp in load_published()
+    assert cfg.name == exp and (exp in load_published() or exp in NOT_TABLES)
     params = cfg.hydra.sweeper.get("params") or {}
     for m in str(params.get("method", "")).split(","):
         if m:

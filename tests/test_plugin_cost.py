@@ -250,6 +250,12 @@ CHEAP_METRIC = {
     "sensitivity_n": {"n_masks": 3, "n": [4, 16]},
     "degradation": {"n_points": 5, "tile": 4},
     "sanity_check": {"layers": ["fc", "conv3"]},
+    "top_k_intersection": {"k": 16},
+    "faithfulness_correlation": {"n_runs": 5, "subset_size": 16},
+    "irof": {"n_segments": 20},
+    "smooth_mprt": {"n_samples": 2, "layers": ["conv3", "fc"]},
+    "efficient_mprt": {"layers": ["conv1", "fc"]},
+    "road": {"percentages": [20, 60]},
 }
 
 

@@ -12,6 +12,7 @@ import logging
 from functools import partial
 from pathlib import Path
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 from hydra.utils import get_class
@@ -72,9 +73,10 @@ def run(cfg: DictConfig, set_threads: bool = False) -> Path:
     analyses = {name: build(node) for name, node in (cfg.get("analysis") or {}).items()}
     module = AttributionModule(zoo.net, method_factory, metrics, run_dir, target, est_loader,
                                cfg.paths.cache_dir, analyses)
+    group, swept = sweep_info(cfg)
     loggers = build_loggers(cfg.logger.get("kind", "csv"), run_dir, name=cfg.name,
                             project=cfg.logger.get("project", "xattr"),
-                            config=OmegaConf.to_container(cfg, resolve=True))
+                            config={**OmegaConf.to_container(cfg, resolve=True), "swept": swept}, group=group)
     trainer = make_trainer(cfg.trainer, logger=loggers, inference_mode=False, enable_checkpointing=False,
                            default_root_dir=str(run_dir))
     if set_threads:  # after every check: a bad input stays one line
@@ -109,6 +111,7 @@ def run(cfg: DictConfig, set_threads: bool = False) -> Path:
             lg.log_metrics({f"{r.score}/mean": r.mean for r in summary.itertuples()})
             if isinstance(lg, pl.loggers.WandbLogger):
                 _wandb_extras(lg, run_dir, summary)
+                lg.experiment.finish()  # the next job of a multirun (same process) starts its own W&B run
     return run_dir
 
 
@@ -192,10 +195,50 @@ def _source_run_key(node: DictConfig) -> str | None:
     return getattr(cls, "source_run_key", None)
 
 
-def _wandb_extras(lg, run_dir: Path, summary) -> None:
+def hydra_runtime():
+    """Hydra's config of this job (mode, sweep dir, overrides, choices), or None outside a Hydra run."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return HydraConfig.get() if HydraConfig.initialized() else None
+
+
+def sweep_info(cfg: DictConfig) -> tuple[str | None, dict[str, str]]:
+    """W&B's group and the swept keys of this job: ``logger.group`` when set; in a multirun, the runs share the
+    group ``<experiment or sweep>:<sweep dir>`` and each logs its command-line / sweeper overrides
+    (``method.beta=10``, ``row=gradient``) as config columns ``swept.<key>`` (W&B's parallel coordinates and
+    run tables compare them). A single run: no group, no swept keys."""
+    hc = hydra_runtime()
+    group = cfg.logger.get("group") if cfg.get("logger") else None
+    mode = getattr(hc, "mode", None) if hc is not None else None
+    if hc is None or not str(getattr(mode, "name", mode)).endswith("MULTIRUN"):
+        return group, {}
+    swept = {}
+    for o in hc.overrides.task:
+        if "=" in o:
+            k, v = o.split("=", 1)
+            swept[k.lstrip("+~")] = v
+    experiment = (hc.runtime.choices or {}).get("experiment")
+    return group or f"{experiment or 'sweep'}:{hc.sweep.dir}", swept
+
+
+def _wandb_extras(lg, run_dir: Path, summary, max_rows: int = 64) -> None:
+    """The summary table, a per-image table (heatmap thumbnail, target, probability and every score of the
+    first ``max_rows`` images) and the run's figures."""
     import wandb
 
     lg.experiment.log({"summary": wandb.Table(dataframe=summary)})
+    store = RunStore(run_dir)
+    rows, maps = store.rows().head(max_rows), store.heatmaps()
+    if len(rows):
+        cols = [c for c in rows.columns if c not in ("index", "label", "top1_prob")]
+        table = wandb.Table(columns=["heatmap", *cols])
+        for r in rows.to_dict("records"):
+            m = np.asarray(maps.get(str(r["id"])), dtype=np.float32)
+            m = m.reshape(-1, *m.shape[-2:]).mean(0) if m.ndim >= 2 else m[None]
+            lo, hi = float(np.nanmin(m)), float(np.nanmax(m))
+            img = wandb.Image((m - lo) / (hi - lo) if hi > lo else np.zeros_like(m))
+            table.add_data(img, *[r[c] for c in cols])
+        lg.experiment.log({"per_image": table})
     for png in ("heatmaps.png", "curves.png"):
         if (run_dir / png).is_file():
             lg.experiment.log({png[:-4]: wandb.Image(str(run_dir / png))})

@@ -69,9 +69,9 @@ def make_trainer(config: Mapping[str, Any] | None = None, **overrides: Any) -> p
 
 
 def build_loggers(kind: str, run_dir: str | Path, name: str = "xattr", project: str = "xattr",
-                  config: dict | None = None) -> list:
+                  config: dict | None = None, group: str | None = None) -> list:
     """Lightning loggers for a run folder: ``csv`` (``logs/metrics.csv``), ``wandb`` (offline unless
-    ``WANDB_MODE`` says otherwise), ``none``."""
+    ``WANDB_MODE`` says otherwise; ``group``: W&B's run group, the runs of one sweep share it), ``none``."""
     if kind not in LOGGER_KINDS:
         raise unknown("logger kind", kind, LOGGER_KINDS)
     if kind == "none":
@@ -81,4 +81,4 @@ def build_loggers(kind: str, run_dir: str | Path, name: str = "xattr", project: 
     if not os.environ.get("WANDB_MODE"):
         os.environ["WANDB_MODE"] = "offline"
     return [pl.loggers.WandbLogger(project=project, name=name, save_dir=str(run_dir),
-                                   offline=os.environ["WANDB_MODE"] == "offline", config=config)]
+                                   offline=os.environ["WANDB_MODE"] == "offline", config=config, group=group)]

@@ -1,0 +1,441 @@
+"""The evaluation metrics of issue 28 (Quantus' core set): each against Quantus 0.6 (or Captum, TorchRay) on the
+same model, inputs and maps where the definitions agree, a hand case where xattr follows the paper and the
+library does not, a closed form, and batched == one image at a time. Tiny models, 8-16 px images."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from xattr.methods.baselines.gradient import Gradient
+from xattr.metrics.complexity import Complexity, Sparseness
+from xattr.metrics.faithfulness import IROF, FaithfulnessCorrelation, Infidelity
+from xattr.metrics.pointing import PointingGame, RelevanceMass, RelevanceRank, TopKIntersection
+from xattr.metrics.randomisation import EfficientMPRT, RandomLogit, SmoothMPRT
+from xattr.metrics.road import ROAD, linear_imputation
+from xattr.metrics.robustness import (
+    AvgSensitivity,
+    MaxSensitivity,
+    RelativeInputStability,
+    RelativeOutputStability,
+)
+from xattr.models.tiny import PixelLinear, TinyCNN
+
+quantus = pytest.importorskip("quantus")
+QKW = dict(disable_warnings=True, display_progressbar=False)
+S = 8
+
+
+def setup(c: int = 1, b: int = 3, seed: int = 0, s: int = S):
+    torch.manual_seed(seed)
+    net = TinyCNN(num_classes=3, in_channels=c).eval()
+    x = torch.randn(b, c, s, s)
+    t = torch.tensor([0, 1, 2, 0, 1][:b])
+    maps = torch.rand(b, 1, s, s)  # no ties
+    return net, x, t, maps
+
+
+def boxes_and_masks(b: int, s: int = S):
+    boxes = [torch.tensor([[1.0, 2.0, 5.0, 6.0]]), torch.tensor([[0.0, 0.0, 3.0, 8.0]]),
+             torch.tensor([[4.0, 4.0, 8.0, 8.0], [0.0, 0.0, 2.0, 2.0]])][:b]
+    masks = np.zeros((b, 1, s, s))
+    for i, bx in enumerate(boxes):
+        for x1, y1, x2, y2 in bx.int().tolist():
+            masks[i, 0, y1:y2, x1:x2] = 1
+    return boxes, masks
+
+
+def gradient_explain(model, inputs, targets, **kwargs):
+    """Quantus' explain_func: xattr's Gradient (signed channel sum: no ties), numpy in and out."""
+    x = torch.as_tensor(np.asarray(inputs), dtype=torch.float32)
+    return Gradient(model, reduce="sum").attribute(x, torch.as_tensor(np.asarray(targets)).long()).numpy()
+
+
+def batched_equals_single(metric, net, x, t, maps, atol=1e-5, **extras):
+    whole = metric(net, x, t, maps, **extras).scores
+    for i in range(x.shape[0]):
+        ex = {k: (v[i:i + 1] if k == "boxes" else v) for k, v in extras.items()}
+        one = metric(net, x[i:i + 1], t[i:i + 1], maps[i:i + 1], **ex).scores
+        for k in whole:
+            torch.testing.assert_close(one[k], whole[k][i:i + 1], atol=atol, rtol=1e-4, equal_nan=True)
+
+
+# ------------------------------------------------------------------------------------------------ localisation
+def test_localisation_metrics_match_quantus_and_batched_equals_single():
+    net, x, t, maps = setup()
+    boxes, masks = boxes_and_masks(3)
+    kw = dict(model=net, x_batch=x.numpy(), y_batch=t.numpy(), a_batch=maps.numpy(), s_batch=masks, device="cpu")
+    pairs = [(PointingGame(tolerance=1), quantus.PointingGame(abs=False, normalise=False, **QKW)),
+             (RelevanceMass(positive=False), quantus.RelevanceMassAccuracy(abs=False, normalise=False, **QKW)),
+             (RelevanceRank(), quantus.RelevanceRankAccuracy(abs=False, normalise=False, **QKW)),
+             (TopKIntersection(k=10), quantus.TopKIntersection(k=10, abs=False, normalise=False, **QKW)),
+             (TopKIntersection(k=10, concept_influence=True),
+              quantus.TopKIntersection(k=10, concept_influence=True, abs=False, normalise=False, **QKW))]
+    for ours, theirs in pairs:
+        got = ours(net, x, t, maps, boxes=boxes).scores[ours.name].numpy()
+        np.testing.assert_allclose(got, np.asarray(theirs(**kw), dtype=float), atol=1e-6, err_msg=ours.name)
+        batched_equals_single(ours, net, x, t, maps, boxes=boxes)
+
+
+def test_pointing_game_is_torchray_with_its_tolerance_band():
+    pytest.importorskip("torchray")
+    from torchray.benchmark.pointing_game import PointingGame as TorchRayPG
+
+    s = 32
+    box = [torch.tensor([[10.0, 12.0, 20.0, 18.0]])]
+    region = torch.zeros(s, s, dtype=torch.bool)
+    region[12:18, 10:20] = True
+    x = torch.zeros(1, 3, s, s)
+    for tol in (1, 3, 15):
+        for py, px in [(14, 15), (12, 10), (11, 15), (8, 15), (15, 22), (20, 24), (0, 0), (17, 19)]:
+            m = torch.zeros(1, 1, s, s)
+            m[0, 0, py, px] = 1.0
+            ours = PointingGame(tolerance=tol)(None, x, torch.zeros(1), m, boxes=box).scores["pointing_game"].item()
+            ref = TorchRayPG(1, tolerance=tol).evaluate(region, (px, py))
+            assert ours == (1.0 if ref == 1 else 0.0), (tol, py, px)
+    # hand cases: inside hits; 4 px above the box misses at tolerance 3 (9 < 16) and hits at 5 (16 < 25)
+    m = torch.zeros(1, 1, s, s)
+    m[0, 0, 8, 15] = 1
+    assert PointingGame(tolerance=3)(None, x, torch.zeros(1), m, boxes=box).scores["pointing_game"].item() == 0
+    assert PointingGame(tolerance=5)(None, x, torch.zeros(1), m, boxes=box).scores["pointing_game"].item() == 1
+
+
+def test_relevance_mass_closed_form_and_the_negative_relevance_case():
+    x = torch.zeros(1, 1, 4, 4)
+    box = [torch.tensor([[0.0, 0.0, 2.0, 2.0]])]  # the top-left 4 pixels
+    m = torch.zeros(1, 1, 4, 4)
+    m[0, 0, :2, :2] = 1.0  # 4 inside
+    m[0, 0, 3, 3] = 4.0  # 4 outside
+    assert RelevanceMass()(None, x, torch.zeros(1), m, boxes=box).scores["relevance_mass"].item() == pytest.approx(0.5)
+    m[0, 0, 3, 2] = -3.0  # negative relevance outside: raw sums give 4 / 5 = 0.8 (Quantus), positive 4 / 8
+    assert RelevanceMass()(None, x, torch.zeros(1), m, boxes=box).scores["relevance_mass"].item() == pytest.approx(0.5)
+    raw = RelevanceMass(positive=False)(None, x, torch.zeros(1), m, boxes=box).scores["relevance_mass"].item()
+    q = quantus.RelevanceMassAccuracy(abs=False, normalise=False, **QKW)(
+        model=None, x_batch=x.numpy(), y_batch=np.zeros(1, int), a_batch=m.numpy(),
+        s_batch=(m.numpy() * 0 + np.pad(np.ones((2, 2)), ((0, 2), (0, 2))))[:, :1])
+    assert raw == pytest.approx(0.8) and q[0] == pytest.approx(0.8)
+    assert torch.isnan(RelevanceMass()(None, x, torch.zeros(1), m, boxes=[torch.zeros(0, 4)]).scores["relevance_mass"])
+
+
+def test_relevance_rank_is_the_bbox_ratio_without_its_filter():
+    from xattr.metrics.localisation import BoundingBoxRatio
+
+    net, x, t, maps = setup()
+    boxes, _ = boxes_and_masks(3)
+    ours = RelevanceRank()(net, x, t, maps, boxes=boxes).scores["relevance_rank"]
+    ref = BoundingBoxRatio(max_coverage=None, normalise="none")(net, x, t, maps, boxes=boxes).scores["bbox_ratio"]
+    torch.testing.assert_close(ours, ref)
+
+
+# -------------------------------------------------------------------------------------------------- complexity
+def test_sparseness_and_complexity_match_quantus_and_closed_forms():
+    net, x, t, maps = setup()
+    maps = maps - 0.3  # signed: both take |a|
+    kw = dict(model=net, x_batch=x.numpy(), y_batch=t.numpy(), a_batch=maps.numpy(), device="cpu")
+    sp = Sparseness()(net, x, t, maps).scores["sparseness"].numpy()
+    np.testing.assert_allclose(sp, quantus.Sparseness(abs=True, normalise=False, **QKW)(**kw), atol=1e-5)
+    cx = Complexity()(net, x, t, maps).scores["complexity"].numpy()
+    np.testing.assert_allclose(cx, quantus.Complexity(abs=True, normalise=False, **QKW)(**kw), atol=1e-5)
+    n = S * S
+    one_hot = torch.zeros(1, 1, S, S)
+    one_hot[0, 0, 3, 5] = -2.0
+    uniform = torch.full((1, 1, S, S), 0.7)
+    assert Sparseness()(net, x[:1], t[:1], one_hot).scores["sparseness"].item() == pytest.approx(1 - 1 / n)
+    assert Sparseness()(net, x[:1], t[:1], uniform).scores["sparseness"].item() == pytest.approx(0, abs=1e-6)
+    assert Complexity()(net, x[:1], t[:1], uniform).scores["complexity"].item() == pytest.approx(math.log(n))
+    assert Complexity()(net, x[:1], t[:1], one_hot).scores["complexity"].item() == pytest.approx(0, abs=1e-7)
+    for m in (Sparseness(), Complexity()):
+        batched_equals_single(m, net, x, t, maps)
+
+
+# ------------------------------------------------------------------------------------------------------- ROAD
+def test_road_imputation_matches_quantus_and_keeps_a_constant():
+    from quantus.functions.perturb_func import noisy_linear_imputation
+
+    g = np.random.default_rng(0)
+    img = g.normal(size=(3, 7, 9))
+    removed = g.random(63) < 0.4
+    ours = linear_imputation(img, removed)
+    theirs = noisy_linear_imputation(img.copy(), np.flatnonzero(removed), noise=0.0)
+    np.testing.assert_allclose(ours, theirs, atol=1e-10)
+    assert np.array_equal(ours.reshape(3, -1)[:, ~removed], img.reshape(3, -1)[:, ~removed])
+    const = np.full((2, 6, 6), 0.37)
+    almost_all = np.ones(36, bool)
+    almost_all[[0, 20]] = False
+    np.testing.assert_allclose(linear_imputation(const, almost_all), const, atol=1e-12)
+    # a hand case: one removed pixel in the middle of a 3x3 image is the 1/6-1/12 weighted neighbour mean
+    img = np.arange(9.0).reshape(1, 3, 3)
+    centre = np.zeros(9, bool)
+    centre[4] = True
+    expect = (1 / 6) * (1 + 3 + 5 + 7) + (1 / 12) * (0 + 2 + 6 + 8)
+    assert linear_imputation(img, centre)[0, 1, 1] == pytest.approx(expect)
+
+
+def test_road_noise_is_the_references_std_on_the_imputed_pixels_only():
+    x = torch.randn(3, 40, 50, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    removed = torch.rand(2000, generator=torch.Generator().manual_seed(2)) < 0.5
+    noisy = ROAD(noise=0.05).impute(x, removed, torch.Generator().manual_seed(3)).reshape(3, -1)
+    clean = torch.from_numpy(linear_imputation(x.numpy(), removed.numpy())).reshape(3, -1)
+    d = noisy - clean
+    assert d[:, ~removed].abs().max() == 0 and d[:, removed].std().item() == pytest.approx(0.05, rel=0.05)
+    assert d[:, removed].mean().abs().item() < 0.005
+
+
+def test_road_morf_matches_quantus_and_batched_equals_single():
+    net, x, _, maps = setup(b=4)
+    t = net(x).argmax(1)  # correctly classified at 0 %
+    pct = [10, 30, 50, 70, 90]
+    ours = ROAD(percentages=pct, noise=0.0, orders=["morf"])(net, x, t, maps)
+    theirs = quantus.ROAD(percentages=pct, noise=0.0, abs=False, normalise=False, **QKW)(
+        model=net, x_batch=x.numpy(), y_batch=t.numpy(), a_batch=maps.numpy(), device="cpu")
+    np.testing.assert_allclose(ours.curves["road_morf"].mean(0).numpy(), [theirs[p] for p in pct], atol=1e-6)
+    batched_equals_single(ROAD(percentages=[20, 60], noise=0.05, output="softmax", chunk=3), net, x, t, maps)
+
+
+# ---------------------------------------------------------------------------------------- faithfulness corr.
+def test_faithfulness_correlation_matches_quantus_on_the_same_subsets(monkeypatch):
+    net, x, t, maps = setup()
+    metric = FaithfulnessCorrelation(n_runs=12, subset_size=9)
+    ours = metric(net, x, t, maps).scores["faithfulness_correlation"].numpy()
+    sub = metric.subsets(x).numpy()  # (B, R, S)
+    calls = iter([(r, i) for r in range(12) for i in range(3)])
+
+    def choice(n, size, replace=False):
+        r, i = next(calls)
+        return sub[i, r]
+
+    monkeypatch.setattr(np.random, "choice", choice)
+    theirs = quantus.FaithfulnessCorrelation(nr_runs=12, subset_size=9, abs=False, normalise=False,
+                                             return_aggregate=False, perturb_baseline="black", **QKW)(
+        model=net, x_batch=x.numpy(), y_batch=t.numpy(), a_batch=maps.numpy(), device="cpu", softmax=False)
+    np.testing.assert_allclose(ours, theirs, atol=1e-5)
+    batched_equals_single(metric, net, x, t, maps)
+
+
+# ------------------------------------------------------------------------------------------------------ IROF
+def test_irof_matches_quantus_with_a_fixed_fill_and_batched_equals_single(monkeypatch):
+    monkeypatch.setattr(np, "trapz", np.trapezoid, raising=False)  # Quantus 0.6 calls np.trapz (gone in numpy 2)
+    net, x, t, maps = setup(c=1, b=2, s=12)  # Quantus' IROF masks one channel only (its mask is (B, 1, H, W))
+    res = IROF(n_segments=100, baseline="zero")(net, x, t, maps)  # Quantus: slic with its default 100
+    theirs = quantus.IROF(abs=False, normalise=False, return_aggregate=False, perturb_baseline=0.0, **QKW)(
+        model=net, x_batch=x.numpy(), y_batch=t.numpy(), a_batch=maps.numpy(), device="cpu")
+    seg = IROF(n_segments=100).segments(x)
+    for i in range(2):
+        n = int(seg[i].max()) + 1
+        y = res.curves["irof"][i, : n + 1].double().numpy()
+        # Quantus: n - trapz(y_1..y_n, dx=1); ours: 1 - trapz(y_0..y_n, dx=1/n) with y_0 = 1
+        assert y[0] == 1 and theirs[i] == pytest.approx(n - np.trapezoid(y[1:]), abs=1e-4)
+        assert res.scores["irof"][i].item() == pytest.approx(1 - np.trapezoid(y, dx=1 / n), abs=1e-6)
+    batched_equals_single(IROF(n_segments=8), net, x, t, maps)
+
+
+def test_irof_closed_form_on_a_model_that_ignores_the_input():
+    class Const(torch.nn.Module):
+        def forward(self, x):
+            return torch.tensor([[1.0, 0.0, -1.0]]).expand(x.shape[0], -1)
+
+    _, x, t, maps = setup(c=3, b=1, s=16)
+    assert IROF(n_segments=8)(Const(), x, t, maps).scores["irof"].item() == pytest.approx(0, abs=1e-6)
+
+
+# ------------------------------------------------------------------------------------------------ infidelity
+@pytest.mark.parametrize("normalise", [True, False])
+def test_infidelity_matches_captum_on_the_same_perturbations(normalise):
+    from captum.metrics import infidelity
+
+    net, x, t, maps = setup(c=3, b=2)
+    metric = Infidelity(n_samples=6, std=0.2, normalise=normalise)
+    ours = metric(net, x, t, maps).scores["infidelity"]
+    pert = metric.perturbations(x)  # (B, S, C, H, W)
+    for i in range(2):
+        draws = iter(pert[i])
+
+        def perturb(inputs, draws=draws):
+            noise = torch.stack([next(draws) for _ in range(inputs.shape[0])])
+            return noise, inputs - noise
+
+        ref = infidelity(net, perturb, x[i:i + 1], maps[i:i + 1].expand(-1, 3, -1, -1), target=t[i:i + 1],
+                         n_perturb_samples=6, max_examples_per_batch=1, normalize=normalise)
+        assert ours[i].item() == pytest.approx(ref.item(), rel=1e-4, abs=1e-7)
+    batched_equals_single(metric, net, x, t, maps)
+
+
+def test_infidelity_of_gradient_x_perturbation_on_a_linear_model_is_zero():
+    torch.manual_seed(0)
+    w = torch.randn(3, 1, S, S)
+    net = PixelLinear(w).eval()
+    x, t = torch.randn(2, 1, S, S), torch.tensor([0, 2])
+    maps = w[t]  # the exact gradient: I^T a = f(x) - f(x - I) for every I
+    for norm in (True, False):
+        got = Infidelity(n_samples=5, normalise=norm)(net, x, t, maps).scores["infidelity"]
+        assert got.abs().max().item() < 1e-8
+
+
+# ------------------------------------------------------------------------------------------------ robustness
+class Draws:
+    """Quantus' perturb_func fed with xattr's noise, sample after sample."""
+
+    def __init__(self, noise: torch.Tensor):
+        self.it = iter(noise.numpy())
+
+    def __call__(self, arr, indices, **kwargs):
+        return arr + next(self.it).reshape(arr.shape)
+
+
+@pytest.mark.parametrize("cls,qname", [(MaxSensitivity, "MaxSensitivity"), (AvgSensitivity, "AvgSensitivity")])
+def test_sensitivity_matches_quantus_and_captum(cls, qname):
+    from captum.metrics import sensitivity_max
+
+    net, x, t, _ = setup(c=1, b=2)
+    method = Gradient(net, reduce="sum")
+    maps = method.attribute(x, t)
+    metric = cls(n_samples=3, radius=0.1)
+    ours = metric(net, x, t, maps, method=method).scores[metric.name].numpy()
+    noise = metric.noise(x)  # (n, B, C, H, W)
+    theirs = getattr(quantus, qname)(nr_samples=3, perturb_func=Draws(noise.reshape(3, 2, -1)), abs=False,
+                                     normalise=False, **QKW)(
+        model=net, x_batch=x.numpy(), y_batch=t.numpy(), a_batch=maps.numpy(), device="cpu",
+        explain_func=gradient_explain)
+    np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-6)
+    if cls is MaxSensitivity:
+        draws = iter(noise.transpose(0, 1).reshape(-1, *x.shape[1:]))
+        def explain(inp, target):
+            inp = inp[0] if isinstance(inp, tuple) else inp
+            return (Gradient(net, reduce="sum").attribute(inp, torch.as_tensor(target)),)  # Captum wants a tuple
+
+        def perturb(inp):
+            inp = inp[0] if isinstance(inp, tuple) else inp
+            return inp + torch.stack([next(draws) for _ in inp])
+
+        captum = sensitivity_max(explain, x, perturb_func=perturb,
+                                 n_perturb_samples=3, target=t, max_examples_per_batch=6)
+        np.testing.assert_allclose(ours, captum.numpy(), rtol=1e-4, atol=1e-6)
+    batched_equals_single(metric, net, x, t, maps, method=method)
+
+
+def test_max_sensitivity_of_a_linear_models_gradient_is_zero():
+    torch.manual_seed(0)
+    net = PixelLinear(torch.randn(3, 1, S, S)).eval()
+    x, t = torch.randn(2, 1, S, S), torch.tensor([0, 2])
+    method = Gradient(net, reduce="sum")
+    got = MaxSensitivity(n_samples=4, radius=0.5)(net, x, t, method.attribute(x, t), method=method)
+    assert got.scores["max_sensitivity"].abs().max().item() == 0.0
+
+
+@pytest.mark.parametrize("cls,qname", [(RelativeInputStability, "RelativeInputStability"),
+                                       (RelativeOutputStability, "RelativeOutputStability")])
+def test_relative_stability_matches_quantus_where_no_prediction_changes(cls, qname):
+    net, x, t, _ = setup(c=1, b=2)
+    method = Gradient(net, reduce="sum")
+    maps = method.attribute(x, t)
+    metric = cls(n_samples=3, radius=1e-3)  # small: no prediction changes, where both agree
+    ours = metric(net, x, t, maps, method=method).scores[metric.name].numpy()
+    noise = metric.noise(x)
+    theirs = getattr(quantus, qname)(nr_samples=3, perturb_func=Draws(noise.reshape(3, 2, -1)), **QKW)(
+        model=net, x_batch=x.numpy(), y_batch=t.numpy(), a_batch=maps.numpy(), device="cpu",
+        explain_func=gradient_explain)
+    np.testing.assert_allclose(ours, theirs, rtol=1e-3)
+    # at 1e-3 the ratios divide float rounding by tiny changes; batched == single where the maps really change
+    batched_equals_single(cls(n_samples=3, radius=0.2), net, x, t, maps, method=method, atol=1e-3)
+
+
+def test_relative_stability_skips_copies_that_change_the_prediction():
+    """A hand case: a model whose prediction flips for every perturbed copy gives NaN (no copy counts);
+    Quantus takes np.max over NaN-marked draws, so one flipped copy already makes its score NaN."""
+    class Flip(torch.nn.Module):
+        def forward(self, x):
+            s = (x.flatten(1) != 0.5).any(1).float()  # the clean input is all 0.5
+            return torch.stack([1 - s, s], 1)
+
+    class Ones:
+        def attribute(self, x, target):
+            return torch.ones(x.shape[0], 1, *x.shape[-2:])
+
+    x = torch.full((1, 1, 4, 4), 0.5)
+    res = RelativeInputStability(n_samples=3)(Flip(), x, torch.zeros(1), torch.ones(1, 1, 4, 4), method=Ones())
+    assert torch.isnan(res.scores["relative_input_stability"]).all()
+
+
+# ---------------------------------------------------------------------------------------------- randomisation
+class ClassBlind:
+    """A method whose map ignores the class and the parameters: x summed over channels."""
+
+    def __init__(self, model=None):
+        pass
+
+    def attribute(self, x, target):
+        return x.sum(1, keepdim=True).detach()
+
+
+def test_random_logit_matches_quantus_and_a_class_blind_map_scores_one():
+    from skimage.metrics import structural_similarity
+
+    net, x, t, _ = setup(c=1, s=12)
+    t = torch.tensor([0, 1, 0])
+    net2 = TinyCNN(num_classes=2, in_channels=1).eval()  # two classes: the other class is fixed
+    method = Gradient(net2, reduce="sum")
+    maps = method.attribute(x, t)
+    ours = RandomLogit()(net2, x, t, maps, method=method).scores["random_logit"].numpy()
+
+    def ssim_2d(a, b, batched=True, **kw):
+        out = []
+        for aa, bb in zip(a, b):
+            aa, bb = aa.reshape(12, 12), bb.reshape(12, 12)
+            rng = float(max(aa.max(), bb.max()) - min(aa.min(), bb.min()))
+            out.append(structural_similarity(aa, bb, data_range=rng))
+        return out
+
+    theirs = quantus.RandomLogit(num_classes=2, similarity_func=ssim_2d, abs=False, normalise=False, **QKW)(
+        model=net2, x_batch=x.numpy(), y_batch=t.numpy(), a_batch=maps.numpy(), device="cpu",
+        explain_func=gradient_explain)
+    np.testing.assert_allclose(ours, theirs, atol=1e-6)
+    blind = ClassBlind()
+    res = RandomLogit()(net, x, t, blind.attribute(x, t), method=blind).scores["random_logit"]
+    torch.testing.assert_close(res, torch.ones(3))
+    batched_equals_single(RandomLogit(), net, x, t, Gradient(net, reduce="sum").attribute(x, t),
+                          method=Gradient(net, reduce="sum"))
+
+
+def test_efficient_mprt_matches_quantus_and_is_one_for_a_parameter_blind_method():
+    net, x, t, _ = setup(c=1, s=12)
+    method = Gradient(net, reduce="sum")
+    maps = method.attribute(x, t)
+    ours = EfficientMPRT()(net, x, t, maps, method_factory=lambda m: Gradient(m, reduce="sum"))
+    theirs = quantus.EfficientMPRT(**QKW)(model=net, x_batch=x.numpy(), y_batch=t.numpy(), a_batch=maps.numpy(),
+                                          device="cpu", explain_func=gradient_explain)
+    np.testing.assert_allclose(ours.scores["efficient_mprt"].numpy() - 1, theirs, rtol=1e-5, atol=1e-6)
+    blind = EfficientMPRT()(net, x, t, x.sum(1, keepdim=True), method_factory=ClassBlind).scores["efficient_mprt"]
+    torch.testing.assert_close(blind, torch.ones(3))
+    batched_equals_single(EfficientMPRT(), net, x, t, maps, method_factory=lambda m: Gradient(m, reduce="sum"))
+
+
+def test_smooth_mprt_without_noise_matches_quantus_and_batched_equals_single(monkeypatch):
+    net, x, t, _ = setup(c=1, b=2, s=12)
+    monkeypatch.setattr(quantus, "explain", gradient_explain)  # its SmoothMPRT calls quantus.explain itself
+    factory = lambda m: Gradient(m, reduce="sum")  # noqa: E731
+    maps = factory(net).attribute(x, t)
+    ours = SmoothMPRT(n_samples=1)(net, x, t, maps, method_factory=factory)  # one sample: the clean input
+    kw = dict(model=net, x_batch=x.numpy(), y_batch=t.numpy(), a_batch=None, device="cpu", explain_func=gradient_explain)
+    layers = quantus.SmoothMPRT(nr_samples=1, **QKW)(**kw)  # {"original": [1, 1, 1], layer: [...], ...}
+    assert list(layers)[1:] == ["features.0", "features.2", "features.5", "fc"]
+    np.testing.assert_allclose(ours.curves["smooth_mprt"].numpy(), np.array(list(layers.values())[1:]).T, atol=1e-6)
+    # Quantus' average also counts the original-vs-original correlation (1): it skips a key "orig", not "original"
+    average = quantus.SmoothMPRT(nr_samples=1, return_average_correlation=True, **QKW)(**kw)
+    np.testing.assert_allclose((1 + 4 * ours.scores["smooth_mprt"].numpy()) / 5, average, atol=1e-6)
+    assert ours.curves["smooth_mprt"].shape == (2, 4)  # 3 convs + fc, bottom-up
+    blind = SmoothMPRT(n_samples=3)(net, x, t, maps, method_factory=ClassBlind).scores["smooth_mprt"]
+    torch.testing.assert_close(blind, torch.ones(2))
+    batched_equals_single(SmoothMPRT(n_samples=2, layers=["conv3", "fc"]), net, x, t, maps, method_factory=factory)
+
+    class Flip:  # the map's sign flips on a randomised copy: the absolute maps are equal (Spearman 1)
+        def __init__(self, model):
+            self.sign = 1.0 if model is net else -1.0
+
+        def attribute(self, x, target):
+            return self.sign * x.sum(1, keepdim=True)
+
+    flipped = SmoothMPRT(n_samples=1, layers=["fc"])(net, x, t, maps, method_factory=Flip).scores["smooth_mprt"]
+    torch.testing.assert_close(flipped, torch.ones(2))

@@ -1,0 +1,136 @@
+"""``python -m xattr.report``: built from a tiny constructed multirun whose numbers are known (three methods,
+four images, scores set by hand), Kendall's tau against hand values, and the HTML page in a real browser
+(Chromium through Playwright; skipped with the reason where neither can be installed)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from xattr.core.store import RunStore
+from xattr.engine.compare import agreement, kendall, load_runs, method_table
+from xattr.engine.report import plot_curves
+from xattr.metrics.summary import summarise_run_scores
+from xattr.report import main
+
+#: per method, per image: m1/s (higher better), m2/s (higher better), complexity/complexity (lower better)
+SCORES = {
+    "A": {"m1/s": [0.9, 0.8, 0.7, 0.6], "m2/s": [0.1, 0.2, 0.1, 0.2], "complexity/complexity": [1.0, 1.0, 1.0, 1.0]},
+    "B": {"m1/s": [0.5, 0.5, 0.5, 0.5], "m2/s": [0.5, 0.4, 0.5, 0.4], "complexity/complexity": [2.0, 2.0, 2.0, 2.0]},
+    "C": {"m1/s": [0.1, 0.2, 0.3, 0.2], "m2/s": [0.9, 0.9, 0.8, 0.8], "complexity/complexity": [3.0, 3.0, 3.0, 3.0]},
+}
+
+
+def multirun(root: Path) -> Path:
+    for k, (name, scores) in enumerate(SCORES.items()):
+        store = RunStore(root / str(k))
+        store.write_config({"method": {"_target_": f"xattr.methods.fake.{name}", "beta": 1}, "seed": 0})
+        batch = {"id": [f"im{i}" for i in range(4)], "index": torch.arange(4), "label": torch.zeros(4).long()}
+        maps = torch.arange(4 * 16, dtype=torch.float32).view(4, 1, 4, 4) * (k + 1)
+        probs = torch.tensor([[0.7, 0.3]] * 4)
+        store.write("0", batch, torch.zeros(4).long(), maps, probs, {s: torch.tensor(v) for s, v in scores.items()})
+        rows = store.per_image()
+        store.write_report_tables(rows, summarise_run_scores(rows))
+    plot_curves({"m/deletion": np.array([[1.0, 0.5, 0.2]])}, root / "0" / "curves.png")  # a run's own figure
+    return root
+
+
+def test_kendall_tau_of_two_given_rankings_is_the_hand_value():
+    # one discordant pair of six: (5 - 1) / 6
+    assert kendall(np.array([1.0, 2, 3, 4]), np.array([2.0, 1, 3, 4])) == pytest.approx(2 / 3)
+    assert kendall(np.array([1.0, 2, 3]), np.array([3.0, 2, 1])) == pytest.approx(-1)
+
+
+def test_report_of_a_constructed_multirun_has_the_known_numbers(tmp_path):
+    root = multirun(tmp_path / "multi")
+    runs = load_runs([root])
+    table = method_table(runs)
+    assert list(table.index) == ["A", "B", "C"]
+    assert table.loc["A", "m1/s"] == pytest.approx(0.75) and table.loc["C", "m2/s"] == pytest.approx(0.85)
+    assert table.loc["B", "m1/s s.e."] == pytest.approx(0.0)
+    sd = np.std([0.9, 0.8, 0.7, 0.6], ddof=1) / 2
+    assert table.loc["A", "m1/s s.e."] == pytest.approx(sd)
+    assert list(table["m1/s rank"]) == [1, 2, 3] and list(table["m2/s rank"]) == [3, 2, 1]
+    assert list(table["complexity/complexity rank"]) == [1, 2, 3]  # lower is better
+    scores = ["m1/s", "m2/s", "complexity/complexity"]
+    tau, low, high = agreement(runs, scores, n_boot=50)
+    assert tau.at["m1/s", "m2/s"] == pytest.approx(-1) and tau.at["m1/s", "complexity/complexity"] == pytest.approx(1)
+    assert high.at["m1/s", "m2/s"] < 1 and high.at["m1/s", "complexity/complexity"] == pytest.approx(1)
+    assert main([str(root), "--out", str(tmp_path / "rep"), "--n-boot", "20"]) == 0
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "m1/s vs m2/s" in md and "0.75 ± 0.065 (1)" in md and "### A" in md
+    assert (tmp_path / "rep" / "agreement.png").stat().st_size > 0 and (tmp_path / "rep" / "gallery.png").is_file()
+
+
+def test_saliency_cards_measure_seeds_and_the_sweep(tmp_path):
+    """Method A again with another seed (maps + 0.5 at one pixel) and with beta=2 (m1/s 0.25 lower): the card
+    names the largest map difference across seeds and each score's range over the sweep."""
+    from xattr.engine.compare import cards
+
+    root = multirun(tmp_path / "multi")
+    for k, (seed, beta, shift) in enumerate([(1, 1, 0.0), (0, 2, -0.25)], start=3):
+        store = RunStore(root / str(k))
+        store.write_config({"method": {"_target_": "xattr.methods.fake.A", "beta": beta}, "seed": seed})
+        batch = {"id": [f"im{i}" for i in range(4)], "index": torch.arange(4), "label": torch.zeros(4).long()}
+        maps = torch.arange(4 * 16, dtype=torch.float32).view(4, 1, 4, 4)
+        if seed == 1:
+            maps[2, 0, 1, 1] += 0.5
+        scores = {s: torch.tensor(v) + (shift if s == "m1/s" else 0.0) for s, v in SCORES["A"].items()}
+        store.write("0", batch, torch.zeros(4).long(), maps, torch.tensor([[0.7, 0.3]] * 4), scores)
+        rows = store.per_image()
+        store.write_report_tables(rows, summarise_run_scores(rows))
+    runs = load_runs([root])
+    table = method_table(runs)
+    assert sorted(table.index)[:3] == ["A beta=1 seed=0", "A beta=1 seed=1", "A beta=2 seed=0"]
+    card = cards(runs, table)["A"]
+    assert card["runs"] == "3" and card["determinism across seeds"] == "largest map difference 0.5"
+    assert "m1/s range 0.25" in card["hyper-parameter sensitivity"] and "m2/s range 0" in card["hyper-parameter sensitivity"]
+
+
+def test_report_of_a_folder_without_runs_is_one_line(tmp_path, capsys):
+    assert main([str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "no finished runs of python -m xattr.run under" in err
+
+
+def chromium() -> str | None:
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        path = shutil.which(name)
+        if path:
+            return path
+    return os.environ.get("XATTR_CHROMIUM")
+
+
+def test_report_page_in_a_real_browser(tmp_path):
+    playwright = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (make install)")
+    exe = chromium()
+    if exe is None:
+        pytest.skip("no Chromium binary (make install runs apt-get install chromium where apt works)")
+    root = multirun(tmp_path / "multi")
+    assert main([str(root), "--out", str(tmp_path / "rep"), "--n-boot", "10"]) == 0
+    summaries = {name: pd.read_csv(root / str(k) / "summary.csv") for k, name in enumerate(SCORES)}
+    errors = []
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=exe, args=["--no-sandbox"])
+        page = browser.new_page()
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto((tmp_path / "rep" / "report.html").as_uri())
+        page.wait_for_load_state("load")
+        widths = page.eval_on_selector_all("img", "els => els.map(e => e.complete ? e.naturalWidth : 0)")
+        cells = page.eval_on_selector_all("#methods tbody tr", "rows => rows.map(r => [...r.children].map(c => c.innerText))")
+        headers = page.eval_on_selector_all("#methods thead th", "ths => ths.map(t => t.innerText)")
+        browser.close()
+    assert not errors, errors
+    assert len(widths) == 3 and all(w > 0 for w in widths)  # agreement, gallery, run 0's curves
+    col = {h: i for i, h in enumerate(headers)}
+    for row in cells:
+        s = summaries[row[0]].set_index("score")["mean"]
+        for score in ("m1/s", "m2/s", "complexity/complexity"):
+            assert float(row[col[score]]) == pytest.approx(s[score], rel=1e-3), (row[0], score)
