@@ -41,6 +41,7 @@ from xattr.errors import missing_file, unknown
 from xattr.models import custom
 from xattr.models.cifar_resnet import cifar_resnet
 from xattr.models.cifar_resnet8 import CIFAR10_PRE, RESNET8_LAYERS, build_resnet8
+from xattr.models.cifar_vit import CIFAR_VIT_LAYERS, build_cifar_vit
 from xattr.models.cxr import NIH_PRE, SYNTHETIC_PRE, densenet121_head, synthetic_resnet8
 from xattr.models.tf_padding import use_tf_same_padding
 
@@ -234,6 +235,8 @@ ZOO: dict[str, ModelSpec] = {
     "synthetic_cxr_resnet8": ModelSpec(synthetic_resnet8, SYNTHETIC_PRE, CIFAR_RESNET_LAYERS, "synthetic_cxr", 4),
     # ROAR's ResNet-8 (dissertation ch. 5 L1988; trained by python -m xattr.train recipe=roar, no weights shipped)
     "cifar_resnet8": ModelSpec(build_resnet8, CIFAR10_PRE, RESNET8_LAYERS, "cifar10", 10),
+    # the CIFAR-10 ViT trained here (python -m xattr.train recipe=cifar_vit; assets/cifar_vit.pt)
+    "cifar_vit": ModelSpec(build_cifar_vit, CIFAR10_PRE, CIFAR_VIT_LAYERS, "cifar10", 10),
 }
 
 # `model=custom` with nothing else: this example (conf/model/custom.yaml's defaults)
