@@ -28,7 +28,8 @@ ASSET = Path(__file__).resolve().parents[3] / "assets" / "cifar_vit.pt"
 CIFAR_VIT_LAYERS = {
     "patch_embed": "conv_proj",
     **{f"block{i + 1}": f"encoder.layers.encoder_layer_{i}" for i in range(CIFAR_VIT["num_layers"])},
-    **{f"mlp{i + 1}": f"encoder.layers.encoder_layer_{i}.mlp.1" for i in range(CIFAR_VIT["num_layers"])},
+    **{f"ln1_{i + 1}": f"encoder.layers.encoder_layer_{i}.ln_1" for i in range(CIFAR_VIT["num_layers"])},
+    **{f"gelu{i + 1}": f"encoder.layers.encoder_layer_{i}.mlp.1" for i in range(CIFAR_VIT["num_layers"])},
     "norm": "encoder.ln",
     "head": "heads.head",
 }
