@@ -20,19 +20,13 @@ import torchvision
 from torch import nn
 
 from xattr.errors import missing_file
+from xattr.models.vision_transformers import vit_layers
 
 # the trained model's hyper-parameters (conf/recipe/cifar_vit.yaml trains exactly this)
 CIFAR_VIT = dict(image_size=32, patch_size=4, num_layers=4, num_heads=4, hidden_dim=96, mlp_dim=192,
                  num_classes=10)
 ASSET = Path(__file__).resolve().parents[3] / "assets" / "cifar_vit.pt"
-CIFAR_VIT_LAYERS = {
-    "patch_embed": "conv_proj",
-    **{f"block{i + 1}": f"encoder.layers.encoder_layer_{i}" for i in range(CIFAR_VIT["num_layers"])},
-    **{f"ln1_{i + 1}": f"encoder.layers.encoder_layer_{i}.ln_1" for i in range(CIFAR_VIT["num_layers"])},
-    **{f"gelu{i + 1}": f"encoder.layers.encoder_layer_{i}.mlp.1" for i in range(CIFAR_VIT["num_layers"])},
-    "norm": "encoder.ln",
-    "head": "heads.head",
-}
+CIFAR_VIT_LAYERS = vit_layers(CIFAR_VIT["num_layers"])
 
 
 def build_cifar_vit(weights: str, weights_dir: Path) -> nn.Module:

@@ -44,6 +44,7 @@ from xattr.models.cifar_resnet8 import CIFAR10_PRE, RESNET8_LAYERS, build_resnet
 from xattr.models.cifar_vit import CIFAR_VIT_LAYERS, build_cifar_vit
 from xattr.models.cxr import NIH_PRE, SYNTHETIC_PRE, densenet121_head, synthetic_resnet8
 from xattr.models.tf_padding import use_tf_same_padding
+from xattr.models.vision_transformers import torchvision_transformer_layers
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 
@@ -250,7 +251,7 @@ def register(name: str, spec: ModelSpec) -> None:
 
 def torchvision_aliases(arch: str, net: nn.Module) -> dict[str, str]:
     """The papers' layer names of a torchvision architecture, where the zoo knows them (VGG-16, DenseNet-121,
-    MobileNet-V2, every ResNet); an empty table otherwise (module paths always work)."""
+    MobileNet-V2, every ResNet, every ViT and Swin); an empty table otherwise (module paths always work)."""
     if arch == "vgg16":
         return dict(VGG16_LAYERS)
     if arch == "densenet121":
@@ -259,7 +260,7 @@ def torchvision_aliases(arch: str, net: nn.Module) -> dict[str, str]:
         return dict(MOBILENET_V2_LAYERS)
     if isinstance(net, torchvision.models.ResNet):
         return _resnet50_layers(tuple(len(getattr(net, f"layer{i}")) for i in range(1, 5)))
-    return {}
+    return torchvision_transformer_layers(net)  # ViT / Swin (xattr.models.vision_transformers); {} otherwise
 
 
 def model_kind(name: str, spec: Mapping[str, Any] | None = None) -> str:
