@@ -133,3 +133,22 @@ def test_every_method_on_full_size_torchvision_models(arch) -> None:
     layers = {"vit_b_16": ("encoder.layers.encoder_layer_5", "encoder.layers.encoder_layer_11.ln_1"),
               "swin_t": ("features.5", "features.7")}[arch]
     run_every_method(net, *layers, 224, "torchvision_" + arch.split("_")[0].replace("vit", "vit"))
+
+
+def test_model_timm_weights_from_a_local_file_only_and_one_line_otherwise(tmp_path) -> None:
+    pytest.importorskip("timm")
+    from xattr.models.zoo import load_model
+
+    spec = {"kind": "timm", "arch": "vit_tiny_patch16_224", "weights": "random", "num_classes": 5,
+            "kwargs": {"img_size": 32, "patch_size": 8, "depth": 1, "embed_dim": 16, "num_heads": 2}}
+    first = load_model("timm", "random", spec=spec)
+    assert (first.preprocess.mean, first.preprocess.size) == ((0.5, 0.5, 0.5), 32)  # the model's own config
+    path = tmp_path / "w.pth"
+    torch.save(first.net.state_dict(), path)
+    again = load_model("timm", str(path), spec={**spec, "weights": str(path)})
+    x = torch.randn(1, 3, 32, 32)
+    assert torch.equal(first.net(x), again.net(x))  # the file's weights, head included
+    with pytest.raises(XattrConfigError, match="missing timm .* put it at"):
+        load_model("timm", str(tmp_path / "none.pth"), spec={**spec, "weights": str(tmp_path / "none.pth")})
+    with pytest.raises(XattrConfigError, match="offline .*HuggingFace cache"):
+        load_model("timm", "pretrained", spec={**spec, "weights": "pretrained", "kwargs": {}, "num_classes": None})
