@@ -231,3 +231,9 @@ def test_attention_methods_and_methods_without_a_transformer_form_stop_in_one_li
         LRP(vit)
     with pytest.raises(XattrConfigError, match="guided_backprop has no vision-transformer form.*GELU"):
         GuidedBackprop(swin)
+    from xattr.methods.iba import MultiLayerIBA, ReadoutIBA
+
+    for make in (lambda: ReadoutIBA(vit, layer="encoder.layers.encoder_layer_0", readout_layers=["encoder.layers.encoder_layer_0"]),
+                 lambda: MultiLayerIBA(vit, layers=["encoder.layers.encoder_layer_0"])):
+        with pytest.raises(XattrConfigError, match="has no vision-transformer form .*gives tokens"):
+            make()

@@ -96,6 +96,13 @@ class IBABase(Attribution):
         self.statistics = statistics
         self.stats: dict[str, st.FeatureStats] = {}
 
+    def refuse_tokens(self, why: str) -> None:
+        """One line when a layer is a vision transformer's token layer and this variant has no token form."""
+        tokens = [n for n, lay in self.layouts.items() if lay is not None]
+        if tokens:
+            raise XattrConfigError(f"method {self.name} has no vision-transformer form (layer {tokens[0]!r} gives "
+                                   f"tokens): {why}; use iba or inverse_iba (docs/transformers.md)")
+
     def fit(self, loader: Iterable[dict], cache_dir: Path | None = None) -> None:
         """Estimate (or load from ``cache_dir``, or from the ``statistics`` file) the layers' statistics."""
         if self.statistics:
