@@ -72,11 +72,11 @@ def main() -> None:
                 kw = FAST.get(meth, {}) if args.fast else {}
                 m = xattr.method(meth, zoo, **kw)
                 xattr.fit(m, x.repeat(2, 1, 1, 1))  # statistics from the images themselves: timing only
-                sec = timed(lambda: m.attribute(x, t), device)
+                sec = timed(lambda m=m, x=x, t=t: m.attribute(x, t), device)
                 rows.append((device, name, size, meth, 1000 * sec / len(x)))
                 print(f"{device} {name} {meth}: {1000 * sec / len(x):.0f} ms/image", flush=True)
                 if meth == "iba":
-                    one = timed(lambda: [m.attribute(x[i:i + 1], t[i:i + 1]) for i in range(len(x))], device)
+                    one = timed(lambda m=m, x=x, t=t: [m.attribute(x[i:i + 1], t[i:i + 1]) for i in range(len(x))], device)
                     speed.append((device, name, len(x), 1000 * one / len(x), 1000 * sec / len(x), one / sec))
     print("\n| device | model | input | method | ms / image |\n|---|---|---|---|---|")
     for d, n, s, meth, ms in rows:
