@@ -55,8 +55,10 @@ def main() -> None:
     ap.add_argument("--sanity", type=int, default=8, help="images for the sanity check (0: none)")
     ap.add_argument("--methods", default=",".join(METHODS.values()))
     ap.add_argument("--fast", action="store_true", help="no sanity check for InputIBA (the costliest)")
+    ap.add_argument("--n-masks", type=int, default=100, help="Sensitivity-N masks per n (the protocol: 100)")
     ap.add_argument("--out", type=Path, default=ROOT / "outputs" / "resnet_vs_vit")
     ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
+    ap.add_argument("--models", default=",".join(MODELS), help="ResNet-20,ViT (rows of earlier runs in --out kept)")
     ap.add_argument("--vit-weights", default="pretrained", help="pretrained (assets/cifar_vit.pt) or a file")
     args = ap.parse_args()
     torch.manual_seed(0)
@@ -64,6 +66,8 @@ def main() -> None:
     wanted = args.methods.split(",")
     rows, frames, shown = [], [], {}
     for family, model_name in MODELS.items():
+        if family not in args.models.split(","):
+            continue
         zoo = xattr.load_model(model_name, weights=args.vit_weights if family == "ViT" else None)
         x, ids, fit_x = images(model_name, zoo, args.limit, args.data)
         target = xattr.top1(zoo, x)
@@ -79,7 +83,7 @@ def main() -> None:
             t0 = time.perf_counter()
             maps = method.attribute(x, target)
             sec = (time.perf_counter() - t0) / len(x)
-            metrics = ["insertion_deletion", "sensitivity_n"]
+            metrics = ["insertion_deletion", xattr.metric("sensitivity_n", n_masks=args.n_masks)]
             df = xattr.evaluate(zoo, x, maps, target, metrics=metrics, ids=ids)
             n_sanity = 0 if (args.fast and name == "input_iba") else min(args.sanity, len(x))
             if n_sanity:
@@ -96,7 +100,20 @@ def main() -> None:
             rows.append(row)
             shown[(family, label)] = (x[:4], maps[:4], zoo)
             print(f"{family:9s} {label:22s} {sec:7.2f} s/image", flush=True)
-    pd.concat(frames).to_csv(args.out / "per_image.csv", index=False)
+    for family in {r["model"] for r in rows}:  # per model, so the two can run apart (--models)
+        pd.concat([f for f in frames if f["model"].iloc[0] == family]).to_csv(args.out / f"per_image_{family}.csv",
+                                                                              index=False)
+        torch.save({"rows": [r for r in rows if r["model"] == family],
+                    "shown": {k: (v[0].cpu(), v[1].cpu(), v[2].name) for k, v in shown.items() if k[0] == family}},
+                   args.out / f"rows_{family}.pt")
+    rows, shown = [], {}
+    for family, model_name in MODELS.items():
+        path = args.out / f"rows_{family}.pt"
+        if path.is_file():
+            saved = torch.load(path, weights_only=False)
+            rows += saved["rows"]
+            zoo = xattr.load_model(model_name, weights="random")  # only its preprocessing, for the figure
+            shown.update({k: (x, m, zoo) for k, (x, m, _) in saved["shown"].items()})
     table = _table(rows, args.limit)
     (args.out / "table.md").write_text(table)
     print(table)
@@ -128,8 +145,10 @@ def _figure(shown: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     keys = list(shown)
-    fig, axes = plt.subplots(2, len(keys) // 2 + len(keys) % 2 + 1, figsize=(2 * (len(keys) // 2 + 2), 4.4))
-    for row, family in enumerate(MODELS):
+    families = [f for f in MODELS if any(k[0] == f for k in keys)]
+    ncols = 1 + max(sum(k[0] == f for k in keys) for f in families)
+    fig, axes = plt.subplots(len(families), ncols, figsize=(1.9 * ncols, 2.2 * len(families)), squeeze=False)
+    for row, family in enumerate(families):
         ks = [k for k in keys if k[0] == family]
         x, _, zoo = shown[ks[0]]
         axes[row, 0].imshow(zoo.preprocess.denormalise(x[:1]).clamp(0, 1)[0].permute(1, 2, 0).cpu())
