@@ -9,7 +9,9 @@ Models: ``cifar_vit`` (assets/cifar_vit.pt when present, else random weights; IB
 ``vit_b_16`` with random weights at 224 px (IBA at block6). Each method runs with its config defaults
 (conf/method/*.yaml: IBA 10 steps x 10 copies, InputIBA 20 GAN epochs + 60 steps, IG 50 steps) unless
 ``--fast``; feature statistics come from the images themselves (timing only). "batched" attributes all
-images in one call, "one at a time" calls IBA once per image; the speed-up is their ratio.
+images in one call, "one at a time" calls IBA once per image; the speed-up is their ratio. CPU figures are
+the process's CPU time with one thread (``torch.set_num_threads(1)``), so a busy shared machine does not
+inflate them; GPU figures are wall-clock.
 """
 
 from __future__ import annotations
@@ -43,13 +45,17 @@ def model(name: str, device: str):
 
 
 def timed(fn, device: str) -> float:
+    """Seconds of ``fn``: on the CPU the process's CPU time (one thread: other jobs on a shared machine do not
+    inflate it), on CUDA the wall-clock time between synchronisations."""
     if device == "cuda":
         torch.cuda.synchronize()
-    t = time.perf_counter()
+        t = time.perf_counter()
+        fn()
+        torch.cuda.synchronize()
+        return time.perf_counter() - t
+    t = time.process_time()
     fn()
-    if device == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - t
+    return time.process_time() - t
 
 
 def main() -> None:
@@ -61,6 +67,7 @@ def main() -> None:
     ap.add_argument("--fast", action="store_true")
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
+    torch.set_num_threads(1)
     rows, speed = [], []
     for device in args.devices:
         for name in args.models:

@@ -152,3 +152,27 @@ def test_model_timm_weights_from_a_local_file_only_and_one_line_otherwise(tmp_pa
         load_model("timm", str(tmp_path / "none.pth"), spec={**spec, "weights": str(tmp_path / "none.pth")})
     with pytest.raises(XattrConfigError, match="offline .*HuggingFace cache"):
         load_model("timm", "pretrained", spec={**spec, "weights": "pretrained", "kwargs": {}, "num_classes": None})
+
+
+@pytest.mark.slow
+@pytest.mark.shared
+def test_the_shipped_cifar_vit_reaches_its_stated_accuracy(shared_data) -> None:
+    """assets/cifar_vit.pt (fp16) loads and reaches the test accuracy assets/cifar_vit.json (and the README)
+    states, on the 10 000 CIFAR-10 test images of the shared JPEG zip."""
+    import json
+    from pathlib import Path
+
+    import xattr
+    from xattr.data.cifar10 import Cifar10
+
+    assets = Path(__file__).resolve().parents[1] / "assets"
+    stated = json.loads((assets / "cifar_vit.json").read_text())["test_acc"]
+    zoo = xattr.load_model("cifar_vit")  # weights: pretrained = assets/cifar_vit.pt
+    ds = Cifar10(shared_data / "cifar10" / "cifar10-jpeg.zip", split="test", preprocess=zoo.preprocess)
+    right = 0
+    with torch.no_grad():
+        for i in range(0, len(ds), 500):
+            items = [ds[j] for j in range(i, min(i + 500, len(ds)))]
+            x = torch.stack([it["x"] for it in items])
+            right += int((zoo.net(x).argmax(1) == torch.tensor([it["label"] for it in items])).sum())
+    assert abs(right / len(ds) - stated) < 0.005, (right / len(ds), stated)
