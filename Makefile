@@ -9,7 +9,7 @@ TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 export WANDB_MODE ?= offline
 export HYDRA_FULL_ERROR ?= 0
 
-.PHONY: install browser meta-eval demo test test-slow lint bench bench-gpu docs clean table text-transformers mutation
+.PHONY: install browser meta-eval demo test test-slow lint bench bench-gpu docs clean table text-transformers resnet-vs-vit mutation
 
 install: $(STAMP)
 
@@ -90,3 +90,8 @@ text-transformers: install
 		outputs/multirun/inputiba_f5_imdb_insdel_transformer
 	$(BIN)/python -m xattr.tables.text_qualitative outputs/multirun/inputiba_f5_imdb_insdel
 	$(BIN)/python -m xattr.tables.text_qualitative outputs/multirun/inputiba_f5_imdb_insdel_transformer
+
+# the same methods and metrics on the CIFAR-10 ResNet-20 and the CIFAR-10 ViT (README "Vision transformers"):
+# make resnet-vs-vit LIMIT=32  -> outputs/resnet_vs_vit/table.md, maps.png
+resnet-vs-vit: install
+	$(BIN)/python scripts/resnet_vs_vit.py --limit $(LIMIT) $(ARGS)

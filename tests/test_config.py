@@ -51,8 +51,8 @@ def test_model_configs_build_and_default_layers_resolve(opt):
 @pytest.mark.parametrize("opt", group_options("method"))
 def test_method_configs_build_on_mobilenet(opt, mobilenet, tmp_path):
     text = "text" in opt
-    transformer = opt in ("attention_rollout", "chefer")  # need attention maps: the shipped IMDB transformer
-    extra = ["model=imdb_lstm"] if text else ["model=imdb_transformer"] if transformer else []
+    transformer = opt in ("attention_rollout", "chefer")  # need attention maps: the CIFAR-10 ViT (random weights)
+    extra = ["model=imdb_lstm"] if text else ["model=cifar_vit"] if transformer else []
     if opt == "saved":  # maps of an earlier run: needs its folder
         (tmp_path / "heatmaps").mkdir()
         extra = [f"method.run_dir={tmp_path}"]

@@ -29,6 +29,8 @@ PAPER_LAYERS = {
     "densenet121_brixia": {"denseblock1": "features.denseblock1"},
     "densenet121_brixia_detector": {"denseblock2": "features.denseblock2"},
     "synthetic_cxr_resnet8": {"stage2": "layer2", "fc": "linear"},
+    "cifar_vit": {"block2": "encoder.layers.encoder_layer_1", "ln1_4": "encoder.layers.encoder_layer_3.ln_1",
+                  "gelu1": "encoder.layers.encoder_layer_0.mlp.1", "patch_embed": "conv_proj", "head": "heads.head"},
 }
 
 

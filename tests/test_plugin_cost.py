@@ -57,7 +57,7 @@ CHEAP = {
 }
 METHODS = sorted(p.stem for p in (CONF_DIR / "method").glob("*.yaml"))
 TEXT_ONLY = ("input_iba_text",)  # text classes of their own (on the tiny LSTM below)
-TRANSFORMER_ONLY = ("attention_rollout", "chefer")  # need attention maps: on a tiny BERT (model=hf)
+TRANSFORMER_ONLY = ("attention_rollout", "chefer")  # need attention maps: a tiny ViT, and a tiny BERT (text forms)
 METRICS = sorted(p.stem for p in (CONF_DIR / "metric").glob("*.yaml"))
 TEXT = ("gradient", "input_x_gradient", "integrated_gradients", "deepshap", "lime", "random", "iba", "input_iba")
 
@@ -219,9 +219,22 @@ def test_every_transformer_method_states_its_cost_and_the_counter_agrees(name, t
 
     net = load_hf(tiny_bert_folder(tmp_path / "bert"))
     x, t = torch.randint(5, 25, (B, L), generator=torch.Generator().manual_seed(3)), torch.tensor([0, 1])[:B]
-    method = build_method(name, net, x, tmp_path)
+    method = build_method(name, net, x, tmp_path, text=True)
     assert overrides(type(method), "forwards_per_image", Attribution), f"{type(method).__name__} states no cost"
     check(head_cost(method, (L,)), measure_method(method, net, x, t), method.cost_bounds)
+
+
+@pytest.mark.parametrize("name", TRANSFORMER_ONLY)
+def test_every_vision_transformer_method_states_its_cost_and_the_counter_agrees(name, tmp_path):
+    import torchvision
+
+    torch.manual_seed(0)
+    net = torchvision.models.VisionTransformer(image_size=S, patch_size=8, num_layers=1, num_heads=2, hidden_dim=8,
+                                               mlp_dim=8, num_classes=4).eval()
+    x, t = torch.randn(B, *SHAPE), torch.tensor([1, 3])[:B]
+    method = build_method(name, net, x, tmp_path)
+    assert overrides(type(method), "forwards_per_image", Attribution), f"{type(method).__name__} states no cost"
+    check(head_cost(method, SHAPE), measure_method(method, net, x, t), method.cost_bounds)
 
 
 def test_input_iba_text_config_is_covered(tmp_path):

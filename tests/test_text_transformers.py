@@ -15,8 +15,8 @@ import torch
 transformers = pytest.importorskip("transformers")
 
 import xattr  # noqa: E402
+from xattr.core.attention import chefer_relevance, rollout  # noqa: E402
 from xattr.errors import XattrConfigError  # noqa: E402
-from xattr.methods.text.attention import chefer_relevance, rollout  # noqa: E402
 from xattr.metrics.insertion_deletion import InsertionDeletion  # noqa: E402
 from xattr.metrics.sensitivity_n import SensitivityN  # noqa: E402
 

@@ -36,7 +36,7 @@ from torch import nn
 from xattr.core.preprocess import Preprocess
 from xattr.errors import XattrConfigError, missing_file, unknown
 
-KINDS = ("torchvision", "custom", "hf")
+KINDS = ("torchvision", "custom", "hf", "timm")
 RANDOM = ("random", "none", "null", "")
 PRETRAINED = {"imagenet": "IMAGENET1K_V1", "pretrained": "IMAGENET1K_V1"}
 
@@ -228,6 +228,10 @@ def check(node: Mapping) -> None:
         from xattr.models.hf import check_folder
 
         check_folder(node.get("path"))
+    elif kind == "timm":
+        from xattr.models.timm_models import check_timm
+
+        check_timm(node)
     else:
         _check_custom(node)
     _preprocess(node.get("preprocess"), {})
@@ -244,7 +248,20 @@ def build(node: Mapping, known_aliases: Callable[[str, nn.Module], dict[str, str
         return build_custom(node)
     if kind == "hf":
         return build_hf(node)
+    if kind == "timm":
+        return build_timm(node)
     raise unknown("model.kind", kind, KINDS)
+
+
+def build_timm(node: Mapping) -> Built:
+    """A timm classifier (:mod:`xattr.models.timm_models`): weights from a local file or the local HF cache."""
+    from xattr.models.timm_models import build_timm as _build
+
+    net, pre, num_classes = _build(node)
+    net.num_classes = num_classes
+    pre = _preprocess(node.get("preprocess"), {"mean": pre.mean, "std": pre.std, "size": pre.size,
+                                                 "resize": pre.resize})
+    return Built(net, pre, _labels(node.get("labels"), num_classes, None), _aliases(node))
 
 
 def build_hf(node: Mapping) -> Built:

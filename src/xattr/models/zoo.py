@@ -41,8 +41,10 @@ from xattr.errors import missing_file, unknown
 from xattr.models import custom
 from xattr.models.cifar_resnet import cifar_resnet
 from xattr.models.cifar_resnet8 import CIFAR10_PRE, RESNET8_LAYERS, build_resnet8
+from xattr.models.cifar_vit import CIFAR_VIT_LAYERS, build_cifar_vit
 from xattr.models.cxr import NIH_PRE, SYNTHETIC_PRE, densenet121_head, synthetic_resnet8
 from xattr.models.tf_padding import use_tf_same_padding
+from xattr.models.vision_transformers import torchvision_transformer_layers
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 
@@ -234,6 +236,8 @@ ZOO: dict[str, ModelSpec] = {
     "synthetic_cxr_resnet8": ModelSpec(synthetic_resnet8, SYNTHETIC_PRE, CIFAR_RESNET_LAYERS, "synthetic_cxr", 4),
     # ROAR's ResNet-8 (dissertation ch. 5 L1988; trained by python -m xattr.train recipe=roar, no weights shipped)
     "cifar_resnet8": ModelSpec(build_resnet8, CIFAR10_PRE, RESNET8_LAYERS, "cifar10", 10),
+    # the CIFAR-10 ViT trained here (python -m xattr.train recipe=cifar_vit; assets/cifar_vit.pt)
+    "cifar_vit": ModelSpec(build_cifar_vit, CIFAR10_PRE, CIFAR_VIT_LAYERS, "cifar10", 10),
 }
 
 # `model=custom` with nothing else: this example (conf/model/custom.yaml's defaults)
@@ -247,7 +251,7 @@ def register(name: str, spec: ModelSpec) -> None:
 
 def torchvision_aliases(arch: str, net: nn.Module) -> dict[str, str]:
     """The papers' layer names of a torchvision architecture, where the zoo knows them (VGG-16, DenseNet-121,
-    MobileNet-V2, every ResNet); an empty table otherwise (module paths always work)."""
+    MobileNet-V2, every ResNet, every ViT and Swin); an empty table otherwise (module paths always work)."""
     if arch == "vgg16":
         return dict(VGG16_LAYERS)
     if arch == "densenet121":
@@ -256,7 +260,7 @@ def torchvision_aliases(arch: str, net: nn.Module) -> dict[str, str]:
         return dict(MOBILENET_V2_LAYERS)
     if isinstance(net, torchvision.models.ResNet):
         return _resnet50_layers(tuple(len(getattr(net, f"layer{i}")) for i in range(1, 5)))
-    return {}
+    return torchvision_transformer_layers(net)  # ViT / Swin (xattr.models.vision_transformers); {} otherwise
 
 
 def model_kind(name: str, spec: Mapping[str, Any] | None = None) -> str:

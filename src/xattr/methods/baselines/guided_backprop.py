@@ -16,6 +16,7 @@ from captum.attr import GuidedBackprop as _CaptumGBP
 from torch import nn
 
 from xattr.core.hooks import frozen
+from xattr.core.tokens import no_transformer_form
 from xattr.methods.base import Attribution, reduce_channels
 from xattr.methods.baselines.model_fixes import fixed_copy
 
@@ -35,6 +36,7 @@ class GuidedBackprop(Attribution):
 
     def __init__(self, model: nn.Module, reduce: str = "max_abs") -> None:
         super().__init__(model)
+        no_transformer_form(model, self.name, "Guided Backprop's rule gates ReLUs; a ViT's GELU has none")
         reduce_channels(torch.zeros(1, 1, 1, 1), reduce)
         self.reduce = reduce
 

@@ -34,6 +34,7 @@ from torch import nn
 
 from xattr.core.checks import check_choice
 from xattr.core.hooks import frozen
+from xattr.core.tokens import no_transformer_form
 from xattr.methods.base import Attribution, reduce_channels
 from xattr.methods.baselines.model_fixes import fixed_copy
 
@@ -98,6 +99,7 @@ class LRP(Attribution):
         reduce: str = "sum",
     ) -> None:
         super().__init__(model)
+        no_transformer_form(model, self.name, "zennit's rules cover convolutions, linear layers, ReLU and BatchNorm, not attention, LayerNorm or GELU (use chefer: the gradient-weighted attention relevance of LRP's authors' line of work)")
         check_choice("LRP rule", rule, RULES)
         check_choice("LRP init", init, INITS)
         reduce_channels(torch.zeros(1, 1, 1, 1), reduce)

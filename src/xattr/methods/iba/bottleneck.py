@@ -128,6 +128,28 @@ class Bottleneck(nn.Module):
         return z.clamp_min(0) if self.relu else z
 
 
+class TokenBottleneck(Bottleneck):
+    """The bottleneck on a vision transformer's token output (:mod:`xattr.core.tokens`): one alpha, mean and
+    std per (token, channel), so the noise, the KL (eq. 5) and ``z`` (eq. 2) are the image case's,
+    element-wise. Only the smoothing of eq. 7 needs the grid: ``sigmoid(alpha)`` of the patch tokens is
+    blurred on the patch grid ``(B, C, h, w)``; the special tokens (class, distillation, registers) are not
+    blurred (they have no place on the grid). ``image_hw``: the input's size (the grid's aspect ratio).
+    """
+
+    def __init__(self, mean: torch.Tensor, std: torch.Tensor, active: torch.Tensor | None = None,
+                 sigma: float | None = 1.0, relu: bool = False, min_std: float = 0.01, *, layout,
+                 image_hw: tuple[int, int] | None = None) -> None:
+        super().__init__(mean, std, active, sigma, relu, min_std)
+        self.layout, self.image_hw = layout, image_hw
+
+    def lam(self, alpha: torch.Tensor) -> torch.Tensor:
+        lam = torch.sigmoid(alpha)
+        if self.smooth.sigma <= 0:
+            return lam
+        grid = self.smooth(self.layout.to_grid(lam, self.image_hw))
+        return self.layout.grid_to_tokens(grid, self.layout.special(lam))
+
+
 # --------------------------------------------------------------------------------------- heatmaps
 
 

@@ -81,6 +81,7 @@ class MultiLayerIBA(IBABase):
         super().__init__(model, list(layers), n_samples=n_samples, min_std=min_std,
                          active_threshold=active_threshold, sigma=sigma, relu=relu, model_name=model_name,
                          weights=weights, dataset=dataset, resize=resize)
+        self.refuse_tokens("its layer maps are combined as (B, C, h, w) feature maps (not adapted to tokens)")
         if threshold_mode not in THRESHOLDS:
             raise unknown("threshold mode", threshold_mode, THRESHOLDS)
         if combine not in COMBINE:

@@ -4,6 +4,12 @@ One alpha ``(B, C, h, w)`` per image, all images x ``copies`` noisy copies in on
 before the bottleneck run once (:class:`~xattr.methods.iba.tail.NetworkTail`), only the tail per step.
 Heatmap: per-feature KL (eq. 5) of the last forward pass, channel sum, in bits per input pixel.
 
+Vision transformers (docs/transformers.md): at a token layer (:func:`xattr.core.tokens.token_layout`) alpha
+is ``(B, N, C)``, one per (token, channel), special tokens included: the class token is bottlenecked like
+every patch (left open, it would carry the image's information past the bottleneck), its KL counts in
+``L_I``, but it has no place on the image, so the heatmap is the patch tokens' KL on the patch grid and the
+class token's bits are returned as ``bottleneck/cls_bits``. Eq. 7's blur acts on the patch grid only.
+
 Auxiliary results (:meth:`PerSampleIBA.explain`), at no extra cost: the Table 1 scores of the optimised
 bottleneck (``bottleneck/info_per_k``, ``bottleneck/top1``, ``bottleneck/top5``) and of the untrained one
 (``bottleneck/initial_*``: the first forward pass of the optimisation, at alpha = ``init_alpha``).
@@ -16,6 +22,7 @@ only (same values); ``autocast: bf16`` runs the tail in bfloat16 (GPU speed opti
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -28,6 +35,7 @@ from xattr.core.chunk import check_chunk, items_per_call, resolve_chunk
 from xattr.core.hooks import frozen
 from xattr.core.layers import resolve
 from xattr.core.seeding import image_generators
+from xattr.core.tokens import token_layout
 from xattr.errors import XattrConfigError, unknown
 from xattr.methods.base import Attribution, Explanation, with_prefix
 from xattr.methods.iba import statistics as st
@@ -37,6 +45,7 @@ from xattr.methods.iba.bottleneck import (
     AlphaResult,
     Bottleneck,
     ModelLoss,
+    TokenBottleneck,
     optimize_alpha,
     to_bits_map,
 )
@@ -74,6 +83,8 @@ class IBABase(Attribution):
         #: resolved once (a bad name fails here, with the valid choices)
         self.resolved = {name: resolve(model, name) for name in layers}
         self.layers = list(layers)
+        #: the token-grid layout of each layer (vision transformers, :mod:`xattr.core.tokens`); None: a map
+        self.layouts = {name: token_layout(model, r.path) for name, r in self.resolved.items()}
         self.n_samples = check_positive_int("n_samples", n_samples)
         if isinstance(min_std, bool) or not isinstance(min_std, int | float) or min_std < 0:
             raise bad("min_std", min_std, "a number >= 0")
@@ -84,6 +95,13 @@ class IBABase(Attribution):
         self.model_name, self.weights, self.dataset = model_name, weights, dataset
         self.statistics = statistics
         self.stats: dict[str, st.FeatureStats] = {}
+
+    def refuse_tokens(self, why: str) -> None:
+        """One line when a layer is a vision transformer's token layer and this variant has no token form."""
+        tokens = [n for n, lay in self.layouts.items() if lay is not None]
+        if tokens:
+            raise XattrConfigError(f"method {self.name} has no vision-transformer form (layer {tokens[0]!r} gives "
+                                   f"tokens): {why}; use iba or inverse_iba (docs/transformers.md)")
 
     def fit(self, loader: Iterable[dict], cache_dir: Path | None = None) -> None:
         """Estimate (or load from ``cache_dir``, or from the ``statistics`` file) the layers' statistics."""
@@ -98,11 +116,34 @@ class IBABase(Attribution):
         self.stats = {k: v.to(self.device) for k, v in stats.items()}
 
     def bottleneck(self, layer: str) -> Bottleneck:
+        """The layer's bottleneck; a token layer's (:class:`TokenBottleneck`) blurs on the patch grid (its
+        ``image_hw`` set from the input)."""
         if layer not in self.stats:
             raise XattrConfigError(f"no feature statistics for layer {layer!r}: call fit(loader, cache_dir) first")
         s = self.stats[layer]
-        return Bottleneck(s.mean, s.std, s.active(self.active_threshold), self.sigma, self.relu,
-                          self.min_std).to(self.device)
+        args = (s.mean, s.std, s.active(self.active_threshold), self.sigma, self.relu, self.min_std)
+        layout = self.layouts.get(layer)
+        if layout is not None:
+            return TokenBottleneck(*args, layout=layout).to(self.device)
+        return Bottleneck(*args).to(self.device)
+
+    def kl_grid(self, kl: torch.Tensor, x: torch.Tensor, layer: str | None = None) -> torch.Tensor:
+        """Per-feature KL on the feature map ``(B, C, h, w)``: as is for a CNN layer; a token layer's patch
+        tokens on the patch grid (the special tokens' KL is left out: :meth:`special_bits`)."""
+        layout = self.layouts.get(layer or self.layers[0])
+        return kl if layout is None else layout.to_grid(kl, tuple(x.shape[-2:]))
+
+    def special_bits(self, kl: torch.Tensor, layer: str | None = None) -> dict[str, torch.Tensor]:
+        """Bits that pass through each special token of a token layer (``{"cls_bits": (B,)}``); {} else."""
+        layout = self.layouts.get(layer or self.layers[0])
+        if layout is None or layout.kind != "tokens":
+            return {}
+        sp = layout.special(kl).float()
+        return {f"{n}_bits": sp[:, i].nansum(-1) / math.log(2) for i, n in enumerate(layout.prefix_names)}
+
+    def heatmap(self, kl: torch.Tensor, x: torch.Tensor, layer: str | None = None) -> torch.Tensor:
+        """Bits per input pixel ``(B, 1, H, W)`` from the per-feature KL of ``layer`` (its patch grid)."""
+        return to_bits_map(self.kl_grid(kl, x, layer), tuple(x.shape[-2:]), self.resize)
 
 
 class PerSampleIBA(IBABase):
@@ -186,6 +227,8 @@ class PerSampleIBA(IBABase):
     def optimize(self, x: torch.Tensor, target: torch.Tensor) -> AlphaResult:
         """Run the per-sample optimisation on ``x`` (in groups, see ``chunk``); returns the concatenated result."""
         bn = self.bottleneck(self.layer)
+        if isinstance(bn, TokenBottleneck):
+            bn.image_hw = tuple(x.shape[-2:])  # the patch grid's aspect ratio
         group = self.images_per_group(x)
         parts = []
         with frozen(self.model), torch.enable_grad():
@@ -205,7 +248,7 @@ class PerSampleIBA(IBABase):
         return image_generators(xs, self.seed)
 
     def _attribute(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return to_bits_map(self.optimize(x, target).kl, tuple(x.shape[-2:]), self.resize)
+        return self.heatmap(self.optimize(x, target).kl, x)
 
     def _explain(self, x: torch.Tensor, target: torch.Tensor, aux: frozenset[str]) -> Explanation:
         res = self.optimize(x, target)
@@ -213,7 +256,8 @@ class PerSampleIBA(IBABase):
         if self.scores:
             extra = with_prefix("bottleneck", {**bottleneck_scores(res, target),
                                                **{f"initial_{k}": v for k, v in initial_scores(res, target).items()}})
-        return Explanation(to_bits_map(res.kl, tuple(x.shape[-2:]), self.resize), extra)
+        extra.update(with_prefix("bottleneck", self.special_bits(res.kl)))
+        return Explanation(self.heatmap(res.kl, x), extra)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(layer={self.layer!r}, beta={self.beta}, steps={self.steps})"
@@ -264,4 +308,4 @@ class PerSampleIBAModule(pl.LightningModule):
         with torch.inference_mode(False), torch.enable_grad():
             x = x.clone()
             res = self.method.optimize(x, target)
-        return {"maps": to_bits_map(res.kl, tuple(x.shape[-2:]), self.method.resize), **bottleneck_scores(res, target)}
+        return {"maps": self.method.heatmap(res.kl, x), **bottleneck_scores(res, target)}

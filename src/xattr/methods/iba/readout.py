@@ -92,6 +92,7 @@ class ReadoutIBA(IBABase):
                  train_batch_size: int | None = None, copies: int = 10, seed: int = 0, **kw) -> None:
         readout_layers = list(readout_layers)
         super().__init__(model, [layer] + [r for r in readout_layers if r != layer], **kw)
+        self.refuse_tokens("its read-out network pools and convolves (B, C, h, w) feature maps")
         self.layer, self.readout_layers = layer, readout_layers
         check_positive("beta", beta)
         check_positive("lr", lr)

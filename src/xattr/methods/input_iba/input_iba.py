@@ -135,6 +135,8 @@ class InputIBA(Attribution):
             init_alpha=init_alpha, seed=seed, n_samples=n_samples, model_name=model_name, weights=weights,
             dataset=dataset, tail=tail, statistics=statistics,
         )  # fmt: skip
+        #: a vision transformer's token layer (:mod:`xattr.core.tokens`): the WGAN sees its patch grid
+        self.layout = self.feature_iba.layouts.get(layer)
         self.gan = WGANConfig(epochs, n_targets, n_groups, gan_batch, critic, lr_disc, lr_mask, lr_mean, lr_std, clip)
         self.target_mask = target_mask
         self.beta, self.steps, self.lr, self.copies, self.sigma = float(beta), int(steps), float(lr), int(copies), sigma
@@ -147,14 +149,18 @@ class InputIBA(Attribution):
     def _make_feature_iba(self, **kw) -> PerSampleIBA:
         return PerSampleIBA(self.model, **kw)
 
+    def _grid(self, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """A token layer's output as its patch grid ``(B, C, h, w)`` (special tokens dropped); else as is."""
+        return t if self.layout is None else self.layout.to_grid(t, tuple(x.shape[-2:]))
+
     def _features(self, x: torch.Tensor) -> torch.Tensor:
-        """``f(x)`` at the bottleneck layer, detached."""
+        """``f(x)`` at the bottleneck layer (a token layer: its patch grid), detached."""
         with torch.no_grad():
-            return capture(self.model, self.module, x).detach()
+            return self._grid(capture(self.model, self.module, x).detach(), x)
 
     def _head(self, x: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
-        """``z -> f(z)`` with gradients (the classifier up to the bottleneck layer)."""
-        return lambda z: capture(self.model, self.module, z)
+        """``z -> f(z)`` with gradients (the classifier up to the bottleneck layer; a token layer: its grid)."""
+        return lambda z: self._grid(capture(self.model, self.module, z), x)
 
     def _mask_init(self, kl: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """Generator mask logits: the feature map (bits per pixel) resized to ``x`` (reference)."""
@@ -211,13 +217,14 @@ class InputIBA(Attribution):
         # stage 1: feature bottleneck (Per-Sample IBA)
         feat = self.feature_iba.optimize(x, target)
         r = self._features(x)
-        m = feat.kl if self.target_mask == "capacity" else torch.sigmoid(feat.alpha)
+        kl = self.feature_iba.kl_grid(feat.kl, x)  # a token layer: the patch tokens' KL on the grid
+        m = kl if self.target_mask == "capacity" else self.feature_iba.kl_grid(torch.sigmoid(feat.alpha), x)
         clock("feature")
         with frozen(self.model), torch.enable_grad():
             # stage 2: WGAN fit of the generator's input bottleneck Z_G
             gens = self._gens(x, 2)
             xin = x if x.is_floating_point() else self.model.embed(x).detach()
-            generator = MaskGenerator(xin, self._head(x), self._mask_init(feat.kl, xin), self._noise_shape(xin))
+            generator = MaskGenerator(xin, self._head(x), self._mask_init(kl, xin), self._noise_shape(xin))
             disc = self._discriminator(r, x, gens)
             lam_g = fit_wgan(generator, disc, r, m, self.gan, gens, clock=clock).mask
             del generator, disc
@@ -234,7 +241,7 @@ class InputIBA(Attribution):
         clock("input")
         timings["total"] = clock.t - start
         per_image = {k: torch.full((x.shape[0],), v / x.shape[0], device=x.device) for k, v in timings.items()}
-        return Explanation(final, {**with_prefix("stages", self._stage_maps(feat.kl, lam_g, final, x)),
+        return Explanation(final, {**with_prefix("stages", self._stage_maps(kl, lam_g, final, x)),
                                    **with_prefix("timing", per_image)})
 
     def __repr__(self) -> str:

@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from xattr.core.hooks import hooked_many
+from xattr.core.tokens import no_transformer_form
 from xattr.errors import XattrConfigError, unknown
 
 #: the ReLU family: names accepted in ``activations`` and the module types they stand for
@@ -87,6 +88,10 @@ class Neurons:
     """
 
     def __init__(self, model: nn.Module, activations: Sequence[str] = DEFAULT_ACTIVATIONS) -> None:
+        no_transformer_form(model, "pathways (dgr, greedy_pruning, neuron_*)",
+                            "a pathway is the set of ReLU neurons left open (a 0/1 gate on rectified outputs, "
+                            "ch. 5 sec. 3.1); a GELU's output is negative for negative input and has no 'off' "
+                            "state, so the MLP's GELU neurons define no pathway")
         self.model = model
         self.activations = tuple(activations)
         types = activation_types(self.activations)

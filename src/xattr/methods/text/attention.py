@@ -9,8 +9,10 @@
   Explainability", eqs. 5-6: ``A_bar = E_h[(grad A * A)^+]`` with ``grad A = d y_t / d A`` (the target's
   logit), ``R = I``, then ``R <- R + A_bar R`` layer by layer; the score is ``R[q, j]``.
 
-With every gradient equal to 1, Chefer's ``I + A_bar`` is ``2 (0.5 A + 0.5 I)``, whose rows already sum to 1, so
-its relevance is ``2^L`` times the rollout's: ``tests/test_text_transformers.py`` checks both on hand matrices.
+The token-level math (:func:`~xattr.core.attention.rollout`, :func:`~xattr.core.attention.chefer_relevance`)
+lives in :mod:`xattr.core.attention`, shared with the image forms (:mod:`xattr.methods.baselines.attention`).
+With every gradient equal to 1, Chefer's relevance is ``2^L`` times the rollout's: ``tests/test_text_transformers.py``
+checks both on hand matrices.
 
 The model must return its attention probabilities: :class:`xattr.models.hf.HFClassifier` does
 (``attentions(x, emb)``; loaded with the eager attention implementation). Padding keys get no attention, so
@@ -24,43 +26,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from xattr.core.attention import HEAD_FUSIONS, chefer_relevance, rollout
 from xattr.core.checks import check_choice
 from xattr.errors import XattrConfigError
 from xattr.methods.text.base import TokenAttribution
-
-HEAD_FUSIONS = ("mean", "max", "min")
-
-
-def fuse_heads(att: torch.Tensor, how: str = "mean") -> torch.Tensor:
-    """``(B, heads, L, L)`` -> ``(B, L, L)``: mean (Abnar & Zuidema), max or min over heads."""
-    if how == "mean":
-        return att.mean(1)
-    return att.amax(1) if how == "max" else att.amin(1)
-
-
-def rollout(atts: list[torch.Tensor] | tuple[torch.Tensor, ...], residual: float = 0.5,
-            head_fusion: str = "mean") -> torch.Tensor:
-    """Attention rollout ``R = A_hat_L ... A_hat_1`` ``(B, L, L)`` of the layers' ``(B, heads, L, L)`` maps,
-    ``A_hat = (1 - residual) A + residual I`` with rows renormalised to sum 1."""
-    out = None
-    for att in atts:
-        a = fuse_heads(att.float(), head_fusion)
-        eye = torch.eye(a.shape[-1], device=a.device, dtype=a.dtype)
-        a = (1 - residual) * a + residual * eye
-        a = a / a.sum(-1, keepdim=True).clamp_min(1e-12)
-        out = a if out is None else a @ out
-    return out
-
-
-def chefer_relevance(atts, grads) -> torch.Tensor:
-    """Chefer et al. eqs. 5-6: ``R = I``; ``R <- R + E_h[(grad * A)^+] R`` per layer; ``(B, L, L)``."""
-    rel = None
-    for att, grad in zip(atts, grads):
-        a_bar = (grad.float() * att.float()).clamp_min(0).mean(1)
-        if rel is None:
-            rel = torch.eye(a_bar.shape[-1], device=a_bar.device, dtype=a_bar.dtype).expand_as(a_bar).clone()
-        rel = rel + a_bar @ rel
-    return rel
 
 
 class _AttentionMethod(TokenAttribution):
@@ -136,4 +105,4 @@ class TextChefer(_AttentionMethod):
         return chefer_relevance([a.detach() for a in atts], grads)[:, self.query]
 
 
-__all__ = ["HEAD_FUSIONS", "TextAttentionRollout", "TextChefer", "chefer_relevance", "fuse_heads", "rollout"]
+__all__ = ["TextAttentionRollout", "TextChefer"]
