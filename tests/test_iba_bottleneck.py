@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import warnings
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -235,3 +236,41 @@ def test_bad_input_raises_clear_errors():
         PerSampleIBA(model, "conv2", autocast="int4")
     with pytest.raises(XattrConfigError, match="fit"):
         PerSampleIBA(model, "conv2").attribute(torch.randn(1, 3, 16, 16), torch.tensor([0]))
+
+
+@pytest.mark.parametrize("sigma", [0.4, 1.0, 1.5, 2.0])
+def test_smoothing_equals_scipys_gaussian_filter(sigma):
+    """Eq. 7's blur against an independent library: ``scipy.ndimage.gaussian_filter`` with the reference's
+    radius ``round(2 sigma)`` (``truncate = radius / sigma``) and torch's ``reflect`` padding (scipy's
+    ``mirror``: d c b | a b c d); a map no larger than the radius is padded by replication (scipy's
+    ``nearest``). Issue 26's mutation run: sigma 1 alone let ``2 / sigma``, ``t**3`` and ``sigma**3`` live."""
+    from scipy.ndimage import gaussian_filter
+
+    radius = int(round(2 * sigma))
+    g = torch.Generator().manual_seed(1)
+    for size, mode in ((9, "mirror"), (radius, "nearest")):
+        m = torch.rand(2, 3, size, size, generator=g, dtype=torch.float64)
+        want = [[gaussian_filter(m[b, c].numpy(), sigma, mode=mode, truncate=radius / sigma) for c in range(3)]
+                for b in range(2)]
+        got = bnm.Smoothing(sigma)(m.float())
+        torch.testing.assert_close(got, torch.tensor(np.array(want), dtype=torch.float32), rtol=1e-5, atol=1e-6)
+
+
+def test_bottleneck_defaults_are_the_papers():
+    """Defaults of :class:`Bottleneck` by hand: sigma 1 (the paper's smoothing), no ReLU clamp, std floored at
+    0.01; no smoothing for sigma 0 or None; the kernel is not saved in a state dict (it is derived)."""
+    bn = bnm.Bottleneck(torch.zeros(1, 3, 3), torch.full((1, 3, 3), 0.001))
+    assert bn.smooth.sigma == 1.0 and bn.relu is False and torch.all(bn.std == 0.01)
+    lam = torch.ones(1, 1, 3, 3)
+    assert bn.sample(torch.full((1, 1, 3, 3), -2.0), lam, torch.zeros(1, 1, 3, 3)).max() == -2.0
+    m = torch.rand(1, 1, 3, 3)
+    for s in (0, None):
+        assert torch.equal(bnm.Smoothing(s)(m), m)
+    assert "kernel" not in bnm.Smoothing(1.0).state_dict() and bnm.Smoothing(1.0).state_dict() == {}
+
+
+def test_kl_at_lambda_one_uses_the_variance_floor():
+    """lam = 1 (sigmoid rounding): var_z = 0 is floored at 1e-12, KL = -0.5 (1 + ln 1e-12 - r_n^2) (finite)."""
+    r_n = 2.0
+    kl = bnm.kl_divergence(torch.tensor([1.0 + 0.5 * r_n]), torch.ones(1), torch.tensor([1.0]), torch.tensor([0.5]))
+    assert kl.item() == pytest.approx(-0.5 * (1 + math.log(1e-12) - r_n**2), rel=1e-6)
