@@ -332,3 +332,16 @@ def test_steps_and_copies_below_one_are_one_line():
     for kw in ({"steps": 0}, {"copies": 0}, {"steps": 0, "copies": 0}):
         with pytest.raises(XattrConfigError, match="steps and copies must be >= 1"):
             bnm.optimize_alpha(lambda z: z.flatten(1), r, bn, bnm.cross_entropy_loss(torch.zeros(1).long()), **kw)
+
+
+def test_bce_loss_by_hand():
+    """The multi-label loss (CheXplain heads): BCE with logits against the one-hot target, mean over copies and
+    classes. Logits 0 give ln 2 each; logits (ln 3, -ln 3, ln 3) with target class 2 give ln 4, ln 4/3 and
+    ln 4/3 (sigmoid(ln 3) = 3/4). ``model_loss: bce`` names it."""
+    ln3 = math.log(3)
+    outputs = torch.tensor([[[0.0, 0.0, 0.0], [ln3, -ln3, ln3]], [[ln3, -ln3, ln3], [ln3, -ln3, ln3]]])
+    got = bnm.bce_loss(torch.tensor([2, 0]))(outputs)
+    first = (3 * math.log(2) + math.log(4) + 2 * math.log(4 / 3)) / 6
+    second = (2 * math.log(4 / 3) + math.log(4)) / 3  # target 0: ln 4/3 (class 0, 1), ln 4 (class 2, wrong)
+    torch.testing.assert_close(got, torch.tensor([first, second]))
+    assert bnm.MODEL_LOSSES == {"ce": bnm.cross_entropy_loss, "bce": bnm.bce_loss}
