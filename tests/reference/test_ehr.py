@@ -46,7 +46,8 @@ def reference_ehr(maps_8bit_or_float: list[np.ndarray]) -> torch.Tensor:
 
 @x86
 def test_uint8_cast_is_numpys_x86_cast():
-    v = np.concatenate([np.linspace(-600, 600, 4801), [-2.55, -0.3, 0.999, 255.9, 256.2, 1e9 + 77, 2.1e9, 3e9, -3e9]])
+    v = np.concatenate([np.linspace(-600, 600, 4801), [-2.55, -0.3, 0.999, 255.9, 256.2, 1e9 + 77, 2.1e9, 3e9, -3e9,
+                                                       2.0**31 + 5, -(2.0**31) - 3, 2.0**33 + 7]])  # not multiples of 256
     for dtype in (np.float32, np.float64):
         a = v.astype(dtype)
         with np.errstate(invalid="ignore"):
