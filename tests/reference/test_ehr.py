@@ -129,3 +129,63 @@ def test_also_normalise_scores_the_same_maps_twice():
     assert torch.allclose(res.scores["ehr"].double(), xattr_ehr(m), atol=1e-7)
     assert torch.allclose(res.scores["ehr_reference_uint8"].double(),
                           xattr_ehr(m, normalise="reference_uint8", map_kind="mask"), atol=1e-7)
+
+
+def _full(message: str) -> str:
+    """The whole one-line message (anchored: a decorated or shortened message fails)."""
+    import re
+
+    return "^" + re.escape(message) + "$"
+
+
+def test_map_kind_auto_reads_the_method_and_bad_ones_are_one_line():
+    """``map_kind: auto`` by hand (module docstring): IBA / InputIBA packages store masks; ``reduce`` none ->
+    signed, sum / abs_sum -> channel_sum; no method, a saved run, another reduce: one whole-line error each."""
+    from xattr.metrics.localisation import resolve_map_kind
+
+    def method(module, **attrs):
+        return type("M", (), {"__module__": module, **attrs})()
+
+    assert resolve_map_kind("signed", None) == "signed"
+    assert resolve_map_kind("auto", method("xattr.methods.iba.per_sample")) == "mask"
+    assert resolve_map_kind("auto", method("xattr.methods.input_iba.input_iba")) == "mask"
+    assert resolve_map_kind("auto", method("xattr.methods.input_iba_like")) == "signed"   # not the package
+    assert resolve_map_kind("auto", method("xattr.methods.gradients", reduce="none")) == "signed"
+    for r in ("sum", "abs_sum"):
+        assert resolve_map_kind("auto", method("xattr.methods.gradients", reduce=r)) == "channel_sum"
+    with pytest.raises(XattrConfigError, match=_full("unknown map_kind 'bogus'; valid choices: auto, mask, signed, "
+                                                     "channel_sum")):
+        resolve_map_kind("bogus", None)
+    with pytest.raises(XattrConfigError, match=_full("map_kind auto needs the run's method (the engine passes it); "
+                                                     "valid choices: mask, signed, channel_sum")):
+        resolve_map_kind("auto", None)
+    with pytest.raises(XattrConfigError, match=_full(
+            "map_kind auto cannot tell what a saved run's maps are (and they are stored as float16); valid "
+            "choices: mask, signed, channel_sum")):
+        resolve_map_kind("auto", method("xattr.methods.saved", name="saved"))
+    with pytest.raises(XattrConfigError, match=_full(
+            "bad method.reduce 'mean' for normalise reference_uint8 (the reference stored Captum's channel mean); "
+            "valid choices: sum, abs_sum (or set map_kind)")):
+        resolve_map_kind("auto", method("xattr.methods.gradients", reduce="mean"))
+
+
+def test_reference_uint8_by_hand():
+    """The evaluator's 8-bit map by hand: x 255, truncation, the low byte, / 255 where the max is above 1.
+    mask (divided by its max): (0, 0.5, 1, 2) -> (0, 63, 127, 255) / 255; a mask whose max is exactly 1 is
+    unchanged before the cast; an all-zero mask stays 0 (max 0: not divided); signed (-0.5, 0.2) -> -127
+    wraps to 129, and 51; channel_sum divides by ``channels`` (default 1)."""
+    from xattr.metrics.localisation import normalise_maps, reference_uint8
+
+    t = torch.tensor
+    torch.testing.assert_close(reference_uint8(t([[0.0, 0.5, 1.0, 2.0]]), "mask"),
+                               t([[0.0, 63.0, 127.0, 255.0]], dtype=torch.float64) / 255)
+    torch.testing.assert_close(reference_uint8(t([[0.5, 1.0]]), "mask"), t([[127.0, 255.0]], dtype=torch.float64) / 255)
+    torch.testing.assert_close(reference_uint8(t([[0.0, 0.0]]), "mask"), t([[0.0, 0.0]], dtype=torch.float64))
+    torch.testing.assert_close(reference_uint8(t([[-0.5, 0.2]]), "signed"), t([[129.0, 51.0]], dtype=torch.float64) / 255)
+    torch.testing.assert_close(reference_uint8(t([[1.0, 0.2]]), "channel_sum"), t([[255.0, 51.0]], dtype=torch.float64) / 255)
+    torch.testing.assert_close(reference_uint8(t([[1.0, 0.2]]), "channel_sum", channels=2),
+                               t([[127.0, 25.0]], dtype=torch.float64) / 255)
+    with pytest.raises(XattrConfigError, match=_full("unknown map_kind 'auto'; valid choices: mask, signed, channel_sum")):
+        reference_uint8(t([[1.0]]), "auto")
+    # minmax: (x - min) / (max - min)
+    torch.testing.assert_close(normalise_maps(t([[1.0, 3.0, 2.0]]), "minmax"), t([[0.0, 1.0, 0.5]], dtype=torch.float64))
