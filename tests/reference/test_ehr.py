@@ -187,5 +187,18 @@ def test_reference_uint8_by_hand():
                                t([[127.0, 25.0]], dtype=torch.float64) / 255)
     with pytest.raises(XattrConfigError, match=_full("unknown map_kind 'auto'; valid choices: mask, signed, channel_sum")):
         reference_uint8(t([[1.0]]), "auto")
-    # minmax: (x - min) / (max - min)
-    torch.testing.assert_close(normalise_maps(t([[1.0, 3.0, 2.0]]), "minmax"), t([[0.0, 1.0, 0.5]], dtype=torch.float64))
+    # the / 255 only where the 8-bit max is above 1: max 1 stays, max 2 is divided
+    torch.testing.assert_close(reference_uint8(t([[1.5 / 255, 0.0]]), "signed"), t([[1.0, 0.0]], dtype=torch.float64))
+    torch.testing.assert_close(reference_uint8(t([[2.5 / 255, 0.0]]), "signed"), t([[2.0, 0.0]], dtype=torch.float64) / 255)
+    # normalise_maps: reference_uint8 defaults to signed maps and channels 1; none is the map itself; minmax
+    # (x - min) / (max - min) even for a map inside [0, 1] (auto keeps that one)
+    torch.testing.assert_close(normalise_maps(t([[-0.5, 0.2]]), "reference_uint8"),
+                               t([[129.0, 51.0]], dtype=torch.float64) / 255)
+    torch.testing.assert_close(normalise_maps(t([[1.0, 0.2]]), "reference_uint8", "channel_sum"),
+                               t([[255.0, 51.0]], dtype=torch.float64) / 255)
+    torch.testing.assert_close(normalise_maps(t([[-1.0, 2.0]]), "none"), t([[-1.0, 2.0]], dtype=torch.float64))
+    torch.testing.assert_close(normalise_maps(t([[0.2, 0.6, 0.4]]), "minmax"), t([[0.0, 1.0, 0.5]], dtype=torch.float64))
+    torch.testing.assert_close(normalise_maps(t([[0.2, 0.6, 0.4]]), "auto"), t([[0.2, 0.6, 0.4]], dtype=torch.float64))
+    with pytest.raises(XattrConfigError, match=_full("unknown normalise 'bogus'; valid choices: max, reference_uint8, "
+                                                     "none, minmax, auto")):
+        normalise_maps(t([[1.0]]), "bogus")
