@@ -202,3 +202,12 @@ def test_reference_uint8_by_hand():
     with pytest.raises(XattrConfigError, match=_full("unknown normalise 'bogus'; valid choices: max, reference_uint8, "
                                                      "none, minmax, auto")):
         normalise_maps(t([[1.0]]), "bogus")
+
+
+def test_localisation_metrics_ask_for_the_boxes_and_the_method_and_cost_no_forward():
+    """What the engine must hand the localisation metrics (``needs``): the batch's boxes and the run's method
+    (``map_kind: auto`` reads it); they compare maps with boxes, so they cost no forward."""
+    from xattr.metrics.localisation import BoundingBoxRatio, BoxIoU, EffectiveHeatRatio
+
+    for cls in (BoundingBoxRatio, EffectiveHeatRatio, BoxIoU):
+        assert cls.needs == ("boxes", "method") and cls().forwards_per_image((1, 3, 8, 8), 5.0) == 0.0
