@@ -199,6 +199,9 @@ def test_reference_uint8_by_hand():
     torch.testing.assert_close(normalise_maps(t([[-1.0, 2.0]]), "none"), t([[-1.0, 2.0]], dtype=torch.float64))
     torch.testing.assert_close(normalise_maps(t([[0.2, 0.6, 0.4]]), "minmax"), t([[0.0, 1.0, 0.5]], dtype=torch.float64))
     torch.testing.assert_close(normalise_maps(t([[0.2, 0.6, 0.4]]), "auto"), t([[0.2, 0.6, 0.4]], dtype=torch.float64))
+    # auto rescales a map that leaves [0, 1] on either side
+    for outside in ([0.5, 1.5], [-1.0, 0.5]):
+        torch.testing.assert_close(normalise_maps(t([outside]), "auto"), t([[0.0, 1.0]], dtype=torch.float64))
     with pytest.raises(XattrConfigError, match=_full("unknown normalise 'bogus'; valid choices: max, reference_uint8, "
                                                      "none, minmax, auto")):
         normalise_maps(t([[1.0]]), "bogus")
@@ -211,3 +214,14 @@ def test_localisation_metrics_ask_for_the_boxes_and_the_method_and_cost_no_forwa
 
     for cls in (BoundingBoxRatio, EffectiveHeatRatio, BoxIoU):
         assert cls.needs == ("boxes", "method") and cls().forwards_per_image((1, 3, 8, 8), 5.0) == 0.0
+
+
+def test_localisation_metrics_bad_options_are_one_whole_line():
+    from xattr.metrics.localisation import BoundingBoxRatio
+
+    with pytest.raises(XattrConfigError, match=_full("unknown normalise 'bogus'; valid choices: max, reference_uint8, "
+                                                     "none, minmax, auto")):
+        BoundingBoxRatio(normalise="bogus")
+    with pytest.raises(XattrConfigError, match=_full("unknown map_kind 'bogus'; valid choices: auto, mask, signed, "
+                                                     "channel_sum")):
+        BoundingBoxRatio(map_kind="bogus")
