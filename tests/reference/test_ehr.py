@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 import platform
 
 import numpy as np
@@ -225,3 +226,35 @@ def test_localisation_metrics_bad_options_are_one_whole_line():
     with pytest.raises(XattrConfigError, match=_full("unknown map_kind 'bogus'; valid choices: auto, mask, signed, "
                                                      "channel_sum")):
         BoundingBoxRatio(map_kind="bogus")
+
+
+def test_bbox_ratio_by_hand_on_a_non_square_image():
+    """Bounding-box ratio by hand on 2 x 3 images (raster p0 p1 p2 / p3 p4 p5), box = column 0 ({p0, p3}, n = 2):
+    ``none`` ranks the raw map; ``max`` ties the negatives at 0 (broken in raster order); ``reference_uint8``
+    ties the 8-bit values (0.5 and 0.501 both give 127). Coverage: an image without a box is NaN, a box
+    covering exactly ``max_coverage`` is kept, a one-pixel box is a box."""
+    from xattr.metrics.localisation import BoundingBoxRatio
+
+    x = torch.zeros(1, 1, 2, 3)
+    col0 = [torch.tensor([[0.0, 0.0, 1.0, 2.0]])]
+
+    def score(m, boxes=col0, **kw):
+        maps = torch.tensor(m).view(-1, 1, 2, 3)
+        return BoundingBoxRatio(**{"max_coverage": None, **kw})(None, x.expand(len(boxes), -1, -1, -1),
+                                                                 torch.zeros(len(boxes)), maps,
+                                                                 boxes=boxes).scores["bbox_ratio"].tolist()
+
+    quantised = [1.0, 0.5, -1.0, 0.501, -2.0, -3.0]   # raw top 2: p0, p3; 8-bit: 255, 127 (p1), 127 (p3)
+    assert score([quantised], normalise="none") == [1.0]
+    assert score([quantised], normalise="reference_uint8", map_kind="signed") == [0.5]
+    negative = [1.0, -0.5, -1.0, -0.1, -2.0, -3.0]    # raw top 2: p0, p3; max: p0, then p1 (tie at 0)
+    assert score([negative], normalise="none") == [1.0]
+    assert score([negative], normalise="max") == [0.5]
+    # coverage on 2 x 2 images: no box -> NaN; one pixel of four (0.25) with max_coverage 0.25 -> kept
+    x = torch.zeros(1, 1, 2, 2)
+    m = [[4.0, 3.0, 2.0, 1.0]] * 3
+    boxes = [torch.zeros(0, 4), torch.tensor([[0.0, 0.0, 1.0, 1.0]]), torch.tensor([[1.0, 1.0, 2.0, 2.0]])]
+    maps = torch.tensor(m).view(3, 1, 2, 2)
+    got = BoundingBoxRatio(max_coverage=0.25, normalise="none")(None, x.expand(3, -1, -1, -1), torch.zeros(3), maps,
+                                                                boxes=boxes).scores["bbox_ratio"]
+    assert math.isnan(got[0]) and got[1:].tolist() == [1.0, 0.0]
