@@ -3,6 +3,7 @@ summed over the images holding the concept; exact quantile thresholds; detectors
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -272,3 +273,58 @@ def test_dissection_f2_table_counts_detectors_per_model_and_concept(tmp_path):
     assert df.loc["Weighted BCE", "weights"] == "synthetic_cxr_weighted_bce.pt"
     md = (tmp_path / "tables" / "dissection_f2.md").read_text()
     assert "SYNTHETIC" in md
+
+
+def test_the_figure_shows_each_concepts_top_units_masks_and_iou_by_hand(tmp_path, monkeypatch):
+    """Issue 26: what the figure shows, read back from its axes, against a hand case. Four 8 x 8 images, two
+    concepts, the dissected layer copies them (unit 0 = blob's mask, unit 1 = ring's): 8 of 256 values of each
+    unit are 1, so at quantile 0.9 the threshold is 0 and each unit's mask is its concept's mask (IoU 1 with
+    it, 0 with the other). Examples (2 per concept): blob in images 0 and 2, ring in 1 and 2. Rows: blob's
+    units by IoU (0, then 1), ring's (1, then 0); each cell: the grey image (min-max of the channels' mean:
+    1 on either square, 0 elsewhere) tinted ``0.55 g + 0.45 (1, 0.15, 0.1)`` on the unit's mask, and the
+    concept's square outlined at the half-pixel edges."""
+    import xattr.viz.dissection as vd
+
+    def square(r, c):
+        m = torch.zeros(8, 8, dtype=torch.bool)
+        m[r : r + 2, c : c + 2] = True
+        return m
+
+    none = torch.zeros(8, 8, dtype=torch.bool)
+    blob = torch.stack([square(1, 1), none, square(5, 1), none])
+    ring = torch.stack([none, square(4, 5), square(1, 5), none])
+    masks = torch.stack([blob, ring], 1)
+    x = masks.float()
+    figs = []
+    real = vd.save_figure
+    monkeypatch.setattr(vd, "save_figure", lambda fig, path, **kw: figs.append(fig) or real(fig, path, **kw))
+    d = Dissection("features.0", concepts=["blob", "ring"], quantile=0.9, iou_threshold=0.04, examples=2, top_units=2)
+    d.update(Probe(), x, torch.zeros(4, dtype=torch.long), None, concept_masks=masks)
+    files = d.write_extras(tmp_path)
+    iou = pd.read_csv(files[0])
+    assert iou["iou"].tolist() == [1.0, 0.0, 0.0, 1.0] and iou["images"].tolist() == [2, 2, 2, 2]
+    assert pd.read_csv(files[1])["detectors"].tolist() == [1, 1, 2]
+    (fig,) = figs
+    axes = [ax for ax in fig.axes]
+    assert len(axes) == 4 * 2
+    labels = [axes[2 * r].get_ylabel() for r in range(4)]
+    assert labels == ["blob\nunit 0\nIoU 1.000\n(detector)", "blob\nunit 1\nIoU 0.000",
+                      "ring\nunit 1\nIoU 1.000\n(detector)", "ring\nunit 0\nIoU 0.000"]
+    # (row, example) -> (image, the unit's mask in it, the concept's mask in it)
+    want = {(0, 0): (0, blob[0], blob[0]), (0, 1): (2, blob[2], blob[2]),
+            (1, 0): (0, ring[0], blob[0]), (1, 1): (2, ring[2], blob[2]),
+            (2, 0): (1, ring[1], ring[1]), (2, 1): (2, ring[2], ring[2]),
+            (3, 0): (1, blob[1], ring[1]), (3, 1): (2, blob[2], ring[2])}
+    for (r, e), (i, unit, concept) in want.items():
+        ax = axes[2 * r + e]
+        shown = np.asarray(ax.images[0].get_array(), dtype=np.float64)
+        grey = (blob[i] | ring[i]).numpy().astype(np.float64)
+        expected = np.repeat(grey[..., None], 3, -1)
+        u = unit.numpy()
+        expected[u] = 0.55 * grey[u][:, None] + 0.45 * np.array([1.0, 0.15, 0.1])
+        np.testing.assert_allclose(shown, expected, atol=1e-6, err_msg=f"row {r} example {e}")
+        rows, cols = np.nonzero(concept.numpy())
+        (contour,) = [c for c in ax.collections if c.get_paths()]
+        v = np.concatenate([p.vertices for p in contour.get_paths()])
+        np.testing.assert_allclose([v[:, 0].min(), v[:, 0].max(), v[:, 1].min(), v[:, 1].max()],
+                                   [cols.min() - 0.5, cols.max() + 0.5, rows.min() - 0.5, rows.max() + 0.5])

@@ -3,6 +3,8 @@ logits read disjoint halves of the image, resuming, reading back with dataset=ax
 
 from __future__ import annotations
 
+import math
+
 import pandas as pd
 import pytest
 import torch
@@ -224,3 +226,131 @@ def test_the_bar_moves_per_step_even_for_one_sample(tmp_path, monkeypatch):
     _gen("single", batch=1).run([0], AxiomsStore(tmp_path), limit_steps=3)
     assert len(bars) == 1 and bars[0].kw["unit"] == "step" and bars[0].kw["total"] == 400  # max_iters < 700
     assert bars[0].n == 3
+
+
+class _SixClasses(nn.Module):
+    """A tiny conv net with six logits (classes a in 0-2, b in 3-5): both patches move every logit, so every
+    removal term of eqs. 2-7 is non-zero."""
+
+    num_classes = 6
+
+    def __init__(self):
+        super().__init__()
+        g = torch.Generator().manual_seed(3)
+        self.conv = nn.Conv2d(3, 4, 3, stride=2)
+        self.fc = nn.Linear(16, 6)
+        with torch.no_grad():
+            for p in (*self.conv.parameters(), *self.fc.parameters()):
+                p.copy_(torch.randn(p.shape, generator=g))
+            self.fc.weight.mul_(0.2)  # logits of a few units: no softmax saturates
+
+    def forward(self, x):
+        return self.fc(nn.functional.adaptive_avg_pool2d(torch.relu(self.conv(x)), 2).flatten(1))
+
+
+def _loss_by_hand(scenario, net, bg, pa, pb, a, b, keys, warm):
+    """One step's loss for one sample, written from ch. 7's eqs. 1-7 (one patch optimised per equation: the
+    other patch and the "without" logit are constants), the focal weights of appendix 6.3 (eq. 12 keys smoothed
+    by eq. 13 from 0.5 with alpha 0.1, this step's key included) and the module's stated weights (warm-up
+    ``-5 Phi_t``; then ``-10 FL(k_L, 1) Phi_t`` + ``5 FL(k_rem, 0) (with - without)^2``; null: ``5 (softmax_a
+    - 0.95)^2`` on X_{f_a}). Images pasted by slicing, one image per forward. Updates ``keys`` in place."""
+    (ta, la), (tb, lb) = POS
+    n = pa.shape[-1]
+
+    def x_of(**patches):
+        img = bg.clone()
+        if "A" in patches:
+            img[:, ta:ta + n, la:la + n] = patches["A"]
+        if "B" in patches:
+            img[:, tb:tb + n, lb:lb + n] = patches["B"]
+        return net(img[None])[0]
+
+    fl1 = lambda v: -((1 - v) ** 0.8) * torch.log(v)  # noqa: E731
+    fl0 = lambda v: -(v ** 0.8) * torch.log(1 - v)  # noqa: E731
+    pa_, pb_ = pa.detach(), pb.detach()
+    # generation terms (patch, target logit vector) and removal terms (target, with, without) per equation
+    if scenario == "null":      # eq. 1 for f_a (class a); eq. 2 for f_null (class b, null for a)
+        gen = [(a, x_of(A=pa)), (b, x_of(B=pb))]
+        rem = [(a, x_of(A=pa_, B=pb), x_of(A=pa_)), (a, x_of(B=pb), x_of())]
+    elif scenario == "single":  # eq. 3
+        gen = [(a, x_of(A=pa))]
+        rem = [(b, x_of(A=pa), x_of())]
+    elif scenario == "double":  # eqs. 4 (over f_a) and 5 (over f_b)
+        gen = [(a, x_of(A=pa)), (b, x_of(B=pb))]
+        rem = [(b, x_of(A=pa, B=pb_), x_of(B=pb_)), (a, x_of(A=pa_, B=pb), x_of(A=pa_))]
+    else:                       # saturation, eqs. 6 (over f_a1) and 7 (over f_a2), both for class a
+        gen = [(a, x_of(A=pa)), (a, x_of(B=pb))]
+        rem = [(a, x_of(A=pa, B=pb_), x_of(B=pb_)), (a, x_of(A=pa_, B=pb), x_of(A=pa_))]
+    for j, (t, phi) in enumerate(gen):
+        keys["gen"][j] = 0.1 * phi.detach().softmax(0)[t].item() + 0.9 * keys["gen"][j]
+    for j, (t, w, wo) in enumerate(rem):
+        k = math.tanh(abs(w[t].item() - wo[t].item()) / min(abs(w[t].item()), abs(wo[t].item())))
+        keys["rem"][j] = 0.1 * k + 0.9 * keys["rem"][j]
+    if warm:
+        return sum(-5 * phi[t] for t, phi in gen)
+    loss = sum(-10 * fl1(torch.tensor(keys["gen"][j])) * phi[t] for j, (t, phi) in enumerate(gen))
+    loss = loss + sum(5 * fl0(torch.tensor(keys["rem"][j])) * (w[t] - wo[t].detach()) ** 2
+                      for j, (t, w, wo) in enumerate(rem))
+    if scenario == "null":
+        loss = loss + 5 * (gen[0][1].softmax(0)[a] - 0.95) ** 2
+    return loss
+
+
+@pytest.mark.parametrize("scenario", ["null", "single", "double", "saturation"])
+def test_three_generation_steps_equal_a_loop_written_from_the_equations(scenario, monkeypatch, tmp_path):
+    """Issue 26: a whole generation step (warm-up step 1, main-phase steps 2 and 3) against
+    :func:`_loss_by_hand`: the gradient each step hands to the patches (and so to the prior networks) equals
+    the gradient of the loss written from the equations at the same patches, reference and classes. The random
+    draws (the references, the classes, the prior's patches of each step) are recorded from the code; the
+    arithmetic is the loop's."""
+    import xattr.data.axioms_generation as ag
+
+    outs, backgrounds, classes = [], [], []
+
+    class Recording(nn.Module):
+        """Stands in for the deep-image prior (its own tests are above): the patches' pixels are the
+        parameters, through a sigmoid; each step's patches are kept, with their gradient."""
+
+        def __init__(self, spec, n):
+            super().__init__()
+            self.pixels = nn.Parameter(torch.zeros(n, 3, spec.patch_size, spec.patch_size))
+
+        @torch.no_grad()
+        def reset(self, slot, generator):
+            self.pixels[slot].copy_(torch.randn(self.pixels.shape[1:], generator=generator))
+
+        def forward(self):
+            out = torch.sigmoid(self.pixels)
+            out.retain_grad()
+            outs.append(out)
+            return out
+
+    real_bg, real_start = ag.draw_background, ag.AxiomGenerator._start
+
+    def record_bg(g, size):
+        backgrounds.append(real_bg(g, size))
+        return backgrounds[-1]
+
+    def record_start(self, slot, *a):
+        real_start(self, slot, *a)
+        classes.append(slot.classes)
+
+    monkeypatch.setattr(ag, "StackedSkipPrior", Recording)
+    monkeypatch.setattr(ag, "draw_background", record_bg)
+    monkeypatch.setattr(ag.AxiomGenerator, "_start", record_start)
+    net = _SixClasses()
+    cfg = GenConfig(scenario, image_size=32, warmup=1, max_iters=400, min_main=5, positions=POS)
+    AxiomGenerator(net, lambda x: x, cfg, TINY, batch=1, seed=0).run([0], AxiomsStore(tmp_path),
+                                                                     limit_steps=3)
+    assert len(outs) == len(backgrounds) == 3 and len(classes) == 1
+    a, b = classes[0]
+    assert 0 <= a < 3 <= b < 6
+    keys = {"gen": [0.5, 0.5], "rem": [0.5, 0.5]}
+    for step, (out, bg) in enumerate(zip(outs, backgrounds)):
+        pa = out[0].detach().clone().requires_grad_(True)
+        pb = out[1].detach().clone().requires_grad_(True) if out.shape[0] > 1 else torch.zeros_like(pa)
+        _loss_by_hand(scenario, net, bg, pa, pb, a, b, keys, warm=step == 0).backward()
+        assert pa.grad.abs().sum() > 0
+        torch.testing.assert_close(out.grad[0], pa.grad, rtol=1e-4, atol=1e-6)
+        if out.shape[0] > 1:
+            torch.testing.assert_close(out.grad[1], pb.grad, rtol=1e-4, atol=1e-6)

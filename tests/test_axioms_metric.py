@@ -274,3 +274,37 @@ def test_deepshap_train_mode_is_the_notebooks_model_without_eval():
     torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-6)
     evald = DeepSHAP(net, n_baselines=4, seed=1).attribute_channels(x, t)
     assert not torch.allclose(ours, evald, atol=1e-3)
+
+
+def test_axioms_figure_shows_the_samples_maps_and_boxes_by_hand(tmp_path, monkeypatch):
+    """Issue 26: what the figure shows, read back from its axes. Two rows (samples), three columns (the sample,
+    then one column per method in the order given); row 0's maps are the indicator of f_a (gradient) and
+    -2 x the indicator of f_b (iba: |map|, then the 1st-99th percentile rescale of a 0/1 map is the map
+    itself); row 1's are swapped. Boxes: f_a lime, f_b red, drawn on the pixel edges (x0 - 0.5, y0 - 0.5,
+    width x1 - x0, height y1 - y0); a NaN box (a one-patch sample) is not drawn."""
+    import matplotlib.colors as mcolors
+
+    import xattr.viz.axioms_figure as af
+
+    figs = []
+    real = af.save_figure
+    monkeypatch.setattr(af, "save_figure", lambda fig, path, **kw: figs.append(fig) or real(fig, path, **kw))
+    g = torch.Generator().manual_seed(0)
+    imgs = [torch.rand(S, S, 3, generator=g).numpy() for _ in range(2)]
+    ia, ib = _ind(FA).numpy(), _ind(FB).numpy()
+    boxes = [np.stack([FA.numpy(), FB.numpy()]), np.stack([FA.numpy(), np.full(4, np.nan)])]
+    af.axioms_figure(imgs, boxes, {"gradient": [ia, ib], "iba": [-2 * ib, -2 * ia]}, ["s0", "s1"], tmp_path / "f.png")
+    (fig,) = figs
+    axes = np.array(fig.axes).reshape(2, 3)
+    assert [ax.get_title() for ax in axes[0]] == ["s0", "gradient", "iba"] and axes[1, 0].get_title() == "s1"
+    shown = {(r, c): np.asarray(axes[r, c].images[0].get_array()) for r in range(2) for c in range(3)}
+    for r in range(2):
+        np.testing.assert_allclose(shown[r, 0], imgs[r])
+    for (r, c), want in {(0, 1): ia, (0, 2): ib, (1, 1): ib, (1, 2): ia}.items():
+        np.testing.assert_array_equal(shown[r, c], want, err_msg=f"row {r} column {c}")
+        assert axes[r, c].images[0].get_cmap().name == "jet" and axes[r, c].images[0].get_clim() == (0, 1)
+    lime, red = mcolors.to_rgba("lime"), mcolors.to_rgba("red")
+    for r, want in ((0, [((0.5, 1.5), 4, 4, lime), ((8.5, 7.5), 4, 4, red)]), (1, [((0.5, 1.5), 4, 4, lime)])):
+        for c in range(3):
+            got = [(tuple(p.get_xy()), p.get_width(), p.get_height(), p.get_edgecolor()) for p in axes[r, c].patches]
+            assert got == want, (r, c)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import warnings
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -235,3 +236,112 @@ def test_bad_input_raises_clear_errors():
         PerSampleIBA(model, "conv2", autocast="int4")
     with pytest.raises(XattrConfigError, match="fit"):
         PerSampleIBA(model, "conv2").attribute(torch.randn(1, 3, 16, 16), torch.tensor([0]))
+
+
+@pytest.mark.parametrize("sigma", [0.4, 1.0, 1.5, 2.0])
+def test_smoothing_equals_scipys_gaussian_filter(sigma):
+    """Eq. 7's blur against an independent library: ``scipy.ndimage.gaussian_filter`` with the reference's
+    radius ``round(2 sigma)`` (``truncate = radius / sigma``) and torch's ``reflect`` padding (scipy's
+    ``mirror``: d c b | a b c d); a map no larger than the radius is padded by replication (scipy's
+    ``nearest``). Issue 26's mutation run: sigma 1 alone let ``2 / sigma``, ``t**3`` and ``sigma**3`` live."""
+    from scipy.ndimage import gaussian_filter
+
+    radius = int(round(2 * sigma))
+    g = torch.Generator().manual_seed(1)
+    for size, mode in ((9, "mirror"), (radius, "nearest")):
+        m = torch.rand(2, 3, size, size, generator=g, dtype=torch.float64)
+        want = [[gaussian_filter(m[b, c].numpy(), sigma, mode=mode, truncate=radius / sigma) for c in range(3)]
+                for b in range(2)]
+        got = bnm.Smoothing(sigma)(m.float())
+        torch.testing.assert_close(got, torch.tensor(np.array(want), dtype=torch.float32), rtol=1e-5, atol=1e-6)
+
+
+def test_bottleneck_defaults_are_the_papers():
+    """Defaults of :class:`Bottleneck` by hand: sigma 1 (the paper's smoothing), no ReLU clamp, std floored at
+    0.01; no smoothing for sigma 0 or None; the kernel is not saved in a state dict (it is derived)."""
+    bn = bnm.Bottleneck(torch.zeros(1, 3, 3), torch.full((1, 3, 3), 0.001))
+    assert bn.smooth.sigma == 1.0 and bn.relu is False and torch.all(bn.std == 0.01)
+    lam = torch.ones(1, 1, 3, 3)
+    assert bn.sample(torch.full((1, 1, 3, 3), -2.0), lam, torch.zeros(1, 1, 3, 3)).max() == -2.0
+    m = torch.rand(1, 1, 3, 3)
+    for s in (0, None):
+        assert torch.equal(bnm.Smoothing(s)(m), m)
+    assert "kernel" not in bnm.Smoothing(1.0).state_dict() and bnm.Smoothing(1.0).state_dict() == {}
+
+
+def test_kl_at_lambda_one_uses_the_variance_floor():
+    """lam = 1 (sigmoid rounding): var_z = 0 is floored at 1e-12, KL = -0.5 (1 + ln 1e-12 - r_n^2) (finite)."""
+    r_n = 2.0
+    kl = bnm.kl_divergence(torch.tensor([1.0 + 0.5 * r_n]), torch.ones(1), torch.tensor([1.0]), torch.tensor([0.5]))
+    assert kl.item() == pytest.approx(-0.5 * (1 + math.log(1e-12) - r_n**2), rel=1e-6)
+
+
+def test_optimisation_defaults_are_eq6s_and_first_pass_fields_default_to_none():
+    """Eq. 6's settings by hand (Schulz et al. sec. 3: beta 10 (/k, see the module docstring), Adam lr 1, 10
+    steps, 10 noisy copies, alpha initialised to 5); an :class:`AlphaResult` built without the first pass
+    (Readout's) has ``first_kl = first_outputs = None``, and so has a concatenation of such results."""
+    import inspect
+
+    defaults = {k: p.default for k, p in inspect.signature(bnm.optimize_alpha).parameters.items()
+                if p.default is not inspect.Parameter.empty}
+    assert {k: defaults[k] for k in ("beta", "steps", "lr", "copies", "init_alpha", "inverse")} == \
+        {"beta": 10.0, "steps": 10, "lr": 1.0, "copies": 10, "init_alpha": 5.0, "inverse": False}
+    t = torch.zeros(1, 2)
+    part = bnm.AlphaResult(alpha=t, kl=t, outputs=t, losses=t, info=t)
+    assert part.first_kl is None and part.first_outputs is None
+    both = bnm.AlphaResult.cat([part, part])
+    assert both.first_kl is None and both.first_outputs is None and both.losses.shape == (1, 4)
+
+
+@pytest.mark.parametrize("inverse,copies", [(False, 3), (True, 1)])
+def test_one_step_of_eq6_by_hand(inverse, copies):
+    """One step of :func:`optimize_alpha` against a per-image loop written from the paper: eq. 2's ``z`` (Inverse
+    IBA: ``lam eps' + (1 - lam) r``) with the noise each image's generator draws, the tail's outputs, eq. 6's
+    ``L_CE + beta mean KL`` (Inverse: ``-L_CE + ...``), the closed-form KL, and Adam's first step
+    ``alpha - lr g / (|g| + 1e-8)`` (bias-corrected moments are g and g^2). Issue 26's mutation run: the
+    sign of the Inverse loss, the sign of the cross-entropy and autocast left on without a dtype all survived."""
+    b, c, h, w, k, beta, lr, a0 = 2, 3, 2, 2, 4, 0.5, 0.7, 1.5
+    g = torch.Generator().manual_seed(5)
+    r = torch.randn(b, c, h, w, generator=g)
+    mean, std = torch.randn(c, h, w, generator=g) * 0.1, torch.rand(c, h, w, generator=g) + 0.5
+    weight = torch.randn(k, c * h * w, generator=g)
+    target = torch.tensor([1, 3])
+    res = bnm.optimize_alpha(lambda z: z.flatten(1) @ weight.T, r, bnm.Bottleneck(mean, std, sigma=0),
+                             bnm.cross_entropy_loss(target), beta=beta, steps=1, lr=lr, copies=copies, init_alpha=a0,
+                             inverse=inverse, generators=[torch.Generator().manual_seed(10 + i) for i in range(b)])
+    for i in range(b):
+        alpha = torch.full((c, h, w), a0, requires_grad=True)
+        lam = torch.sigmoid(alpha)
+        noise = mean + std * torch.randn((copies, c, h, w), generator=torch.Generator().manual_seed(10 + i))
+        z = lam * noise + (1 - lam) * r[i] if inverse else lam * r[i] + (1 - lam) * noise
+        out = z.flatten(1) @ weight.T                                        # (copies, K)
+        ce = -torch.log(torch.exp(out[:, target[i]]) / torch.exp(out).sum(1)).mean()
+        r_n = (r[i] - mean) / std
+        kl = -0.5 * (1 + torch.log((1 - lam) ** 2) - (lam * r_n) ** 2 - (1 - lam) ** 2)
+        ((-ce if inverse else ce) + beta * kl.mean()).backward()
+        step = lr * alpha.grad / (alpha.grad.abs() + 1e-8)
+        torch.testing.assert_close(res.first_outputs[i], out.detach())
+        torch.testing.assert_close(res.losses[0, i], ce.detach())
+        torch.testing.assert_close(res.info[0, i], kl.mean().detach())
+        torch.testing.assert_close(res.kl[i], kl.detach())
+        torch.testing.assert_close(res.alpha[i], a0 - step, rtol=1e-5, atol=1e-5)
+
+
+def test_steps_and_copies_below_one_are_one_line():
+    r, bn = torch.zeros(1, 1, 2, 2), bnm.Bottleneck(torch.zeros(1, 2, 2), torch.ones(1, 2, 2), sigma=0)
+    for kw in ({"steps": 0}, {"copies": 0}, {"steps": 0, "copies": 0}):
+        with pytest.raises(XattrConfigError, match="steps and copies must be >= 1"):
+            bnm.optimize_alpha(lambda z: z.flatten(1), r, bn, bnm.cross_entropy_loss(torch.zeros(1).long()), **kw)
+
+
+def test_bce_loss_by_hand():
+    """The multi-label loss (CheXplain heads): BCE with logits against the one-hot target, mean over copies and
+    classes. Logits 0 give ln 2 each; logits (ln 3, -ln 3, ln 3) with target class 2 give ln 4, ln 4/3 and
+    ln 4/3 (sigmoid(ln 3) = 3/4). ``model_loss: bce`` names it."""
+    ln3 = math.log(3)
+    outputs = torch.tensor([[[0.0, 0.0, 0.0], [ln3, -ln3, ln3]], [[ln3, -ln3, ln3], [ln3, -ln3, ln3]]])
+    got = bnm.bce_loss(torch.tensor([2, 0]))(outputs)
+    first = (3 * math.log(2) + math.log(4) + 2 * math.log(4 / 3)) / 6
+    second = (2 * math.log(4 / 3) + math.log(4)) / 3  # target 0: ln 4/3 (class 0, 1), ln 4 (class 2, wrong)
+    torch.testing.assert_close(got, torch.tensor([first, second]))
+    assert bnm.MODEL_LOSSES == {"ce": bnm.cross_entropy_loss, "bce": bnm.bce_loss}

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 import platform
 
 import numpy as np
@@ -46,7 +47,8 @@ def reference_ehr(maps_8bit_or_float: list[np.ndarray]) -> torch.Tensor:
 
 @x86
 def test_uint8_cast_is_numpys_x86_cast():
-    v = np.concatenate([np.linspace(-600, 600, 4801), [-2.55, -0.3, 0.999, 255.9, 256.2, 1e9 + 77, 2.1e9, 3e9, -3e9]])
+    v = np.concatenate([np.linspace(-600, 600, 4801), [-2.55, -0.3, 0.999, 255.9, 256.2, 1e9 + 77, 2.1e9, 3e9, -3e9,
+                                                       2.0**31 + 5, -(2.0**31) - 3, 2.0**33 + 7]])  # not multiples of 256
     for dtype in (np.float32, np.float64):
         a = v.astype(dtype)
         with np.errstate(invalid="ignore"):
@@ -128,3 +130,131 @@ def test_also_normalise_scores_the_same_maps_twice():
     assert torch.allclose(res.scores["ehr"].double(), xattr_ehr(m), atol=1e-7)
     assert torch.allclose(res.scores["ehr_reference_uint8"].double(),
                           xattr_ehr(m, normalise="reference_uint8", map_kind="mask"), atol=1e-7)
+
+
+def _full(message: str) -> str:
+    """The whole one-line message (anchored: a decorated or shortened message fails)."""
+    import re
+
+    return "^" + re.escape(message) + "$"
+
+
+def test_map_kind_auto_reads_the_method_and_bad_ones_are_one_line():
+    """``map_kind: auto`` by hand (module docstring): IBA / InputIBA packages store masks; ``reduce`` none ->
+    signed, sum / abs_sum -> channel_sum; no method, a saved run, another reduce: one whole-line error each."""
+    from xattr.metrics.localisation import resolve_map_kind
+
+    def method(module, **attrs):
+        return type("M", (), {"__module__": module, **attrs})()
+
+    assert resolve_map_kind("signed", None) == "signed"
+    assert resolve_map_kind("auto", method("xattr.methods.iba.per_sample")) == "mask"
+    assert resolve_map_kind("auto", method("xattr.methods.input_iba.input_iba")) == "mask"
+    assert resolve_map_kind("auto", method("xattr.methods.input_iba_like")) == "signed"   # not the package
+    assert resolve_map_kind("auto", method("xattr.methods.gradients", reduce="none")) == "signed"
+    for r in ("sum", "abs_sum"):
+        assert resolve_map_kind("auto", method("xattr.methods.gradients", reduce=r)) == "channel_sum"
+    with pytest.raises(XattrConfigError, match=_full("unknown map_kind 'bogus'; valid choices: auto, mask, signed, "
+                                                     "channel_sum")):
+        resolve_map_kind("bogus", None)
+    with pytest.raises(XattrConfigError, match=_full("map_kind auto needs the run's method (the engine passes it); "
+                                                     "valid choices: mask, signed, channel_sum")):
+        resolve_map_kind("auto", None)
+    with pytest.raises(XattrConfigError, match=_full(
+            "map_kind auto cannot tell what a saved run's maps are (and they are stored as float16); valid "
+            "choices: mask, signed, channel_sum")):
+        resolve_map_kind("auto", method("xattr.methods.saved", name="saved"))
+    with pytest.raises(XattrConfigError, match=_full(
+            "bad method.reduce 'mean' for normalise reference_uint8 (the reference stored Captum's channel mean); "
+            "valid choices: sum, abs_sum (or set map_kind)")):
+        resolve_map_kind("auto", method("xattr.methods.gradients", reduce="mean"))
+
+
+def test_reference_uint8_by_hand():
+    """The evaluator's 8-bit map by hand: x 255, truncation, the low byte, / 255 where the max is above 1.
+    mask (divided by its max): (0, 0.5, 1, 2) -> (0, 63, 127, 255) / 255; a mask whose max is exactly 1 is
+    unchanged before the cast; an all-zero mask stays 0 (max 0: not divided); signed (-0.5, 0.2) -> -127
+    wraps to 129, and 51; channel_sum divides by ``channels`` (default 1)."""
+    from xattr.metrics.localisation import normalise_maps, reference_uint8
+
+    t = torch.tensor
+    torch.testing.assert_close(reference_uint8(t([[0.0, 0.5, 1.0, 2.0]]), "mask"),
+                               t([[0.0, 63.0, 127.0, 255.0]], dtype=torch.float64) / 255)
+    torch.testing.assert_close(reference_uint8(t([[0.5, 1.0]]), "mask"), t([[127.0, 255.0]], dtype=torch.float64) / 255)
+    torch.testing.assert_close(reference_uint8(t([[0.0, 0.0]]), "mask"), t([[0.0, 0.0]], dtype=torch.float64))
+    torch.testing.assert_close(reference_uint8(t([[-0.5, 0.2]]), "signed"), t([[129.0, 51.0]], dtype=torch.float64) / 255)
+    torch.testing.assert_close(reference_uint8(t([[1.0, 0.2]]), "channel_sum"), t([[255.0, 51.0]], dtype=torch.float64) / 255)
+    torch.testing.assert_close(reference_uint8(t([[1.0, 0.2]]), "channel_sum", channels=2),
+                               t([[127.0, 25.0]], dtype=torch.float64) / 255)
+    with pytest.raises(XattrConfigError, match=_full("unknown map_kind 'auto'; valid choices: mask, signed, channel_sum")):
+        reference_uint8(t([[1.0]]), "auto")
+    # the / 255 only where the 8-bit max is above 1: max 1 stays, max 2 is divided
+    torch.testing.assert_close(reference_uint8(t([[1.5 / 255, 0.0]]), "signed"), t([[1.0, 0.0]], dtype=torch.float64))
+    torch.testing.assert_close(reference_uint8(t([[2.5 / 255, 0.0]]), "signed"), t([[2.0, 0.0]], dtype=torch.float64) / 255)
+    # normalise_maps: reference_uint8 defaults to signed maps and channels 1; none is the map itself; minmax
+    # (x - min) / (max - min) even for a map inside [0, 1] (auto keeps that one)
+    torch.testing.assert_close(normalise_maps(t([[-0.5, 0.2]]), "reference_uint8"),
+                               t([[129.0, 51.0]], dtype=torch.float64) / 255)
+    torch.testing.assert_close(normalise_maps(t([[1.0, 0.2]]), "reference_uint8", "channel_sum"),
+                               t([[255.0, 51.0]], dtype=torch.float64) / 255)
+    torch.testing.assert_close(normalise_maps(t([[-1.0, 2.0]]), "none"), t([[-1.0, 2.0]], dtype=torch.float64))
+    torch.testing.assert_close(normalise_maps(t([[0.2, 0.6, 0.4]]), "minmax"), t([[0.0, 1.0, 0.5]], dtype=torch.float64))
+    torch.testing.assert_close(normalise_maps(t([[0.2, 0.6, 0.4]]), "auto"), t([[0.2, 0.6, 0.4]], dtype=torch.float64))
+    # auto rescales a map that leaves [0, 1] on either side
+    for outside in ([0.5, 1.5], [-1.0, 0.5]):
+        torch.testing.assert_close(normalise_maps(t([outside]), "auto"), t([[0.0, 1.0]], dtype=torch.float64))
+    with pytest.raises(XattrConfigError, match=_full("unknown normalise 'bogus'; valid choices: max, reference_uint8, "
+                                                     "none, minmax, auto")):
+        normalise_maps(t([[1.0]]), "bogus")
+
+
+def test_localisation_metrics_ask_for_the_boxes_and_the_method_and_cost_no_forward():
+    """What the engine must hand the localisation metrics (``needs``): the batch's boxes and the run's method
+    (``map_kind: auto`` reads it); they compare maps with boxes, so they cost no forward."""
+    from xattr.metrics.localisation import BoundingBoxRatio, BoxIoU, EffectiveHeatRatio
+
+    for cls in (BoundingBoxRatio, EffectiveHeatRatio, BoxIoU):
+        assert cls.needs == ("boxes", "method") and cls().forwards_per_image((1, 3, 8, 8), 5.0) == 0.0
+
+
+def test_localisation_metrics_bad_options_are_one_whole_line():
+    from xattr.metrics.localisation import BoundingBoxRatio
+
+    with pytest.raises(XattrConfigError, match=_full("unknown normalise 'bogus'; valid choices: max, reference_uint8, "
+                                                     "none, minmax, auto")):
+        BoundingBoxRatio(normalise="bogus")
+    with pytest.raises(XattrConfigError, match=_full("unknown map_kind 'bogus'; valid choices: auto, mask, signed, "
+                                                     "channel_sum")):
+        BoundingBoxRatio(map_kind="bogus")
+
+
+def test_bbox_ratio_by_hand_on_a_non_square_image():
+    """Bounding-box ratio by hand on 2 x 3 images (raster p0 p1 p2 / p3 p4 p5), box = column 0 ({p0, p3}, n = 2):
+    ``none`` ranks the raw map; ``max`` ties the negatives at 0 (broken in raster order); ``reference_uint8``
+    ties the 8-bit values (0.5 and 0.501 both give 127). Coverage: an image without a box is NaN, a box
+    covering exactly ``max_coverage`` is kept, a one-pixel box is a box."""
+    from xattr.metrics.localisation import BoundingBoxRatio
+
+    x = torch.zeros(1, 1, 2, 3)
+    col0 = [torch.tensor([[0.0, 0.0, 1.0, 2.0]])]
+
+    def score(m, boxes=col0, **kw):
+        maps = torch.tensor(m).view(-1, 1, 2, 3)
+        return BoundingBoxRatio(**{"max_coverage": None, **kw})(None, x.expand(len(boxes), -1, -1, -1),
+                                                                 torch.zeros(len(boxes)), maps,
+                                                                 boxes=boxes).scores["bbox_ratio"].tolist()
+
+    quantised = [1.0, 0.5, -1.0, 0.501, -2.0, -3.0]   # raw top 2: p0, p3; 8-bit: 255, 127 (p1), 127 (p3)
+    assert score([quantised], normalise="none") == [1.0]
+    assert score([quantised], normalise="reference_uint8", map_kind="signed") == [0.5]
+    negative = [1.0, -0.5, -1.0, -0.1, -2.0, -3.0]    # raw top 2: p0, p3; max: p0, then p1 (tie at 0)
+    assert score([negative], normalise="none") == [1.0]
+    assert score([negative], normalise="max") == [0.5]
+    # coverage on 2 x 2 images: no box -> NaN; one pixel of four (0.25) with max_coverage 0.25 -> kept
+    x = torch.zeros(1, 1, 2, 2)
+    m = [[4.0, 3.0, 2.0, 1.0]] * 3
+    boxes = [torch.zeros(0, 4), torch.tensor([[0.0, 0.0, 1.0, 1.0]]), torch.tensor([[1.0, 1.0, 2.0, 2.0]])]
+    maps = torch.tensor(m).view(3, 1, 2, 2)
+    got = BoundingBoxRatio(max_coverage=0.25, normalise="none")(None, x.expand(3, -1, -1, -1), torch.zeros(3), maps,
+                                                                boxes=boxes).scores["bbox_ratio"]
+    assert math.isnan(got[0]) and got[1:].tolist() == [1.0, 0.0]

@@ -18,7 +18,8 @@ from xattr.methods.iba import statistics as st
 from xattr.models.tiny import TinyCNN
 
 
-@pytest.mark.parametrize("hw,size", [((7, 7), (224, 224)), ((14, 14), (224, 224)), ((5, 3), (17, 40)), ((1, 4), (8, 9))])
+@pytest.mark.parametrize("hw,size", [((7, 7), (224, 224)), ((14, 14), (224, 224)), ((5, 3), (17, 40)), ((1, 4), (8, 9)),
+                                     ((6, 4), (6, 11))])  # one side unchanged (issue 26: a mutant broke it)
 def test_reference_resize_equals_skimage(hw, size):
     kl = torch.rand(2, 6, *hw, generator=torch.Generator().manual_seed(0)) * 3
     ours = to_bits_map(kl, size, resize="reference")
