@@ -123,11 +123,11 @@ def test_unknown_recipe_from_the_command_line() -> None:
     assert p.returncode == 2
     assert p.stderr.strip().splitlines()[-1] == (
         "error: unknown recipe 'cifar_resnt'; valid choices: " + ", ".join(sorted(group_options("recipe"))))
-    assert "cifar_resnet, cxr_brixia" in p.stderr  # the real list, sorted
+    assert "cifar_resnet, cifar_vit, cxr_brixia" in p.stderr  # the real list, sorted
 
 
-@pytest.mark.parametrize("arg,msg", [("optimizer=adamw", "unknown optimizer 'adamw'; valid choices: adam, sgd"),
-                                     ("scheduler=cosine", "unknown scheduler 'cosine'; valid choices: none, step"),
+@pytest.mark.parametrize("arg,msg", [("optimizer=adamx", "unknown optimizer 'adamx'; valid choices: adam, adamw, sgd"),
+                                     ("scheduler=cosine", "unknown scheduler 'cosine'; valid choices: none, step, warmup_cosine"),
                                      ("net=bert", "unknown net 'bert'; valid choices: imdb_lstm, imdb_transformer, resnet8, zoo")])
 def test_unknown_group_option_is_one_line(arg: str, msg: str, capsys: pytest.CaptureFixture) -> None:
     with pytest.raises(SystemExit):

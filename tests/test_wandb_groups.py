@@ -84,12 +84,12 @@ def test_the_runs_of_one_multirun_share_a_group_and_log_their_swept_keys(tmp_pat
     assert '"method":"random"' in c1["swept"].replace(" ", "") and '"method.seed":"3"' in c1["swept"].replace(" ", "")
     assert '"method":"gradient"' in c2["swept"].replace(" ", "")
     for logged in (h1, h2):
-        assert {"per_image/_type", "per_image/ncols", "summary/_type", "heatmaps/_type"} <= logged  # no curves: complexity has none
-    (table,) = (tmp_path / "0").rglob("per_image_*.table.json")  # written when the run finishes
+        assert {"images/_type", "images/ncols", "summary/_type", "heatmaps/_type"} <= logged  # no curves: complexity has none
+    (table,) = (tmp_path / "0").rglob("images_*.table.json")  # written when the run finishes
     rows = OmegaConf.to_container(OmegaConf.load(table))
     assert rows["columns"][:2] == ["heatmap", "id"] and "complexity/complexity" in rows["columns"]
     # two images, each row a heatmap (W&B keeps table images in the run's table artifact) and the scores
-    assert len(rows["data"]) == 2 and rows["data"][0][0] == "Image" and "per_image/artifact_path" in h1
+    assert len(rows["data"]) == 2 and rows["data"][0][0] == "Image" and "images/artifact_path" in h1
     col = rows["columns"].index("complexity/complexity")
     assert all(isinstance(r[col], float) and r[col] > 0 for r in rows["data"])
 

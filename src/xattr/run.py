@@ -238,7 +238,7 @@ def _wandb_extras(lg, run_dir: Path, summary, max_rows: int = 64) -> None:
             lo, hi = float(np.nanmin(m)), float(np.nanmax(m))
             img = wandb.Image((m - lo) / (hi - lo) if hi > lo else np.zeros_like(m))
             table.add_data(img, *[r[c] for c in cols])
-        lg.experiment.log({"per_image": table})
+        lg.experiment.log({"images": table})  # W&B table of the first rows (not a run-folder file)
     for png in ("heatmaps.png", "curves.png"):
         if (run_dir / png).is_file():
             lg.experiment.log({png[:-4]: wandb.Image(str(run_dir / png))})
