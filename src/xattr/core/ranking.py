@@ -24,12 +24,12 @@ TIES = ("stable", "random", "numpy")
 ROUNDINGS = ("floor", "round")
 
 
-def share_count(share: float, n: int, rounding: str = "floor") -> int:
-    """The number of items a ``share`` in [0, 1] of ``n`` is, computed exactly (``Fraction`` of the decimal
-    the share is written as, so 0.29 of 100 is 29, never 28 from a float round-off): ``floor`` is Python's
-    ``int(share * n)`` of the reference codes, ``round`` rounds half to even."""
+def share_count(share: float | Fraction, n: int, rounding: str = "floor") -> int:
+    """The number of items a ``share`` in [0, 1] of ``n`` is, computed exactly (a ``Fraction`` as given, else
+    the decimal the share is written as, so 0.29 of 100 is 29, never 28 from a float round-off): ``floor`` is
+    Python's ``int(share * n)`` of the reference codes, ``round`` rounds half to even."""
     check_choice("rounding", rounding, ROUNDINGS)
-    exact = Fraction(str(float(share))) * int(n)
+    exact = (share if isinstance(share, Fraction) else Fraction(str(float(share)))) * int(n)
     return int(exact) if rounding == "floor" else round(exact)
 
 

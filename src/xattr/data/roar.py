@@ -39,7 +39,7 @@ import torch
 from torch.utils.data import Dataset
 
 from xattr.core.preprocess import Preprocess
-from xattr.core.ranking import numpy_order
+from xattr.core.ranking import numpy_order, share_count
 from xattr.core.store import RunStore
 from xattr.errors import XattrConfigError, missing_file, unknown
 
@@ -54,7 +54,7 @@ def n_removed(percent: float, h: int, w: int) -> int:
     p = Fraction(str(percent)) / 100
     if not 0 <= p <= 1:
         raise XattrConfigError(f"bad roar.percent {percent!r}; valid choices: a number in [0, 100]")
-    return int(p * h * w)
+    return share_count(p, h * w)
 
 
 def quantise_uint8(maps: torch.Tensor) -> torch.Tensor:
@@ -178,7 +178,9 @@ class RoarDataset(Dataset):
             raise unknown("roar.train_fill", train_fill, TRAIN_FILLS)
         self.ties, self.train_fill = ties, train_fill
         self.truncate = False  # on in training_view() only: the training items, not validation nor test
-        self.preprocess = preprocess
+        # the model's normalisation, to undo and redo it around the 8-bit truncation (identity without one)
+        self._mean = torch.tensor(preprocess.mean).view(-1, 1, 1) if preprocess is not None else torch.tensor(0.0)
+        self._std = torch.tensor(preprocess.std).view(-1, 1, 1) if preprocess is not None else torch.tensor(1.0)
         self.base = base if isinstance(base, Dataset) else base(preprocess=preprocess)
         self.percent = float(percent)
         n_removed(self.percent, 1, 1)  # range check
@@ -243,19 +245,13 @@ class RoarDataset(Dataset):
                 f"ROAR maps do not belong to this dataset: index {index} is {item['id']!r} here but "
                 f"{self.ids[index]!r} in the map run; compute the maps on the same dataset (split, per_class)")
         if self.truncate:  # back to the uint8 image, then RoarTorch's float32 arithmetic exactly
-            mean, std = self._stats(item["x"])
+            mean, std = self._mean, self._std
             x01 = (item["x"] * std + mean).mul(255).round().clamp(0, 255) / 255
             filled = remove(x01, self.mask(index), self._fill01.to(x01))
             item["x"] = (truncate_uint8(filled).float() / 255 - mean) / std
             return item
         item["x"] = remove(item["x"], self.mask(index), self.fill)
         return item
-
-    def _stats(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        pre = self.preprocess
-        mean = torch.tensor(pre.mean if pre is not None else (0.0,) * x.shape[0]).view(-1, 1, 1)
-        std = torch.tensor(pre.std if pre is not None else (1.0,) * x.shape[0]).view(-1, 1, 1)
-        return mean, std
 
 
 # ---------------------------------------------------------------- batched pipeline (data held on the GPU)

@@ -216,13 +216,8 @@ class InputIBAText(InputIBA):
         then not cached (a cache file does not record the mode)."""
         if self.classifier_mode == "eval":
             return super().fit(loader, cache_dir)
-        was = self.model.training
-        try:
-            with seeded(0 if self.seed is None else self.seed, torch.device("cpu")):
-                self.model.train()
-                super().fit(loader, None)
-        finally:
-            self.model.train(was)
+        with self._dropout_on(0 if self.seed is None else self.seed, torch.device("cpu")):
+            super().fit(loader, None)
 
     @contextlib.contextmanager
     def _classifier_mode(self, ids: torch.Tensor):
@@ -231,10 +226,15 @@ class InputIBAText(InputIBA):
         if self.classifier_mode == "eval":
             yield
             return
+        with self._dropout_on(image_seeds(ids, 0 if self.seed is None else self.seed)[0], ids.device):
+            yield
+
+    @contextlib.contextmanager
+    def _dropout_on(self, seed: int, device: torch.device):
+        """The classifier in train mode under torch's global RNG seeded with ``seed``; mode and RNG restored."""
         was = self.model.training
-        seed = image_seeds(ids, 0 if self.seed is None else self.seed)[0]
         try:
-            with seeded(seed, ids.device):
+            with seeded(seed, device):
                 self.model.train()
                 yield
         finally:
