@@ -21,7 +21,7 @@ import time
 import torch
 from omegaconf import OmegaConf
 
-from timing import device_name, flops  # scripts/ is on sys.path when run as a script
+from timing import device_name, flops, record  # scripts/ is on sys.path when run as a script
 from xattr.config import CONF_DIR
 from xattr.data.axioms_generation import AxiomGenerator, GenConfig
 from xattr.data.axioms_prior import PriorSpec
@@ -74,9 +74,11 @@ def main() -> None:
     ap.add_argument("--batch", type=int, nargs="+", default=[4])
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--iters", type=int, default=700, help="iterations per sample for samples/min")
+    ap.add_argument("--devices", nargs="*", default=None, help="cpu and/or cuda (default: cpu, and cuda when present)")
     args = ap.parse_args()
     spec = prior_spec(args.prior)
-    devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
+    devices = ([torch.device(d) for d in args.devices] if args.devices else
+               [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else []))
     print(f"{args.scenario} scenario, prior {args.prior}, {args.model}; GFLOP per sample-iteration counted once per "
           "device\n")
     print(f"| device | batch | s/step | samples/min ({args.iters} it/sample) | speed-up | GFLOP / sample-iteration "
@@ -92,6 +94,9 @@ def main() -> None:
             sec = seconds_per_step(zoo.net, zoo.preprocess, spec, args.scenario, b, args.steps, device)
             print(f"| {name} | {b} | {sec:.3f} | {60 * b / (sec * args.iters):.3f} | {one * b / sec:.2f} | "
                   f"{work / 1e9:.1f} | {work * b / sec / 1e12:.3f} |", flush=True)
+            record("axioms", model=args.model, path=f"generation, batch {b} ({args.scenario}, prior {args.prior})",
+                   device=name, ms_per_image=1000 * sec / b, gflop_per_image=work / 1e9, rate=work * b / sec / 1e9,
+                   unit="ms per sample-iteration")
 
 
 if __name__ == "__main__":

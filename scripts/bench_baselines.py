@@ -16,6 +16,7 @@ import warnings
 import torch
 import torchvision
 
+from timing import device_name, record  # scripts/ is on sys.path when run as a script
 from xattr.methods.baselines.cam import FullGrad, GradCAM, GradCAMPlusPlus, GuidedGradCAM
 from xattr.methods.baselines.deepshap import DeepSHAP
 from xattr.methods.baselines.extremal_perturbation import ExtremalPerturbation
@@ -111,7 +112,10 @@ def main() -> None:
                 attr.attribute(x, target)
                 if device.type == "cuda":
                     torch.cuda.synchronize()
-                rows[meth][mname] = f"{args.images / (time.perf_counter() - t0):.2f}"
+                sec = time.perf_counter() - t0
+                rows[meth][mname] = f"{args.images / sec:.2f}"
+                record("baselines", model=f"{mname} {args.size} px", path=meth, device=device_name(device),
+                       ms_per_image=1000 * sec / args.images)
             except Exception as e:  # noqa: BLE001 - a table cell, not a crash
                 rows[meth][mname] = f"error: {type(e).__name__}"
         del net

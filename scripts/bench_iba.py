@@ -11,6 +11,10 @@ fx tail as split, "optimised tail" folds conv + BatchNorm and runs channels-last
 Each row also gives the arithmetic of its path (GFLOP per image, counted by ``torch.utils.flop_counter``
 on one image) and the rate it reached (GFLOP/s): the ratio of a row's arithmetic to the first row's is the
 speed-up it would have at equal efficiency, which separates "less work" from "faster work".
+The *limit row* (issue 31) is the rate of a plain batched forward + input-gradient backward of the same tail
+(the network after the bottleneck, optimised as xattr runs it) at the same batch (``batch x copies`` rows),
+measured in the same run (``timing.limit``); "% of limit" is each row's rate as a share of it (target for
+xattr's rows: >= 80%). ``--threads 1`` and ``--threads 0`` (all cores) give the two CPU tables.
 Rows are timed ``--repeat`` times in turn (reference, plain, optimised, ...) and the median is printed, so
 the ratios come from back-to-back runs on a shared machine. Prints one Markdown table: ms per image and
 peak memory (GPU: allocated by torch; CPU: resident set size above the start, see ``timing``).
@@ -24,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import statistics
 import sys
 import warnings
@@ -31,11 +36,12 @@ import warnings
 import torch
 import torchvision
 
-from timing import device_name, flops, timed  # scripts/ is on sys.path when run as a script
+from timing import device_name, flops, fmt, limit, ratio, record, timed  # scripts/ is on sys.path as a script
 from xattr.core.hooks import frozen, hooked
 from xattr.methods.iba import PerSampleIBA
 from xattr.methods.iba import statistics as st
 from xattr.methods.iba.bottleneck import Bottleneck, cross_entropy_loss
+from xattr.methods.iba.tail import NetworkTail
 
 MODELS = {
     "vgg16 conv4_1": (torchvision.models.vgg16, "features.17"),
@@ -144,9 +150,15 @@ def bench_model(name, x, target, args, device) -> list[tuple]:
             sec, peak = timed(lambda v=v: iba[v].attribute(x, target), device)
             runs.setdefault(f"{v} (batch {args.batch})", []).append((1000 * sec / args.images, peak))
             print(f"  {v}: {1000 * sec / args.images:.0f} ms/image", file=sys.stderr, flush=True)
+    with frozen(model):  # the limit row: the same (optimised) tail, plain, at the same batch x copies rows
+        tail = NetworkTail(model, layer, x[: args.batch])
+        z = tail.r.repeat_interleave(args.copies, 0)
+        lim = limit(tail, z, device, backward=True, repeat=max(3, args.repeat), params=list(model.parameters()))
+    print(f"  limit row (tail forward + input backward, {lim['batch']} rows): {lim['rate']:.1f} GFLOP/s",
+          file=sys.stderr, flush=True)
     ref = statistics.median(ms for ms, _ in runs[next(iter(runs))])
     return [(name, path, statistics.median(ms for ms, _ in r), max(p for _, p in r), ref, agree.get(path),
-             work.get(path, math.nan), work[next(iter(runs))]) for path, r in runs.items()]
+             work.get(path, math.nan), work[next(iter(runs))], lim) for path, r in runs.items()]
 
 
 def main() -> None:
@@ -162,11 +174,13 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=1, help="timings per row, taken in turn; the median is shown")
     ap.add_argument("--skip-reference", action="store_true", help="no reference rows")
     ap.add_argument("--skip-authors", action="store_true", help="no authors'-loop row (weights' gradients on)")
-    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default or 0: all cores)")
     args = ap.parse_args()
     device = torch.device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
+    elif args.threads == 0:
+        torch.set_num_threads(os.cpu_count() or 1)
     torch.backends.cudnn.benchmark = device.type == "cuda"
     g = torch.Generator().manual_seed(0)
     x = torch.randn(args.images, 3, args.size, args.size, generator=g).to(device)
@@ -180,14 +194,19 @@ def main() -> None:
     print(f"\nPer-Sample IBA, {args.steps} steps x {args.copies} copies, {args.size}x{args.size}, {device_name(device)}, "
           f"{args.images} images (reference path: {n_ref}), median of {args.repeat}\n")
     print("| model / layer | path | ms / image | x faster than the first row | GFLOP / image | x less arithmetic "
-          "than the first row | GFLOP/s | peak memory (MiB) | maps vs fp32 plain tail (Spearman) |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
-    for name, path, ms, peak, ref, agree, work, ref_work in rows:
+          "than the first row | GFLOP/s | limit GFLOP/s | % of limit | peak memory (MiB) | maps vs fp32 plain tail "
+          "(Spearman) |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for name, path, ms, peak, ref, agree, work, ref_work, lim in rows:
+        rate = work / 1e6 / ms
         print(f"| {name} | {path} | {ms:.1f} | {ref / ms:.1f} | {work / 1e9:.1f} | {ref_work / work:.1f} | "
-              f"{work / 1e6 / ms:.1f} | {'–' if peak != peak else f'{peak:.0f}'} | "
+              f"{rate:.1f} | {lim['rate']:.1f} | {fmt(ratio(rate, lim['rate']), pct=True)} | {fmt(peak, 0)} | "
               f"{'–' if agree is None else f'{agree:.4f}'} |")
+        record("iba", model=name, path=path, device=device_name(device), ms_per_image=ms, gflop_per_image=work / 1e9,
+               rate=rate, limit_rate=lim["rate"], peak_mib=peak)
     print("\nGFLOP: matrix products and convolutions, forward and backward (torch.utils.flop_counter), counted on "
-          "one image; 'x less arithmetic' is the speed-up a path would have at the first row's GFLOP/s.")
+          "one image; 'x less arithmetic' is the speed-up a path would have at the first row's GFLOP/s. Limit: a "
+          "plain forward + input backward of the tail at batch x copies rows, in this run (timing.limit).")
 
 
 if __name__ == "__main__":

@@ -6,7 +6,11 @@ the protocol (PixelFlipping = deletion only, one forward per step for the whole 
     python scripts/bench_metrics.py                       # CPU, small settings
     python scripts/bench_metrics.py --device cuda --images 256 --size 224 --chunk 1024 --precision bf16
 
-Prints a Markdown table. Models: torchvision VGG-16 and MobileNet-V2 with random weights.
+Prints a Markdown table. Models: torchvision VGG-16 and MobileNet-V2 with random weights. The *limit row*
+(issue 31): a plain batched forward of the same model (BatchNorm folded and channels-last, as the metric runs
+it) at the metric's rows per call (``--chunk``, ``auto``
+resolved as the metric resolves it), under the same precision, measured in the same run (``timing.limit``);
+"% of limit" is each row's forward rate as a share of it (target for xattr's rows: >= 80%).
 
 ``--tolerance``: how far the AUC of the curve at ``--points`` steps (``points: 100``; ``--spacings even,adaptive``)
 lies from the full curve's (``points: all``), on real images, real weights and several methods' maps (xattr zoo
@@ -43,8 +47,10 @@ import torch
 import torchvision
 from torchvision.transforms.functional import gaussian_blur
 
-from timing import flops
+from timing import device_name, flops, fmt, limit, ratio, record
 from timing import timed as timed_mem  # scripts/ is on sys.path when run as a script
+from xattr.core.chunk import autocast, resolve_chunk
+from xattr.metrics._perturb import folded
 from xattr.metrics.insertion_deletion import InsertionDeletion
 from xattr.metrics.sensitivity_n import SensitivityN
 
@@ -424,8 +430,8 @@ def main() -> None:
           f"{len(sens.n)} n x {a.n_masks} masks, chunk {a.chunk}, {a.precision}\n")
     peak_col = f" % of {a.peak_tflops:g} TFLOP/s |" if a.peak_tflops else ""
     print("| model | metric | path | forwards / image | ms / image | peak memory (MiB) | x faster than the metric's first row "
-          f"| forward TFLOP/s |{peak_col}")
-    print("|---|---|---|---:|---:|---:|---:|---:|" + ("---:|" if a.peak_tflops else ""))
+          f"| forward TFLOP/s | limit TFLOP/s | % of limit |{peak_col}")
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if a.peak_tflops else ""))
     pts = int(a.points[0])
     sparse = InsertionDeletion(per_step=a.per_step, blur_sigma=sigma, min_prob=None, chunk=a.chunk,
                                precision=a.precision, points=pts)
@@ -461,6 +467,16 @@ def main() -> None:
             rows.append(("Sensitivity-n (InputIBA)", "per-image loop", n_sens,
                          timed_mem(lambda: loop_sens(model, x, target, maps, sens), device)))  # noqa: B023
         rows.append(("Sensitivity-n (InputIBA)", "xattr", n_sens, timed_mem(lambda: sens(model, x, target, maps), device)))  # noqa: B023
+        per_call = resolve_chunk(a.chunk, model, x[:1], a.precision) or 2 * n_steps  # None: a whole curve per call
+        # the network the metric runs (BatchNorm folded, channels-last, as InsertionDeletion's defaults), plain
+        net = folded(model, x[:1]).to(memory_format=torch.channels_last)
+        rows_in = x[:1].expand(per_call, -1, -1, -1).contiguous(memory_format=torch.channels_last)
+
+        def forward(z, net=net):
+            with autocast(device, a.precision):
+                return net(z)
+
+        lim = limit(forward, rows_in, device, params=list(net.parameters()))
         first: dict[str, float] = {}
         for metric, path, fw, (sec, peak) in rows:
             base = first.setdefault(metric, sec)
@@ -468,10 +484,15 @@ def main() -> None:
             mem = "-" if peak != peak else f"{peak:.0f}"
             rate = per_forward * fw * a.images / sec / 1e12
             pct = f" {100 * rate / a.peak_tflops:.1f} |" if a.peak_tflops else ""
-            print(f"| {name} | {metric} | {path} | {fw} | {1000 * sec / a.images:.0f} | {mem} | {up} | {rate:.3f} |{pct}",
-                  flush=True)
+            share = ratio(rate, lim["rate"] / 1e3)
+            print(f"| {name} | {metric} | {path} | {fw} | {1000 * sec / a.images:.0f} | {mem} | {up} | {rate:.3f} | "
+                  f"{lim['rate'] / 1e3:.3f} | {fmt(share, pct=True)} |{pct}", flush=True)
+            record("metrics", model=name, metric=metric, path=path, device=device_name(device), precision=a.precision,
+                   ms_per_image=1000 * sec / a.images, gflop_per_image=per_forward * fw / 1e9, rate=rate * 1e3,
+                   limit_rate=lim["rate"], peak_mib=peak)
         print(f"\n({name}: {per_forward / 1e9:.2f} GFLOP per forward (torch.utils.flop_counter: convolutions and matrix "
-              "products); forward TFLOP/s = forwards x that / time, the rate of the metric's model forwards)")
+              "products); forward TFLOP/s = forwards x that / time, the rate of the metric's model forwards; limit: a plain "
+              f"forward of {per_call} rows in this run)")
 
 if __name__ == "__main__":
     main()

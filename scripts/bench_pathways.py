@@ -11,17 +11,31 @@ runs with its config defaults (conf/method/*.yaml): NeuronIntGrad 10 steps, Inpu
 iterations per round, GreedyPruning 1% of the neurons per step. Peak memory: on CUDA the allocator's peak
 during the call (``torch.cuda.max_memory_allocated``, reset before each); on CPU the process's peak resident
 set so far (``ru_maxrss``: monotone over the script, so only its growth is informative).
+
+Each row also gives the method's arithmetic (GFLOP per image, ``timing.flops`` on one image), the rate the
+batched path reached, and the *limit row* (issue 31): a plain batched forward + input-gradient backward of the
+whole model at ``min(images x rows per image, --chunk)`` rows, measured in the same run (``timing.limit``);
+"% of limit" is the batched rate's share of it (target: >= 80%). ``--threads 1`` / ``--threads 0`` (all cores).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import resource
 import time
 import warnings
 
 import torch
 
+from timing import (  # scripts/ is on sys.path when run as a script
+    device_name,
+    flops,
+    fmt,
+    limit,
+    ratio,
+    record,
+)
 from xattr.methods.pathways import DGR, GreedyPruning, InputIntGrad, InputMCT, NeuronIntGrad, NeuronMCT
 from xattr.models import load_model
 
@@ -78,15 +92,19 @@ def main() -> None:
     ap.add_argument("--chunk", type=int, default=256, help="forward rows per call (NeuronIntGrad, InputIntGrad)")
     ap.add_argument("--methods", nargs="*", default=None)
     ap.add_argument("--fast", action="store_true", help="cheap hyper-parameters (smoke run)")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (0: all cores; default torch's)")
     args = ap.parse_args()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads or os.cpu_count() or 1)
     warnings.filterwarnings("ignore")
     meths = methods(args.fast, args.chunk)
     names = args.methods or list(meths)
     unit = "MiB (CUDA peak) / MiB (CPU process max RSS)"
     print(f"ms per image, {args.images} images, {args.weights} weights"
           f"{' (fast hyper-parameters)' if args.fast else ''}; peak memory in {unit}\n")
-    print("| model | device | method | one at a time ms/img | batched ms/img | speed-up | peak one / batched |")
-    print("|---|---|---|---|---|---|---|")
+    print("| model | device | method | one at a time ms/img | batched ms/img | speed-up | peak one / batched | "
+          "GFLOP / image | GFLOP/s batched | limit GFLOP/s | % of limit |")
+    print("|---|---|---|---|---|---|---|---:|---:|---:|---:|")
     for dname in args.devices:
         device = torch.device(dname)
         dev_label = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
@@ -97,15 +115,25 @@ def main() -> None:
             x = torch.randn(args.images, 3, size, size, generator=g).to(device)
             with torch.no_grad():
                 t = zoo.net(x).argmax(1)
+            lims: dict[int, dict] = {}
             for meth in names:
                 try:
                     m = meths[meth](zoo.net)
                     one, peak1 = measure(m, x, t, batched=False)
                     bat, peakb = measure(m, x, t, batched=True)
+                    work = flops(lambda m=m, x=x, t=t: m.explain(x[:1], t[:1]))
+                    rows = min(args.images * getattr(m, "n_steps", 1), args.chunk)
+                    if rows not in lims:
+                        lims[rows] = limit(zoo.net, x[:1].expand(rows, -1, -1, -1).contiguous(), device, backward=True)
+                    rate, lim = work / 1e6 / bat, lims[rows]["rate"]
                     print(f"| {mname} | {dev_label} | {meth} | {one:.1f} | {bat:.1f} | {one / bat:.2f}x | "
-                          f"{peak1:.0f} / {peakb:.0f} |", flush=True)
+                          f"{peak1:.0f} / {peakb:.0f} | {work / 1e9:.2f} | {rate:.1f} | {lim:.1f} | "
+                          f"{fmt(ratio(rate, lim), pct=True)} |", flush=True)
+                    record("pathways", model=mname, path=f"{meth}, batched", device=device_name(device),
+                           ms_per_image=bat, gflop_per_image=work / 1e9, rate=rate, limit_rate=lim, peak_mib=peakb)
                 except Exception as e:  # noqa: BLE001 - a table cell, not a crash
-                    print(f"| {mname} | {dev_label} | {meth} | error: {type(e).__name__}: {e} | | | |", flush=True)
+                    print(f"| {mname} | {dev_label} | {meth} | error: {type(e).__name__}: {e} | | | | | | | |",
+                          flush=True)
             del zoo
 
 

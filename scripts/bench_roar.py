@@ -29,6 +29,7 @@ import time
 import torch
 from torch.nn import functional as F
 
+from timing import record  # scripts/ is on sys.path when run as a script
 from xattr.data.roar import DeviceRoarBatches
 from xattr.models.cifar_resnet8 import CIFAR10_MEAN, CIFAR10_STD, ResNet8
 
@@ -167,6 +168,9 @@ def main() -> None:
             continue
         per_epoch = TRAIN / tr + VAL / ev
         one = training_seconds(tr, ev, 30)
+        record("roar", model="ResNet-8 CIFAR-10", path=f"one training step ({name}, {threads} threads)", device=name,
+               ms_per_image=1000 / tr, unit="ms per training image; a 30-epoch training: "
+               f"{one / 60:,.1f} min")
         print(f"| {name} | {threads} | {tr:,.0f} | {ev:,.0f} | {per_epoch:,.1f} | {one / 60:,.1f} min "
               f"| {96 * one / 3600:,.1f} h | {120 * training_seconds(tr, ev, 50) / 3600:,.1f} h |")
 

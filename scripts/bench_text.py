@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from timing import device_name, record  # scripts/ is on sys.path when run as a script
 from xattr.methods.input_iba.text import InputIBAText
 from xattr.methods.text import (
     TextAttentionRollout,
@@ -148,6 +149,8 @@ def main() -> None:
             single = rate(lambda m=m, x=x_d, t=t_d: [m.attribute(x[i : i + 1, :n], t[i : i + 1])
                                                      for i, n in enumerate(lengths)], len(lengths), device)
             print(f"| {name} | {device.type} | {batched:.2f} | {single:.2f} | {batched / single:.1f}x |", flush=True)
+            record("text", model=args.model, path=f"{name}, batched", device=device_name(device),
+                   ms_per_image=1000 / batched, unit="ms per review")
 
 
 if __name__ == "__main__":
