@@ -21,7 +21,14 @@ import time
 import torch
 from omegaconf import OmegaConf
 
-from timing import device_name, flops, record  # scripts/ is on sys.path when run as a script
+from timing import (  # scripts/ is on sys.path when run as a script
+    device_name,
+    flops,
+    fmt,
+    limit,
+    ratio,
+    record,
+)
 from xattr.config import CONF_DIR
 from xattr.data.axioms_generation import AxiomGenerator, GenConfig
 from xattr.data.axioms_prior import PriorSpec
@@ -82,21 +89,31 @@ def main() -> None:
     print(f"{args.scenario} scenario, prior {args.prior}, {args.model}; GFLOP per sample-iteration counted once per "
           "device\n")
     print(f"| device | batch | s/step | samples/min ({args.iters} it/sample) | speed-up | GFLOP / sample-iteration "
-          "| TFLOP/s |\n|---|---|---|---|---|---:|---:|")
+          "| TFLOP/s | limit TFLOP/s | % of limit |\n|---|---|---|---|---|---:|---:|---:|---:|")
     for device in devices:
         zoo = load_model(args.model, weights=args.weights, device=device)
         work = flops_per_iteration(zoo.net, zoo.preprocess, spec, args.scenario, device)
         name = device_name(device)
         one = seconds_per_step(zoo.net, zoo.preprocess, spec, args.scenario, 1, args.steps, device)
+        size = zoo.preprocess.size
+        size = (size, size) if isinstance(size, int) else tuple(size)
+
+        def lim(b: int, zoo=zoo, size=size, device=device) -> float:
+            """The limit row: a plain forward + input backward of the classifier at the generation batch (TFLOP/s)."""
+            return limit(zoo.net, torch.randn(b, 3, *size, device=device), device, backward=True)["rate"] / 1e3
+
+        l1 = lim(1)
         print(f"| {name} | 1 (one at a time) | {one:.3f} | {60 / (one * args.iters):.3f} | 1.0 | {work / 1e9:.1f} | "
-              f"{work / one / 1e12:.3f} |", flush=True)
+              f"{work / one / 1e12:.3f} | {l1:.3f} | {fmt(ratio(work / one / 1e12, l1), pct=True)} |", flush=True)
         for b in args.batch:
             sec = seconds_per_step(zoo.net, zoo.preprocess, spec, args.scenario, b, args.steps, device)
+            lb = lim(b)
             print(f"| {name} | {b} | {sec:.3f} | {60 * b / (sec * args.iters):.3f} | {one * b / sec:.2f} | "
-                  f"{work / 1e9:.1f} | {work * b / sec / 1e12:.3f} |", flush=True)
+                  f"{work / 1e9:.1f} | {work * b / sec / 1e12:.3f} | {lb:.3f} | "
+                  f"{fmt(ratio(work * b / sec / 1e12, lb), pct=True)} |", flush=True)
             record("axioms", model=args.model, path=f"generation, batch {b} ({args.scenario}, prior {args.prior})",
                    device=name, ms_per_image=1000 * sec / b, gflop_per_image=work / 1e9, rate=work * b / sec / 1e9,
-                   unit="ms per sample-iteration")
+                   limit_rate=1e3 * lb, unit="ms per sample-iteration")
 
 
 if __name__ == "__main__":

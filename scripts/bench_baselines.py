@@ -16,7 +16,14 @@ import warnings
 import torch
 import torchvision
 
-from timing import device_name, record  # scripts/ is on sys.path when run as a script
+from timing import (  # scripts/ is on sys.path when run as a script
+    device_name,
+    flops,
+    fmt,
+    limit,
+    ratio,
+    record,
+)
 from xattr.methods.baselines.cam import FullGrad, GradCAM, GradCAMPlusPlus, GuidedGradCAM
 from xattr.methods.baselines.deepshap import DeepSHAP
 from xattr.methods.baselines.extremal_perturbation import ExtremalPerturbation
@@ -96,6 +103,7 @@ def main() -> None:
     model_names = args.models or list(zoo)
     method_names = args.methods or list(meths)
     rows = {m: {} for m in method_names}
+    lims: dict[str, float] = {}  # the limit row per model: a plain forward + input backward of the images
     for mname in model_names:
         torch.manual_seed(0)
         net, layer = zoo[mname]()
@@ -113,15 +121,24 @@ def main() -> None:
                 if device.type == "cuda":
                     torch.cuda.synchronize()
                 sec = time.perf_counter() - t0
-                rows[meth][mname] = f"{args.images / sec:.2f}"
+                work = flops(lambda attr=attr, x=x, t=target: attr.attribute(x[:1], t[:1])) / 1e9
+                if mname not in lims:
+                    lims[mname] = limit(net, x, device, backward=True)["rate"]
+                rate = work * args.images / sec
+                rows[meth][mname] = (f"{args.images / sec:.2f} ({work:.1f} GFLOP, {rate:.0f} GFLOP/s, "
+                                     f"{fmt(ratio(rate, lims[mname]), pct=True)})")
                 record("baselines", model=f"{mname} {args.size} px", path=meth, device=device_name(device),
-                       ms_per_image=1000 * sec / args.images)
+                       ms_per_image=1000 * sec / args.images, gflop_per_image=work, rate=rate,
+                       limit_rate=lims[mname])
             except Exception as e:  # noqa: BLE001 - a table cell, not a crash
                 rows[meth][mname] = f"error: {type(e).__name__}"
         del net
     dev = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     print(f"Images per second, {args.images} images of {args.size}x{args.size}, {dev}"
           f"{' (fast hyper-parameters)' if args.fast else ''}\n")
+    print("Each cell: images/s (GFLOP per image, GFLOP/s reached, % of the limit row). Limit: a plain forward + "
+          "input-gradient backward of the model at the bench's batch, in this run (timing.limit): "
+          + ", ".join(f"{m} {v:.0f} GFLOP/s" for m, v in lims.items()) + "\n")
     print("| method | " + " | ".join(model_names) + " |")
     print("|---|" + "---|" * len(model_names))
     for meth in method_names:

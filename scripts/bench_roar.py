@@ -29,7 +29,7 @@ import time
 import torch
 from torch.nn import functional as F
 
-from timing import record  # scripts/ is on sys.path when run as a script
+from timing import flops, fmt, ratio, record  # scripts/ is on sys.path when run as a script
 from xattr.data.roar import DeviceRoarBatches
 from xattr.models.cifar_resnet8 import CIFAR10_MEAN, CIFAR10_STD, ResNet8
 
@@ -126,6 +126,13 @@ def gpu_epoch(batch: int, compile_: bool, dev: torch.device, n: int = TRAIN) -> 
     return train_ips, nv / (time.perf_counter() - t0)
 
 
+def train_step_gflop(batch: int) -> float:
+    """GFLOP per training image of ResNet-8 (forward, input and weight gradients; ``timing.flops``)."""
+    net = ResNet8()
+    x, y = torch.randn(batch, 3, 32, 32), torch.randint(0, 10, (batch,))
+    return flops(lambda: F.cross_entropy(net(x), y).backward()) / 1e9 / batch
+
+
 def training_seconds(train_ips: float, eval_ips: float, epochs: int) -> float:
     return epochs * (TRAIN / train_ips + VAL / eval_ips) + TEST / eval_ips
 
@@ -159,20 +166,42 @@ def main() -> None:
         rows.append((f"cuda {name} (bf16, channels-last{', compile' if not args.no_compile else ''}, data on GPU)",
                      "-", tr, ev))
 
+    work = train_step_gflop(8)
+    limits = {"cpu": rows[0][2] * work}  # the limit row on a CPU: the plain fp32 step on fixed tensors (row 1)
+    if torch.cuda.is_available() and not args.no_gpu:  # on the GPU: the same step, bf16 channels-last, no data
+        net = ResNet8().cuda().to(memory_format=torch.channels_last)
+        opt = torch.optim.Adam(net.parameters(), 1e-3, fused=True)
+        x = torch.randn(args.batch, 3, 32, 32, device="cuda").contiguous(memory_format=torch.channels_last)
+        y = torch.randint(0, 10, (args.batch,), device="cuda")
+        for i in range(3 + args.steps * 5):
+            if i == 3:
+                _sync(torch.device("cuda"))
+                t0 = time.perf_counter()
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                loss = F.cross_entropy(net(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        _sync(torch.device("cuda"))
+        limits["cuda"] = args.batch * args.steps * 5 / (time.perf_counter() - t0) * work
+    print(f"ResNet-8: {work:.3f} GFLOP per training image (forward + backward); limit: a plain training step on "
+          "fixed tensors at the same batch (CPU: the first row itself; GPU: bf16 channels-last, no compile)\n")
     print("| path | threads | train img/s | eval img/s | s / epoch | 30-epoch training | Table 1 (96 x 30 ep) "
-          "| code default (120 x 50 ep) |")
-    print("|---|---|---|---|---|---|---|---|")
+          "| code default (120 x 50 ep) | train GFLOP/s | limit GFLOP/s | % of limit |")
+    print("|---|---|---|---|---|---|---|---|---:|---:|---:|")
     for name, threads, tr, ev in rows:
         if ev != ev:  # a loader row: only its rate
-            print(f"| {name} | {threads} | {tr:,.0f} | – | {TRAIN / tr:,.1f} (loading only) | – | – | – |")
+            print(f"| {name} | {threads} | {tr:,.0f} | – | {TRAIN / tr:,.1f} (loading only) | – | – | – | – | – | – |")
             continue
         per_epoch = TRAIN / tr + VAL / ev
         one = training_seconds(tr, ev, 30)
+        lim = limits.get("cuda" if name.startswith("cuda") else "cpu", float("nan"))
         record("roar", model="ResNet-8 CIFAR-10", path=f"one training step ({name}, {threads} threads)", device=name,
-               ms_per_image=1000 / tr, unit="ms per training image; a 30-epoch training: "
-               f"{one / 60:,.1f} min")
+               ms_per_image=1000 / tr, gflop_per_image=work, rate=tr * work, limit_rate=lim,
+               unit=f"ms per training image; a 30-epoch training: {one / 60:,.1f} min")
         print(f"| {name} | {threads} | {tr:,.0f} | {ev:,.0f} | {per_epoch:,.1f} | {one / 60:,.1f} min "
-              f"| {96 * one / 3600:,.1f} h | {120 * training_seconds(tr, ev, 50) / 3600:,.1f} h |")
+              f"| {96 * one / 3600:,.1f} h | {120 * training_seconds(tr, ev, 50) / 3600:,.1f} h | {tr * work:.1f} | "
+              f"{lim:.1f} | {fmt(ratio(tr * work, lim), pct=True)} |")
 
 
 if __name__ == "__main__":
