@@ -136,24 +136,25 @@ def bench_model(name, x, target, args, device) -> list[tuple]:
     for _ in range(args.repeat):
         if not args.skip_reference and not args.skip_authors:
             sec, peak = timed(lambda: reference_style(model, layer, bn, x[:n_ref], target[:n_ref], args.steps,
-                                                      args.copies), device)
+                                                      args.copies), device, args.clock)
             runs.setdefault(AUTHORS, []).append((1000 * sec / n_ref, peak))
             print(f"  authors' loop: {1000 * sec / n_ref:.0f} ms/image", file=sys.stderr, flush=True)
             model.zero_grad(set_to_none=True)
         if not args.skip_reference:
             with frozen(model):
                 sec, peak = timed(lambda: reference_style(model, layer, bn, x[:n_ref], target[:n_ref], args.steps,
-                                                          args.copies), device)
+                                                          args.copies), device, args.clock)
             runs.setdefault(REFERENCE, []).append((1000 * sec / n_ref, peak))
             print(f"  reference style: {1000 * sec / n_ref:.0f} ms/image", file=sys.stderr, flush=True)
         for v, _, _ in variants:
-            sec, peak = timed(lambda v=v: iba[v].attribute(x, target), device)
+            sec, peak = timed(lambda v=v: iba[v].attribute(x, target), device, args.clock)
             runs.setdefault(f"{v} (batch {args.batch})", []).append((1000 * sec / args.images, peak))
             print(f"  {v}: {1000 * sec / args.images:.0f} ms/image", file=sys.stderr, flush=True)
     with frozen(model):  # the limit row: the same (optimised) tail, plain, at the same batch x copies rows
         tail = NetworkTail(model, layer, x[: args.batch])
         z = tail.r.repeat_interleave(args.copies, 0)
-        lim = limit(tail, z, device, backward=True, repeat=max(3, args.repeat), params=list(model.parameters()))
+        lim = limit(tail, z, device, backward=True, repeat=max(3, args.repeat), params=list(model.parameters()),
+                    clock=args.clock)
     print(f"  limit row (tail forward + input backward, {lim['batch']} rows): {lim['rate']:.1f} GFLOP/s",
           file=sys.stderr, flush=True)
     ref = statistics.median(ms for ms, _ in runs[next(iter(runs))])
@@ -175,6 +176,8 @@ def main() -> None:
     ap.add_argument("--skip-reference", action="store_true", help="no reference rows")
     ap.add_argument("--skip-authors", action="store_true", help="no authors'-loop row (weights' gradients on)")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default or 0: all cores)")
+    ap.add_argument("--clock", default="wall", choices=["wall", "process"],
+                    help="process: CPU time (one thread on a shared CPU), for every row and the limit")
     args = ap.parse_args()
     device = torch.device(args.device)
     if args.threads:

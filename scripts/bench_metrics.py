@@ -383,6 +383,8 @@ def main() -> None:
     p.add_argument("--time-images", type=int, default=0, help="--tolerance: images the sparse metric is timed on")
     p.add_argument("--channels-last", action="store_true", default=None, help="channels-last forwards (CPU too)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (1 on a shared machine)")
+    p.add_argument("--clock", default="wall", choices=["wall", "process"],
+                   help="process: CPU time (one thread on a shared CPU), for every row and the limit")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--images", type=int, default=2)
     p.add_argument("--size", type=int, default=32)
@@ -446,7 +448,7 @@ def main() -> None:
         rows = []  # (metric, path, forwards per image, (seconds, peak MiB) or None)
         if not a.skip_loop:
             rows.append(("insertion+deletion", "per-image loop (reference codes' way, 80 steps per forward)",
-                         2 * (n_steps + 1), timed_mem(lambda: loop_insdel(model, x, target, maps, a.per_step, sigma), device)))  # noqa: B023
+                         2 * (n_steps + 1), timed_mem(lambda: loop_insdel(model, x, target, maps, a.per_step, sigma), device, a.clock)))  # noqa: B023
         if quantus is not None and not a.skip_quantus:
             total = 3 * n_units  # Quantus needs a divisor of C*H*W: the one nearest to 3 x per_step
             fis = min((d for d in range(1, total + 1) if total % d == 0), key=lambda d: abs(d - 3 * a.per_step))
@@ -455,18 +457,18 @@ def main() -> None:
             rows.append(("deletion only", f"Quantus 0.6 PixelFlipping ({fis} values per step, batch per step)",
                          total // fis, timed_mem(lambda: pf(model=model, x_batch=x.cpu().numpy(), y_batch=target.cpu().numpy(),  # noqa: B023
                                                              a_batch=maps.expand(-1, 3, -1, -1).cpu().numpy(), device=str(device),
-                                                             softmax=True), device)))
-        rows.append(("deletion only", "xattr, points all", n_steps, timed_mem(lambda: del_only(model, x, target, maps), device)))  # noqa: B023
+                                                             softmax=True), device, a.clock)))
+        rows.append(("deletion only", "xattr, points all", n_steps, timed_mem(lambda: del_only(model, x, target, maps), device, a.clock)))  # noqa: B023
         rows.append(("insertion+deletion", "xattr, points all (tables)", 2 * n_steps,
-                     timed_mem(lambda: insdel(model, x, target, maps), device)))  # noqa: B023
+                     timed_mem(lambda: insdel(model, x, target, maps), device, a.clock)))  # noqa: B023
         rows.append(("insertion+deletion", f"xattr, points {pts} (ordinary runs)", 2 * min(pts, n_steps),
-                     timed_mem(lambda: sparse(model, x, target, maps), device)))  # noqa: B023
+                     timed_mem(lambda: sparse(model, x, target, maps), device, a.clock)))  # noqa: B023
         sens(model, x[:1], target[:1], maps[:1])
         n_sens = len(sens.n) * (a.n_masks + 1)
         if not a.skip_loop:
             rows.append(("Sensitivity-n (InputIBA)", "per-image loop", n_sens,
-                         timed_mem(lambda: loop_sens(model, x, target, maps, sens), device)))  # noqa: B023
-        rows.append(("Sensitivity-n (InputIBA)", "xattr", n_sens, timed_mem(lambda: sens(model, x, target, maps), device)))  # noqa: B023
+                         timed_mem(lambda: loop_sens(model, x, target, maps, sens), device, a.clock)))  # noqa: B023
+        rows.append(("Sensitivity-n (InputIBA)", "xattr", n_sens, timed_mem(lambda: sens(model, x, target, maps), device, a.clock)))  # noqa: B023
         per_call = resolve_chunk(a.chunk, model, x[:1], a.precision) or 2 * n_steps  # None: a whole curve per call
         # the network the metric runs (BatchNorm folded, channels-last, as InsertionDeletion's defaults), plain
         net = folded(model, x[:1]).to(memory_format=torch.channels_last)
@@ -476,7 +478,7 @@ def main() -> None:
             with autocast(device, a.precision):
                 return net(z)
 
-        lim = limit(forward, rows_in, device, params=list(net.parameters()))
+        lim = limit(forward, rows_in, device, params=list(net.parameters()), clock=a.clock)
         first: dict[str, float] = {}
         for metric, path, fw, (sec, peak) in rows:
             base = first.setdefault(metric, sec)

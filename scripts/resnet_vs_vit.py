@@ -94,18 +94,27 @@ def main() -> None:
             df.insert(0, "method", label)
             df.insert(0, "model", family)
             frames.append(df)
-            row = {"model": family, "method": label, "s/image": sec}
+            row = {"model": family, "method": label, "s/image": sec, "images": len(x)}
             for k, col in SCORES.items():
                 row[k] = mean_and_sem(torch.as_tensor(df[col].to_numpy(np.float64)))[:2] if col in df else np.nan
             rows.append(row)
             shown[(family, label)] = (x[:4], maps[:4], zoo)
             print(f"{family:9s} {label:22s} {sec:7.2f} s/image", flush=True)
-    for family in {r["model"] for r in rows}:  # per model, so the two can run apart (--models)
-        pd.concat([f for f in frames if f["model"].iloc[0] == family]).to_csv(args.out / f"per_image_{family}.csv",
-                                                                              index=False)
-        torch.save({"rows": [r for r in rows if r["model"] == family],
-                    "shown": {k: (v[0].cpu(), v[1].cpu(), v[2].name) for k, v in shown.items() if k[0] == family}},
-                   args.out / f"rows_{family}.pt")
+    for family in {r["model"] for r in rows}:  # per model, so the two can run apart (--models); the methods run
+        # now replace their earlier rows, the other methods' rows of earlier runs are kept (--methods)
+        path, csv = args.out / f"rows_{family}.pt", args.out / f"per_image_{family}.csv"
+        now = {r["method"] for r in rows if r["model"] == family}
+        old = torch.load(path, weights_only=False) if path.is_file() else {"rows": [], "shown": {}}
+        new_frames = [f for f in frames if f["model"].iloc[0] == family]
+        if csv.is_file():
+            earlier = pd.read_csv(csv)
+            new_frames.insert(0, earlier[~earlier["method"].isin(now)])
+        pd.concat(new_frames).to_csv(csv, index=False)
+        kept = [r for r in old["rows"] if r["method"] not in now]
+        shown_kept = {k: v for k, v in old["shown"].items() if k[1] not in now}
+        torch.save({"rows": kept + [r for r in rows if r["model"] == family],
+                    "shown": {**shown_kept, **{k: (v[0].cpu(), v[1].cpu(), v[2].name) for k, v in shown.items()
+                                               if k[0] == family}}}, path)
     rows, shown = [], {}
     for family, model_name in MODELS.items():
         path = args.out / f"rows_{family}.pt"
@@ -114,7 +123,7 @@ def main() -> None:
             rows += saved["rows"]
             zoo = xattr.load_model(model_name, weights="random")  # only its preprocessing, for the figure
             shown.update({k: (x, m, zoo) for k, (x, m, _) in saved["shown"].items()})
-    table = _table(rows, args.limit)
+    table = _table(rows)
     (args.out / "table.md").write_text(table)
     print(table)
     _figure(shown, args.out / "maps.png")
@@ -126,15 +135,20 @@ def _fmt(v) -> str:
     return "–"
 
 
-def _table(rows: list[dict], limit: int) -> str:
+def _table(rows: list[dict]) -> str:
+    """One row per method; the header gives the images per row (a method run on fewer says so in its cell)."""
     by = {(r["model"], r["method"]): r for r in rows}
     methods = list(dict.fromkeys(r["method"] for r in rows))
+    counts = [r.get("images") for r in rows if r.get("images")]
+    most = max(counts) if counts else 0
     cols = [f"{m} {k}" for k in SCORES for m in MODELS]
-    lines = [f"| method ({limit} CIFAR-10 test images) | " + " | ".join(cols) + " |",
+    lines = [f"| method ({most} CIFAR-10 test images) | " + " | ".join(cols) + " |",
              "|---|" + "---|" * len(cols)]
     for meth in methods:
+        n = {by[(m, meth)].get("images") for m in MODELS if (m, meth) in by} - {None, most}
+        label = meth + (f" ({', '.join(map(str, sorted(n)))} images)" if n else "")
         cells = [_fmt(by.get((m, meth), {}).get(k)) for k in SCORES for m in MODELS]
-        lines.append(f"| {meth} | " + " | ".join(cells) + " |")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
