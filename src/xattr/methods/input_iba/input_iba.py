@@ -91,10 +91,10 @@ class InputIBA(Attribution):
     #: on a CPU, run the network (the WGAN's generator samples, the input stage's noisy copies) in pieces of
     #: ``chunk: auto``'s CPU rows (:func:`xattr.core.chunk.resolve_chunk`: 13 rows at 224 px), channels-last:
     #: oneDNN's NHWC kernels on cache-sized pieces ran EfficientNet-Lite0's first blocks ~3x faster a row than
-    #: one NCHW call on all 224 rows (docs/speed.md, InputIBA). False: one call on the whole batch, as before
-    #: issue 31 (the tests compare the two). Never changes the result beyond float rounding: the frozen
-    #: network sees each row alone (eval-mode BatchNorm).
-    cpu_pieces: bool = True
+    #: one NCHW call on all 224 rows (docs/speed.md, InputIBA). An int: that many rows a piece. False: one
+    #: call on the whole batch, as before issue 31 (the tests compare the two). Never changes the result
+    #: beyond float rounding: the frozen network sees each row alone (eval-mode BatchNorm).
+    cpu_pieces: bool | int = True
     #: the stages' passes the network's head does not see: the WGAN's generator samples run the network only
     #: up to the feature layer (counted as full forwards in :meth:`forwards_per_image`, an upper bound)
     head_free_stages = ("wgan",)
@@ -179,9 +179,10 @@ class InputIBA(Attribution):
 
     def _pieces(self, fn: Callable[[torch.Tensor], torch.Tensor], z: torch.Tensor) -> torch.Tensor:
         """``fn(z)``, on a CPU in pieces (:attr:`cpu_pieces`, channels-last); elsewhere in one call."""
-        if z.device.type != "cpu" or not self.cpu_pieces:
+        if z.device.type != "cpu" or self.cpu_pieces is False:
             return fn(z)
-        return in_pieces(fn, z, resolve_chunk("auto", self.model, z[:1]))
+        rows = resolve_chunk("auto", self.model, z[:1]) if self.cpu_pieces is True else int(self.cpu_pieces)
+        return in_pieces(fn, z, rows)
 
     def _mask_init(self, kl: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """Generator mask logits: the feature map (bits per pixel) resized to ``x`` (reference)."""
