@@ -12,7 +12,6 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 import bench_input_iba as bench  # noqa: E402
 from timing import flops  # noqa: E402
-
 from xattr.methods.input_iba import ConvDiscriminators, InputIBA  # noqa: E402
 from xattr.models.tiny import TinyCNN  # noqa: E402
 
@@ -39,7 +38,7 @@ def test_limit_row_and_ratio_on_a_tiny_model() -> None:
         m.fit([{"x": torch.randn(16, 3, 16, 16)}])
     x, t = torch.randn(2, 3, 16, 16), torch.tensor([0, 1])
     assert bench.step_counts(m) == (2, 1) and bench.step_rows(m) == (16, 8)
-    rows = {name: rest for name, *rest in bench.wgan_rows(m, x, t, "cpu")}
+    rows = {name: rest for name, *rest in bench.wgan_rows(m, x, t, "cpu", repeats=3)}
     stage, limit = rows["WGAN stage"], rows["limit: plain batched passes"]
     assert stage[0] == limit[0] > 0  # the same GFLOP per image: the limit does the stage's arithmetic
     assert 0 < stage[3] <= 1.2 and limit[3] == 1.0
