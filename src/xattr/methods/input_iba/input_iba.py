@@ -26,6 +26,9 @@ logits initialised with the feature map (bits per pixel) resized to the input; W
 input beta 20, 60 steps, lr 1, 10 copies, smoothing sigma 1, input prior N(0, 1).
 Departures: randomness per image (seeded from ``seed`` and the image's bytes), so an image gets the same
 map alone or in a batch; the WGAN targets are drawn afresh per minibatch (see :mod:`.wgan`).
+Speed: on a CPU the network's passes (the generator's samples, the input stage's noisy copies) run in
+channels-last pieces of ``chunk: auto``'s rows (:attr:`InputIBA.cpu_pieces`; issue 31: the WGAN stage went
+from 43% to 68% of the rate of plain batched passes of the same networks, docs/speed.md).
 
 >>> method = InputIBA(vgg, layer="features.17"); method.fit(estimation_loader, cache_dir)
 >>> maps = method.attribute(x, target)                        # (B, 1, H, W)
