@@ -179,16 +179,17 @@ def limit_row(method: InputIBA, x: torch.Tensor, r: torch.Tensor, device: str) -
     return {"flops": f / b, "seconds": t / b, "rate": f / t, "parts": best}
 
 
-def wgan_rows(method: InputIBA, x: torch.Tensor, target: torch.Tensor, device: str, repeats: int = 1) -> list[tuple]:
-    """``(name, GFLOP/img, s/img, GFLOP/s, ratio to the limit)`` for the WGAN stage (and its path before
-    issue 31 on a CPU) and the limit row; ``repeats``: the stage's time is the best of that many runs."""
+def wgan_rows(method: InputIBA, x: torch.Tensor, target: torch.Tensor, device: str, repeats: int = 1,
+              old: bool = True) -> list[tuple]:
+    """``(name, GFLOP/img, s/img, GFLOP/s, ratio to the limit)`` for the WGAN stage (and, with ``old``, its path
+    before issue 31 on a CPU) and the limit row; ``repeats``: the stage's time is the best of that many runs."""
     r, kl, m = wgan_inputs(method, x, target)
     b = x.shape[0]
     fl = method.gan.epochs * flops(lambda: wgan_stage(variant(method, epochs=1), x, r, kl, m)) / b
     lim = limit_row(method, x, r, device)
     rows = []
     paths = [("WGAN stage", method)]
-    if torch.device(device).type == "cpu":
+    if old and torch.device(device).type == "cpu":
         paths.append(("WGAN stage, one call (before issue 31)", variant(method, cpu_pieces=False)))
     for name, meth in paths:
         wgan_stage(variant(meth, epochs=1), x[:1], r[:1], kl[:1], m[:1])  # warm-up

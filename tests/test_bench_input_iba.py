@@ -16,7 +16,7 @@ from xattr.methods.input_iba import ConvDiscriminators, InputIBA  # noqa: E402
 from xattr.models.tiny import TinyCNN  # noqa: E402
 
 
-def test_plain_critic_flops_match_the_closed_form() -> None:
+def test_plain_critic_flops_match_the_closed_form(one_thread) -> None:
     c, h, n = 4, 8, 3
     crit = bench.plain_critic(ConvDiscriminators(1, (c, h, h)), (c, h, h))
     rr = torch.randn(n, c, h, h)
@@ -29,7 +29,7 @@ def test_plain_critic_flops_match_the_closed_form() -> None:
     assert flops(lambda: crit(rr).sum().backward()) == 3 * fwd - 2 * n * convs[0]
 
 
-def test_limit_row_and_ratio_on_a_tiny_model() -> None:
+def test_limit_row_and_ratio_on_a_tiny_model(one_thread) -> None:
     net = TinyCNN(4).eval()
     m = InputIBA(net, layer="conv2", epochs=1, n_targets=16, n_groups=2, gan_batch=8, critic=2, feat_steps=2,
                  feat_copies=2, steps=2, copies=2)
@@ -38,7 +38,7 @@ def test_limit_row_and_ratio_on_a_tiny_model() -> None:
         m.fit([{"x": torch.randn(16, 3, 16, 16)}])
     x, t = torch.randn(2, 3, 16, 16), torch.tensor([0, 1])
     assert bench.step_counts(m) == (2, 1) and bench.step_rows(m) == (16, 8)
-    rows = {name: rest for name, *rest in bench.wgan_rows(m, x, t, "cpu", repeats=3)}
+    rows = {name: rest for name, *rest in bench.wgan_rows(m, x, t, "cpu", repeats=3, old=False)}
     stage, limit = rows["WGAN stage"], rows["limit: plain batched passes"]
     assert stage[0] == limit[0] > 0  # the same GFLOP per image: the limit does the stage's arithmetic
     assert 0 < stage[3] <= 1.2 and limit[3] == 1.0

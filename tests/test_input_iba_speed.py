@@ -13,7 +13,7 @@ from xattr.methods.input_iba import InputIBA
 from xattr.methods.input_iba.wgan import in_pieces
 from xattr.models.tiny import TinyCNN
 
-TINY = dict(epochs=2, n_targets=16, n_groups=2, gan_batch=8, critic=2, feat_steps=3, feat_copies=2, steps=4,
+TINY = dict(epochs=1, n_targets=16, n_groups=2, gan_batch=8, critic=1, feat_steps=2, feat_copies=2, steps=3,
             copies=3)
 
 
@@ -26,7 +26,7 @@ def _method(net, pieces, **kw):
     return m
 
 
-def test_pieces_equal_one_call_values_and_gradients() -> None:
+def test_pieces_equal_one_call_values_and_gradients(one_thread) -> None:
     torch.manual_seed(0)
     net = TinyCNN(4).eval()
     z = torch.randn(11, 3, 12, 12, requires_grad=True)  # 11 rows in pieces of 4: 4, 4, 3
@@ -40,7 +40,7 @@ def test_pieces_equal_one_call_values_and_gradients() -> None:
     assert in_pieces(net, z, None) is not None and torch.equal(in_pieces(net, z, None), one)
 
 
-def test_new_path_equals_the_old_one_and_batched_equals_single() -> None:
+def test_new_path_equals_the_old_one_and_batched_equals_single(one_thread) -> None:
     net = TinyCNN(4).eval()
     x = torch.randn(3, 3, 16, 16, generator=torch.Generator().manual_seed(2))
     t = torch.tensor([0, 1, 3])
