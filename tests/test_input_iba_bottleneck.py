@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
 from xattr.methods.iba import kl_divergence
 from xattr.methods.input_iba import InputBottleneck, input_kl
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny nets: one thread, no contention on a shared CPU
 
 
 def _normal_logpdf(z: torch.Tensor, mu: torch.Tensor, sd: torch.Tensor) -> torch.Tensor:

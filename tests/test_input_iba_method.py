@@ -13,6 +13,8 @@ from xattr.errors import XattrConfigError
 from xattr.methods.input_iba import InputIBA
 from xattr.models.tiny import TinyCNN
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny nets: one thread, no contention on a shared CPU
+
 TINY = dict(epochs=1, n_targets=16, n_groups=2, gan_batch=8, critic=2, feat_steps=3, feat_copies=2, steps=4, copies=2)
 
 

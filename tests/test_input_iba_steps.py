@@ -26,6 +26,8 @@ from xattr.methods.input_iba import (
 )
 from xattr.methods.input_iba import wgan as wgan_module
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny nets: one thread, no contention on a shared CPU
+
 
 def _recording(monkeypatch, module):
     """Every standard-normal draw of ``module.draw_noise``, in order."""

@@ -6,10 +6,13 @@ from __future__ import annotations
 import time
 import warnings
 
+import pytest
 import torch
 
 from xattr.methods.input_iba import InputIBA
 from xattr.models.tiny import TinyCNN
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny nets: one thread, no contention on a shared CPU
 
 TINY = dict(epochs=1, n_targets=8, n_groups=2, gan_batch=4, critic=2, feat_steps=2, feat_copies=2, steps=2, copies=2)
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from xattr.core.seeding import make_generators
 from xattr.methods.input_iba import ConvDiscriminators, MaskGenerator, RNNDiscriminators, WGANConfig, fit_wgan
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny nets: one thread, no contention on a shared CPU
 
 
 def _fit(x, r, m, cfg, seeds, gm, gs):

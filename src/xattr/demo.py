@@ -24,7 +24,7 @@ from xattr.cli import HELP_FLAGS, Stop, checked, command, help_text, parents_to_
 from xattr.config import CONF_DIR, build, check_values, validate
 from xattr.core.store import RunStore
 from xattr.core.threads import apply_threads
-from xattr.engine.cost import estimate, seconds_per_forward
+from xattr.engine.cost import estimate
 from xattr.models.zoo import load_model
 from xattr.run import run
 from xattr.viz.heatmaps import comparison_grid
@@ -108,13 +108,36 @@ def demo(cfg: DictConfig, set_threads: bool = False) -> Path:
     return path
 
 
+def seconds_per_equivalent(net, x: torch.Tensor) -> float:
+    """Seconds of one forward equivalent as the demo's costly methods spend them: a third of one row's forward
+    and input-gradient backward (a backward counts 2 in every stated cost), on a CPU in channels-last pieces of
+    ``chunk: auto``'s rows (InputIBA's and IBA's passes; :func:`xattr.core.chunk.resolve_chunk`), the best of 3
+    after a warm-up. Why not ``engine.cost.seconds_per_forward`` (one plain forward of 4 rows): on this CPU
+    a backward costs about one forward, not two, and the pieces run ~1.3x faster, so that estimate said
+    3x the measured time for InputIBA (docs/speed.md, InputIBA)."""
+    from xattr.core.chunk import resolve_chunk
+    from xattr.core.hooks import frozen
+
+    rows = resolve_chunk("auto", net, x[:1]) if x.device.type == "cpu" else 4
+    xb = x[:1].expand(rows, *x.shape[1:]).contiguous(memory_format=torch.channels_last)
+    times = []
+    with frozen(net), torch.enable_grad():
+        for _ in range(4):
+            z = xb.clone().requires_grad_(True)
+            t0 = time.perf_counter()
+            net(z).sum().backward()
+            times.append(time.perf_counter() - t0)
+    return min(times[1:]) / (3 * rows)
+
+
 def _seconds(methods: dict, metrics: dict, net, ds, out: Path) -> float:
     """The demo's estimated CPU seconds (``xattr.engine.cost``: each built method's forwards per image x one
-    measured forward), counting only the images each method's run has not finished yet."""
+    measured forward equivalent, :func:`seconds_per_equivalent`), counting only the images each method's run
+    has not finished yet."""
     if not len(ds):
         return 0.0
     x = ds[0]["x"][None]
-    per_forward = seconds_per_forward(net, x)  # the same network for every method: measured once
+    per_forward = seconds_per_equivalent(net, x)  # the same network for every method: measured once
     total = 0.0
     for m, method in methods.items():
         todo = len(ds) - sum(1 for i in RunStore(out / m).done_indices() if i < len(ds))

@@ -26,6 +26,9 @@ logits initialised with the feature map (bits per pixel) resized to the input; W
 input beta 20, 60 steps, lr 1, 10 copies, smoothing sigma 1, input prior N(0, 1).
 Departures: randomness per image (seeded from ``seed`` and the image's bytes), so an image gets the same
 map alone or in a batch; the WGAN targets are drawn afresh per minibatch (see :mod:`.wgan`).
+Speed: on a CPU the network's passes (the generator's samples, the input stage's noisy copies) run in
+channels-last pieces of ``chunk: auto``'s rows (:attr:`InputIBA.cpu_pieces`; issue 31: the WGAN stage went
+from 43% to 68% of the rate of plain batched passes of the same networks, docs/speed.md).
 
 >>> method = InputIBA(vgg, layer="features.17"); method.fit(estimation_loader, cache_dir)
 >>> maps = method.attribute(x, target)                        # (B, 1, H, W)
@@ -51,7 +54,14 @@ from xattr.methods.base import Attribution, Explanation, with_prefix
 from xattr.methods.iba import Bottleneck, PerSampleIBA, optimize_alpha, to_bits_map
 from xattr.methods.iba.bottleneck import cross_entropy_loss
 from xattr.methods.input_iba.input_bottleneck import InputBottleneck
-from xattr.methods.input_iba.wgan import ConvDiscriminators, MaskGenerator, WGANConfig, fit_wgan
+from xattr.methods.input_iba.wgan import (
+    ConvDiscriminators,
+    MaskGenerator,
+    WGANConfig,
+    WGANResult,
+    fit_wgan,
+    in_pieces,
+)
 
 TARGET_MASKS = ("capacity", "lambda")
 
@@ -81,6 +91,13 @@ class InputIBA(Attribution):
     name = "input_iba"
     paper = "Khakzar et al., NeurIPS 2021"
     memory_knob = "chunk"
+    #: on a CPU, run the network (the WGAN's generator samples, the input stage's noisy copies) in pieces of
+    #: ``chunk: auto``'s CPU rows (:func:`xattr.core.chunk.resolve_chunk`: 13 rows at 224 px), channels-last:
+    #: oneDNN's NHWC kernels on cache-sized pieces ran EfficientNet-Lite0's first blocks ~3x faster a row than
+    #: one NCHW call on all 224 rows (docs/speed.md, InputIBA). An int: that many rows a piece. False: one
+    #: call on the whole batch, as before issue 31 (the tests compare the two). Never changes the result
+    #: beyond float rounding: the frozen network sees each row alone (eval-mode BatchNorm).
+    cpu_pieces: bool | int = True
     #: the stages' passes the network's head does not see: the WGAN's generator samples run the network only
     #: up to the feature layer (counted as full forwards in :meth:`forwards_per_image`, an upper bound)
     head_free_stages = ("wgan",)
@@ -159,8 +176,16 @@ class InputIBA(Attribution):
             return self._grid(capture(self.model, self.module, x).detach(), x)
 
     def _head(self, x: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
-        """``z -> f(z)`` with gradients (the classifier up to the bottleneck layer; a token layer: its grid)."""
-        return lambda z: self._grid(capture(self.model, self.module, z), x)
+        """``z -> f(z)`` with gradients (the classifier up to the bottleneck layer; a token layer: its grid),
+        on a CPU in pieces (:attr:`cpu_pieces`)."""
+        return lambda z: self._grid(self._pieces(lambda t: capture(self.model, self.module, t), z), x)
+
+    def _pieces(self, fn: Callable[[torch.Tensor], torch.Tensor], z: torch.Tensor) -> torch.Tensor:
+        """``fn(z)``, on a CPU in pieces (:attr:`cpu_pieces`, channels-last); elsewhere in one call."""
+        if z.device.type != "cpu" or self.cpu_pieces is False:
+            return fn(z)
+        rows = resolve_chunk("auto", self.model, z[:1]) if self.cpu_pieces is True else int(self.cpu_pieces)
+        return in_pieces(fn, z, rows)
 
     def _mask_init(self, kl: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """Generator mask logits: the feature map (bits per pixel) resized to ``x`` (reference)."""
@@ -176,7 +201,8 @@ class InputIBA(Attribution):
 
     def _stage3(self, x: torch.Tensor, lam_g: torch.Tensor) -> tuple[torch.Tensor, Callable, Bottleneck]:
         """(input of the bottleneck, tail, bottleneck) for stage 3."""
-        return x.detach(), self.model, InputBottleneck(lam_g, self.input_mean, self.input_std, self.sigma)
+        return (x.detach(), lambda z: self._pieces(self.model, z),
+                InputBottleneck(lam_g, self.input_mean, self.input_std, self.sigma))
 
     def _maps(self, lam: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         return lam.mean(1, keepdim=True)
@@ -202,6 +228,17 @@ class InputIBA(Attribution):
         chunk = resolve_chunk(self.chunk, self.model, x[:1], backward=True)
         return items_per_call(x.shape[0], max(self.copies, self.feature_iba.copies), chunk)
 
+    def wgan_stage(self, x: torch.Tensor, r: torch.Tensor, kl: torch.Tensor, m: torch.Tensor,
+                   clock: Callable[[str], None] | None = None) -> WGANResult:
+        """Stage 2 for the images ``x`` (their features ``r``, the feature bottleneck's capacity ``kl`` and the
+        targets' mask ``m``): the generator and one discriminator per image fitted by :func:`fit_wgan`. Call
+        it with the model frozen and gradients on, as :meth:`explain` does (``scripts/bench_input_iba.py``
+        times and counts it alone)."""
+        gens = self._gens(x, 2)
+        xin = x if x.is_floating_point() else self.model.embed(x).detach()
+        generator = MaskGenerator(xin, self._head(x), self._mask_init(kl, xin), self._noise_shape(xin))
+        return fit_wgan(generator, self._discriminator(r, x, gens), r, m, self.gan, gens, clock=clock)
+
     def _attribute(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return self._explain(x, target, frozenset()).maps
 
@@ -221,13 +258,7 @@ class InputIBA(Attribution):
         m = kl if self.target_mask == "capacity" else self.feature_iba.kl_grid(torch.sigmoid(feat.alpha), x)
         clock("feature")
         with frozen(self.model), torch.enable_grad():
-            # stage 2: WGAN fit of the generator's input bottleneck Z_G
-            gens = self._gens(x, 2)
-            xin = x if x.is_floating_point() else self.model.embed(x).detach()
-            generator = MaskGenerator(xin, self._head(x), self._mask_init(kl, xin), self._noise_shape(xin))
-            disc = self._discriminator(r, x, gens)
-            lam_g = fit_wgan(generator, disc, r, m, self.gan, gens, clock=clock).mask
-            del generator, disc
+            lam_g = self.wgan_stage(x, r, kl, m, clock).mask  # stage 2: the WGAN fit of Z_G
             clock("wgan")
             timings["wgan"] += timings.get("wgan_critic", 0.0) + timings.get("wgan_generator", 0.0)
             # stage 3: input bottleneck with the prior of Proposition 3
