@@ -40,7 +40,7 @@ import warnings
 import torch
 from torch import nn
 
-from timing import device_name, flops, timed  # scripts/ is on sys.path when run as a script
+from timing import device_name, flops, record, timed  # scripts/ is on sys.path when run as a script
 from xattr.core.hooks import capture, frozen
 from xattr.methods.iba.statistics import estimate
 from xattr.methods.input_iba import ConvDiscriminators, InputIBA
@@ -272,6 +272,9 @@ def main(argv: list[str] | None = None) -> None:
         mib = "-" if peak != peak else f"{peak:.0f} | {peak / n:.0f}"
         print(f"| {mode} | {n} | {t['feature']:.3f} | {t['wgan']:.3f} | {t['wgan_critic']:.3f} | {t['wgan_generator']:.3f} "
               f"| {t['input']:.3f} | {t['total']:.3f} | {t['wall']:.3f} | {gflop:.2f} | {gflop / t['wall']:.1f} | {mib} |")
+        record("input_iba", model=f"{args.model} {args.size} px", path=f"whole method, {mode}",
+               device=device_name(args.device), ms_per_image=1000 * t["wall"], gflop_per_image=gflop,
+               rate=gflop / t["wall"], peak_mib=peak)
     nc, ng = step_counts(method)
     print(f"\nWGAN stage beside its limit row (plain batched passes of the same classifier part and critic at the "
           f"same batch, {method.gan.batch} rows; {nc} critic and {ng} generator steps; target >= 50%):\n")
@@ -279,6 +282,9 @@ def main(argv: list[str] | None = None) -> None:
     print("|---|---|---|---|---|")
     for name, fl, sec, rate, ratio in wgan_rows(method, x, target, args.device):
         print(f"| {name} | {fl / 1e9:.2f} | {sec:.3f} | {rate / 1e9:.1f} | {100 * ratio:.0f}% |")
+        record("input_iba", model=f"{args.model} {args.size} px", path=f"WGAN stage: {name}",
+               device=device_name(args.device), ms_per_image=1000 * sec, gflop_per_image=fl / 1e9, rate=rate / 1e9,
+               limit_rate=rate / 1e9 / ratio if ratio else None)
     chunks = [parse_chunk(c) for c in args.chunks.split(",") if c]
     if chunks:
         print("\nPeak memory per image by `chunk` (1 epoch and 1 step per stage: a step's peak does not depend on "
