@@ -4,7 +4,7 @@ scratch with ``python -m xattr.train recipe=cifar_vit`` and shipped as ``assets/
 dict; ``model.weights=pretrained`` reads it).
 
 Size (width 96, 4 blocks, 4 heads, MLP 192: 0.31 M parameters) was chosen for the training budget here,
-one niced CPU core for about 1.5 hours: a 128-image step takes ~0.5 s on a free core, against ~2 s for the
+one CPU core for about 1.5 hours (the shipped weights: 20 epochs, 73.5% test accuracy): a 128-image step takes ~0.5 s on a free core, against ~2 s for the
 1.8 M-parameter width-192 / 6-block ViT, so the small one sees ~4x more images in the same time, which
 matters more than width at this budget (the ViT-lite results of Hassani et al., 2021, "Escaping the big
 data paradigm with compact transformers", show ~0.3 M-parameter ViTs reaching 70-80% on CIFAR-10 given
