@@ -17,7 +17,7 @@ Each row also gives the method's arithmetic (GFLOP per image, ``timing.flops`` o
 and the *limit row* (issue 31), measured in the same run (``timing.limit``): for IBA a plain forward +
 input-gradient backward of the same token tail (the blocks after the bottleneck) at ``images x copies`` rows;
 for the other methods the whole model's forward + input backward at ``images`` rows (IG: ``images x steps``,
-at most 64). IBA's speed-up over one image at a time is bounded by how far the one-at-a-time path already is
+at most 64; InputIBA: its WGAN batch, where most of its passes run). IBA's speed-up over one image at a time is bounded by how far the one-at-a-time path already is
 from its own limit (its 10 copies are one batch): the second table shows both rates.
 """
 
@@ -81,6 +81,8 @@ def limit_row(meth: str, m, zoo, x: torch.Tensor, device: str) -> dict:
             return limit(tail, tail.r.repeat_interleave(m.copies, 0), device, backward=True,
                          params=list(net.parameters()), clock=clock)
         rows = len(x) * (getattr(m, "n_steps", 1) if meth == "integrated_gradients" else 1)
+        if meth == "input_iba":  # most of its passes run at the WGAN's batch
+            rows = getattr(getattr(m, "gan", None), "batch", 32)
         return limit(net, x[:1].expand(min(rows, 64), -1, -1, -1).contiguous(), device, backward=True, clock=clock)
 
 
