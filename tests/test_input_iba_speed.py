@@ -9,8 +9,8 @@ import warnings
 
 import torch
 
+from xattr.core.chunk import in_pieces
 from xattr.methods.input_iba import InputIBA
-from xattr.methods.input_iba.wgan import in_pieces
 from xattr.models.tiny import TinyCNN
 
 TINY = dict(epochs=1, n_targets=16, n_groups=2, gan_batch=8, critic=1, feat_steps=2, feat_copies=2, steps=3,

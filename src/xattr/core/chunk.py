@@ -10,12 +10,14 @@
 
 Results never depend on it. :func:`check_chunk` validates it (one line naming the bad value and the
 choices), :func:`resolve_chunk` turns ``auto`` into a number before the work, and :func:`items_per_call`
-is the one formula "how many items of ``rows_per_item`` rows each fit in ``chunk`` rows".
+is the one formula "how many items of ``rows_per_item`` rows each fit in ``chunk`` rows"; :func:`in_pieces`
+runs a function on row pieces of a batch in one graph.
 """
 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -73,6 +75,20 @@ def resolve_chunk(chunk: int | str | None, model: nn.Module, sample: torch.Tenso
     per_row = max(1, (torch.cuda.max_memory_allocated(device) - base) // probe)
     rows = int(share * free // (2 * per_row))  # x2: the perturbed inputs and their build are alive too
     return max(8, min(most, rows // 8 * 8))
+
+
+def in_pieces(fn: Callable[[torch.Tensor], torch.Tensor], z: torch.Tensor, rows: int | None) -> torch.Tensor:
+    """``fn(z)`` computed on pieces of ``rows`` rows of ``z`` (a 4-d ``z`` in channels-last memory format), the
+    outputs concatenated in one graph (gradients flow to every piece); ``rows=None``: ``fn(z)`` as is. For a
+    network whose rows do not interact (eval mode), the same values up to float rounding. Why: on a CPU,
+    oneDNN's channels-last kernels on pieces that fit the caches ran ~3x faster a row than one call on
+    hundreds of rows (docs/speed.md, InputIBA); on a GPU one big call is best."""
+    if rows is None:
+        return fn(z)
+    if z.dim() == 4:
+        z = z.contiguous(memory_format=torch.channels_last)
+    outs = [fn(z[i : i + rows]) for i in range(0, z.shape[0], rows)]
+    return outs[0] if len(outs) == 1 else torch.cat(outs)
 
 
 def items_per_call(n_items: int, rows_per_item: int, chunk: int | None) -> int:

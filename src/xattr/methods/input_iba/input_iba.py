@@ -45,7 +45,7 @@ import torch
 from torch import nn
 
 from xattr.core.checks import bad, check_positive, check_positive_int
-from xattr.core.chunk import check_chunk, items_per_call, resolve_chunk
+from xattr.core.chunk import check_chunk, in_pieces, items_per_call, resolve_chunk
 from xattr.core.hooks import capture, frozen
 from xattr.core.layers import resolve
 from xattr.core.seeding import image_generators
@@ -60,7 +60,6 @@ from xattr.methods.input_iba.wgan import (
     WGANConfig,
     WGANResult,
     fit_wgan,
-    in_pieces,
 )
 
 TARGET_MASKS = ("capacity", "lambda")

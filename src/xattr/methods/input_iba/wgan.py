@@ -60,20 +60,6 @@ def _randperm(n: int, gens: Generators, b: int, device: torch.device) -> torch.T
     return torch.stack([torch.randperm(n, generator=g, device=device) for g in gens])
 
 
-def in_pieces(fn: Callable[[torch.Tensor], torch.Tensor], z: torch.Tensor, rows: int | None) -> torch.Tensor:
-    """``fn(z)`` computed on pieces of ``rows`` rows of ``z`` (a 4-d ``z`` in channels-last memory format), the
-    outputs concatenated in one graph (gradients flow to every piece); ``rows=None``: ``fn(z)`` as is. For a
-    network whose rows do not interact (eval mode), the same values up to float rounding. Why: on a CPU,
-    oneDNN's channels-last kernels on pieces that fit the caches ran ~3x faster a row than one call on
-    hundreds of rows (docs/speed.md, InputIBA); on a GPU one big call is best."""
-    if rows is None:
-        return fn(z)
-    if z.dim() == 4:
-        z = z.contiguous(memory_format=torch.channels_last)
-    outs = [fn(z[i : i + rows]) for i in range(0, z.shape[0], rows)]
-    return outs[0] if len(outs) == 1 else torch.cat(outs)
-
-
 class MaskGenerator(nn.Module):
     """The generator: per-image mask logits ``(B, *S)``, noise mean / std ``(B, *P)`` (``P`` broadcasts
     to ``S``: images ``(C, 1, 1)``, text ``(1, D)``).
