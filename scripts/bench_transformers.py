@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 import warnings
 from pathlib import Path
 
@@ -40,7 +39,7 @@ from xattr.core.hooks import frozen  # noqa: E402
 from xattr.methods.iba.tail import NetworkTail  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "scripts"))
-from timing import device_name, flops, fmt, limit, ratio, record  # noqa: E402
+from timing import device_name, flops, fmt, limit, ratio, record, timed  # noqa: E402
 
 METHODS = ("iba", "input_iba", "chefer", "attention_rollout", "integrated_gradients")
 FAST = {"iba": {"steps": 3, "copies": 2},
@@ -57,24 +56,16 @@ def model(name: str, device: str):
                             layers={"bottleneck": "block6", "cam": "ln1_12"}), 224
 
 
-def timed(fn, device: str) -> float:
-    """Seconds of ``fn``: on the CPU the process's CPU time (one thread: other jobs on a shared machine do not
-    inflate it), on CUDA the wall-clock time between synchronisations."""
-    if device == "cuda":
-        torch.cuda.synchronize()
-        t = time.perf_counter()
-        fn()
-        torch.cuda.synchronize()
-        return time.perf_counter() - t
-    t = time.process_time()
-    fn()
-    return time.process_time() - t
+def clock_of(device: str) -> str:
+    """The clock of every row on ``device`` (``timing.timed``): CPU time of one thread on a CPU (a busy shared
+    machine does not inflate it), CUDA-synchronised wall-clock time on a GPU."""
+    return "wall" if device == "cuda" else "process"
 
 
 def limit_row(meth: str, m, zoo, x: torch.Tensor, device: str) -> dict:
     """The limit row of ``meth`` (module docstring): the IBA tail at images x copies rows, else the whole model."""
     net = zoo.net
-    clock = "wall" if device == "cuda" else "process"  # the clock of the rows (``timed``)
+    clock = clock_of(device)
     with frozen(net):
         if meth == "iba":
             tail = NetworkTail(net, m.resolved[m.layer], x)
@@ -108,7 +99,7 @@ def main() -> None:
                 kw = FAST.get(meth, {}) if args.fast else {}
                 m = xattr.method(meth, zoo, **kw)
                 xattr.fit(m, x.repeat(2, 1, 1, 1))  # statistics from the images themselves: timing only
-                sec = timed(lambda m=m, x=x, t=t: m.attribute(x, t), device)
+                sec = timed(lambda m=m, x=x, t=t: m.attribute(x, t), device, clock_of(device))[0]
                 work = flops(lambda m=m, x=x, t=t: m.attribute(x[:1], t[:1])) / 1e9
                 lim = limit_row(meth, m, zoo, x, device)
                 ms = 1000 * sec / len(x)
@@ -118,7 +109,8 @@ def main() -> None:
                 print(f"{device} {name} {meth}: {ms:.0f} ms/image, {1000 * work / ms:.1f} GFLOP/s "
                       f"(limit {lim['rate']:.1f})", flush=True)
                 if meth == "iba":
-                    one = timed(lambda m=m, x=x, t=t: [m.attribute(x[i:i + 1], t[i:i + 1]) for i in range(len(x))], device)
+                    one = timed(lambda m=m, x=x, t=t: [m.attribute(x[i:i + 1], t[i:i + 1]) for i in range(len(x))],
+                                device, clock_of(device))[0]
                     one_lim = limit_row(meth, m, zoo, x[:1], device)
                     speed.append((device, name, len(x), 1000 * one / len(x), ms, one / sec, work, one_lim["rate"],
                                   lim["rate"]))

@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode, _FlopCounterMode
 
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
@@ -82,35 +83,27 @@ def _conv_backward(grad_out, x, w, bias, stride, padding, dilation, transposed, 
     return torch_count([output_mask[0], False]) + torch_count([False, output_mask[1]]) // groups
 
 
-class _FlopCounter:
+class _TotalFlopCounter(FlopCounterMode):
     """``FlopCounterMode`` without its per-module tracker: the tracker's backward hooks break
     ``torch.autograd.grad`` on leaves (the pathway methods' input gradients); only the total is needed here,
     which the tracker's ``Global`` entry collects without entering it."""
 
-    def __new__(cls, **kw):
-        from torch.utils.flop_counter import FlopCounterMode
+    def __enter__(self):
+        self.flop_counts.clear()
+        self.mode = _FlopCounterMode(self)
+        self.mode.__enter__()
+        return self
 
-        class Counter(FlopCounterMode):
-            def __enter__(self):
-                from torch.utils.flop_counter import _FlopCounterMode
-
-                self.flop_counts.clear()
-                self.mode = _FlopCounterMode(self)
-                self.mode.__enter__()
-                return self
-
-            def __exit__(self, *args):
-                b = self.mode.__exit__(*args)
-                self.mode = None
-                return b
-
-        return Counter(**kw)
+    def __exit__(self, *args):
+        done = self.mode.__exit__(*args)
+        self.mode = None
+        return done
 
 
 def flops(fn: Callable[[], object]) -> float:
     """Floating-point operations of ``fn()`` (``torch.utils.flop_counter``; see the module docstring).
     Runs ``fn`` once, slower than usual: count in a separate call from the timed ones."""
-    counter = _FlopCounter(display=False, custom_mapping={torch.ops.aten.convolution_backward: _conv_backward})
+    counter = _TotalFlopCounter(display=False, custom_mapping={torch.ops.aten.convolution_backward: _conv_backward})
     with counter:
         fn()
     return float(counter.get_total_flops())
