@@ -271,6 +271,29 @@ def test_folded_batch_norm_gives_the_same_curves_and_leaves_the_model_alone():
     handle.remove()
 
 
+def test_sensitivity_n_on_the_folded_channels_last_copy_equals_a_plain_loop_with_its_fill():
+    """Sensitivity-N runs a folded, channels-last copy (issue 31): each (image, n) correlation equals the
+    plain loop on the unfolded contiguous net, with masked pixels set to a non-zero ``fill``."""
+    from xattr.metrics.sensitivity_n import SensitivityN
+
+    net = bn_cnn()
+    x, maps, t = torch.randn(2, 3, S, S), torch.rand(2, 1, S, S), torch.tensor([0, 2])
+    metric = SensitivityN(n=[1, 4, 16], n_masks=6, fill=0.5, chunk=5)
+    res = metric(net, x, t, maps)
+    units, tid, n = metric.masks(S, S, x.device)
+    for i in range(2):
+        for k in range(len(n)):
+            m = units[k][:, tid].view(-1, 1, S, S)
+            with torch.no_grad():
+                out = net(torch.cat([torch.where(m, 0.5, x[i : i + 1]), x[i : i + 1]]))[:, t[i]]
+            drop, attr = out[-1] - out[:-1], (maps[i] * m).flatten(1).sum(1)
+            expected = torch.corrcoef(torch.stack([attr, drop]))[0, 1]
+            assert torch.isclose(res.curves["sensitivity_n"][i, k], expected, atol=1e-4)
+    plain = SensitivityN(n=[1, 4, 16], n_masks=6, fill=0.5, chunk=5, fold_bn=False, channels_last=False)(net, x, t, maps)
+    assert torch.allclose(plain.curves["sensitivity_n"], res.curves["sensitivity_n"], atol=1e-4)
+    assert all(p.is_contiguous() for p in net.parameters())  # the format is restored
+
+
 def test_folded_copy_is_kept_while_the_weights_stay_and_refolded_when_they_change():
     from xattr.metrics._perturb import folded
 

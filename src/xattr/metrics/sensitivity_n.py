@@ -42,8 +42,10 @@ from xattr.core.chunk import check_chunk, resolve_chunk
 from xattr.errors import XattrConfigError
 from xattr.metrics._perturb import (
     PRECISIONS,
+    channels_last_on,
     chunked_readout,
     flat_map,
+    folded,
     pearson,
     tile_index,
     tile_sums,
@@ -87,6 +89,10 @@ class SensitivityN(Metric):
             12 log-spaced values, :func:`default_fractions`).
         unk_index: tokens only: the replacement token (the vocabulary's ``<unk>``, 1; ``None``: the model's
             ``unk_index``).
+        channels_last: images: run the forwards in channels-last memory format (``None``: on CUDA and CPU), as
+            :class:`~xattr.metrics.insertion_deletion.InsertionDeletion`; same scores up to float rounding.
+        fold_bn: images: the forwards run a copy of the model with conv + eval BatchNorm folded
+            (:func:`~xattr.metrics._perturb.folded`; same scores up to float rounding).
     """
 
     name = "sensitivity_n"
@@ -119,6 +125,8 @@ class SensitivityN(Metric):
         precision: str = "fp32",
         fractions: Sequence[float] | None = None,
         unk_index: int | None = None,
+        channels_last: bool | None = None,
+        fold_bn: bool = True,
     ) -> None:
         check_choice("protocol", protocol, PROTOCOLS)
         check_choice("output", output, ("logit", "softmax"))
@@ -138,6 +146,8 @@ class SensitivityN(Metric):
         if bad or self.fractions == []:
             raise XattrConfigError(f"bad fractions {bad or fractions!r}; valid choices: shares in (0, 1]")
         self.unk_index = unk_index
+        self.channels_last = channels_last
+        self.fold_bn = bool(fold_bn)
 
     def masks(self, h: int, w: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The shared masks: unit masks ``(N_n, M, U)`` bool, tile ids ``(H*W,)``, n values ``(N_n,)``."""
@@ -166,16 +176,20 @@ class SensitivityN(Metric):
         attr_sum = torch.stack([per_unit @ units[k].double().T for k in range(nn_)], 1)  # (B, N_n, M)
         flat_units = units.view(nn_ * m, n_units)
         per = nn_ * m
-        fill = torch.full_like(x[:1], self.fill)
+        cl = device.type in ("cuda", "cpu") if self.channels_last is None else bool(self.channels_last)
+        fmt = torch.channels_last if cl else torch.contiguous_format
+        net = folded(model, x[:1]) if self.fold_bn else model
+        xf = x.contiguous(memory_format=fmt)  # rows gathered from it keep the format: no copy per call
 
         def build(jobs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             i, k = jobs // per, jobs % per
             pix = flat_units[k][:, tid].view(-1, 1, h, w)  # (J, 1, H, W)
-            return torch.where(pix, fill, x[i]), target[i]
+            return torch.where(pix, self.fill, xf[i]), target[i]
 
         chunk = resolve_chunk(self.chunk, model, x[:1], self.precision)
-        clean = chunked_readout(model, b, lambda j: (x[j], target[j]), chunk, device, self.output, self.precision)
-        pert = chunked_readout(model, b * per, build, chunk, device, self.output, self.precision)
+        with channels_last_on(net, cl, device):
+            clean = chunked_readout(net, b, lambda j: (xf[j], target[j]), chunk, device, self.output, self.precision)
+            pert = chunked_readout(net, b * per, build, chunk, device, self.output, self.precision)
         drop = clean[:, None, None].double() - pert.view(b, nn_, m).double()  # (B, N_n, M)
         corr = pearson(attr_sum, drop, dim=-1).float()  # (B, N_n)
         n_pixels = (n * self.tile * self.tile).float()
