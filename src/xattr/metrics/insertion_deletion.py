@@ -213,7 +213,10 @@ class InsertionDeletion(Metric):
         fmt = torch.channels_last if cl else torch.contiguous_format
         net = folded(model, x[:1]) if self.fold_bn else model  # the perturbed forwards' model
         for mode in self.modes:
-            start, fill = self._canvas(x) if mode == "insertion" else (x, torch.full_like(x, self.deletion_value))
+            # in the forwards' memory format once: rows gathered from it keep it, so no copy per call
+            start, fill = self._canvas(x) if mode == "insertion" else (x, None)
+            start = start.contiguous(memory_format=fmt)
+            fill = self.deletion_value if fill is None else fill.contiguous(memory_format=fmt)
 
             def curve_at(i: torch.Tensor, k: torch.Tensor, start=start, fill=fill) -> torch.Tensor:
                 counts = torch.minimum(k * self.per_step, cap[i])
@@ -221,7 +224,8 @@ class InsertionDeletion(Metric):
                 def build(jobs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
                     ij = i[jobs]
                     m = (rank[ij] < counts[jobs, None]).view(-1, 1, h, w)  # (J, 1, H, W)
-                    return torch.where(m, fill[ij], start[ij]).contiguous(memory_format=fmt), target[ij]
+                    f = fill if isinstance(fill, float) else fill[ij]
+                    return torch.where(m, f, start[ij]).contiguous(memory_format=fmt), target[ij]
 
                 with channels_last_on(net, cl, device):
                     return chunked_readout(net, len(i), build, chunk, device, self.output, self.precision)
