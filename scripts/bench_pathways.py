@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import os
 import resource
+import statistics
 import time
 import warnings
 
@@ -65,23 +66,27 @@ def _peak_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def measure(method, x: torch.Tensor, t: torch.Tensor, batched: bool, clock: str = "wall") -> tuple[float, float]:
+def measure(method, x: torch.Tensor, t: torch.Tensor, batched: bool, clock: str = "wall",
+            repeat: int = 1) -> tuple[float, float]:
     """(ms per image, peak MiB) of explaining ``x`` batched or one image at a time (``clock: process``: this
-    process's CPU time, for one thread on a shared CPU)."""
+    process's CPU time, for one thread on a shared CPU); the median of ``repeat`` runs, as the limit row."""
     now = time.process_time if clock == "process" else time.perf_counter
     dev = x.device
     method.explain(x[:1], t[:1])  # warm-up
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
-    _sync(dev)
-    t0 = now()
-    if batched:
-        method.explain(x, t)
-    else:
-        for i in range(len(x)):
-            method.explain(x[i : i + 1], t[i : i + 1])
-    _sync(dev)
-    return 1000 * (now() - t0) / len(x), _peak_mb(dev)
+    times = []
+    for _ in range(max(1, repeat)):
+        _sync(dev)
+        t0 = now()
+        if batched:
+            method.explain(x, t)
+        else:
+            for i in range(len(x)):
+                method.explain(x[i : i + 1], t[i : i + 1])
+        _sync(dev)
+        times.append(now() - t0)
+    return 1000 * statistics.median(times) / len(x), _peak_mb(dev)
 
 
 def main() -> None:
@@ -94,6 +99,7 @@ def main() -> None:
     ap.add_argument("--chunk", type=int, default=256, help="forward rows per call (NeuronIntGrad, InputIntGrad)")
     ap.add_argument("--methods", nargs="*", default=None)
     ap.add_argument("--fast", action="store_true", help="cheap hyper-parameters (smoke run)")
+    ap.add_argument("--repeat", type=int, default=3, help="timed runs per row, the median kept (DGR at full size: 1)")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (0: all cores; default torch's)")
     ap.add_argument("--clock", default="wall", choices=["wall", "process"],
                     help="process: CPU time (one thread on a shared CPU), for every row and the limit")
@@ -123,8 +129,8 @@ def main() -> None:
             for meth in names:
                 try:
                     m = meths[meth](zoo.net)
-                    one, peak1 = measure(m, x, t, batched=False, clock=args.clock)
-                    bat, peakb = measure(m, x, t, batched=True, clock=args.clock)
+                    one, peak1 = measure(m, x, t, batched=False, clock=args.clock, repeat=args.repeat)
+                    bat, peakb = measure(m, x, t, batched=True, clock=args.clock, repeat=args.repeat)
                     work = flops(lambda m=m, x=x, t=t: m.explain(x[:1], t[:1]))
                     rows = min(args.images * getattr(m, "n_steps", 1), args.chunk)
                     if rows not in lims:

@@ -108,9 +108,40 @@ def test_dead_neurons_never_selected_by_contributions(cnn, images):
 # ----------------------------------------------------------------------------------------- selection
 def test_percentile_matches_numpy():
     np = pytest.importorskip("numpy")
+    from xattr.methods.pathways import selection
+
     s = torch.rand(3, 1001, generator=torch.Generator().manual_seed(0))
+    s[:, :300] = 0  # ties, as the zero scores of dead neurons
     for q in (0.0, 0.3, 0.7, 0.9, 0.999, 1.0):
-        assert torch.allclose(percentile(s, q), torch.tensor(np.percentile(s.numpy(), 100 * q, axis=1)).float())
+        expected = torch.tensor(np.percentile(s.numpy(), 100 * q, axis=1)).float()
+        assert torch.allclose(percentile(s, q), expected)  # CPU: np.partition
+        lo = int(q * 1000)  # the device path (torch.kthvalue), checked here on the CPU
+        got = selection._ranked_torch(s, [lo, min(lo + 1, 1000)])
+        assert torch.allclose(got[0] + (got[1] - got[0]) * (q * 1000 - lo), expected)
+
+
+def test_percentile_of_long_rows_by_sampling_equals_numpy_also_when_the_sample_misleads():
+    """Rows above SAMPLE values take the sampled bracket (selection.py): ties (a block of zeros, as dead
+    neurons), a sample that misses the ranks (the strided positions hold outliers), tiny and negative values give
+    np.percentile's value; select's one comparison equals the two conditions of its docstring."""
+    import numpy as np
+
+    from xattr.methods.pathways import selection
+
+    g = torch.Generator().manual_seed(0)
+    n = 50_000
+    s = torch.rand(4, n, generator=g) ** 3
+    s[0, : n // 2] = 0  # half ties at zero
+    s[1, :: n // selection.SAMPLE] = 5.0  # every sampled value an outlier: the bracket misses
+    s[2] *= 1e-40  # subnormal scores: still positive
+    s[3, torch.randperm(n, generator=g)[:1000]] = 0.5  # ties inside the bracket
+    s[3] -= 0.3  # signed scores (NeuronIntGrad's score: signed): negatives are never kept
+    for q in (0.0, 0.3, 0.5, 0.7, 0.9, 0.9999):
+        expected = torch.tensor(np.percentile(s.numpy(), 100 * q, axis=1)).float()
+        assert torch.equal(percentile(s, q), expected), q
+        t = expected[:, None]
+        assert torch.equal(select(s, q), (s >= t) & (s > 0))
+        assert torch.equal(select(s, q, ties="drop"), (s > t) & (s > 0))
 
 
 def test_selection_is_network_wide_and_keeps_one_minus_kappa():
@@ -139,9 +170,24 @@ def test_pack_bits_round_trip_and_size():
     p = pack_bits(m)
     assert p.dtype == torch.uint8 and p.shape == (3, 126)
     assert torch.equal(unpack_bits(p, 1003), m)
-    import numpy as np
+    from xattr.methods.pathways.neurons import _pack_bits_torch
 
-    assert np.array_equal(np.packbits(m.numpy(), axis=1), p.numpy())
+    assert torch.equal(_pack_bits_torch(m), p)  # the device path (torch) == the CPU path (np.packbits)
+    hand = torch.tensor([[1, 0, 1, 0, 0, 0, 0, 1, 1, 1]], dtype=torch.bool)  # MSB first, zero-padded
+    for pack in (pack_bits, _pack_bits_torch):
+        assert pack(hand).tolist() == [[0b10100001, 0b11000000]]
+
+
+def test_layout_is_probed_once_per_input_shape():
+    net = TinyCNN(5).eval()
+    neurons = Neurons(net)
+    calls = []
+    handle = net.register_forward_pre_hook(lambda m, i: calls.append(i[0].shape[0]))
+    big = neurons.layout(torch.randn(4, 3, 16, 16))
+    assert neurons.layout(torch.randn(2, 3, 16, 16)) is big and calls == [1]  # one probe, of one image
+    small = neurons.layout(torch.randn(2, 3, 8, 8))
+    assert calls == [1, 1] and small.sizes[0] * 4 == big.sizes[0]  # another shape: probed again
+    handle.remove()
 
 
 # ---------------------------------------------------------------------------------- pathway gradient
@@ -183,6 +229,8 @@ def test_zero_vs_freeze_and_no_hooks_left(cnn, images):
 def test_signed_max_abs_reduction():
     g = torch.tensor([[[[1.0, -3.0]], [[-2.0, 2.0]], [[0.5, 0.0]]]])  # (1, 3, 1, 2)
     assert reduce_map(g).flatten().tolist() == [-2.0, -3.0]
+    tie = torch.tensor([[[[2.0]], [[-2.0]], [[1.0]]]])  # |.| ties: the first channel's value, with its sign
+    assert reduce_map(tie).item() == 2.0 and reduce_map(-tie).item() == -2.0
 
 
 # ------------------------------------------------------------------------------------------ methods
