@@ -144,6 +144,21 @@ def test_percentile_of_long_rows_by_sampling_equals_numpy_also_when_the_sample_m
         assert torch.equal(select(s, q, ties="drop"), (s > t) & (s > 0))
 
 
+def test_lowest_equals_the_ranks_of_a_stable_sort_with_ties_inf_and_zero_counts():
+    from xattr.methods.pathways.selection import lowest
+
+    g = torch.Generator().manual_seed(0)
+    key = torch.randint(0, 40, (5, 300), generator=g).float()  # many ties
+    key[1, ::3] = float("inf")  # not live
+    key[2] = 7.0  # one value only
+    counts = torch.tensor([17, 60, 5, 0, 299])
+    order = torch.sort(key, dim=1, stable=True).indices  # the oracle: Alg. 1's ranking by a stable sort
+    rank = torch.empty_like(order).scatter_(1, order, torch.arange(300).expand(5, 300).contiguous())
+    expected = rank < counts[:, None]
+    assert torch.equal(lowest(key, counts), expected)
+    assert torch.equal(lowest(key, torch.zeros(5, dtype=torch.long)), torch.zeros_like(expected))
+
+
 def test_selection_is_network_wide_and_keeps_one_minus_kappa():
     g = torch.Generator().manual_seed(0)
     sizes = [500, 300, 200]

@@ -35,7 +35,7 @@ from xattr.core.chunk import items_per_call
 from xattr.methods.pathways.contributions import mct_scores
 from xattr.methods.pathways.neurons import DEFAULT_ACTIVATIONS, Layout
 from xattr.methods.pathways.pathway import PathwayMethod
-from xattr.methods.pathways.selection import percentile
+from xattr.methods.pathways.selection import lowest, percentile
 
 VARIANTS = ("paper", "reference")
 
@@ -111,10 +111,7 @@ class GreedyPruning(PathwayMethod):
                 break
             n_prune = torch.where(done, 0, (n_live - k).clamp(max=n_step))
             key = torch.where(live, s, torch.full_like(s, float("inf")))
-            order = torch.sort(key, dim=1, stable=True).indices
-            rank = torch.empty_like(order)
-            rank.scatter_(1, order, torch.arange(n, device=x.device).expand(b, n).contiguous())
-            mask &= ~(rank < n_prune[:, None])
+            mask &= ~lowest(key, n_prune)  # the n_prune lowest live scores, ties lower index first
             iters += (~done).long()
             s = self.scores(x, target, layout, mask)
         return mask & (s > 0), {"iterations": iters}
