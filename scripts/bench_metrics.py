@@ -40,6 +40,7 @@ computation).
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import time
 
@@ -356,14 +357,40 @@ def eval_metrics_compare(a) -> None:
          {"explain_func": explain}),
     ]
     print(f"Issue 28's metrics on the same maps: {n} images 1x{s}x{s}, ResNet-18 (10 classes, random weights), "
-          f"{device_name(device)}, {torch.get_num_threads()} thread(s)\n")
-    print("| metric | Quantus 0.6 images/s | xattr images/s | x faster |")
-    print("|---|---:|---:|---:|")
+          f"{device_name(device)}, {torch.get_num_threads()} thread(s), clock {a.clock}, median of {a.repeat}\n")
+    # the limit rows: a plain batched forward, and forward + input backward, of the same model at 64 rows
+    rows_in = x[:1].expand(64, -1, -1, -1).contiguous()
+    lim = {bw: limit(model, rows_in, device, backward=bw, clock=a.clock) for bw in (False, True)}
+    print("| metric | Quantus 0.6 images/s | xattr images/s | x faster | GFLOP / image | xattr GFLOP/s | limit GFLOP/s "
+          "| xattr % of limit | most x faster at equal arithmetic |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for name, ours, theirs, extras, qkw in cases:
-        ours(model, x[:1], target[:1], maps[:1], **{k: (v[:1] if k == "boxes" else v) for k, v in extras.items()})
-        t_ours = timed(lambda: ours(model, x, target, maps, **extras), device)  # noqa: B023
-        t_q = timed(lambda: theirs(**data, **qkw), device)  # noqa: B023
-        print(f"| {name} | {n / t_q:.1f} | {n / t_ours:.1f} | {t_q / t_ours:.1f} |", flush=True)
+        if a.only and name.split()[0] not in a.only.split(","):
+            continue
+        one = {k: (v[:1] if k == "boxes" else v) for k, v in extras.items()}
+        ours(model, x[:1], target[:1], maps[:1], **one)  # warm-up
+        work = flops(lambda: ours(model, x[:1], target[:1], maps[:1], **one)) / 1e9  # noqa: B023  GFLOP per image
+        t_ours = median_time(lambda: ours(model, x, target, maps, **extras), device, a)  # noqa: B023
+        t_q = median_time(lambda: theirs(**data, **qkw), device, a)  # noqa: B023
+        # equal protocol = equal arithmetic per image; the limit (forward + backward where the metric runs the
+        # method) bounds any implementation's rate, so it bounds the ratio to Quantus: limit / Quantus' rate
+        lim_rate = lim["method" in extras or "method_factory" in extras]["rate"]
+        rate, q_rate = work * n / t_ours, work * n / t_q
+        most = fmt(lim_rate / q_rate, digits=1) if work > 0 else "-"
+        share = fmt(ratio(rate, lim_rate), pct=True) if work > 0 else "-"
+        print(f"| {name} | {n / t_q:.1f} | {n / t_ours:.1f} | {t_q / t_ours:.1f} | {work:.3f} | {rate:.1f} | "
+              f"{lim_rate:.1f} | {share} | {most} |", flush=True)
+        record("eval_metrics", metric=name, device=device_name(device), images=n, quantus_images_s=n / t_q,
+               xattr_images_s=n / t_ours, gflop_per_image=work, rate=rate, limit_rate=lim_rate)
+    print("\n(GFLOP / image: torch.utils.flop_counter on xattr's call for one image: the model's convolutions and "
+          "matrix products, 0 for the map-only metrics; limit: a plain batched forward of the model at 64 rows, with "
+          "the input-gradient backward for the metrics that run the method; most x faster: the limit's rate over "
+          "Quantus' rate at the same arithmetic per image, the most any implementation could gain over it here)")
+
+
+def median_time(fn, device: torch.device, a) -> float:
+    """Median seconds of ``a.repeat`` calls of ``fn`` (``a.clock``: wall or this process's CPU time)."""
+    return statistics.median(timed_mem(fn, device, a.clock)[0] for _ in range(max(1, a.repeat)))
 
 
 def main() -> None:
@@ -385,6 +412,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=None, help="torch threads (1 on a shared machine)")
     p.add_argument("--clock", default="wall", choices=["wall", "process"],
                    help="process: CPU time (one thread on a shared CPU), for every row and the limit")
+    p.add_argument("--only", default=None, help="--eval-metrics: comma-separated metric names (default: all)")
+    p.add_argument("--repeat", type=int, default=1, help="--eval-metrics: timed calls per row, the median kept")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--images", type=int, default=2)
     p.add_argument("--size", type=int, default=32)

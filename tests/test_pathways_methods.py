@@ -145,7 +145,7 @@ def test_percentile_of_long_rows_by_sampling_equals_numpy_also_when_the_sample_m
 
 
 def test_lowest_equals_the_ranks_of_a_stable_sort_with_ties_inf_and_zero_counts():
-    from xattr.methods.pathways.selection import lowest
+    from xattr.core.ranking import lowest
 
     g = torch.Generator().manual_seed(0)
     key = torch.randint(0, 40, (5, 300), generator=g).float()  # many ties

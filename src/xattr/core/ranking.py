@@ -44,6 +44,57 @@ def numpy_order(values: torch.Tensor, descending: bool) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(order)).long().to(values.device)
 
 
+def stable_descending(v: torch.Tensor) -> torch.Tensor:
+    """Per row of float32 ``v`` ``(B, N)`` (no NaN), the indices of a stable descending sort (equal values lower
+    index first), int64 on ``v``'s device: ``torch.sort(v, descending=True, stable=True).indices``.
+
+    Why hand-written on a CPU: torch's stable sort took 67 ms for 16 rows of 224 x 224 here (one thread), numpy's
+    stable argsort as long; numpy's SIMD sort of plain integers takes a third of that. Each value becomes an
+    unsigned key whose order is the values' descending order (IEEE bits, sign folded; -0.0 counted as 0.0),
+    joined with its index below it, so the sort of the 64-bit keys is the stable order and the index is read
+    back from the low bits."""
+    if v.device.type != "cpu" or v.dtype != torch.float32 or v.shape[1] >= 2**32:
+        return torch.sort(v, dim=1, descending=True, stable=True).indices
+    bits = (v.detach() + 0.0).numpy().view(np.uint32)  # + 0.0: -0.0 becomes 0.0, equal as torch compares
+    up = np.where(bits >> 31, ~bits, bits | np.uint32(0x80000000))  # ascending order of the values
+    keys = (~up).astype(np.uint64) << np.uint64(32)  # descending
+    keys |= np.arange(v.shape[1], dtype=np.uint64)
+    keys.sort(axis=1)
+    return torch.from_numpy((keys & np.uint64(0xFFFFFFFF)).astype(np.int64))
+
+
+def sorted_rows(v: torch.Tensor) -> torch.Tensor:
+    """``torch.sort(v, dim=1).values`` (ascending); on a CPU by numpy's SIMD sort (256 rows of 1 024 floats:
+    1 ms against torch's 14 ms here, one thread). NaN last in both."""
+    if v.device.type != "cpu":
+        return torch.sort(v, dim=1).values
+    return torch.from_numpy(np.sort(v.detach().numpy(), axis=1))
+
+
+def lowest(key: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """``(B, N)`` bool: per row the ``counts[b]`` smallest values of ``key`` ``(B, N)``, equal values taken
+    lower index first (the order of a stable ascending sort; ``counts`` ``(B,)``, 0 takes none).
+
+    Why not a sort: GreedyPruning asks this once per pruning round for 1% of the neurons; a stable sort of
+    8 rows of 190 000 took 125 ms on one CPU thread, ``torch.topk`` of the largest count 12 ms (issue 31). The
+    topk values give each row's cut value ``v``; values below it are taken, and values equal to it lower index
+    first until the count is met. No NaN in ``key``."""
+    take = torch.zeros_like(key, dtype=torch.bool)
+    m = int(counts.max()) if counts.numel() else 0
+    if m == 0:
+        return take
+    vals = torch.topk(key, m, dim=1, largest=False, sorted=True).values
+    v = vals.gather(1, (counts - 1).clamp_min(0)[:, None])  # (B, 1): the counts-th smallest
+    less, eq = key < v, key == v
+    need = counts - less.sum(1)  # how many of the values equal to v are taken
+    n_eq = eq.sum(1)
+    take = less | (eq & (need >= n_eq)[:, None])
+    part = (need < n_eq).nonzero()[:, 0]  # ties at v only partly taken: lower index first (a count of 0: none)
+    if len(part):
+        take[part] |= eq[part] & (eq[part].cumsum(1) <= need[part, None])
+    return take
+
+
 def ranks(values: torch.Tensor, descending: bool = True, ties: str = "stable", seed: int = 0) -> torch.Tensor:
     """Rank of every entry of ``values`` ``(B, N)`` (0 = first to perturb), int32 ``(B, N)``.
 
@@ -59,9 +110,9 @@ def ranks(values: torch.Tensor, descending: bool = True, ties: str = "stable", s
         if ties == "random":
             g = torch.Generator(device="cpu").manual_seed(seed)
             perm = torch.stack([torch.randperm(n, generator=g) for _ in range(b)]).to(v.device)
-            order = perm.gather(1, torch.sort(v.gather(1, perm), dim=1, descending=True, stable=True).indices)
+            order = perm.gather(1, stable_descending(v.gather(1, perm)))
         else:
-            order = torch.sort(v, dim=1, descending=True, stable=True).indices
+            order = stable_descending(v)
     rank = torch.empty_like(order, dtype=torch.int32)
     rank.scatter_(1, order, torch.arange(n, device=values.device, dtype=torch.int32).expand(b, n).contiguous())
     return rank

@@ -177,12 +177,15 @@ def box_masks(boxes: list | None, b: int, h: int, w: int, device: torch.device) 
         raise XattrConfigError(f"bad boxes length {len(boxes)}; valid choices: one entry per image ({b})")
     ys = torch.arange(h, device=device, dtype=torch.float32) + 0.5
     xs = torch.arange(w, device=device, dtype=torch.float32) + 0.5
-    masks = torch.zeros(b, h, w, dtype=torch.bool, device=device)
-    for i, bx in enumerate(boxes):
-        bx = torch.as_tensor(bx, dtype=torch.float32, device=device).reshape(-1, 4)
-        for x1, y1, x2, y2 in bx:
-            masks[i] |= ((ys >= y1) & (ys < y2))[:, None] & ((xs >= x1) & (xs < x2))[None, :]
-    return masks.reshape(b, -1)
+    per = [torch.as_tensor(bx, dtype=torch.float32).reshape(-1, 4) for bx in boxes]
+    k = max([len(p) for p in per] + [1])
+    padded = torch.zeros(b, k, 4)  # missing boxes: empty (x1 = x2 = 0)
+    for i, p in enumerate(per):
+        padded[i, : len(p)] = p
+    x1, y1, x2, y2 = padded.to(device).unbind(-1)  # (B, K) each: all boxes at once
+    rows = (ys >= y1[..., None]) & (ys < y2[..., None])  # (B, K, H)
+    cols = (xs >= x1[..., None]) & (xs < x2[..., None])  # (B, K, W)
+    return (rows[..., :, None] & cols[..., None, :]).any(1).reshape(b, -1)
 
 
 def trapezoid(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from xattr.core.ranking import sorted_rows
 from xattr.metrics._perturb import flat_map
 from xattr.metrics.base import Metric, MetricResult
 
@@ -31,7 +32,7 @@ class Sparseness(_MapOnly):
 
     def evaluate(self, model: nn.Module, x: torch.Tensor, target: torch.Tensor, maps: torch.Tensor,
                  **extras: Any) -> MetricResult:
-        a = torch.sort(flat_map(maps, x).double().abs(), dim=1).values
+        a = sorted_rows(flat_map(maps, x).double().abs())
         n = a.shape[1]
         i = torch.arange(1, n + 1, device=a.device, dtype=torch.float64)
         total = a.sum(1)

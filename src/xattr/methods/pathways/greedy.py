@@ -32,10 +32,11 @@ from torch import nn
 
 from xattr.core.checks import check_choice, check_positive, check_positive_int
 from xattr.core.chunk import items_per_call
+from xattr.core.ranking import lowest
 from xattr.methods.pathways.contributions import mct_scores
 from xattr.methods.pathways.neurons import DEFAULT_ACTIVATIONS, Layout
 from xattr.methods.pathways.pathway import PathwayMethod
-from xattr.methods.pathways.selection import lowest, percentile
+from xattr.methods.pathways.selection import percentile
 
 VARIANTS = ("paper", "reference")
 

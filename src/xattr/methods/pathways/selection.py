@@ -83,30 +83,6 @@ def _ranked_torch(s: torch.Tensor, ranks: list[int]) -> list[torch.Tensor]:
     return [torch.kthvalue(s, r + 1, dim=1).values for r in ranks]
 
 
-def lowest(key: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
-    """``(B, N)`` bool: per row the ``counts[b]`` smallest values of ``key`` ``(B, N)``, equal values taken
-    lower index first (the order of a stable ascending sort; ``counts`` ``(B,)``, 0 takes none).
-
-    Why not a sort: GreedyPruning asks this once per pruning round for 1% of the neurons; a stable sort of
-    8 rows of 190 000 took 125 ms on one CPU thread, ``torch.topk`` of the largest count 12 ms (issue 31). The
-    topk values give each row's cut value ``v``; values below it are taken, and values equal to it lower index
-    first until the count is met."""
-    take = torch.zeros_like(key, dtype=torch.bool)
-    m = int(counts.max()) if counts.numel() else 0
-    if m == 0:
-        return take
-    vals = torch.topk(key, m, dim=1, largest=False, sorted=True).values
-    v = vals.gather(1, (counts - 1).clamp_min(0)[:, None])  # (B, 1): the counts-th smallest
-    less, eq = key < v, key == v
-    need = counts - less.sum(1)  # how many of the values equal to v are taken
-    n_eq = eq.sum(1)
-    take = less | (eq & (need >= n_eq)[:, None])
-    part = (need < n_eq).nonzero()[:, 0]  # ties at v only partly taken: lower index first (a count of 0: none)
-    if len(part):
-        take[part] |= eq[part] & (eq[part].cumsum(1) <= need[part, None])
-    return take
-
-
 TIES = ("keep", "drop")
 
 

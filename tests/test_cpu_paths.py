@@ -1,0 +1,58 @@
+"""The CPU fast paths (issue 28/31 speed) against torch's own operations, the device path: core.ranking's sorts, the
+metrics' box masks."""
+
+from __future__ import annotations
+
+import torch
+
+from xattr.core.ranking import ranks, sorted_rows, stable_descending
+
+
+def tricky_rows() -> torch.Tensor:
+    g = torch.Generator().manual_seed(0)
+    v = torch.randint(-5, 6, (6, 4000), generator=g).float() / 4  # many ties, negatives
+    v[0, ::5] = -0.0  # equal to 0.0 for torch: ties, not an order
+    v[1, ::7] = float("inf")
+    v[1, 3::7] = -float("inf")
+    v[2] = torch.randn(4000, generator=g) * 1e-40  # subnormals of both signs
+    v[3] = 1.0  # one value
+    v[4] = torch.randn(4000, generator=g)  # distinct
+    return v
+
+
+def test_stable_descending_equals_torchs_stable_sort():
+    v = tricky_rows()
+    expected = torch.sort(v, dim=1, descending=True, stable=True).indices
+    assert torch.equal(stable_descending(v), expected)
+    assert torch.equal(stable_descending(v[:, ::3]), torch.sort(v[:, ::3], dim=1, descending=True, stable=True).indices)
+
+
+def test_ranks_stable_and_random_ties_follow_their_rules():
+    v = tricky_rows()
+    r = ranks(v, descending=True)
+    order = torch.argsort(r, dim=1)
+    assert torch.equal(order, torch.sort(v, dim=1, descending=True, stable=True).indices)
+    asc = torch.argsort(ranks(v, descending=False), dim=1)
+    assert torch.equal(asc, torch.sort(-v, dim=1, descending=True, stable=True).indices)
+    rnd = ranks(v, ties="random", seed=3)
+    assert torch.equal(torch.sort(v, 1, descending=True).values, v.gather(1, torch.argsort(rnd, 1)))  # ordered
+    assert not torch.equal(rnd, r)  # ties broken otherwise than raster order
+
+
+def test_sorted_rows_equals_torch_sort_nan_last():
+    v = tricky_rows().double()
+    v[5, ::11] = float("nan")
+    assert torch.equal(sorted_rows(v).nan_to_num(7.0), torch.sort(v, dim=1).values.nan_to_num(7.0))
+
+
+def test_box_masks_union_empty_and_fractional_boxes_by_hand():
+    from xattr.metrics._perturb import box_masks
+
+    boxes = [torch.tensor([[0, 0, 2, 2], [3, 1, 5, 2]]), torch.zeros(0, 4), torch.tensor([[0.6, 0.4, 2.4, 1.6]])]
+    m = box_masks(boxes, 3, 4, 6, torch.device("cpu")).view(3, 4, 6)
+    hand = torch.zeros(3, 4, 6, dtype=torch.bool)
+    hand[0, 0:2, 0:2] = True  # mask[y1:y2, x1:x2]
+    hand[0, 1:2, 3:5] = True  # the union with the second box
+    hand[2, 0:2, 1:2] = True  # centres (j + 0.5, i + 0.5) inside [0.6, 2.4) x [0.4, 1.6): j = 1, i = 0, 1
+    assert torch.equal(m, hand)
+
