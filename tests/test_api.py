@@ -210,6 +210,9 @@ def test_fit_reads_a_loader_tuples_tensors_or_a_file(tmp_path):
     maps = by_file.attribute(x[:2], torch.tensor([0, 1]))
     assert maps.shape == (2, 1, 16, 16) and torch.isfinite(maps).all()
     assert xattr.fit(xattr.method("gradient", model), x) is not None  # nothing to fit: returned as is
+    # InputIBA keeps its statistics in its feature IBA: the same file fits it (was an AttributeError)
+    input_iba = xattr.fit(xattr.method("input_iba", model, layer="conv2"), files[0])
+    torch.testing.assert_close(input_iba.feature_iba.stats["conv2"].std, iba.stats["conv2"].std)
 
 
 # --------------------------------------------------------------------------------------------- run folders

@@ -218,6 +218,15 @@ class InputIBA(Attribution):
     def set_statistics(self, stats) -> None:
         self.feature_iba.set_statistics(stats)
 
+    @property
+    def statistics(self) -> str | None:
+        """The feature IBA's statistics file (``xattr.fit(input_iba, "<stats.pt>")`` sets it here)."""
+        return self.feature_iba.statistics
+
+    @statistics.setter
+    def statistics(self, path: str | None) -> None:
+        self.feature_iba.statistics = path
+
     def _gens(self, x: torch.Tensor, stage: int):
         return image_generators(x, None if self.seed is None else self.seed + 1000 * stage)
 
