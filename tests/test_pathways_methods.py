@@ -159,6 +159,47 @@ def test_lowest_equals_the_ranks_of_a_stable_sort_with_ties_inf_and_zero_counts(
     assert torch.equal(lowest(key, torch.zeros(5, dtype=torch.long)), torch.zeros_like(expected))
 
 
+def test_sampled_selection_partitions_only_a_small_bracket_and_never_calls_kthvalue_on_a_cpu(monkeypatch):
+    """The speed design of percentile on a CPU (issue 31), pinned: each row is partitioned once, on at most 15%
+    of its values (the sample's bracket; a whole-row fallback would show), and torch.kthvalue is not called."""
+    import numpy as np
+
+    from xattr.methods.pathways import selection
+
+    sizes = []
+    real = np.partition
+
+    def partition(a, kth, **kw):
+        sizes.append(a.shape[-1])
+        return real(a, kth, **kw)
+
+    def no_kthvalue(*a, **kw):
+        raise AssertionError("torch.kthvalue on a CPU")
+
+    monkeypatch.setattr(selection.np, "partition", partition)
+    monkeypatch.setattr(selection.torch, "kthvalue", no_kthvalue)
+    g = torch.Generator().manual_seed(1)
+    for n in (10_000, 50_000):  # stride 2 and 12
+        s = torch.rand(3, n, generator=g)
+        for q in (0.3, 0.7, 0.99):
+            sizes.clear()
+            expected = torch.tensor(np.percentile(s.numpy(), 100 * q, axis=1)).float()
+            assert torch.equal(percentile(s, q), expected)
+            assert len(sizes) == 3 and max(sizes) <= 0.15 * n, (n, q, sizes)
+
+
+def test_percentile_edges_by_hand():
+    inf = float("inf")
+    # q = 0.5 of 5 values is rank 2 exactly: no interpolation, so inf - inf never makes a NaN
+    assert percentile(torch.tensor([[1.0, inf, inf, inf, inf]]), 0.5).item() == inf
+    # q = 0.9: rank 3.6, between the last two values
+    assert percentile(torch.tensor([[4.0, 0.0, 1.0, 2.0, 3.0]]), 0.9).item() == pytest.approx(3.6)
+    with pytest.raises(XattrConfigError, match=r"^bad sparsity False; valid choices: a fraction in \[0, 1\) \(0.7 = keep 30%\)$"):
+        select(torch.rand(1, 5), False)
+    with pytest.raises(XattrConfigError, match=r"^bad ties 'maybe'; valid choices: keep, drop$"):
+        select(torch.rand(1, 5), 0.5, ties="maybe")
+
+
 def test_selection_is_network_wide_and_keeps_one_minus_kappa():
     g = torch.Generator().manual_seed(0)
     sizes = [500, 300, 200]

@@ -40,7 +40,7 @@ def percentile(scores: torch.Tensor, q: float) -> torch.Tensor:
     pos = q * (n - 1)
     lo, frac = math.floor(pos), pos - math.floor(pos)
     s = scores.detach().float()
-    ranks = [lo, lo + 1] if frac != 0 and lo + 1 < n else [lo]
+    ranks = [lo, lo + 1] if frac != 0 else [lo]  # frac != 0 only below q = 1, so lo + 1 < n
     v = _ranked_numpy(s, ranks) if s.device.type == "cpu" else _ranked_torch(s, ranks)
     return v[0] + (v[1] - v[0]) * frac if len(ranks) == 2 else v[0]
 
