@@ -42,7 +42,7 @@ def mct_scores(neurons: Neurons, x: torch.Tensor, target: torch.Tensor,
     gates: list[torch.Tensor] = []
 
     def gate(k: int, a: torch.Tensor) -> torch.Tensor:
-        g = (torch.ones_like(a) if masks is None else masks[k].to(a.dtype).clone()).requires_grad_(True)
+        g = (torch.ones_like(a) if masks is None else masks[k].to(a.dtype, copy=True)).requires_grad_(True)
         gates.append(g)
         return a * g
 
