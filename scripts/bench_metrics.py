@@ -380,8 +380,10 @@ def eval_metrics_compare(a) -> None:
         share = fmt(ratio(rate, lim_rate), pct=True) if work > 0 else "-"
         print(f"| {name} | {n / t_q:.1f} | {n / t_ours:.1f} | {t_q / t_ours:.1f} | {work:.3f} | {rate:.1f} | "
               f"{lim_rate:.1f} | {share} | {most} |", flush=True)
-        record("eval_metrics", metric=name, device=device_name(device), images=n, quantus_images_s=n / t_q,
-               xattr_images_s=n / t_ours, gflop_per_image=work, rate=rate, limit_rate=lim_rate)
+        record("eval_metrics", model=f"resnet18 1x{s}x{s}", metric=name, path=f"xattr, {t_q / t_ours:.1f}x Quantus",
+               device=device_name(device), images=n, ms_per_image=1000 * t_ours / n, quantus_images_s=n / t_q,
+               xattr_images_s=n / t_ours, gflop_per_image=work, rate=rate if work > 0 else None,
+               limit_rate=lim_rate if work > 0 else None)
     print("\n(GFLOP / image: torch.utils.flop_counter on xattr's call for one image: the model's convolutions and "
           "matrix products, 0 for the map-only metrics; limit: a plain batched forward of the model at 64 rows, with "
           "the input-gradient backward for the metrics that run the method; most x faster: the limit's rate over "
