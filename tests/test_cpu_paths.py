@@ -56,3 +56,56 @@ def test_box_masks_union_empty_and_fractional_boxes_by_hand():
     hand[2, 0:2, 1:2] = True  # centres (j + 0.5, i + 0.5) inside [0.6, 2.4) x [0.4, 1.6): j = 1, i = 0, 1
     assert torch.equal(m, hand)
 
+
+
+def test_the_cpu_sorts_do_not_call_torch_sort_and_the_device_path_is_torchs(monkeypatch):
+    """The speed design pinned (a float32 CPU row goes through numpy), and the other path (float64 here, a
+    device elsewhere) checked against the same oracle."""
+    from xattr.core import ranking
+
+    v = tricky_rows()
+    expected = torch.sort(v, dim=1, descending=True, stable=True).indices
+    expected_values = torch.sort(v.double(), dim=1).values
+
+    def no_sort(*a, **kw):
+        raise AssertionError("torch.sort on a float32 CPU row")
+
+    with monkeypatch.context() as m:
+        m.setattr(ranking.torch, "sort", no_sort)
+        assert torch.equal(stable_descending(v), expected)
+    assert torch.equal(stable_descending(v.double()), expected)  # torch's path
+    assert torch.equal(sorted_rows(v.double()), expected_values)
+    with monkeypatch.context() as m:
+        m.setattr(ranking.torch, "sort", no_sort)
+        assert torch.equal(sorted_rows(v.double()), expected_values)  # CPU: numpy
+    meta = torch.empty(2, 5, device="meta")
+    assert sorted_rows(meta).device.type == "meta" and stable_descending(meta).shape == (2, 5)  # a device: torch
+
+
+def test_lowest_on_distinct_values_and_counts_0_and_1():
+    from xattr.core.ranking import lowest
+
+    key = torch.randperm(50, generator=torch.Generator().manual_seed(0)).float().expand(4, 50).contiguous()
+    counts = torch.tensor([0, 1, 2, 49])
+    expected = key.argsort(1).argsort(1) < counts[:, None]  # distinct: the counts smallest
+    assert torch.equal(lowest(key, counts), expected)
+
+
+def test_ranks_numpy_ties_nan_last_seeded_random_and_error_lines():
+    import numpy as np
+    import pytest
+
+    from xattr.core.ranking import share_count
+    from xattr.errors import XattrConfigError
+
+    v = tricky_rows()
+    order = np.stack([np.argsort(row) for row in v.numpy()])[:, ::-1]  # the reference codes' order, top first
+    r = ranks(v, ties="numpy")
+    assert torch.equal(torch.argsort(r, 1), torch.from_numpy(order.copy()))
+    nan = torch.tensor([[0.5, float("nan"), 2.0, -1.0]])
+    assert ranks(nan).tolist() == [[1, 3, 0, 2]] and ranks(nan, descending=False).tolist() == [[1, 3, 2, 0]]
+    assert torch.equal(ranks(v, ties="random", seed=5), ranks(v, ties="random", seed=5))
+    with pytest.raises(XattrConfigError, match=r"^unknown ties 'first'"):
+        ranks(v, ties="first")
+    with pytest.raises(XattrConfigError, match=r"^unknown rounding 'up'"):
+        share_count(0.5, 10, rounding="up")
