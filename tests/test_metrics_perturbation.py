@@ -14,7 +14,7 @@ from xattr.analyses.sensitivity_n import pooled_curve
 from xattr.errors import XattrConfigError
 from xattr.metrics.degradation import Degradation
 from xattr.metrics.insertion_deletion import InsertionDeletion
-from xattr.metrics.sensitivity_n import SensitivityN, default_n
+from xattr.metrics.sensitivity_n import SensitivityN, default_fractions, default_n
 from xattr.models.tiny import PixelLinear, TinyCNN
 
 S = 8  # image side
@@ -229,3 +229,67 @@ def test_degradation_matches_per_image_tile_loop():
                     cur[:, 4 * r : 4 * r + 4, 4 * c : 4 * c + 4] = x[i].mean((1, 2))[:, None, None]
                 pts.append(net(cur[None]).softmax(-1)[0, t[i]])
             assert torch.allclose(res.curves[name][i], torch.stack(pts).detach(), atol=1e-5)
+
+
+def test_sensitivity_n_protocols_pinned_to_reference_md():
+    """REFERENCE.md "Sensitivity-N": InputIBA: 100 masks per n, pixels set to 0, logits, per image, n =
+    unique(int(logspace(0, 4.5, 45))); IBA paper: tiles of 8, 16 log-spaced n from 1 to 0.8 #tiles, pooled pairs."""
+    import numpy as np
+
+    m = SensitivityN()
+    assert (m.protocol, m.n_masks, m.fill, m.output, m.tile, m.return_pairs, m.seed) == ("inputiba", 100, 0.0, "logit", 1, False, 0)
+    assert (m.precision, m.chunk, m.fold_bn, m.channels_last) == ("fp32", 256, True, None)
+    iba = SensitivityN(protocol="iba")
+    assert (iba.tile, iba.return_pairs) == (8, True)
+    expected = [int(v) for v in np.unique(np.logspace(0, 4.5, 45).astype(int))]  # the reference's expression
+    assert default_n("inputiba", 10**6) == expected and expected[:6] == [1, 2, 3, 4, 5, 6] and expected[-1] == 31622
+    assert default_n("inputiba", 30) == [v for v in expected if v < 30]  # clipped to n_units - 1
+    n = default_n("iba", 784)  # 224 px / 8: 28 x 28 tiles
+    spaced = np.round(np.exp(np.linspace(0, np.log(0.8 * 784), 16))).astype(int)  # 16 values, 15 distinct
+    assert n == sorted({int(v) for v in spaced}) and n[-1] == 627
+    assert default_fractions() == [round(float(v), 4) for v in np.geomspace(0.01, 0.8, 12)]
+    # the cost rule: n_masks forwards per n, plus the clean one
+    assert m.forwards_per_image((3, 224, 224), 0.0) == 100 * len(default_n("inputiba", 224 * 224)) + 1
+    assert iba.forwards_per_image((3, 224, 224), 0.0) == 100 * len(n) + 1  # 15 distinct n
+    assert SensitivityN(n=[1, 2], n_masks=7).forwards_per_image((3, 8, 8), 0.0) == 15
+    assert m.forwards_per_image((40,), 0.0) == 100 * 12 + 1  # tokens: per fraction
+    assert SensitivityN(fractions=[0.5]).forwards_per_image((40,), 0.0) == 101
+    assert (m.name, m.needs, m.memory_knob) == ("sensitivity_n", ("mask",), "chunk")
+
+
+def test_sensitivity_n_masks_seed_tiles_x_axis_and_output_by_hand():
+    model, x, t, truth, _ = linear_setup(c=3)
+    a = SensitivityN(tile=2, n=[1, 3], n_masks=6, seed=4)
+    units, tid, n = a.masks(S, S, x.device)
+    assert units.shape == (2, 6, (S // 2) ** 2) and torch.equal(units.sum(-1), torch.tensor([[1] * 6, [3] * 6]))
+    assert tid.tolist()[: S + 2] == [0, 0, 1, 1, 2, 2, 3, 3, 0, 0]  # S = 8: 4 tiles per row, 2 pixel rows each
+    assert torch.equal(SensitivityN(tile=2, n=[1, 3], n_masks=6, seed=4).masks(S, S, x.device)[0], units)
+    assert not torch.equal(SensitivityN(tile=2, n=[1, 3], n_masks=6, seed=5).masks(S, S, x.device)[0], units)
+    res = a(model, x, t, truth)
+    assert res.x_axis["sensitivity_n"].tolist() == [4.0, 12.0]  # n tiles x tile**2 pixels
+    # softmax: the drop of the target's probability, per mask, by hand for image 0 and n = 3
+    soft = SensitivityN(tile=2, n=[1, 3], n_masks=6, seed=4, output="softmax", return_pairs=True)(model, x, t, truth)
+    pix = units[1][:, tid].view(-1, 1, S, S)
+    with torch.no_grad():
+        p = model(torch.cat([torch.where(pix, 0.0, x[:1]), x[:1]])).softmax(1)[:, 0]
+    drop = (p[-1] - p[:-1]).double()
+    assert torch.allclose(soft.curves["output_drop"][0, 6:].double(), drop, atol=1e-6)
+    attr = (truth[0] * pix).flatten(1).sum(1).double()
+    assert torch.allclose(soft.curves["attr_sum"][0, 6:].double(), attr, atol=1e-5)
+    assert soft.x_axis["attr_sum"].tolist() == [4.0] * 6 + [12.0] * 6
+    r = torch.corrcoef(torch.stack([attr, drop]))[0, 1]
+    assert torch.isclose(soft.curves["sensitivity_n"][0, 1].double(), r, atol=1e-5)
+    assert torch.isclose(soft.scores["sensitivity_n"][0], soft.curves["sensitivity_n"][0].mean())
+
+
+def test_sensitivity_n_bad_values_are_one_line():
+    with pytest.raises(XattrConfigError, match=r"^unknown output 'prob'; valid choices: logit, softmax$"):
+        SensitivityN(output="prob")
+    with pytest.raises(XattrConfigError, match=r"^unknown precision 'fp64'; valid choices: fp32, bf16, fp16$"):
+        SensitivityN(precision="fp64")
+    with pytest.raises(XattrConfigError, match=r"^bad fractions \[0.0, 1.5\]; valid choices: shares in \(0, 1\]$"):
+        SensitivityN(fractions=[0.0, 0.5, 1.5])
+    with pytest.raises(XattrConfigError, match=r"^bad fractions \[\]; valid choices: shares in \(0, 1\]$"):
+        SensitivityN(fractions=[])
+    with pytest.raises(XattrConfigError, match=r"^bad n \[16, 20\]; valid choices: integers in 1\.\.15 for this image$"):
+        SensitivityN(tile=2, n=[1, 16, 20]).masks(S, S, torch.device("cpu"))  # 16 tiles of 2 x 2
