@@ -105,6 +105,7 @@ def test_ranks_numpy_ties_nan_last_seeded_random_and_error_lines():
     nan = torch.tensor([[0.5, float("nan"), 2.0, -1.0]])
     assert ranks(nan).tolist() == [[1, 3, 0, 2]] and ranks(nan, descending=False).tolist() == [[1, 3, 2, 0]]
     assert torch.equal(ranks(v, ties="random", seed=5), ranks(v, ties="random", seed=5))
+    assert torch.equal(ranks(v, ties="random"), ranks(v, ties="random", seed=0))  # the default seed is 0
     with pytest.raises(XattrConfigError, match=r"^unknown ties 'first'"):
         ranks(v, ties="first")
     with pytest.raises(XattrConfigError, match=r"^unknown rounding 'up'"):
