@@ -293,3 +293,26 @@ def test_sensitivity_n_bad_values_are_one_line():
         SensitivityN(fractions=[])
     with pytest.raises(XattrConfigError, match=r"^bad n \[16, 20\]; valid choices: integers in 1\.\.15 for this image$"):
         SensitivityN(tile=2, n=[1, 16, 20]).masks(S, S, torch.device("cpu"))  # 16 tiles of 2 x 2
+
+
+def test_sensitivity_n_units_of_non_square_images_names_and_channels_last(monkeypatch):
+    expected = [int(v) for v in __import__("numpy").unique(__import__("numpy").logspace(0, 4.5, 45).astype(int))]
+    assert expected[15] not in default_n("inputiba", expected[15])  # n < n_units
+    # 8 x 32 pixels in tiles of 8: 1 x 4 = 4 units (a square read of either side gives 1 or 16)
+    assert SensitivityN(protocol="iba").forwards_per_image((3, 8, 32), 0.0) == 100 * len(default_n("iba", 4)) + 1
+    assert SensitivityN(protocol="iba").forwards_per_image((3, 32, 8), 0.0) == 100 * len(default_n("iba", 4)) + 1
+    assert default_n("iba", 4) != default_n("iba", 16)
+    for kw, line in ((dict(protocol="ancona"), "unknown protocol 'ancona'"), (dict(tile=0), "bad tile 0"),
+                     (dict(n=[0]), "bad n 0"), (dict(n_masks=0), "bad n_masks 0")):
+        with pytest.raises(XattrConfigError, match="^" + line):
+            SensitivityN(**kw)
+    assert SensitivityN(fractions=[1.0]).fractions == [1.0]  # all of a review's tokens is a valid share
+    # channels-last forwards on a CPU by default, off when asked (a pre-hook keeps the model unfolded)
+    model, x, t, truth, _ = linear_setup(c=3)
+    seen = []
+    model.register_forward_pre_hook(lambda m, i: seen.append(i[0].is_contiguous(memory_format=torch.channels_last)))
+    SensitivityN(n=[1], n_masks=2)(model, x, t, truth)
+    assert seen and all(seen)
+    seen.clear()
+    SensitivityN(n=[1], n_masks=2, channels_last=False)(model, x, t, truth)
+    assert seen and not any(seen)

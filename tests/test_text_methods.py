@@ -275,3 +275,24 @@ def test_sensitivity_n_tokens_config_errors() -> None:
         SensitivityN()(Linear(), reviews(), torch.tensor([1, 1, 0]), torch.rand(3, 6))
     with pytest.raises(XattrConfigError, match="fractions"):
         SensitivityN(fractions=[0.0, 1.5])
+
+
+def test_sensitivity_n_token_masks_and_the_mask_extra() -> None:
+    """Each fraction replaces round(f n_real) (at least 1) real tokens; reviews of one length share masks and a
+    repeated call draws the same; without the ``mask`` extra every token is real; with it, padding is never
+    replaced (the scores differ)."""
+    metric = SensitivityN(n_masks=5, fractions=[0.01, 0.5, 1.0], unk_index=1)
+    sets = metric.token_masks(10, torch.device("cpu"))
+    assert sets.shape == (3, 5, 10) and sets.sum(-1).tolist() == [[1] * 5, [5] * 5, [10] * 5]
+    assert torch.equal(sets, metric.token_masks(10, torch.device("cpu")))
+    assert not torch.equal(sets[1], metric.token_masks(11, torch.device("cpu"))[1, :, :10])
+    net, x, t = Linear(), reviews(), torch.tensor([1, 1, 0])
+    maps = torch.rand(3, 6, generator=torch.Generator().manual_seed(0))
+    full = torch.ones_like(x, dtype=torch.bool)
+    none = metric(net, x, t, maps)
+    assert torch.equal(none.curves["sensitivity_n"].nan_to_num(9.0),
+                       metric(net, x, t, maps, mask=full).curves["sensitivity_n"].nan_to_num(9.0))
+    padded = metric(net, x, t, maps, mask=x != 0)
+    assert not torch.allclose(padded.curves["sensitivity_n"], none.curves["sensitivity_n"], equal_nan=True)
+    with pytest.raises(XattrConfigError, match=r"^bad maps shape \(3, 5\); valid choices: \(3, 6\) for tokens$"):
+        metric(net, x, t, maps[:, :5])
