@@ -78,7 +78,7 @@ MODULES: dict[str, list[str]] = {
     "methods/input_iba/text.py": ["tests/test_input_iba_text.py", "tests/test_input_iba_text_reference.py",
                                   "tests/test_input_iba_steps.py"],
     "methods/pathways/contributions.py": ["tests/test_pathways_methods.py"],
-    "methods/pathways/greedy.py": ["tests/test_pathways_methods.py"],
+    "methods/pathways/greedy.py": ["tests/test_pathways_methods.py", "tests/test_pathways_pruning.py"],
     "methods/pathways/neurons.py": ["tests/test_pathways_methods.py", "tests/test_pathways_evaluation.py"],
     "methods/pathways/pathway.py": ["tests/test_pathways_methods.py", "tests/test_pathways_evaluation.py"],
     "methods/pathways/maps.py": ["tests/test_pathways_methods.py"],

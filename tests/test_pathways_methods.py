@@ -347,6 +347,42 @@ def test_opening_is_idempotent_and_removes_a_spike():
     assert star.explain(torch.randn(1, 3, 12, 12), torch.tensor([0])).maps.min() >= 0
 
 
+def test_opening_equals_skimages_and_finish_map_opens_only_above_1():
+    """NeuronIntGrad*'s opening against scikit-image's grey opening with a flat square (even sizes too), and
+    finish_map: the signed map for opening_size 0 / 1, the opening of |map| from 2 on."""
+    import numpy as np
+    from skimage.morphology import opening as sk_opening
+
+    from xattr.methods.pathways.maps import check_opening, check_reduce, finish_map
+
+    m = torch.randn(2, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+    for k in (1, 2, 3, 4, 5):
+        ref = np.stack([sk_opening(a[0].numpy(), np.ones((k, k), bool)) for a in m])[:, None]
+        assert torch.equal(opening(m, k), torch.from_numpy(ref)), k
+    attr = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    signed = reduce_map(attr)
+    assert (signed < 0).any()
+    for k in (0, 1):
+        assert torch.equal(finish_map(attr, "signed_max_abs", k), signed)
+    for k in (2, 3):
+        assert torch.equal(finish_map(attr, "signed_max_abs", k), opening(signed.abs(), k))
+    assert check_opening(None) == 0 and check_opening(4) == 4
+    for bad in (True, -1, 2.0):
+        with pytest.raises(XattrConfigError, match=rf"^bad opening_size {bad!r}; valid choices: 0 \(off\) or an integer >= 1$"):
+            check_opening(bad)
+    with pytest.raises(XattrConfigError, match=r"^unknown reduction 'mean_abs'"):
+        check_reduce("mean_abs")
+
+
+def test_activation_names_pick_their_modules_and_a_network_without_them_is_one_line():
+    for name, act in (("leaky_relu", nn.LeakyReLU()), ("elu", nn.ELU()), ("silu", nn.SiLU()), ("relu6", nn.ReLU6())):
+        net = nn.Sequential(nn.Linear(3, 4), act, nn.Linear(4, 2))
+        assert list(Neurons(net, [name]).modules) == ["1"], name
+    with pytest.raises(XattrConfigError, match=r"^unknown network without relu/relu6 modules; valid choices: a network "
+                       r"whose activations are modules of \['ReLU', 'ReLU6'\] \(functional relu is not seen\)$"):
+        Neurons(nn.Sequential(nn.Linear(3, 4), nn.Tanh()))
+
+
 def test_a_reused_relu_counts_once_per_call():
     class Twice(nn.Module):  # as torchvision ResNet-50's Bottleneck.relu, called three times
         def __init__(self) -> None:
