@@ -221,3 +221,43 @@ def test_dgr_loss_stays_finite_when_a_probability_underflows():
         layout = dgr.neurons.layout(x)
     _, aux = dgr.optimise(x, layout)
     assert bool(aux["found"][0]) and float(aux["dgr_loss"][0]) == pytest.approx(0.03, rel=1e-5)
+
+
+def test_greedy_defaults_and_bad_values_are_one_line():
+    """Alg. 1 as the dissertation's text (variant paper, 1% of the neurons per iteration) and the code's call
+    ``prune_greedy(1, 99)`` (reference: 99 rounds of 1 percentile point)."""
+    h = GreedyPruning(TinyCNN(5).eval()).hparams
+    assert {k: h[k] for k in ("sparsity", "variant", "prune_step", "max_iterations", "iterations", "percentile_step",
+                              "pruned", "opening_size")} == {
+        "sparsity": 0.7, "variant": "paper", "prune_step": 0.01, "max_iterations": 1000, "iterations": 99,
+        "percentile_step": 0.01, "pruned": "zero", "opening_size": 0}
+    for kw, line in [({"variant": "x"}, "unknown variant 'x'; valid choices: paper, reference"),
+                     ({"prune_step": 0}, "bad prune_step 0; valid choices: a number > 0"),
+                     ({"percentile_step": -1}, "bad percentile_step -1; valid choices: a number > 0"),
+                     ({"max_iterations": 0}, "bad max_iterations 0; valid choices: an integer >= 1"),
+                     ({"iterations": 0}, "bad iterations 0; valid choices: an integer >= 1")]:
+        with pytest.raises(XattrConfigError, match="^" + line + "$"):
+            GreedyPruning(TinyCNN(5).eval(), **kw)
+
+
+def test_greedy_paper_prunes_n_step_per_round_down_to_exactly_k_on_an_all_live_net():
+    """A network with positive weights, biases and inputs: every neuron is live in every pruned network, so
+    Alg. 1 prunes ceil(prune_step N) per round until K = N - ceil(kappa (N - 1)) are left: ceil((N - K) / step)
+    rounds, exactly K kept (the last round prunes only what is left above K)."""
+    from xattr.methods.pathways.greedy import kept_count
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 50), nn.ReLU(), nn.Linear(50, 40), nn.ReLU(), nn.Linear(40, 3)).eval()
+    for layer in (net[0], net[2], net[4]):
+        layer.weight.data.uniform_(0.1, 1.0)
+        layer.bias.data.uniform_(0.1, 1.0)
+    x, t = torch.rand(2, 4) + 0.1, torch.tensor([0, 2])
+    n, k = 90, kept_count(90, 0.7)
+    assert k == 90 - 63  # ceil(0.7 * 89) = ceil(62.3)
+    assert kept_count(11, 0.7) == 4  # 0.7 * 10 is 7.000000000000001 in floats: the 1e-9 keeps it 7
+    for step, n_step in ((0.05, 5), (0.01, 1)):
+        exp = GreedyPruning(net, sparsity=0.7, prune_step=step).explain(x, t)
+        assert exp.aux["pathway/kept"].tolist() == [k, k]
+        assert exp.aux["pathway/iterations"].tolist() == [-(-(n - k) // n_step)] * 2, step
+    ref = GreedyPruning(net, variant="reference", iterations=3).explain(x, t)
+    assert ref.aux["pathway/iterations"].tolist() == [3, 3]
