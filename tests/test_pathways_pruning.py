@@ -238,6 +238,12 @@ def test_greedy_defaults_and_bad_values_are_one_line():
                      ({"iterations": 0}, "bad iterations 0; valid choices: an integer >= 1")]:
         with pytest.raises(XattrConfigError, match="^" + line + "$"):
             GreedyPruning(TinyCNN(5).eval(), **kw)
+    # the stated cost: 3 per scoring round (a forward and a backward) + the 4 of every pathway method; rounds:
+    # paper 1 + ceil(kappa / step) (0.7 / 0.01 = 70), reference 1 + iterations
+    cost = lambda **kw: GreedyPruning(TinyCNN(5).eval(), **kw).forwards_per_image((3, 8, 8))  # noqa: E731
+    assert cost() == 3 * 71 + 4 and cost(variant="reference") == 3 * 100 + 4
+    assert cost(prune_step=0.07) == 3 * 11 + 4  # 0.7 / 0.07 = 10.000000000000002 in floats: 10 rounds, not 11
+    assert cost(max_iterations=5) == 3 * 6 + 4 and cost(variant="reference", iterations=7) == 3 * 8 + 4
 
 
 def test_greedy_paper_prunes_n_step_per_round_down_to_exactly_k_on_an_all_live_net():
