@@ -397,3 +397,46 @@ def test_a_reused_relu_counts_once_per_call():
     assert layout.names == ("relu", "relu@1") and layout.sizes == [4, 5]
     e = NeuronMCT(net, sparsity=0.5).explain(torch.randn(2, 3), torch.tensor([0, 1]))
     assert e.aux["pathway/layer_sizes"][0].tolist() == [4, 5]
+
+
+def test_pathway_methods_names_defaults_costs_and_error_lines():
+    """Each method's name is its config's (conf/method/<name>.yaml targets the class); the defaults are the
+    chapter's code (NeuronIntGrad 10 steps, InputIntGrad 50, no opening, sparsity 0.7, pruned zero); the stated
+    cost: NeuronMCT a forward and a backward + the 4 of every pathway method, NeuronIntGrad 3 per step and
+    layer (+1 step for the reference schedule) + 4; each bad value one whole line."""
+    from pathlib import Path
+
+    import yaml
+
+    from xattr.methods.pathways import GreedyPruning as Greedy
+    from xattr.methods.pathways.pathway import PathwayMethod
+
+    conf = Path(__file__).resolve().parents[1] / "conf" / "method"
+    for cls in (NeuronMCT, NeuronIntGrad, InputMCT, InputIntGrad, Greedy):
+        target = yaml.safe_load((conf / f"{cls.name}.yaml").read_text())["_target_"]
+        assert target == f"xattr.methods.pathways.{cls.__name__}"
+    assert (PathwayMethod.BASE_FORWARDS, PathwayMethod.memory_knob) == (4.0, "chunk")
+    net = TinyCNN(5).eval()  # 3 ReLU modules
+    h = NeuronIntGrad(net).hparams
+    assert (h["n_steps"], h["alpha_schedule"], h["score"], h["opening_size"], h["sparsity"], h["pruned"]) == (
+        10, "linear", "abs", 0, 0.7, "zero")
+    assert NeuronMCT(net).hparams["opening_size"] == 0 and InputMCT(net).hparams["opening_size"] == 0
+    assert (InputIntGrad(net).hparams["n_steps"], InputIntGrad(net).hparams["opening_size"]) == (50, 0)
+    assert NeuronMCT(net).forwards_per_image((3, 12, 12)) == 3 + 4
+    assert NeuronIntGrad(net, n_steps=7).forwards_per_image((3, 12, 12)) == 3 * 7 * 3 + 4
+    assert NeuronIntGrad(net, n_steps=7, alpha_schedule="reference").forwards_per_image((3, 12, 12)) == 3 * 8 * 3 + 4
+    for kw, line in [({"alpha_schedule": "x"}, "unknown alpha_schedule 'x'; valid choices: linear, reference"),
+                     ({"n_steps": 0}, "bad n_steps 0; valid choices: an integer >= 1"),
+                     ({"score": "x"}, "unknown score 'x'; valid choices: abs, signed"),
+                     ({"pruned": "x"}, "unknown pruned 'x'; valid choices: zero, freeze")]:
+        with pytest.raises(XattrConfigError, match="^" + line + "$"):
+            NeuronIntGrad(net, **kw)
+    assert repr(NeuronMCT(net)) == "NeuronMCT(sparsity=0.7, pruned='zero')"
+    one = NeuronMCT(net).explain_pathway(torch.randn(1, 3, 12, 12), torch.tensor([0]))  # one image: its row 0
+    assert one.shape == (1, NeuronMCT(net).neurons.layout(torch.randn(1, 3, 12, 12)).total)
+    from xattr.methods.pathways.contributions import alpha_schedule
+
+    with pytest.raises(XattrConfigError, match="^unknown alpha_schedule 'x'; valid choices: linear, reference$"):
+        alpha_schedule(3, "x")
+    with pytest.raises(XattrConfigError, match="^bad n_steps 0; valid choices: an integer >= 1$"):
+        alpha_schedule(0)
