@@ -69,6 +69,8 @@ def test_taus_are_the_hand_counted_ones_at_the_percents_both_ran(folders: Path) 
     assert taus["per_percent"] == {30.0: pytest.approx(4 / 6), 70.0: pytest.approx(4 / 6)}
     assert df["ROAR AUC"].tolist() == pytest.approx([0.3, 0.4, 0.5, 0.6])
     assert df["ROAD MoRF AUC"].tolist() == pytest.approx([0.2, 0.4, 0.3, 0.5])  # 50 % left out
+    # the images' AUCs are the mean -/+ 0.1: s.e. = std([-0.1, 0.1], ddof=1) / sqrt(2) = 0.1
+    assert df["ROAD MoRF AUC s.e."].tolist() == pytest.approx([0.1] * 4)
     assert df["ROAD MoRF rank"].tolist() == [1, 3, 2, 4] and df["ROAD LeRF rank"].tolist() == [4, 3, 2, 1]
 
 

@@ -55,9 +55,11 @@ def road_curves(paths: list[str | Path]) -> dict[str, dict[str, Any]]:
         for o in ORDERS:
             key = f"road/road_{o}"
             if key in curves:
-                y = np.nanmean(curves[key].astype(np.float64), 0)
+                per_image = curves[key].astype(np.float64)
+                y = np.nanmean(per_image, 0)
                 rec[o] = {float(p): float(v) for p, v in zip(curves[f"{key}/x"], y)}
-                rec["n"] = int(curves[key].shape[0])
+                rec[f"{o}_images"] = {float(p): per_image[:, j] for j, p in enumerate(curves[f"{key}/x"])}
+                rec["n"] = int(per_image.shape[0])
         out[method] = rec
     return out
 
@@ -93,6 +95,11 @@ def compare(roar: dict[str, dict[str, Any]], road: dict[str, dict[str, Any]]) ->
         for p in percents:
             rec[f"ROAD MoRF {p:g}%"] = road[m]["morf"][p]
         rec["ROAD MoRF AUC"] = roar_auc(percents, [road[m]["morf"][p] for p in percents])
+        images = road[m].get("morf_images")
+        if images is not None and all(p in images for p in percents):  # the AUC of each image, its s.e.
+            per = np.array([roar_auc(percents, list(v)) for v in zip(*[images[p] for p in percents])])
+            per = per[np.isfinite(per)]
+            rec["ROAD MoRF AUC s.e."] = float(np.std(per, ddof=1) / np.sqrt(len(per))) if len(per) > 1 else np.nan
         lerf = road[m].get("lerf", {})
         rec["ROAD LeRF AUC"] = (roar_auc(percents, [lerf[p] for p in percents]) if all(p in lerf for p in percents)
                                 else float("nan"))
@@ -128,7 +135,7 @@ def roar_road_table(table_id: str, spec: dict, run_paths: list[str | Path], out_
     intro = (f"{len(taus['methods'])} methods; percents both ran: {pct}. ROAR: test accuracy after retraining "
              f"(mean over repeats; {len(units)} finished units" + (f", {pending} unfinished" if pending else "")
              + f"); ROAD: accuracy of the unretrained model on imputed images (mean over {'/'.join(map(str, n_road))} "
-             "images). AUC = trapezoid over the removed fraction divided by its range (ROAR's, for both); ranks "
+             "images; s.e. of the images' AUCs). AUC = trapezoid over the removed fraction divided by its range (ROAR's, for both); ranks "
              "1 = best (ROAR and ROAD MoRF: low AUC, ROAD LeRF: high AUC).\n\n"
              f"Kendall's tau of the method orderings: ROAR vs ROAD MoRF **{taus['morf']:.3f}**, ROAR vs ROAD LeRF "
              f"**{taus['lerf']:.3f}**; per percent (ROAR vs ROAD MoRF): "
