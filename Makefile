@@ -68,8 +68,8 @@ docs: install
 clean:
 	rm -rf outputs multirun .pytest_cache
 
-# N methods x every image metric on the shared ImageNet images, then the report (docs/metrics.md):
-# make meta-eval [ARGS="dataset.limit=50"]; report in outputs/multirun/meta_eval/report/
+# N methods x every image metric on the shared ImageNet images, then the report (docs/cli.md, README):
+# make meta-eval [ARGS="dataset.limit=50"] (a grown limit resumes the same runs); report in outputs/multirun/meta_eval/report/
 meta-eval: install
 	$(BIN)/python -m xattr.run --multirun experiment=meta_eval $(ARGS)
 	$(BIN)/python -m xattr.report outputs/multirun/meta_eval

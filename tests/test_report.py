@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from xattr.core.store import RunStore
-from xattr.engine.compare import agreement, kendall, load_runs, method_table
+from xattr.engine.compare import agreement, kendall, load_runs, method_table, short_score
 from xattr.engine.report import plot_curves
 from xattr.metrics.summary import summarise_run_scores
 from xattr.report import main
@@ -45,6 +45,9 @@ def test_kendall_tau_of_two_given_rankings_is_the_hand_value():
     # one discordant pair of six: (5 - 1) / 6
     assert kendall(np.array([1.0, 2, 3, 4]), np.array([2.0, 1, 3, 4])) == pytest.approx(2 / 3)
     assert kendall(np.array([1.0, 2, 3]), np.array([3.0, 2, 1])) == pytest.approx(-1)
+    # the figure's labels: a metric with one score by its name alone
+    assert short_score("relevance_mass/relevance_mass") == "relevance_mass"
+    assert short_score("insertion_deletion/insertion") == "insertion_deletion/insertion"
 
 
 def test_report_of_a_constructed_multirun_has_the_known_numbers(tmp_path):
@@ -134,3 +137,33 @@ def test_report_page_in_a_real_browser(tmp_path):
         s = summaries[row[0]].set_index("score")["mean"]
         for score in ("m1/s", "m2/s", "complexity/complexity"):
             assert float(row[col[score]]) == pytest.approx(s[score], rel=1e-3), (row[0], score)
+
+
+def test_two_runs_of_one_method_setting_are_one_error_naming_both(tmp_path, capsys):
+    """An older sweep's run beside a newer one (same method, settings, seed) would be two rows named alike in
+    every ranking and the agreement: the report refuses, naming both folders."""
+    root = multirun(tmp_path / "multi")
+    shutil.copytree(root / "0", root / "old" / "0")
+    assert main([str(root), "--out", str(tmp_path / "rep")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and str(root / "0") in err and str(root / "old" / "0") in err
+    assert not (tmp_path / "rep" / "report.md").exists()
+
+
+def test_meta_eval_grows_in_the_same_run_folders():
+    """make meta-eval ARGS="dataset.limit=N" resumes the default sweep's run folders (the images already scored
+    are skipped) instead of writing new ones beside them; the other keys config.yaml leaves out still are."""
+    from hydra import compose, initialize_config_dir
+
+    from xattr.config import CONF_DIR, run_dirname
+
+    def folder(overrides: list[str]) -> tuple[str, list[str]]:
+        with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
+            cfg = compose("config", overrides=overrides, return_hydra_config=True)
+        return run_dirname(cfg.hydra.job.override_dirname), list(cfg.hydra.job.config.override_dirname.exclude_keys)
+
+    base, keys = folder(["experiment=meta_eval", "method=gradient"])
+    grown, _ = folder(["experiment=meta_eval", "method=gradient", "dataset.limit=50"])
+    assert grown == base == folder(["method=gradient"])[0]
+    assert set(folder([])[1]) <= set(keys)
+    assert folder(["experiment=meta_eval", "method=grad_cam"])[0] != base

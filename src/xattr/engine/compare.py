@@ -31,6 +31,7 @@ from omegaconf import OmegaConf  # noqa: E402
 from scipy.stats import kendalltau  # noqa: E402
 
 from xattr.core.store import RunStore  # noqa: E402
+from xattr.errors import XattrConfigError  # noqa: E402
 
 #: score names (the part after ``<metric>/``) where a lower value is better
 LOWER_IS_BETTER = ("deletion", "complexity", "infidelity", "max_sensitivity", "avg_sensitivity",
@@ -70,7 +71,22 @@ def load_runs(paths: list[str | Path]) -> list[Run]:
 
             summary = summarise_run_scores(rows)
         runs.append(Run(f, c.get("method_name", name), c.get("seed"), method, summary, rows, store.heatmaps()))
+    _check_distinct(runs)
     return runs
+
+
+def _check_distinct(runs: list[Run]) -> None:
+    """Two runs of one method with the same settings and seed (e.g. an old sweep's folder beside a new one's)
+    would be two "methods" of the same name in every ranking: one error naming both folders."""
+    seen: dict[str, Path] = {}
+    for r in runs:
+        key = repr((r.method, sorted((k, str(v)) for k, v in r.hparams.items()), r.seed))
+        if key in seen:
+            raise XattrConfigError(
+                f"bad runs: {seen[key]} and {r.folder} are both {r.method} with the same settings and seed, so the "
+                "report could not tell them apart; valid choices: folders holding one run per method setting "
+                "(move the older one away, or name the run folders to compare)")
+        seen[key] = r.folder
 
 
 def label(run: Run, runs: list[Run]) -> str:
@@ -144,12 +160,19 @@ def _per_image(run: Run, score: str, ids: list[str]) -> np.ndarray:
     return s.reindex(ids).to_numpy(dtype=np.float64)
 
 
+def short_score(score: str) -> str:
+    """``relevance_mass/relevance_mass`` -> ``relevance_mass`` (a metric with one score); others unchanged."""
+    metric, _, name = score.rpartition("/")
+    return name if metric == name else score
+
+
 def agreement_figure(tau: pd.DataFrame, high: pd.DataFrame, path: Path) -> Path:
     n = len(tau)
     fig, ax = plt.subplots(figsize=(1.0 + 0.6 * n, 0.8 + 0.6 * n))
     im = ax.imshow(tau.to_numpy(), vmin=-1, vmax=1, cmap="RdBu")
-    ax.set_xticks(range(n), tau.columns, rotation=60, ha="right", fontsize=7)
-    ax.set_yticks(range(n), tau.index, fontsize=7)
+    names = [short_score(s) for s in tau.columns]
+    ax.set_xticks(range(n), names, rotation=60, ha="right", fontsize=7)
+    ax.set_yticks(range(n), names, fontsize=7)
     for i in range(n):
         for j in range(n):
             v = tau.iat[i, j]

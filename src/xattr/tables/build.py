@@ -34,6 +34,7 @@ from xattr.tables.dissection import dissection_table  # noqa: E402
 from xattr.tables.match import check_run_paths, fmt, matches, no_runs  # noqa: E402
 from xattr.tables.output import write_table  # noqa: E402
 from xattr.tables.roar import roar_table  # noqa: E402
+from xattr.tables.roar_road import roar_road_table  # noqa: E402
 
 PUBLISHED = Path(__file__).with_name("published.yaml")
 
@@ -143,6 +144,8 @@ def build_table(table_id: str, run_paths: list[str | Path], out_dir: str | Path 
     check_run_paths(run_paths)
     if spec.get("kind") == "roar":  # ROAR: retraining units (results.json), accuracy per percentile, AUC, figure
         return roar_table(table_id, spec, run_paths, Path(out_dir or "outputs/tables"))
+    if spec.get("kind") == "roar_road":  # ROAD beside ROAR on the same maps: both orderings, Kendall's tau
+        return roar_road_table(table_id, spec, run_paths, Path(out_dir or "outputs/tables"))
     runs = [(r, RunStore(r).config()) for r in RunStore.find_runs(run_paths)]
     if not runs:  # never replace a table with an empty one
         raise no_runs(run_paths)
