@@ -440,3 +440,15 @@ def test_pathway_methods_names_defaults_costs_and_error_lines():
         alpha_schedule(3, "x")
     with pytest.raises(XattrConfigError, match="^bad n_steps 0; valid choices: an integer >= 1$"):
         alpha_schedule(0)
+
+
+def test_chunks_smaller_than_the_batch_give_the_same_maps_and_pathways():
+    """``chunk`` is memory only: 5 images in calls of 2 (more images than input channels, so a loop over the
+    wrong axis would drop some) equal one call, for the selection and for the pathway gradient."""
+    net = TinyCNN(5).eval()
+    x = torch.randn(5, 3, 12, 12, generator=torch.Generator().manual_seed(4))
+    t = net(x).argmax(1)
+    for make in (lambda c: NeuronMCT(net, chunk=c), lambda c: NeuronIntGrad(net, n_steps=3, chunk=c)):
+        whole, parts = make(None).explain(x, t), make(2).explain(x, t)
+        assert torch.allclose(whole.maps, parts.maps, atol=1e-6)
+        assert torch.equal(whole.aux["pathway/mask"], parts.aux["pathway/mask"])
