@@ -110,3 +110,13 @@ def test_ranks_numpy_ties_nan_last_seeded_random_and_error_lines():
         ranks(v, ties="first")
     with pytest.raises(XattrConfigError, match=r"^unknown rounding 'up'"):
         share_count(0.5, 10, rounding="up")
+
+
+def test_box_masks_bounds_on_pixel_centres_are_half_open():
+    from xattr.metrics._perturb import box_masks
+
+    # centres (j + 0.5, i + 0.5): x in [0.5, 2.5) takes j = 0, 1 (not 2); y in [0.5, 1.5) takes i = 0 only
+    m = box_masks([torch.tensor([[0.5, 0.5, 2.5, 1.5]])], 1, 3, 4, torch.device("cpu")).view(3, 4)
+    hand = torch.zeros(3, 4, dtype=torch.bool)
+    hand[0, 0:2] = True
+    assert torch.equal(m, hand)
