@@ -120,3 +120,36 @@ def test_box_masks_bounds_on_pixel_centres_are_half_open():
     hand = torch.zeros(3, 4, dtype=torch.bool)
     hand[0, 0:2] = True
     assert torch.equal(m, hand)
+
+
+def test_perturbation_readouts_and_shape_errors_by_hand():
+    """_perturb's read-outs (softmax over classes, the logit, sigmoid for multi-label and for one output unit:
+    p for target 1, 1 - p for 0, as the InputIBA text code) and its one-line errors."""
+    import pytest
+
+    from xattr.errors import XattrConfigError
+    from xattr.metrics._perturb import box_masks, flat_map, readout, token_unk_index
+
+    out = torch.tensor([[1.0, 2.0, 0.5], [0.0, -1.0, 3.0]])
+    t = torch.tensor([1, 0])
+    soft = out.softmax(1)
+    assert torch.allclose(readout(out, t, "softmax"), torch.stack([soft[0, 1], soft[1, 0]]))
+    assert readout(out, t, "logit").tolist() == [2.0, 0.0]
+    assert torch.allclose(readout(out, t, "sigmoid"), torch.tensor([2.0, 0.0]).sigmoid())
+    one = torch.tensor([[0.7], [0.7]])
+    p = torch.tensor(0.7).sigmoid()
+    assert torch.allclose(readout(one, torch.tensor([1, 0]), "sigmoid"), torch.stack([p, 1 - p]))
+    x = torch.zeros(2, 3, 4, 5)
+    assert flat_map(torch.ones(2, 3, 4, 5), x).shape == (2, 20)  # channels averaged
+    with pytest.raises(XattrConfigError, match=r"^bad maps shape \(2, 1, 5, 4\); valid choices: \(B, 1, H, W\) with H, W = \(4, 5\)$"):
+        flat_map(torch.ones(2, 1, 5, 4), x)
+    with pytest.raises(XattrConfigError, match=r"^missing extra 'boxes'; valid choices: a list of \(N_i, 4\) xyxy tensors per image$"):
+        box_masks(None, 2, 4, 5, torch.device("cpu"))
+    with pytest.raises(XattrConfigError, match=r"^bad boxes length 1; valid choices: one entry per image \(2\)$"):
+        box_masks([torch.zeros(1, 4)], 2, 4, 5, torch.device("cpu"))
+    assert token_unk_index(7, torch.nn.Identity()) == 7
+    net = torch.nn.Linear(2, 2)
+    net.unk_index = 3
+    assert token_unk_index(None, net) == 3
+    with pytest.raises(XattrConfigError, match=r"^missing unk_index for token inputs; valid choices: the vocabulary's <unk> id \(Identity names none\)$"):
+        token_unk_index(None, torch.nn.Identity())

@@ -158,11 +158,12 @@ def tile_sums(maps: torch.Tensor, tid: torch.Tensor, n_tiles: int) -> torch.Tens
 
 def flat_map(maps: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """``(B, 1|C, H, W)`` or ``(B, H, W)`` maps -> ``(B, H*W)`` (channels averaged), checking the size."""
+    given = tuple(maps.shape)  # the error names the shape as passed, before the channel mean
     if maps.dim() == 4:
         maps = maps.mean(1)
     if maps.dim() != 3 or tuple(maps.shape[-2:]) != tuple(x.shape[-2:]):
         raise XattrConfigError(
-            f"bad maps shape {tuple(maps.shape)}; valid choices: (B, 1, H, W) with H, W = {tuple(x.shape[-2:])}"
+            f"bad maps shape {given}; valid choices: (B, 1, H, W) with H, W = {tuple(x.shape[-2:])}"
         )
     return maps.reshape(maps.shape[0], -1).float()
 
