@@ -81,14 +81,18 @@ def chunked_readout(
     return scores
 
 
+def use_channels_last(enabled: bool | None, device: torch.device) -> bool:
+    """A metric's ``channels_last`` setting resolved: ``None`` is on for CUDA (cuDNN's channels-last kernels are
+    faster, esp. in bf16) and CPU (oneDNN's NHWC convolutions: MobileNet-V2 at 224 px 1.5-2x, CIFAR ResNet-20
+    ~1.8x faster per forward, 1 thread, docs/speed.md), off for other devices."""
+    return device.type in ("cuda", "cpu") if enabled is None else bool(enabled)
+
+
 @contextlib.contextmanager
 def channels_last_on(model: nn.Module, enabled: bool | None, device: torch.device):
-    """Run the block with ``model``'s 4-d parameters in channels-last format, restoring the format after.
-    ``enabled=None``: on CUDA (cuDNN's channels-last kernels are faster, esp. in bf16) and on CPU (oneDNN's
-    NHWC convolutions: MobileNet-V2 at 224 px 1.5-2x, CIFAR ResNet-20 ~1.8x faster per forward, 1 thread,
-    docs/speed.md); other devices off."""
-    on = device.type in ("cuda", "cpu") if enabled is None else bool(enabled)
-    if not on:
+    """Run the block with ``model``'s 4-d parameters in channels-last format, restoring the format after
+    (``enabled``: :func:`use_channels_last`)."""
+    if not use_channels_last(enabled, device):
         yield
         return
     model.to(memory_format=torch.channels_last)

@@ -78,6 +78,7 @@ from xattr.metrics._perturb import (
     readout,
     token_unk_index,
     trapezoid,
+    use_channels_last,
 )
 from xattr.metrics.base import Metric, MetricResult
 
@@ -209,7 +210,7 @@ class InsertionDeletion(Metric):
         cap = torch.full((b,), max(1, round(self.max_fraction * n)), device=device)
         res = MetricResult()
         chunk = resolve_chunk(self.chunk, model, x[:1], self.precision)
-        cl = device.type in ("cuda", "cpu") if self.channels_last is None else bool(self.channels_last)
+        cl = use_channels_last(self.channels_last, device)
         fmt = torch.channels_last if cl else torch.contiguous_format
         net = folded(model, x[:1]) if self.fold_bn else model  # the perturbed forwards' model
         for mode in self.modes:

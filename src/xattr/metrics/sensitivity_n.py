@@ -50,6 +50,7 @@ from xattr.metrics._perturb import (
     tile_index,
     tile_sums,
     token_unk_index,
+    use_channels_last,
 )
 from xattr.metrics.base import Metric, MetricResult
 
@@ -176,7 +177,7 @@ class SensitivityN(Metric):
         attr_sum = torch.stack([per_unit @ units[k].double().T for k in range(nn_)], 1)  # (B, N_n, M)
         flat_units = units.view(nn_ * m, n_units)
         per = nn_ * m
-        cl = device.type in ("cuda", "cpu") if self.channels_last is None else bool(self.channels_last)
+        cl = use_channels_last(self.channels_last, device)
         fmt = torch.channels_last if cl else torch.contiguous_format
         net = folded(model, x[:1]) if self.fold_bn else model
         xf = x.contiguous(memory_format=fmt)  # rows gathered from it keep the format: no copy per call
