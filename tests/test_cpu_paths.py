@@ -91,6 +91,75 @@ def test_lowest_on_distinct_values_and_counts_0_and_1():
     assert torch.equal(lowest(key, counts), expected)
 
 
+def test_highest_and_lowest_equal_the_first_counts_of_torchs_stable_sorts_on_tricky_rows():
+    """The selection path (issue 28: relevance rank, top-k; issue 31: Greedy's rounds) against the first
+    ``counts`` entries of torch's stable sorts: ties, -0.0, infinities, subnormals, NaN (last, as ``ranks``),
+    counts 0, 1, mixed per row and the whole row, short and long rows (> 8 192 values)."""
+    from xattr.core.ranking import highest, lowest
+
+    g = torch.Generator().manual_seed(3)
+    for v in (tricky_rows(), torch.randint(-3, 4, (3, 20_000), generator=g).float(), torch.randn(4, 10_000, generator=g)):
+        b, n = v.shape
+        for counts in (torch.randint(0, n + 1, (b,), generator=g), torch.full((b,), n // 3), torch.zeros(b, dtype=torch.long),
+                       torch.ones(b, dtype=torch.long), torch.full((b,), n)):
+            down = torch.sort(v.nan_to_num(nan=-float("inf")), dim=1, descending=True, stable=True).indices
+            expected = torch.zeros_like(v, dtype=torch.bool).scatter_(1, down, torch.arange(n).expand(b, n) < counts[:, None])
+            assert torch.equal(highest(v, counts), expected)
+            up = torch.sort(v, dim=1, stable=True).indices
+            expected = torch.zeros_like(v, dtype=torch.bool).scatter_(1, up, torch.arange(n).expand(b, n) < counts[:, None])
+            if not v.isnan().any():
+                assert torch.equal(lowest(v, counts), expected)
+    v = tricky_rows()
+    v[5, ::2] = float("nan")
+    counts = torch.tensor([10, 4000, 100, 7, 3999, 2500])  # row 5: past its 2 000 numbers, NaN in raster order
+    down = torch.sort(v.nan_to_num(nan=-float("inf")), dim=1, descending=True, stable=True).indices
+    expected = torch.zeros_like(v, dtype=torch.bool).scatter_(1, down, torch.arange(4000).expand(6, 4000) < counts[:, None])
+    assert torch.equal(highest(v, counts), expected) and highest(v, counts)[5, ::2].sum() == 500
+
+
+def test_nth_smallest_by_hand_and_its_cpu_path_partitions_once_per_count_without_topk(monkeypatch):
+    """The speed design (issue 28): on a CPU, rows of equal count share one ``np.partition`` call with a single
+    ``kth`` (numpy's SIMD selection; a list of kth runs ~7x slower here), and ``torch.topk`` / ``torch.sort`` are
+    not called; on a device, ``torch.topk``. Counts clamp to [1, N]."""
+    import numpy as np
+
+    from xattr.core import ranking
+    from xattr.core.ranking import nth_smallest
+
+    key = torch.tensor([[5.0, 1.0, 4.0, 1.0, 3.0], [2.0, 2.0, 9.0, -1.0, 0.0], [7.0, 6.0, 5.0, 4.0, 3.0]])
+    counts = torch.tensor([3, 3, 9])  # 3rd smallest: 3 and 2; 9 clamps to 5: the largest, 7
+    assert nth_smallest(key, counts).tolist() == [3.0, 2.0, 7.0]
+    assert nth_smallest(key, torch.tensor([0, 1, 2])).tolist() == [1.0, -1.0, 4.0]  # 0 clamps to 1
+    calls = []
+    real = np.partition
+
+    def partition(a, kth, **kw):
+        assert isinstance(kth, int | np.integer), kth
+        calls.append((a.shape[0], int(kth)))
+        return real(a, kth, **kw)
+
+    def forbidden(*a, **kw):
+        raise AssertionError("torch.topk / torch.sort on a CPU")
+
+    g = torch.Generator().manual_seed(0)
+    v = torch.rand(6, 3000, generator=g)
+    counts = torch.tensor([10, 500, 10, 10, 500, 3000])
+    expected = torch.sort(v, dim=1).values.gather(1, (counts - 1)[:, None])[:, 0]
+    tenth = torch.sort(v, dim=1).values[:, 9].contiguous()
+    with monkeypatch.context() as m:
+        m.setattr(ranking.np, "partition", partition)
+        m.setattr(ranking.torch, "topk", forbidden)
+        m.setattr(ranking.torch, "sort", forbidden)
+        assert torch.equal(nth_smallest(v, counts), expected)
+        assert sorted(calls) == [(1, 2999), (2, 499), (3, 9)]
+        calls.clear()
+        assert torch.equal(nth_smallest(v, torch.full((6,), 10)), tenth)
+        assert calls == [(6, 9)]
+    assert torch.equal(nth_smallest(v.double(), counts), expected.double())
+    half = v.half()  # no numpy selection for half: torch.topk
+    assert torch.equal(nth_smallest(half, counts), torch.sort(half, dim=1).values.gather(1, (counts - 1)[:, None])[:, 0])
+
+
 def test_ranks_numpy_ties_nan_last_seeded_random_and_error_lines():
     import numpy as np
     import pytest

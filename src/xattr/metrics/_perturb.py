@@ -183,13 +183,14 @@ def box_masks(boxes: list | None, b: int, h: int, w: int, device: torch.device) 
     ys = torch.arange(h, device=device, dtype=torch.float32) + 0.5
     xs = torch.arange(w, device=device, dtype=torch.float32) + 0.5
     per = [torch.as_tensor(bx, dtype=torch.float32).reshape(-1, 4) for bx in boxes]
-    k = max([len(p) for p in per] + [1])
-    if all(len(p) == k for p in per):
+    sizes = [p.shape[0] for p in per]
+    k = max(sizes + [1])
+    if sizes.count(k) == b:
         padded = torch.stack(per)
     else:
         padded = torch.zeros(b, k, 4)  # missing boxes: empty (x1 = x2 = 0)
         for i, p in enumerate(per):
-            padded[i, : len(p)] = p
+            padded[i, : sizes[i]] = p
     x1, y1, x2, y2 = padded.to(device).unbind(-1)  # (B, K) each: all boxes at once
     rows = (ys >= y1[..., None]) & (ys < y2[..., None])  # (B, K, H)
     cols = (xs >= x1[..., None]) & (xs < x2[..., None])  # (B, K, W)

@@ -14,8 +14,9 @@ import torch
 from torch import nn
 
 from xattr.core.checks import check_positive_int
+from xattr.core.ranking import highest
 from xattr.errors import XattrConfigError
-from xattr.metrics._perturb import box_masks, flat_map, ranks
+from xattr.metrics._perturb import box_masks, flat_map
 from xattr.metrics.base import Metric, MetricResult
 
 
@@ -112,7 +113,7 @@ class RelevanceRank(_RegionMetric):
         flat = flat_map(maps, x)
         region = _region(x, extras, flat.device)
         k = region.sum(1, keepdim=True)
-        top = ranks(flat, True) < k
+        top = highest(flat, k[:, 0])
         acc = (top & region).sum(1).float() / k[:, 0].clamp_min(1)
         return MetricResult(scores={"relevance_rank": _no_box(acc, region)})
 
@@ -137,7 +138,7 @@ class TopKIntersection(_RegionMetric):
         if self.k >= n:
             raise XattrConfigError(f"bad k {self.k!r} for {n}-pixel maps; valid choices: an integer below {n}")
         region = _region(x, extras, flat.device)
-        top = ranks(flat, True) < self.k
+        top = highest(flat, torch.full((flat.shape[0],), self.k, device=flat.device))
         score = (top & region).sum(1).float() / self.k
         if self.concept_influence:
             score = score * n / region.sum(1).clamp_min(1).float()
