@@ -412,6 +412,66 @@ def test_efficient_mprt_matches_quantus_and_is_one_for_a_parameter_blind_method(
     batched_equals_single(EfficientMPRT(), net, x, t, maps, method_factory=lambda m: Gradient(m, reduce="sum"))
 
 
+def test_discrete_entropies_of_all_rows_equal_np_histogram_and_scipy_row_by_row():
+    """eMPRT's vectorised histogram entropy against its oracle, ``np.histogram`` + ``scipy.stats.entropy`` per row
+    (``discrete_entropy``): values on bin edges (rounded rows), constant rows (range widened by 0.5), one bin,
+    tiny values, float32 data read as float64; exactly equal. Non-finite rows keep numpy's error."""
+    from xattr.metrics.randomisation import discrete_entropies, discrete_entropy
+
+    rng = np.random.default_rng(0)
+    for trial in range(120):
+        b, n = int(rng.integers(1, 6)), int(rng.integers(1, 2500))
+        a = rng.standard_normal((b, n)) ** int(rng.integers(1, 4))
+        if trial % 4 == 0:
+            a = np.round(a * 3) / 3  # many values exactly on bin edges
+        if trial % 9 == 0:
+            a[0] = 1.5  # a constant row
+        if trial % 5 == 0:
+            a = a.astype(np.float32).astype(np.float64)
+        if trial % 7 == 0:
+            a = a * 1e-300
+        bins = int(rng.choice([1, 7, 100, 256]))
+        expected = np.array([discrete_entropy(row, bins) for row in a])
+        assert np.array_equal(discrete_entropies(a, bins), expected), trial
+    # by hand: 4 values over 2 bins of [0, 3]: {0, 1} and {2, 3} (last bin closed): entropy log 2
+    assert discrete_entropies(np.array([[0.0, 1.0, 2.0, 3.0]]), 2)[0] == pytest.approx(np.log(2))
+    with pytest.raises(ValueError, match="finite"):
+        discrete_entropies(np.array([[0.0, np.inf]]))
+
+
+def test_efficient_mprt_keeps_its_randomised_copy_while_the_model_is_unchanged():
+    """The fully randomised copy is built once per model state: a second batch reuses it (same weights as a
+    fresh metric's, equal scores); an in-place change of the model or another model builds a new one. Its
+    weights are the seeded resets of every module (torch.manual_seed(seed + 1) before each, as Quantus)."""
+    import copy
+
+    net, x, t, _ = setup(c=1, s=12)
+    factory = lambda m: Gradient(m, reduce="sum")  # noqa: E731
+    maps = factory(net).attribute(x, t)
+    metric = EfficientMPRT()
+    first = metric.fully_randomised(net)
+    assert metric.fully_randomised(net) is first
+    expected = copy.deepcopy(net)
+    for m in expected.modules():
+        if hasattr(m, "reset_parameters"):
+            torch.manual_seed(43)
+            m.reset_parameters()
+    for p, q in zip(first.state_dict().values(), expected.state_dict().values(), strict=True):
+        assert torch.equal(p, q)
+    a = metric(net, x[:2], t[:2], maps[:2], method_factory=factory).scores["efficient_mprt"]
+    b = metric(net, x[2:], t[2:], maps[2:], method_factory=factory).scores["efficient_mprt"]
+    assert metric.fully_randomised(net) is first
+    fresh = EfficientMPRT()(net, x, t, maps, method_factory=factory).scores["efficient_mprt"]
+    torch.testing.assert_close(torch.cat([a, b]), fresh)
+    with torch.no_grad():
+        next(net.parameters()).add_(1.0)  # in place: the version moves
+    assert metric.fully_randomised(net) is not first
+    other = copy.deepcopy(net)
+    assert metric.fully_randomised(other) is not metric.fully_randomised(net)
+    assert EfficientMPRT(layers=["fc"]).fully_randomised(net).state_dict()["features.0.weight"].equal(
+        net.state_dict()["features.0.weight"])  # only the planned modules are reset
+
+
 def test_smooth_mprt_without_noise_matches_quantus_and_batched_equals_single(monkeypatch):
     net, x, t, _ = setup(c=1, b=2, s=12)
     monkeypatch.setattr(quantus, "explain", gradient_explain)  # its SmoothMPRT calls quantus.explain itself

@@ -12,6 +12,8 @@ copy of the model, under a forked RNG (the caller's random state is left as it w
 from __future__ import annotations
 
 import copy
+import itertools
+import weakref
 from collections.abc import Sequence
 from typing import Any
 
@@ -60,11 +62,29 @@ class _Randomised(Metric):
         """Yields (module path, the copy with every module up to it reset), cascading."""
         net = copy.deepcopy(model).eval()
         mods = dict(net.named_modules())
+        on_cpu = all(t.device.type == "cpu" for t in net.parameters())
         with torch.random.fork_rng(devices=[]):
             for path in self.plan(model):
-                torch.manual_seed(self.seed + 1)
+                if on_cpu:  # torch.manual_seed's CPU part, without its device and tracing overhead (1 ms a call)
+                    torch.default_generator.manual_seed(self.seed + 1)
+                else:
+                    torch.manual_seed(self.seed + 1)
                 mods[path].reset_parameters()
                 yield path, net
+
+    def fully_randomised(self, model: nn.Module) -> nn.Module:
+        """The copy with every planned module reset (the last step of :meth:`randomised`; ``model`` itself when
+        the plan is empty), kept between calls while ``model`` is the same object with the same parameter and
+        buffer tensors at the same in-place versions: a run randomises once, not once per batch (the copy and
+        the resets of a ResNet-18 cost about as much as its gradient on 32 small images here)."""
+        state = tuple((t.data_ptr(), t._version) for t in itertools.chain(model.parameters(), model.buffers()))
+        key = (self.layer_order, tuple(self.layers or ()), self.seed, state)
+        cache = getattr(self, "_full", None)
+        if cache is None or cache[0]() is not model or cache[1] != key:
+            steps = list(self.randomised(model))  # one copy, reset module after module
+            cache = (weakref.ref(model), key, steps[-1][1] if steps else model)
+            self._full = cache
+        return cache[2]
 
     def _n_layers(self) -> int:
         return len(self.layers) if self.layers else 10
@@ -175,13 +195,39 @@ def discrete_entropy(a: np.ndarray, n_bins: int = 100) -> float:
     return float(scipy.stats.entropy(hist))
 
 
+def discrete_entropies(a: np.ndarray, n_bins: int = 100) -> np.ndarray:
+    """:func:`discrete_entropy` of every row of ``a`` ``(B, N)`` at once, the same numbers: ``np.histogram``'s
+    equal-bin rule (edges by ``np.linspace`` over the row's range, widened by 0.5 when constant; the index by
+    scaling, then moved by one where a value falls on the other side of an edge; the last bin closed) on all rows,
+    counted by one ``np.bincount``. Why hand-written: ``np.histogram`` takes one row per call (0.7 ms each for
+    1 024 values here, the larger part of eMPRT's time after the method). Non-finite rows go to ``np.histogram``
+    (its error)."""
+    a = np.asarray(a, dtype=np.float64)
+    b = a.shape[0]
+    if b == 0:
+        return np.zeros(0)
+    if not np.isfinite(a).all():
+        return np.array([discrete_entropy(row, n_bins) for row in a])
+    lo, hi = a.min(1), a.max(1)
+    same = lo == hi
+    lo, hi = np.where(same, lo - 0.5, lo), np.where(same, hi + 0.5, hi)
+    edges = np.linspace(lo, hi, n_bins + 1, axis=1)  # (B, n_bins + 1)
+    idx = (((a - lo[:, None]) / (hi - lo)[:, None]) * n_bins).astype(np.intp)
+    idx[idx == n_bins] -= 1
+    idx[a < np.take_along_axis(edges, idx, 1)] -= 1
+    idx[(a >= np.take_along_axis(edges, idx + 1, 1)) & (idx != n_bins - 1)] += 1
+    hist = np.bincount((idx + n_bins * np.arange(b)[:, None]).ravel(), minlength=b * n_bins).reshape(b, n_bins)
+    return scipy.stats.entropy(hist, axis=1)
+
+
 class EfficientMPRT(_Randomised):
     """Efficient model parameter randomisation test (eMPRT; Hedström et al., NeurIPS-W 2023): the
     complexity of the explanation of the fully randomised model (every layer reset, bottom-up) over that of the
     original, complexity = the discrete entropy of the map's histogram (100 bins). Above 1: randomising the model
     made the explanation more complex (passes); a method that ignores the parameters scores exactly 1. The
     original's explanation is the run's map (``maps``, as Quantus with ``a_batch``). Quantus 0.6 returns
-    ``ratio - 1``; this returns the paper's ratio.
+    ``ratio - 1``; this returns the paper's ratio. The randomised copy is kept between the batches of a run
+    (:meth:`fully_randomised`; Quantus builds it per call: the same weights, seeded alike).
     """
 
     name = "efficient_mprt"
@@ -199,9 +245,7 @@ class EfficientMPRT(_Randomised):
     def evaluate(self, model: nn.Module, x: torch.Tensor, target: torch.Tensor, maps: torch.Tensor,
                  **extras: Any) -> MetricResult:
         factory = _method_factory(extras.get("method"), extras.get("method_factory"))
-        steps = list(self.randomised(model))  # one copy, reset layer after layer
-        net = steps[-1][1] if steps else model
-        rand = factory(net).attribute(x, target).detach().double().cpu().numpy().reshape(x.shape[0], -1)
+        rand = factory(self.fully_randomised(model)).attribute(x, target).detach().double().cpu().numpy().reshape(x.shape[0], -1)
         orig = maps.detach().double().cpu().numpy().reshape(x.shape[0], -1)
-        ratio = [discrete_entropy(r, self.n_bins) / discrete_entropy(o, self.n_bins) for o, r in zip(orig, rand)]
-        return MetricResult(scores={"efficient_mprt": torch.tensor(ratio, dtype=torch.float32)})
+        ratio = discrete_entropies(rand, self.n_bins) / discrete_entropies(orig, self.n_bins)
+        return MetricResult(scores={"efficient_mprt": torch.from_numpy(ratio).float()})
