@@ -3,6 +3,7 @@ metrics' box masks."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from xattr.core.ranking import ranks, sorted_rows, stable_descending
@@ -115,6 +116,38 @@ def test_highest_and_lowest_equal_the_first_counts_of_torchs_stable_sorts_on_tri
     down = torch.sort(v.nan_to_num(nan=-float("inf")), dim=1, descending=True, stable=True).indices
     expected = torch.zeros_like(v, dtype=torch.bool).scatter_(1, down, torch.arange(4000).expand(6, 4000) < counts[:, None])
     assert torch.equal(highest(v, counts), expected) and highest(v, counts)[5, ::2].sum() == 500
+
+
+def test_lowest_positive_takes_the_smallest_positive_values_in_a_stable_order_on_both_paths():
+    """GreedyPruning's selection (issue 31) against a lexicographic stable sort (positive first, then by value,
+    then by index): +inf is positive, 0.0 / -0.0 / negatives / NaN never taken, counts past a row's positive
+    values take them all, counts 0 none; the CPU path (uint32 keys in numpy) and the device path (int64 keys in
+    torch, run here on the CPU) agree."""
+    from xattr.core import ranking
+    from xattr.core.ranking import count_true, lowest_positive
+
+    g = torch.Generator().manual_seed(5)
+    rows = [tricky_rows(), torch.randint(-2, 5, (4, 9000), generator=g).float(), torch.rand(3, 300, generator=g) ** 3]
+    v = rows[0].clone()
+    v[5, ::4] = float("nan")
+    v[5, 1::4] = float("inf")
+    rows.append(v)
+    for v in rows:
+        b, n = v.shape
+        pos = v > 0
+        value = torch.where(pos, v, torch.zeros_like(v))
+        by_value = torch.sort(value, dim=1, stable=True).indices  # then by positive first, stably
+        order = by_value.gather(1, torch.sort((~pos).gather(1, by_value).long(), dim=1, stable=True).indices)
+        n_pos = pos.sum(1)
+        assert torch.equal(count_true(pos), n_pos)
+        for counts in (torch.randint(0, n + 1, (b,), generator=g), n_pos, n_pos + 3, torch.zeros(b, dtype=torch.long),
+                       torch.full((b,), 7)):
+            first = torch.arange(n).expand(b, n) < torch.minimum(counts, n_pos)[:, None]
+            expected = torch.zeros_like(v, dtype=torch.bool).scatter_(1, order, first)
+            assert torch.equal(lowest_positive(v, counts), expected)
+            assert torch.equal(ranking._lowest_positive_torch(v, counts), expected)
+    with pytest.raises(TypeError, match="float32"):
+        lowest_positive(torch.zeros(2, 3, dtype=torch.float64), torch.ones(2, dtype=torch.long))
 
 
 def test_nth_smallest_by_hand_and_its_cpu_path_partitions_once_per_count_without_topk(monkeypatch):

@@ -37,12 +37,19 @@ SCORES = ("abs", "signed")
 def mct_scores(neurons: Neurons, x: torch.Tensor, target: torch.Tensor,
                masks: Sequence[torch.Tensor] | None = None) -> list[torch.Tensor]:
     """Signed ``a * dPhi/da`` per layer ``(B, *shape)`` in one forward/backward. With ``masks`` (0/1 per
-    layer) the network is the pruned one, ``a -> a * m``, and the score is ``(a * m) * dPhi/d(a * m)``
-    (GreedyPruning's Alg. 1 score on the current pathway; pruned neurons score 0)."""
+    layer, bool or already in the activations' dtype) the network is the pruned one, ``a -> a * m``, and the
+    score is ``(a * m) * dPhi/d(a * m)`` (GreedyPruning's Alg. 1 score on the current pathway; pruned neurons
+    score 0)."""
     gates: list[torch.Tensor] = []
+    floats: list[torch.Tensor] = []
 
     def gate(k: int, a: torch.Tensor) -> torch.Tensor:
-        g = (torch.ones_like(a) if masks is None else masks[k].to(a.dtype, copy=True)).requires_grad_(True)
+        if masks is None:
+            g = torch.ones_like(a).requires_grad_(True)
+        else:
+            m = masks[k].to(a.dtype)  # a float mask as given: no copy
+            floats.append(m)
+            g = m.detach().requires_grad_(True)  # a new leaf over the same memory: the gradient is not stored
         gates.append(g)
         return a * g
 
@@ -50,7 +57,7 @@ def mct_scores(neurons: Neurons, x: torch.Tensor, target: torch.Tensor,
     grads = torch.autograd.grad(target_logit(logits, target).sum(), gates)
     if masks is None:
         return [g.detach() for g in grads]
-    return [(g * m.to(g.dtype)).detach() for g, m in zip(grads, masks)]
+    return [(g * m).detach() for g, m in zip(grads, floats, strict=True)]
 
 
 def alpha_schedule(n_steps: int, schedule: str = "linear") -> tuple[torch.Tensor, torch.Tensor]:

@@ -32,7 +32,7 @@ from torch import nn
 
 from xattr.core.checks import check_choice, check_positive, check_positive_int
 from xattr.core.chunk import items_per_call
-from xattr.core.ranking import lowest
+from xattr.core.ranking import count_true, lowest_positive
 from xattr.methods.pathways.contributions import mct_scores
 from xattr.methods.pathways.neurons import DEFAULT_ACTIVATIONS, Layout
 from xattr.methods.pathways.pathway import PathwayMethod
@@ -84,12 +84,15 @@ class GreedyPruning(PathwayMethod):
         self.iterations = check_positive_int("iterations", iterations)
 
     def scores(self, x: torch.Tensor, target: torch.Tensor, layout: Layout, mask: torch.Tensor) -> torch.Tensor:
-        """``|a * dPhi/da|`` ``(B, N)`` in the network pruned by ``mask`` (pruned neurons score 0)."""
+        """``|a * dPhi/da|`` ``(B, N)`` in the network pruned by ``mask`` (pruned neurons score exactly 0; a NaN
+        score, never live, counts as 0 too)."""
         step = items_per_call(x.shape[0], 1, self.rows(x))
-        return torch.cat([
+        gates = mask.to(torch.float32)  # once per round, split into per-layer views
+        s = torch.cat([
             layout.flatten(mct_scores(self.neurons, x[i : i + step], target[i : i + step],
-                                      layout.split(mask[i : i + step]))).abs()
+                                      layout.split(gates[i : i + step])))
             for i in range(0, x.shape[0], step)])
+        return s.abs_().nan_to_num_(nan=0.0, posinf=math.inf)
 
     def pathway(self, x: torch.Tensor, target: torch.Tensor, layout: Layout) -> tuple[torch.Tensor, dict]:
         if self.variant == "reference":
@@ -105,14 +108,13 @@ class GreedyPruning(PathwayMethod):
         iters = torch.zeros(b, dtype=torch.int64, device=x.device)
         s = self.scores(x, target, layout, mask)
         for _ in range(self.max_iterations):
-            live = mask & (s > 0)
-            n_live = live.sum(1)
+            live = s > 0  # kept with a non-zero score: pruned neurons score exactly 0 (scores)
+            n_live = count_true(live)
             done |= n_live <= k
             if bool(done.all()):
                 break
             n_prune = torch.where(done, 0, (n_live - k).clamp(max=n_step))
-            key = torch.where(live, s, torch.full_like(s, float("inf")))
-            mask &= ~lowest(key, n_prune)  # the n_prune lowest live scores, ties lower index first
+            mask &= ~lowest_positive(s, n_prune)  # the n_prune lowest live scores, ties lower index first
             iters += (~done).long()
             s = self.scores(x, target, layout, mask)
         return mask & (s > 0), {"iterations": iters}
