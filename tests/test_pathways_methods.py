@@ -65,6 +65,27 @@ def test_mct_is_a_times_weight_on_a_two_layer_net():
     assert torch.equal(keep, select(hand.abs(), 0.5))
 
 
+def test_mct_on_a_pruned_net_by_hand_and_an_in_place_change_after_the_hook_is_an_error():
+    """GreedyPruning's score on the pruned net (z = a * m, score z * dPhi/dz = a m w_t: 0 where pruned), with
+    masks as bool or float; a model that scales its ReLU output in place afterwards would leave the scores on
+    changed values: one error (the scores read z after the backward)."""
+    net = mlp((4, 6, 3))
+    x, t = torch.randn(5, 4), torch.tensor([0, 1, 2, 0, 1])
+    m = torch.rand(5, 6, generator=torch.Generator().manual_seed(0)) > 0.4
+    hand = torch.relu(net[0](x)) * m * net[2].weight[t]
+    for masks in ([m], [m.float()]):
+        (c,) = mct_scores(Neurons(net), x, t, masks)
+        assert torch.allclose(c, hand, atol=1e-6) and (c[~m] == 0).all()
+
+    class Doubles(nn.Module):
+        def forward(self, h):
+            return h.mul_(2.0)  # in place on the ReLU's output
+
+    bad = nn.Sequential(net[0], nn.ReLU(), Doubles(), net[2]).eval()
+    with pytest.raises(RuntimeError, match="in place after its hook"):
+        mct_scores(Neurons(bad), x, t)
+
+
 @pytest.mark.parametrize("schedule,ok", [("linear", True), ("reference", False)])
 def test_neuron_intgrad_completeness_per_layer(schedule, ok):
     net = mlp((6, 10, 10, 10, 4), seed=3).double()

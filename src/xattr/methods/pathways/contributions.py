@@ -37,27 +37,28 @@ SCORES = ("abs", "signed")
 def mct_scores(neurons: Neurons, x: torch.Tensor, target: torch.Tensor,
                masks: Sequence[torch.Tensor] | None = None) -> list[torch.Tensor]:
     """Signed ``a * dPhi/da`` per layer ``(B, *shape)`` in one forward/backward. With ``masks`` (0/1 per
-    layer, bool or already in the activations' dtype) the network is the pruned one, ``a -> a * m``, and the
-    score is ``(a * m) * dPhi/d(a * m)`` (GreedyPruning's Alg. 1 score on the current pathway; pruned neurons
-    score 0)."""
-    gates: list[torch.Tensor] = []
-    floats: list[torch.Tensor] = []
+    layer, bool or already in the activations' dtype) the network is the pruned one, ``a -> z = a * m``, and the
+    score is ``z * dPhi/dz`` (GreedyPruning's Alg. 1 score on the current pathway; pruned neurons score 0).
+
+    The gradient is taken at each layer's output ``z`` itself (the input enters the graph), not through a gate
+    of ones: per layer that saves the gate's product and its gradient, two elementwise passes over every neuron
+    (issue 31). A model that changes a recorded output in place after the hook is an error, not a wrong score."""
+    outs: list[tuple[torch.Tensor, int]] = []
 
     def gate(k: int, a: torch.Tensor) -> torch.Tensor:
-        if masks is None:
-            g = torch.ones_like(a).requires_grad_(True)
-        else:
-            m = masks[k].to(a.dtype)  # a float mask as given: no copy
-            floats.append(m)
-            g = m.detach().requires_grad_(True)  # a new leaf over the same memory: the gradient is not stored
-        gates.append(g)
-        return a * g
+        z = a if masks is None else a * masks[k].to(a.dtype)
+        outs.append((z, z._version))
+        return z
 
-    logits, _ = neurons.forward(x, gate)
-    grads = torch.autograd.grad(target_logit(logits, target).sum(), gates)
-    if masks is None:
-        return [g.detach() for g in grads]
-    return [(g * m).detach() for g, m in zip(grads, floats, strict=True)]
+    xg = x.detach().requires_grad_(True)
+    logits, _ = neurons.forward(xg, gate)
+    zs = [z for z, _ in outs]
+    grads = torch.autograd.grad(target_logit(logits, target).sum(), zs)
+    for z, version in outs:
+        if z._version != version:
+            raise RuntimeError("the model changed a ReLU output in place after its hook; the neuron scores would be "
+                               "read from the changed values (set inplace=False on the modules after it)")
+    return [(z.detach() * g).detach() for z, g in zip(zs, grads, strict=True)]
 
 
 def alpha_schedule(n_steps: int, schedule: str = "linear") -> tuple[torch.Tensor, torch.Tensor]:

@@ -31,6 +31,7 @@ from torch import nn
 from xattr.core.checks import check_choice
 from xattr.core.chunk import check_chunk, items_per_call, resolve_chunk
 from xattr.core.hooks import frozen
+from xattr.core.ranking import count_true
 from xattr.methods.base import Attribution, Explanation
 from xattr.methods.pathways.maps import check_opening, check_reduce, finish_map
 from xattr.methods.pathways.neurons import (
@@ -125,14 +126,14 @@ class PathwayMethod(Attribution):
         with frozen(self.model):
             layout = self.neurons.layout(x)
             mask, extra = self.pathway(x, target, layout)
-            grads, phi = pathway_gradient(self.neurons, x, target, layout.split(mask), self.pruned,
-                                          self.rows(x))
+            grads, phi = pathway_gradient(self.neurons, x, target, layout.split(mask.to(x.dtype)), self.pruned,
+                                          self.rows(x))  # float gates converted once, not per layer
         maps = finish_map(grads, self.reduce, self.opening_size)
         b = x.shape[0]
         out = {
             "pathway/mask": pack_bits(mask),
             "pathway/layer_sizes": torch.tensor(layout.sizes, dtype=torch.int64, device=x.device).expand(b, -1),
-            "pathway/kept": mask.sum(1),
+            "pathway/kept": count_true(mask),
             "pathway/logit": phi,
             **{f"pathway/{k}": v for k, v in extra.items()},
         }
