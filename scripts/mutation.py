@@ -20,7 +20,8 @@ generator and runs the mutants itself (one warm process, one worker, ``nice``):
    of it, without running any of its code, is left out: this can only lose kills, so the score is a lower
    bound). A mutant of a statement no test executes survives without a run ("no test runs it"). A child
    past its time limit (10x the tests' unmutated time + 60 s, at least 90 s) is stopped and counted killed
-   (a hang), as mutmut does.
+   (a hang), as mutmut does. A class attribute ``paper = "..."`` (a citation no code reads, like a docstring,
+   which mutmut never mutates) is not mutated.
 
 Each mutant's result is appended to ``outputs/mutation/<module>.results.jsonl`` the moment it is known, so a
 stopped run loses nothing and a re-run skips the mutants already done (``--retest`` re-runs the survivors,
@@ -56,10 +57,11 @@ OUT = REPO / "outputs" / "mutation"
 
 # module (under src/xattr) -> the fast test files (and -k filters) that pin its numbers; priority order
 MODULES: dict[str, list[str]] = {
-    "metrics/bottleneck_accuracy.py": ["tests/test_metrics_bottleneck_accuracy.py", "-k", "not readout_bottleneck"],
+    "metrics/bottleneck_accuracy.py": ["tests/test_metrics_bottleneck_accuracy.py", "tests/test_metric_names.py", "-k", "not readout_bottleneck"],
     "metrics/localisation.py": ["tests/test_cxr_iou.py", "tests/test_cxr_training.py", "tests/reference/test_ehr.py",
                                 "tests/reference/test_bbox_sensitivity_degradation.py",
-                                "tests/test_metrics_localisation_sanity.py", "-k", "iou or ehr or bbox or localis or mask"],
+                                "tests/test_metrics_localisation_sanity.py", "tests/test_metric_names.py",
+                                "-k", "iou or ehr or bbox or localis or mask or named_after"],
     "data/roar.py": ["tests/test_roar.py", "-k", "not train and not sweep and not subprocess"],
     "methods/pathways/dgr.py": ["tests/test_pathways_pruning.py", "-k", "dgr"],
     "methods/iba/bottleneck.py": ["tests/test_iba_bottleneck.py", "tests/reference/test_iba_resize.py",
@@ -87,19 +89,22 @@ MODULES: dict[str, list[str]] = {
     "methods/pathways/selection.py": ["tests/test_pathways_methods.py", "tests/test_pathways_pruning.py",
                                       "tests/reference/test_dgr_ties.py"],
     "methods/pathways/inputs.py": ["tests/test_pathways_methods.py"],
-    "metrics/insertion_deletion.py": ["tests/test_metrics_insdel_points.py", "tests/reference/test_insertion_deletion.py"],
-    "metrics/degradation.py": ["tests/test_metrics_perturbation.py", "tests/reference/test_bbox_sensitivity_degradation.py"],
+    "metrics/insertion_deletion.py": ["tests/test_metrics_insdel_points.py", "tests/reference/test_insertion_deletion.py",
+                                      "tests/test_metric_names.py"],
+    "metrics/degradation.py": ["tests/test_metrics_perturbation.py", "tests/reference/test_bbox_sensitivity_degradation.py",
+                                "tests/test_metric_names.py"],
     "metrics/sensitivity_n.py": ["tests/test_metrics_perturbation.py", "tests/reference/test_bbox_sensitivity_degradation.py",
                                  "tests/test_metrics_insdel_points.py", "tests/test_text_methods.py",
-                                 "tests/test_plugin_cost.py", "-k", "sensitivity"],
-    "metrics/lerf.py": ["tests/test_metrics_perturbation.py"],
-    "metrics/region.py": ["tests/test_cxr_training.py", "-k", "by_hand"],
+                                 "tests/test_plugin_cost.py", "tests/test_metric_names.py", "-k", "sensitivity or named_after"],
+    "metrics/lerf.py": ["tests/test_metrics_perturbation.py", "tests/reference/test_lerf_roar.py",
+                          "tests/test_pathways_evaluation.py", "tests/test_metric_names.py"],
+    "metrics/region.py": ["tests/test_cxr_training.py", "tests/test_metric_names.py", "-k", "by_hand or named_after"],
     "metrics/_perturb.py": ["tests/test_metrics_perturbation.py", "tests/test_metrics_insdel_points.py",
                             "tests/test_cpu_paths.py"],
     "core/ranking.py": ["tests/test_cpu_paths.py", "tests/test_pathways_methods.py", "tests/test_roar.py",
                         "tests/reference/test_lerf_roar.py", "-k", "not train and not sweep and not subprocess"],
-    "metrics/sanity_check.py": ["tests/test_metrics_localisation_sanity.py"],
-    "metrics/axioms.py": ["tests/test_axioms_metric.py"],
+    "metrics/sanity_check.py": ["tests/test_metrics_localisation_sanity.py", "tests/test_metric_names.py"],
+    "metrics/axioms.py": ["tests/test_axioms_metric.py", "tests/test_metric_names.py"],
     "metrics/summary.py": ["tests/test_metrics_perturbation.py", "tests/test_engine.py", "-k", "summary or summar"],
     "analyses/dissection.py": ["tests/test_analyses_dissection.py"],
 }
@@ -251,9 +256,15 @@ def preload(modules: list[str]) -> None:
 # ---------------------------------------------------------------- the mutants
 
 
+#: class attributes that only cite a source (``paper = "Schulz et al., ICLR 2020, ..."``): like docstrings, which
+#: mutmut never mutates, no code reads them, so a mutated citation is not a wrong number
+CITATION = ("paper",)
+
+
 def mutants(path: Path, rel: str) -> list:
     from mutmut import Context, list_mutations
-    return list_mutations(Context(source=path.read_text(), filename=rel))
+    return [m for m in list_mutations(Context(source=path.read_text(), filename=rel))
+            if m.line.split("=")[0].strip() not in CITATION]
 
 
 def mutant_source(source: str, rel: str, mid) -> str:

@@ -111,7 +111,7 @@ class Attribution(ABC):
     name: ClassVar[str] = "attribution"
     #: the method needs autograd (gradients or per-sample optimisation)
     requires_grad: ClassVar[bool] = True
-    #: paper reference shown in tables
+    #: the paper (and equation) this method follows: a citation for readers of the code; no code reads it
     paper: ClassVar[str] = ""
     #: the hyper-parameter that bounds the rows per device call (``"chunk"``, :mod:`xattr.core.chunk`), or None
     memory_knob: ClassVar[str | None] = None

@@ -57,6 +57,7 @@ class Metric(ABC):
     name: ClassVar[str] = "metric"
     #: extras this metric reads (batch keys, ``method``/``method_factory``, auxiliary result names)
     needs: ClassVar[tuple[str, ...]] = ()
+    #: the paper (and equation) this metric follows: a citation for readers of the code; no code reads it
     paper: ClassVar[str] = ""
     #: the argument that bounds the rows per device call (``"chunk"``, :mod:`xattr.core.chunk`), or None
     memory_knob: ClassVar[str | None] = None
