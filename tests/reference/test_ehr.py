@@ -258,3 +258,60 @@ def test_bbox_ratio_by_hand_on_a_non_square_image():
     got = BoundingBoxRatio(max_coverage=0.25, normalise="none")(None, x.expand(3, -1, -1, -1), torch.zeros(3), maps,
                                                                 boxes=boxes).scores["bbox_ratio"]
     assert math.isnan(got[0]) and got[1:].tolist() == [1.0, 0.0]
+
+
+def test_ehr_by_hand_at_its_threshold_ties_the_099_cap_and_coverage():
+    """EHR worked by hand on a 2 x 4 map already in [0, 1] (``normalise: none``), raster p0..p7 =
+    1.0, 0.995, 0.5, 0.25 / 0.125, 0.0, 0.3, 0.25; boxes {p1, p5} and {p3} (3 of 8 pixels). With
+    ``base_threshold`` 0.25 (exact in float32, so the tie is real; the default 0.1 is REFERENCE.md's "heat >=
+    0.1") heat >= 0.25 counts, both 0.25s included: sorted 0.25, 0.25, 0.3, 0.5, 0.995, 1.0. With 3 quantiles
+    q = 0, 0.5, 1: t = 0.25, 0.4 (between 0.3 and 0.5), min(1.0, 0.99 x 1.0) = 0.99, so the last keeps 0.995
+    too. ratio(t) = heat in the box at pixels >= t / their count: 1.245 / 6, 0.995 / 3, 0.995 / 2; trapezoid
+    over q. Counting pixels instead of heat: 2/6, 1/3, 1/2. The box union covers 3/8 > 0.33 (the default):
+    NaN."""
+    x = torch.zeros(1, 1, 2, 4)
+    maps = torch.tensor([1.0, 0.995, 0.5, 0.25, 0.125, 0.0, 0.3, 0.25]).view(1, 1, 2, 4)
+    boxes = [torch.tensor([[1.0, 0.0, 2.0, 2.0], [3.0, 0.0, 4.0, 1.0]])]
+
+    def run(**kw):
+        m = EffectiveHeatRatio(**{"normalise": "none", "max_coverage": None, "n_quantiles": 3, "base_threshold": 0.25,
+                                  **kw})
+        return m(None, x, torch.zeros(1, dtype=torch.long), maps, boxes=boxes)
+
+    res = run()
+    curve = [1.245 / 6, 0.995 / 3, 0.995 / 2]
+    assert res.curves["ehr"][0].double().tolist() == pytest.approx(curve, rel=1e-6)
+    assert res.x_axis["ehr"].tolist() == [0.0, 0.5, 1.0]
+    auc = 0.5 * (curve[0] + curve[1]) / 2 + 0.5 * (curve[1] + curve[2]) / 2
+    assert res.scores["ehr"].item() == pytest.approx(auc, rel=1e-6)
+    counted = [2 / 6, 1 / 3, 1 / 2]
+    assert run(weight_by_heat=False).scores["ehr"].item() == pytest.approx(
+        0.5 * (counted[0] + counted[1]) / 2 + 0.5 * (counted[1] + counted[2]) / 2, rel=1e-6)
+    assert math.isnan(run(max_coverage=0.33).scores["ehr"].item())
+    assert run(max_coverage=0.375).scores["ehr"].item() == pytest.approx(auc, rel=1e-6)  # exactly 3/8: kept
+    # the defaults are the reference's (REFERENCE.md): heat >= 0.1, 11 quantiles, boxes covering <= 33%
+    d = EffectiveHeatRatio()
+    assert (d.base_threshold, d.n_quantiles, d.max_coverage, d.normalise, d.weight_by_heat) == (0.1, 11, 0.33, "max",
+                                                                                                True)
+    assert EffectiveHeatRatio(n_quantiles=2).n_quantiles == 2
+    with pytest.raises(XattrConfigError, match=_full("bad n_quantiles 1; valid choices: an integer >= 2")):
+        EffectiveHeatRatio(n_quantiles=1)
+
+
+def test_box_iou_curve_is_strict_the_score_is_not_and_the_defaults_are_the_references():
+    """BoxIoU on a 1 x 4 map 1.0, 0.5, 0.5, 0.0 (``normalise: none``) with the box {p0, p1}: the score binarises
+    at ``map >= 0.5`` ({p0, p1, p2}: IoU 2/3), InputIBA's curve at ``map > t`` (at t = 0.5: {p0}: IoU 1/2; at
+    t = 0: {p0, p1, p2}). The curve's thresholds default to InputIBA's 0, 0.02, ..., 0.98; no coverage filter."""
+    from xattr.metrics.localisation import BoxIoU
+
+    x = torch.zeros(1, 1, 1, 4)
+    maps = torch.tensor([1.0, 0.5, 0.5, 0.0]).view(1, 1, 1, 4)
+    box = [torch.tensor([[0.0, 0.0, 2.0, 1.0]])]
+    res = BoxIoU(normalise="none")(None, x, torch.zeros(1, dtype=torch.long), maps, boxes=box)
+    assert res.scores["iou"].item() == pytest.approx(2 / 3)
+    t = res.x_axis["iou"].double()
+    assert len(t) == 50 and t.tolist() == pytest.approx([0.02 * i for i in range(50)], abs=1e-7)
+    assert res.curves["iou"][0, 25].item() == pytest.approx(1 / 2)  # t = 0.5, strict
+    assert res.curves["iou"][0, 0].item() == pytest.approx(2 / 3)  # t = 0: the 0.0 pixel is out
+    d = BoxIoU()
+    assert (d.threshold, d.mode, d.normalise, d.max_coverage) == (0.5, "value", "max", None)
