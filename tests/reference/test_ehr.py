@@ -315,3 +315,39 @@ def test_box_iou_curve_is_strict_the_score_is_not_and_the_defaults_are_the_refer
     assert res.curves["iou"][0, 0].item() == pytest.approx(2 / 3)  # t = 0: the 0.0 pixel is out
     d = BoxIoU()
     assert (d.threshold, d.mode, d.normalise, d.max_coverage) == (0.5, "value", "max", None)
+
+
+def test_localisation_metrics_pass_the_method_to_map_kind_auto_and_name_their_bad_options():
+    """Each localisation metric hands the run's method to ``map_kind: auto`` under ``reference_uint8`` (an IBA
+    mask is stored x 255 without wrap: all three see the same 8-bit map as with ``map_kind: mask``); EHR's
+    threshold cap scales with the map's maximum (a map x 2 with ``base_threshold`` x 2 gives twice the AUC); the
+    bbox ratio's defaults; bad ``ties``, ``also_normalise`` and ``mode`` are one whole line each."""
+    from xattr.metrics.localisation import BoundingBoxRatio, BoxIoU
+
+    mask_method = type("M", (), {"__module__": "xattr.methods.iba.per_sample"})()
+    x = torch.zeros(2, 1, 6, 6)
+    maps = smooth(2)[:, :1].sigmoid()
+    boxes = [torch.tensor([[1.0, 1.0, 3.0, 4.0]]), torch.tensor([[2.0, 0.0, 5.0, 2.0]])]
+    t = torch.zeros(2, dtype=torch.long)
+    for cls, key in ((BoundingBoxRatio, "bbox_ratio"), (EffectiveHeatRatio, "ehr"), (BoxIoU, "iou")):
+        kw = {"normalise": "reference_uint8", "max_coverage": None}
+        auto = cls(**kw)(None, x, t, maps[:, :, :6, :6], boxes=boxes, method=mask_method).scores[key]
+        fixed = cls(map_kind="mask", **kw)(None, x, t, maps[:, :, :6, :6], boxes=boxes).scores[key]
+        torch.testing.assert_close(auto, fixed)
+    one = torch.tensor([1.0, 0.995, 0.5, 0.25, 0.125, 0.0, 0.3, 0.25]).view(1, 1, 2, 4)
+    box = [torch.tensor([[1.0, 0.0, 2.0, 2.0], [3.0, 0.0, 4.0, 1.0]])]
+
+    def ehr(m, threshold):
+        return EffectiveHeatRatio(normalise="none", max_coverage=None, n_quantiles=3, base_threshold=threshold)(
+            None, torch.zeros(1, 1, 2, 4), t[:1], m, boxes=box).scores["ehr"].item()
+
+    assert ehr(2 * one, 0.5) == pytest.approx(2 * ehr(one, 0.25), rel=1e-6)
+    d = BoundingBoxRatio()
+    assert (d.max_coverage, d.ties, d.seed, d.normalise) == (0.33, "stable", 0, "max")
+    with pytest.raises(XattrConfigError, match=_full("unknown ties 'bogus'; valid choices: stable, random, numpy")):
+        BoundingBoxRatio(ties="bogus")
+    with pytest.raises(XattrConfigError, match=_full("unknown also_normalise 'bogus'; valid choices: max, "
+                                                     "reference_uint8, none, minmax, auto")):
+        EffectiveHeatRatio(also_normalise=["bogus"])
+    with pytest.raises(XattrConfigError, match=_full("unknown mode 'bogus'; valid choices: value, quantile")):
+        BoxIoU(mode="bogus")
