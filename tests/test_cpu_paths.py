@@ -131,6 +131,8 @@ def test_lowest_positive_takes_the_smallest_positive_values_in_a_stable_order_on
     v = rows[0].clone()
     v[5, ::4] = float("nan")
     v[5, 1::4] = float("inf")
+    v[4, ::5] = torch.tensor([1], dtype=torch.int32).view(torch.float32)  # the least subnormal: bits 1, positive
+    v[4, 1::5] = torch.tensor([0x7F800001], dtype=torch.int32).view(torch.float32)  # the NaN next to +inf's key
     rows.append(v)
     for v in rows:
         b, n = v.shape
@@ -141,13 +143,46 @@ def test_lowest_positive_takes_the_smallest_positive_values_in_a_stable_order_on
         n_pos = pos.sum(1)
         assert torch.equal(count_true(pos), n_pos)
         for counts in (torch.randint(0, n + 1, (b,), generator=g), n_pos, n_pos + 3, torch.zeros(b, dtype=torch.long),
-                       torch.full((b,), 7)):
+                       torch.ones(b, dtype=torch.long), torch.full((b,), 7)):
             first = torch.arange(n).expand(b, n) < torch.minimum(counts, n_pos)[:, None]
             expected = torch.zeros_like(v, dtype=torch.bool).scatter_(1, order, first)
             assert torch.equal(lowest_positive(v, counts), expected)
             assert torch.equal(ranking._lowest_positive_torch(v, counts), expected)
-    with pytest.raises(TypeError, match="float32"):
+    with pytest.raises(TypeError, match=r"^lowest_positive takes float32 scores, not torch.float64$"):
         lowest_positive(torch.zeros(2, 3, dtype=torch.float64), torch.ones(2, dtype=torch.long))
+    no_rows = torch.zeros(0, 5)
+    assert lowest_positive(no_rows, torch.zeros(0, dtype=torch.long)).shape == (0, 5)
+    assert ranking.lowest(no_rows, torch.zeros(0, dtype=torch.long)).shape == (0, 5)
+
+
+def test_the_selections_take_numpy_on_a_cpu_and_torch_on_a_device(monkeypatch):
+    """The speed design (issues 28, 31), pinned: on a CPU, ``lowest`` / ``nth_smallest`` of float32 or float64 and
+    ``lowest_positive`` run in numpy (``torch.topk`` and the torch form are not called), ``count_true`` counts
+    with ``np.count_nonzero``; bfloat16 (no numpy type) takes the torch form and gives the same values."""
+    from xattr.core import ranking
+
+    def forbidden(*a, **kw):
+        raise AssertionError("the torch form on a CPU")
+
+    g = torch.Generator().manual_seed(9)
+    v = torch.rand(3, 500, generator=g)
+    counts = torch.tensor([5, 0, 499])
+    expected = (ranking.lowest(v, counts), ranking.lowest_positive(v, counts), ranking.nth_smallest(v, counts))
+    counted, numpy_calls = [], []
+    real, real_lowest = ranking.np.count_nonzero, ranking._lowest_numpy
+    with monkeypatch.context() as m:
+        m.setattr(ranking, "_lowest_numpy", lambda *a: numpy_calls.append(1) or real_lowest(*a))
+        m.setattr(ranking.torch, "topk", forbidden)
+        m.setattr(ranking, "_lowest_positive_torch", forbidden)
+        m.setattr(ranking.np, "count_nonzero", lambda *a, **kw: counted.append(1) or real(*a, **kw))
+        assert torch.equal(ranking.lowest(v.double(), counts), expected[0]) and len(numpy_calls) == 1
+        assert torch.equal(ranking.lowest_positive(v, counts), expected[1]) and len(numpy_calls) == 2
+        assert torch.equal(ranking.nth_smallest(v, counts), expected[2])
+        counted.clear()
+        assert ranking.count_true(v > 0.5).tolist() == (v > 0.5).sum(1).tolist() and counted
+    b16 = v.bfloat16()
+    torch.testing.assert_close(ranking.nth_smallest(b16, counts), torch.sort(b16, dim=1).values.gather(
+        1, (counts.clamp(1, 500) - 1)[:, None])[:, 0])
 
 
 def test_nth_smallest_by_hand_and_its_cpu_path_partitions_once_per_count_without_topk(monkeypatch):
