@@ -18,3 +18,30 @@ def test_every_metric_option_builds_the_class_named_after_it():
         assert m.name == name, (option, m.name)
         for key, value in settings.items():
             assert getattr(m, key) == value, (option, key)
+
+
+#: method options that build another option's class with other settings
+METHOD_VARIANTS = {"lrp_alpha_beta": "lrp", "occlusion14": "occlusion"}
+
+
+def test_every_method_option_targets_the_class_named_after_it():
+    """The method's ``name`` (the cost line's label, a saved run's method) is the option that builds it; options
+    that only change settings (``defaults:`` another option, or the same class) name the class they build."""
+    import importlib
+
+    from omegaconf import OmegaConf
+
+    from xattr.config import CONF_DIR
+
+    names = xattr.list_methods()
+    assert {"greedy_pruning", "dgr", "neuron_mct", "input_iba", "grad_cam"} <= set(names)
+    checked = 0
+    for option in names:
+        node = OmegaConf.load(CONF_DIR / "method" / f"{option}.yaml")
+        if "_target_" not in node:  # a variant: defaults of another option
+            continue
+        module, _, cls = node["_target_"].rpartition(".")
+        built = getattr(importlib.import_module(module), cls)
+        assert built.name == METHOD_VARIANTS.get(option, option), (option, built.name)
+        checked += 1
+    assert checked >= 30

@@ -82,7 +82,9 @@ def test_mct_on_a_pruned_net_by_hand_and_an_in_place_change_after_the_hook_is_an
             return h.mul_(2.0)  # in place on the ReLU's output
 
     bad = nn.Sequential(net[0], nn.ReLU(), Doubles(), net[2]).eval()
-    with pytest.raises(RuntimeError, match="in place after its hook"):
+    with pytest.raises(RuntimeError, match=r"^the model changed a ReLU output in place after its hook; the neuron "
+                                           r"scores would be read from the changed values \(set inplace=False on "
+                                           r"the modules after it\)$"):
         mct_scores(Neurons(bad), x, t)
 
 
@@ -479,3 +481,32 @@ def test_chunks_smaller_than_the_batch_give_the_same_maps_and_pathways():
         whole, parts = make(None).explain(x, t), make(2).explain(x, t)
         assert torch.allclose(whole.maps, parts.maps, atol=1e-6)
         assert torch.equal(whole.aux["pathway/mask"], parts.aux["pathway/mask"])
+
+
+def test_pathway_pieces_defaults_and_errors_by_hand():
+    """The defaults the callers rely on and the one-line errors: ``pathway_gradient`` prunes by zeroing unless told
+    otherwise (the code's ``zero``: a pruned neuron's output is 0), ``intgrad_scores`` integrates on the linear
+    schedule, ``pathway_forward`` names a bad ``pruned``; a pathway method must say how it selects."""
+    from xattr.methods.pathways.pathway import PathwayMethod
+
+    net = mlp((4, 6, 3))
+    x, t = torch.randn(5, 4), torch.tensor([0, 1, 2, 0, 1])
+    neurons = Neurons(net)
+    m = torch.rand(5, 6, generator=torch.Generator().manual_seed(1)) > 0.5
+    g_default, phi_default = pathway_gradient(neurons, x, t, [m])
+    g_zero, phi_zero = pathway_gradient(neurons, x, t, [m], pruned="zero")
+    assert torch.equal(g_default, g_zero) and torch.equal(phi_default, phi_zero)
+    hidden = torch.relu(net[0](x)) * m  # zero pruning by hand: Phi = w_t . (a * m) + b_t
+    assert torch.allclose(phi_zero, (hidden * net[2].weight[t]).sum(1) + net[2].bias[t], atol=1e-6)
+    layout = neurons.layout(x)
+    by_default = intgrad_scores(neurons, x, t, layout, n_steps=4)
+    linear = intgrad_scores(neurons, x, t, layout, n_steps=4, schedule="linear")
+    assert all(torch.equal(a, b) for a, b in zip(by_default, linear, strict=True))
+    with pytest.raises(XattrConfigError, match=r"^unknown pruned 'bogus'; valid choices: zero, freeze$"):
+        pathway_forward(neurons, x, [m], pruned="bogus")
+
+    class NoSelection(PathwayMethod):
+        name = "no_selection"
+
+    with pytest.raises(TypeError, match="abstract"):
+        NoSelection(net)
