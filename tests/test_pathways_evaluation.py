@@ -3,6 +3,8 @@ between runs, and the LeRF metric."""
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -225,3 +227,27 @@ def test_block_by_block_plan_covers_every_parameter(model):
     net = load_model(model, "random").net
     plan = CascadingRandomisation(layers=layers).plan(net)
     assert sorted(p for step in plan for p in step) == sorted(parametric_leaves(net))
+
+
+def test_lerf_defaults_cost_and_bad_fractions():
+    """LeRF's defaults are RoarTorch's protocol (``src/lerf``: q = 1..10% of the pixels, removed lowest first by
+    the signed channel max, counted with ``int(q H W)``, set to 0 in normalised space, the predicted class's
+    softmax); its cost rule (one forward per fraction plus the clean one) equals the rows a call runs; a bad
+    ``fractions`` is one whole line."""
+    lerf = LeRF()
+    assert lerf.fractions == [0.01, 0.02, 0.03, 0.04, 0.05, 0.06, 0.07, 0.08, 0.09, 0.1]
+    assert (lerf.rank, lerf.channels, lerf.count, lerf.fill, lerf.output, lerf.ties) == (
+        "signed", "max", "floor", 0.0, "softmax", "stable")
+    torch.manual_seed(0)
+    net = PixelLinear(torch.randn(3, 1, 6, 6)).eval()
+    rows = []
+    net.register_forward_hook(lambda m, i, o: rows.append(i[0].shape[0]))
+    x, t = torch.randn(4, 1, 6, 6), torch.tensor([0, 1, 2, 0])
+    m = LeRF(fractions=[0.1, 0.5, 1.0], chunk=None)
+    m(net, x, t, torch.rand(4, 1, 6, 6))
+    assert sum(rows) == 4 * m.forwards_per_image((1, 6, 6), 0.0) == 4 * 4
+    assert LeRF(fractions=[0.0, 1.0]).fractions == [0.0, 1.0]  # the edges are valid
+    for bad in ([0.1], [0.2, 0.1], [0.1, 0.1], [0.1, 1.5], [-0.1, 0.1]):
+        line = f"bad fractions {bad!r}; valid choices: >= 2 increasing shares in [0, 1]"
+        with pytest.raises(XattrConfigError, match=f"^{re.escape(line)}$"):
+            LeRF(fractions=bad)
