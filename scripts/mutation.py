@@ -116,6 +116,25 @@ PYTEST_ARGS = ["-q", "-x", "-p", "no:cacheprovider", "-p", "no:xdist", "-p", "no
 SKIP_PRELOAD = ("xattr", "tests", "conftest", "test_", "__main__", "__mp_main__")
 
 
+def hold_lock() -> None:
+    """One runner at a time: all share the scratch copy and the results files, so a second runner's mutants would
+    be imported by the first one's tests (a mutant of one module "killing" another's, session 10). The lock
+    file names the holder's pid; a stale one (its process gone) is taken over."""
+    lock = OUT / "runner.lock"
+    if lock.exists():
+        pid = int(lock.read_text().strip() or 0)
+        try:
+            os.kill(pid, 0)
+        except (ProcessLookupError, ValueError):
+            pid = 0
+        except PermissionError:
+            pass
+        if pid and pid != os.getpid():
+            raise SystemExit(f"error: another mutation run (pid {pid}) holds {lock}; runs share the scratch copy, "
+                             "so wait for it or stop it")
+    lock.write_text(str(os.getpid()))
+
+
 def scratch_copy() -> Path:
     """A copy of the working tree's sources and tests (mutants are written there, never into the clone)."""
     work = OUT / "work"
@@ -431,6 +450,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"unknown module(s) {unknown}; choices: {list(MODULES)}", file=sys.stderr)
         return 2
     OUT.mkdir(parents=True, exist_ok=True)
+    hold_lock()
     work = scratch_copy()
     os.environ.setdefault("XATTR_SHARED_DATA", str(REPO.parent / "shared" / "data"))
     os.environ.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", WANDB_MODE="offline")
