@@ -105,7 +105,7 @@ MODULES: dict[str, list[str]] = {
                         "tests/reference/test_lerf_roar.py", "-k", "not train and not sweep and not subprocess"],
     "metrics/sanity_check.py": ["tests/test_metrics_localisation_sanity.py", "tests/test_metric_names.py"],
     "metrics/axioms.py": ["tests/test_axioms_metric.py", "tests/test_metric_names.py"],
-    "metrics/summary.py": ["tests/test_metrics_perturbation.py", "tests/test_engine.py", "-k", "summary or summar"],
+    "metrics/summary.py": ["tests/test_report.py", "tests/test_engine.py", "tests/test_tables.py"],
     "analyses/dissection.py": ["tests/test_analyses_dissection.py"],
 }
 
