@@ -25,6 +25,7 @@ off for the call) and dropout seeded per call.
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -135,7 +136,10 @@ class DeepSHAP(Attribution):
             chunk = resolve_chunk(self.chunk, self.model, x[:1], backward=True)
             step = items_per_call(x.shape[0], 2 * refs.shape[0], chunk)  # DeepLift: input + reference rows
         out = []
-        with torch.enable_grad(), frozen(self.model), _train_mode(fixed, self.model_mode == "train"):
+        with torch.enable_grad(), frozen(self.model), _train_mode(fixed, self.model_mode == "train"), \
+                warnings.catch_warnings():
+            # Captum says on every call that it hooks the activations of the copy (and removes the hooks after)
+            warnings.filterwarnings("ignore", message="Setting forward, backward hooks", category=UserWarning)
             explainer = _CaptumDeepLiftShap(fixed)
             for i in range(0, x.shape[0], step):
                 xi = x[i : i + step].detach().clone().requires_grad_(True)
