@@ -91,6 +91,61 @@ def test_intersection_rule_on_hand_made_maps():
     assert torch.allclose(m, torch.tensor([[0.0, (0.6 + 1.0) / 2], [0.0, 0.0]]).view(1, 1, 2, 2))
 
 
+def test_thresholds_per_image_by_hand_on_two_images_of_different_scale():
+    """T of eq. 5 per image on a batch of two 2 x 3 maps (maxima 4 and 1, values on the thresholds): relative 0.5
+    -> t = 2 and 0.5, quantile 0.6 (torch's linear rank 3 of 6 sorted values) -> t = 2 and 0.5 again but
+    relative 0.6 -> t = 2.4 and 0.6, absolute 0.5 -> t = 0.5 for both; ``>=``: a value on t is in. ``mean``
+    multiplies the intersection by the mean of the per-image max-normalised maps. Bad modes: one line."""
+    img0 = [[4.0, 2.0, 1.0], [0.0, 3.0, 2.0]]
+    img1 = [[1.0, 0.5, 0.25], [0.75, 0.5, 0.0]]
+    maps = torch.tensor([img0, img1]).view(2, 1, 2, 3)
+
+    def mask(*rows):
+        return torch.tensor(rows).view(2, 1, 2, 3)
+
+    half = mask([[1.0, 1.0, 0.0], [0.0, 1.0, 1.0]], [[1.0, 1.0, 0.0], [1.0, 1.0, 0.0]])
+    assert torch.equal(binarize(maps, 0.5, "relative"), half)
+    assert torch.equal(binarize(maps, 0.6, "quantile"), half)
+    assert torch.equal(binarize(maps, 0.6, "relative"), mask([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]],
+                                                              [[1.0, 0.0, 0.0], [1.0, 0.0, 0.0]]))
+    assert torch.equal(binarize(maps, 0.5, "absolute"), mask([[1.0, 1.0, 1.0], [0.0, 1.0, 1.0]],
+                                                              [[1.0, 1.0, 0.0], [1.0, 1.0, 0.0]]))
+    other = maps.flip(-1)  # a second layer's maps
+    inter = half * binarize(other, 0.5, "relative")
+    assert torch.equal(intersect([maps, other]), inter)
+    expected = inter * (maps / torch.tensor([4.0, 1.0]).view(2, 1, 1, 1) + other / torch.tensor([4.0, 1.0]).view(
+        2, 1, 1, 1)) / 2
+    assert torch.allclose(intersect([maps, other], combine="mean"), expected)
+    with pytest.raises(XattrConfigError, match=r"^unknown threshold mode 'bogus'; valid choices: relative, quantile, "
+                                               r"absolute$"):
+        binarize(maps, 0.5, "bogus")
+    with pytest.raises(XattrConfigError, match=r"^unknown combine 'bogus'; valid choices: binary, mean$"):
+        intersect([maps], combine="bogus")
+
+
+def test_multilayer_iba_takes_per_sample_ibas_settings_per_layer():
+    """Each layer runs the Per-Sample IBA of the paper's settings (the same defaults as one PerSampleIBA), on the
+    eq. 5 defaults (relative 0.5, binary); ``inverse`` swaps in Inverse IBA; bad options are one line."""
+    import inspect
+
+    model = TinyCNN(num_classes=5).eval()
+    ml = MultiLayerIBA(model, ["conv1", "conv3"])
+    assert (ml.threshold, ml.threshold_mode, ml.combine) == (0.5, "relative", "binary")
+    assert all(type(m) is PerSampleIBA for m in ml.methods)
+    assert all(type(m) is InverseIBA for m in MultiLayerIBA(model, ["conv1", "conv3"], inverse=True).methods)
+    from xattr.methods.iba.per_sample import IBABase
+
+    single = inspect.signature(IBABase.__init__).parameters  # what one PerSampleIBA takes through **kw
+    multi = inspect.signature(MultiLayerIBA.__init__).parameters
+    for name in ("n_samples", "min_std", "active_threshold", "sigma", "relu", "resize"):
+        assert multi[name].default == single[name].default, name
+    assert inspect.signature(PerSampleIBA.__init__).parameters["sigma"].default == multi["sigma"].default
+    with pytest.raises(XattrConfigError, match=r"^unknown threshold mode 'bogus'"):
+        MultiLayerIBA(model, ["conv1"], threshold_mode="bogus")
+    with pytest.raises(XattrConfigError, match=r"^unknown combine 'bogus'"):
+        MultiLayerIBA(model, ["conv1"], combine="bogus")
+
+
 def test_multilayer_iba_is_intersection_of_per_layer_maps():
     model = TinyCNN(num_classes=5).eval()
     x, t = torch.randn(2, 3, 16, 16), torch.tensor([1, 2])
