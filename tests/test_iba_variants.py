@@ -32,6 +32,13 @@ def _fit(method, layers, size=16):
     return method
 
 
+def test_inverse_iba_defaults_to_the_references_beta():
+    """REFERENCE.md (CheXplain-IBA): the inverse bottleneck ran with beta 6, not Per-Sample IBA's 10."""
+    model = TinyCNN(num_classes=5).eval()
+    assert InverseIBA(model, "conv1").beta == 6.0 and PerSampleIBA(model, "conv1").beta == 10.0
+    assert InverseIBA(model, "conv1", beta=2.0).beta == 2.0 and InverseIBA.inverse
+
+
 def test_inverse_iba_raises_lambda_on_predictive_features_only():
     torch.manual_seed(0)
     model = HalfIgnoring().eval()
@@ -185,3 +192,36 @@ def test_lightning_predict_wrapper_matches_attribute():
     (out,) = trainer.predict(PerSampleIBAModule(iba), torch.utils.data.DataLoader([batch], batch_size=None))
     assert torch.allclose(out["maps"], iba.attribute(batch["x"], batch["target"]), rtol=1e-4, atol=1e-6)
     assert out["top1"].shape == (2,)
+
+
+def test_regression_iba_options_defaults_cost_and_its_whole_error_lines():
+    """Regression IBA's options by hand: ``output`` picks the head's column for Phi (the other column ignored),
+    ``inverse`` and ``regression_loss`` are kept, the default loss is ``dv`` (the clean prediction as target)
+    whose cost counts the clean prediction; a scalar target broadcasts, a wrong-length one and a bad loss or a
+    multi-output head without ``output`` are one whole line each."""
+    import re
+
+    from xattr.methods.iba.regression import RegressionIBA
+
+    model = HalfIgnoring(k=2).eval()
+    m = RegressionIBA(model, "feat")
+    assert (m.regression_loss, m.output, m.inverse) == ("dv", None, False)
+    assert RegressionIBA(model, "feat", inverse=1).inverse is True
+    assert RegressionIBA(model, "feat", output=1).phi(torch.tensor([[[3.0, 7.0]]])).item() == 7.0
+    mse = RegressionIBA(model, "feat", regression_loss="mse")
+    assert m.forwards_per_image((3, 16, 16)) == mse.forwards_per_image((3, 16, 16)) + 1
+    assert not RegressionIBA.scores  # Table 1's accuracies need class targets
+    with pytest.raises(XattrConfigError, match=re.escape("the head has 2 outputs; set output to one of 0..1") + "$"):
+        m.phi(torch.zeros(4, 2))
+    with pytest.raises(XattrConfigError, match=r"^unknown regression loss 'mae'; valid choices: mse, rm, dv$"):
+        RegressionIBA(model, "feat", regression_loss="mae")
+    with pytest.raises(XattrConfigError, match=r"^unknown regression loss 'mae'; valid choices: mse, rm, dv$"):
+        regression_loss("mae")
+    one = _fit(RegressionIBA(HalfIgnoring(k=1).eval(), "feat", regression_loss="mse", steps=1, copies=1), ["feat"])
+    x = torch.randn(2, 3, 16, 16)
+    torch.manual_seed(0)
+    scalar = one.explain(x, 0.5).maps
+    torch.manual_seed(0)
+    assert torch.equal(scalar, one.explain(x, torch.tensor([0.5, 0.5])).maps)
+    with pytest.raises(ValueError, match=r"^target has 3 entries for a batch of 2$"):
+        one.explain(x, torch.zeros(3))
