@@ -58,7 +58,7 @@ BENCHES = (
     Bench("input_iba", 65, "bench_input_iba.py",
           ("--device", "cuda", "--model", "vgg16", "--size", "224", "--batch", "16", "--epochs", "20", "--steps", "60",
            "--feat-steps", "10", "--single", "1", "--chunks", "auto"),
-          ("--device", "cpu", "--model", "tiny", "--size", "16", "--batch", "2", "--epochs", "1", "--steps", "2", "--targets", "8",
+          ("--device", "cpu", "--model", "tiny", "--size", "16", "--batch", "2", "--epochs", "1", "--steps", "2", "--targets", "10",
            "--feat-steps", "2", "--single", "1", "--copies", "2")),
     Bench("axioms", 35, "bench_axioms.py", ("--prior", "paper", "--batch", "16", "64", "--devices", "cuda"),
           ("--prior", "cpu", "--batch", "2", "--steps", "1", "--devices", "cpu")),
