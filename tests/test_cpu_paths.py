@@ -290,3 +290,45 @@ def test_perturbation_readouts_and_shape_errors_by_hand():
     assert token_unk_index(None, net) == 3
     with pytest.raises(XattrConfigError, match=r"^missing unk_index for token inputs; valid choices: the vocabulary's <unk> id \(Identity names none\)$"):
         token_unk_index(None, torch.nn.Identity())
+
+
+def test_tile_index_by_hand_with_a_remainder_and_its_error_line():
+    """As the IBA paper code's ``GridView``: 10 x 7 pixels in tiles of 4 are 2 x 1 tiles, the last row/column
+    absorbing the remainder (rows 8-9 join tile row 1; columns 4-6 join column 0)."""
+    import re
+
+    from xattr.errors import XattrConfigError
+    from xattr.metrics._perturb import tile_index
+
+    tid, n = tile_index(10, 7, 4)
+    assert n == 2 and tid.view(10, 7)[:, 0].tolist() == [0] * 4 + [1] * 6 and (tid.view(10, 7) == tid.view(10, 7)[:, :1]).all()
+    tid, n = tile_index(9, 9, 4)  # 2 x 2 tiles of 4, 4 + remainder 1
+    assert n == 4 and tid.view(9, 9)[8, 8].item() == 3 and tid.view(9, 9)[3, 4].item() == 1
+    with pytest.raises(XattrConfigError, match="^" + re.escape("bad tile 0; valid choices: an integer >= 1") + "$"):
+        tile_index(4, 4, 0)
+
+
+def test_folding_leaves_the_model_untouched_and_channels_last_is_applied_and_restored():
+    """``folded`` folds a deep copy (the caller's model keeps its BatchNorms and values); ``channels_last_on``
+    puts the model's 4-d weights in channels-last for the block and back after, and leaves them alone when off."""
+    from torch import nn
+
+    from xattr.metrics._perturb import channels_last_on, folded
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 2)).eval()
+    with torch.no_grad():
+        net[1].running_mean.uniform_(-1, 1)
+        net[1].running_var.uniform_(0.5, 2)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    x = torch.randn(2, 3, 8, 8)
+    copy = folded(net, x)
+    assert copy is not net and not any(isinstance(m, nn.BatchNorm2d) for m in copy.modules())
+    assert isinstance(net[1], nn.BatchNorm2d) and all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+    torch.testing.assert_close(copy(x), net(x), rtol=1e-5, atol=1e-6)
+    w = net[0].weight
+    with channels_last_on(net, True, torch.device("cpu")):
+        assert net[0].weight.is_contiguous(memory_format=torch.channels_last) and not net[0].weight.is_contiguous()
+    assert net[0].weight.is_contiguous() and torch.equal(net[0].weight, w)
+    with channels_last_on(net, False, torch.device("cpu")):
+        assert net[0].weight.is_contiguous()
