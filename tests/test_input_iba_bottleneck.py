@@ -61,3 +61,13 @@ def test_input_bottleneck_samples_remark2_and_weights_kl() -> None:
     bw = InputBottleneck(gan, sigma=None, weight=w)
     kl = bw.kl(x, lam)
     assert (kl[:, 1:] == 0).all() and torch.allclose(kl[:, 0], 3 * input_kl(x, lam, gan, 0.0, 1.0)[:, 0])
+
+
+def test_input_bottleneck_defaults_are_the_references_per_image_and_channel():
+    """REFERENCE.md (InputIBA): the input noise is N(0, 1) and sigmoid(alpha) is smoothed with sigma 1; the
+    mask has the image's shape without the batch axis (per channel and pixel), for 3-channel images too."""
+    gan_mask = torch.rand(1, 3, 5, 4)
+    b = InputBottleneck(gan_mask)
+    assert b.smooth.sigma == 1.0 and b.mean.shape == (3, 5, 4)
+    assert torch.equal(b.mean, torch.zeros(3, 5, 4)) and torch.equal(b.std, torch.ones(3, 5, 4))
+    assert InputBottleneck(gan_mask, sigma=None).smooth.sigma == 0.0
