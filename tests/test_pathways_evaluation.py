@@ -251,3 +251,23 @@ def test_lerf_defaults_cost_and_bad_fractions():
         line = f"bad fractions {bad!r}; valid choices: >= 2 increasing shares in [0, 1]"
         with pytest.raises(XattrConfigError, match=f"^{re.escape(line)}$"):
             LeRF(fractions=bad)
+
+
+def test_lerf_class_defaults_equal_its_config_and_bad_choices_are_one_whole_line():
+    """The class and ``conf/metric/lerf.yaml`` (what ``metric=lerf`` runs) hold the same defaults, and the memory
+    knob is ``chunk``; each bad choice names itself and the valid ones in one line."""
+    from omegaconf import OmegaConf
+
+    from xattr.config import CONF_DIR
+
+    conf = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "metric" / "lerf.yaml"))
+    conf.pop("_target_")
+    built = LeRF()
+    for key, value in conf.items():
+        assert getattr(built, key) == value, key
+    assert LeRF.memory_knob == "chunk"
+    for key, bad, valid in (("rank", "x", "signed, abs"), ("channels", "x", "max, mean"), ("count", "x", "floor, round"),
+                            ("output", "x", None), ("ties", "x", "stable, random, numpy"), ("precision", "x", None)):
+        line = f"unknown {key} 'x'; valid choices: " + (valid or "")
+        with pytest.raises(XattrConfigError, match="^" + re.escape(line) + ("$" if valid else "")):
+            LeRF(**{key: bad})
