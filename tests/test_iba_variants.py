@@ -37,6 +37,12 @@ def test_inverse_iba_defaults_to_the_references_beta():
     model = TinyCNN(num_classes=5).eval()
     assert InverseIBA(model, "conv1").beta == 6.0 and PerSampleIBA(model, "conv1").beta == 10.0
     assert InverseIBA(model, "conv1", beta=2.0).beta == 2.0 and InverseIBA.inverse
+    import xattr  # each variant is named by the option that builds it (a run's method label)
+
+    options = set(xattr.list_methods())
+    assert InverseIBA(model, "conv1").name == "inverse_iba" and "inverse_iba" in options
+    assert MultiLayerIBA(model, ["conv1"]).name == "multilayer_iba" and "multilayer_iba" in options
+    assert RegressionIBA(model, "conv1").name == "regression_iba" and "regression_iba" in options
 
 
 def test_inverse_iba_raises_lambda_on_predictive_features_only():
