@@ -167,3 +167,42 @@ def test_loss_group_bad_option_is_one_line(capsys) -> None:
         check_overrides(["loss=focal"])
     err = capsys.readouterr().err.strip()
     assert "unknown loss 'focal'; valid choices:" in err and "weighted_bce" in err and "\n" not in err
+
+
+def test_region_metrics_edges_batches_and_what_they_ask_for_by_hand() -> None:
+    """MaskIoU: a target outside the masks (k, -1) and a missing extra are NaN, the batch's third image indexes
+    its own mask; a mask of another size is one error naming both. SeverityCorrelation: a batch of two with
+    different means (each image centred by its own mean), a missing severity map is NaN. Both read the run's
+    method for ``map_kind: auto`` under ``reference_uint8``, and ask the engine for it."""
+    import re
+
+    masks = torch.zeros(3, 2, 4, 4, dtype=torch.bool)
+    masks[:, 0, :2, :2] = True
+    masks[:, 1, 2:, 2:] = True
+    maps = torch.zeros(3, 1, 4, 4)
+    maps[:, 0, :2, :2] = 1.0  # exactly finding 0's mask
+    x = torch.zeros(3, 3, 4, 4)
+    r = MaskIoU()(None, x, torch.tensor([2, -1, 0]), maps, concept_masks=masks).scores["mask_iou"]
+    assert math.isnan(r[0]) and math.isnan(r[1]) and r[2].item() == 1.0
+    r = MaskIoU()(None, x, torch.tensor([0, 1, 1]), maps, concept_masks=masks).scores["mask_iou"]
+    assert r.tolist() == [1.0, 0.0, 0.0]
+    assert all(math.isnan(v) for v in MaskIoU()(None, x, torch.tensor([0, 0, 0]), maps).scores["mask_iou"].tolist())
+    with pytest.raises(ValueError, match="^" + re.escape("concept_masks (2, 2) do not match the map size (4, 4)") + "$"):
+        MaskIoU()(None, x, torch.tensor([0, 0, 0]), maps, concept_masks=masks[..., :2, :2])
+    with pytest.raises(XattrConfigError, match=r"^unknown mode 'bogus'; valid choices: value, quantile$"):
+        MaskIoU(mode="bogus")
+    sev = torch.tensor([[0.0, 1.0], [2.0, 3.0]]).expand(2, 1, 2, 2) + torch.tensor([0.0, 10.0]).view(2, 1, 1, 1)
+    m = torch.tensor([[[[0.0, 0.0], [1.0, 1.0]]], [[[5.0, 5.0], [6.0, 6.0]]]])  # each: [-.5, -.5, .5, .5] centred
+    pcc = SeverityCorrelation()(None, torch.zeros(2, 3, 2, 2), torch.zeros(2), m, severity=sev).scores["severity_pcc"]
+    assert pcc.tolist() == pytest.approx([2 / math.sqrt(5)] * 2)
+    none = SeverityCorrelation()(None, torch.zeros(2, 3, 2, 2), torch.zeros(2), m).scores["severity_pcc"]
+    assert none.shape == (2,) and all(math.isnan(v) for v in none.tolist())
+    assert MaskIoU.needs == ("concept_masks", "method") and SeverityCorrelation.needs == ("severity", "method")
+    mask_method = type("M", (), {"__module__": "xattr.methods.iba.per_sample"})()
+    for metric, extra, key in ((MaskIoU, {"concept_masks": masks}, "mask_iou"), (SeverityCorrelation, {"severity": sev[:1].expand(3, 1, 2, 2)}, "severity_pcc")):
+        xs, ms = (x, maps) if metric is MaskIoU else (torch.zeros(3, 3, 2, 2), torch.rand(3, 1, 2, 2))
+        auto = metric(normalise="reference_uint8")(None, xs, torch.zeros(3, dtype=torch.long), ms, method=mask_method,
+                                                    **extra).scores[key]
+        fixed = metric(normalise="reference_uint8", map_kind="mask")(None, xs, torch.zeros(3, dtype=torch.long), ms,
+                                                                     **extra).scores[key]
+        torch.testing.assert_close(auto, fixed, equal_nan=True)
