@@ -84,15 +84,14 @@ class GreedyPruning(PathwayMethod):
         self.iterations = check_positive_int("iterations", iterations)
 
     def scores(self, x: torch.Tensor, target: torch.Tensor, layout: Layout, mask: torch.Tensor) -> torch.Tensor:
-        """``|a * dPhi/da|`` ``(B, N)`` in the network pruned by ``mask`` (pruned neurons score exactly 0; a NaN
-        score, never live, counts as 0 too)."""
+        """``|a * dPhi/da|`` ``(B, N)`` in the network pruned by ``mask`` (pruned neurons score exactly 0)."""
         step = items_per_call(x.shape[0], 1, self.rows(x))
         gates = mask.to(torch.float32)  # once per round, split into per-layer views
         s = torch.cat([
             layout.flatten(mct_scores(self.neurons, x[i : i + step], target[i : i + step],
                                       layout.split(gates[i : i + step])))
             for i in range(0, x.shape[0], step)])
-        return s.abs_().nan_to_num_(nan=0.0, posinf=math.inf)
+        return s.abs_()
 
     def pathway(self, x: torch.Tensor, target: torch.Tensor, layout: Layout) -> tuple[torch.Tensor, dict]:
         if self.variant == "reference":
@@ -106,7 +105,7 @@ class GreedyPruning(PathwayMethod):
         mask = torch.ones(b, n, dtype=torch.bool, device=x.device)
         done = torch.zeros(b, dtype=torch.bool, device=x.device)
         iters = torch.zeros(b, dtype=torch.int64, device=x.device)
-        s = self.scores(x, target, layout, mask)
+        s = self._live_scores(x, target, layout, mask)
         for _ in range(self.max_iterations):
             live = s > 0  # kept with a non-zero score: pruned neurons score exactly 0 (scores)
             n_live = count_true(live)
@@ -116,8 +115,13 @@ class GreedyPruning(PathwayMethod):
             n_prune = torch.where(done, 0, (n_live - k).clamp(max=n_step))
             mask &= ~lowest_positive(s, n_prune)  # the n_prune lowest live scores, ties lower index first
             iters += (~done).long()
-            s = self.scores(x, target, layout, mask)
+            s = self._live_scores(x, target, layout, mask)
         return mask & (s > 0), {"iterations": iters}
+
+    def _live_scores(self, x: torch.Tensor, target: torch.Tensor, layout: Layout, mask: torch.Tensor) -> torch.Tensor:
+        """Alg. 1's scores with a NaN score as 0: never live, as ``mask & (s > 0)`` had it (the reference variant
+        keeps NaN, as the code's numpy comparisons do)."""
+        return self.scores(x, target, layout, mask).nan_to_num_(nan=0.0, posinf=math.inf)
 
     def _reference(self, x: torch.Tensor, target: torch.Tensor, layout: Layout) -> tuple[torch.Tensor, dict]:
         b, n = x.shape[0], layout.total
