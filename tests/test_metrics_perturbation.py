@@ -316,3 +316,55 @@ def test_sensitivity_n_units_of_non_square_images_names_and_channels_last(monkey
     seen.clear()
     SensitivityN(n=[1], n_masks=2, channels_last=False)(model, x, t, truth)
     assert seen and not any(seen)
+
+
+def test_degradation_defaults_cost_axis_top1_and_the_eq8_summary_by_hand():
+    """REFERENCE.md (IBA paper): tiles of 8, the image's per-channel mean, 100 points, softmax; the class equals
+    conf/metric/degradation.yaml. The cost rule (n_points per curve, twice, plus the clean forward) equals the rows
+    a call runs; the x axis is the share of tiles removed; ``top1_prob`` is the clean softmax (or sigmoid) maximum.
+    The eq.-8 summary by hand: t1 = mean top-1 0.8, b = mean degraded 0.2, areas 0.2 and 0.4 -> 0.5 +- 0.1 / 0.6."""
+    import math
+    import re
+
+    from omegaconf import OmegaConf
+
+    from xattr.config import CONF_DIR
+
+    conf = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "metric" / "degradation.yaml"))
+    conf.pop("_target_")
+    d = Degradation()
+    for key, value in conf.items():
+        assert getattr(d, key) == value, key
+    assert (d.tile, d.n_points, d.fill, d.output) == (8, 100, "mean", "softmax") and Degradation.memory_knob == "chunk"
+    torch.manual_seed(0)
+    net = PixelLinear(torch.randn(3, 1, 4, 4)).eval()
+    rows = []
+    net.register_forward_hook(lambda m, i, o: rows.append(i[0].shape[0]))
+    x = torch.randn(2, 1, 4, 4)
+    m = Degradation(tile=1, n_points=5, chunk=None)
+    res = m(net, x, torch.tensor([0, 1]), torch.rand(2, 1, 4, 4))
+    assert sum(rows) == 2 * m.forwards_per_image((1, 4, 4), 0.0) == 2 * 11
+    assert res.x_axis["morf"].tolist() == [0.0, 0.25, 0.5, 0.75, 1.0]  # 0, 4, 8, 12, 16 of the 16 tiles
+    logits = net(x)
+    torch.testing.assert_close(res.scores["top1_prob"], logits.softmax(-1).amax(-1))
+    sig = Degradation(tile=1, n_points=5, output="sigmoid")(net, x, torch.tensor([0, 1]), torch.rand(2, 1, 4, 4))
+    torch.testing.assert_close(sig.scores["top1_prob"], logits.sigmoid().amax(-1))
+    scores = {"degradation": torch.tensor([0.2, 0.4]), "top1_prob": torch.tensor([0.9, 0.7]),
+              "degraded_prob": torch.tensor([0.1, 0.3])}
+    out = Degradation().summarise(scores)
+    sem = float(torch.tensor([0.2, 0.4]).std()) / math.sqrt(2)  # 0.1
+    assert out["degradation_scaled"][0] == pytest.approx(0.3 / 0.6)
+    assert out["degradation_scaled"][1] == pytest.approx(sem / 0.6) and out["degradation_scaled"][2] == 2
+    assert out["t1"][0] == pytest.approx(0.8) and out["b"][0] == pytest.approx(0.2)
+    assert "degradation_scaled" not in Degradation(t1=0.8, b=0.2).summarise(scores)  # already scaled
+    assert Degradation(n_points=2).n_points == 2  # the two ends of the curves: the least valid
+    for kw, line in (({"tile": 0}, "bad tile 0; valid choices: an integer >= 1"),
+                     ({"n_points": 1}, "bad n_points 1; valid choices: an integer >= 2"),
+                     ({"fill": "median"}, "unknown fill 'median'; valid choices: mean"),
+                     ({"ties": "x"}, "unknown ties 'x'; valid choices: stable, random, numpy"),
+                     ({"t1": 0.5}, "bad t1/b 0.5/None; valid choices: both numbers or both null")):
+        with pytest.raises(XattrConfigError, match="^" + re.escape(line) + "$"):
+            Degradation(**kw)
+    for kw in ({"output": "x"}, {"precision": "x"}):
+        with pytest.raises(XattrConfigError, match=f"^unknown {next(iter(kw))} 'x'; valid choices: "):
+            Degradation(**kw)
