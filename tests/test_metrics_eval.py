@@ -470,6 +470,10 @@ def test_efficient_mprt_keeps_its_randomised_copy_while_the_model_is_unchanged()
     assert metric.fully_randomised(other) is not metric.fully_randomised(net)
     assert EfficientMPRT(layers=["fc"]).fully_randomised(net).state_dict()["features.0.weight"].equal(
         net.state_dict()["features.0.weight"])  # only the planned modules are reset
+    import pickle
+
+    clone = pickle.loads(pickle.dumps(metric))  # the kept copy stays behind; the settings travel
+    assert not hasattr(clone, "_full") and clone.seed == metric.seed and copy.deepcopy(metric).layers == metric.layers
 
 
 def test_smooth_mprt_without_noise_matches_quantus_and_batched_equals_single(monkeypatch):

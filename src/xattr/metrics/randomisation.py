@@ -86,6 +86,12 @@ class _Randomised(Metric):
             self._full = cache
         return cache[2]
 
+    def __getstate__(self) -> dict:
+        """Copies and pickles leave the kept randomised copy behind (a weak reference does not pickle)."""
+        state = self.__dict__.copy()
+        state.pop("_full", None)
+        return state
+
     def _n_layers(self) -> int:
         return len(self.layers) if self.layers else 10
 
