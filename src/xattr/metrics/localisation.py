@@ -40,6 +40,7 @@ import torch
 from torch import nn
 
 from xattr.core.checks import check_choice
+from xattr.core.ranking import highest
 from xattr.errors import XattrConfigError
 from xattr.metrics._perturb import TIES, box_masks, flat_map, ranks, trapezoid
 from xattr.metrics.base import Metric, MetricResult
@@ -312,7 +313,7 @@ def binarise(heat: torch.Tensor, threshold: float, mode: str) -> torch.Tensor:
     (``quantile``, stable ties)."""
     if mode == "value":
         return heat >= threshold
-    return ranks(heat, True) < round(threshold * heat.shape[1])
+    return highest(heat, torch.full((heat.shape[0],), round(threshold * heat.shape[1]), device=heat.device))
 
 
 def _iou(binary: torch.Tensor, box: torch.Tensor) -> torch.Tensor:
