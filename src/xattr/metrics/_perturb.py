@@ -9,7 +9,6 @@ tensor per forward pass, which no library offers.
 from __future__ import annotations
 
 import contextlib
-import weakref
 from collections.abc import Callable
 
 import torch
@@ -17,6 +16,7 @@ from torch import nn
 
 from xattr.core.checks import check_positive_int
 from xattr.core.chunk import autocast, items_per_call
+from xattr.core.derived import DerivedCache
 from xattr.core.progress import progress
 from xattr.core.ranking import TIES, ranks  # noqa: F401  (the metrics' names for them)
 from xattr.errors import XattrConfigError
@@ -117,16 +117,10 @@ def folded(model: nn.Module, sample: torch.Tensor, rtol: float = 1e-4) -> nn.Mod
         return model
     if any(m.training or m._forward_hooks or m._forward_pre_hooks for m in mods):
         return model
-    state = tuple((id(t), t._version, t.device) for t in (*model.parameters(), *model.buffers()))
-    kept = _FOLDED.get(model)
-    if kept is not None and kept[0] == state:
-        return kept[1]
-    out = _fold(model, sample, rtol)
-    _FOLDED[model] = (state, out)
-    return out
+    return _FOLDED.get(model, (), lambda: _fold(model, sample, rtol))
 
 
-_FOLDED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> (parameter state, folded copy)
+_FOLDED = DerivedCache()  # model -> its folded copy
 
 
 def _fold(model: nn.Module, sample: torch.Tensor, rtol: float) -> nn.Module:

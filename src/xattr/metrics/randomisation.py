@@ -12,8 +12,6 @@ copy of the model, under a forked RNG (the caller's random state is left as it w
 from __future__ import annotations
 
 import copy
-import itertools
-import weakref
 from collections.abc import Sequence
 from typing import Any
 
@@ -23,6 +21,7 @@ import torch
 from torch import nn
 
 from xattr.core.checks import check_choice, check_positive, check_positive_int
+from xattr.core.derived import DerivedCache
 from xattr.core.layers import layer_path
 from xattr.core.seeding import image_seeds
 from xattr.errors import XattrConfigError, unknown
@@ -77,14 +76,14 @@ class _Randomised(Metric):
         the plan is empty), kept between calls while ``model`` is the same object with the same parameter and
         buffer tensors at the same in-place versions: a run randomises once, not once per batch (the copy and
         the resets of a ResNet-18 cost about as much as its gradient on 32 small images here)."""
-        state = tuple((t.data_ptr(), t._version) for t in itertools.chain(model.parameters(), model.buffers()))
-        key = (self.layer_order, tuple(self.layers or ()), self.seed, state)
-        cache = getattr(self, "_full", None)
-        if cache is None or cache[0]() is not model or cache[1] != key:
+        if getattr(self, "_full", None) is None:
+            self._full = DerivedCache()
+
+        def build() -> nn.Module:
             steps = list(self.randomised(model))  # one copy, reset module after module
-            cache = (weakref.ref(model), key, steps[-1][1] if steps else model)
-            self._full = cache
-        return cache[2]
+            return steps[-1][1] if steps else model
+
+        return self._full.get(model, (self.layer_order, tuple(self.layers or ()), self.seed), build)
 
     def __getstate__(self) -> dict:
         """Copies and pickles leave the kept randomised copy behind (a weak reference does not pickle)."""
