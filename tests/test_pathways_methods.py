@@ -510,3 +510,27 @@ def test_pathway_pieces_defaults_and_errors_by_hand():
 
     with pytest.raises(TypeError, match="abstract"):
         NoSelection(net)
+
+
+def test_flat_scores_written_through_layer_views_equal_the_concatenated_layers(cnn, images):
+    """``flat_mct_scores`` (issue 31: one ``(B, N)`` buffer written through its per-layer views, no concatenation)
+    equals the per-layer ``mct_scores`` flattened in call order, one image at a time, with and without masks, in
+    chunks of 1 or all, and a reused buffer holds the new scores only (no trace of the previous ones)."""
+    from xattr.methods.pathways.contributions import flat_mct_scores
+
+    x, t = images
+    neurons = Neurons(cnn)
+    layout = neurons.layout(x)
+    masks = torch.rand(len(x), layout.total, generator=torch.Generator().manual_seed(6)) > 0.4
+    gates = masks.float()
+    for m in (None, gates):
+        want = torch.cat([torch.cat([s.reshape(1, -1) for s in mct_scores(
+            neurons, x[i : i + 1], t[i : i + 1], None if m is None else layout.split(m[i : i + 1]))], 1)
+            for i in range(len(x))])
+        whole = torch.cat([s.reshape(len(x), -1) for s in mct_scores(
+            neurons, x, t, None if m is None else layout.split(m))], 1)
+        assert torch.equal(flat_mct_scores(neurons, x, t, layout, 1, m), want)
+        assert torch.equal(flat_mct_scores(neurons, x, t, layout, None, m), whole)
+        buf = torch.full((len(x), layout.total), float("nan"))
+        assert flat_mct_scores(neurons, x, t, layout, 1, m, buf) is buf and torch.equal(buf, want)
+    assert (want[~masks] == 0).all()  # pruned neurons score exactly 0

@@ -35,14 +35,17 @@ SCORES = ("abs", "signed")
 
 
 def mct_scores(neurons: Neurons, x: torch.Tensor, target: torch.Tensor,
-               masks: Sequence[torch.Tensor] | None = None) -> list[torch.Tensor]:
+               masks: Sequence[torch.Tensor] | None = None,
+               out: Sequence[torch.Tensor] | None = None) -> list[torch.Tensor]:
     """Signed ``a * dPhi/da`` per layer ``(B, *shape)`` in one forward/backward. With ``masks`` (0/1 per
     layer, bool or already in the activations' dtype) the network is the pruned one, ``a -> z = a * m``, and the
     score is ``z * dPhi/dz`` (GreedyPruning's Alg. 1 score on the current pathway; pruned neurons score 0).
 
     The gradient is taken at each layer's output ``z`` itself (the input enters the graph), not through a gate
     of ones: per layer that saves the gate's product and its gradient, two elementwise passes over every neuron
-    (issue 31). A model that changes a recorded output in place after the hook is an error, not a wrong score."""
+    (issue 31). A model that changes a recorded output in place after the hook is an error, not a wrong score.
+    ``out``: per-layer destinations (e.g. the views :meth:`Layout.split` makes of one ``(B, N)`` buffer), written
+    in place and returned, so a caller needing the flat scores does not concatenate them (issue 31)."""
     outs: list[tuple[torch.Tensor, int]] = []
 
     def gate(k: int, a: torch.Tensor) -> torch.Tensor:
@@ -58,7 +61,27 @@ def mct_scores(neurons: Neurons, x: torch.Tensor, target: torch.Tensor,
         if z._version != version:
             raise RuntimeError("the model changed a ReLU output in place after its hook; the neuron scores would be "
                                "read from the changed values (set inplace=False on the modules after it)")
-    return [(z.detach() * g).detach() for z, g in zip(zs, grads, strict=True)]
+    if out is None:
+        return [(z.detach() * g).detach() for z, g in zip(zs, grads, strict=True)]
+    return [torch.mul(z.detach(), g, out=o) for z, g, o in zip(zs, grads, out, strict=True)]
+
+
+def flat_mct_scores(neurons: Neurons, x: torch.Tensor, target: torch.Tensor, layout: Layout, chunk: int | None,
+                    masks: torch.Tensor | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
+    """:func:`mct_scores` of every image as one network-wide ``(B, N)`` tensor, ``chunk`` images per
+    forward/backward, written into ``out`` (allocated when ``None``; a pruning loop passes the same buffer every
+    round) through its per-layer views: no concatenation (issue 31). ``masks``: flat ``(B, N)`` gates."""
+    b = x.shape[0]
+    if out is None:
+        out = torch.empty(b, layout.total, device=x.device, dtype=x.dtype)
+    step = items_per_call(b, 1, chunk)
+    views = layout.split(out)
+    gates = None if masks is None else layout.split(masks)
+    for i in range(0, b, step):
+        rows = slice(i, i + step)
+        mct_scores(neurons, x[rows], target[rows], None if gates is None else [g[rows] for g in gates],
+                   [v[rows] for v in views])
+    return out
 
 
 def alpha_schedule(n_steps: int, schedule: str = "linear") -> tuple[torch.Tensor, torch.Tensor]:
@@ -120,10 +143,7 @@ class NeuronMCT(PathwayMethod):
         return 3.0 + self.BASE_FORWARDS
 
     def pathway(self, x: torch.Tensor, target: torch.Tensor, layout: Layout) -> tuple[torch.Tensor, dict]:
-        step = items_per_call(x.shape[0], 1, self.rows(x))
-        scores = torch.cat([layout.flatten(mct_scores(self.neurons, x[i : i + step], target[i : i + step]))
-                            for i in range(0, x.shape[0], step)])
-        return select(scores.abs(), self.sparsity), {}
+        return select(flat_mct_scores(self.neurons, x, target, layout, self.rows(x)).abs_(), self.sparsity), {}
 
 
 class NeuronIntGrad(PathwayMethod):

@@ -31,9 +31,9 @@ import torch
 from torch import nn
 
 from xattr.core.checks import check_choice, check_positive, check_positive_int
-from xattr.core.chunk import items_per_call
+from xattr.core.masks import as_float, greater
 from xattr.core.ranking import count_true, lowest_positive
-from xattr.methods.pathways.contributions import mct_scores
+from xattr.methods.pathways.contributions import flat_mct_scores
 from xattr.methods.pathways.neurons import DEFAULT_ACTIVATIONS, Layout
 from xattr.methods.pathways.pathway import PathwayMethod
 from xattr.methods.pathways.selection import percentile
@@ -83,15 +83,12 @@ class GreedyPruning(PathwayMethod):
         self.max_iterations = check_positive_int("max_iterations", max_iterations)
         self.iterations = check_positive_int("iterations", iterations)
 
-    def scores(self, x: torch.Tensor, target: torch.Tensor, layout: Layout, mask: torch.Tensor) -> torch.Tensor:
-        """``|a * dPhi/da|`` ``(B, N)`` in the network pruned by ``mask`` (pruned neurons score exactly 0)."""
-        step = items_per_call(x.shape[0], 1, self.rows(x))
-        gates = mask.to(torch.float32)  # once per round, split into per-layer views
-        s = torch.cat([
-            layout.flatten(mct_scores(self.neurons, x[i : i + step], target[i : i + step],
-                                      layout.split(gates[i : i + step])))
-            for i in range(0, x.shape[0], step)])
-        return s.abs_()
+    def scores(self, x: torch.Tensor, target: torch.Tensor, layout: Layout, mask: torch.Tensor,
+               out: torch.Tensor | None = None) -> torch.Tensor:
+        """``|a * dPhi/da|`` ``(B, N)`` in the network pruned by ``mask`` (pruned neurons score exactly 0),
+        written into ``out`` when given (the rounds reuse one buffer)."""
+        gates = as_float(mask)  # once per round, split into per-layer views
+        return flat_mct_scores(self.neurons, x, target, layout, self.rows(x), gates, out).abs_()
 
     def pathway(self, x: torch.Tensor, target: torch.Tensor, layout: Layout) -> tuple[torch.Tensor, dict]:
         if self.variant == "reference":
@@ -107,7 +104,7 @@ class GreedyPruning(PathwayMethod):
         iters = torch.zeros(b, dtype=torch.int64, device=x.device)
         s = self._live_scores(x, target, layout, mask)
         for _ in range(self.max_iterations):
-            live = s > 0  # kept with a non-zero score: pruned neurons score exactly 0 (scores)
+            live = greater(s, 0)  # kept with a non-zero score: pruned neurons score exactly 0 (scores)
             n_live = count_true(live)
             done |= n_live <= k
             if bool(done.all()):
@@ -115,13 +112,14 @@ class GreedyPruning(PathwayMethod):
             n_prune = torch.where(done, 0, (n_live - k).clamp(max=n_step))
             mask &= ~lowest_positive(s, n_prune)  # the n_prune lowest live scores, ties lower index first
             iters += (~done).long()
-            s = self._live_scores(x, target, layout, mask)
-        return mask & (s > 0), {"iterations": iters}
+            s = self._live_scores(x, target, layout, mask, s)
+        return mask & greater(s, 0), {"iterations": iters}
 
-    def _live_scores(self, x: torch.Tensor, target: torch.Tensor, layout: Layout, mask: torch.Tensor) -> torch.Tensor:
+    def _live_scores(self, x: torch.Tensor, target: torch.Tensor, layout: Layout, mask: torch.Tensor,
+                     out: torch.Tensor | None = None) -> torch.Tensor:
         """Alg. 1's scores with a NaN score as 0: never live, as ``mask & (s > 0)`` had it (the reference variant
-        keeps NaN, as the code's numpy comparisons do)."""
-        return self.scores(x, target, layout, mask).nan_to_num_(nan=0.0, posinf=math.inf)
+        keeps NaN, as the code's numpy comparisons do). ``out``: the previous round's scores, overwritten."""
+        return self.scores(x, target, layout, mask, out).nan_to_num_(nan=0.0, posinf=math.inf)
 
     def _reference(self, x: torch.Tensor, target: torch.Tensor, layout: Layout) -> tuple[torch.Tensor, dict]:
         b, n = x.shape[0], layout.total
@@ -132,5 +130,5 @@ class GreedyPruning(PathwayMethod):
             t = percentile(torch.where(s <= 0, s_max, s), min(1.0, i * self.percentile_step))
             mask = torch.where(s <= t[:, None], False, mask)
             mask = torch.where(s <= 0, True, mask)
-            s = self.scores(x, target, layout, mask)
+            s = self.scores(x, target, layout, mask, s)
         return mask, {"iterations": torch.full((b,), self.iterations, dtype=torch.int64, device=x.device)}

@@ -20,6 +20,7 @@ import math
 import numpy as np
 import torch
 
+from xattr.core.masks import greater, greater_equal
 from xattr.errors import XattrConfigError
 
 
@@ -77,5 +78,5 @@ def select(scores: torch.Tensor, sparsity: float, ties: str = "keep") -> torch.T
     # one comparison: "score >= t and score > 0" is "score >= max(t, the least positive value)"; with ties
     # "drop", "score > t and score > 0" is "score > max(t, 0)"
     if ties == "keep":
-        return scores >= torch.maximum(t, torch.nextafter(torch.zeros_like(t), torch.ones_like(t)))
-    return scores > t.clamp_min(0)
+        return greater_equal(scores, torch.maximum(t, torch.nextafter(torch.zeros_like(t), torch.ones_like(t))))
+    return greater(scores, t.clamp_min(0))
