@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from xattr.core.seeding import image_generators
 from xattr.errors import XattrConfigError
 from xattr.methods.pathways import DGR, GreedyPruning, NeuronMCT, Neurons
 from xattr.models.tiny import TinyCNN
@@ -171,7 +172,7 @@ def test_dgr_eq3_by_hand_on_a_two_layer_net():
             value = loss(leaf)
             (g,) = torch.autograd.grad(value, leaf)
             same = int((w2 @ (lam * a) + b2).argmax()) == int(p0.argmax())
-            if same and float(value) < best_loss:
+            if same and float(value.detach()) < best_loss:
                 best, best_loss, best_k = lam.clone(), float(value), k
             buf = 0.9 * buf + g
             lam = (lam - lr * buf).clamp(0, 100)
@@ -267,3 +268,50 @@ def test_greedy_paper_prunes_n_step_per_round_down_to_exactly_k_on_an_all_live_n
         assert exp.aux["pathway/iterations"].tolist() == [-(-(n - k) // n_step)] * 2, step
     ref = GreedyPruning(net, variant="reference", iterations=3).explain(x, t)
     assert ref.aux["pathway/iterations"].tolist() == [3, 3]
+
+
+def test_dgr_retries_by_hand_where_some_images_find_a_pathway_and_others_retry():
+    """DGR's retry rounds (``cdrp/main2.py``), written here per image from eq. 3: a round of SGD with momentum from
+    the gates where the previous round stopped (momentum kept); an image whose iterates never predict the original
+    class divides gamma by 10 and goes on, the others stop. On Linear(5, 4) -> ReLU (gated) -> Linear(4, 2), whose
+    two logits are near equal, the U[0, 1] initial gates flip some images' class: the batch mixes images done in
+    round 1 (the whole-batch step) with images that retry (the step on the remaining images), and the kept gates,
+    losses, rounds and gammas must equal the per-image loop's."""
+    torch.manual_seed(5)
+    net = nn.Sequential(nn.Linear(5, 4), nn.ReLU(), nn.Linear(4, 2)).eval()
+    with torch.no_grad():
+        net[0].bias.fill_(0.3)
+        net[2].weight.copy_(torch.tensor([[1.0, 0.9, 0.0, 0.2], [0.0, 0.2, 1.0, 0.9]]))
+        net[2].bias.zero_()
+    x = torch.rand(8, 5, generator=torch.Generator().manual_seed(2))
+    gamma, lr, iters, tries, seed = 0.2, 0.3, 4, 3, 4
+    dgr = DGR(net, gamma=gamma, lr=lr, iterations=iters, max_retries=tries, init="uniform", seed=seed)
+    with torch.no_grad():
+        layout = dgr.neurons.layout(x)
+    gates, aux = dgr.optimise(x, layout)
+    assert 1 in aux["rounds"].tolist() and max(aux["rounds"].tolist()) > 1  # a mixed batch
+    w1, b1, w2, b2 = (p.detach() for p in (net[0].weight, net[0].bias, net[2].weight, net[2].bias))
+    for i in range(len(x)):
+        a = torch.relu(w1 @ x[i] + b1)
+        p0 = torch.softmax(w2 @ a + b2, 0)
+        lam = torch.rand(4, generator=image_generators(x[i : i + 1], seed)[0])  # the method's U[0, 1] draw
+        buf, best, best_loss, g, rounds = torch.zeros(4), lam.clone(), float("inf"), gamma, 0
+        for r in range(tries):
+            if r:
+                g /= 10
+            rounds += 1
+            for _ in range(iters):
+                leaf = lam.clone().requires_grad_(True)
+                value = -(p0 * torch.log(torch.softmax(w2 @ (leaf * a) + b2, 0) + 1e-20)).sum() + g * leaf.abs().sum()
+                (grad,) = torch.autograd.grad(value, leaf)
+                if int((w2 @ (lam * a) + b2).argmax()) == int(p0.argmax()) and float(value.detach()) < best_loss:
+                    best, best_loss = lam.clone(), float(value.detach())
+                buf = 0.9 * buf + grad
+                lam = (lam - lr * buf).clamp(0, 100)
+            if best_loss < float("inf"):
+                break
+        assert int(aux["rounds"][i]) == rounds and bool(aux["found"][i]) == (best_loss < float("inf"))
+        assert float(aux["gamma"][i]) == pytest.approx(g, rel=1e-6)
+        torch.testing.assert_close(gates[i], best if best_loss < float("inf") else lam, rtol=1e-5, atol=1e-6)
+        if best_loss < float("inf"):
+            assert float(aux["dgr_loss"][i]) == pytest.approx(best_loss, rel=1e-5, abs=1e-6)

@@ -103,6 +103,32 @@ class DGR(PathwayMethod):
         loss = -(p_orig * torch.log(prob + 1e-20)).sum(1) + gamma * lam.abs().sum(1)
         return loss, logits.argmax(1)
 
+    def _step(self, x: torch.Tensor, lam: torch.Tensor, layout: Layout, p_orig: torch.Tensor,
+              gamma: torch.Tensor, sign: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+        """One step at the gates ``lam`` ``(B, N)`` of every image of the batch: the loss ``(B,)``, the prediction
+        and the loss's gradient per layer (views' shapes). The same numbers as :meth:`_loss` and autograd, with
+        no ``(B, N)`` tensor allocated per step (issue 31):
+
+        - the gradient is taken at each layer's view of ``lam`` (a leaf each, sharing its memory: ``lam`` is
+          only updated after the graph is gone), so autograd does not concatenate the per-layer gradients
+          into ``(B, N)`` (``split``'s backward) and the iterate is not copied;
+        - the penalty ``gamma * sum |lambda|`` is added by hand: its value is the sum of ``lam`` (the gates are
+          clamped at 0, so ``|lambda| = lambda`` and the same reduction gives the same sum), its gradient
+          ``gamma * sgn(lambda)`` (``abs``'s backward; ``sign`` is the buffer it is written to) is added to the
+          distillation gradient once: the one rounding of autograd's accumulation (in either order; the
+          product ``gamma * sgn`` is exact)."""
+        gates = [v.detach().requires_grad_(True) for v in layout.split(lam)]
+        logits, _ = self.neurons.forward(x, lambda k, a: a * gates[k])
+        prob = logits.float().softmax(1)
+        distill = -(p_orig * torch.log(prob + 1e-20)).sum(1)
+        grads = list(torch.autograd.grad(distill.sum(), gates))
+        with torch.no_grad():
+            penalty = gamma * lam.sum(1)
+            torch.sgn(lam, out=sign)
+            torch._foreach_addcmul_(grads, [gamma.view(-1, *([1] * len(sh))) for sh in layout.shapes],
+                                    layout.split(sign))
+        return distill.detach() + penalty, logits.argmax(1), grads
+
     def optimise(self, x: torch.Tensor, layout: Layout) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The kept gates ``(B, N)`` and the auxiliaries (see module docstring)."""
         b, dev = x.shape[0], x.device
@@ -116,6 +142,7 @@ class DGR(PathwayMethod):
         found = torch.zeros(b, dtype=torch.bool, device=dev)
         gamma = torch.full((b,), self.gamma, device=dev)
         rounds = torch.zeros(b, dtype=torch.int64, device=dev)
+        sign, delta = torch.empty_like(lam), torch.empty_like(lam)  # buffers of the full-batch steps
         for r in range(self.max_retries):
             idx = torch.nonzero(~found).flatten()
             if idx.numel() == 0:
@@ -126,19 +153,29 @@ class DGR(PathwayMethod):
             full = idx.numel() == b
             xs, ps, gs = (x, p_orig, gamma) if full else (x[idx], p_orig[idx], gamma[idx])
             for _ in range(self.iterations):
-                leaf = (lam if full else lam[idx]).detach().clone().requires_grad_(True)
-                loss, pred = self._loss(xs, leaf, layout, ps, gs)
-                (grad,) = torch.autograd.grad(loss.sum(), [leaf])
-                better = (pred == pred0[idx]) & (loss.detach() < best_loss[idx])
-                if bool(better.any()):
+                if full:
+                    loss, pred, grads = self._step(xs, lam, layout, ps, gs, sign)
+                    current = lam
+                else:
+                    current = lam[idx].detach().clone().requires_grad_(True)
+                    loss, pred = self._loss(xs, current, layout, ps, gs)
+                    (grad,) = torch.autograd.grad(loss.sum(), [current])
+                    loss, current = loss.detach(), current.detach()
+                better = (pred == pred0[idx]) & (loss < best_loss[idx])
+                if full and bool(better.all()):
+                    best.copy_(current)
+                    best_loss.copy_(loss)
+                    found.fill_(True)
+                elif bool(better.any()):
                     sel = idx[better]
-                    best[sel] = leaf.detach()[better]
-                    best_loss[sel] = loss.detach()[better]
+                    best[sel] = current[better]
+                    best_loss[sel] = loss[better]
                     found[sel] = True
                 with torch.no_grad():
                     if full:
-                        buf.mul_(self.momentum).add_(grad)
-                        lam.sub_(self.lr * buf).clamp_(0, self.clamp)
+                        buf.mul_(self.momentum)
+                        torch._foreach_add_(layout.split(buf), grads)
+                        lam.sub_(torch.mul(buf, self.lr, out=delta)).clamp_(0, self.clamp)
                     else:
                         buf[idx] = buf[idx] * self.momentum + grad
                         lam[idx] = (lam[idx] - self.lr * buf[idx]).clamp(0, self.clamp)
