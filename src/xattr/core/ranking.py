@@ -79,16 +79,54 @@ def count_true(mask: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(np.count_nonzero(mask.numpy(), axis=1).astype(np.int64))
 
 
+#: a row whose minimum repeats on more than this share of its entries is selected above the minimum
+HEAVY_MIN_TIES = 1 / 16
+
+
+def rank_values(a: np.ndarray, r: int, next_too: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+    """Per row of ``a`` ``(B, N)`` its value at the 0-based rank ``r`` (``0 <= r < N``; NaN ranks last, as in
+    ``np.partition``) and, with ``next_too`` (``r + 1 < N``), the value at rank ``r + 1``: the least value right of
+    ``r`` after the partition.
+
+    One ``np.partition`` of the block with the single ``kth`` ``r`` (numpy's SIMD selection). Why the rows with a
+    repeated minimum are treated apart: that selection degrades when the row's minimum fills a large share of it
+    (numpy 2.4 here: 1.4 s instead of 30 ms for a row of 13.5 M float32 half zeros, VGG-16's neuron scores at 224 px
+    with their dead ReLUs at 0; 38 ms instead of 2.2 ms for 8 rows of 188 416 with 90% zeros, a pruned pathway).
+    A row whose minimum ``m`` repeats ``c > N / 16`` times (and has no NaN) takes ``m`` for the ranks below ``c``
+    and selects among its values above ``m`` for the others: the same values."""
+    b, n = a.shape
+    lo = a.min(axis=1) if n else np.empty(0, a.dtype)
+    ties = np.count_nonzero(a == lo[:, None], axis=1)  # 0 on a row with NaN (its min is NaN)
+    heavy = np.flatnonzero(ties > n * HEAVY_MIN_TIES)
+    out = np.empty(b, dtype=a.dtype)
+    nxt = np.empty(b, dtype=a.dtype) if next_too else None
+    plain = np.setdiff1d(np.arange(b), heavy, assume_unique=True)
+    if plain.size:
+        part = np.partition(a if plain.size == b else a[plain], r, axis=1)
+        out[plain] = part[:, r]
+        if nxt is not None:
+            nxt[plain] = part[:, r + 1:].min(axis=1)
+    for i in heavy.tolist():
+        c, m = int(ties[i]), lo[i]
+        rest = a[i][a[i] > m]  # the values above the minimum (no NaN in a heavy row)
+        if r >= c:
+            rest = np.partition(rest, r - c)
+        out[i] = m if r < c else rest[r - c]
+        if nxt is not None:
+            nxt[i] = m if r + 1 < c else rest[r + 1 - c:].min() if r >= c else rest.min()
+    return out, nxt
+
+
 def _nth_numpy(a: np.ndarray, ranks: np.ndarray) -> np.ndarray:
     """Per row of ``a`` ``(B, N)`` its value at the 0-based rank ``ranks[b]`` (in ``[0, N)``): rows of equal rank
-    share one ``np.partition`` call with a single ``kth``."""
+    share one selection (:func:`rank_values`)."""
     out = np.empty(a.shape[0], dtype=a.dtype)
     by_rank: dict[int, list[int]] = {}
     for i, r in enumerate(ranks.tolist()):
         by_rank.setdefault(r, []).append(i)
     for r, rows in by_rank.items():
         block = a if len(rows) == a.shape[0] else a[rows]
-        out[rows] = np.partition(block, r, axis=1)[:, r]
+        out[rows] = rank_values(block, r)[0]
     return out
 
 
