@@ -549,11 +549,11 @@ def test_rank_values_on_rows_mostly_at_their_minimum_equal_a_sort_and_skip_the_m
     n = 64
     rows = [np.abs(rng.standard_normal(n)), rng.standard_normal(n), np.full(n, 1.5), rng.standard_normal(n)]
     rows[0][:40] = 0.0  # 40 zeros of 64
-    rows[1][rng.permutation(n)[:20]] = -7.0  # a negative minimum, 20 times
+    rows[1][rng.permutation(n)[:36]] = -7.0  # a negative minimum, 36 times
     rows[3][[5, 9]] = np.nan  # NaN: the plain path
     a = np.stack(rows).astype(np.float32)
     want = np.sort(a, axis=1)
-    for r in (0, 19, 20, 39, 40, 41, 62):
+    for r in (0, 19, 35, 36, 39, 40, 41, 62):
         v, nxt = ranking.rank_values(a, r, next_too=True)
         assert np.array_equal(v, want[:, r], equal_nan=True), r
         assert np.array_equal(nxt, np.min(want[:, r + 1:], axis=1), equal_nan=True), r
@@ -567,4 +567,9 @@ def test_rank_values_on_rows_mostly_at_their_minimum_equal_a_sort_and_skip_the_m
     real = np.partition
     monkeypatch.setattr(np, "partition", lambda x, k, **kw: sizes.append(np.shape(x)) or real(x, k, **kw))
     ranking.rank_values(a, 50)
-    assert sorted(sizes) == [(1, n), (n - 40,), (n - 20,)]  # the NaN row whole; rows 0, 1 above their minimum; 2 none
+    assert sorted(sizes) == [(1, n), (n - 40,), (n - 36,)]  # the NaN row whole; rows 0, 1 above their minimum; 2 none
+    sizes.clear()
+    b = a.copy()  # row 1 with 26 ties of 64: under half, the plain selection (with the NaN row)
+    b[1][np.flatnonzero(b[1] == -7.0)[:10]] = 1.0
+    ranking.rank_values(b, 50)
+    assert sorted(sizes) == [(2, n), (n - 40,)]

@@ -31,6 +31,7 @@ from torch import nn
 from xattr.core.checks import check_choice
 from xattr.core.chunk import check_chunk, items_per_call, resolve_chunk
 from xattr.core.hooks import frozen
+from xattr.core.masks import as_float
 from xattr.core.ranking import count_true
 from xattr.methods.base import Attribution, Explanation
 from xattr.methods.pathways.maps import check_opening, check_reduce, finish_map
@@ -126,7 +127,7 @@ class PathwayMethod(Attribution):
         with frozen(self.model):
             layout = self.neurons.layout(x)
             mask, extra = self.pathway(x, target, layout)
-            grads, phi = pathway_gradient(self.neurons, x, target, layout.split(mask.to(x.dtype)), self.pruned,
+            grads, phi = pathway_gradient(self.neurons, x, target, layout.split(as_float(mask, x.dtype)), self.pruned,
                                           self.rows(x))  # float gates converted once, not per layer
         maps = finish_map(grads, self.reduce, self.opening_size)
         b = x.shape[0]
