@@ -91,6 +91,7 @@ MODULES: dict[str, list[str]] = {
     "methods/pathways/selection.py": ["tests/test_pathways_methods.py", "tests/test_pathways_pruning.py",
                                       "tests/reference/test_dgr_ties.py"],
     "methods/pathways/inputs.py": ["tests/test_pathways_methods.py"],
+    "core/masks.py": ["tests/test_core_masks.py", "tests/test_pathways_methods.py", "tests/test_pathways_pruning.py"],
     "metrics/insertion_deletion.py": ["tests/test_metrics_insdel_points.py", "tests/reference/test_insertion_deletion.py",
                                       "tests/test_metric_names.py"],
     "metrics/degradation.py": ["tests/test_metrics_perturbation.py", "tests/reference/test_bbox_sensitivity_degradation.py",
