@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -190,16 +192,21 @@ def test_dgr_defaults_are_the_papers_and_bad_values_are_one_line(cnn):
     cost: the clean forward, 3 per iteration (a forward and a backward), and the 4 forwards every pathway
     method spends besides its selection (pathway.BASE_FORWARDS), rounds 1 .. max_retries."""
     h = DGR(cnn).hparams
-    assert {k: h[k] for k in ("gamma", "lr", "momentum", "iterations", "clamp", "max_retries", "sparsity", "init")} == {
+    assert {k: h[k] for k in ("gamma", "lr", "momentum", "iterations", "clamp", "max_retries", "sparsity", "init",
+                              "seed", "opening_size", "pruned", "ties")} == {
         "gamma": 0.01, "lr": 0.01, "momentum": 0.9, "iterations": 1000, "clamp": 100.0, "max_retries": 100,
-        "sparsity": 0.7, "init": "one"}
-    for kw, named in [({"gamma": -0.1}, "gamma"), ({"gamma": True}, "gamma"), ({"gamma": "x"}, "gamma"),
-                      ({"lr": 0.0}, "lr"), ({"clamp": 0.0}, "clamp"), ({"momentum": 1.0}, "momentum"),
-                      ({"momentum": -0.1}, "momentum"), ({"iterations": 0}, "iterations"),
-                      ({"max_retries": 0}, "max_retries")]:
-        with pytest.raises(XattrConfigError, match=named) as err:
+        "sparsity": 0.7, "init": "one", "seed": 0, "opening_size": 0, "pruned": "zero", "ties": "drop"}
+    for kw, line in [({"gamma": -0.1}, "bad gamma -0.1; valid choices: a number >= 0"),
+                     ({"gamma": True}, "bad gamma True; valid choices: a number >= 0"),
+                     ({"gamma": "x"}, "bad gamma 'x'; valid choices: a number >= 0"),
+                     ({"lr": 0.0}, "bad lr 0.0; valid choices: a number > 0"),
+                     ({"clamp": 0.0}, "bad clamp 0.0; valid choices: a number > 0"),
+                     ({"momentum": 1.0}, r"bad momentum 1.0; valid choices: a number in \[0, 1\)"),
+                     ({"momentum": -0.1}, r"bad momentum -0.1; valid choices: a number in \[0, 1\)"),
+                     ({"iterations": 0}, "bad iterations 0; valid choices: an integer >= 1"),
+                     ({"max_retries": 0}, "bad max_retries 0; valid choices: an integer >= 1")]:
+        with pytest.raises(XattrConfigError, match="^" + line + "$"):
             DGR(cnn, **kw)
-        assert "\n" not in str(err.value)
     DGR(cnn, gamma=0, momentum=0.0, iterations=1, max_retries=1)  # the edges are valid
     dgr = DGR(cnn, iterations=7, max_retries=3)
     assert dgr.forwards_per_image((3, 10, 10)) == 1 + 3 * 7 + 4
@@ -315,3 +322,35 @@ def test_dgr_retries_by_hand_where_some_images_find_a_pathway_and_others_retry()
         torch.testing.assert_close(gates[i], best if best_loss < float("inf") else lam, rtol=1e-5, atol=1e-6)
         if best_loss < float("inf"):
             assert float(aux["dgr_loss"][i]) == pytest.approx(best_loss, rel=1e-5, abs=1e-6)
+
+
+def test_dgr_loss_and_gradient_by_hand_at_given_gates_where_a_probability_underflows():
+    """Eq. 3 at given gates, written here: hidden units a = (1, 1, 1), logits W2 (lambda * a) = (0, 10) at lambda = 1
+    (p_orig = softmax(0, 10): the first class keeps 4.5e-5), and at lambda = 100 the logits (0, 1000) make softmax's
+    first probability 0 in float32: the loss is -p0[0] log(0 + 1e-20) - p0[1] log(1 + 1e-20) + gamma * 300, finite
+    only through the 1e-20. The whole-batch step (``_step``) and the retry rounds' path (``_loss`` and autograd)
+    give that value and autograd's gradient of the formula."""
+    net = nn.Sequential(nn.Linear(2, 3), nn.ReLU(), nn.Linear(3, 2)).eval()
+    with torch.no_grad():
+        net[0].weight.zero_()
+        net[0].bias.fill_(1.0)
+        net[2].weight.copy_(torch.tensor([[0.0, 0.0, 0.0], [10 / 3, 10 / 3, 10 / 3]]))
+        net[2].bias.zero_()
+    x, gamma = torch.zeros(1, 2), 0.05
+    dgr = DGR(net, gamma=gamma)
+    with torch.no_grad():
+        layout = dgr.neurons.layout(x)
+    p0 = torch.softmax(torch.tensor([[0.0, 10.0]]), 1)
+    lam = torch.tensor([[100.0, 100.0, 100.0]])
+    leaf = lam.clone().requires_grad_(True)
+    logits = (leaf * torch.ones(3)) @ net[2].weight.detach().T
+    hand = -(p0 * torch.log(torch.softmax(logits, 1) + 1e-20)).sum(1) + gamma * leaf.abs().sum(1)
+    (hand_grad,) = torch.autograd.grad(hand.sum(), leaf)
+    assert float(torch.softmax(logits, 1)[0, 0]) == 0.0 and float(hand[0]) == pytest.approx(
+        -float(p0[0, 0]) * math.log(1e-20) + gamma * 300, rel=1e-5)
+    g = torch.full((1,), gamma)
+    loss, pred = dgr._loss(x, leaf.detach().clone(), layout, p0, g)
+    assert float(loss[0]) == pytest.approx(float(hand[0]), rel=1e-6) and pred.tolist() == [1]
+    loss, pred, grads = dgr._step(x, lam.clone(), layout, p0, g, torch.empty_like(lam))
+    assert float(loss[0]) == pytest.approx(float(hand[0]), rel=1e-6) and pred.tolist() == [1]
+    torch.testing.assert_close(layout.flatten(grads), hand_grad, rtol=1e-5, atol=1e-9)
