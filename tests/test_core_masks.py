@@ -49,3 +49,19 @@ def test_as_float_is_to(dtype):
     out = as_float(m, dtype)
     assert out.dtype == dtype and torch.equal(out, m.to(dtype))
     assert torch.equal(as_float(m[:, ::2]), m[:, ::2].float())
+
+
+def test_cpu_float_tensors_take_numpys_loops_and_others_torchs(monkeypatch):
+    """The speed design, pinned (the values are equal either way): a CPU float32/float64 comparison and cast run
+    in numpy; bfloat16 (no numpy dtype) runs in torch."""
+    import numpy as np
+
+    calls: list[str] = []
+    for name in ("greater", "greater_equal"):
+        real = getattr(np, name)
+        monkeypatch.setattr(np, name, lambda *a, _r=real, _n=name, **k: calls.append(_n) or _r(*a, **k))
+    v = torch.randn(3, 5)
+    greater(v, 0.0), greater_equal(v.double(), torch.zeros(3, 1))
+    assert calls == ["greater", "greater_equal"]
+    greater(v.bfloat16(), 0.0)
+    assert calls == ["greater", "greater_equal"]
