@@ -573,3 +573,11 @@ def test_rank_values_on_rows_mostly_at_their_minimum_equal_a_sort_and_skip_the_m
     b[1][np.flatnonzero(b[1] == -7.0)[:10]] = 1.0
     ranking.rank_values(b, 50)
     assert sorted(sizes) == [(2, n), (n - 40,)]
+
+
+def test_intgrad_scores_default_is_the_papers_50_steps():
+    """eq. 13 with the paper's 50 integration steps (appendix C; the code's 10 is NeuronIntGrad's default)."""
+    import inspect
+
+    assert inspect.signature(intgrad_scores).parameters["n_steps"].default == 50
+    assert NeuronIntGrad(TinyCNN(5).eval()).n_steps == 10
