@@ -581,3 +581,27 @@ def test_intgrad_scores_default_is_the_papers_50_steps():
 
     assert inspect.signature(intgrad_scores).parameters["n_steps"].default == 50
     assert NeuronIntGrad(TinyCNN(5).eval()).n_steps == 10
+
+
+def test_pathway_forward_prunes_to_zero_by_default_and_chunk_is_kept(cnn, images):
+    """``pathway_forward``'s default is the code's ``pruned: zero``; a method keeps its ``chunk``."""
+    x, _ = images
+    neurons = Neurons(cnn)
+    layout = neurons.layout(x)
+    masks = layout.split((torch.rand(len(x), layout.total, generator=torch.Generator().manual_seed(2)) > 0.5).float())
+    assert torch.equal(pathway_forward(neurons, x, masks), pathway_forward(neurons, x, masks, "zero"))
+    assert not torch.equal(pathway_forward(neurons, x, masks), pathway_forward(neurons, x, masks, "freeze"))
+    assert NeuronMCT(cnn, chunk=2).chunk == 2 and NeuronMCT(cnn).chunk is None
+
+
+def test_percentile_on_the_device_path_equals_numpy(monkeypatch):
+    """The device path (``torch.kthvalue`` at ranks ``lo`` and ``lo + 1``), run here on the CPU, equals
+    ``np.percentile`` with its interpolation, as the CPU path does."""
+    import numpy as np
+
+    from xattr.methods.pathways import selection
+
+    monkeypatch.setattr(selection, "_ranked_numpy", selection._ranked_torch)
+    s = torch.randn(3, 101, generator=torch.Generator().manual_seed(4))
+    for q in (0.0, 0.333, 0.5, 0.7, 0.999, 1.0):
+        torch.testing.assert_close(percentile(s, q), torch.tensor(np.percentile(s.numpy(), 100 * q, axis=1)).float())

@@ -57,10 +57,13 @@ def test_greedy_reference_variant_restores_zero_scores():
     Then layer 2 is off: every score is 0, so round 2 (t = 0) restores everything."""
     net, x, t = dead_trap(), torch.ones(1, 1), torch.tensor([0])
     rounds = {k: GreedyPruning(net, variant="reference", iterations=k, percentile_step=0.4).explain_pathway(x, t)[0]
-              for k in (1, 2, 3)}
+              for k in (1, 2, 3, 4)}
     assert rounds[1].tolist() == [False, True, True, True, True, True]
     assert rounds[2].tolist() == [True, True, True, False, False, False]
     assert rounds[3].tolist() == [True] * 6
+    # round 3 asks for the 120th percentile, capped at the 100th: t = the largest score (1.12, zeros raised to it),
+    # everything pruned, the zero scores w and d restored
+    assert rounds[4].tolist() == [False, False, True, False, True, False]
 
 
 @pytest.fixture(scope="module")
@@ -252,6 +255,8 @@ def test_greedy_defaults_and_bad_values_are_one_line():
     assert cost() == 3 * 71 + 4 and cost(variant="reference") == 3 * 100 + 4
     assert cost(prune_step=0.07) == 3 * 11 + 4  # 0.7 / 0.07 = 10.000000000000002 in floats: 10 rounds, not 11
     assert cost(max_iterations=5) == 3 * 6 + 4 and cost(variant="reference", iterations=7) == 3 * 8 + 4
+    # the stated cost is the most rounds (cost_bounds' upper end 1), the loop may stop after a quarter of them
+    assert GreedyPruning.cost_bounds == (0.25, 1.0) and GreedyPruning.name == "greedy_pruning"
 
 
 def test_greedy_paper_prunes_n_step_per_round_down_to_exactly_k_on_an_all_live_net():
@@ -275,6 +280,15 @@ def test_greedy_paper_prunes_n_step_per_round_down_to_exactly_k_on_an_all_live_n
         assert exp.aux["pathway/iterations"].tolist() == [-(-(n - k) // n_step)] * 2, step
     ref = GreedyPruning(net, variant="reference", iterations=3).explain(x, t)
     assert ref.aux["pathway/iterations"].tolist() == [3, 3]
+    # the loop stops once every image is done: one layout probe, the first scores, one scoring pass per round
+    # and the pathway gradient are all the forwards (max_iterations 1000 is never reached)
+    calls = []
+    handle = net[0].register_forward_hook(lambda *_: calls.append(1))
+    try:
+        exp = GreedyPruning(net, sparsity=0.7, prune_step=0.05).explain(x, t)
+    finally:
+        handle.remove()
+    assert len(calls) == 1 + 1 + int(exp.aux["pathway/iterations"][0]) + 1
 
 
 def test_dgr_retries_by_hand_where_some_images_find_a_pathway_and_others_retry():
@@ -354,3 +368,13 @@ def test_dgr_loss_and_gradient_by_hand_at_given_gates_where_a_probability_underf
     loss, pred, grads = dgr._step(x, lam.clone(), layout, p0, g, torch.empty_like(lam))
     assert float(loss[0]) == pytest.approx(float(hand[0]), rel=1e-6) and pred.tolist() == [1]
     torch.testing.assert_close(layout.flatten(grads), hand_grad, rtol=1e-5, atol=1e-9)
+
+
+def test_greedy_alg1_scores_nan_as_zero_never_live():
+    """Alg. 1's scores with a NaN (an overflowing network) count it as 0: never live, never pruned (the reference
+    variant keeps NaN, as the code's numpy comparisons do)."""
+    net = TinyCNN(4).eval()
+    g = GreedyPruning(net)
+    raw = torch.tensor([[0.5, float("nan"), 0.0, float("inf"), 2.0]])
+    g.scores = lambda *a, **k: raw.clone()
+    assert g._live_scores(None, None, None, None).tolist() == [[0.5, 0.0, 0.0, float("inf"), 2.0]]
