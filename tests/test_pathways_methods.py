@@ -581,6 +581,9 @@ def test_intgrad_scores_default_is_the_papers_50_steps():
 
     assert inspect.signature(intgrad_scores).parameters["n_steps"].default == 50
     assert NeuronIntGrad(TinyCNN(5).eval()).n_steps == 10
+    # the cost counts layers as modules; a module called up to three times in the forward (a ResNet block's ReLU,
+    # the class comment) makes the run up to 3x the stated cost, never less
+    assert NeuronIntGrad.cost_bounds == (1.0, 3.0)
 
 
 def test_pathway_forward_prunes_to_zero_by_default_and_chunk_is_kept(cnn, images):
