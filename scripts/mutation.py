@@ -116,6 +116,10 @@ COPY = ("src", "tests", "conf", "assets", "pyproject.toml", "examples", "scripts
 PYTEST_ARGS = ["-q", "-x", "-p", "no:cacheprovider", "-p", "no:xdist", "-p", "no:unraisableexception",
                "-p", "no:threadexception", "-m", "not slow"]
 SKIP_PRELOAD = ("xattr", "tests", "conftest", "test_", "__main__", "__mp_main__")
+#: set in every forked child: a test that re-runs ``sys.argv`` (Lightning's DDP launcher starts ``[python, *sys.argv]``
+#: for each further rank, e.g. under readout's ``devices=1`` -> ``devices=2`` mutant) starts this script again; with
+#: it set, that copy stops at once instead of running mutants itself (session 10's "runaway runner")
+CHILD_ENV = "XATTR_MUTATION_CHILD"
 
 
 def hold_lock() -> None:
@@ -236,6 +240,7 @@ def coverage_pass(work: Path, module: str, tmp: Path) -> dict:
     pid = os.fork()
     if pid == 0:  # child
         try:
+            os.environ[CHILD_ENV] = "coverage"
             import pytest
             tracer = _Tracer(target)
             tracer.start()
@@ -312,6 +317,7 @@ def run_one(nodeids: list[str], limit: float, tmp: Path) -> tuple[str, float]:
             os.dup2(fd, 2)
             sys.dont_write_bytecode = True  # never a stale .pyc of a mutant
             signal.alarm(int(limit) + 1)  # SIGALRM's default action ends the child: a hang is a kill
+            os.environ[CHILD_ENV] = "mutant"
             import pytest
             code = int(pytest.main([*PYTEST_ARGS, "--basetemp", str(tmp), *nodeids]))
         finally:
@@ -436,6 +442,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--retest", action="store_true", help="re-run the mutants not killed before")
     p.add_argument("--report", action="store_true", help="print the table from the results so far; run nothing")
     a = p.parse_args(argv)
+    if os.environ.get(CHILD_ENV):
+        print(f"error: started from a runner's {os.environ[CHILD_ENV]} child (a test re-ran sys.argv, e.g. "
+              "Lightning's DDP launcher); not running", file=sys.stderr, flush=True)
+        return 3
     if a.list:
         for m, t in MODULES.items():
             print(m, " ".join(t))
