@@ -231,3 +231,36 @@ def test_regression_iba_options_defaults_cost_and_its_whole_error_lines():
     assert torch.equal(scalar, one.explain(x, torch.tensor([0.5, 0.5])).maps)
     with pytest.raises(ValueError, match=r"^target has 3 entries for a batch of 2$"):
         one.explain(x, torch.zeros(3))
+
+
+def test_lightning_wrapper_registers_the_network_so_it_moves_with_the_module():
+    """Lightning moves a module's registered children to the device (``.to``): the wrapper's ``net`` is the
+    method's network, so moving the wrapper (here to float64) moves the network the method optimises through."""
+    from xattr.methods.iba.per_sample import PerSampleIBAModule
+
+    model = TinyCNN(num_classes=5).eval()
+    module = PerSampleIBAModule(PerSampleIBA(model, "conv2"))
+    assert module.net is model
+    module.to(torch.float64)
+    assert all(p.dtype == torch.float64 for p in model.parameters())
+
+
+def test_token_bottleneck_blurs_on_the_inputs_patch_grid(monkeypatch):
+    """On a ViT token layer the blur of eq. 7 acts on the patch grid, whose aspect ratio is the input's ``(H, W)``
+    (a 32 x 32 image in 8 px patches: a 4 x 4 grid, the class token aside)."""
+    from tests.test_vit_methods import _iba, tiny_vit
+    from xattr.methods.iba.bottleneck import TokenBottleneck
+
+    seen = []
+    lam = TokenBottleneck.lam
+
+    def spy(self, alpha):
+        seen.append((self.image_hw, tuple(self.layout.to_grid(alpha, self.image_hw).shape[-2:])))
+        return lam(self, alpha)
+
+    monkeypatch.setattr(TokenBottleneck, "lam", spy)
+    net = tiny_vit(1)
+    x = torch.randn(1, 3, 32, 32)
+    iba, _ = _iba(net, "encoder.layers.encoder_layer_0", x, steps=1, copies=1)
+    iba.optimize(x, torch.tensor([0]))
+    assert seen == [((32, 32), (4, 4))]
