@@ -2,7 +2,8 @@
 
 Each module in ``MODULES`` is mutated one change at a time (mutmut 2's mutation operators: an operator, a
 constant, a keyword, a string changed) and the fast tests that pin it are run against every mutant; a mutant
-that makes a test fail (or error, or hang past its time limit) is *killed*. The score is killed / all mutants.
+that makes a test fail (or error, hang past its time limit, or die by a signal) is *killed*. The score is
+killed / all mutants.
 
 Why not ``mutmut run``: it starts a fresh pytest (and a fresh ``import torch``) per mutant and runs every test
 file of the module (20-40 s a mutant on this 2-core machine). This script keeps mutmut only as the mutant
@@ -120,6 +121,10 @@ SKIP_PRELOAD = ("xattr", "tests", "conftest", "test_", "__main__", "__mp_main__"
 #: for each further rank, e.g. under readout's ``devices=1`` -> ``devices=2`` mutant) starts this script again; with
 #: it set, that copy stops at once instead of running mutants itself (session 10's "runaway runner")
 CHILD_ENV = "XATTR_MUTATION_CHILD"
+#: the verdicts that count as killed: a test failed or errored, the run hung past its limit, or the test process
+#: died by a signal (e.g. readout's ``devices=2`` mutant: Lightning's DDP launcher SIGKILLs rank 0 when the
+#: re-launched rank 1 stops at once)
+KILLED = ("killed", "timeout", "crashed")
 
 
 def hold_lock() -> None:
@@ -366,7 +371,7 @@ def run_module(work: Path, module: str, retest: bool) -> str:
             for i, mid in enumerate(mids, 1):
                 k = key(mid)
                 old = done.get(k)
-                if old and (old["status"] in ("killed", "timeout") or not retest):
+                if old and (old["status"] in KILLED or not retest):
                     continue
                 ln = mid.line_number + 1  # mutmut counts lines from 0
                 first, last = span.get(ln, (ln, ln))
@@ -416,17 +421,17 @@ def summary(module: str, seconds: float | None = None) -> str:
     mids = mutants(REPO / rel, rel)
     done = read_results(module)
     tested = [(m, done[key(m)]) for m in mids if key(m) in done]
-    killed = sum(r["status"] in ("killed", "timeout") for _, r in tested)
+    killed = sum(r["status"] in KILLED for _, r in tested)
     with open(OUT / f"{slug(module)}.survivors.txt", "w") as f:
         for m, r in tested:
-            if r["status"] not in ("killed", "timeout"):
+            if r["status"] not in KILLED:
                 diff = difflib.unified_diff(original.splitlines(True), mutant_source(original, rel, m).splitlines(True),
                                             rel, rel + " (mutant)", n=1)
                 f.write(f"# line {m.line_number + 1}, mutant {m.index}: {r['status']}\n{''.join(diff)}\n")
     tally: dict[str, int] = {}
     for _, r in tested:
         tally[r["status"]] = tally.get(r["status"], 0) + 1
-    others = ", ".join(f"{k} {v}" for k, v in sorted(tally.items()) if k not in ("killed", "timeout"))
+    others = ", ".join(f"{k} {v}" for k, v in sorted(tally.items()) if k not in KILLED)
     secs = [r["seconds"] for _, r in tested if r["seconds"]]
     mean = sum(secs) / len(secs) if secs else 0.0
     score = 100.0 * killed / len(tested) if tested else float("nan")
