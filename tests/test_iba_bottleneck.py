@@ -467,3 +467,33 @@ def test_per_sample_iba_autocast_bf16_runs_the_tail_in_bfloat16_and_scores_only_
     e = ns.explain(x, t)
     assert not [k for k in e.aux if k.startswith("bottleneck/")]
     torch.testing.assert_close(e.maps, ns.attribute(x, t))
+
+
+def test_token_bottleneck_blurs_the_patch_grid_as_the_map_bottleneck_and_keeps_the_class_token():
+    """A ViT token layer's ``lam``: the patch tokens' ``sigmoid(alpha)`` laid on the patch grid (3 x 4 for a 3:4
+    input) and blurred exactly as the map bottleneck blurs a feature map (eq. 7, tested against scipy), the class
+    token's left unblurred; the defaults are the map bottleneck's (sigma 1, no ReLU, std floor 0.01)."""
+    import inspect
+
+    from xattr.core.tokens import TokenLayout
+
+    tok = inspect.signature(bnm.TokenBottleneck.__init__).parameters
+    for name, p in inspect.signature(bnm.Bottleneck.__init__).parameters.items():
+        if p.default is not inspect.Parameter.empty:
+            assert tok[name].default == p.default, name
+    layout = TokenLayout("tokens", 1, ("cls",), "torchvision ViT")
+    c = 5
+    tbn = bnm.TokenBottleneck(torch.zeros(13, c), torch.ones(13, c), layout=layout, image_hw=(24, 32))
+    alpha = torch.randn(2, 13, c, generator=torch.Generator().manual_seed(0)) * 2
+    lam = tbn.lam(alpha)
+    grid = torch.sigmoid(alpha[:, 1:]).reshape(2, 3, 4, c).permute(0, 3, 1, 2)  # row-major patches
+    want = bnm.Bottleneck(torch.zeros(c, 3, 4), torch.ones(c, 3, 4)).lam(torch.logit(grid))
+    torch.testing.assert_close(lam[:, 1:], want.permute(0, 2, 3, 1).reshape(2, 12, c), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(lam[:, 0], torch.sigmoid(alpha[:, 0]))
+    assert not torch.allclose(lam[:, 1:], torch.sigmoid(alpha[:, 1:]), atol=1e-3)  # blurred
+    assert torch.equal(bnm.TokenBottleneck(torch.zeros(13, c), torch.ones(13, c), sigma=0, layout=layout).lam(alpha),
+                       torch.sigmoid(alpha))
+    with pytest.raises(XattrConfigError) as err:
+        bnm.optimize_alpha(lambda z: z.flatten(1), torch.zeros(1, 1, 2, 2), bnm.Bottleneck(torch.zeros(1, 2, 2),
+                           torch.ones(1, 2, 2)), bnm.cross_entropy_loss(torch.zeros(1).long()), steps=0, copies=2)
+    assert str(err.value) == "steps and copies must be >= 1; got steps=0, copies=2"

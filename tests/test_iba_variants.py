@@ -264,3 +264,27 @@ def test_token_bottleneck_blurs_on_the_inputs_patch_grid(monkeypatch):
     iba, _ = _iba(net, "encoder.layers.encoder_layer_0", x, steps=1, copies=1)
     iba.optimize(x, torch.tensor([0]))
     assert seen == [((32, 32), (4, 4))]
+
+
+def test_multilayer_defaults_memory_knob_token_refusal_and_regressions_3d_error_line():
+    """``binarize``'s defaults are eq. 5's (relative threshold 0.5: a hand map); Multi-layer IBA's memory knob is
+    its layers' ``chunk``; a ViT token layer is one whole line; Regression IBA's head error counts the outputs of
+    a ``(B, copies, K)`` batch (its last axis) and it has no Table 1 scores."""
+    import inspect
+
+    from tests.test_vit_methods import tiny_vit
+
+    m = torch.tensor([[0.0, 0.49, 0.5, 1.0]]).view(1, 1, 2, 2)
+    assert binarize(m).flatten().tolist() == [0.0, 0.0, 1.0, 1.0]
+    assert MultiLayerIBA.memory_knob == "chunk" and "chunk" in inspect.signature(PerSampleIBA.__init__).parameters
+    layer = "encoder.layers.encoder_layer_0"
+    with pytest.raises(XattrConfigError) as err:
+        MultiLayerIBA(tiny_vit(), [layer])
+    assert str(err.value) == (f"method multilayer_iba has no vision-transformer form (layer {layer!r} gives tokens): "
+                              "its layer maps are combined as (B, C, h, w) feature maps (not adapted to tokens); use "
+                              "iba or inverse_iba (docs/transformers.md)")
+    reg = RegressionIBA(HalfIgnoring(k=2).eval(), "feat")
+    with pytest.raises(XattrConfigError) as err:
+        reg.phi(torch.zeros(2, 3, 2))
+    assert str(err.value) == "the head has 2 outputs; set output to one of 0..1"
+    assert RegressionIBA.scores is False
