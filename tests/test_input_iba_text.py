@@ -51,3 +51,63 @@ def test_text_needs_a_text_model() -> None:
         InputIBAText(TinyCNN(2), layer="conv2")
     with pytest.raises(XattrConfigError, match="input prior"):
         InputIBAText(LSTMClassifier(10, 4, 4, 4), input_prior="uniform")
+
+
+# ------------------------------------------------------------------ issue 26: the text form's options pinned
+
+
+def test_text_defaults_names_and_whole_error_lines() -> None:
+    """The reference's text defaults (module docstring: feature beta 15, input beta 30, 30 steps, lr 0.5, no smoothing,
+    N(0, 1) prior, an LSTM critic, token noise, nats mask init, targets drawn once, mask lr 0.03, slope 0.2, eval
+    mode); the method's names; each bad option is one whole line."""
+    import inspect
+
+    params = inspect.signature(InputIBAText.__init__).parameters
+    defaults = {k: p.default for k, p in params.items() if p.default is not inspect.Parameter.empty}
+    assert defaults == {"layer": "rnn_4", "feat_beta": 15.0, "beta": 30.0, "steps": 30, "lr": 0.5, "sigma": None,
+                        "input_prior": "standard", "discriminator": "lstm", "disc_hidden": None, "noise": "token",
+                        "mask_init": "nats", "redraw_targets": False, "lr_mask": 0.03, "disc_slope": 0.2,
+                        "classifier_mode": "eval", "embedding": None, "pad_index": None}
+    assert InputIBAText.name == "input_iba_text" and InputIBAText.text_form_of == ("input_iba", "input_iba_text")
+    net = LSTMClassifier(10, 4, 4, 4)
+    assert InputIBAText(net, disc_hidden=5).disc_hidden == 5 and InputIBAText(net).disc_hidden is None
+    cases = [({"input_prior": "uniform"}, "unknown input prior 'uniform'; valid choices: standard, embedding"),
+             ({"discriminator": "gru"}, "unknown text discriminator 'gru'; valid choices: lstm, rnn"),
+             ({"noise": "pixel"}, "unknown noise 'pixel'; valid choices: token, dimension"),
+             ({"mask_init": "ones"}, "unknown mask init 'ones'; valid choices: nats, bits"),
+             ({"sigma": 1.0}, "text has no smoothing; got sigma=1.0, valid choices: null, 0")]
+    for kw, line in cases:
+        with pytest.raises(XattrConfigError) as err:
+            InputIBAText(net, **kw)
+        assert str(err.value) == line, kw
+    with pytest.raises(XattrConfigError) as err:
+        InputIBAText(TinyCNN(2), layer="conv2")
+    assert str(err.value) == "InputIBAText needs a model with embed/forward_embedded/pad_index; TinyCNN lacks 'embed'"
+
+
+def test_text_critic_noise_shape_and_maps_by_hand() -> None:
+    """``discriminator: rnn`` is a tanh RNN of 64 units (``disc_hidden`` unset), ``lstm`` the LSTM critic, one per
+    text; the generator noise is one per token (``(L, 1)``) or per dimension (``(1, D)``); the score of a token is
+    its ``Lambda`` averaged over the embedding, the feature stage its capacity summed over hidden units in bits,
+    the generator stage ``lambda_G`` averaged; all 0 on padding."""
+    import math
+
+    from xattr.methods.input_iba import RNNDiscriminators
+    from xattr.methods.input_iba.text_discriminator import LSTMDiscriminators
+
+    net = LSTMClassifier(10, 4, 4, 4)
+    x = torch.tensor([[3, 4, 5, 0, 0], [2, 3, 4, 5, 6]])
+    r = torch.randn(2, 5, 6)
+    rnn = InputIBAText(net, discriminator="rnn")._discriminator(r, x, None)
+    assert type(rnn) is RNNDiscriminators and rnn.w_hh.shape == (2, 64, 64) and rnn.w_ih.shape == (2, 64, 6)
+    assert type(InputIBAText(net)._discriminator(r, x, None)) is LSTMDiscriminators
+    emb = torch.randn(2, 5, 3)
+    assert InputIBAText(net)._noise_shape(emb) == (5, 1)
+    assert InputIBAText(net, noise="dimension")._noise_shape(emb) == (1, 3)
+    m = InputIBAText(net)
+    real = (x != 0).float()
+    lam, kl, lam_g = torch.rand(2, 5, 3), torch.rand(2, 5, 6), torch.rand(2, 5, 3)
+    torch.testing.assert_close(m._maps(lam, x), lam.mean(-1) * real)
+    stages = m._stage_maps(kl, lam_g, lam.mean(-1), x)
+    torch.testing.assert_close(stages["feature"], kl.sum(-1) / math.log(2) * real)
+    torch.testing.assert_close(stages["generator"], lam_g.mean(-1) * real)
