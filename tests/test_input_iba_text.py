@@ -100,7 +100,10 @@ def test_text_critic_noise_shape_and_maps_by_hand() -> None:
     r = torch.randn(2, 5, 6)
     rnn = InputIBAText(net, discriminator="rnn")._discriminator(r, x, None)
     assert type(rnn) is RNNDiscriminators and rnn.w_hh.shape == (2, 64, 64) and rnn.w_ih.shape == (2, 64, 6)
-    assert type(InputIBAText(net)._discriminator(r, x, None)) is LSTMDiscriminators
+    lstm = InputIBAText(net, disc_slope=0.3)._discriminator(r, x, None)
+    assert type(lstm) is LSTMDiscriminators and lstm.w_ih.shape[0] == 2 and lstm.slope == 0.3
+    for d in (rnn, lstm):  # each critic reads its text's last real token
+        assert d.last.tolist() == [2, 4] and torch.equal(d.mask, x != 0)
     emb = torch.randn(2, 5, 3)
     assert InputIBAText(net)._noise_shape(emb) == (5, 1)
     assert InputIBAText(net, noise="dimension")._noise_shape(emb) == (1, 3)
