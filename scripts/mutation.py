@@ -83,7 +83,7 @@ MODULES: dict[str, list[str]] = {
     "methods/input_iba/input_iba.py": ["tests/test_input_iba_method.py", "tests/test_input_iba_steps.py",
                                        "tests/test_input_iba_timing.py"],
     "methods/input_iba/text.py": ["tests/test_input_iba_text.py", "tests/test_input_iba_text_reference.py",
-                                  "tests/test_input_iba_steps.py"],
+                                  "tests/test_input_iba_steps.py", "tests/test_text_methods.py", "-k", "iba or gru"],
     "methods/pathways/contributions.py": ["tests/test_pathways_methods.py", "tests/test_pathways_pruning.py"],
     "methods/pathways/greedy.py": ["tests/test_pathways_methods.py", "tests/test_pathways_pruning.py",
                                    "tests/test_plugin_cost.py"],
