@@ -2,7 +2,8 @@
 
 Each module in ``MODULES`` is mutated one change at a time (mutmut 2's mutation operators: an operator, a
 constant, a keyword, a string changed) and the fast tests that pin it are run against every mutant; a mutant
-that makes a test fail (or error, or hang past its time limit) is *killed*. The score is killed / all mutants.
+that makes a test fail (or error, hang past its time limit, or die by a signal) is *killed*. The score is
+killed / all mutants.
 
 Why not ``mutmut run``: it starts a fresh pytest (and a fresh ``import torch``) per mutant and runs every test
 file of the module (20-40 s a mutant on this 2-core machine). This script keeps mutmut only as the mutant
@@ -79,10 +80,12 @@ MODULES: dict[str, list[str]] = {
     "methods/iba/inverse.py": ["tests/test_iba_variants.py"],
     "methods/iba/tail.py": ["tests/test_iba_tail_speed.py", "tests/test_iba_bottleneck.py"],
     "methods/input_iba/input_bottleneck.py": ["tests/test_input_iba_bottleneck.py", "tests/test_input_iba_steps.py"],
-    "methods/input_iba/wgan.py": ["tests/test_input_iba_wgan.py", "tests/test_input_iba_steps.py"],
-    "methods/input_iba/input_iba.py": ["tests/test_input_iba_method.py", "tests/test_input_iba_steps.py"],
+    "methods/input_iba/wgan.py": ["tests/test_input_iba_wgan.py", "tests/test_input_iba_steps.py",
+                                  "tests/test_input_iba_timing.py"],
+    "methods/input_iba/input_iba.py": ["tests/test_input_iba_method.py", "tests/test_input_iba_steps.py",
+                                       "tests/test_input_iba_timing.py"],
     "methods/input_iba/text.py": ["tests/test_input_iba_text.py", "tests/test_input_iba_text_reference.py",
-                                  "tests/test_input_iba_steps.py"],
+                                  "tests/test_input_iba_steps.py", "tests/test_text_methods.py", "-k", "iba or gru"],
     "methods/pathways/contributions.py": ["tests/test_pathways_methods.py", "tests/test_pathways_pruning.py",
                                           "tests/test_plugin_cost.py"],
     "methods/pathways/greedy.py": ["tests/test_pathways_methods.py", "tests/test_pathways_pruning.py",
@@ -120,6 +123,14 @@ COPY = ("src", "tests", "conf", "assets", "pyproject.toml", "examples", "scripts
 PYTEST_ARGS = ["-q", "-x", "-p", "no:cacheprovider", "-p", "no:xdist", "-p", "no:unraisableexception",
                "-p", "no:threadexception", "-m", "not slow"]
 SKIP_PRELOAD = ("xattr", "tests", "conftest", "test_", "__main__", "__mp_main__")
+#: set in every forked child: a test that re-runs ``sys.argv`` (Lightning's DDP launcher starts ``[python, *sys.argv]``
+#: for each further rank, e.g. under readout's ``devices=1`` -> ``devices=2`` mutant) starts this script again; with
+#: it set, that copy stops at once instead of running mutants itself (session 10's "runaway runner")
+CHILD_ENV = "XATTR_MUTATION_CHILD"
+#: the verdicts that count as killed: a test failed or errored, the run hung past its limit, or the test process
+#: died by a signal (e.g. readout's ``devices=2`` mutant: Lightning's DDP launcher SIGKILLs rank 0 when the
+#: re-launched rank 1 stops at once)
+KILLED = ("killed", "timeout", "crashed")
 
 
 def hold_lock() -> None:
@@ -240,6 +251,7 @@ def coverage_pass(work: Path, module: str, tmp: Path) -> dict:
     pid = os.fork()
     if pid == 0:  # child
         try:
+            os.environ[CHILD_ENV] = "coverage"
             import pytest
             tracer = _Tracer(target)
             tracer.start()
@@ -316,6 +328,7 @@ def run_one(nodeids: list[str], limit: float, tmp: Path) -> tuple[str, float]:
             os.dup2(fd, 2)
             sys.dont_write_bytecode = True  # never a stale .pyc of a mutant
             signal.alarm(int(limit) + 1)  # SIGALRM's default action ends the child: a hang is a kill
+            os.environ[CHILD_ENV] = "mutant"
             import pytest
             code = int(pytest.main([*PYTEST_ARGS, "--basetemp", str(tmp), *nodeids]))
         finally:
@@ -364,7 +377,7 @@ def run_module(work: Path, module: str, retest: bool) -> str:
             for i, mid in enumerate(mids, 1):
                 k = key(mid)
                 old = done.get(k)
-                if old and (old["status"] in ("killed", "timeout") or not retest):
+                if old and (old["status"] in KILLED or not retest):
                     continue
                 ln = mid.line_number + 1  # mutmut counts lines from 0
                 first, last = span.get(ln, (ln, ln))
@@ -414,17 +427,17 @@ def summary(module: str, seconds: float | None = None) -> str:
     mids = mutants(REPO / rel, rel)
     done = read_results(module)
     tested = [(m, done[key(m)]) for m in mids if key(m) in done]
-    killed = sum(r["status"] in ("killed", "timeout") for _, r in tested)
+    killed = sum(r["status"] in KILLED for _, r in tested)
     with open(OUT / f"{slug(module)}.survivors.txt", "w") as f:
         for m, r in tested:
-            if r["status"] not in ("killed", "timeout"):
+            if r["status"] not in KILLED:
                 diff = difflib.unified_diff(original.splitlines(True), mutant_source(original, rel, m).splitlines(True),
                                             rel, rel + " (mutant)", n=1)
                 f.write(f"# line {m.line_number + 1}, mutant {m.index}: {r['status']}\n{''.join(diff)}\n")
     tally: dict[str, int] = {}
     for _, r in tested:
         tally[r["status"]] = tally.get(r["status"], 0) + 1
-    others = ", ".join(f"{k} {v}" for k, v in sorted(tally.items()) if k not in ("killed", "timeout"))
+    others = ", ".join(f"{k} {v}" for k, v in sorted(tally.items()) if k not in KILLED)
     secs = [r["seconds"] for _, r in tested if r["seconds"]]
     mean = sum(secs) / len(secs) if secs else 0.0
     score = 100.0 * killed / len(tested) if tested else float("nan")
@@ -440,6 +453,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--retest", action="store_true", help="re-run the mutants not killed before")
     p.add_argument("--report", action="store_true", help="print the table from the results so far; run nothing")
     a = p.parse_args(argv)
+    if os.environ.get(CHILD_ENV):
+        print(f"error: started from a runner's {os.environ[CHILD_ENV]} child (a test re-ran sys.argv, e.g. "
+              "Lightning's DDP launcher); not running", file=sys.stderr, flush=True)
+        return 3
     if a.list:
         for m, t in MODULES.items():
             print(m, " ".join(t))

@@ -345,3 +345,155 @@ def test_bce_loss_by_hand():
     second = (2 * math.log(4 / 3) + math.log(4)) / 3  # target 0: ln 4/3 (class 0, 1), ln 4 (class 2, wrong)
     torch.testing.assert_close(got, torch.tensor([first, second]))
     assert bnm.MODEL_LOSSES == {"ce": bnm.cross_entropy_loss, "bce": bnm.bce_loss}
+
+
+# ------------------------------------------------------------- Per-Sample IBA's options (issue 26's mutation run)
+
+
+def test_per_sample_iba_defaults_are_the_papers_and_its_options_are_kept():
+    """Per-Sample IBA's defaults by hand (Schulz et al. sec. 3 / appendix F: beta 10, 10 Adam steps at lr 1, 10
+    noisy copies, alpha initialised to 5, smoothing sigma 1; the module docstring: seed 0, the whole batch in
+    one graph, fp32, the fx tail folded, softmax cross-entropy); the class is ``iba``, not inverse, scores Table
+    1, and its memory knob is its ``chunk`` argument; every option given is what the method keeps."""
+    import inspect
+
+    params = inspect.signature(PerSampleIBA.__init__).parameters
+    defaults = {k: p.default for k, p in params.items() if p.default is not inspect.Parameter.empty}
+    assert defaults == {"beta": 10.0, "steps": 10, "lr": 1.0, "copies": 10, "sigma": 1.0, "init_alpha": 5.0,
+                        "chunk": None, "seed": 0, "autocast": None, "tail": "auto", "loss": "ce",
+                        "optimise_tail": True}
+    assert PerSampleIBA.name == "iba" and PerSampleIBA.inverse is False and PerSampleIBA.scores is True
+    assert PerSampleIBA.memory_knob == "chunk" and PerSampleIBA.memory_knob in params
+    model = TinyCNN(num_classes=5).eval()
+    assert PerSampleIBA(model, "conv2").optimise_tail is True
+    path = "stats.pt"
+    iba = PerSampleIBA(model, "conv2", beta=2, lr=0.5, steps=3, copies=2, init_alpha=1.5, chunk=4, seed=7,
+                       autocast="bf16", tail="hook", loss="bce", optimise_tail=False, sigma=2.0, relu=True,
+                       min_std=0, active_threshold=0.2, statistics=path)
+    kept = (iba.beta, iba.lr, iba.steps, iba.copies, iba.init_alpha, iba.chunk, iba.seed, iba.autocast, iba.tail_mode,
+            iba.loss, iba.optimise_tail, iba.sigma, iba.relu, iba.min_std, iba.active_threshold, iba.statistics)
+    assert kept == (2.0, 0.5, 3, 2, 1.5, 4, 7, "bf16", "hook", "bce", False, 2.0, True, 0.0, 0.2, path)
+    assert iba.relu is True and iba.optimise_tail is False
+    for name in ("none", "fp16"):  # the other documented autocast values are accepted
+        assert PerSampleIBA(model, "conv2", autocast=name).autocast == name
+    assert repr(iba) == "PerSampleIBA(layer='conv2', beta=2.0, steps=3)"
+
+
+def test_per_sample_iba_bad_options_are_whole_lines():
+    model = TinyCNN(num_classes=5).eval()
+    cases = [
+        ({"autocast": "bogus"}, "unknown autocast 'bogus'; valid choices: none, bf16, fp16"),
+        ({"tail": "bogus"}, "unknown tail mode 'bogus'; valid choices: auto, fx, hook"),
+        ({"loss": "bogus"}, "unknown loss 'bogus'; valid choices: ce, bce"),
+        ({"beta": 0}, "bad beta 0; valid choices: a number > 0"),
+        ({"lr": -1}, "bad lr -1; valid choices: a number > 0"),
+        ({"steps": 0}, "bad steps 0; valid choices: an integer >= 1"),
+        ({"copies": 0}, "bad copies 0; valid choices: an integer >= 1"),
+        ({"n_samples": 0}, "bad n_samples 0; valid choices: an integer >= 1"),
+        ({"min_std": -0.5}, "bad min_std -0.5; valid choices: a number >= 0"),
+        ({"min_std": True}, "bad min_std True; valid choices: a number >= 0"),
+        ({"min_std": "0.1"}, "bad min_std '0.1'; valid choices: a number >= 0"),
+    ]
+    for kw, line in cases:
+        with pytest.raises(XattrConfigError) as err:
+            PerSampleIBA(model, "conv2", **kw)
+        assert str(err.value) == line, kw
+    with pytest.raises(XattrConfigError) as err:
+        PerSampleIBA(model, "conv2").bottleneck("conv2")
+    assert str(err.value) == "no feature statistics for layer 'conv2': call fit(loader, cache_dir) first"
+    iba = _iba(model, "conv2", size=16)  # statistics of 16 x 16 inputs: conv2 gives (16, 16, 16)
+    with pytest.raises(XattrConfigError) as err:
+        iba.attribute(torch.randn(1, 3, 8, 8), torch.tensor([0]))
+    assert str(err.value) == ("feature shape (16, 8, 8) at layer 'conv2' differs from its statistics' (16, 16, 16): "
+                              "estimate them at the input size used for attribution")
+
+
+def test_per_sample_iba_cost_rule_by_hand():
+    """``3 steps copies`` forwards (a forward and a backward of each copy per step) plus the fx tail's set-up of 4
+    (one full forward and three tail rows); ``tail: hook`` has no set-up."""
+    model = TinyCNN(num_classes=5).eval()
+    assert PerSampleIBA(model, "conv2", steps=3, copies=2, tail="hook").forwards_per_image((3, 16, 16)) == 18.0
+    assert PerSampleIBA(model, "conv2", steps=3, copies=2).forwards_per_image((3, 16, 16)) == 22.0
+    assert PerSampleIBA(model, "conv2", steps=5, copies=7, tail="fx").forwards_per_image((3, 16, 16)) == 109.0
+
+
+def test_per_sample_iba_groups_images_by_chunk_and_reads_a_statistics_file(tmp_path):
+    """``chunk`` forwards per call hold ``max(1, chunk // copies)`` images (None: the whole batch); a statistics
+    file given as ``statistics`` is what ``fit`` uses, reading no data; the bottleneck is built from the
+    statistics with the method's sigma, ReLU, std floor and active threshold."""
+    model = TinyCNN(num_classes=5).eval()
+    x = torch.randn(5, 3, 16, 16)
+    assert PerSampleIBA(model, "conv2", copies=2, chunk=4).images_per_group(x) == 2
+    assert PerSampleIBA(model, "conv2", copies=2, chunk=1).images_per_group(x) == 1
+    assert PerSampleIBA(model, "conv2", copies=2).images_per_group(x[:2]) == 2
+    g = torch.Generator().manual_seed(1)
+    loader = [{"x": torch.randn(16, 3, 16, 16, generator=g)} for _ in range(2)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        want = st.load_or_estimate(model, ["conv2"], loader, tmp_path, n_samples=32)["conv2"]
+    (path,) = (tmp_path / "iba_stats").glob("*.pt")
+
+    class NoData:
+        def __iter__(self):
+            raise AssertionError("a statistics file reads no data")
+
+    iba = PerSampleIBA(model, "conv2", statistics=path, sigma=2.0, relu=True, min_std=0.05, active_threshold=0.3)
+    iba.fit(NoData(), tmp_path / "other")
+    assert torch.equal(iba.stats["conv2"].mean, want.mean) and torch.equal(iba.stats["conv2"].std, want.std)
+    bn = iba.bottleneck("conv2")
+    assert bn.smooth.sigma == 2.0 and bn.relu is True
+    assert torch.equal(bn.std, want.std.clamp_min(0.05))
+    assert torch.equal(bn.active, (want.nonzero > 0.3).float())
+
+
+def test_per_sample_iba_autocast_bf16_runs_the_tail_in_bfloat16_and_scores_only_when_defined():
+    """``autocast: bf16`` runs the tail under autocast (on this CPU too): every logit of the optimisation is a
+    bfloat16 number, where fp32 logits are not; a subclass without Table 1 scores explains with no
+    ``bottleneck/`` scores and the same map."""
+    model = TinyCNN(num_classes=5).eval()
+    x, t = torch.randn(2, 3, 16, 16), torch.tensor([1, 3])
+    out = {}
+    for name in (None, "bf16"):
+        iba = _iba(model, "conv2", steps=2, copies=2, autocast=name)
+        out[name] = iba.optimize(x, t).outputs
+    assert torch.equal(out["bf16"], out["bf16"].bfloat16().float())
+    assert not torch.equal(out[None], out[None].bfloat16().float())
+
+    class NoScores(PerSampleIBA):
+        scores = False
+
+    ns = _iba(model, "conv2", steps=2, copies=2)
+    ns.__class__ = NoScores
+    e = ns.explain(x, t)
+    assert not [k for k in e.aux if k.startswith("bottleneck/")]
+    torch.testing.assert_close(e.maps, ns.attribute(x, t))
+
+
+def test_token_bottleneck_blurs_the_patch_grid_as_the_map_bottleneck_and_keeps_the_class_token():
+    """A ViT token layer's ``lam``: the patch tokens' ``sigmoid(alpha)`` laid on the patch grid (3 x 4 for a 3:4
+    input) and blurred exactly as the map bottleneck blurs a feature map (eq. 7, tested against scipy), the class
+    token's left unblurred; the defaults are the map bottleneck's (sigma 1, no ReLU, std floor 0.01)."""
+    import inspect
+
+    from xattr.core.tokens import TokenLayout
+
+    tok = inspect.signature(bnm.TokenBottleneck.__init__).parameters
+    for name, p in inspect.signature(bnm.Bottleneck.__init__).parameters.items():
+        if p.default is not inspect.Parameter.empty:
+            assert tok[name].default == p.default, name
+    layout = TokenLayout("tokens", 1, ("cls",), "torchvision ViT")
+    c = 5
+    tbn = bnm.TokenBottleneck(torch.zeros(13, c), torch.ones(13, c), layout=layout, image_hw=(24, 32))
+    alpha = torch.randn(2, 13, c, generator=torch.Generator().manual_seed(0)) * 2
+    lam = tbn.lam(alpha)
+    grid = torch.sigmoid(alpha[:, 1:]).reshape(2, 3, 4, c).permute(0, 3, 1, 2)  # row-major patches
+    want = bnm.Bottleneck(torch.zeros(c, 3, 4), torch.ones(c, 3, 4)).lam(torch.logit(grid))
+    torch.testing.assert_close(lam[:, 1:], want.permute(0, 2, 3, 1).reshape(2, 12, c), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(lam[:, 0], torch.sigmoid(alpha[:, 0]))
+    assert not torch.allclose(lam[:, 1:], torch.sigmoid(alpha[:, 1:]), atol=1e-3)  # blurred
+    assert torch.equal(bnm.TokenBottleneck(torch.zeros(13, c), torch.ones(13, c), sigma=0, layout=layout).lam(alpha),
+                       torch.sigmoid(alpha))
+    with pytest.raises(XattrConfigError) as err:
+        bnm.optimize_alpha(lambda z: z.flatten(1), torch.zeros(1, 1, 2, 2), bnm.Bottleneck(torch.zeros(1, 2, 2),
+                           torch.ones(1, 2, 2)), bnm.cross_entropy_loss(torch.zeros(1).long()), steps=0, copies=2)
+    assert str(err.value) == "steps and copies must be >= 1; got steps=0, copies=2"

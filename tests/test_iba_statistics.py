@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
 
 from xattr.core.hooks import hook_count
 from xattr.methods.iba import statistics as st
@@ -170,3 +171,190 @@ def test_the_statistics_bar_counts_the_images_that_exist(monkeypatch):
         warnings.simplefilter("ignore")
         st.estimate(TinyCNN().eval(), ["conv2"], loader, n_samples=10_000)
     assert totals == [48]
+
+
+# ------------------------------------------------------------------ issue 26: statistics pinned by hand
+
+
+def test_defaults_the_warning_line_and_welfords_sample_count_edges():
+    """The reference's defaults (10 000 samples, active = non-zero in more than 1%); the warning below 1 000
+    samples is one whole line pointing at the caller (none at exactly 1 000, none with ``warn=False``); Welford
+    needs two samples (two give ``|a - b| / sqrt 2``), fewer is one whole line."""
+    import inspect
+
+    for f in (st.estimate, st.load_or_estimate):
+        assert inspect.signature(f).parameters["n_samples"].default == 10_000
+    assert inspect.signature(st.FeatureStats.active).parameters["threshold"].default == 0.01
+    s = st.FeatureStats(torch.zeros(3), torch.ones(3), torch.tensor([0.5, 0.51, 0.01]), 10)
+    assert s.active(0.5).tolist() == [0.0, 1.0, 0.0] and s.active().tolist() == [1.0, 1.0, 0.0]
+    model = TinyCNN().eval()
+    x = torch.randn(1000, 3, 4, 4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        st.estimate(model, ["conv1"], [{"x": x}], n_samples=1000)
+        st.estimate(model, ["conv1"], [{"x": x}], n_samples=10, warn=False)
+    with pytest.warns(UserWarning) as rec:
+        st.estimate(model, ["conv1"], [{"x": x}], n_samples=999)
+    assert [str(w.message) for w in rec] == ["feature statistics from only 999 samples; at least 1000 are recommended "
+                                             "(reference: 10 000)"]
+    assert rec[0].filename == __file__
+    w = st.Welford()
+    assert w.n == 0
+    for n, batch in ((0, None), (1, torch.tensor([[3.0]]))):
+        if batch is not None:
+            w.update(batch)
+        with pytest.raises(ValueError) as err:
+            w.result()
+        assert str(err.value) == f"need at least 2 samples to estimate feature statistics, got {n}"
+    w.update(torch.tensor([[1.0]]))
+    assert w.result().std.item() == pytest.approx(2 / 2**0.5)
+
+
+class _Pair(nn.Module):
+    """A layer whose output is a tuple (as transformer blocks): the statistics are its first item's."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 2, 1)
+
+    def forward(self, x):
+        return self.conv(x), torch.full_like(x, 7.0)
+
+
+class _TwoStage(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.pair = _Pair()
+
+    def forward(self, x):
+        return self.pair(x)[0].mean((2, 3))
+
+
+def test_estimate_reads_tuples_tuple_outputs_and_no_batch_past_n_samples():
+    """Tuple batches give their first item; a layer's tuple output its first item; ``n_samples`` = 33 of batches
+    of 16 takes 16 + 16 + 1 images in three forwards and draws one batch more, no further."""
+    torch.manual_seed(0)
+    model = _TwoStage().eval()
+    xs = [torch.randn(16, 3, 2, 2) for _ in range(6)]
+    drawn, forwards = [], []
+    model.register_forward_hook(lambda *a: forwards.append(1))
+
+    def loader():
+        for i, x in enumerate(xs):
+            drawn.append(i)
+            yield (x, torch.zeros(16))
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        s = st.estimate(model, ["pair"], loader(), n_samples=33)["pair"]
+    assert (s.n, len(drawn), len(forwards)) == (33, 4, 3)
+    with torch.no_grad():
+        feats = model.pair.conv(torch.cat(xs)[:33])
+    torch.testing.assert_close(s.mean, feats.mean(0))
+    torch.testing.assert_close(s.std, feats.std(0))
+
+
+class _Tokens(nn.Module):
+    pad_index = 0
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(6, 3)
+
+    def forward(self, x):
+        return self.emb(x).sum(1)
+
+
+def test_token_statistics_pool_the_real_tokens_and_key_the_file():
+    """``tokens=True``: per hidden unit over the real tokens (the batch's ``mask``, else ``x != pad_index``), with a
+    leading position axis of 1; the cache key says ``pooled: tokens``."""
+    torch.manual_seed(0)
+    model = _Tokens().eval()
+    ids = torch.tensor([[1, 2, 0, 0], [3, 4, 5, 0], [2, 2, 2, 1]])
+    mask = torch.tensor([[1, 1, 1, 0], [1, 0, 0, 0], [1, 1, 1, 1]]).bool()
+    for batch, real in (({"x": ids}, ids != 0), ({"x": ids, "mask": mask}, mask)):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            s = st.estimate(model, ["emb"], [batch], n_samples=3, tokens=True)["emb"]
+        vec = model.emb.weight.detach()[ids[real]]  # (real tokens, 3)
+        assert s.mean.shape == (1, 3) and s.n == int(real.sum())
+        torch.testing.assert_close(s.mean, vec.mean(0, keepdim=True))
+        torch.testing.assert_close(s.std, vec.std(0, keepdim=True))
+    _, key = st.cache_key(model, ["emb"], 3, tokens=True)
+    assert key["pooled"] == "tokens" and "pooled" not in st.cache_key(model, ["emb"], 3)[1]
+
+
+def test_cache_key_file_name_and_errors_by_hand(tmp_path):
+    """The cache file name ``{model}-{weights}-{layers joined by +}-{dataset}-n{n}-{sha1 of the sorted JSON key}``,
+    each part slugged to ``[A-Za-z0-9_.+=-]`` (48 characters at most), ``unnamed`` for no weights / dataset; the
+    statistics file's errors are whole lines."""
+    import hashlib
+    import json
+
+    from xattr.errors import XattrConfigError
+
+    model = TinyCNN().eval()
+    name, key = st.cache_key(model, ["conv1", "conv3"], 32, model_name="my model/v1" + "x" * 50)
+    assert key == {"model": "my model/v1" + "x" * 50, "weights": "unnamed", "layers": ["features.0", "features.5"],
+                   "dataset": "unnamed", "n_samples": 32, "fingerprint": st.weights_fingerprint(model)}
+    digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
+    assert name == f"{('my_model_v1' + 'x' * 50)[:48]}-unnamed-features.0+features.5-unnamed-n32-{digest}.pt"
+    missing = tmp_path / "none.pt"
+    with pytest.raises(XattrConfigError) as err:
+        st.load_file(missing, model, ["conv1"])
+    assert str(err.value) == (f"missing feature statistics: put it at {missing} (a file written by an IBA run into "
+                              "<cache_dir>/iba_stats/)")
+    for blob, why in (({"key": {}}, "no 'stats' in it; valid choices: a file written by an IBA run into "
+                                    "<cache_dir>/iba_stats/"),
+                      (None, "cannot load it as data (UnpicklingError); valid choices: a file written by an IBA run "
+                             "into <cache_dir>/iba_stats/ (delete a cached one to estimate again)")):
+        path = tmp_path / "bad.pt"
+        if blob is None:
+            path.write_bytes(b"not a torch file")
+        else:
+            torch.save(blob, path)
+        with pytest.raises(XattrConfigError) as err:
+            st.load_file(path, model, ["conv1"])
+        assert str(err.value) == f"bad feature statistics {path}: {why}"
+
+
+def test_the_shipped_statistics_file_keeps_its_key_and_loads(tmp_path):
+    """``assets/stats/`` was written by an earlier xattr (its key holds the weights' fingerprint): today's
+    ``cache_key`` of the same model must give that key (else every cache and shipped file is orphaned), and
+    ``load_file`` returns its statistics; other weights or a layer it lacks are one whole line."""
+    from xattr.errors import XattrConfigError
+    from xattr.models.zoo import load_model
+
+    path = Path(__file__).resolve().parents[1] / "assets" / "stats" / "efficientnet_lite0-block_4-imagenet1000.pt"
+    blob = torch.load(path, weights_only=True)
+    net = load_model("efficientnet_lite0", weights="imagenet").net
+    assert st.cache_key(net, ["block_4"], 1000, "efficientnet_lite0", "imagenet", "imagenet")[1] == blob["key"]
+    s = st.load_file(path, net, ["block_4"])["block_4"]
+    for f in ("mean", "std", "nonzero"):
+        assert torch.equal(getattr(s, f), next(iter(blob["stats"].values()))[f])
+    assert s.n == 1000
+    with pytest.raises(XattrConfigError) as err:
+        st.load_file(path, TinyCNN(), ["conv1"])
+    assert str(err.value) == (f"feature statistics {path} belong to other weights (model 'efficientnet_lite0', "
+                              "weights 'imagenet'); valid choices: a file estimated with this model")
+    with pytest.raises(XattrConfigError) as err:
+        st.load_file(path, net, ["block_4", "block_3"])
+    assert str(err.value) == "unknown layer of the statistics file 'block_3'; valid choices: _blocks.4"
+
+
+def test_a_stale_cache_is_one_whole_warning_and_the_cache_folder_is_made(tmp_path):
+    model = TinyCNN().eval()
+    cache = tmp_path / "a" / "b"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        st.load_or_estimate(model, ["conv1"], _loader(), cache, n_samples=32)
+    fname, key = st.cache_key(model, ["conv1"], 32)
+    path = cache / "iba_stats" / fname
+    blob = torch.load(path, weights_only=True)
+    blob["key"] = {**key, "n_samples": 31}
+    torch.save(blob, path)
+    with pytest.warns(UserWarning) as rec:
+        st.load_or_estimate(model, ["conv1"], _loader(), cache, n_samples=32, warn=False)
+    assert [str(w.message) for w in rec] == [f"stale IBA statistics cache {path} (key {blob['key']} != {key}); "
+                                             "re-estimating"]
+    assert rec[0].filename == __file__

@@ -231,3 +231,60 @@ def test_regression_iba_options_defaults_cost_and_its_whole_error_lines():
     assert torch.equal(scalar, one.explain(x, torch.tensor([0.5, 0.5])).maps)
     with pytest.raises(ValueError, match=r"^target has 3 entries for a batch of 2$"):
         one.explain(x, torch.zeros(3))
+
+
+def test_lightning_wrapper_registers_the_network_so_it_moves_with_the_module():
+    """Lightning moves a module's registered children to the device (``.to``): the wrapper's ``net`` is the
+    method's network, so moving the wrapper (here to float64) moves the network the method optimises through."""
+    from xattr.methods.iba.per_sample import PerSampleIBAModule
+
+    model = TinyCNN(num_classes=5).eval()
+    module = PerSampleIBAModule(PerSampleIBA(model, "conv2"))
+    assert module.net is model
+    module.to(torch.float64)
+    assert all(p.dtype == torch.float64 for p in model.parameters())
+
+
+def test_token_bottleneck_blurs_on_the_inputs_patch_grid(monkeypatch):
+    """On a ViT token layer the blur of eq. 7 acts on the patch grid, whose aspect ratio is the input's ``(H, W)``
+    (a 32 x 32 image in 8 px patches: a 4 x 4 grid, the class token aside)."""
+    from tests.test_vit_methods import _iba, tiny_vit
+    from xattr.methods.iba.bottleneck import TokenBottleneck
+
+    seen = []
+    lam = TokenBottleneck.lam
+
+    def spy(self, alpha):
+        seen.append((self.image_hw, tuple(self.layout.to_grid(alpha, self.image_hw).shape[-2:])))
+        return lam(self, alpha)
+
+    monkeypatch.setattr(TokenBottleneck, "lam", spy)
+    net = tiny_vit(1)
+    x = torch.randn(1, 3, 32, 32)
+    iba, _ = _iba(net, "encoder.layers.encoder_layer_0", x, steps=1, copies=1)
+    iba.optimize(x, torch.tensor([0]))
+    assert seen == [((32, 32), (4, 4))]
+
+
+def test_multilayer_defaults_memory_knob_token_refusal_and_regressions_3d_error_line():
+    """``binarize``'s defaults are eq. 5's (relative threshold 0.5: a hand map); Multi-layer IBA's memory knob is
+    its layers' ``chunk``; a ViT token layer is one whole line; Regression IBA's head error counts the outputs of
+    a ``(B, copies, K)`` batch (its last axis) and it has no Table 1 scores."""
+    import inspect
+
+    from tests.test_vit_methods import tiny_vit
+
+    m = torch.tensor([[0.0, 0.49, 0.5, 1.0]]).view(1, 1, 2, 2)
+    assert binarize(m).flatten().tolist() == [0.0, 0.0, 1.0, 1.0]
+    assert MultiLayerIBA.memory_knob == "chunk" and "chunk" in inspect.signature(PerSampleIBA.__init__).parameters
+    layer = "encoder.layers.encoder_layer_0"
+    with pytest.raises(XattrConfigError) as err:
+        MultiLayerIBA(tiny_vit(), [layer])
+    assert str(err.value) == (f"method multilayer_iba has no vision-transformer form (layer {layer!r} gives tokens): "
+                              "its layer maps are combined as (B, C, h, w) feature maps (not adapted to tokens); use "
+                              "iba or inverse_iba (docs/transformers.md)")
+    reg = RegressionIBA(HalfIgnoring(k=2).eval(), "feat")
+    with pytest.raises(XattrConfigError) as err:
+        reg.phi(torch.zeros(2, 3, 2))
+    assert str(err.value) == "the head has 2 outputs; set output to one of 0..1"
+    assert RegressionIBA.scores is False

@@ -71,3 +71,15 @@ def test_input_bottleneck_defaults_are_the_references_per_image_and_channel():
     assert b.smooth.sigma == 1.0 and b.mean.shape == (3, 5, 4)
     assert torch.equal(b.mean, torch.zeros(3, 5, 4)) and torch.equal(b.std, torch.ones(3, 5, 4))
     assert InputBottleneck(gan_mask, sigma=None).smooth.sigma == 0.0
+
+
+def test_input_kl_at_lambda_one_uses_the_documented_floors():
+    """``Lambda = 1`` (a saturated sigmoid): ``1 - Lambda`` is floored at 1e-6 (variance 1e-12), so against the
+    plain prior (``lambda_G = 0``) the KL is ``-0.5 ln 1e-12 + 0.5e-12 + 0.5 x^2 - 0.5``, finite; with ``lambda_G
+    = 1`` both factors take the same floor and the KL stays 0 (prior = posterior)."""
+    x = torch.tensor([0.0, 1.5, -2.0])
+    one = torch.ones(3)
+    got = input_kl(x, one, torch.zeros(3), 0.0, 1.0)
+    want = -0.5 * math.log(1e-12) + 0.5e-12 + 0.5 * x.double() ** 2 - 0.5
+    torch.testing.assert_close(got.double(), want, rtol=1e-6, atol=1e-6)
+    assert torch.equal(input_kl(x, one, one, 0.0, 1.0), torch.zeros(3))

@@ -39,3 +39,16 @@ def test_a_second_runner_stops_in_one_line_and_a_stale_lock_is_taken_over(tmp_pa
     assert lock.read_text() == str(os.getpid())
     mod.hold_lock()  # this process's own lock
     assert lock.read_text() == str(os.getpid())
+
+
+def test_a_runner_started_from_a_mutants_tests_stops_at_once(tmp_path, monkeypatch, capsys):
+    """Readout's ``devices=1 -> 2`` mutant made Lightning's DDP launcher start ``[python, *sys.argv]`` for rank 1, i.e.
+    the runner again, from a forked child (session 10's runaway runner): a runner started with the children's
+    variable set takes no lock and runs nothing."""
+    mod = runner(tmp_path, monkeypatch)
+    monkeypatch.setenv(mod.CHILD_ENV, "mutant")
+    monkeypatch.setattr(mod, "hold_lock", lambda: pytest.fail("took the lock"))
+    assert mod.main(["methods/iba/readout.py"]) == 3
+    assert capsys.readouterr().err == ("error: started from a runner's mutant child (a test re-ran sys.argv, e.g. "
+                                       "Lightning's DDP launcher); not running\n")
+    assert not (tmp_path / "runner.lock").exists()

@@ -138,7 +138,7 @@ def estimate(
         bar.close()
     if warn and seen < MIN_SAMPLES_WARN:
         warnings.warn(f"feature statistics from only {seen} samples; at least {MIN_SAMPLES_WARN} are "
-                      "recommended (reference: 10 000)", stacklevel=2)
+                      "recommended (reference: 10 000)", stacklevel=3)  # 3: torch.no_grad's wrapper is a frame
     out = {name: est[name].result() for name in layers}
     if tokens:
         out = {k: FeatureStats(s.mean[None], s.std[None], s.nonzero[None], s.n) for k, s in out.items()}
