@@ -430,3 +430,52 @@ def test_roar_table_from_unit_folders_made_by_hand(tmp_path: Path) -> None:
     assert df.loc["Gradient", "30%"] == "0.700 ± 0.100 (n=2)" and df.loc["Gradient", "AUC (ours)"] == "0.500 ± 0.100"
     assert df.loc["Gradient", "0% (baseline)"] == "0.900 (n=1)"
     assert "1 unfinished" in (tmp_path / "out" / "t.md").read_text()
+
+
+# ---------------------------------------------------------------- by hand: quantisation, errors, the map store
+def test_uint8_quantisation_truncates_255_v_not_256_v() -> None:
+    # 999 / 1000 of the range: 254.7 truncates to 254 (x 256 would give 255)
+    assert quantise_uint8(torch.tensor([[0.0, 999.0, 1000.0]])).tolist() == [[0, 254, 255]]
+
+
+def test_removal_and_store_errors_are_whole_lines(tmp_path: Path) -> None:
+    import re
+
+    def line(msg: str) -> str:
+        return "^" + re.escape(msg) + "$"
+
+    with pytest.raises(XattrConfigError, match=line("bad roar.percent 101; valid choices: a number in [0, 100]")):
+        n_removed(101, 4, 4)
+    with pytest.raises(XattrConfigError, match=line("unknown roar.ties 'torch'; valid choices: numpy, stable")):
+        removal_mask(torch.rand(1, 4, 4), 50, ties="torch")
+    with pytest.raises(XattrConfigError, match=line("ROAR maps must be (N, H, W) or (N, C, H, W), got shape (4, 4)")):
+        removal_mask(torch.rand(4, 4), 50)
+    with pytest.raises(XattrConfigError, match=line("unknown roar.quantise 'png'; valid choices: uint8, none")):
+        load_maps(tmp_path, quantise="png")
+    (tmp_path / "empty").mkdir()
+    from xattr.core.store import RunStore
+
+    hint = (f"missing attribution maps (heatmaps/*.npz) for ROAR: put it at {RunStore(tmp_path / 'empty').heatmaps_dir} "
+            "(run python -m xattr.run experiment=pathways_t1_roar method=<m> first (dataset.attribution.split=all))")
+    with pytest.raises(XattrConfigError, match=line(hint)):
+        load_maps(tmp_path / "empty")
+
+
+def test_saved_maps_carry_the_method_and_a_gap_in_the_index_has_no_id(tmp_path: Path) -> None:
+    from xattr.core.store import RunStore
+
+    maps = torch.rand(2, 4, 4)
+    save_maps(tmp_path / "named", maps, ["a", "c"], index=[0, 2], method="gradient")
+    assert RunStore(tmp_path / "named").config()["method_name"] == "gradient"
+    save_maps(tmp_path / "anon", maps, ["a", "c"], index=[0, 2])
+    assert RunStore(tmp_path / "anon").config() is None  # no method: no config written
+    got, ids, present = load_maps(tmp_path / "named", quantise="none")
+    assert ids == ["a", "", "c"] and present.tolist() == [True, False, True]
+    assert torch.equal(got[1], torch.zeros(4, 4)) and torch.allclose(got[2], maps[1].half().float())
+
+
+def test_roar_dataset_defaults_remove_nothing() -> None:
+    maps = torch.rand(4, 8, 8)
+    ds = RoarDataset(_Images(4), maps=maps)  # percent 0 by default: the unmodified baseline
+    assert ds.percent == 0.0 and ds.maps is None
+    assert torch.equal(ds[1]["x"], _Images(4)[1]["x"])
