@@ -479,3 +479,104 @@ def test_roar_dataset_defaults_remove_nothing() -> None:
     ds = RoarDataset(_Images(4), maps=maps)  # percent 0 by default: the unmodified baseline
     assert ds.percent == 0.0 and ds.maps is None
     assert torch.equal(ds[1]["x"], _Images(4)[1]["x"])
+
+
+class _Unit(torch.utils.data.Dataset):
+    """Images in [0, 1] on the 8-bit grid (k / 255), one pixel above 1 (saturates to 255), labels in `labels`,
+    item reads counted, and an optional `parts` list."""
+
+    def __init__(self, n: int = 4, parts: list[str] | None = None, labels: bool = True) -> None:
+        g = torch.Generator().manual_seed(3)
+        self.x = torch.randint(0, 256, (n, 3, 4, 4), generator=g).float() / 255
+        self.x[:, :, 3, 3] = 1.2
+        self.reads = 0
+        if parts is not None:
+            self.parts = parts
+        if labels:
+            self.labels = [7] * n
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i: int) -> dict:
+        self.reads += 1
+        return {"x": self.x[i].clone(), "label": 7, "id": f"u{i}", "index": i}
+
+
+def test_roar_dataset_defaults_fill_parts_limit_labels_and_channel_maps() -> None:
+    """The default fill is CIFAR-10's training mean (RoarTorch's); ``part`` keeps that part's items, ``limit``
+    a prefix of them; ``labels`` come from the base's ``labels`` without reading an item (or from the items);
+    (N, C, H, W) maps rank by their channel max; tensor maps are quantised to uint8 unless ``quantise: none``;
+    a percent below 1 still removes; maps without a percent, or a percent without maps, remove nothing."""
+    import re
+
+    maps = torch.rand(4, 16, generator=torch.Generator().manual_seed(0)).view(4, 4, 4)
+    ds = RoarDataset(_Unit(), maps=maps, percent=50)
+    removed = removal_mask(maps[1:2], 50)[0]
+    assert torch.equal(ds[1]["x"][:, removed], torch.tensor([0.4914, 0.4822, 0.4465])[:, None].expand(-1, 8))
+    assert torch.equal(ds.maps, quantise_uint8(maps)) and ds.maps.dtype == torch.uint8
+    assert RoarDataset(_Unit(), maps=maps, percent=50, quantise="none").maps.dtype == torch.float32
+    half = RoarDataset(_Images(1, size=16), maps=torch.rand(1, 16, 16), percent=0.5, fill=(0.0, 0.0, 0.0))
+    assert int((half[0]["x"] == 0).all(0).sum()) == 1  # 0.5% of 256 pixels: one
+    assert torch.equal(RoarDataset(_Unit(), maps=None, percent=50)[2]["x"], _Unit()[2]["x"])
+    four = torch.zeros(4, 3, 4, 4)
+    four[:, 2] = maps  # only channel 2 carries the ranking
+    assert torch.equal(RoarDataset(_Unit(), maps=four, percent=25, quantise="none").mask(3), removal_mask(maps[3:4], 25)[0])
+    parts = RoarDataset(_Unit(parts=["train", "test", "train", "test"]), maps=maps, percent=50, part="test")
+    assert parts.indices == [1, 3] and [parts[i]["index"] for i in range(2)] == [1, 3]
+    assert RoarDataset(_Unit(parts=["train"] * 4), part="train", limit=3).indices == [0, 1, 2]
+    base = _Unit()
+    assert RoarDataset(base).labels == [7] * 4 and base.reads == 0  # from `labels`: no image read
+    assert RoarDataset(_Unit(labels=False)).labels == [7] * 4
+    for kwargs, msg in (({"quantise": "png"}, "unknown roar.quantise 'png'; valid choices: uint8, none"),
+                        ({"ties": "torch"}, "unknown roar.ties 'torch'; valid choices: numpy, stable"),
+                        ({"train_fill": "int"}, "unknown roar.train_fill 'int'; valid choices: uint8, float"),
+                        ({"part": "train"}, "roar part='train' needs a base dataset with `parts` (CIFAR-10 split=all)")):
+        with pytest.raises(XattrConfigError, match="^" + re.escape(msg) + "$"):
+            RoarDataset(_Unit(), **kwargs)
+    with pytest.raises(XattrConfigError, match="^" + re.escape("unknown roar part 'val'; valid choices: test, train") + "$"):
+        RoarDataset(_Unit(parts=["train", "test"] * 2), part="val")
+
+
+def test_training_view_without_a_preprocess_truncates_to_8_bits_and_saturates() -> None:
+    """train_fill uint8 (RoarTorch's training pipeline) on images already in [0, 1]: the image on the 8-bit grid
+    (a value above 1 saturates at 255), the mean filled in, then truncated: ``floor(255 v) / 255`` by numpy."""
+    import numpy as np
+
+    base = _Unit()
+    maps = torch.rand(4, 4, 4, generator=torch.Generator().manual_seed(1))
+    ds = RoarDataset(base, maps=maps, percent=25, train_fill="uint8", quantise="none")
+    train = ds.training_view()
+    assert train.truncate and not ds.truncate
+    fill = np.array([0.4914, 0.4822, 0.4465], dtype=np.float32)
+    for i in range(4):
+        x01 = np.minimum(base.x[i].numpy(), np.float32(1.0))  # the 8-bit image: 1.2 saturates
+        m = removal_mask(maps[i : i + 1], 25)[0].numpy()
+        x01[:, m] = fill[:, None]
+        expect = np.floor(x01 * np.float32(255)).astype(np.uint8).astype(np.float32) / np.float32(255)
+        assert np.allclose(train[i]["x"].numpy(), expect, atol=1e-7)
+        assert torch.equal(ds[i]["x"][:, ~torch.from_numpy(m)], base.x[i][:, ~torch.from_numpy(m)])  # float: as is
+
+
+def test_the_mismatch_errors_of_a_map_run_are_whole_lines(tmp_path: Path) -> None:
+    import re
+
+    maps = torch.rand(4, 4, 4)
+    save_maps(tmp_path / "half", maps[:2], ["img0", "img1"], index=[0, 1])
+    msg = (f"the map run {tmp_path / 'half'} has no map for 2 of the 4 images (first missing dataset index 2); "
+           "finish it (re-run the same xattr.run command: finished batches are skipped) or use the dataset the maps "
+           "were made on")
+    with pytest.raises(XattrConfigError, match="^" + re.escape(msg) + "$"):
+        RoarDataset(_Images(4, size=4), maps=tmp_path / "half", percent=50)
+    save_maps(tmp_path / "other", maps, ["a", "b", "c", "d"])
+    msg = ("ROAR maps do not belong to this dataset: index 1 is 'img1' here but 'b' in the map run; compute the maps "
+           "on the same dataset (split, per_class)")
+    with pytest.raises(XattrConfigError, match="^" + re.escape(msg) + "$"):
+        RoarDataset(_Images(4, size=4), maps=tmp_path / "other", percent=50)[1]
+
+
+def test_crop_flip_pads_by_4_by_default() -> None:
+    """RandomCrop(32, padding=4) (RoarTorch's): at offset (0, 0) the image moves 4 pixels down and right."""
+    x = torch.rand(1, 3, 8, 8)
+    out = crop_flip_batch(x, offsets=torch.zeros(1, 2, dtype=torch.long), flips=torch.zeros(1, dtype=torch.bool))
+    assert torch.equal(out[..., 4:, 4:], x[..., :4, :4]) and (out[..., :4, :] == 0).all()
