@@ -580,3 +580,62 @@ def test_crop_flip_pads_by_4_by_default() -> None:
     x = torch.rand(1, 3, 8, 8)
     out = crop_flip_batch(x, offsets=torch.zeros(1, 2, dtype=torch.long), flips=torch.zeros(1, dtype=torch.bool))
     assert torch.equal(out[..., 4:, 4:], x[..., :4, :4]) and (out[..., :4, :] == 0).all()
+
+
+def test_crop_flip_draws_every_offset_in_0_to_2p_uniformly_and_flips_half() -> None:
+    """RandomCrop's offsets are uniform over 0..2 padding (both ends included), the flip's probability 1/2:
+    offsets read back from a 3 x 3 image of distinct values (padding 1: the output's centre is x[r, c]); the
+    flip from a 1 x 2 image. 9 000 and 4 000 draws: each frequency within 5 standard errors."""
+    g = torch.Generator().manual_seed(0)
+    b = 9000
+    x = torch.arange(9.0).view(1, 1, 3, 3).expand(b, 1, 3, 3)
+    out = crop_flip_batch(x, 1, flips=torch.zeros(b, dtype=torch.bool), generator=g)
+    counts = torch.bincount(out[:, 0, 1, 1].long(), minlength=9).double() / b
+    assert (counts - 1 / 9).abs().max() < 5 * (1 / 9 * 8 / 9 / b) ** 0.5, counts
+    two = torch.tensor([1.0, 2.0]).view(1, 1, 1, 2).expand(4000, 1, 1, 2)
+    flipped = crop_flip_batch(two, 0, offsets=torch.zeros(4000, 2, dtype=torch.long), generator=g)[:, 0, 0, 0] == 2
+    assert abs(flipped.double().mean() - 0.5) < 5 * (0.25 / 4000) ** 0.5
+
+
+def test_device_batches_defaults_order_augmentation_padding_and_keys_by_a_replay() -> None:
+    """With its defaults (seed 0, shuffled, augmented, padding 4, batches of 256, no removal: percent 0) a
+    DeviceRoarBatches pass equals the normalised images taken in ``randperm`` order of a generator seeded 0,
+    cropped and flipped by :func:`crop_flip_batch` with the same generator and the normalised black pad
+    ``-mean / std`` (torchvision pads before Normalize); the batch dict's keys; ``len`` is ceil(N / batch)."""
+    g = torch.Generator().manual_seed(5)
+    images = torch.randint(0, 256, (257, 3, 6, 6), dtype=torch.uint8, generator=g)
+    labels = torch.randint(0, 10, (257,), generator=g)
+    mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.5)
+    maps = torch.rand(257, 6, 6, generator=g)
+    batches = DeviceRoarBatches(images, labels, mean, std, mean, maps=maps)
+    assert len(batches) == 2
+    got = list(batches)
+    assert [len(b["x"]) for b in got] == [256, 1] and set(got[0]) == {"x", "label", "target", "index"}
+    replay = torch.Generator().manual_seed(0)
+    order = torch.randperm(257, generator=replay)
+    m, s = torch.tensor(mean).view(1, 3, 1, 1), torch.tensor(std).view(1, 3, 1, 1)
+    black = -torch.tensor(mean) / torch.tensor(std)
+    for batch, idx in zip(got, order.split(256)):
+        x = (images[idx].float() / 255 - m) / s
+        torch.testing.assert_close(batch["x"], crop_flip_batch(x, 4, black, generator=replay))
+        assert torch.equal(batch["index"], idx) and torch.equal(batch["label"], labels[idx])
+        assert torch.equal(batch["target"], labels[idx])
+    assert got[0]["x"].is_contiguous()  # channels_last off by default
+    seeded = next(iter(DeviceRoarBatches(images, labels, mean, std, mean, seed=3)))["index"]
+    assert torch.equal(seeded, torch.randperm(257, generator=torch.Generator().manual_seed(3))[:256])
+    assert [len(DeviceRoarBatches(images[:n], labels[:n], mean, std, mean, batch_size=2)) for n in (4, 5)] == [2, 3]
+
+
+def test_device_batches_channels_last_a_percent_below_one_and_no_maps() -> None:
+    images = torch.randint(0, 256, (2, 3, 16, 16), dtype=torch.uint8)
+    mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.5)
+    kw = dict(batch_size=2, augment=False, shuffle=False)
+    cl = next(iter(DeviceRoarBatches(images, torch.zeros(2), mean, std, mean, channels_last=True, **kw)))["x"]
+    assert cl.is_contiguous(memory_format=torch.channels_last) and not cl.is_contiguous()
+    plain = next(iter(DeviceRoarBatches(images, torch.zeros(2), mean, std, mean, **kw)))["x"]
+    assert torch.equal(plain, cl) and plain.is_contiguous()
+    maps = torch.rand(2, 16, 16)
+    half = next(iter(DeviceRoarBatches(images, torch.zeros(2), mean, std, (0.0, 0.0, 0.0), maps=maps, percent=0.5, **kw)))["x"]
+    assert ((half != plain).any(1).flatten(1).sum(1) == 1).all()  # 0.5% of 256 pixels: one each
+    none = next(iter(DeviceRoarBatches(images, torch.zeros(2), mean, std, (0.0, 0.0, 0.0), maps=None, percent=50, **kw)))
+    assert torch.equal(none["x"], plain)
