@@ -279,3 +279,64 @@ def test_sanity_check_cost_is_the_method_once_per_step_and_on_the_original():
     assert CascadingRandomisation(layers=["fc", "conv3", "conv2"]).forwards_per_image((3, 8, 8), 2.0) == 8.0
     assert CascadingRandomisation().forwards_per_image((3, 8, 8), 2.0) == 22.0  # layers: null counts 10 steps
     assert CascadingRandomisation.name == "sanity_check" and CascadingRandomisation.needs == ("method", "method_factory")
+
+
+def test_sanity_check_defaults_plan_of_leaves_and_containers_and_whole_error_lines():
+    """Defaults: InputIBA's init (linear N(0, 0.05)), PathwayGrad's std 0.1, SSIM window 5 on percentile-clamped
+    float maps, seed 0; ``layers: null`` steps through every parametric leaf, last first; a stop may name a
+    container (its leaves go at once); a module without parameters, or a bad option, is one whole line."""
+    import re
+
+    from xattr.metrics.sanity_check import parametric_leaves
+
+    m = CascadingRandomisation()
+    assert (m.layers, m.init, m.std, m.linear_std, m.normalise, m.to_8bit, m.win_size, m.seed) == (
+        None, "inputiba", 0.1, 0.05, "percentile", False, 5, 0)
+    for how in ("percentile", "minmax", "none", "max_abs"):
+        assert CascadingRandomisation(normalise=how).normalise == how
+    net = TinyCNN(num_classes=4)
+    assert parametric_leaves(net) == ["features.0", "features.2", "features.5", "fc"]
+    assert m.step_names(net) == ["original", "fc", "features.5", "features.2", "features.0"]
+    assert CascadingRandomisation(layers=["fc", "features"]).plan(net) == [["fc"], ["features.0", "features.2", "features.5"]]
+    for kwargs, msg in (({"init": "zeros"}, "unknown init 'zeros'; valid choices: inputiba, normal"),
+                        ({"normalise": "l2"}, "unknown normalise 'l2'; valid choices: percentile, minmax, none, max_abs")):
+        with pytest.raises(XattrConfigError, match="^" + re.escape(msg) + "$"):
+            CascadingRandomisation(**kwargs)
+    msg = "unknown layer with parameters 'features.1'; valid choices: features.0, features.2, features.5, fc"
+    with pytest.raises(XattrConfigError, match="^" + re.escape(msg) + "$"):
+        CascadingRandomisation(layers=["features.1"]).plan(net)
+    rng = np.random.default_rng(5)
+    a, b = rng.normal(size=(10, 10)), rng.normal(size=(10, 10))
+    assert ssim(a, b) == ssim(a, b, "percentile", False, 5)
+
+
+def test_randomise_draws_a_modules_own_parameters_not_its_childrens_and_one_step_scores_it():
+    class Owner(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.s = torch.nn.Parameter(torch.full((50,), 7.0))
+            self.child = torch.nn.Linear(3, 3)
+
+    owner = Owner().requires_grad_(False)
+    before = owner.child.weight.clone()
+    CascadingRandomisation(init="normal")._randomise(owner, torch.Generator().manual_seed(0))
+    assert (owner.s != 7).all() and torch.equal(owner.child.weight, before)  # its own parameters only
+    torch.manual_seed(0)
+    net = TinyCNN(num_classes=4).eval()
+    x, t = torch.randn(2, 3, 16, 16), torch.tensor([1, 3])
+    maps = Gradient(net, abs=False).attribute(x, t)
+    one = CascadingRandomisation(layers=["fc"])(net, x, t, maps, method=Gradient(net, abs=False))
+    for key in ("ssim", "spearman", "spearman_abs"):
+        assert torch.equal(one.scores[key], one.curves[key][:, 1])  # one step: its value
+
+
+def test_a_method_without_needs_fit_is_rebuilt_from_its_stored_arguments():
+    from xattr.metrics.sanity_check import _method_factory
+
+    class Plain:  # not an Attribution: no needs_fit
+        def __init__(self, model, k=2):
+            self.model, self.k = model, k
+
+    net = TinyCNN(num_classes=4)
+    rebuilt = _method_factory(Plain(net, k=5), None)(net)
+    assert isinstance(rebuilt, Plain) and rebuilt.k == 5
