@@ -224,6 +224,8 @@ def test_nth_smallest_by_hand_and_its_cpu_path_partitions_once_per_count_without
         assert torch.equal(nth_smallest(v, torch.full((6,), 10)), tenth)
         assert calls == [(6, 9)]
     assert torch.equal(nth_smallest(v.double(), counts), expected.double())
+    empty = torch.zeros(0, 1, dtype=torch.int64)  # torch's path (not a float): an empty batch of one column
+    assert nth_smallest(empty, torch.zeros(0, dtype=torch.long)).shape == (0,)
     tall = torch.tensor([[2.0, 1.0], [0.0, 5.0], [4.0, 3.0]])  # more rows than columns, 2 (= N) of one count
     assert nth_smallest(tall, torch.tensor([1, 1, 2])).tolist() == [1.0, 0.0, 4.0]
     half = v.half()  # no numpy selection for half: torch.topk
