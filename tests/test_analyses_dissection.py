@@ -328,3 +328,56 @@ def test_the_figure_shows_each_concepts_top_units_masks_and_iou_by_hand(tmp_path
         v = np.concatenate([p.vertices for p in contour.get_paths()])
         np.testing.assert_allclose([v[:, 0].min(), v[:, 0].max(), v[:, 1].min(), v[:, 1].max()],
                                    [cols.min() - 0.5, cols.max() + 0.5, rows.min() - 0.5, rows.max() + 0.5])
+
+
+def _bilinear(a: np.ndarray, oh: int, ow: int) -> np.ndarray:
+    """Bilinear upsampling of ``(..., h, w)`` with half-pixel centres (``align_corners=False``), by hand."""
+    h, w = a.shape[-2:]
+
+    def taps(n_in, n_out):
+        src = np.maximum((np.arange(n_out) + 0.5) * n_in / n_out - 0.5, 0.0)
+        i0 = np.floor(src).astype(int)
+        return i0, np.minimum(i0 + 1, n_in - 1), src - i0
+
+    r0, r1, wr = taps(h, oh)
+    c0, c1, wc = taps(w, ow)
+    rows = a[..., r0, :] * (1 - wr)[:, None] + a[..., r1, :] * wr[:, None]
+    return rows[..., c0] * (1 - wc) + rows[..., c1] * wc
+
+
+def test_the_codes_settings_through_update_equal_a_numpy_dissection():
+    """CheXplain-Dissection's settings (``labels: single``, ``mask_size``, ``quantile_on: upsampled``,
+    ``union: all_images``) through ``update`` on a 1x1 identity probe, against numpy: masks resized nearest
+    (source index floor(i * 8 / 6)), overlapping concepts resolved to the highest index, the unit maps
+    (the conv's output: the input itself) upsampled bilinearly by hand to 6 x 6 (non-square 4 x 5 features), each unit's
+    threshold the value with round(0.1 n) of its n upsampled values above it, the union with the unit's pixels
+    of the images without the concept."""
+    g = torch.Generator().manual_seed(4)
+    n, k = 6, 2
+    x = torch.randn(n, k, 4, 5, generator=g)
+    masks = torch.rand(n, 3, 8, 8, generator=g) > 0.6
+    masks[2, 1] = False  # concept 1 absent from image 2
+    d = Dissection("features.0", concepts=["a", "b", "c"], quantile=0.9, quantile_on="upsampled",
+                   union="all_images", labels="single", mask_size=6)
+    for i in range(0, n, 3):
+        d.update(Probe(k), x[i : i + 3], torch.zeros(3, dtype=torch.long), None, concept_masks=masks[i : i + 3])
+    iou, thr, images = d.iou()
+    near = np.floor(np.arange(6) * 8 / 6).astype(int)
+    lab = masks.numpy()[:, :, near][:, :, :, near]                     # (n, 3, 6, 6) nearest
+    top = (lab * np.arange(1, 4)[None, :, None, None]).max(1)           # highest concept index per pixel
+    lab = np.stack([top == c + 1 for c in range(3)], 1)
+    up = _bilinear(x.half().double().numpy(), 6, 6)  # (n, k, 6, 6); the state keeps float16 activations
+    for u in range(k):
+        vals = np.sort(up[:, u].ravel())
+        t = vals[len(vals) - round(0.1 * len(vals)) - 1]
+        assert thr[u].item() == pytest.approx(t, abs=1e-5)
+        unit = up[:, u] > thr[u].item()
+        for c in range(3):
+            has = lab[:, c].reshape(n, -1).any(1)
+            inter = (unit & lab[:, c])[has].sum()
+            union = (unit | lab[:, c])[has].sum() + unit[~has].sum()
+            assert iou[u, c].item() == pytest.approx(inter / union, abs=1e-12), (u, c)
+    assert images.tolist() == [float(lab[:, c].reshape(n, -1).any(1).sum()) for c in range(3)]
+    feats = quantile_thresholds(x, 0.8)  # on the 4 x 5 features: 120 values, 24 above
+    for u in range(k):
+        assert int((x[:, u] > feats[u]).sum()) == 24
