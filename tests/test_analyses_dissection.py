@@ -381,3 +381,38 @@ def test_the_codes_settings_through_update_equal_a_numpy_dissection():
     feats = quantile_thresholds(x, 0.8)  # on the 4 x 5 features: 120 values, 24 above
     for u in range(k):
         assert int((x[:, u] > feats[u]).sum()) == 24
+
+
+def test_blocks_thresholds_at_the_extremes_detector_counts_and_grey_thumbnails(monkeypatch):
+    """Computing in blocks of a few units and images gives the one-block result; a quantile so low that every
+    value lies above it gives the minimum (the 1st smallest), ``quantile`` 1 - 1/n the maximum; detector counts
+    list the units' concepts when none are named; the figure's grey thumbnails are the channel mean, upsampled
+    bilinearly to the masks' size and min-max scaled to 0..255, by hand."""
+    from xattr.analyses import dissection
+
+    g = torch.Generator().manual_seed(6)
+    acts = torch.rand(5, 3, 4, 4, generator=g)
+    masks = torch.rand(5, 2, 8, 8, generator=g) > 0.7
+    whole = Dissection("x", **TEXT, quantile=0.9)
+    whole.add(acts, masks)
+    want = whole.iou()
+    up_thresholds = quantile_thresholds(acts, 0.9, size=(8, 8))
+    monkeypatch.setattr(dissection, "BLOCK_ELEMENTS", 40)  # 1 unit, 1-2 images per block
+    blocked = Dissection("x", **TEXT, quantile=0.9)
+    blocked.add(acts, masks)
+    for a, b in zip(blocked.iou(), want):
+        torch.testing.assert_close(a, b, equal_nan=True)
+    torch.testing.assert_close(quantile_thresholds(acts, 0.9, size=(8, 8)), up_thresholds)
+    monkeypatch.undo()
+    low = torch.randperm(20, generator=g).float().view(1, 1, 4, 5)  # 20 values: 0..19
+    assert quantile_thresholds(low, 0.01).item() == 0.0  # round(0.99 * 20) = 20 above: the minimum
+    assert quantile_thresholds(low, 0.95).item() == 18.0  # 1 above: the second largest
+    units = pd.DataFrame({"unit": [0, 1, 2], "concept": ["b", "a", "b"], "detector": [True, True, False]})
+    assert detector_counts(units).to_dict("list") == {"concept": ["a", "b", "total"], "detectors": [1, 1, 2]}
+    x = torch.rand(1, 2, 4, 4, generator=g) * 3 - 1
+    d = Dissection("features.0", **TEXT, concepts=["c"])
+    d.update(Probe(2), x, torch.zeros(1, dtype=torch.long), None, concept_masks=torch.ones(1, 1, 8, 8, dtype=torch.bool))
+    grey = _bilinear(x.double().mean(1).numpy()[0], 8, 8)
+    expect = np.round((grey - grey.min()) / (grey.max() - grey.min()) * 255).astype(np.uint8)
+    assert np.abs(d.example_images[0].numpy().astype(int) - expect.astype(int)).max() <= 1  # float32 rounding
+    assert (d.example_images[0].numpy() == expect).mean() > 0.95
