@@ -348,8 +348,8 @@ def _bilinear(a: np.ndarray, oh: int, ow: int) -> np.ndarray:
 def test_the_codes_settings_through_update_equal_a_numpy_dissection():
     """CheXplain-Dissection's settings (``labels: single``, ``mask_size``, ``quantile_on: upsampled``,
     ``union: all_images``) through ``update`` on a 1x1 identity probe, against numpy: masks resized nearest
-    (source index floor(i * 8 / 6)), overlapping concepts resolved to the highest index, the unit maps
-    (the conv's output: the input itself) upsampled bilinearly by hand to 6 x 6 (non-square 4 x 5 features), each unit's
+    (source index floor(i * 8 / 6), floor(j * 8 / 7)), overlapping concepts resolved to the highest index, the unit maps
+    (the conv's output: the input itself) upsampled bilinearly by hand to 6 x 7 (non-square 4 x 5 features), each unit's
     threshold the value with round(0.1 n) of its n upsampled values above it, the union with the unit's pixels
     of the images without the concept."""
     g = torch.Generator().manual_seed(4)
@@ -358,20 +358,20 @@ def test_the_codes_settings_through_update_equal_a_numpy_dissection():
     masks = torch.rand(n, 3, 8, 8, generator=g) > 0.6
     masks[2, 1] = False  # concept 1 absent from image 2
     d = Dissection("features.0", concepts=["a", "b", "c"], quantile=0.9, quantile_on="upsampled",
-                   union="all_images", labels="single", mask_size=6)
+                   union="all_images", labels="single", mask_size=[6, 7])
     for i in range(0, n, 3):
         d.update(Probe(k), x[i : i + 3], torch.zeros(3, dtype=torch.long), None, concept_masks=masks[i : i + 3])
     iou, thr, images = d.iou()
-    near = np.floor(np.arange(6) * 8 / 6).astype(int)
-    lab = masks.numpy()[:, :, near][:, :, :, near]                     # (n, 3, 6, 6) nearest
+    rows, cols = np.floor(np.arange(6) * 8 / 6).astype(int), np.floor(np.arange(7) * 8 / 7).astype(int)
+    lab = masks.numpy()[:, :, rows][:, :, :, cols]                     # (n, 3, 6, 7) nearest
     top = (lab * np.arange(1, 4)[None, :, None, None]).max(1)           # highest concept index per pixel
     lab = np.stack([top == c + 1 for c in range(3)], 1)
-    up = _bilinear(x.half().double().numpy(), 6, 6)  # (n, k, 6, 6); the state keeps float16 activations
+    up = _bilinear(x.half().double().numpy(), 6, 7)  # (n, k, 6, 7); the state keeps float16 activations
     for u in range(k):
         vals = np.sort(up[:, u].ravel())
         t = vals[len(vals) - round(0.1 * len(vals)) - 1]
         assert thr[u].item() == pytest.approx(t, abs=1e-5)
-        unit = up[:, u] > thr[u].item()
+        unit = up[:, u] > t  # its top round(0.1 n) values
         for c in range(3):
             has = lab[:, c].reshape(n, -1).any(1)
             inter = (unit & lab[:, c])[has].sum()
@@ -416,3 +416,98 @@ def test_blocks_thresholds_at_the_extremes_detector_counts_and_grey_thumbnails(m
     expect = np.round((grey - grey.min()) / (grey.max() - grey.min()) * 255).astype(np.uint8)
     assert np.abs(d.example_images[0].numpy().astype(int) - expect.astype(int)).max() <= 1  # float32 rounding
     assert (d.example_images[0].numpy() == expect).mean() > 0.95
+
+
+def test_settings_defaults_and_every_bad_input_is_a_whole_line():
+    """The text's defaults (quantile 0.995, IoU above 0.04, masks at their own size), the figure's 4 examples and
+    3 units; mask_size as one side or [H, W]; the bounds of quantile (0, 1) and iou_threshold [0, 1); every
+    refused input is one whole line."""
+    import re
+
+    d = Dissection("x")
+    assert (d.quantile, d.iou_threshold, d.quantile_on, d.union, d.labels, d.mask_size, d.examples, d.top_units) == (
+        0.995, 0.04, "features", "concept_images", "multi", None, 4, 3)
+    assert Dissection("x", mask_size=56).mask_size == (56, 56) and Dissection("x", mask_size=[6, 8]).mask_size == (6, 8)
+    assert Dissection("x", iou_threshold=0).iou_threshold == 0.0 and Dissection("x", quantile=0.5).quantile == 0.5
+    assert Dissection("x", quantile_on="upsampled", labels="single").labels == "single"
+
+    def line(msg):
+        return "^" + re.escape(msg) + "$"
+
+    for kw, msg in (
+            ({"quantile": 0.0}, "bad quantile 0.0; valid choices: a number in (0, 1), 0.995 (paper) or 0.99 (code)"),
+            ({"quantile": 1.0}, "bad quantile 1.0; valid choices: a number in (0, 1), 0.995 (paper) or 0.99 (code)"),
+            ({"iou_threshold": 1.0}, "bad iou_threshold 1.0; valid choices: a number in [0, 1), 0.04 (paper)"),
+            ({"iou_threshold": 1.5}, "bad iou_threshold 1.5; valid choices: a number in [0, 1), 0.04 (paper)"),
+            ({"iou_threshold": "a"}, "bad iou_threshold 'a'; valid choices: a number in [0, 1), 0.04 (paper)"),
+            ({"mask_size": 0}, "bad mask_size [0, 0]; valid choices: null, an integer >= 1 or [H, W]"),
+            ({"mask_size": [1, 0]}, "bad mask_size [1, 0]; valid choices: null, an integer >= 1 or [H, W]"),
+            ({"mask_size": [4, 4, 4]}, "bad mask_size [4, 4, 4]; valid choices: null, an integer >= 1 or [H, W]"),
+            ({"quantile_on": "maps"}, "unknown quantile_on 'maps'; valid choices: features, upsampled"),
+            ({"labels": "one"}, "unknown labels 'one'; valid choices: single, multi")):
+        with pytest.raises(XattrConfigError, match=line(msg)):
+            Dissection("x", **kw)
+    assert Dissection("x", mask_size=[1, 1]).mask_size == (1, 1)
+    d = Dissection("features.0", **TEXT, concepts=["a", "b"])
+    x, t = torch.rand(2, 2, 8, 8), torch.zeros(2, dtype=torch.long)
+    with pytest.raises(XattrConfigError, match=line("dissection needs batches with 'concept_masks' (B, C, H, W); valid "
+                                                    "choices: dataset=synthetic_cxr, or a dataset that yields concept masks")):
+        d.update(Probe(), x, t, None)
+    with pytest.raises(XattrConfigError, match=line("bad concept_masks shape (2, 8, 8); valid choices: (B, C, H, W) bool")):
+        d.update(Probe(), x, t, None, concept_masks=torch.zeros(2, 8, 8).bool())
+    with pytest.raises(XattrConfigError, match=line("layer 'head' gives (2, 3); valid choices: a layer with spatial "
+                                                    "feature maps (B, K, h, w)")):
+        Dissection("head", concepts=["a", "b"]).update(Probe(), x, t, None, concept_masks=torch.zeros(2, 2, 8, 8).bool())
+    d.add(torch.rand(1, 2, 4, 4), torch.zeros(1, 2, 8, 8, dtype=torch.bool))
+    with pytest.raises(ValueError, match=line("dissection batch of shape (2, 4, 4, 2, 6, 8) after (2, 4, 4, 2, 8, 8)")):
+        d.add(torch.rand(1, 2, 4, 4), torch.zeros(1, 2, 6, 8, dtype=torch.bool))
+
+
+class _Pair(nn.Module):
+    """A layer that returns a tuple (its first element is dissected), then a head."""
+
+    def __init__(self):
+        super().__init__()
+        self.pair = _PairLayer()
+
+    def forward(self, x):
+        return self.pair(x)[0].mean((2, 3))
+
+
+class _PairLayer(nn.Module):
+    def forward(self, x):
+        return x, -x
+
+
+def test_edge_cases_of_the_iou_by_hand():
+    """By hand, one unit, non-square masks (4 x 6): a concept in no image has NaN IoU (either union), one in a
+    single image counts the unit's pixels elsewhere under ``all_images``; a union of one pixel gives IoU 1; a
+    unit whose best finite IoU follows a NaN picks the finite one; unnamed concepts are concept_<i>; a tuple
+    output is read by its first element; ``multi`` labels keep overlapping masks; an empty state has the
+    columns and round-trips."""
+    acts = torch.zeros(3, 1, 4, 6)
+    acts[0, 0, 0, 0] = 1.0  # the unit fires on pixel (0, 0) of image 0 and (3, 5) of image 2
+    acts[2, 0, 3, 5] = 1.0
+    masks = torch.zeros(3, 3, 4, 6, dtype=torch.bool)
+    masks[0, 1, 0, 0] = True  # concept 1: only image 0, exactly the unit's pixel
+    masks[:, 2, 0, :2] = True  # concept 2: every image, two pixels
+    for union, iou1 in (("concept_images", 1.0), ("all_images", 1 / 2)):
+        d = Dissection("x", quantile=0.9, union=union)  # 2 of 72 values above T = 0
+        d.add(acts, masks)
+        iou, thr, images = d.iou()
+        assert thr.item() == 0.0 and images.tolist() == [0.0, 1.0, 3.0]
+        assert np.isnan(iou[0, 0].item()) and iou[0, 1].item() == pytest.approx(iou1)
+        row = d.compute().iloc[0]
+        assert row["concept"] == "concept_1" and row["concept_index"] == 1 and row["iou"] == pytest.approx(iou1)
+    assert d.names() == ["concept_0", "concept_1", "concept_2"]
+    assert list(d.compute().columns) == ["layer", "unit", "concept", "concept_index", "iou", "detector", "threshold", "images"]
+    empty = Dissection("x")
+    assert list(empty.compute().columns) == list(d.compute().columns) and empty.names() == []
+    again = Dissection("x")
+    again.load_state_dict(empty.state_dict())
+    assert again.shape is None and again.compute().empty
+    x = torch.randn(2, 2, 4, 6)
+    pair = Dissection("pair", **TEXT, quantile=0.9)
+    over = torch.ones(2, 2, 4, 6, dtype=torch.bool)  # two concepts on every pixel: multi keeps both
+    pair.update(_Pair(), x, torch.zeros(2, dtype=torch.long), None, concept_masks=over)
+    assert torch.equal(pair.acts[0], x.half()) and pair.iou()[2].tolist() == [2.0, 2.0]
