@@ -511,3 +511,50 @@ def test_edge_cases_of_the_iou_by_hand():
     over = torch.ones(2, 2, 4, 6, dtype=torch.bool)  # two concepts on every pixel: multi keeps both
     pair.update(_Pair(), x, torch.zeros(2, dtype=torch.long), None, concept_masks=over)
     assert torch.equal(pair.acts[0], x.half()) and pair.iou()[2].tolist() == [2.0, 2.0]
+
+
+def test_unit_rows_order_detector_bound_csvs_figure_panels_and_merged_examples(tmp_path):
+    """compute() on a hand case: detectors first, then IoU descending, then unit; an IoU of exactly 0 stays 0 and one equal to
+    the threshold is no detector ("exceeds"); the CSVs carry no index column and may go to a new nested folder;
+    figure panels skip a concept without examples and flag a unit as a detector only for its best concept; a
+    merge appends the other's examples after its own images, up to ``examples``; shards of other shapes refuse."""
+    import re
+
+    acts = torch.zeros(2, 4, 2, 2)
+    acts[0, 0, 0, 0] = 1.0  # unit 0: pixel (0, 0) of image 0; units 1, 3: never on; unit 2: 2 pixels of image 0
+    acts[0, 2, 1, :] = 1.0
+    acts[1, 2, 1, 1] = 1.0  # and pixel (1, 1) of image 1
+    masks = torch.zeros(2, 2, 2, 2, dtype=torch.bool)
+    masks[0, 1, 0, :] = True  # concept 1: image 0's top row and pixel (1, 1) of image 1 (concept 0: nowhere)
+    masks[1, 1, 1, 1] = True  # unit 0: 1 / (2 + 1); unit 2: 1 / (4 + 1); unit 1: 0
+    d = Dissection("x", **TEXT, quantile=0.5, iou_threshold=1 / 3, top_units=2)  # T = 0 for every unit
+    grey = torch.zeros(2, 2, 2, dtype=torch.uint8)
+    d.add(acts, masks, grey)
+    iou = d.iou()[0]
+    assert iou[0, 1].item() == pytest.approx(1 / 3) and iou[2, 1].item() == pytest.approx(1 / 5)
+    rows = d.compute()
+    assert rows.index.tolist() == [0, 1, 2, 3] and rows["unit"].tolist() == [0, 2, 1, 3]  # by IoU, then unit
+    assert not rows["detector"].any()  # 1/3 does not exceed 1/3
+    assert rows.set_index("unit").loc[1, "iou"] == 0.0  # never on: IoU 0, not NaN
+    d.iou_threshold = 0.3
+    assert d.compute()["detector"].tolist() == [True, False, False, False]
+    assert list(d.iou_table().columns) == ["unit", "concept", "iou", "images"]
+    files = d.write_extras(tmp_path / "a" / "b")
+    assert list(pd.read_csv(files[0]).columns) == ["unit", "concept", "iou", "images"]
+    assert list(pd.read_csv(files[1]).columns) == ["concept", "detectors"]
+    panels = d.figure_panels()
+    assert [p["concept"] for p in panels] == ["concept_1"]  # concept 0 has no example: skipped, not the end
+    assert panels[0]["units"] == [0, 2] and panels[0]["detector"] == [True, False]
+    # merge: 2 examples kept per concept, the other's rows offset by this one's images
+    left = Dissection("x", **TEXT, quantile=0.5, examples=2)
+    left.add(acts[:1], masks[:1], grey[:1])
+    right = Dissection("x", **TEXT, quantile=0.5, examples=2)
+    right.add(acts, masks, grey + 7)
+    left.merge(right)
+    assert left.example_rows == [[], [0, 1]] and left.n_images == 3
+    assert torch.equal(left.example_images[1], grey[0] + 7)
+    other = Dissection("x", **TEXT)
+    other.add(torch.zeros(1, 1, 2, 2), torch.zeros(1, 2, 2, 2, dtype=torch.bool))
+    with pytest.raises(ValueError, match="^" + re.escape("cannot merge dissections of different shapes (4, 2, 2, 2, 2, 2) "
+                                                         "and (1, 2, 2, 2, 2, 2)") + "$"):
+        left.merge(other)
