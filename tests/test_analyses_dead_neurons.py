@@ -113,3 +113,29 @@ def test_jaccard_of_empty_pathways_is_nan_and_runs_of_other_networks_fail(tmp_pa
     c = _store(tmp_path, "c", [[1, 0, 0, 0, 0]], [3, 2])
     with pytest.raises(ValueError, match="^runs 'A' and 'C' have pathways of different networks$"):
         pathway_jaccard({"A": a, "C": c})
+
+
+def test_dead_neuron_labels_empty_state_and_whole_error_lines():
+    """The analysis' name and auxiliaries; an empty state round-trips; a method without one of the two
+    auxiliaries, or with another network's layer sizes (the first four of each shown), is one whole line."""
+    import re
+
+    from xattr.analyses.dead_neurons import MASK, SIZES
+    from xattr.methods.pathways import pack_bits
+
+    assert DeadNeurons.name == "dead_neurons" and DeadNeurons.needs == ("pathway/mask", "pathway/layer_sizes")
+    restored = DeadNeurons()
+    restored.load_state_dict(DeadNeurons().state_dict())
+    assert restored.compute().empty
+    deep = torch.nn.Sequential(*[m for _ in range(5) for m in (torch.nn.Conv2d(3, 3, 1), torch.nn.ReLU())]).eval()
+    x, t, maps = torch.rand(1, 3, 2, 2), torch.zeros(1, dtype=torch.long), torch.zeros(1, 1, 2, 2)
+    e = torch.ones(1, 60, dtype=torch.bool)
+    msg = ("dead_neurons needs a pathway method's auxiliaries 'pathway/mask' and 'pathway/layer_sizes'; valid "
+           "choices: method=neuron_mct, neuron_intgrad, greedy_pruning, dgr, dgr_uniform")
+    for extras in ({MASK: pack_bits(e)}, {SIZES: torch.tensor([[12] * 5])}):
+        with pytest.raises(XattrConfigError, match="^" + re.escape(msg) + "$"):
+            DeadNeurons().update(deep, x, t, maps, **extras)
+    msg = ("bad pathway layer sizes [1, 2, 3, 4]...; valid choices: the network's [12, 12, 12, 12]... "
+           "(set analysis.dead_neurons.activations as the method's)")
+    with pytest.raises(XattrConfigError, match="^" + re.escape(msg) + "$"):
+        DeadNeurons().update(deep, x, t, maps, **{MASK: pack_bits(e), SIZES: torch.tensor([[1, 2, 3, 4, 5, 6]])})
