@@ -139,3 +139,31 @@ def test_dead_neuron_labels_empty_state_and_whole_error_lines():
            "(set analysis.dead_neurons.activations as the method's)")
     with pytest.raises(XattrConfigError, match="^" + re.escape(msg) + "$"):
         DeadNeurons().update(deep, x, t, maps, **{MASK: pack_bits(e), SIZES: torch.tensor([[1, 2, 3, 4, 5, 6]])})
+
+
+def test_jaccard_per_layer_of_three_layers_over_shared_images_only(tmp_path):
+    """Three layers (2, 2, 1 neurons): each layer's Jaccard by hand; images only one run holds are left out; a
+    pair of runs without a shared image is skipped (the other pairs are still computed); a run without the
+    pathway auxiliaries holds no pathway."""
+    from xattr.core.store import RunStore
+
+    a = _store(tmp_path, "a", [[1, 1, 0, 1, 1], [1, 0, 0, 0, 0]], [2, 2, 1])
+    b = _store(tmp_path, "b", [[1, 0, 1, 1, 0]], [2, 2, 1])  # image 0 only
+    net, layers = pathway_jaccard({"A": a, "B": b})
+    ab = layers[(layers.a == "A") & (layers.b == "B")].set_index("layer")
+    assert ab["jaccard"].tolist()[:2] == [pytest.approx(1 / 2), pytest.approx(1 / 2)] and ab.loc[2, "jaccard"] == 0
+    assert ab["images"].tolist() == [1, 1, 1] and net.loc["A", "B"] == pytest.approx(2 / 5)
+    c = tmp_path / "c"
+    batch = {"id": ["other"], "index": torch.arange(1), "label": torch.zeros(1, dtype=torch.long)}
+    RunStore(c).write("b0000000-0", batch, batch["label"], torch.zeros(1, 1, 2, 2), torch.ones(1, 3) / 3,
+                      aux={"pathway/mask": torch.zeros(1, 1, dtype=torch.uint8)})  # no layer sizes: no pathway
+    from xattr.methods.pathways import pack_bits
+
+    e = tmp_path / "e"
+    batch = {"id": ["zzz"], "index": torch.arange(1), "label": torch.zeros(1, dtype=torch.long)}
+    RunStore(e).write("b0000000-0", batch, batch["label"], torch.zeros(1, 1, 2, 2), torch.ones(1, 3) / 3,
+                      aux={"pathway/mask": pack_bits(torch.ones(1, 5, dtype=torch.bool)),
+                           "pathway/layer_sizes": torch.tensor([[2, 2, 1]])})  # shares no image with A or B
+    net, _ = pathway_jaccard({"A": a, "C": c, "E": e, "B": b})
+    assert list(net.index) == ["A", "E", "B"] and np.isnan(net.loc["A", "E"])
+    assert net.loc["A", "B"] == pytest.approx(2 / 5) and net.loc["E", "E"] == 1
