@@ -539,3 +539,16 @@ def test_refine_weights_intervals_by_their_width_takes_flat_ones_and_breaks_ties
     even = torch.tensor([[0, 4, 8]])
     new, valid = refine(even, torch.tensor([[0.0, 1.0, 2.0]]), even / 8.0, 1)  # both weigh 1.5 x 0.5
     assert new.tolist() == [[2]]
+
+
+def test_xattr_axis_is_the_fraction_perturbed_and_a_tiny_fraction_perturbs_one_pixel():
+    """``x_axis: xattr``: x = min(k per_step, cap) / cap from 0 to 1 exactly; ``max_fraction`` 0.03 of 36 px
+    rounds to 1 pixel: one step (reference) or two points at x = 0 and 1 (xattr)."""
+    net = PixelLinear(torch.rand(2, 3, 6, 6, generator=torch.Generator().manual_seed(1))).eval()
+    x, maps, t = torch.rand(1, 3, 6, 6), torch.rand(1, 1, 6, 6), torch.tensor([0])
+    res = InsertionDeletion(per_step=9, blur_sigma=1.0, min_prob=None, x_axis="xattr")(net, x, t, maps)
+    assert res.x_axis["deletion"].tolist() == [0.0, 0.25, 0.5, 0.75, 1.0]
+    one = InsertionDeletion(per_step=1, blur_sigma=1.0, min_prob=None, max_fraction=0.03)(net, x, t, maps)
+    assert one.curves["deletion"].shape == (1, 1) and one.scores["deletion"].item() == 0.0
+    two = InsertionDeletion(per_step=1, blur_sigma=1.0, min_prob=None, max_fraction=0.03, x_axis="xattr")(net, x, t, maps)
+    assert two.x_axis["deletion"].tolist() == [0.0, 1.0]
