@@ -603,10 +603,10 @@ def test_device_batches_defaults_order_augmentation_padding_and_keys_by_a_replay
     cropped and flipped by :func:`crop_flip_batch` with the same generator and the normalised black pad
     ``-mean / std`` (torchvision pads before Normalize); the batch dict's keys; ``len`` is ceil(N / batch)."""
     g = torch.Generator().manual_seed(5)
-    images = torch.randint(0, 256, (257, 3, 6, 6), dtype=torch.uint8, generator=g)
+    images = torch.randint(0, 256, (257, 3, 10, 10), dtype=torch.uint8, generator=g)
     labels = torch.randint(0, 10, (257,), generator=g)
     mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.5)
-    maps = torch.rand(257, 6, 6, generator=g)
+    maps = torch.rand(257, 10, 10, generator=g)  # given, but the default percent 0 removes nothing
     batches = DeviceRoarBatches(images, labels, mean, std, mean, maps=maps)
     assert len(batches) == 2
     got = list(batches)
