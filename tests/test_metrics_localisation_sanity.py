@@ -128,6 +128,7 @@ def test_normalise_map_by_hand_in_every_mode():
     assert np.allclose(normalise_map(s, "max_abs"), [[-1.0, 0.5, 0.25, 0.0]])  # sign kept
     assert np.array_equal(normalise_map(s, "max_abs", to_8bit=True), [[0, 191, 159, 128]])  # [-1, 1] onto 0..255
     assert np.array_equal(normalise_map(np.zeros((1, 3)), "max_abs"), np.zeros((1, 3)))
+    assert np.allclose(normalise_map(np.array([[0.5, -0.25]]), "max_abs"), [[1.0, -0.5]])  # max |.| below 1
 
 
 @pytest.mark.parametrize("how, to_8bit, data_range", [("percentile", False, 1.0), ("minmax", False, 1.0),
@@ -213,12 +214,13 @@ def test_cascading_steps_re_attribute_on_copies_randomised_from_the_top_and_comp
     torch.manual_seed(0)
     net = TinyCNN(num_classes=4).eval()
     x, t = torch.randn(2, 3, 16, 16), torch.tensor([1, 3])
-    maps = Gradient(net, abs=False).attribute(x, t)
+    maps = Gradient(net, reduce="sum", abs=False).attribute(x, t)
+    assert (maps < 0).any()  # signed maps: Spearman of the maps and of their absolute values differ
     seen = []
 
     def factory(m):
         seen.append({k: v.clone() for k, v in m.state_dict().items()})
-        return Gradient(m, abs=False)
+        return Gradient(m, reduce="sum", abs=False)
 
     metric = CascadingRandomisation(layers=["fc", "conv3"], normalise="minmax")
     res = metric(net, x, t, maps, method_factory=factory)
@@ -230,7 +232,7 @@ def test_cascading_steps_re_attribute_on_copies_randomised_from_the_top_and_comp
     for k, state in enumerate(seen):
         copy_ = TinyCNN(num_classes=4).eval()
         copy_.load_state_dict(state)
-        new = Gradient(copy_, abs=False).attribute(x, t)
+        new = Gradient(copy_, reduce="sum", abs=False).attribute(x, t)
         for i in range(2):
             o, r = maps[i].mean(0).numpy().astype(np.float64), new[i].mean(0).detach().numpy().astype(np.float64)
             s = structural_similarity(normalise_map(o, "minmax"), normalise_map(r, "minmax"), win_size=5, data_range=1.0)
@@ -240,9 +242,9 @@ def test_cascading_steps_re_attribute_on_copies_randomised_from_the_top_and_comp
                 spearmanr(np.abs(o).ravel(), np.abs(r).ravel()).statistic, abs=1e-5)
     for key in ("ssim", "spearman", "spearman_abs"):
         assert torch.allclose(res.scores[key], res.curves[key][:, 1:].mean(1))
-    only = CascadingRandomisation(layers=[])(net, x, t, maps, method_factory=lambda m: Gradient(m, abs=False))
+    only = CascadingRandomisation(layers=[])(net, x, t, maps, method_factory=lambda m: Gradient(m, reduce="sum", abs=False))
     assert torch.allclose(only.scores["ssim"], torch.ones(2))  # no step: the original's own score
-    other_seed = CascadingRandomisation(layers=["fc"], seed=1)(net, x, t, maps, method=Gradient(net, abs=False))
+    other_seed = CascadingRandomisation(layers=["fc"], seed=1)(net, x, t, maps, method=Gradient(net, reduce="sum", abs=False))
     assert not torch.allclose(other_seed.curves["spearman"][:, 1], res.curves["spearman"][:, 1])
 
 
