@@ -393,12 +393,13 @@ def test_blocks_thresholds_at_the_extremes_detector_counts_and_grey_thumbnails(m
     g = torch.Generator().manual_seed(6)
     acts = torch.rand(5, 3, 4, 4, generator=g)
     masks = torch.rand(5, 2, 8, 8, generator=g) > 0.7
-    whole = Dissection("x", **TEXT, quantile=0.9)
+    masks[:3, 1] = False  # concept 1 only in the last two images: the union adds the unit's pixels of the rest
+    whole = Dissection("x", **{**TEXT, "union": "all_images"}, quantile=0.9)
     whole.add(acts, masks)
     want = whole.iou()
     up_thresholds = quantile_thresholds(acts, 0.9, size=(8, 8))
     monkeypatch.setattr(dissection, "BLOCK_ELEMENTS", 40)  # 1 unit, 1-2 images per block
-    blocked = Dissection("x", **TEXT, quantile=0.9)
+    blocked = Dissection("x", **{**TEXT, "union": "all_images"}, quantile=0.9)
     blocked.add(acts, masks)
     for a, b in zip(blocked.iou(), want):
         torch.testing.assert_close(a, b, equal_nan=True)
@@ -536,6 +537,8 @@ def test_unit_rows_order_detector_bound_csvs_figure_panels_and_merged_examples(t
     assert rows.index.tolist() == [0, 1, 2, 3] and rows["unit"].tolist() == [0, 2, 1, 3]  # by IoU, then unit
     assert not rows["detector"].any()  # 1/3 does not exceed 1/3
     assert rows.set_index("unit").loc[1, "iou"] == 0.0  # never on: IoU 0, not NaN
+    assert rows["threshold"].tolist() == [0.0] * 4
+    assert d.figure_panels()[0]["detector"] == [False, False]  # 1/3 does not exceed 1/3 in the figure either
     d.iou_threshold = 0.3
     assert d.compute()["detector"].tolist() == [True, False, False, False]
     assert list(d.iou_table().columns) == ["unit", "concept", "iou", "images"]
@@ -553,6 +556,13 @@ def test_unit_rows_order_detector_bound_csvs_figure_panels_and_merged_examples(t
     left.merge(right)
     assert left.example_rows == [[], [0, 1]] and left.n_images == 3
     assert torch.equal(left.example_images[1], grey[0] + 7)
+    three = Dissection("x", **TEXT, quantile=0.5, examples=3)
+    three.add(acts[:1], masks[:1], grey[:1])
+    three.merge(right)
+    assert three.example_rows == [[], [0, 1, 2]] and torch.equal(three.example_images[2], grey[1] + 7)
+    bare = Dissection("x", **TEXT, quantile=0.5)
+    bare.add(acts, masks)  # no thumbnails: no figure
+    assert [f.name for f in bare.write_extras(tmp_path / "bare")] == ["dissection_iou.csv", "dissection_detectors.csv"]
     other = Dissection("x", **TEXT)
     other.add(torch.zeros(1, 1, 2, 2), torch.zeros(1, 2, 2, 2, dtype=torch.bool))
     with pytest.raises(ValueError, match="^" + re.escape("cannot merge dissections of different shapes (4, 2, 2, 2, 2, 2) "
