@@ -62,6 +62,17 @@ def test_dead_neuron_rows_by_hand_from_hooked_relus(cnn):
                **{MASK: pack_bits(e[:1]), SIZES: torch.tensor([sizes])})
     single = one.compute().set_index("layer").loc["all"]
     assert single["n"] == 1 and np.isnan(single["sem"]) and np.isfinite(single["share"])  # one image: no s.e.
+    assert single["kept"] == pytest.approx(e[0].double().mean().item(), abs=1e-12)
+    two = DeadNeurons()  # two updates add up: the frame of all five images, and two images' s.e. (n - 1 = 1)
+    for sl in (slice(0, 2), slice(2, 5)):
+        two.update(cnn, x[sl], torch.zeros(len(x[sl]), dtype=torch.long), torch.zeros(len(x[sl]), 1, 6, 6),
+                   **{MASK: pack_bits(e[sl]), SIZES: torch.tensor([sizes] * len(x[sl]))})
+    pd.testing.assert_frame_equal(two.compute(), an.compute())
+    pair = DeadNeurons()
+    pair.update(cnn, x[:2], torch.zeros(2, dtype=torch.long), torch.zeros(2, 1, 6, 6),
+                **{MASK: pack_bits(e[:2]), SIZES: torch.tensor([sizes] * 2)})
+    shares = [int((e[i] & dead[i]).sum()) / int(e[i].sum()) for i in range(2)]
+    assert pair.compute().set_index("layer").loc["all", "sem"] == pytest.approx(np.std(shares, ddof=1) / np.sqrt(2))
     empty = DeadNeurons()
     empty.update(cnn, x[4:], torch.zeros(1, dtype=torch.long), torch.zeros(1, 1, 6, 6),
                  **{MASK: pack_bits(e[4:]), SIZES: torch.tensor([sizes])})
