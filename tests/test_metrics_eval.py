@@ -521,6 +521,7 @@ def test_region_and_map_only_metrics_labels_bounds_and_edge_cases_by_hand():
     assert PointingGame().tolerance == 15 and PointingGame(tolerance=0).tolerance == 0
     assert TopKIntersection().k == 1000 and TopKIntersection(k=23).k == 23
     for make, msg in ((lambda: PointingGame(tolerance=-1), "bad tolerance -1; valid choices: an integer >= 0 (pixels)"),
+                      (lambda: PointingGame(tolerance=1.5), "bad tolerance 1.5; valid choices: an integer >= 0 (pixels)"),
                       (lambda: TopKIntersection(k=0), "bad k 0; valid choices: an integer >= 1")):
         with pytest.raises(XattrConfigError, match="^" + re.escape(msg) + "$"):
             make()
