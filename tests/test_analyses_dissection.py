@@ -328,3 +328,243 @@ def test_the_figure_shows_each_concepts_top_units_masks_and_iou_by_hand(tmp_path
         v = np.concatenate([p.vertices for p in contour.get_paths()])
         np.testing.assert_allclose([v[:, 0].min(), v[:, 0].max(), v[:, 1].min(), v[:, 1].max()],
                                    [cols.min() - 0.5, cols.max() + 0.5, rows.min() - 0.5, rows.max() + 0.5])
+
+
+def _bilinear(a: np.ndarray, oh: int, ow: int) -> np.ndarray:
+    """Bilinear upsampling of ``(..., h, w)`` with half-pixel centres (``align_corners=False``), by hand."""
+    h, w = a.shape[-2:]
+
+    def taps(n_in, n_out):
+        src = np.maximum((np.arange(n_out) + 0.5) * n_in / n_out - 0.5, 0.0)
+        i0 = np.floor(src).astype(int)
+        return i0, np.minimum(i0 + 1, n_in - 1), src - i0
+
+    r0, r1, wr = taps(h, oh)
+    c0, c1, wc = taps(w, ow)
+    rows = a[..., r0, :] * (1 - wr)[:, None] + a[..., r1, :] * wr[:, None]
+    return rows[..., c0] * (1 - wc) + rows[..., c1] * wc
+
+
+def test_the_codes_settings_through_update_equal_a_numpy_dissection():
+    """CheXplain-Dissection's settings (``labels: single``, ``mask_size``, ``quantile_on: upsampled``,
+    ``union: all_images``) through ``update`` on a 1x1 identity probe, against numpy: masks resized nearest
+    (source index floor(i * 8 / 6), floor(j * 8 / 7)), overlapping concepts resolved to the highest index, the unit maps
+    (the conv's output: the input itself) upsampled bilinearly by hand to 6 x 7 (non-square 4 x 5 features), each unit's
+    threshold the value with round(0.1 n) of its n upsampled values above it, the union with the unit's pixels
+    of the images without the concept."""
+    g = torch.Generator().manual_seed(4)
+    n, k = 6, 2
+    x = torch.randn(n, k, 4, 5, generator=g)
+    masks = torch.rand(n, 3, 8, 8, generator=g) > 0.6
+    masks[2, 1] = False  # concept 1 absent from image 2
+    d = Dissection("features.0", concepts=["a", "b", "c"], quantile=0.9, quantile_on="upsampled",
+                   union="all_images", labels="single", mask_size=[6, 7])
+    for i in range(0, n, 3):
+        d.update(Probe(k), x[i : i + 3], torch.zeros(3, dtype=torch.long), None, concept_masks=masks[i : i + 3])
+    iou, thr, images = d.iou()
+    rows, cols = np.floor(np.arange(6) * 8 / 6).astype(int), np.floor(np.arange(7) * 8 / 7).astype(int)
+    lab = masks.numpy()[:, :, rows][:, :, :, cols]                     # (n, 3, 6, 7) nearest
+    top = (lab * np.arange(1, 4)[None, :, None, None]).max(1)           # highest concept index per pixel
+    lab = np.stack([top == c + 1 for c in range(3)], 1)
+    up = _bilinear(x.half().double().numpy(), 6, 7)  # (n, k, 6, 7); the state keeps float16 activations
+    for u in range(k):
+        vals = np.sort(up[:, u].ravel())
+        t = vals[len(vals) - round(0.1 * len(vals)) - 1]
+        assert thr[u].item() == pytest.approx(t, abs=1e-5)
+        unit = up[:, u] > t  # its top round(0.1 n) values
+        for c in range(3):
+            has = lab[:, c].reshape(n, -1).any(1)
+            inter = (unit & lab[:, c])[has].sum()
+            union = (unit | lab[:, c])[has].sum() + unit[~has].sum()
+            assert iou[u, c].item() == pytest.approx(inter / union, abs=1e-12), (u, c)
+    assert images.tolist() == [float(lab[:, c].reshape(n, -1).any(1).sum()) for c in range(3)]
+    feats = quantile_thresholds(x, 0.8)  # on the 4 x 5 features: 120 values, 24 above
+    for u in range(k):
+        assert int((x[:, u] > feats[u]).sum()) == 24
+
+
+def test_blocks_thresholds_at_the_extremes_detector_counts_and_grey_thumbnails(monkeypatch):
+    """Computing in blocks of a few units and images gives the one-block result; a quantile so low that every
+    value lies above it gives the minimum (the 1st smallest), ``quantile`` 1 - 1/n the maximum; detector counts
+    list the units' concepts when none are named; the figure's grey thumbnails are the channel mean, upsampled
+    bilinearly to the masks' size and min-max scaled to 0..255, by hand."""
+    from xattr.analyses import dissection
+
+    g = torch.Generator().manual_seed(6)
+    acts = torch.rand(5, 3, 4, 4, generator=g)
+    masks = torch.rand(5, 2, 8, 8, generator=g) > 0.7
+    masks[:3, 1] = False  # concept 1 only in the last two images: the union adds the unit's pixels of the rest
+    whole = Dissection("x", **{**TEXT, "union": "all_images"}, quantile=0.9)
+    whole.add(acts, masks)
+    want = whole.iou()
+    up_thresholds = quantile_thresholds(acts, 0.9, size=(8, 8))
+    monkeypatch.setattr(dissection, "BLOCK_ELEMENTS", 40)  # 1 unit, 1-2 images per block
+    blocked = Dissection("x", **{**TEXT, "union": "all_images"}, quantile=0.9)
+    blocked.add(acts, masks)
+    for a, b in zip(blocked.iou(), want):
+        torch.testing.assert_close(a, b, equal_nan=True)
+    torch.testing.assert_close(quantile_thresholds(acts, 0.9, size=(8, 8)), up_thresholds)
+    monkeypatch.undo()
+    low = torch.randperm(20, generator=g).float().view(1, 1, 4, 5)  # 20 values: 0..19
+    assert quantile_thresholds(low, 0.01).item() == 0.0  # round(0.99 * 20) = 20 above: the minimum
+    assert quantile_thresholds(low, 0.95).item() == 18.0  # 1 above: the second largest
+    units = pd.DataFrame({"unit": [0, 1, 2], "concept": ["b", "a", "b"], "detector": [True, True, False]})
+    assert detector_counts(units).to_dict("list") == {"concept": ["a", "b", "total"], "detectors": [1, 1, 2]}
+    x = torch.rand(1, 2, 4, 4, generator=g) * 3 - 1
+    d = Dissection("features.0", **TEXT, concepts=["c"])
+    d.update(Probe(2), x, torch.zeros(1, dtype=torch.long), None, concept_masks=torch.ones(1, 1, 8, 8, dtype=torch.bool))
+    grey = _bilinear(x.double().mean(1).numpy()[0], 8, 8)
+    expect = np.round((grey - grey.min()) / (grey.max() - grey.min()) * 255).astype(np.uint8)
+    assert np.abs(d.example_images[0].numpy().astype(int) - expect.astype(int)).max() <= 1  # float32 rounding
+    assert (d.example_images[0].numpy() == expect).mean() > 0.95
+
+
+def test_settings_defaults_and_every_bad_input_is_a_whole_line():
+    """The text's defaults (quantile 0.995, IoU above 0.04, masks at their own size), the figure's 4 examples and
+    3 units; mask_size as one side or [H, W]; the bounds of quantile (0, 1) and iou_threshold [0, 1); every
+    refused input is one whole line."""
+    import re
+
+    d = Dissection("x")
+    assert (d.quantile, d.iou_threshold, d.quantile_on, d.union, d.labels, d.mask_size, d.examples, d.top_units) == (
+        0.995, 0.04, "features", "concept_images", "multi", None, 4, 3)
+    assert Dissection("x", mask_size=56).mask_size == (56, 56) and Dissection("x", mask_size=[6, 8]).mask_size == (6, 8)
+    assert Dissection("x", iou_threshold=0).iou_threshold == 0.0 and Dissection("x", quantile=0.5).quantile == 0.5
+    assert Dissection("x", quantile_on="upsampled", labels="single").labels == "single"
+
+    def line(msg):
+        return "^" + re.escape(msg) + "$"
+
+    for kw, msg in (
+            ({"quantile": 0.0}, "bad quantile 0.0; valid choices: a number in (0, 1), 0.995 (paper) or 0.99 (code)"),
+            ({"quantile": 1.0}, "bad quantile 1.0; valid choices: a number in (0, 1), 0.995 (paper) or 0.99 (code)"),
+            ({"iou_threshold": 1.0}, "bad iou_threshold 1.0; valid choices: a number in [0, 1), 0.04 (paper)"),
+            ({"iou_threshold": 1.5}, "bad iou_threshold 1.5; valid choices: a number in [0, 1), 0.04 (paper)"),
+            ({"iou_threshold": "a"}, "bad iou_threshold 'a'; valid choices: a number in [0, 1), 0.04 (paper)"),
+            ({"mask_size": 0}, "bad mask_size [0, 0]; valid choices: null, an integer >= 1 or [H, W]"),
+            ({"mask_size": [1, 0]}, "bad mask_size [1, 0]; valid choices: null, an integer >= 1 or [H, W]"),
+            ({"mask_size": [4, 4, 4]}, "bad mask_size [4, 4, 4]; valid choices: null, an integer >= 1 or [H, W]"),
+            ({"quantile_on": "maps"}, "unknown quantile_on 'maps'; valid choices: features, upsampled"),
+            ({"labels": "one"}, "unknown labels 'one'; valid choices: single, multi")):
+        with pytest.raises(XattrConfigError, match=line(msg)):
+            Dissection("x", **kw)
+    assert Dissection("x", mask_size=[1, 1]).mask_size == (1, 1)
+    d = Dissection("features.0", **TEXT, concepts=["a", "b"])
+    x, t = torch.rand(2, 2, 8, 8), torch.zeros(2, dtype=torch.long)
+    with pytest.raises(XattrConfigError, match=line("dissection needs batches with 'concept_masks' (B, C, H, W); valid "
+                                                    "choices: dataset=synthetic_cxr, or a dataset that yields concept masks")):
+        d.update(Probe(), x, t, None)
+    with pytest.raises(XattrConfigError, match=line("bad concept_masks shape (2, 8, 8); valid choices: (B, C, H, W) bool")):
+        d.update(Probe(), x, t, None, concept_masks=torch.zeros(2, 8, 8).bool())
+    with pytest.raises(XattrConfigError, match=line("layer 'head' gives (2, 3); valid choices: a layer with spatial "
+                                                    "feature maps (B, K, h, w)")):
+        Dissection("head", concepts=["a", "b"]).update(Probe(), x, t, None, concept_masks=torch.zeros(2, 2, 8, 8).bool())
+    d.add(torch.rand(1, 2, 4, 4), torch.zeros(1, 2, 8, 8, dtype=torch.bool))
+    with pytest.raises(ValueError, match=line("dissection batch of shape (2, 4, 4, 2, 6, 8) after (2, 4, 4, 2, 8, 8)")):
+        d.add(torch.rand(1, 2, 4, 4), torch.zeros(1, 2, 6, 8, dtype=torch.bool))
+
+
+class _Pair(nn.Module):
+    """A layer that returns a tuple (its first element is dissected), then a head."""
+
+    def __init__(self):
+        super().__init__()
+        self.pair = _PairLayer()
+
+    def forward(self, x):
+        return self.pair(x)[0].mean((2, 3))
+
+
+class _PairLayer(nn.Module):
+    def forward(self, x):
+        return x, -x
+
+
+def test_edge_cases_of_the_iou_by_hand():
+    """By hand, one unit, non-square masks (4 x 6): a concept in no image has NaN IoU (either union), one in a
+    single image counts the unit's pixels elsewhere under ``all_images``; a union of one pixel gives IoU 1; a
+    unit whose best finite IoU follows a NaN picks the finite one; unnamed concepts are concept_<i>; a tuple
+    output is read by its first element; ``multi`` labels keep overlapping masks; an empty state has the
+    columns and round-trips."""
+    acts = torch.zeros(3, 1, 4, 6)
+    acts[0, 0, 0, 0] = 1.0  # the unit fires on pixel (0, 0) of image 0 and (3, 5) of image 2
+    acts[2, 0, 3, 5] = 1.0
+    masks = torch.zeros(3, 3, 4, 6, dtype=torch.bool)
+    masks[0, 1, 0, 0] = True  # concept 1: only image 0, exactly the unit's pixel
+    masks[:, 2, 0, :2] = True  # concept 2: every image, two pixels
+    for union, iou1 in (("concept_images", 1.0), ("all_images", 1 / 2)):
+        d = Dissection("x", quantile=0.9, union=union)  # 2 of 72 values above T = 0
+        d.add(acts, masks)
+        iou, thr, images = d.iou()
+        assert thr.item() == 0.0 and images.tolist() == [0.0, 1.0, 3.0]
+        assert np.isnan(iou[0, 0].item()) and iou[0, 1].item() == pytest.approx(iou1)
+        row = d.compute().iloc[0]
+        assert row["concept"] == "concept_1" and row["concept_index"] == 1 and row["iou"] == pytest.approx(iou1)
+    assert d.names() == ["concept_0", "concept_1", "concept_2"]
+    assert list(d.compute().columns) == ["layer", "unit", "concept", "concept_index", "iou", "detector", "threshold", "images"]
+    empty = Dissection("x")
+    assert list(empty.compute().columns) == list(d.compute().columns) and empty.names() == []
+    again = Dissection("x")
+    again.load_state_dict(empty.state_dict())
+    assert again.shape is None and again.compute().empty
+    x = torch.randn(2, 2, 4, 6)
+    pair = Dissection("pair", **TEXT, quantile=0.9)
+    over = torch.ones(2, 2, 4, 6, dtype=torch.bool)  # two concepts on every pixel: multi keeps both
+    pair.update(_Pair(), x, torch.zeros(2, dtype=torch.long), None, concept_masks=over)
+    assert torch.equal(pair.acts[0], x.half()) and pair.iou()[2].tolist() == [2.0, 2.0]
+
+
+def test_unit_rows_order_detector_bound_csvs_figure_panels_and_merged_examples(tmp_path):
+    """compute() on a hand case: detectors first, then IoU descending, then unit; an IoU of exactly 0 stays 0 and one equal to
+    the threshold is no detector ("exceeds"); the CSVs carry no index column and may go to a new nested folder;
+    figure panels skip a concept without examples and flag a unit as a detector only for its best concept; a
+    merge appends the other's examples after its own images, up to ``examples``; shards of other shapes refuse."""
+    import re
+
+    acts = torch.zeros(2, 4, 2, 2)
+    acts[0, 0, 0, 0] = 1.0  # unit 0: pixel (0, 0) of image 0; units 1, 3: never on; unit 2: 2 pixels of image 0
+    acts[0, 2, 1, :] = 1.0
+    acts[1, 2, 1, 1] = 1.0  # and pixel (1, 1) of image 1
+    masks = torch.zeros(2, 2, 2, 2, dtype=torch.bool)
+    masks[0, 1, 0, :] = True  # concept 1: image 0's top row and pixel (1, 1) of image 1 (concept 0: nowhere)
+    masks[1, 1, 1, 1] = True  # unit 0: 1 / (2 + 1); unit 2: 1 / (4 + 1); unit 1: 0
+    d = Dissection("x", **TEXT, quantile=0.5, iou_threshold=1 / 3, top_units=2)  # T = 0 for every unit
+    grey = torch.zeros(2, 2, 2, dtype=torch.uint8)
+    d.add(acts, masks, grey)
+    iou = d.iou()[0]
+    assert iou[0, 1].item() == pytest.approx(1 / 3) and iou[2, 1].item() == pytest.approx(1 / 5)
+    rows = d.compute()
+    assert rows.index.tolist() == [0, 1, 2, 3] and rows["unit"].tolist() == [0, 2, 1, 3]  # by IoU, then unit
+    assert not rows["detector"].any()  # 1/3 does not exceed 1/3
+    assert rows.set_index("unit").loc[1, "iou"] == 0.0  # never on: IoU 0, not NaN
+    assert rows["threshold"].tolist() == [0.0] * 4
+    assert d.figure_panels()[0]["detector"] == [False, False]  # 1/3 does not exceed 1/3 in the figure either
+    d.iou_threshold = 0.3
+    assert d.compute()["detector"].tolist() == [True, False, False, False]
+    assert list(d.iou_table().columns) == ["unit", "concept", "iou", "images"]
+    files = d.write_extras(tmp_path / "a" / "b")
+    assert list(pd.read_csv(files[0]).columns) == ["unit", "concept", "iou", "images"]
+    assert list(pd.read_csv(files[1]).columns) == ["concept", "detectors"]
+    panels = d.figure_panels()
+    assert [p["concept"] for p in panels] == ["concept_1"]  # concept 0 has no example: skipped, not the end
+    assert panels[0]["units"] == [0, 2] and panels[0]["detector"] == [True, False]
+    # merge: 2 examples kept per concept, the other's rows offset by this one's images
+    left = Dissection("x", **TEXT, quantile=0.5, examples=2)
+    left.add(acts[:1], masks[:1], grey[:1])
+    right = Dissection("x", **TEXT, quantile=0.5, examples=2)
+    right.add(acts, masks, grey + 7)
+    left.merge(right)
+    assert left.example_rows == [[], [0, 1]] and left.n_images == 3
+    assert torch.equal(left.example_images[1], grey[0] + 7)
+    three = Dissection("x", **TEXT, quantile=0.5, examples=3)
+    three.add(acts[:1], masks[:1], grey[:1])
+    three.merge(right)
+    assert three.example_rows == [[], [0, 1, 2]] and torch.equal(three.example_images[2], grey[1] + 7)
+    bare = Dissection("x", **TEXT, quantile=0.5)
+    bare.add(acts, masks)  # no thumbnails: no figure
+    assert [f.name for f in bare.write_extras(tmp_path / "bare")] == ["dissection_iou.csv", "dissection_detectors.csv"]
+    other = Dissection("x", **TEXT)
+    other.add(torch.zeros(1, 1, 2, 2), torch.zeros(1, 2, 2, 2, dtype=torch.bool))
+    with pytest.raises(ValueError, match="^" + re.escape("cannot merge dissections of different shapes (4, 2, 2, 2, 2, 2) "
+                                                         "and (1, 2, 2, 2, 2, 2)") + "$"):
+        left.merge(other)

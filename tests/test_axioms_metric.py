@@ -308,3 +308,74 @@ def test_axioms_figure_shows_the_samples_maps_and_boxes_by_hand(tmp_path, monkey
         for c in range(3):
             got = [(tuple(p.get_xy()), p.get_width(), p.get_height(), p.get_edgecolor()) for p in axes[r, c].patches]
             assert got == want, (r, c)
+
+
+def test_auto_scale_is_the_reference_notebooks_per_method():
+    """``scale: auto``: pytorch-grad-cam's rows (Grad-CAM, GradCAM++) min-max, FullGrad and IBA / InputIBA raw,
+    every other method (Captum, TorchRay rows) divided by its maximum; an explicit scale wins."""
+    from xattr.metrics.axioms import REFERENCE_SCALE
+
+    expected = {"grad_cam": "minmax", "grad_cam_pp": "minmax", "fullgrad": "none", "iba": "none", "input_iba": "none",
+                "gradient": "max", "integrated_gradients": "max", "": "max"}
+    auto = AxiomScores()
+    assert auto.scale == "auto" and auto.null_metric == "ratio" and auto.eps == 1e-5
+    for name, how in expected.items():
+        assert auto.scale_for(_Method({}, name)) == how, name
+    assert auto.scale_for(None) == "max" and AxiomScores(scale="none").scale_for(_Method({}, "grad_cam")) == "none"
+    assert REFERENCE_SCALE == {k: v for k, v in expected.items() if v != "max"}
+    assert AxiomScores.needs == ("feature_boxes", "other", "scenario", "method") and AxiomScores.name == "axioms"
+    assert AxiomScores.cost_bounds == (0.0, 1.0) and AxiomScores().forwards_per_image((3, 8, 8), 2.5) == 2.5
+
+
+def test_minmax_is_grad_cams_scale_cam_image_with_its_1e_7_and_boxes_are_half_open():
+    """pytorch-grad-cam's ``scale_cam_image``: ``(S - min) / (1e-7 + max(S - min))``: on a map whose range is
+    1e-7 the epsilon halves it. Boxes are half-open on pixel indices: x1 <= col < x2, y1 <= row < y2."""
+    s = torch.tensor([[[0.0, 1e-7], [0.0, 0.0]]], dtype=torch.float64)
+    assert scale_maps(s, "minmax")[0, 0, 1].item() == pytest.approx(0.5)
+    m = box_masks(torch.tensor([[0.0, 0.0, 2.0, 3.0], [1.0, 2.0, 4.0, 4.0]]), (4, 4))
+    assert m[0].nonzero().tolist() == [[r, c] for r in range(3) for c in range(2)]
+    assert m[1].nonzero().tolist() == [[r, c] for r in (2, 3) for c in (1, 2, 3)]
+    from xattr.metrics.axioms import null_score
+
+    s_a = torch.ones(1, 4, 4)
+    assert null_score(s_a, m[1:2].float(), m[:1].float()).item() == pytest.approx(6 / 6)  # default: the ratio
+    assert null_score(s_a, m[1:2].float(), m[:1].float(), "share").item() == pytest.approx(6 / 16)
+
+
+def test_single_ratio_default_eps_and_spearman_from_two_pairs():
+    """Eq. 10's ``+ 1e-5`` (``utils.single_patch_hm_sum``) is the default: a map that is 0 outside scores
+    (1 + 1e-5) / 1e-5; Spearman's rho of two finite pairs is +-1 (scipy's), of one pair NaN."""
+    from xattr.metrics.axioms import inside_outside_ratio, spearman
+
+    f = _ind(FA)[None]
+    assert inside_outside_ratio(f, f).item() == pytest.approx((1 + 1e-5) / 1e-5)
+    rho, _, n = spearman(torch.tensor([1.0, 2.0, float("nan")]), torch.tensor([5.0, 3.0, 1.0]))
+    assert rho == pytest.approx(-1.0) and n == 2
+    rho, sem, n = spearman(torch.tensor([1.0, float("nan")]), torch.tensor([5.0, 3.0]))
+    assert math.isnan(rho) and math.isnan(sem) and n == 1
+
+
+def test_scenario_codes_are_the_datasets_and_missing_inputs_are_whole_lines():
+    """The codes are the positions in the dataset's ``SCENARIOS`` (``xattr.data.axioms`` emits
+    ``SCENARIOS.index(name)``); a batch without boxes or scenarios, or a two-feature batch without the method,
+    is one whole line; a summary of one column of a pair has no rho."""
+    import re
+
+    from xattr.data.axioms_generation import SCENARIOS
+
+    assert [SCENARIOS[c] for c in (NULL, SINGLE, DOUBLE, SATURATION)] == ["null", "single", "double", "saturation"]
+    m, x = AxiomScores(), torch.zeros(1, 3, S, S)
+    boxes, sc = torch.stack([FA, FB])[None], torch.tensor([SINGLE])
+    msg = "metric=axioms needs dataset=axioms (feature boxes and scenarios per sample)"
+    for kw in ({"feature_boxes": boxes}, {"scenario": sc}):
+        with pytest.raises(ValueError, match="^" + re.escape(msg) + "$"):
+            m(torch.nn.Identity(), x, torch.zeros(1), torch.ones(1, 1, S, S), **kw)
+    with pytest.raises(ValueError, match="^metric=axioms needs the run's method for the second class's map$"):
+        m(torch.nn.Identity(), x, torch.zeros(1), torch.ones(1, 1, S, S), feature_boxes=boxes, scenario=sc,
+          other=torch.ones(1, dtype=torch.long))
+    for kw, line in (({"null_metric": "fraction"}, "unknown metric.axioms.null_metric 'fraction'; valid choices: ratio, share"),
+                     ({"scale": "peak"}, "unknown metric.axioms.scale 'peak'; valid choices: auto, max, minmax, none")):
+        with pytest.raises(XattrConfigError, match="^" + re.escape(line) + "$"):
+            AxiomScores(**kw)
+    out = m.summarise({"single_ra": torch.tensor([1.0, 2.0]), "saturation_f2": torch.tensor([1.0, 2.0])})
+    assert "single" not in out and "saturation" not in out and out["single_ra"][0] == pytest.approx(1.5)

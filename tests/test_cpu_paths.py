@@ -224,6 +224,10 @@ def test_nth_smallest_by_hand_and_its_cpu_path_partitions_once_per_count_without
         assert torch.equal(nth_smallest(v, torch.full((6,), 10)), tenth)
         assert calls == [(6, 9)]
     assert torch.equal(nth_smallest(v.double(), counts), expected.double())
+    empty = torch.zeros(0, 1, dtype=torch.int64)  # torch's path (not a float): an empty batch of one column
+    assert nth_smallest(empty, torch.zeros(0, dtype=torch.long)).shape == (0,)
+    tall = torch.tensor([[2.0, 1.0], [0.0, 5.0], [4.0, 3.0]])  # more rows than columns, 2 (= N) of one count
+    assert nth_smallest(tall, torch.tensor([1, 1, 2])).tolist() == [1.0, 0.0, 4.0]
     half = v.half()  # no numpy selection for half: torch.topk
     assert torch.equal(nth_smallest(half, counts), torch.sort(half, dim=1).values.gather(1, (counts - 1)[:, None])[:, 0])
 
@@ -332,3 +336,35 @@ def test_folding_leaves_the_model_untouched_and_channels_last_is_applied_and_res
     assert net[0].weight.is_contiguous() and torch.equal(net[0].weight, w)
     with channels_last_on(net, False, torch.device("cpu")):
         assert net[0].weight.is_contiguous()
+
+
+def test_a_fold_that_moves_the_output_by_more_than_rtol_is_refused_and_the_readout_runs_in_fp32(monkeypatch):
+    """The fold's safety gate: a folded copy whose output differs from the model's by more than 1e-4 of its
+    largest magnitude is not used (here a fake fold off by 1e-2); ``chunked_readout``'s default precision is
+    fp32: its read-out equals the plain float32 forward to the last bit of float rounding."""
+    import torch.fx.experimental.optimization as fx_opt
+    from torch import nn
+
+    from xattr.metrics._perturb import chunked_readout, folded
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(4 * 6 * 6, 2)).eval()
+    x = torch.randn(2, 3, 8, 8)
+
+    class Off(nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def forward(self, v):
+            return self.m(v) * 1.01
+
+    monkeypatch.setattr(fx_opt, "fuse", lambda model, inplace=False: Off(model))
+    assert folded(net, x) is net
+    lin = nn.Linear(64, 3).eval()
+    with torch.no_grad():
+        lin.weight.copy_(torch.linspace(-1.0001, 1.0003, 192).view(3, 64))
+    v = torch.linspace(-3.0007, 2.9993, 128).view(2, 64)
+    got = chunked_readout(lin, 2, lambda j: (v[j], torch.tensor([0, 2])[j]), None, torch.device("cpu"), "logit")
+    want = lin(v).detach()[[0, 1], [0, 2]]
+    assert torch.equal(got, want)

@@ -156,6 +156,8 @@ def test_severity_pearson_by_hand() -> None:
     m2 = torch.tensor([[[[0.0, 0.0], [1.0, 1.0]]]])  # [-.5,-.5,.5,.5]: cov 2 / (1 * sqrt(5)) = 0.8944
     r = SeverityCorrelation()(None, x, torch.tensor([0]), m2, severity=sev)
     assert float(r.scores["severity_pcc"][0]) == pytest.approx(2 / math.sqrt(5))
+    small = SeverityCorrelation()(None, x, torch.tensor([0]), m2 * 0.1, severity=sev)  # Pearson is scale-free:
+    assert float(small.scores["severity_pcc"][0]) == pytest.approx(2 / math.sqrt(5))  # |a| |c| = 0.22 < 1 too
     flat = SeverityCorrelation()(None, x, torch.tensor([0]), m2, severity=torch.zeros(1, 1, 2, 2))
     assert math.isnan(float(flat.scores["severity_pcc"][0]))
 

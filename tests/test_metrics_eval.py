@@ -503,3 +503,41 @@ def test_smooth_mprt_without_noise_matches_quantus_and_batched_equals_single(mon
 
     flipped = SmoothMPRT(n_samples=1, layers=["fc"])(net, x, t, maps, method_factory=Flip).scores["smooth_mprt"]
     torch.testing.assert_close(flipped, torch.ones(2))
+
+
+def test_region_and_map_only_metrics_labels_bounds_and_edge_cases_by_hand():
+    """Names, needs and the free cost; TorchRay's tolerance 15 and Quantus' k 1000 by default, tolerance 0 and
+    k below the pixels valid, the rest whole error lines; a non-square image (a box right of column 4); a total
+    relevance of exactly 1; a one-pixel region; an all-zero map is NaN and a one-hot map of total 1 is not."""
+    import re
+
+    from xattr.errors import XattrConfigError
+
+    for cls, name in ((PointingGame, "pointing_game"), (RelevanceMass, "relevance_mass"),
+                      (RelevanceRank, "relevance_rank"), (TopKIntersection, "top_k_intersection")):
+        assert cls.name == name and cls.needs == ("boxes",) and cls().forwards_per_image((1, 4, 6), 3.0) == 0.0
+    assert (Sparseness.name, Complexity.name) == ("sparseness", "complexity")
+    assert Sparseness().forwards_per_image((1, 4, 6), 3.0) == 0.0 == Complexity().forwards_per_image((1, 4, 6), 3.0)
+    assert PointingGame().tolerance == 15 and PointingGame(tolerance=0).tolerance == 0
+    assert TopKIntersection().k == 1000 and TopKIntersection(k=23).k == 23
+    for make, msg in ((lambda: PointingGame(tolerance=-1), "bad tolerance -1; valid choices: an integer >= 0 (pixels)"),
+                      (lambda: PointingGame(tolerance=1.5), "bad tolerance 1.5; valid choices: an integer >= 0 (pixels)"),
+                      (lambda: TopKIntersection(k=0), "bad k 0; valid choices: an integer >= 1")):
+        with pytest.raises(XattrConfigError, match="^" + re.escape(msg) + "$"):
+            make()
+    x, t = torch.zeros(1, 1, 4, 6), torch.zeros(1, dtype=torch.long)
+    with pytest.raises(XattrConfigError, match="^" + re.escape("bad k 24 for 24-pixel maps; valid choices: an integer "
+                                                               "below 24") + "$"):
+        TopKIntersection(k=24)(None, x, t, torch.rand(1, 1, 4, 6), boxes=[torch.tensor([[0.0, 0.0, 1.0, 1.0]])])
+    m = torch.zeros(1, 1, 4, 6)
+    m[0, 0, 2, 5] = 1.0  # total relevance exactly 1, at column 5 of a 4 x 6 image
+    box = [torch.tensor([[5.0, 2.0, 6.0, 3.0]])]  # that one pixel
+    assert PointingGame(tolerance=1)(None, x, t, m, boxes=box).scores["pointing_game"].item() == 1.0
+    assert RelevanceMass()(None, x, t, m, boxes=box).scores["relevance_mass"].item() == 1.0
+    assert RelevanceRank()(None, x, t, m, boxes=box).scores["relevance_rank"].item() == 1.0  # K = 1
+    ti = TopKIntersection(k=1, concept_influence=True)(None, x, t, m, boxes=box).scores["top_k_intersection"]
+    assert ti.item() == pytest.approx(24.0)  # 1 / (1 / 24)
+    zero = torch.zeros(1, 1, 4, 6)
+    for metric, key, hot in ((Sparseness(), "sparseness", 1 - 1 / 24), (Complexity(), "complexity", 0.0)):
+        assert math.isnan(metric(None, x, t, zero).scores[key].item())
+        assert metric(None, x, t, m).scores[key].item() == pytest.approx(hot)

@@ -305,3 +305,250 @@ def test_folded_copy_is_kept_while_the_weights_stay_and_refolded_when_they_chang
         net[1].running_mean.add_(1.0)  # an in-place change of a buffer
     second = folded(net, x[:1])
     assert second is not first and torch.allclose(second(x), net(x), atol=1e-5)
+
+
+def test_defaults_are_the_papers_protocol_and_the_cost_rule_by_hand():
+    """The defaults are the paper's protocol (Petsiuk et al.; InputIBA D.3: 10 px a step, blur sigma 15 with the
+    reference code's kernel 2 sigma - 1 = 29, deletion to 0, softmax, min_prob 0.6, every step); the cost is one
+    forward per evaluated step and game plus the clean forward of the min_prob filter, counted by hand."""
+    m = InsertionDeletion()
+    assert (m.per_step, m.modes, m.blur_sigma, m.blur_kernel, m.deletion_value) == (10, ("insertion", "deletion"), 15.0, 29, 0.0)
+    assert (m.output, m.min_prob, m.ties, m.seed, m.max_fraction, m.x_axis, m.points) == (
+        "softmax", 0.6, "stable", 0, 1.0, "reference", None)
+    assert (m.spacing, m.rounds, m.fold_bn, m.chunk, m.precision, m.unk_index, m.pass_mask, m.channels_last) == (
+        "adaptive", 4, True, 256, "fp32", None, False, None)
+    assert InsertionDeletion(blur_sigma=4).blur_kernel == 7 and InsertionDeletion(blur_sigma=4, blur_kernel=5).blur_kernel == 5
+    assert (InsertionDeletion.name, InsertionDeletion.needs, InsertionDeletion.memory_knob) == (
+        "insertion_deletion", ("mask",), "chunk")
+    assert InsertionDeletion.cost_bounds == (0.5, 1.0)
+    # 4 x 8 = 32 px at 10 a step: ceil(3.2) = 4 steps per game, 2 games, + 1 clean forward
+    assert m.forwards_per_image((3, 4, 8), 5.0) == 9.0
+    assert InsertionDeletion(x_axis="xattr").forwards_per_image((3, 4, 8), 5.0) == 11.0  # step 0 too
+    assert InsertionDeletion(points=3).forwards_per_image((3, 4, 8), 5.0) == 7.0
+    assert InsertionDeletion(points=50).forwards_per_image((3, 4, 8), 5.0) == 9.0  # at most every step
+    assert InsertionDeletion(max_fraction=0.5, modes=["deletion"]).forwards_per_image((3, 4, 8), 5.0) == 3.0  # 16 px
+    assert InsertionDeletion(per_step=1).forwards_per_image((37,), 5.0) == 75.0  # tokens: (L,), 37 steps
+    assert InsertionDeletion(per_step=100).forwards_per_image((3, 4, 8), 5.0) == 3.0  # at least one step
+    assert InsertionDeletion(per_step=1, max_fraction=0.01).forwards_per_image((37,), 5.0) == 3.0  # at least 1 token
+    assert InsertionDeletion(channels_last=False, fold_bn=False).channels_last is False
+    assert InsertionDeletion(fold_bn=0).fold_bn is False
+
+
+@pytest.mark.parametrize("kwargs, msg", [
+    ({"x_axis": "log"}, "unknown x_axis 'log'; valid choices: reference, xattr"),
+    ({"spacing": "log"}, "unknown spacing 'log'; valid choices: adaptive, even"),
+    ({"rounds": 0}, "bad rounds 0; valid choices: an integer >= 1"),
+    ({"per_step": 0}, "bad per_step 0; valid choices: an integer >= 1"),
+    ({"modes": ["insertion", "swap"]}, "unknown mode 'swap'; valid choices: insertion, deletion"),
+    ({"output": "prob"}, "unknown output 'prob'; valid choices: softmax, logit, sigmoid"),
+    ({"ties": "first"}, "unknown ties 'first'; valid choices: stable, random, numpy"),
+    ({"precision": "fp8"}, "unknown precision 'fp8'; valid choices: fp32, bf16, fp16"),
+    ({"blur_kernel": 4}, "bad blur_kernel 4; valid choices: an odd integer >= 1"),
+    ({"blur_kernel": -1}, "bad blur_kernel -1; valid choices: an odd integer >= 1"),
+    ({"max_fraction": 0}, "bad max_fraction 0; valid choices: a number in (0, 1]"),
+    ({"max_fraction": 1.5}, "bad max_fraction 1.5; valid choices: a number in (0, 1]"),
+])
+def test_every_bad_setting_is_one_whole_line(kwargs, msg):
+    import re
+
+    with pytest.raises(XattrConfigError, match=f"^{re.escape(msg)}$"):
+        InsertionDeletion(**kwargs)
+    assert InsertionDeletion(blur_kernel=1, max_fraction=1.0).blur_kernel == 1  # the bounds themselves are valid
+
+
+def test_a_blur_kernel_wider_than_the_image_is_one_whole_line():
+    import re
+
+    net = PixelLinear(torch.zeros(2, 3, 8, 8)).eval()
+    x, t = torch.rand(1, 3, 8, 8), torch.zeros(1, dtype=torch.long)
+    msg = "bad blur_kernel 17 for (8, 8) images; valid choices: an odd size below 15 (set blur_sigma / blur_kernel)"
+    with pytest.raises(XattrConfigError, match=f"^{re.escape(msg)}$"):
+        InsertionDeletion(blur_kernel=17, min_prob=None)(net, x, t, torch.rand(1, 1, 8, 8))
+    InsertionDeletion(blur_kernel=15, min_prob=None, modes=["insertion"])(net, x, t, torch.rand(1, 1, 8, 8))  # 7 < 8
+
+
+# ------------------------------------------- per-sample loops of the protocol (issue 26: the module's survivors)
+class MaskedBag(torch.nn.Module):
+    """A text model: logit_1 = sum of the (unmasked) tokens' weights - 3, logit_0 = 0."""
+
+    w = torch.linspace(-1, 2, 50)
+
+    def forward(self, tok, mask=None):
+        keep = torch.ones_like(tok, dtype=torch.bool) if mask is None else mask
+        s = (self.w[tok] * keep).sum(1) - 3
+        return torch.stack([torch.zeros_like(s), s], 1)
+
+
+def _trapezoid_dx(ys: torch.Tensor, dx: float) -> float:
+    return float((ys[:-1] + ys[1:]).sum() / 2 * dx) if len(ys) > 1 else 0.0
+
+
+def test_tokens_equal_a_per_text_loop_of_the_reference_protocol():
+    """InputIBA's text protocol, written here text by text: the real tokens ranked by the map (highest first,
+    equal values lower position first, padding never), ``cap = round(max_fraction * n)`` of them perturbed in
+    steps of ``per_step`` (deletion: to ``<unk>``; insertion: from all-``<unk>`` real tokens back to the text),
+    the target's softmax after each step, AUC = trapezoid with ``dx = 1 / T``; a shorter text's curve repeats its
+    last point; the x axis counts the tokens perturbed (longest text)."""
+    g = torch.Generator().manual_seed(7)
+    x = torch.randint(2, 50, (3, 14), generator=g)
+    mask = torch.zeros(3, 14, dtype=torch.bool)
+    mask[0, :12], mask[1, 3:11], mask[2, 5:7] = True, True, True  # 12, 8 and 2 real tokens
+    maps = torch.randint(0, 4, (3, 14), generator=g).float()  # many ties
+    maps[~mask] = 100.0  # padding must never be ranked
+    t = torch.tensor([1, 0, 1])
+    unk, per_step = 1, 2
+    for pass_mask in (True, False):
+        for chunk in (256, "auto"):
+            res = InsertionDeletion(per_step=per_step, unk_index=unk, max_fraction=0.5, min_prob=None,
+                                    pass_mask=pass_mask, chunk=chunk)(MaskedBag(), x, t, maps, mask=mask)
+            assert res.x_axis["deletion"].tolist() == [2.0, 4.0, 6.0]  # caps 6, 4, 1: T = 3, 2, 1
+            for i in range(3):
+                idx = mask[i].nonzero()[:, 0]
+                cap = max(1, round(0.5 * len(idx)))
+                steps = -(-cap // per_step)
+                order = idx[torch.argsort(maps[i, idx], descending=True, stable=True)]
+                for mode in ("insertion", "deletion"):
+                    ys = []
+                    for k in range(1, steps + 1):
+                        top = order[: min(k * per_step, cap)]
+                        cur = x[i].clone()
+                        if mode == "deletion":
+                            cur[top] = unk
+                        else:
+                            cur[idx] = unk
+                            cur[top] = x[i, top]
+                        out = MaskedBag()(cur[None], mask=mask[i : i + 1] if pass_mask else None)
+                        ys.append(out.softmax(-1)[0, t[i]])
+                    ys = torch.stack(ys).double()
+                    curve = torch.cat([ys, ys[-1:].expand(3 - steps)])  # padded with its last point
+                    assert torch.allclose(res.curves[mode][i].double(), curve, atol=1e-6), (mode, i)
+                    assert float(res.scores[mode][i]) == pytest.approx(_trapezoid_dx(ys, 1 / steps), abs=1e-6)
+    import re
+
+    msg = "bad maps shape (3, 13); valid choices: (3, 14) for tokens"
+    with pytest.raises(XattrConfigError, match=f"^{re.escape(msg)}$"):
+        InsertionDeletion(unk_index=1)(MaskedBag(), x, t, maps[:, :13], mask=mask)
+
+
+@pytest.mark.parametrize("output", ["softmax", "logit", "sigmoid"])
+def test_images_equal_a_per_image_loop_with_a_fraction_a_fill_and_each_readout(output):
+    """Deletion fills the top pixels (every channel) with ``deletion_value``; insertion starts from the image
+    blurred by torchvision's Gaussian (kernel 2 sigma - 1) and puts the top pixels back; ``max_fraction``
+    caps the perturbed pixels; each step's read-out is the target's softmax, logit or sigmoid; AUC over
+    ``x = (k - 1) / T``. Written image by image here."""
+    from torchvision.transforms.functional import gaussian_blur
+
+    torch.manual_seed(0)
+    net = TinyCNN(num_classes=3).eval()
+    x, t = torch.randn(2, 3, 6, 6), torch.tensor([2, 0])
+    maps = torch.randint(0, 5, (2, 1, 6, 6)).float()  # ties: lower raster index first
+    per_step, frac, fill = 5, 0.75, 0.3
+    res = InsertionDeletion(per_step=per_step, max_fraction=frac, deletion_value=fill, blur_sigma=2.0, output=output,
+                            min_prob=None)(net, x, t, maps)
+    cap = round(frac * 36)  # 27
+    steps = -(-cap // per_step)  # 6
+    assert torch.allclose(res.x_axis["deletion"].double(), torch.arange(steps).double() / steps)
+    read = {"softmax": lambda o: o.softmax(-1), "logit": lambda o: o, "sigmoid": lambda o: o.sigmoid()}[output]
+    with torch.no_grad():
+        for i in range(2):
+            order = torch.argsort(maps[i, 0].flatten(), descending=True, stable=True)
+            blurred = gaussian_blur(x[i : i + 1], [3, 3], [2.0, 2.0])[0]
+            for mode in ("insertion", "deletion"):
+                ys = []
+                for k in range(1, steps + 1):
+                    top = order[: min(k * per_step, cap)]
+                    if mode == "deletion":
+                        cur = x[i].clone().view(3, -1)
+                        cur[:, top] = fill
+                    else:
+                        cur = blurred.clone().view(3, -1)
+                        cur[:, top] = x[i].view(3, -1)[:, top]
+                    ys.append(read(net(cur.view(1, 3, 6, 6)))[0, t[i]])
+                ys = torch.stack(ys).double()
+                assert torch.allclose(res.curves[mode][i].double(), ys, atol=1e-5), (mode, i)
+                assert float(res.scores[mode][i]) == pytest.approx(_trapezoid_dx(ys, 1 / steps), abs=1e-5)
+
+
+def test_min_prob_keeps_images_at_or_above_it_by_the_clean_softmax_or_sigmoid():
+    """Images whose clean target probability is below ``min_prob`` get NaN scores (curves kept); the probability
+    is the softmax for ``softmax`` and ``logit`` read-outs, the sigmoid for ``sigmoid``; equal to it: kept."""
+    x, maps = torch.rand(2, 3, 4, 4), torch.rand(2, 1, 4, 4)
+    even = PixelLinear(torch.zeros(2, 3, 4, 4)).eval()  # logits 0, 0: softmax exactly 0.5
+    for output in ("softmax", "logit"):
+        res = InsertionDeletion(per_step=4, blur_sigma=1.0, min_prob=0.5, output=output)(even, x, torch.tensor([0, 1]), maps)
+        assert res.scores["prob"].tolist() == [0.5, 0.5]
+        assert torch.isfinite(res.scores["insertion"]).all() and torch.isfinite(res.scores["deletion"]).all()
+    w = torch.zeros(2, 3, 4, 4)
+    w[1] = 0.1
+    net = PixelLinear(w).eval()  # logit_1 = 0.1 sum x
+    t = torch.tensor([1, 1])
+    x2 = torch.stack([torch.full((3, 4, 4), 0.5), torch.full((3, 4, 4), 0.1)])  # logit_1 = 2.4 and 0.48
+    p = torch.tensor([2.4, 0.48]).sigmoid()  # two classes, logit_0 = 0: softmax = sigmoid of the difference
+    for output in ("softmax", "logit", "sigmoid"):
+        res = InsertionDeletion(per_step=4, blur_sigma=1.0, min_prob=float(p.mean()), output=output)(net, x2, t, maps)
+        torch.testing.assert_close(res.scores["prob"], p)
+        for mode in ("insertion", "deletion"):
+            assert torch.isfinite(res.scores[mode][0]) and torch.isnan(res.scores[mode][1])
+            assert torch.isfinite(res.curves[mode]).all()
+    w3 = torch.zeros(3, 3, 4, 4)
+    w3[0] = 0.1  # three classes: the sigmoid of logit_0 is not its softmax
+    res = InsertionDeletion(per_step=4, blur_sigma=1.0, min_prob=None, output="sigmoid")(
+        PixelLinear(w3).eval(), x2, torch.tensor([0, 0]), maps)
+    torch.testing.assert_close(res.scores["prob"], torch.tensor([2.4, 0.48]).sigmoid())
+    res = InsertionDeletion(per_step=4, blur_sigma=1.0, min_prob=None, output="logit")(
+        PixelLinear(w3).eval(), x2, torch.tensor([0, 0]), maps)
+    torch.testing.assert_close(res.scores["prob"], torch.tensor([[2.4, 0, 0], [0.48, 0, 0]]).softmax(1)[:, 0])
+
+
+@pytest.mark.parametrize("x_axis, points, returned", [("reference", 5, 3), ("reference", 6, 6), ("xattr", 6, 3),
+                                                      ("xattr", 7, 7)])
+def test_points_below_the_full_curve_go_adaptive_and_return_half_of_them(x_axis, points, returned):
+    """16 px at 3 a step: T = ceil(16 / 3) = 6 steps (7 points on the ``xattr`` axis, with step 0). Fewer
+    points than that: the adaptive scheme, whose returned curve is its even half (ceil(P / 2) points);
+    as many or more: the full curve."""
+    net = PixelLinear(torch.rand(2, 3, 4, 4, generator=torch.Generator().manual_seed(1))).eval()
+    x, maps = torch.rand(1, 3, 4, 4), torch.rand(1, 1, 4, 4)
+    res = InsertionDeletion(per_step=3, blur_sigma=1.0, min_prob=None, points=points, x_axis=x_axis,
+                            modes=["deletion"])(net, x, torch.tensor([0]), maps)
+    assert res.curves["deletion"].shape == (1, returned)
+
+
+def test_adaptive_rounds_with_no_point_to_place_are_skipped_not_the_end():
+    """points 4 with 4 rounds: 2 even points, then 2 // 4 = 0 and 2 // 3 = 0 in the first two rounds, 1 and 1
+    in the last two: 4 perturbed forwards in all (plus the clean one)."""
+    net = PixelLinear(torch.rand(2, 3, 4, 4, generator=torch.Generator().manual_seed(1))).eval()
+    rows = []
+    net.register_forward_hook(lambda m, i, o: rows.append(i[0].shape[0]))
+    x, maps = torch.rand(1, 3, 4, 4), torch.rand(1, 1, 4, 4)
+    InsertionDeletion(per_step=1, blur_sigma=1.0, min_prob=None, points=4, rounds=4, modes=["deletion"],
+                      fold_bn=False)(net, x, torch.tensor([0]), maps)
+    assert sum(rows) == 4 + 1
+
+
+def test_refine_weights_intervals_by_their_width_takes_flat_ones_and_breaks_ties_in_order():
+    """refine's weight of an interval is (|dy| + half its larger neighbour's) x width: a wide interval with a
+    small change outweighs a narrow one with a larger change; a flat curve (weight 0) still gets its seats;
+    equal weights go to the first interval."""
+    k = torch.tensor([[0, 2, 12]])
+    y = torch.tensor([[1.0, 0.0, -0.5]])  # weights (1 + 0.25) x 2/12 = 0.21 and (0.5 + 0.5) x 10/12 = 0.83
+    new, valid = refine(k, y, k / 12.0, 1)
+    assert new.tolist() == [[7]] and valid.tolist() == [[True]]  # the middle of 2..12
+    flat = torch.tensor([[0, 4]])
+    new, valid = refine(flat, torch.tensor([[0.3, 0.3]]), flat / 4.0, 1)
+    assert new.tolist() == [[2]] and valid.tolist() == [[True]]
+    even = torch.tensor([[0, 4, 8]])
+    new, valid = refine(even, torch.tensor([[0.0, 1.0, 2.0]]), even / 8.0, 1)  # both weigh 1.5 x 0.5
+    assert new.tolist() == [[2]]
+
+
+def test_xattr_axis_is_the_fraction_perturbed_and_a_tiny_fraction_perturbs_one_pixel():
+    """``x_axis: xattr``: x = min(k per_step, cap) / cap from 0 to 1 exactly; ``max_fraction`` 0.03 of 36 px
+    rounds to 1 pixel: one step (reference) or two points at x = 0 and 1 (xattr)."""
+    net = PixelLinear(torch.rand(2, 3, 6, 6, generator=torch.Generator().manual_seed(1))).eval()
+    x, maps, t = torch.rand(1, 3, 6, 6), torch.rand(1, 1, 6, 6), torch.tensor([0])
+    res = InsertionDeletion(per_step=9, blur_sigma=1.0, min_prob=None, x_axis="xattr")(net, x, t, maps)
+    assert res.x_axis["deletion"].tolist() == [0.0, 0.25, 0.5, 0.75, 1.0]
+    one = InsertionDeletion(per_step=1, blur_sigma=1.0, min_prob=None, max_fraction=0.03)(net, x, t, maps)
+    assert one.curves["deletion"].shape == (1, 1) and one.scores["deletion"].item() == 0.0
+    two = InsertionDeletion(per_step=1, blur_sigma=1.0, min_prob=None, max_fraction=0.03, x_axis="xattr")(net, x, t, maps)
+    assert two.x_axis["deletion"].tolist() == [0.0, 1.0]

@@ -6,6 +6,7 @@ straightforward per-image loops written here, never from the metric's own output
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from torchvision.transforms.functional import gaussian_blur
@@ -220,6 +221,7 @@ def test_degradation_matches_per_image_tile_loop():
     res = Degradation(tile=4, n_points=5, chunk=3)(net, x, t, maps)  # 4 tiles -> 0, 1, 2, 3, 4 removed
     for i in range(2):
         sums = maps[i, 0].view(2, 4, 2, 4).sum((1, 3)).flatten()  # tile sums, raster order of tiles
+        curve = {}
         for name, desc in (("morf", True), ("lerf", False)):
             order = torch.argsort(sums, descending=desc, stable=True)
             cur, pts = x[i].clone(), []
@@ -229,6 +231,13 @@ def test_degradation_matches_per_image_tile_loop():
                     cur[:, 4 * r : 4 * r + 4, 4 * c : 4 * c + 4] = x[i].mean((1, 2))[:, None, None]
                 pts.append(net(cur[None]).softmax(-1)[0, t[i]])
             assert torch.allclose(res.curves[name][i], torch.stack(pts).detach(), atol=1e-5)
+            curve[name] = torch.stack(pts).detach().double().numpy()
+        # the scores: trapezoids over the share of tiles removed (0, 1/4, ..., 1), by numpy
+        frac, lerf, morf = np.linspace(0, 1, 5), curve["lerf"], curve["morf"]
+        for key, ys in (("morf_auc", morf), ("lerf_auc", lerf), ("degradation", lerf - morf),
+                        ("lerf_change_auc", np.abs(lerf - lerf[0]) / lerf[0])):  # relative change from the original
+            assert float(res.scores[key][i]) == pytest.approx(np.trapezoid(ys, frac), abs=1e-5), key
+        assert float(res.scores["degraded_prob"][i]) == pytest.approx(lerf[-1], abs=1e-6)
 
 
 def test_sensitivity_n_protocols_pinned_to_reference_md():
@@ -276,7 +285,7 @@ def test_sensitivity_n_masks_seed_tiles_x_axis_and_output_by_hand():
     assert torch.allclose(soft.curves["output_drop"][0, 6:].double(), drop, atol=1e-6)
     attr = (truth[0] * pix).flatten(1).sum(1).double()
     assert torch.allclose(soft.curves["attr_sum"][0, 6:].double(), attr, atol=1e-5)
-    assert soft.x_axis["attr_sum"].tolist() == [4.0] * 6 + [12.0] * 6
+    assert soft.x_axis["attr_sum"].tolist() == soft.x_axis["output_drop"].tolist() == [4.0] * 6 + [12.0] * 6
     r = torch.corrcoef(torch.stack([attr, drop]))[0, 1]
     assert torch.isclose(soft.curves["sensitivity_n"][0, 1].double(), r, atol=1e-5)
     assert torch.isclose(soft.scores["sensitivity_n"][0], soft.curves["sensitivity_n"][0].mean())
@@ -360,6 +369,7 @@ def test_degradation_defaults_cost_axis_top1_and_the_eq8_summary_by_hand():
     assert Degradation(n_points=2).n_points == 2  # the two ends of the curves: the least valid
     for kw, line in (({"tile": 0}, "bad tile 0; valid choices: an integer >= 1"),
                      ({"n_points": 1}, "bad n_points 1; valid choices: an integer >= 2"),
+                     ({"n_points": 0}, "bad n_points 0; valid choices: an integer >= 1"),
                      ({"fill": "median"}, "unknown fill 'median'; valid choices: mean"),
                      ({"ties": "x"}, "unknown ties 'x'; valid choices: stable, random, numpy"),
                      ({"t1": 0.5}, "bad t1/b 0.5/None; valid choices: both numbers or both null")):

@@ -430,3 +430,212 @@ def test_roar_table_from_unit_folders_made_by_hand(tmp_path: Path) -> None:
     assert df.loc["Gradient", "30%"] == "0.700 ± 0.100 (n=2)" and df.loc["Gradient", "AUC (ours)"] == "0.500 ± 0.100"
     assert df.loc["Gradient", "0% (baseline)"] == "0.900 (n=1)"
     assert "1 unfinished" in (tmp_path / "out" / "t.md").read_text()
+
+
+# ---------------------------------------------------------------- by hand: quantisation, errors, the map store
+def test_uint8_quantisation_truncates_255_v_not_256_v() -> None:
+    # 999 / 1000 of the range: 254.7 truncates to 254 (x 256 would give 255)
+    assert quantise_uint8(torch.tensor([[0.0, 999.0, 1000.0]])).tolist() == [[0, 254, 255]]
+
+
+def test_removal_and_store_errors_are_whole_lines(tmp_path: Path) -> None:
+    import re
+
+    def line(msg: str) -> str:
+        return "^" + re.escape(msg) + "$"
+
+    with pytest.raises(XattrConfigError, match=line("bad roar.percent 101; valid choices: a number in [0, 100]")):
+        n_removed(101, 4, 4)
+    with pytest.raises(XattrConfigError, match=line("unknown roar.ties 'torch'; valid choices: numpy, stable")):
+        removal_mask(torch.rand(1, 4, 4), 50, ties="torch")
+    with pytest.raises(XattrConfigError, match=line("ROAR maps must be (N, H, W) or (N, C, H, W), got shape (4, 4)")):
+        removal_mask(torch.rand(4, 4), 50)
+    with pytest.raises(XattrConfigError, match=line("unknown roar.quantise 'png'; valid choices: uint8, none")):
+        load_maps(tmp_path, quantise="png")
+    (tmp_path / "empty").mkdir()
+    from xattr.core.store import RunStore
+
+    hint = (f"missing attribution maps (heatmaps/*.npz) for ROAR: put it at {RunStore(tmp_path / 'empty').heatmaps_dir} "
+            "(run python -m xattr.run experiment=pathways_t1_roar method=<m> first (dataset.attribution.split=all))")
+    with pytest.raises(XattrConfigError, match=line(hint)):
+        load_maps(tmp_path / "empty")
+
+
+def test_saved_maps_carry_the_method_and_a_gap_in_the_index_has_no_id(tmp_path: Path) -> None:
+    from xattr.core.store import RunStore
+
+    maps = torch.rand(2, 4, 4)
+    save_maps(tmp_path / "named", maps, ["a", "c"], index=[0, 2], method="gradient")
+    assert RunStore(tmp_path / "named").config()["method_name"] == "gradient"
+    save_maps(tmp_path / "anon", maps, ["a", "c"], index=[0, 2])
+    assert RunStore(tmp_path / "anon").config() is None  # no method: no config written
+    got, ids, present = load_maps(tmp_path / "named", quantise="none")
+    assert ids == ["a", "", "c"] and present.tolist() == [True, False, True]
+    assert torch.equal(got[1], torch.zeros(4, 4)) and torch.allclose(got[2], maps[1].half().float())
+
+
+def test_roar_dataset_defaults_remove_nothing() -> None:
+    maps = torch.rand(4, 8, 8)
+    ds = RoarDataset(_Images(4), maps=maps)  # percent 0 by default: the unmodified baseline
+    assert ds.percent == 0.0 and ds.maps is None
+    assert torch.equal(ds[1]["x"], _Images(4)[1]["x"])
+
+
+class _Unit(torch.utils.data.Dataset):
+    """Images in [0, 1] on the 8-bit grid (k / 255), one pixel above 1 (saturates to 255), labels in `labels`,
+    item reads counted, and an optional `parts` list."""
+
+    def __init__(self, n: int = 4, parts: list[str] | None = None, labels: bool = True) -> None:
+        g = torch.Generator().manual_seed(3)
+        self.x = torch.randint(0, 256, (n, 3, 4, 4), generator=g).float() / 255
+        self.x[:, :, 3, 3] = 1.2
+        self.reads = 0
+        if parts is not None:
+            self.parts = parts
+        if labels:
+            self.labels = [7] * n
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i: int) -> dict:
+        self.reads += 1
+        return {"x": self.x[i].clone(), "label": 7, "id": f"u{i}", "index": i}
+
+
+def test_roar_dataset_defaults_fill_parts_limit_labels_and_channel_maps() -> None:
+    """The default fill is CIFAR-10's training mean (RoarTorch's); ``part`` keeps that part's items, ``limit``
+    a prefix of them; ``labels`` come from the base's ``labels`` without reading an item (or from the items);
+    (N, C, H, W) maps rank by their channel max; tensor maps are quantised to uint8 unless ``quantise: none``;
+    a percent below 1 still removes; maps without a percent, or a percent without maps, remove nothing."""
+    import re
+
+    maps = torch.rand(4, 16, generator=torch.Generator().manual_seed(0)).view(4, 4, 4)
+    ds = RoarDataset(_Unit(), maps=maps, percent=50)
+    removed = removal_mask(maps[1:2], 50)[0]
+    assert torch.equal(ds[1]["x"][:, removed], torch.tensor([0.4914, 0.4822, 0.4465])[:, None].expand(-1, 8))
+    assert torch.equal(ds.maps, quantise_uint8(maps)) and ds.maps.dtype == torch.uint8
+    assert RoarDataset(_Unit(), maps=maps, percent=50, quantise="none").maps.dtype == torch.float32
+    half = RoarDataset(_Images(1, size=16), maps=torch.rand(1, 16, 16), percent=0.5, fill=(0.0, 0.0, 0.0))
+    assert int((half[0]["x"] == 0).all(0).sum()) == 1  # 0.5% of 256 pixels: one
+    assert torch.equal(RoarDataset(_Unit(), maps=None, percent=50)[2]["x"], _Unit()[2]["x"])
+    four = torch.zeros(4, 3, 4, 4)
+    four[:, 2] = maps  # only channel 2 carries the ranking
+    assert torch.equal(RoarDataset(_Unit(), maps=four, percent=25, quantise="none").mask(3), removal_mask(maps[3:4], 25)[0])
+    parts = RoarDataset(_Unit(parts=["train", "test", "train", "test"]), maps=maps, percent=50, part="test")
+    assert parts.indices == [1, 3] and [parts[i]["index"] for i in range(2)] == [1, 3]
+    assert RoarDataset(_Unit(parts=["train"] * 4), part="train", limit=3).indices == [0, 1, 2]
+    base = _Unit()
+    assert RoarDataset(base).labels == [7] * 4 and base.reads == 0  # from `labels`: no image read
+    assert RoarDataset(_Unit(labels=False)).labels == [7] * 4
+    for kwargs, msg in (({"quantise": "png"}, "unknown roar.quantise 'png'; valid choices: uint8, none"),
+                        ({"ties": "torch"}, "unknown roar.ties 'torch'; valid choices: numpy, stable"),
+                        ({"train_fill": "int"}, "unknown roar.train_fill 'int'; valid choices: uint8, float"),
+                        ({"part": "train"}, "roar part='train' needs a base dataset with `parts` (CIFAR-10 split=all)")):
+        with pytest.raises(XattrConfigError, match="^" + re.escape(msg) + "$"):
+            RoarDataset(_Unit(), **kwargs)
+    with pytest.raises(XattrConfigError, match="^" + re.escape("unknown roar part 'val'; valid choices: test, train") + "$"):
+        RoarDataset(_Unit(parts=["train", "test"] * 2), part="val")
+
+
+def test_training_view_without_a_preprocess_truncates_to_8_bits_and_saturates() -> None:
+    """train_fill uint8 (RoarTorch's training pipeline) on images already in [0, 1]: the image on the 8-bit grid
+    (a value above 1 saturates at 255), the mean filled in, then truncated: ``floor(255 v) / 255`` by numpy."""
+    import numpy as np
+
+    base = _Unit()
+    maps = torch.rand(4, 4, 4, generator=torch.Generator().manual_seed(1))
+    ds = RoarDataset(base, maps=maps, percent=25, train_fill="uint8", quantise="none")
+    train = ds.training_view()
+    assert train.truncate and not ds.truncate
+    fill = np.array([0.4914, 0.4822, 0.4465], dtype=np.float32)
+    for i in range(4):
+        x01 = np.minimum(base.x[i].numpy(), np.float32(1.0))  # the 8-bit image: 1.2 saturates
+        m = removal_mask(maps[i : i + 1], 25)[0].numpy()
+        x01[:, m] = fill[:, None]
+        expect = np.floor(x01 * np.float32(255)).astype(np.uint8).astype(np.float32) / np.float32(255)
+        assert np.allclose(train[i]["x"].numpy(), expect, atol=1e-7)
+        assert torch.equal(ds[i]["x"][:, ~torch.from_numpy(m)], base.x[i][:, ~torch.from_numpy(m)])  # float: as is
+
+
+def test_the_mismatch_errors_of_a_map_run_are_whole_lines(tmp_path: Path) -> None:
+    import re
+
+    maps = torch.rand(4, 4, 4)
+    save_maps(tmp_path / "half", maps[:2], ["img0", "img1"], index=[0, 1])
+    msg = (f"the map run {tmp_path / 'half'} has no map for 2 of the 4 images (first missing dataset index 2); "
+           "finish it (re-run the same xattr.run command: finished batches are skipped) or use the dataset the maps "
+           "were made on")
+    with pytest.raises(XattrConfigError, match="^" + re.escape(msg) + "$"):
+        RoarDataset(_Images(4, size=4), maps=tmp_path / "half", percent=50)
+    save_maps(tmp_path / "other", maps, ["a", "b", "c", "d"])
+    msg = ("ROAR maps do not belong to this dataset: index 1 is 'img1' here but 'b' in the map run; compute the maps "
+           "on the same dataset (split, per_class)")
+    with pytest.raises(XattrConfigError, match="^" + re.escape(msg) + "$"):
+        RoarDataset(_Images(4, size=4), maps=tmp_path / "other", percent=50)[1]
+
+
+def test_crop_flip_pads_by_4_by_default() -> None:
+    """RandomCrop(32, padding=4) (RoarTorch's): at offset (0, 0) the image moves 4 pixels down and right."""
+    x = torch.rand(1, 3, 8, 8)
+    out = crop_flip_batch(x, offsets=torch.zeros(1, 2, dtype=torch.long), flips=torch.zeros(1, dtype=torch.bool))
+    assert torch.equal(out[..., 4:, 4:], x[..., :4, :4]) and (out[..., :4, :] == 0).all()
+
+
+def test_crop_flip_draws_every_offset_in_0_to_2p_uniformly_and_flips_half() -> None:
+    """RandomCrop's offsets are uniform over 0..2 padding (both ends included), the flip's probability 1/2:
+    offsets read back from a 3 x 3 image of distinct values (padding 1: the output's centre is x[r, c]); the
+    flip from a 1 x 2 image. 9 000 and 4 000 draws: each frequency within 5 standard errors."""
+    g = torch.Generator().manual_seed(0)
+    b = 9000
+    x = torch.arange(9.0).view(1, 1, 3, 3).expand(b, 1, 3, 3)
+    out = crop_flip_batch(x, 1, flips=torch.zeros(b, dtype=torch.bool), generator=g)
+    counts = torch.bincount(out[:, 0, 1, 1].long(), minlength=9).double() / b
+    assert (counts - 1 / 9).abs().max() < 5 * (1 / 9 * 8 / 9 / b) ** 0.5, counts
+    two = torch.tensor([1.0, 2.0]).view(1, 1, 1, 2).expand(4000, 1, 1, 2)
+    flipped = crop_flip_batch(two, 0, offsets=torch.zeros(4000, 2, dtype=torch.long), generator=g)[:, 0, 0, 0] == 2
+    assert abs(flipped.double().mean() - 0.5) < 5 * (0.25 / 4000) ** 0.5
+
+
+def test_device_batches_defaults_order_augmentation_padding_and_keys_by_a_replay() -> None:
+    """With its defaults (seed 0, shuffled, augmented, padding 4, batches of 256, no removal: percent 0) a
+    DeviceRoarBatches pass equals the normalised images taken in ``randperm`` order of a generator seeded 0,
+    cropped and flipped by :func:`crop_flip_batch` with the same generator and the normalised black pad
+    ``-mean / std`` (torchvision pads before Normalize); the batch dict's keys; ``len`` is ceil(N / batch)."""
+    g = torch.Generator().manual_seed(5)
+    images = torch.randint(0, 256, (257, 3, 10, 10), dtype=torch.uint8, generator=g)
+    labels = torch.randint(0, 10, (257,), generator=g)
+    mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.5)
+    maps = torch.rand(257, 10, 10, generator=g)  # given, but the default percent 0 removes nothing
+    batches = DeviceRoarBatches(images, labels, mean, std, mean, maps=maps)
+    assert len(batches) == 2
+    got = list(batches)
+    assert [len(b["x"]) for b in got] == [256, 1] and set(got[0]) == {"x", "label", "target", "index"}
+    replay = torch.Generator().manual_seed(0)
+    order = torch.randperm(257, generator=replay)
+    m, s = torch.tensor(mean).view(1, 3, 1, 1), torch.tensor(std).view(1, 3, 1, 1)
+    black = -torch.tensor(mean) / torch.tensor(std)
+    for batch, idx in zip(got, order.split(256)):
+        x = (images[idx].float() / 255 - m) / s
+        torch.testing.assert_close(batch["x"], crop_flip_batch(x, 4, black, generator=replay))
+        assert torch.equal(batch["index"], idx) and torch.equal(batch["label"], labels[idx])
+        assert torch.equal(batch["target"], labels[idx])
+    assert got[0]["x"].is_contiguous()  # channels_last off by default
+    seeded = next(iter(DeviceRoarBatches(images, labels, mean, std, mean, seed=3)))["index"]
+    assert torch.equal(seeded, torch.randperm(257, generator=torch.Generator().manual_seed(3))[:256])
+    assert [len(DeviceRoarBatches(images[:n], labels[:n], mean, std, mean, batch_size=2)) for n in (4, 5)] == [2, 3]
+
+
+def test_device_batches_channels_last_a_percent_below_one_and_no_maps() -> None:
+    images = torch.randint(0, 256, (2, 3, 16, 16), dtype=torch.uint8)
+    mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.5)
+    kw = dict(batch_size=2, augment=False, shuffle=False)
+    cl = next(iter(DeviceRoarBatches(images, torch.zeros(2), mean, std, mean, channels_last=True, **kw)))["x"]
+    assert cl.is_contiguous(memory_format=torch.channels_last) and not cl.is_contiguous()
+    plain = next(iter(DeviceRoarBatches(images, torch.zeros(2), mean, std, mean, **kw)))["x"]
+    assert torch.equal(plain, cl) and plain.is_contiguous()
+    maps = torch.rand(2, 16, 16)
+    half = next(iter(DeviceRoarBatches(images, torch.zeros(2), mean, std, (0.0, 0.0, 0.0), maps=maps, percent=0.5, **kw)))["x"]
+    assert ((half != plain).any(1).flatten(1).sum(1) == 1).all()  # 0.5% of 256 pixels: one each
+    none = next(iter(DeviceRoarBatches(images, torch.zeros(2), mean, std, (0.0, 0.0, 0.0), maps=None, percent=50, **kw)))
+    assert torch.equal(none["x"], plain)
