@@ -17,12 +17,19 @@ from xattr.models.tiny import TinyCNN
 TINY = dict(epochs=1, n_targets=16, n_groups=2, gan_batch=8, critic=2, feat_steps=2, feat_copies=2, steps=3, copies=2)
 
 
-def test_one_score_per_token_padding_ignored() -> None:
-    net = LSTMClassifier(40, 8, 8, 4).eval()
-    m = InputIBAText(net, **TINY)
+
+def _fit_quietly(m: InputIBAText) -> InputIBAText:
+    """The tiny fit the tests share: one batch of 8 random texts of 6 tokens, warnings (few samples) silenced."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         m.fit([{"x": torch.randint(2, 40, (8, 6)), "mask": torch.ones(8, 6, dtype=torch.bool)}])
+    return m
+
+
+def test_one_score_per_token_padding_ignored() -> None:
+    net = LSTMClassifier(40, 8, 8, 4).eval()
+    m = InputIBAText(net, **TINY)
+    _fit_quietly(m)
     x = torch.randint(2, 40, (3, 7))
     x[0, 4:] = 0
     x[1, 6:] = 0
@@ -124,9 +131,7 @@ def test_the_text_feature_bottleneck_is_per_unit_floored_and_weighted_by_real_to
 
     net = LSTMClassifier(40, 8, 8, 4).eval()
     m = InputIBAText(net, **TINY)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        m.fit([{"x": torch.randint(2, 40, (8, 6)), "mask": torch.ones(8, 6, dtype=torch.bool)}])
+    _fit_quietly(m)
     f = m.feature_iba
     s = f.stats[f.layer]
     s.std[0, :2] = 0.001  # under the floor
@@ -164,9 +169,7 @@ def test_a_padded_text_scores_as_the_same_text_alone() -> None:
     gets the scores it gets alone at its own length, zeros after."""
     net = LSTMClassifier(40, 8, 8, 4).eval()
     m = InputIBAText(net, **TINY)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        m.fit([{"x": torch.randint(2, 40, (8, 6)), "mask": torch.ones(8, 6, dtype=torch.bool)}])
+    _fit_quietly(m)
     x = torch.randint(2, 40, (2, 7), generator=torch.Generator().manual_seed(1))
     x[0, 4:] = 0
     both = m.attribute(x, torch.tensor([0, 1]))
@@ -184,9 +187,7 @@ def test_one_real_token_weight_an_interface_model_kept_and_no_capacity_on_paddin
     net = LSTMClassifier(40, 8, 8, 4).eval()
     assert InputIBAText(net, embedding="embedding").model is net
     m = InputIBAText(net, **TINY)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        m.fit([{"x": torch.randint(2, 40, (8, 6)), "mask": torch.ones(8, 6, dtype=torch.bool)}])
+    _fit_quietly(m)
     x = torch.randint(2, 40, (2, 5))
     x[0, 3:] = 0
     kl = m.feature_iba.optimize(x, torch.tensor([0, 1])).kl
