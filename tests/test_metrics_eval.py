@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from xattr.errors import XattrConfigError
 from xattr.methods.baselines.gradient import Gradient
 from xattr.metrics.complexity import Complexity, Sparseness
 from xattr.metrics.faithfulness import IROF, FaithfulnessCorrelation, Infidelity
@@ -541,3 +542,38 @@ def test_region_and_map_only_metrics_labels_bounds_and_edge_cases_by_hand():
     for metric, key, hot in ((Sparseness(), "sparseness", 1 - 1 / 24), (Complexity(), "complexity", 0.0)):
         assert math.isnan(metric(None, x, t, zero).scores[key].item())
         assert metric(None, x, t, m).scores[key].item() == pytest.approx(hot)
+
+
+def test_road_defaults_edges_and_whole_error_lines():
+    """ROAD's defaults are the paper's figures and the reference's (10..90 %, noise 0.01, MoRF and LeRF, accuracy,
+    seed 0, chunk auto, the memory knob chunk); 0 and 100 % are valid levels; each bad value is its whole line."""
+    m = ROAD()
+    assert m.percentages == [10.0, 20.0, 30.0, 40.0, 50.0, 60.0, 70.0, 80.0, 90.0] and m.noise == 0.01
+    assert m.orders == ("morf", "lerf") and m.output == "accuracy" and m.seed == 0 and m.chunk == "auto"
+    assert ROAD.memory_knob == "chunk" and ROAD(chunk=4).chunk == 4
+    assert ROAD(percentages=[0, 100]).percentages == [0.0, 100.0]
+    for kw, line in [({"percentages": [101]}, "bad percentages [101]; valid choices: numbers in [0, 100]"),
+                     ({"percentages": [-1]}, "bad percentages [-1]; valid choices: numbers in [0, 100]"),
+                     ({"percentages": []}, "bad percentages []; valid choices: numbers in [0, 100]"),
+                     ({"noise": -0.1}, "bad noise -0.1; valid choices: a number >= 0"),
+                     ({"orders": ["up"]}, "unknown order 'up'; valid choices: morf, lerf"),
+                     ({"output": "logit"}, "unknown output 'logit'; valid choices: accuracy, softmax")]:
+        with pytest.raises(XattrConfigError) as err:
+            ROAD(**kw)
+        assert str(err.value) == line
+
+
+def test_road_imputes_one_removed_pixel_as_its_neighbours_weighted_mean():
+    """One removed pixel (the centre of a 3 x 3 image): the reference's equation makes it the mean of its 8
+    neighbours weighted 1/6 (edge) and 1/12 (corner), the weights summing to 1; the other pixels are unchanged."""
+    img = np.arange(18, dtype=np.float64).reshape(2, 3, 3) ** 1.5
+    removed = np.zeros(9, dtype=bool)
+    removed[4] = True
+    out = linear_imputation(img, removed)
+    edge, corner = [(0, 1), (1, 0), (1, 2), (2, 1)], [(0, 0), (0, 2), (2, 0), (2, 2)]
+    for ch in range(2):
+        want = sum(img[ch][p] for p in edge) / 6 + sum(img[ch][p] for p in corner) / 12
+        assert out[ch, 1, 1] == pytest.approx(want, rel=1e-12)
+    keep = np.ones((3, 3), dtype=bool)
+    keep[1, 1] = False
+    assert np.array_equal(out[:, keep], img[:, keep])
