@@ -577,3 +577,26 @@ def test_road_imputes_one_removed_pixel_as_its_neighbours_weighted_mean():
     keep = np.ones((3, 3), dtype=bool)
     keep[1, 1] = False
     assert np.array_equal(out[:, keep], img[:, keep])
+
+
+def test_road_both_orders_by_hand_per_image_with_the_softmax_readout():
+    """Without noise, per image and level p written here: MoRF imputes the int(H W p / 100) pixels of the largest
+    map values, LeRF those of the smallest (``linear_imputation``, checked above), the read-out is the target's
+    softmax probability; the curves, their x axis (the levels), the per-order means and ``road`` = LeRF - MoRF."""
+    net, x, t, maps = setup(b=2)
+    pct = [10, 50, 70]  # 50 % of 64 pixels: 32 (a level where the count's rounding shows)
+    res = ROAD(percentages=pct, noise=0.0, output="softmax")(net, x, t, maps)
+    n = x.shape[-1] * x.shape[-2]
+    for i in range(2):
+        order = np.argsort(maps[i, 0].numpy().reshape(-1))  # ascending, no ties
+        for o, pick in (("morf", lambda k: order[::-1][:k]), ("lerf", lambda k: order[:k])):
+            for j, p in enumerate(pct):
+                removed = np.zeros(n, dtype=bool)
+                removed[pick(int(n * p / 100))] = True
+                img = torch.from_numpy(linear_imputation(x[i].numpy(), removed)).float()
+                want = torch.softmax(net(img[None]), 1)[0, t[i]]
+                assert float(res.curves[f"road_{o}"][i, j]) == pytest.approx(float(want), rel=1e-5, abs=1e-6)
+            assert res.x_axis[f"road_{o}"].tolist() == [float(p) for p in pct]
+    for o in ("morf", "lerf"):
+        torch.testing.assert_close(res.scores[f"road_{o}"], res.curves[f"road_{o}"].mean(1))
+    torch.testing.assert_close(res.scores["road"], res.scores["road_lerf"] - res.scores["road_morf"])
