@@ -589,10 +589,10 @@ def test_road_both_orders_by_hand_per_image_with_the_softmax_readout():
     n = x.shape[-1] * x.shape[-2]
     for i in range(2):
         order = np.argsort(maps[i, 0].numpy().reshape(-1))  # ascending, no ties
-        for o, pick in (("morf", lambda k: order[::-1][:k]), ("lerf", lambda k: order[:k])):
+        for o, ranked in (("morf", order[::-1]), ("lerf", order)):
             for j, p in enumerate(pct):
                 removed = np.zeros(n, dtype=bool)
-                removed[pick(int(n * p / 100))] = True
+                removed[ranked[: int(n * p / 100)]] = True
                 img = torch.from_numpy(linear_imputation(x[i].numpy(), removed)).float()
                 want = torch.softmax(net(img[None]), 1)[0, t[i]]
                 assert float(res.curves[f"road_{o}"][i, j]) == pytest.approx(float(want), rel=1e-5, abs=1e-6)
