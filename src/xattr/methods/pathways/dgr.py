@@ -95,13 +95,18 @@ class DGR(PathwayMethod):
         gens = image_generators(x, self.seed)
         return torch.stack([torch.rand(n, generator=g, device=x.device, dtype=x.dtype) for g in gens])
 
-    def _loss(self, x: torch.Tensor, lam: torch.Tensor, layout: Layout, p_orig: torch.Tensor,
-              gamma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        gates = layout.split(lam)
+    def _distill(self, x: torch.Tensor, gates: list[torch.Tensor], p_orig: torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Eq. 3's distillation term ``(B,)`` of the network gated by ``gates`` (per layer), and its logits."""
         logits, _ = self.neurons.forward(x, lambda k, a: a * gates[k])
         prob = logits.float().softmax(1)
-        loss = -(p_orig * torch.log(prob + 1e-20)).sum(1) + gamma * lam.abs().sum(1)
-        return loss, logits.argmax(1)
+        return -(p_orig * torch.log(prob + 1e-20)).sum(1), logits
+
+    def _loss(self, x: torch.Tensor, lam: torch.Tensor, layout: Layout, p_orig: torch.Tensor,
+              gamma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Eq. 3's loss ``(B,)`` at the gates ``lam`` ``(B, N)`` (autograd through ``lam``), and the prediction."""
+        distill, logits = self._distill(x, layout.split(lam), p_orig)
+        return distill + gamma * lam.abs().sum(1), logits.argmax(1)
 
     def _step(self, x: torch.Tensor, lam: torch.Tensor, layout: Layout, p_orig: torch.Tensor,
               gamma: torch.Tensor, sign: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
@@ -118,9 +123,7 @@ class DGR(PathwayMethod):
           distillation gradient once: the one rounding of autograd's accumulation (in either order; the
           product ``gamma * sgn`` is exact)."""
         gates = [v.detach().requires_grad_(True) for v in layout.split(lam)]
-        logits, _ = self.neurons.forward(x, lambda k, a: a * gates[k])
-        prob = logits.float().softmax(1)
-        distill = -(p_orig * torch.log(prob + 1e-20)).sum(1)
+        distill, logits = self._distill(x, gates, p_orig)
         grads = list(torch.autograd.grad(distill.sum(), gates))
         with torch.no_grad():
             penalty = gamma * lam.sum(1)
