@@ -9,7 +9,7 @@ TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 export WANDB_MODE ?= offline
 export HYDRA_FULL_ERROR ?= 0
 
-.PHONY: install browser meta-eval demo test test-slow lint bench bench-gpu docs clean table text-transformers resnet-vs-vit mutation
+.PHONY: install browser meta-eval demo test test-slow lint bench bench-gpu bench-gpu-pack docs clean table text-transformers resnet-vs-vit mutation
 
 install: $(STAMP)
 
@@ -58,6 +58,11 @@ bench: install
 # outputs/bench-gpu/bench-gpu.md (python scripts/bench_gpu.py --dry-run tries the same calls on the CPU)
 bench-gpu: install
 	$(BIN)/python scripts/bench_gpu.py
+
+# the lent GPU machine has torch but no registry and no ../shared: wheels of the other dependencies -> .whl/,
+# weights -> .devdata/; then run(command="bash scripts/bench_gpu_device.sh", carry=[".whl", ".devdata"]) (docs/speed.md)
+bench-gpu-pack: install
+	bash scripts/bench_gpu_pack.sh
 
 # the API reference from the public names' docstrings (pdoc, installed on first use) -> outputs/docs/
 docs: install
