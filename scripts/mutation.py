@@ -123,8 +123,9 @@ MODULES: dict[str, list[str]] = {
     "metrics/pointing.py": ["tests/test_metrics_eval.py", "tests/test_metric_names.py"],
     "metrics/road.py": ["tests/test_metrics_eval.py", "tests/test_metric_names.py"],
     "metrics/faithfulness.py": ["tests/test_metrics_eval.py", "tests/test_metric_names.py"],
-    "metrics/robustness.py": ["tests/test_metrics_eval.py", "tests/test_metric_names.py"],
-    "metrics/randomisation.py": ["tests/test_metrics_eval.py", "tests/test_metric_names.py"],
+    "metrics/robustness.py": ["tests/test_metrics_eval.py", "tests/test_metrics_eval_oracles.py", "tests/test_metric_names.py"],
+    "metrics/randomisation.py": ["tests/test_metrics_eval.py", "tests/test_metrics_eval_oracles.py",
+                                 "tests/test_metric_names.py"],
     "metrics/complexity.py": ["tests/test_metrics_eval.py", "tests/test_metric_names.py"],
 }
 

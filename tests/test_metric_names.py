@@ -18,6 +18,9 @@ def test_every_metric_option_builds_the_class_named_after_it():
         assert m.name == name, (option, m.name)
         for key, value in settings.items():
             assert getattr(m, key) == value, (option, key)
+        # it describes itself (help(), the API reference): a docstring of its own, not only its base class's
+        doc = type(m).__dict__.get("__doc__")
+        assert isinstance(doc, str) and len(doc) > 60, (option, doc)
 
 
 #: method options that build another option's class with other settings

@@ -25,16 +25,21 @@ KEYS = ("info_per_k", "top1", "top5")
 
 
 class BottleneckAccuracy(Metric):
+    """Table 1 of Schulz et al.: the information per feature and the top-1 / top-5 accuracy of the network with
+    the optimised bottleneck (the method's ``bottleneck/*`` results), with the untrained one (``initial_*``,
+    ``initial: true``) and without one (``model_top1`` / ``model_top5``); NaN where the method has no
+    bottleneck. See the module's docstring."""
+
     name = "bottleneck_accuracy"
     paper = "Schulz et al., ICLR 2020, Table 1"
     needs = tuple(f"bottleneck/{p}{k}" for p in ("", "initial_") for k in KEYS)
-    def forwards_per_image(self, shape: tuple[int, ...], method_cost: float) -> float:
-        """Cost rule: one clean forward (the model's own accuracy); the bottleneck's are the method's."""
-        return 1.0
-
 
     def __init__(self, initial: bool = True) -> None:
         self.initial = initial
+
+    def forwards_per_image(self, shape: tuple[int, ...], method_cost: float) -> float:
+        """Cost rule: one clean forward (the model's own accuracy); the bottleneck's are the method's."""
+        return 1.0
 
     def evaluate(self, model: nn.Module, x: torch.Tensor, target: torch.Tensor, maps: torch.Tensor,
                  **extras: Any) -> MetricResult:

@@ -62,12 +62,11 @@ class _Randomised(Metric):
         net = copy.deepcopy(model).eval()
         mods = dict(net.named_modules())
         on_cpu = all(t.device.type == "cpu" for t in net.parameters())
+        # on a CPU model: torch.manual_seed's CPU part, without its device and tracing overhead (1 ms a call)
+        reseed = torch.default_generator.manual_seed if on_cpu else torch.manual_seed
         with torch.random.fork_rng(devices=[]):
             for path in self.plan(model):
-                if on_cpu:  # torch.manual_seed's CPU part, without its device and tracing overhead (1 ms a call)
-                    torch.default_generator.manual_seed(self.seed + 1)
-                else:
-                    torch.manual_seed(self.seed + 1)
+                reseed(self.seed + 1)
                 mods[path].reset_parameters()
                 yield path, net
 

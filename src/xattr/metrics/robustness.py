@@ -60,7 +60,8 @@ class _Sensitivity(_Perturbed):
     The map ``Phi(x)`` is the run's map (``maps``), as Quantus uses ``a_batch``; a zero map divides by 1
     (Captum)."""
 
-    reduce = "max"
+    #: how the draws are combined, set by each public class: ``max`` or ``mean``
+    reduce: str
 
     def __init__(self, n_samples: int = 10, radius: float = 0.02, relative: bool = True, seed: int = 0) -> None:
         self._init(n_samples, radius, seed)
@@ -80,7 +81,7 @@ class _Sensitivity(_Perturbed):
         norm = torch.where(norm == 0, torch.ones_like(norm), norm) if self.relative else torch.ones_like(norm)
         sens = torch.stack([(m.reshape(x.shape[0], -1) - a).norm(dim=1) / norm
                             for _, m in self.explanations(method, x, target)], 1)
-        value = sens.amax(1) if self.reduce == "max" else sens.mean(1)
+        value = {"max": torch.amax, "mean": torch.mean}[self.reduce](sens, 1)
         return MetricResult(scores={self.name: value.float()})
 
 
