@@ -275,6 +275,172 @@ def test_infidelity_of_gradient_x_perturbation_on_a_linear_model_is_zero():
         assert got.abs().max().item() < 1e-8
 
 
+# ---------------------------------------------------------------------------- faithfulness: by hand, config
+def test_faithfulness_correlation_by_hand_softmax_mean_fill_on_a_non_square_rgb_image():
+    """Bhatt et al.'s def. 3 written here, per image: for each drawn pixel subset S, the drop of the target's
+    softmax when S (all channels) takes the image's per-channel mean, against the map's sum over S; Pearson by
+    scipy. The draws are row-major pixel indices of the whole 6 x 10 image: distinct within a subset, every
+    pixel drawn at least once in 40 runs."""
+    from scipy.stats import pearsonr
+
+    torch.manual_seed(1)
+    h, w = 6, 10
+    net = TinyCNN(num_classes=3, in_channels=3).eval()
+    x, t, maps = torch.randn(2, 3, h, w), torch.tensor([2, 0]), torch.rand(2, 1, h, w)
+    metric = FaithfulnessCorrelation(n_runs=40, subset_size=20, baseline="mean", output="softmax")
+    got = metric(net, x, t, maps).scores["faithfulness_correlation"]
+    sub = metric.subsets(x)
+    assert sub.shape == (2, 40, 20)
+    for i in range(2):
+        assert all(len(set(s)) == 20 for s in sub[i].tolist())
+        assert sorted(set(sub[i].reshape(-1).tolist())) == list(range(h * w))
+        clean = torch.softmax(net(x[i:i + 1]), 1)[0, t[i]].item()
+        drops, sums = [], []
+        for s in sub[i].tolist():
+            img = x[i].clone()
+            for p in s:
+                img[:, p // w, p % w] = x[i].mean((1, 2))
+            drops.append(clean - torch.softmax(net(img[None]), 1)[0, t[i]].item())
+            sums.append(sum(maps[i, 0, p // w, p % w].item() for p in s))
+        assert got[i].item() == pytest.approx(pearsonr(sums, drops)[0], abs=1e-4)
+
+
+class GivenSegments(IROF):
+    """IROF on segments given here instead of SLIC's."""
+
+    def __init__(self, labels: np.ndarray, **kwargs):
+        super().__init__(**kwargs)
+        self.labels = labels
+
+    def segments(self, x):
+        return self.labels
+
+
+def irof_labels(s: int = 10) -> np.ndarray:
+    """Three images' segments: 25 2 x 2 blocks; 4 uneven ones (one pixel, the rest of row 0, rows 1-4, rows
+    5-9); 9 blocks of 4 x 4, 4 x 2, 2 x 4 and 2 x 2 pixels."""
+    r, c = np.meshgrid(np.arange(s), np.arange(s), indexing="ij")
+    uneven = np.where(r == 0, np.where(c == 0, 0, 1), np.where(r < 5, 2, 3))
+    return np.stack([(r // 2) * 5 + c // 2, uneven, (r // 4) * 3 + c // 4])
+
+
+def test_irof_by_hand_on_given_segments_ranked_by_mean_with_ties_in_label_order():
+    """IROF (Rieger & Hansen, sec. 2) written here per image on given segments: rank them by *mean* relevance,
+    highest first, equal means in label order; remove them one after another (all channels take the clean
+    image's per-channel mean); y_k = softmax after k removals / clean, y_0 = 1; IROF = 1 - trapz(y, dx=1/n).
+    Image 0: 25 segments of one relevance (the tie order shows); image 1: a 1-pixel segment of the highest mean
+    but the lowest sum; image 2: a random map. The curves are padded with NaN to the longest, on the axis
+    k = 0..25."""
+    torch.manual_seed(2)
+    net = TinyCNN(num_classes=3, in_channels=3).eval()
+    labels = irof_labels()
+    x, t = torch.randn(3, 3, 10, 10), torch.tensor([0, 1, 2])
+    maps = torch.stack([torch.full((10, 10), 0.5), torch.tensor([0.9, 0.5, 0.3, 0.1])[labels[1]],
+                        torch.rand(10, 10)])[:, None]
+    res = GivenSegments(labels)(net, x, t, maps)
+    assert res.curves["irof"].shape == (3, 26) and res.x_axis["irof"].tolist() == list(range(26))
+    for i in range(3):
+        lab = torch.from_numpy(labels[i])
+        n = int(lab.max()) + 1
+        means = [maps[i, 0][lab == k].double().mean().item() for k in range(n)]
+        order = sorted(range(n), key=lambda k: -means[k])  # Python's sort is stable
+
+        def prob(img, i=i):
+            return torch.softmax(net(img[None]), 1)[0, t[i]].item()
+
+        img, y = x[i].clone(), [1.0]
+        for k in order:
+            img[:, lab == k] = x[i].mean((1, 2))[:, None]
+            y.append(prob(img) / prob(x[i]))
+        np.testing.assert_allclose(res.curves["irof"][i, : n + 1].numpy(), y, rtol=1e-5, atol=1e-6)
+        assert res.curves["irof"][i, n + 1:].isnan().all()
+        assert res.scores["irof"][i].item() == pytest.approx(1 - np.trapezoid(y, dx=1 / n), abs=1e-5)
+
+
+def test_infidelity_closed_form_on_a_linear_model_with_twice_the_map():
+    """A linear model with the same weight v in every channel: f(x) - f(x - I) = I^T v exactly. Given the map
+    2 v, def. 2.1 as written (``normalise: false``) is E[(I^T v)^2] = std^2 C ||v||^2 for I ~ N(0, std^2) per
+    value (the default std 0.1), here within sampling error (4000 draws: ~2 %)."""
+    torch.manual_seed(0)
+    v = torch.randn(3, 1, 4, 4)
+    net = PixelLinear(v.expand(-1, 3, -1, -1)).eval()
+    x, t = torch.randn(2, 3, 4, 4), torch.tensor([1, 0])
+    got = Infidelity(n_samples=4000, normalise=False)(net, x, t, 2 * v[t]).scores["infidelity"]
+    torch.testing.assert_close(got, 0.1**2 * 3 * (v[t] ** 2).sum((1, 2, 3)), rtol=0.15, atol=0)
+
+
+class RowsSeen(torch.nn.Module):
+    """A model that records the rows of each forward."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net, self.rows = net, []
+
+    def forward(self, x):
+        self.rows.append(x.shape[0])
+        return self.net(x)
+
+
+def test_faithfulness_metrics_forward_chunk_rows_per_call_and_their_stated_cost():
+    """``chunk: k`` sends the perturbed inputs k at a time (:mod:`xattr.core.chunk`: at most k rows a call, as
+    few calls as that allows), ``null`` all at once, after the clean forward of the batch; the rows counted per
+    image are the stated cost (IROF: on given segments, as many as asked)."""
+    torch.manual_seed(0)
+    net = RowsSeen(TinyCNN(num_classes=3, in_channels=3).eval())
+    x, t, maps = torch.randn(2, 3, 10, 10), torch.tensor([0, 2]), torch.rand(2, 1, 10, 10)
+    labels = np.stack([(np.arange(100) // 25).reshape(10, 10)] * 2)  # 4 segments of 25 pixels
+    for make, n in [(lambda chunk: FaithfulnessCorrelation(n_runs=5, subset_size=9, chunk=chunk), 10),
+                    (lambda chunk: Infidelity(n_samples=5, chunk=chunk), 10),
+                    (lambda chunk: GivenSegments(labels, n_segments=4, chunk=chunk), 8)]:
+        for chunk, rows in [(4, [4] * (n // 4) + [n % 4] * (n % 4 > 0)), (None, [n])]:
+            net.rows.clear()
+            metric = make(chunk)
+            metric(net, x, t, maps)
+            assert net.rows == [2, *rows], (metric.name, chunk)
+            assert metric.forwards_per_image(tuple(x.shape[1:]), 1.0) == sum(net.rows) / 2
+
+
+def test_faithfulness_defaults_are_quantus_captum_and_the_configs_and_bad_values_are_whole_lines():
+    """FaithfulnessCorrelation's run count and subset size are Quantus 0.6's defaults, IROF's segment count is
+    slic's default (what Quantus' IROF asks), Infidelity's sample count is Captum's; every default is the one
+    ``conf/metric/<name>.yaml`` states; the memory knob is ``chunk``; each bad value is its whole line naming
+    the setting (a subset of all the pixels leaves nothing to compare: refused)."""
+    import inspect
+
+    from captum.metrics import infidelity
+    from omegaconf import OmegaConf
+    from skimage.segmentation import slic
+
+    from xattr.config import CONF_DIR
+
+    q = quantus.FaithfulnessCorrelation(**QKW)
+    assert (FaithfulnessCorrelation().n_runs, FaithfulnessCorrelation().subset_size) == (q.nr_runs, q.subset_size)
+    assert IROF().n_segments == inspect.signature(slic).parameters["n_segments"].default
+    assert Infidelity().n_samples == inspect.signature(infidelity).parameters["n_perturb_samples"].default
+    for cls in (FaithfulnessCorrelation, IROF, Infidelity):
+        conf = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "metric" / f"{cls.name}.yaml"))
+        defaults = {k: p.default for k, p in inspect.signature(cls.__init__).parameters.items() if k != "self"}
+        assert defaults == {k: v for k, v in conf.items() if k != "_target_"} and cls.memory_knob == "chunk"
+    img = torch.zeros(1, 1, 8, 8)
+    assert FaithfulnessCorrelation(n_runs=2, subset_size=63).subsets(img).shape == (1, 2, 63)
+    for make, line in [
+            (lambda: FaithfulnessCorrelation(subset_size=64).subsets(img),
+             "bad subset_size 64; valid choices: an integer below 64 (the pixels)"),
+            (lambda: FaithfulnessCorrelation(n_runs=0), "bad n_runs 0; valid choices: an integer >= 1"),
+            (lambda: FaithfulnessCorrelation(subset_size=0), "bad subset_size 0; valid choices: an integer >= 1"),
+            (lambda: FaithfulnessCorrelation(baseline="black"),
+             "unknown baseline 'black'; valid choices: zero, min, mean"),
+            (lambda: FaithfulnessCorrelation(output="prob"), "unknown output 'prob'; valid choices: logit, softmax"),
+            (lambda: IROF(n_segments=0), "bad n_segments 0; valid choices: an integer >= 1"),
+            (lambda: IROF(baseline="blur"), "unknown baseline 'blur'; valid choices: zero, min, mean"),
+            (lambda: Infidelity(n_samples=0), "bad n_samples 0; valid choices: an integer >= 1"),
+            (lambda: Infidelity(std=0), "bad std 0; valid choices: a number > 0"),
+            (lambda: Infidelity(output="prob"), "unknown output 'prob'; valid choices: logit, softmax")]:
+        with pytest.raises(XattrConfigError) as err:
+            make()
+        assert str(err.value) == line
+
+
 # ------------------------------------------------------------------------------------------------ robustness
 class Draws:
     """Quantus' perturb_func fed with xattr's noise, sample after sample."""
