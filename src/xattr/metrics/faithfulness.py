@@ -131,7 +131,7 @@ class IROF(Metric):
     paper = "Rieger & Hansen, ICLR-W 2020 (IROF), sec. 2"
     memory_knob = "chunk"
     #: the number of segments depends on the image (SLIC may return fewer than asked)
-    cost_bounds = (0.05, 1.0)
+    cost_bounds = (0.05, 1.5)
 
     def __init__(self, n_segments: int = 100, baseline: str = "mean", chunk: int | str | None = "auto") -> None:
         self.n_segments = check_positive_int("n_segments", n_segments)
@@ -139,8 +139,9 @@ class IROF(Metric):
         self.baseline, self.chunk = baseline, check_chunk(chunk)
 
     def forwards_per_image(self, shape: tuple[int, ...], method_cost: float) -> float:
-        """Cost rule: one forward per removed segment plus the clean one: at most ``n_segments + 1`` (SLIC's
-        count varies by image: ``cost_bounds``)."""
+        """Cost rule: one forward per removed segment plus the clean one, ``n_segments + 1`` as asked. SLIC's
+        count varies by image (``cost_bounds``): below the ask on photographs (58-79 segments of 100 on three
+        224 px photos), above it on small images (144 of 100 on 12 x 12 noise, 116 on a smoothed 32 x 32)."""
         return float(self.n_segments + 1)
 
     def segments(self, x: torch.Tensor) -> np.ndarray:
