@@ -368,3 +368,87 @@ def test_a_fold_that_moves_the_output_by_more_than_rtol_is_refused_and_the_reado
     got = chunked_readout(lin, 2, lambda j: (v[j], torch.tensor([0, 2])[j]), None, torch.device("cpu"), "logit")
     want = lin(v).detach()[[0, 1], [0, 2]]
     assert torch.equal(got, want)
+
+
+def test_channels_last_default_by_device_and_flat_maps_of_grey_images():
+    """``channels_last: None`` is on for CUDA and CPU and off for other devices (a ``torch.device`` object names
+    CUDA without a GPU); an explicit setting wins. ``flat_map`` of a ``(B, H, W)`` image without a channel axis:
+    its last two sizes are H, W (a non-square 4 x 6 image), in the result and in the error line."""
+    from xattr.errors import XattrConfigError
+    from xattr.metrics._perturb import flat_map, use_channels_last
+
+    cuda, cpu, meta = torch.device("cuda"), torch.device("cpu"), torch.device("meta")
+    assert [use_channels_last(None, d) for d in (cuda, cpu, meta)] == [True, True, False]
+    assert use_channels_last(False, cuda) is False and use_channels_last(True, meta) is True
+    x = torch.zeros(2, 4, 6)
+    maps = torch.arange(48.0).view(2, 4, 6)
+    assert torch.equal(flat_map(maps, x), maps.view(2, 24))
+    with pytest.raises(XattrConfigError, match=r"^bad maps shape \(2, 6, 4\); valid choices: \(B, 1, H, W\) with H, W = \(4, 6\)$"):
+        flat_map(torch.ones(2, 6, 4), x)
+
+
+def test_folding_a_nested_block_leaves_the_model_untouched_and_a_dict_output_is_not_folded():
+    """A conv + BatchNorm inside a nested block (the fold rewrites the block's children): the caller's model
+    keeps its BatchNorm and gives the same output as before; a model whose output is a dict (not a tensor to
+    compare) is returned as it is."""
+    from torch import nn
+
+    from xattr.metrics._perturb import folded
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)), nn.ReLU()).eval()
+    with torch.no_grad():
+        net[0][1].running_mean.uniform_(-1, 1)
+        net[0][1].running_var.uniform_(0.5, 2)
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        before = net(x)
+        copy = folded(net, x)
+        assert copy is not net and isinstance(net[0][1], nn.BatchNorm2d)
+        assert torch.equal(net(x), before)
+        torch.testing.assert_close(copy(x), before, rtol=1e-5, atol=1e-6)
+
+    class DictOut(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.bn = nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)
+
+        def forward(self, v):
+            return {"logits": self.bn(self.conv(v))}
+
+    d = DictOut().eval()
+    assert folded(d, x) is d
+
+
+@pytest.mark.parametrize("bias, offset, rtol, folds", [
+    ((1.0, -0.5), 0.25, 0.25, True),        # off by exactly rtol of the largest magnitude: kept (<= rtol)
+    ((1000.0, -0.5), 0.0625, 1e-4, True),   # 6.25e-5 of the largest magnitude 1000: kept
+    ((1.0, -0.5), 0.0625, 1e-4, False),     # 6.25e-2 of 1: refused
+    ((1.5e-12, 0.0), 1.75e-16, 1e-4, False),  # 1.17e-4 of a tiny output 1.5e-12: refused (the floor is for 0)
+])
+def test_the_fold_gate_is_relative_to_the_outputs_largest_magnitude(monkeypatch, bias, offset, rtol, folds):
+    """``folded``'s gate by hand: a model whose output is exactly its conv bias (zero weights, an identity
+    BatchNorm with eps 0), a fake fold adding ``offset``: kept iff max |got - ref| / max |ref| <= ``rtol``."""
+    import torch.fx.experimental.optimization as fx_opt
+    from torch import nn
+
+    from xattr.metrics._perturb import folded
+
+    net = nn.Sequential(nn.Conv2d(1, 2, 1), nn.BatchNorm2d(2, eps=0.0)).eval()
+    with torch.no_grad():
+        net[0].weight.zero_()
+        net[0].bias.copy_(torch.tensor(bias))
+    x = torch.randn(1, 1, 2, 2)
+    with torch.no_grad():
+        assert torch.equal(net(x), torch.tensor(bias).view(1, 2, 1, 1).expand(1, 2, 2, 2))
+
+    class Shifted(nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def forward(self, v):
+            return self.m(v) + offset
+
+    monkeypatch.setattr(fx_opt, "fuse", lambda model, inplace=False: Shifted(model))
+    assert (folded(net, x, rtol=rtol) is not net) == folds

@@ -167,3 +167,54 @@ def test_meta_eval_grows_in_the_same_run_folders():
     assert grown == base == folder(["method=gradient"])[0]
     assert set(folder([])[1]) <= set(keys)
     assert folder(["experiment=meta_eval", "method=grad_cam"])[0] != base
+
+
+class _Halved:
+    """A metric whose ``summarise`` is known by hand: each score's plain mean of its finite values halved, s.e.
+    -1 and the number of values it was given; it records what it was called with."""
+
+    def __init__(self):
+        self.calls = []
+
+    def summarise(self, scores):
+        self.calls.append({k: v.clone() for k, v in scores.items()})
+        return {k: [float(np.nanmean(v.numpy())) / 2, -1.0, len(v)] for k, v in scores.items()}
+
+
+def test_run_summary_by_hand_skips_the_meta_columns_and_lets_a_metric_summarise_its_own():
+    """``summarise_run_scores`` against numpy: every meta column left out, other columns' finite mean and s.e.
+    (ddof 1 / sqrt n, NaN filtered), a metric's own ``summarise`` for its prefixed columns (called with the
+    names after the prefix, float64 values, NaN kept), a metric with no column not called."""
+    frame = pd.DataFrame({
+        "id": ["a", "b", "c", "d"], "index": [5, 6, 7, 8], "label": [0, 1, -1, 0], "target": [0, 1, 2, 0],
+        "prob": [0.9, 0.8, 0.7, 0.6], "top1": [0, 0, 2, 1], "top1_prob": [0.9, 0.5, 0.7, 0.6],
+        "other/x": [1.0, float("nan"), 4.0, 7.0], "m/s": [0.2, 0.4, float("nan"), 1.0], "m/t": [3, 3, 3, 5]})
+    m, unused = _Halved(), _Halved()
+    out = summarise_run_scores(frame, {"m": m, "none": unused})
+    assert list(out.columns) == ["score", "mean", "sem", "n"]
+    got = {r.score: (r.mean, r.sem, r.n) for r in out.itertuples()}
+    assert list(got) == ["other/x", "m/s", "m/t", "top1_accuracy"]
+    x = np.array([1.0, 4.0, 7.0])
+    assert got["other/x"] == pytest.approx((4.0, np.std(x, ddof=1) / np.sqrt(3), 3))
+    assert got["m/s"] == pytest.approx((np.mean([0.2, 0.4, 1.0]) / 2, -1.0, 4))
+    assert got["m/t"] == pytest.approx((3.5 / 2, -1.0, 4))
+    assert unused.calls == [] and len(m.calls) == 1 and sorted(m.calls[0]) == ["s", "t"]
+    assert m.calls[0]["t"].dtype == torch.float64 and m.calls[0]["t"].tolist() == [3.0, 3.0, 3.0, 5.0]
+    # top-1 accuracy over the labelled images only (label >= 0; label 0 counts): 1 of the 3 right
+    acc = np.array([1.0, 0.0, 0.0])
+    assert got["top1_accuracy"] == pytest.approx((1 / 3, np.std(acc, ddof=1) / np.sqrt(3), 3))
+
+
+def test_run_summary_without_labels_has_no_accuracy_row():
+    """No ``label`` column, or every label -1 (unlabelled images): no top-1 accuracy row; without metrics every
+    column gets its mean and s.e.; one labelled image of label 0 is enough for the row."""
+    plain = pd.DataFrame({"m/s": [1.0, 3.0]})
+    out = summarise_run_scores(plain)
+    assert out.to_dict("records") == [{"score": "m/s", "mean": 2.0, "sem": pytest.approx(1.0), "n": 2}]
+    unlabelled = plain.assign(label=[-1, -1], top1=[0, 1])
+    assert list(summarise_run_scores(unlabelled)["score"]) == ["m/s"]
+    one = plain.assign(label=[-1, 0], top1=[0, 0])
+    row = summarise_run_scores(one).set_index("score").loc["top1_accuracy"]
+    assert (row["mean"], row["n"]) == (1.0, 1) and np.isnan(row["sem"])
+    empty = summarise_run_scores(pd.DataFrame({"id": ["a"]}))
+    assert list(empty.columns) == ["score", "mean", "sem", "n"] and len(empty) == 0

@@ -351,3 +351,55 @@ def test_localisation_metrics_pass_the_method_to_map_kind_auto_and_name_their_ba
         EffectiveHeatRatio(also_normalise=["bogus"])
     with pytest.raises(XattrConfigError, match=_full("unknown mode 'bogus'; valid choices: value, quantile")):
         BoxIoU(mode="bogus")
+
+
+def test_localisation_metrics_on_a_grey_non_square_image_without_a_channel_axis_match_the_references():
+    """A ``(B, H, W)`` image (no channel axis; H = 4 rows, W = 6 columns) with ``(B, H, W)`` maps: the box
+    mask has H rows (the box is rows 2-3, columns 3-5: 6 of 24 pixels), and ``channel_sum`` divides by one
+    channel. Oracles: the reference protocols' bbox ratio (stable ranking) and EHR, the reference's 8-bit
+    baseline map of the one-channel map, and the IoU of ``map >= 0.5`` with the box counted in numpy."""
+    from xattr.metrics.localisation import BoundingBoxRatio, BoxIoU
+
+    g = torch.Generator().manual_seed(3)
+    m = torch.rand(1, 4, 6, generator=g) * 0.9 + 0.05
+    x, t = torch.zeros(1, 4, 6), torch.zeros(1, dtype=torch.long)
+    boxes = [torch.tensor([[3.0, 2.0, 6.0, 4.0]])]
+    roi = np.zeros((4, 6), dtype=bool)
+    roi[2:4, 3:6] = True
+    mn = m[0].numpy()
+    bbox = BoundingBoxRatio(normalise="none", max_coverage=None)(None, x, t, m, boxes=boxes).scores["bbox_ratio"]
+    assert bbox.item() == pytest.approx(ref.bbox_ratio(mn, roi))
+    ehr = EffectiveHeatRatio(normalise="none", max_coverage=None)(None, x, t, m, boxes=boxes).scores["ehr"]
+    assert ehr.item() == pytest.approx(ref.ehr(mn, [(3, 2, 6, 4)])[0], rel=1e-6)
+    eight = EffectiveHeatRatio(normalise="reference_uint8", map_kind="channel_sum", max_coverage=None)
+    assert eight(None, x, t, m, boxes=boxes).scores["ehr"].item() == pytest.approx(
+        ref.ehr(ref.store_baseline_uint8(mn[None]), [(3, 2, 6, 4)])[0], rel=1e-6)
+    binary = mn >= 0.5
+    iou = BoxIoU(normalise="none")(None, x, t, m, boxes=boxes).scores["iou"]
+    assert iou.item() == pytest.approx((binary & roi).sum() / (binary | roi).sum())
+
+
+def test_box_iou_of_a_one_pixel_box_and_without_curve_thresholds():
+    """The only pixel at or above 0.5 is the one-pixel box: IoU 1 / 1 = 1 (the union of one pixel is not
+    floored higher); ``curve_thresholds: []`` gives an empty curve, ``(B, 0)``, and an empty x axis."""
+    from xattr.metrics.localisation import BoxIoU
+
+    x = torch.zeros(1, 1, 2, 2)
+    maps = torch.tensor([0.0, 0.0, 0.0, 1.0]).view(1, 1, 2, 2)
+    boxes = [torch.tensor([[1.0, 1.0, 2.0, 2.0]])]
+    res = BoxIoU(normalise="none", curve_thresholds=[])(None, x, torch.zeros(1, dtype=torch.long), maps, boxes=boxes)
+    assert res.scores["iou"].tolist() == [1.0]
+    assert tuple(res.curves["iou"].shape) == (1, 0) and tuple(res.x_axis["iou"].shape) == (0,)
+
+
+def test_localisation_normalise_max_and_minmax_of_tiny_maps_by_hand():
+    """``max`` divides a map by its own maximum and ``minmax`` by its own range, however small (float64 maps
+    whose maximum is 1.5e-300, a range of 1.5e-12): the floors only guard an all-zero map or a zero range."""
+    from xattr.metrics.localisation import normalise_maps
+
+    tiny = torch.tensor([[1.5e-300, 0.75e-300, -1.0, 0.0]], dtype=torch.float64)
+    assert normalise_maps(tiny, "max").tolist() == [[1.0, 0.5, 0.0, 0.0]]
+    narrow = torch.tensor([[2.0, 2.0 + 1.5e-12, 2.0 + 0.75e-12]], dtype=torch.float64)
+    got = normalise_maps(narrow, "minmax")[0].tolist()
+    assert got == pytest.approx([0.0, 1.0, 0.5], abs=1e-3)
+    assert normalise_maps(torch.zeros(1, 3, dtype=torch.float64), "max").tolist() == [[0.0, 0.0, 0.0]]
