@@ -249,7 +249,7 @@ class EffectiveHeatRatio(_Localisation):
         ratios = []
         for k in range(self.n_quantiles):
             above = heat >= thresholds[:, k : k + 1]  # (B, N)
-            ratios.append((weight * (above & box)).sum(1) / (above.sum(1) + 1e-8))
+            ratios.append((weight * (above & box)).sum(1) / (above.sum(1, dtype=torch.float64) + 1e-8))  # as the reference
         ratios = torch.stack(ratios, 1)  # (B, Q)
         ratios = torch.where(poi.any(1, keepdim=True), ratios, torch.zeros_like(ratios))
         return trapezoid(ratios, q), ratios, q
