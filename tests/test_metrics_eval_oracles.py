@@ -207,12 +207,13 @@ def test_the_public_api_hands_the_method_to_the_metrics_that_rerun_it():
     method = Gradient(net, reduce="sum")
     maps = method.attribute(x, t)
     factory = lambda m: Gradient(m, reduce="sum")  # noqa: E731
+    zoo = xattr.load_model(net)  # wrapped once (each evaluate of a bare module would wrap it again)
     for metric, key, extras in ((MaxSensitivity(n_samples=2), "max_sensitivity", dict(method=method)),
                                 (RelativeOutputStability(n_samples=2), "relative_output_stability", dict(method=method)),
                                 (RandomLogit(), "random_logit", dict(method=method)),
                                 (EfficientMPRT(), "efficient_mprt", dict(method_factory=factory)),
                                 (SmoothMPRT(n_samples=2, layers=["fc"]), "smooth_mprt", dict(method_factory=factory))):
-        df = xattr.evaluate(net, x, maps, target=t, metrics=[metric], method=method)
+        df = xattr.evaluate(zoo, x, maps, target=t, metrics=[metric], method=method)
         direct = metric(net, x, t, maps, **extras).scores[key].numpy()
         np.testing.assert_allclose(df[f"{metric.name}/{key}"].to_numpy(), direct, rtol=1e-5)
     # the randomisation checks rebuild a plain method themselves when only the method is given (no factory)
