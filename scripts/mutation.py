@@ -130,13 +130,14 @@ MODULES: dict[str, list[str]] = {
     "metrics/complexity.py": ["tests/test_metrics_eval.py", "tests/test_metric_names.py"],
     "analyses/sensitivity_n.py": ["tests/test_analyses.py", "tests/test_metrics_perturbation.py",
                                   "tests/reference/test_bbox_sensitivity_degradation.py",
-                                  "-k", "not killed_run and (sensitivity or streaming or refused or pooled)"],
-    "analyses/semantic.py": ["tests/test_methods_semantic.py", "-k", "concepts"],
+                                  "-k", "not killed_run and (sensitivity or streaming or refused or pooled or named_metric or merge_copies or engine_hands)"],
+    "analyses/semantic.py": ["tests/test_methods_semantic.py", "tests/test_analyses.py", "-k", "concepts or engine_hands"],
     "methods/input_iba/text_discriminator.py": ["tests/test_input_iba_text_reference.py", "tests/test_input_iba_text.py",
                                                 "-k", "not padded_text and not padding_ignored"],
-    "metrics/base.py": ["tests/test_metric_names.py", "tests/test_plugin_cost.py", "tests/test_metrics_perturbation.py",
-                        "tests/test_axioms_metric.py",
-                        "-k", "named_after or every_metric_states or without_a_stated or eq8 or spearman_summary"],
+    "metrics/base.py": ["tests/test_metrics_base.py", "tests/test_metric_names.py", "tests/test_plugin_cost.py",
+                        "tests/test_metrics_perturbation.py", "tests/test_axioms_metric.py",
+                        "-k", "test_metrics_base or named_after or every_metric_states or without_a_stated or eq8 "
+                        "or spearman_summary"],
 }
 
 COPY = ("src", "tests", "conf", "assets", "pyproject.toml", "examples", "scripts", "docs")

@@ -156,6 +156,10 @@ def test_update_reads_the_named_metric_and_constant_pairs_have_no_correlation():
     line.add(torch.tensor([[1.0, 2, 1, 2], [3, 5, 3, 5]]), torch.tensor([[2.0, 4, -1, -2], [6, 10, -3, -5]]),
              torch.tensor([1.0, 1, 2, 2]))
     assert line.compute()["correlation"].tolist() == pytest.approx([1.0, -1.0], abs=1e-12)
+    small = PooledSensitivityN()  # a correlation has no scale: the same pairs / 1000 (variances far below 1)
+    small.add(torch.tensor([[1.0, 2, 1, 2], [3, 5, 3, 5]]) / 1000, torch.tensor([[2.0, 4, -1, -2], [6, 10, -3, -5]]) / 1000,
+              torch.tensor([1.0, 1, 2, 2]))
+    assert small.compute()["correlation"].tolist() == pytest.approx([1.0, -1.0], abs=1e-9)
 
 
 def test_merge_copies_into_an_empty_state_and_refuses_other_n():
@@ -171,6 +175,12 @@ def test_merge_copies_into_an_empty_state_and_refuses_other_n():
     pd.testing.assert_frame_equal(dst.compute(), before)
     src.merge(empty)
     assert (src.compute()["pairs"] == 2 * 2 * 5).all()
+    state = empty.state_dict()  # a shard that saw no batch saves (and restores) an empty state
+    assert state["n"] is None and state["stats"] == {}
+    restored = PooledSensitivityN()
+    restored.load_state_dict(state)
+    restored.merge(src)
+    pd.testing.assert_frame_equal(restored.compute(), src.compute())
     other = PooledSensitivityN()
     other.add(*_pairs(0))
     with pytest.raises(ValueError) as err:
@@ -179,3 +189,42 @@ def test_merge_copies_into_an_empty_state_and_refuses_other_n():
     with pytest.raises(ValueError) as err:
         dst.add(*_pairs(0))
     assert str(err.value) == "Sensitivity-N n values changed between batches: [1.0, 3.0, 6.0] vs [1.0, 4.0, 16.0]"
+
+
+def test_the_engine_hands_each_analysis_what_it_needs_and_each_is_named_after_its_option():
+    """The engine passes an analysis only the extras its ``needs`` name (``select_extras``): the pooled analysis
+    gets the batch's metric results, the semantic one the method's auxiliaries and the method; and an analysis's
+    ``name`` is the option that builds it (``analysis=[<name>]``, the key of its files)."""
+    import importlib
+
+    from omegaconf import OmegaConf
+
+    from xattr.analyses.semantic import SemanticConcepts
+    from xattr.config import CONF_DIR
+    from xattr.engine.module import select_extras
+    from xattr.methods.base import Explanation
+    from xattr.metrics.base import MetricResult
+
+    a, d, xa = _ancona_pairs(7, 2)
+    res = {"sensitivity_n": MetricResult(curves={"attr_sum": a, "output_drop": d}, x_axis={"attr_sum": xa})}
+    aux = {"semantic/unit": torch.tensor([3, 1]), "semantic/concept": torch.tensor([0, -1])}
+    explanation = Explanation(torch.zeros(2, 1, 4, 4), aux)
+    method = type("M", (), {"concepts": {0: "blob"}})()
+    context = {"method": method, "method_factory": None, "results": res}
+    pooled, direct = PooledSensitivityN(), PooledSensitivityN()
+    pooled.update(None, None, None, None, **select_extras(pooled.needs, {"x": a}, explanation, context, torch.device("cpu")))
+    direct.add(a, d, xa)
+    pd.testing.assert_frame_equal(pooled.compute(), direct.compute())
+    sem = SemanticConcepts()
+    sem.update(None, None, torch.tensor([0, 0]), None,
+               **select_extras(sem.needs, {"x": a}, explanation, context, torch.device("cpu")))
+    assert sem.compute()["detector_share"].tolist() == [0.5, 0.5] and sem.concepts == {0: "blob"}
+    checked = 0
+    for path in sorted((CONF_DIR / "analysis").glob("*.yaml")):
+        node = OmegaConf.load(path)
+        if "_target_" not in node:  # a variant (defaults: another option)
+            continue
+        module, _, cls = node["_target_"].rpartition(".")
+        assert getattr(importlib.import_module(module), cls).name == path.stem, path.name
+        checked += 1
+    assert checked >= 4

@@ -108,7 +108,8 @@ def test_lstm_discriminator_init_is_pytorchs_default_law_from_each_reviews_gener
     """Each parameter is drawn from its review's generator in the order ``w_ih, w_hh, b_ih, b_hh, w1, b1, w2, b2``
     as PyTorch's default init: ``U(-1/sqrt(hidden), 1/sqrt(hidden))`` for the LSTM (nn.LSTM), ``U(-1/sqrt(fan_in),
     ...)`` for each Linear (nn.Linear's bias and weight bound); hidden and head widths as given, hidden ``None``:
-    the feature width. Then the forward of a padded review at hidden != feature width against nn.LSTM + the head."""
+    the feature width. Then the forward of a padded review at hidden != feature width against nn.LSTM + the head,
+    and its backward: no gradient (and no NaN) on padding."""
     h, d, head = 7, 5, 6
     mask = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1]], dtype=torch.bool)
     disc = LSTMDiscriminators(2, (4, d), mask, hidden=h, gens=[torch.Generator().manual_seed(s) for s in (3, 4)],
@@ -135,11 +136,13 @@ def test_lstm_discriminator_init_is_pytorchs_default_law_from_each_reviews_gener
             pre = read @ disc.w1[i].T + disc.b1[i]
             want = torch.where(pre > 0, pre, 0.1 * pre) @ disc.w2[i].T + disc.b2[i]
         assert torch.allclose(out[i], want[:, 0], atol=1e-6), i
-    disc.train()  # dropout 0: the same in train mode, and the LSTM's weights get gradients
+    disc.train()  # dropout 0: the same in train mode; the weights and the real tokens get gradients, padding 0
+    z.requires_grad_(True)
     out_train = disc(z)
     assert torch.allclose(out_train, out, atol=1e-6)
     out_train.sum().backward()
     assert disc.w_ih.grad is not None and disc.w_ih.grad.abs().sum() > 0
+    assert torch.isfinite(z.grad).all() and z.grad[0, :, 2:].abs().max() == 0 and z.grad[0, :, :2].abs().min() > 0
 
 
 @pytest.mark.parametrize("redraw", [False, True])

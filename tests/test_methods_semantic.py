@@ -153,7 +153,8 @@ def test_semantic_concepts_analysis_counts_by_hand():
 
 def test_semantic_concepts_table_by_hand_with_unknown_concepts_and_classes():
     """Seven explanations counted by hand: a concept index the dissection lacks and -1 are no detector, concept 0
-    and class 0 are real ones, a class past the names is ``class_<i>``; one row per class (sorted), then ``all``."""
+    and class 0 are real ones, a class past the names (2 of 2) is ``class_<i>``; one row per class (sorted), then
+    ``all``; the auxiliaries both needed, one line naming the method that gives them."""
     from types import SimpleNamespace
 
     from xattr.analyses.semantic import SemanticConcepts
@@ -162,17 +163,17 @@ def test_semantic_concepts_table_by_hand_with_unknown_concepts_and_classes():
     assert a.classes == ["blob", "ring"] and SemanticConcepts().classes is None
     method = SimpleNamespace(concepts={0: "blob", 1: "ring", 3: "streak"})
     # (class, unit, concept): blob -> blob (matched), 2 (not in the dissection), streak, streak, -1; ring -> ring;
-    # class 5 -> streak
+    # class 2 -> streak
     a.update(None, None, torch.tensor([[0, 0, 0]]), None, method=method,
              **{"semantic/unit": torch.tensor([4, 4, 9]), "semantic/concept": torch.tensor([0, 2, 3])})
-    a.update(None, None, torch.tensor([0, 0, 1, 5]), None, method=SimpleNamespace(concepts=None),
+    a.update(None, None, torch.tensor([0, 0, 1, 2]), None, method=SimpleNamespace(concepts=None),
              **{"semantic/unit": [9, 4, 7, 2], "semantic/concept": [3, -1, 1, 3]})
     a.update(None, None, torch.tensor([]), None, method=SimpleNamespace(),
              **{"semantic/unit": torch.tensor([]), "semantic/concept": torch.tensor([])})  # no concepts attribute
     assert a.concepts == {0: "blob", 1: "ring", 3: "streak"}
     df = a.compute()
     assert list(df.columns) == ["class", "images", "detector_share", "matched_share", "top_concept", "top_unit"]
-    assert df["class"].tolist() == ["blob", "ring", "class_5", "all"]
+    assert df["class"].tolist() == ["blob", "ring", "class_2", "all"]
     assert df["images"].tolist() == [5, 1, 1, 7]
     assert df["detector_share"].tolist() == pytest.approx([3 / 5, 1.0, 1.0, 5 / 7])
     assert df["matched_share"].tolist() == pytest.approx([1 / 5, 1.0, 0.0, 2 / 7])
@@ -185,6 +186,12 @@ def test_semantic_concepts_table_by_hand_with_unknown_concepts_and_classes():
     df = b.compute()
     assert df["class"].tolist() == ["class_2", "all"] and df["top_concept"].tolist() == ["none", "none"]
     assert df["detector_share"].tolist() == [0.0, 0.0] and df["top_unit"].tolist() == [3, 3]
+    msg = ("semantic_concepts needs the auxiliaries 'semantic/unit' and 'semantic/concept'; "
+           "valid choices: method=semantic_attribution")
+    for given in ({"semantic/unit": torch.tensor([1])}, {"semantic/concept": torch.tensor([1])}, {}):
+        with pytest.raises(XattrConfigError) as err:
+            b.update(None, None, torch.tensor([0]), None, **given)
+        assert str(err.value) == msg
 
 
 def test_semantic_concepts_state_empty_and_merge_copies():

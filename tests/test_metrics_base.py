@@ -54,6 +54,12 @@ def test_inherited_defaults():
     assert (Probe.name, Probe.needs, Probe.memory_knob, Probe.cost_bounds) == ("metric", (), None, (1.0, 1.0))
     assert m.forwards_per_image((3, 8, 8), 12.0) == 0.0
 
+    class NoEvaluate(Metric):
+        pass
+
+    with pytest.raises(TypeError, match="abstract"):  # a metric must say how it evaluates
+        NoEvaluate()
+
 
 def test_metric_result_cpu_is_detached_float_per_field():
     r = MetricResult({"a": torch.tensor([1, 2], dtype=torch.float64, requires_grad=True)},
