@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shutil
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -76,3 +77,154 @@ def test_killed_run_resumes_the_analysis_without_double_counting(tmp_path):
     assert torch.load(part / "analyses" / "pooled_sensitivity_n.pt", weights_only=False)["keys"] == ["b0000000-2", "b0000002-2"]
     resumed = run(compose_cfg(FAST, output_dir=part))
     pd.testing.assert_frame_equal(pd.read_csv(resumed / "analyses" / "pooled_sensitivity_n.csv"), expect)
+
+
+def _ancona_pairs(seed: int, b: int, n_values=(1, 3, 6), m: int = 5, d: int = 12):
+    """Sensitivity-N's pairs from its definition (Ancona et al., ICLR 2018), one image and one subset at a time:
+    ``f(x) = tanh(w . x)``, attribution ``x * w``; per random subset ``S`` of ``n`` features, the sum of the
+    attributions over ``S`` and the output drop ``f(x) - f(x with S zeroed)``. Columns n-major, ``m`` per n."""
+    g = torch.Generator().manual_seed(seed)
+    w = torch.linspace(-1, 2, d, dtype=torch.float64)
+    x = torch.randn(b, d, generator=g, dtype=torch.float64)
+    attr, drop = torch.zeros(b, len(n_values) * m), torch.zeros(b, len(n_values) * m)
+    for i in range(b):
+        for j, n in enumerate(n_values):
+            for k in range(m):
+                subset = torch.randperm(d, generator=g)[:n]
+                removed = x[i].clone()
+                removed[subset] = 0
+                attr[i, j * m + k] = float((x[i] * w)[subset].sum())
+                drop[i, j * m + k] = float(torch.tanh(w @ x[i]) - torch.tanh(w @ removed))
+    return attr, drop, torch.tensor([float(n) for n in n_values for _ in range(m)])
+
+
+def test_pooled_correlation_is_scipys_pearson_over_every_finite_pair_of_each_n():
+    """One Pearson correlation per n over all (image, subset) pairs of all batches (IBA paper, fig. 6): scipy's
+    ``pearsonr`` on the pooled pairs; the streaming sums leave out a pair with a non-finite side."""
+    from scipy.stats import pearsonr
+
+    batches = [_ancona_pairs(0, 3), _ancona_pairs(1, 2), _ancona_pairs(2, 4)]
+    batches[1][0][0, 0], batches[1][1][1, 7], batches[2][1][3, 14] = float("nan"), float("inf"), float("nan")
+    streamed = PooledSensitivityN()
+    for a, d, xa in batches:
+        streamed.add(a, d, xa)
+    df = streamed.compute()
+    assert list(df.columns) == ["n", "correlation", "pairs"] and df["n"].tolist() == [1.0, 3.0, 6.0]
+    a = torch.cat([b[0] for b in batches]).numpy()
+    d = torch.cat([b[1] for b in batches]).numpy()
+    for j in range(3):
+        aj, dj = a[:, 5 * j:5 * j + 5].ravel(), d[:, 5 * j:5 * j + 5].ravel()
+        ok = np.isfinite(aj) & np.isfinite(dj)
+        assert df["pairs"][j] == ok.sum() == 45 - 1  # one bad pair per n (n=1: the NaN, n=3: the inf, n=6: the NaN)
+        assert df["correlation"][j] == pytest.approx(pearsonr(aj[ok], dj[ok])[0], abs=1e-6)
+    clean = [_ancona_pairs(s, 3) for s in (3, 4)]
+    values, corr = pooled_curve(torch.cat([c[0] for c in clean]), torch.cat([c[1] for c in clean]), clean[0][2])
+    ca, cd = torch.cat([c[0] for c in clean]).numpy(), torch.cat([c[1] for c in clean]).numpy()
+    assert values.tolist() == [1.0, 3.0, 6.0] and corr.dtype == torch.float32
+    for j in range(3):
+        assert corr[j].item() == pytest.approx(pearsonr(ca[:, 5 * j:5 * j + 5].ravel(), cd[:, 5 * j:5 * j + 5].ravel())[0], abs=1e-6)
+
+
+def test_update_reads_the_named_metric_and_constant_pairs_have_no_correlation():
+    from xattr.metrics.base import MetricResult
+
+    a, d, xa = _ancona_pairs(5, 3)
+    res = MetricResult(curves={"attr_sum": a, "output_drop": d}, x_axis={"attr_sum": xa})
+    default, named, direct = PooledSensitivityN(), PooledSensitivityN(metric="sens_iba"), PooledSensitivityN()
+    assert default.metric == "sensitivity_n" and default.compute().empty
+    assert list(default.compute().columns) == ["n", "correlation", "pairs"]
+    default.update(None, None, None, None, results={"sensitivity_n": res, "other": None})
+    named.update(None, None, None, None, results={"sens_iba": res})
+    direct.add(a, d, xa)
+    pd.testing.assert_frame_equal(default.compute(), direct.compute())
+    pd.testing.assert_frame_equal(named.compute(), direct.compute())
+    assert named.state_dict()["metric"] == "sens_iba"
+    msg = "\"pooled_sensitivity_n needs metric 'sens_iba' with protocol 'iba' (curves attr_sum, output_drop) in this run\""
+    for results in (None, {}, {"sensitivity_n": res}, {"sens_iba": MetricResult(curves={"output_drop": d})}):
+        with pytest.raises(KeyError) as err:
+            named.update(None, None, None, None, results=results)
+        assert str(err.value) == msg
+    flat = PooledSensitivityN()
+    flat.add(torch.ones(2, 4), torch.tensor([[1.0, 2, 3, 4], [5, 6, 7, 8]]), torch.tensor([1.0, 1, 2, 2]))
+    # constant attribution sums: no correlation; at 0.1 (7 pairs) the sums leave a covariance of -2e-16 over a
+    # variance of exactly 0, NaN too (not -inf)
+    tenth = PooledSensitivityN()
+    tenth.add(torch.full((1, 7), 0.1), torch.arange(7.0)[None] * 0.37 + 1, torch.ones(7))
+    assert flat.compute()["correlation"].isna().all() and tenth.compute()["correlation"].isna().all()
+    # exactly linear pairs: +1 and -1
+    line = PooledSensitivityN()
+    line.add(torch.tensor([[1.0, 2, 1, 2], [3, 5, 3, 5]]), torch.tensor([[2.0, 4, -1, -2], [6, 10, -3, -5]]),
+             torch.tensor([1.0, 1, 2, 2]))
+    assert line.compute()["correlation"].tolist() == pytest.approx([1.0, -1.0], abs=1e-12)
+    small = PooledSensitivityN()  # a correlation has no scale: the same pairs / 1000 (variances far below 1)
+    small.add(torch.tensor([[1.0, 2, 1, 2], [3, 5, 3, 5]]) / 1000, torch.tensor([[2.0, 4, -1, -2], [6, 10, -3, -5]]) / 1000,
+              torch.tensor([1.0, 1, 2, 2]))
+    assert small.compute()["correlation"].tolist() == pytest.approx([1.0, -1.0], abs=1e-9)
+
+
+def test_merge_copies_into_an_empty_state_and_refuses_other_n():
+    a, d, xa = _ancona_pairs(6, 2)
+    src, empty, dst = PooledSensitivityN(), PooledSensitivityN(), PooledSensitivityN()
+    src.add(a, d, xa)
+    before = src.compute()
+    dst.merge(empty)  # nothing to add
+    assert dst.n is None and dst.compute().empty
+    dst.merge(src)
+    pd.testing.assert_frame_equal(dst.compute(), before)
+    src.add(a, d, xa)  # the merged copy is not a view of src's state
+    pd.testing.assert_frame_equal(dst.compute(), before)
+    src.merge(empty)
+    assert (src.compute()["pairs"] == 2 * 2 * 5).all()
+    state = empty.state_dict()  # a shard that saw no batch saves (and restores) an empty state
+    assert state["n"] is None and state["stats"] == {}
+    restored = PooledSensitivityN()
+    restored.load_state_dict(state)
+    restored.merge(src)
+    pd.testing.assert_frame_equal(restored.compute(), src.compute())
+    other = PooledSensitivityN()
+    other.add(*_pairs(0))
+    with pytest.raises(ValueError) as err:
+        dst.merge(other)
+    assert str(err.value) == "cannot merge Sensitivity-N states with different n values"
+    with pytest.raises(ValueError) as err:
+        dst.add(*_pairs(0))
+    assert str(err.value) == "Sensitivity-N n values changed between batches: [1.0, 3.0, 6.0] vs [1.0, 4.0, 16.0]"
+
+
+def test_the_engine_hands_each_analysis_what_it_needs_and_each_is_named_after_its_option():
+    """The engine passes an analysis only the extras its ``needs`` name (``select_extras``): the pooled analysis
+    gets the batch's metric results, the semantic one the method's auxiliaries and the method; and an analysis's
+    ``name`` is the option that builds it (``analysis=[<name>]``, the key of its files)."""
+    import importlib
+
+    from omegaconf import OmegaConf
+
+    from xattr.analyses.semantic import SemanticConcepts
+    from xattr.config import CONF_DIR
+    from xattr.engine.module import select_extras
+    from xattr.methods.base import Explanation
+    from xattr.metrics.base import MetricResult
+
+    a, d, xa = _ancona_pairs(7, 2)
+    res = {"sensitivity_n": MetricResult(curves={"attr_sum": a, "output_drop": d}, x_axis={"attr_sum": xa})}
+    aux = {"semantic/unit": torch.tensor([3, 1]), "semantic/concept": torch.tensor([0, -1])}
+    explanation = Explanation(torch.zeros(2, 1, 4, 4), aux)
+    method = type("M", (), {"concepts": {0: "blob"}})()
+    context = {"method": method, "method_factory": None, "results": res}
+    pooled, direct = PooledSensitivityN(), PooledSensitivityN()
+    pooled.update(None, None, None, None, **select_extras(pooled.needs, {"x": a}, explanation, context, torch.device("cpu")))
+    direct.add(a, d, xa)
+    pd.testing.assert_frame_equal(pooled.compute(), direct.compute())
+    sem = SemanticConcepts()
+    sem.update(None, None, torch.tensor([0, 0]), None,
+               **select_extras(sem.needs, {"x": a}, explanation, context, torch.device("cpu")))
+    assert sem.compute()["detector_share"].tolist() == [0.5, 0.5] and sem.concepts == {0: "blob"}
+    checked = 0
+    for path in sorted((CONF_DIR / "analysis").glob("*.yaml")):
+        node = OmegaConf.load(path)
+        if "_target_" not in node:  # a variant (defaults: another option)
+            continue
+        module, _, cls = node["_target_"].rpartition(".")
+        assert getattr(importlib.import_module(module), cls).name == path.stem, path.name
+        checked += 1
+    assert checked >= 4

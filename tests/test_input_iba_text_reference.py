@@ -104,6 +104,47 @@ def test_lstm_discriminator_is_the_reference_architecture() -> None:
     assert torch.allclose(one(z[1:])[0], out[1], atol=1e-6)
 
 
+def test_lstm_discriminator_init_is_pytorchs_default_law_from_each_reviews_generator() -> None:
+    """Each parameter is drawn from its review's generator in the order ``w_ih, w_hh, b_ih, b_hh, w1, b1, w2, b2``
+    as PyTorch's default init: ``U(-1/sqrt(hidden), 1/sqrt(hidden))`` for the LSTM (nn.LSTM), ``U(-1/sqrt(fan_in),
+    ...)`` for each Linear (nn.Linear's bias and weight bound); hidden and head widths as given, hidden ``None``:
+    the feature width. Then the forward of a padded review at hidden != feature width against nn.LSTM + the head,
+    and its backward: no gradient (and no NaN) on padding."""
+    h, d, head = 7, 5, 6
+    mask = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1]], dtype=torch.bool)
+    disc = LSTMDiscriminators(2, (4, d), mask, hidden=h, gens=[torch.Generator().manual_seed(s) for s in (3, 4)],
+                              head=head, slope=0.1)
+    assert disc.hidden == h and disc.slope == 0.1 and disc.last.tolist() == [1, 3] and torch.equal(disc.mask, mask)
+    for i, seed in enumerate((3, 4)):
+        g = torch.Generator().manual_seed(seed)
+        for name, shape, fan in (("w_ih", (4 * h, d), h), ("w_hh", (4 * h, h), h), ("b_ih", (4 * h,), h),
+                                 ("b_hh", (4 * h,), h), ("w1", (head, h), h), ("b1", (head,), h),
+                                 ("w2", (1, head), head), ("b2", (1,), head)):
+            want = (torch.rand(shape, generator=g) * 2 - 1) / math.sqrt(fan)
+            assert torch.allclose(getattr(disc, name)[i], want, atol=1e-7), (i, name)
+    assert LSTMDiscriminators(1, (4, d), mask[:1]).hidden == d
+    z = torch.randn(2, 3, 4, d, generator=torch.Generator().manual_seed(0))
+    out = disc(z)
+    lstm = torch.nn.LSTM(d, h, batch_first=True)
+    for i in range(2):
+        with torch.no_grad():
+            for name, p in (("weight_ih_l0", disc.w_ih), ("weight_hh_l0", disc.w_hh), ("bias_ih_l0", disc.b_ih),
+                            ("bias_hh_l0", disc.b_hh)):
+                getattr(lstm, name).copy_(p[i])
+            real = int(mask[i].sum())
+            read = lstm(z[i, :, :real])[0][:, -1]  # the last real token, padding never seen
+            pre = read @ disc.w1[i].T + disc.b1[i]
+            want = torch.where(pre > 0, pre, 0.1 * pre) @ disc.w2[i].T + disc.b2[i]
+        assert torch.allclose(out[i], want[:, 0], atol=1e-6), i
+    disc.train()  # dropout 0: the same in train mode; the weights and the real tokens get gradients, padding 0
+    z.requires_grad_(True)
+    out_train = disc(z)
+    assert torch.allclose(out_train, out, atol=1e-6)
+    out_train.sum().backward()
+    assert disc.w_ih.grad is not None and disc.w_ih.grad.abs().sum() > 0
+    assert torch.isfinite(z.grad).all() and z.grad[0, :, 2:].abs().max() == 0 and z.grad[0, :, :2].abs().min() > 0
+
+
 @pytest.mark.parametrize("redraw", [False, True])
 def test_targets_drawn_once_or_per_minibatch(monkeypatch, redraw: bool) -> None:
     calls = []

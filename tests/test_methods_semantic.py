@@ -151,6 +151,72 @@ def test_semantic_concepts_analysis_counts_by_hand():
         restored.update(None, None, torch.tensor([0]), None)
 
 
+def test_semantic_concepts_table_by_hand_with_unknown_concepts_and_classes():
+    """Seven explanations counted by hand: a concept index the dissection lacks and -1 are no detector, concept 0
+    and class 0 are real ones, a class past the names (2 of 2) is ``class_<i>``; one row per class (sorted), then
+    ``all``; the auxiliaries both needed, one line naming the method that gives them."""
+    from types import SimpleNamespace
+
+    from xattr.analyses.semantic import SemanticConcepts
+
+    a = SemanticConcepts(classes=("blob", "ring"))
+    assert a.classes == ["blob", "ring"] and SemanticConcepts().classes is None
+    method = SimpleNamespace(concepts={0: "blob", 1: "ring", 3: "streak"})
+    # (class, unit, concept): blob -> blob (matched), 2 (not in the dissection), streak, streak, -1; ring -> ring;
+    # class 2 -> streak
+    a.update(None, None, torch.tensor([[0, 0, 0]]), None, method=method,
+             **{"semantic/unit": torch.tensor([4, 4, 9]), "semantic/concept": torch.tensor([0, 2, 3])})
+    a.update(None, None, torch.tensor([0, 0, 1, 2]), None, method=SimpleNamespace(concepts=None),
+             **{"semantic/unit": [9, 4, 7, 2], "semantic/concept": [3, -1, 1, 3]})
+    a.update(None, None, torch.tensor([]), None, method=SimpleNamespace(),
+             **{"semantic/unit": torch.tensor([]), "semantic/concept": torch.tensor([])})  # no concepts attribute
+    assert a.concepts == {0: "blob", 1: "ring", 3: "streak"}
+    df = a.compute()
+    assert list(df.columns) == ["class", "images", "detector_share", "matched_share", "top_concept", "top_unit"]
+    assert df["class"].tolist() == ["blob", "ring", "class_2", "all"]
+    assert df["images"].tolist() == [5, 1, 1, 7]
+    assert df["detector_share"].tolist() == pytest.approx([3 / 5, 1.0, 1.0, 5 / 7])
+    assert df["matched_share"].tolist() == pytest.approx([1 / 5, 1.0, 0.0, 2 / 7])
+    assert df["top_concept"].tolist() == ["streak", "ring", "streak", "streak"]
+    assert df["top_unit"].tolist() == [4, 7, 2, 4]
+    # no names: class_<i>; only non-detectors: top concept "none"
+    b = SemanticConcepts()
+    b.add(torch.tensor([2, 2, 2]), torch.tensor([3, 3, 1]), torch.tensor([-1, -1, 0]))
+    b.concepts = {1: "ring"}
+    df = b.compute()
+    assert df["class"].tolist() == ["class_2", "all"] and df["top_concept"].tolist() == ["none", "none"]
+    assert df["detector_share"].tolist() == [0.0, 0.0] and df["top_unit"].tolist() == [3, 3]
+    msg = ("semantic_concepts needs the auxiliaries 'semantic/unit' and 'semantic/concept'; "
+           "valid choices: method=semantic_attribution")
+    for given in ({"semantic/unit": torch.tensor([1])}, {"semantic/concept": torch.tensor([1])}, {}):
+        with pytest.raises(XattrConfigError) as err:
+            b.update(None, None, torch.tensor([0]), None, **given)
+        assert str(err.value) == msg
+
+
+def test_semantic_concepts_state_empty_and_merge_copies():
+    from xattr.analyses.semantic import SemanticConcepts
+
+    empty = SemanticConcepts()
+    assert list(empty.compute().columns) == ["class", "images", "detector_share", "matched_share", "top_concept",
+                                             "top_unit"] and empty.compute().empty
+    state = empty.state_dict()
+    assert state["rows"].shape == (0, 3) and state["rows"].dtype == torch.long and state["concepts"] == {}
+    back = SemanticConcepts()
+    back.load_state_dict(state)
+    assert back.rows == [] and back.compute().empty
+    full = SemanticConcepts(classes=["blob"])
+    full.add(torch.tensor([0, 0]), torch.tensor([1, 2]), torch.tensor([0, 0]))
+    full.concepts = {0: "blob"}
+    back.load_state_dict({"concepts": {"0": 7}, "rows": full.state_dict()["rows"]})  # keys int, names str
+    assert back.concepts == {0: "7"} and torch.equal(torch.cat(back.rows), torch.tensor([[0, 1, 0], [0, 2, 0]]))
+    merged = SemanticConcepts(classes=["blob"])
+    merged.merge(full)
+    full.rows[0][0, 2] = 9  # the merged state holds copies
+    full.concepts[0] = "ring"
+    assert merged.concepts == {0: "blob"} and merged.compute()["matched_share"].tolist() == [1.0, 1.0]
+
+
 def test_run_stores_the_semantic_aux_and_summarises_concepts(tmp_path):
     """Through the engine: the method's aux reach the store and analysis=[semantic_concepts], concept names
     come from the dissection file, classes from the dataset's concepts."""
