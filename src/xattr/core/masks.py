@@ -26,20 +26,21 @@ def _operand(t: torch.Tensor | float, like: torch.Tensor) -> torch.Tensor:
     return t.to(torch.result_type(like, t))
 
 
-def greater(v: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor:
-    """``v > t`` (``t`` a scalar or broadcastable, e.g. ``(B, 1)`` per row)."""
+def _compare(v: torch.Tensor, t: torch.Tensor | float, numpy_op, torch_op) -> torch.Tensor:
     t = _operand(t, v)
     if _numpy_ok(v, t):
-        return torch.from_numpy(np.greater(v.detach().to(t.dtype).numpy(), t.detach().numpy()))
-    return v > t
+        return torch.from_numpy(numpy_op(v.detach().to(t.dtype).numpy(), t.detach().numpy()))
+    return torch_op(v, t)
+
+
+def greater(v: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor:
+    """``v > t`` (``t`` a scalar or broadcastable, e.g. ``(B, 1)`` per row)."""
+    return _compare(v, t, np.greater, torch.gt)
 
 
 def greater_equal(v: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor:
     """``v >= t`` (``t`` a scalar or broadcastable)."""
-    t = _operand(t, v)
-    if _numpy_ok(v, t):
-        return torch.from_numpy(np.greater_equal(v.detach().to(t.dtype).numpy(), t.detach().numpy()))
-    return v >= t
+    return _compare(v, t, np.greater_equal, torch.ge)
 
 
 def as_float(mask: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
