@@ -15,6 +15,7 @@ import pytest
 import torch
 
 import xattr
+from tests.test_metrics_eval import ClassBlind, setup
 from xattr.core.seeding import image_seeds
 from xattr.errors import XattrConfigError
 from xattr.methods.baselines.gradient import Gradient
@@ -32,17 +33,6 @@ from xattr.metrics.robustness import (
     RelativeInputStability,
     RelativeOutputStability,
 )
-from xattr.models.tiny import TinyCNN
-
-
-class Identity:
-    """A method whose map is the input summed over channels: ``Phi(x + d) - Phi(x) = d`` summed (a closed form)."""
-
-    def __init__(self, model=None):
-        self.model = model
-
-    def attribute(self, x, target):
-        return x.sum(1, keepdim=True)
 
 
 class Square:
@@ -55,10 +45,10 @@ class Square:
         return (x ** 2).sum(1, keepdim=True)
 
 
-def tiny(seed: int = 0, b: int = 2, s: int = 6):
-    torch.manual_seed(seed)
-    net = TinyCNN(num_classes=3, in_channels=1).eval()
-    return net, torch.randn(b, 1, s, s), torch.tensor([0, 1, 2][:b])
+def tiny(b: int = 2, s: int = 6):
+    """``test_metrics_eval.setup``'s tiny CNN, inputs and targets (one channel)."""
+    net, x, t, _ = setup(c=1, b=b, s=s)
+    return net, x, t
 
 
 def whole_line(make, line: str) -> None:
@@ -91,7 +81,7 @@ def test_sensitivity_by_hand_per_draw_with_a_zero_map(relative):
     divides by 1 (Captum), not by 0."""
     net, x, t = tiny()
     x[1] = 0.0  # the second image's map is all zero
-    method = Identity()
+    method = ClassBlind()
     maps = method.attribute(x, t)
     for cls, reduce in ((MaxSensitivity, np.max), (AvgSensitivity, np.mean)):
         metric = cls(n_samples=5, radius=0.1, relative=relative, seed=3)
@@ -129,7 +119,7 @@ def test_relative_stability_by_hand_with_zeros_in_the_map_and_the_input():
     x = torch.randn(1, 1, 4, 4)
     x[0, 0, 0, :2] = 0.0  # zeros in the input and (identity map) in the map
     w = torch.randn(16)
-    net, method = Margin(w), Identity()
+    net, method = Margin(w), ClassBlind()
     e = method.attribute(x, None)
     for metric in (RelativeInputStability(n_samples=4, radius=0.05, seed=2),
                    RelativeOutputStability(n_samples=4, radius=0.05, seed=2)):
@@ -162,7 +152,7 @@ def test_relative_stability_takes_the_largest_over_the_copies_that_keep_the_pred
     d = metric.noise(x)
     kept = [k for k in range(8) if (x + d[k]).flatten()[0] <= 1.0005]
     assert 0 < len(kept) < 8  # both kinds among the draws
-    method = Identity()
+    method = ClassBlind()
     got = metric(FirstPixel(), x, torch.zeros(1), method.attribute(x, None), method=method).scores
     e = x.sum(1).double().numpy().ravel()
     expected = max(_ris_by_hand(e, (x + d[k]).sum(1).double().numpy().ravel(), x.double().numpy().ravel(),
@@ -321,7 +311,7 @@ def test_smooth_mprt_noise_by_hand_and_its_scale():
     torch.manual_seed(0)
     x = torch.rand(2, 1, 3, 3) * torch.tensor([2.0, 5.0])[:, None, None, None] + 1.0  # ranges ~2 and ~5, min > 0
     metric = SmoothMPRT(n_samples=4, seed=9)
-    method = Identity()
+    method = ClassBlind()
     got = metric.smoothed(method, x, None)
     gens = [torch.Generator().manual_seed(s) for s in image_seeds(x, 9)]
     total = np.zeros((2, 9))
