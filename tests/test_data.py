@@ -109,3 +109,75 @@ def test_sample_folder_labels_from_file_names(tmp_path):
 def test_shipped_samples_exist():
     root = Path(__file__).resolve().parents[1] / "assets" / "samples"
     assert len(ImageFolderFlat(root)) == 7
+
+
+def _boxed_root(tmp_path: Path, boxes: dict[str, list[tuple[int, int, int, int]] | None]) -> Path:
+    """A fake ImageNet root of 200 x 100 images (one class), each with the given VOC boxes (None: no file)."""
+    wnid = imagenet_wnids()[3]
+    img_dir, ann_dir = tmp_path / "images" / "attribution" / wnid, tmp_path / "annotations" / "attribution" / wnid
+    img_dir.mkdir(parents=True)
+    ann_dir.mkdir(parents=True)
+    for name, bxs in boxes.items():
+        Image.new("RGB", (200, 100)).save(img_dir / f"{name}.JPEG")
+        if bxs is None:
+            continue
+        objs = "".join(f"<object><name>{wnid}</name><bndbox><xmin>{a}</xmin><ymin>{b}</ymin><xmax>{c}</xmax>"
+                       f"<ymax>{d}</ymax></bndbox></object>" for a, b, c, d in bxs)
+        (ann_dir / f"{name}.xml").write_text(f"<annotation><size><width>200</width><height>100</height>"
+                                             f"<depth>3</depth></size>{objs}</annotation>")
+    return tmp_path
+
+
+def test_max_box_coverage_keeps_the_images_whose_boxes_cover_at_most_that_share(tmp_path, caplog):
+    """200 x 100 photos -> resize 100 (200 x 100) -> centre crop 100: x offset 50. VOC max edges are inclusive
+    (xmax 79 ends at 80). Coverage by hand, in the 100 x 100 crop:
+    a: x 50..80, y 0..30 -> 30 x 30 = 0.09            kept
+    b: x 50..110 clipped to 0..60, y 0..60 -> 0.36     dropped (> 0.33)
+    c: x 50..83, y 0..100 -> 33 x 100 = 0.33 exactly   kept (the metrics keep <= 0.33)
+    d: two overlapping boxes, union 20 x 10 + 10 x 10 = 0.03 (their sum would be 0.04)   kept
+    e: a box wholly outside the crop (x 0..40) -> 0    dropped (no box pixel: the metrics give NaN)
+    f: no annotation                                   dropped
+    """
+    root = _boxed_root(tmp_path, {
+        "a": [(50, 0, 79, 29)], "b": [(50, 0, 109, 59)], "c": [(50, 0, 82, 99)],
+        "d": [(50, 0, 69, 9), (60, 0, 69, 19)], "e": [(0, 0, 39, 99)], "f": None})
+    p = Preprocess(size=100, resize=100)
+    full = ImageNetBoxes(root, "attribution", p)
+    assert [round(full.coverage(i), 6) for i in range(6)] == [0.09, 0.36, 0.33, 0.03, 0.0, 0.0]
+    with caplog.at_level("INFO", logger="xattr"):
+        ds = ImageNetBoxes(root, "attribution", p, max_box_coverage=0.33)
+    assert [f.stem for f in ds.files] == ["a", "c", "d"]
+    assert "3 of 6 images" in caplog.text
+    # the items: indices are positions in the kept list, labels and boxes follow their files
+    items = [ds[i] for i in range(len(ds))]
+    assert [it["id"] for it in items] == ["a", "c", "d"] and [it["index"] for it in items] == [0, 1, 2]
+    assert [it["label"] for it in items] == [3, 3, 3]
+    assert items[1]["boxes"].tolist() == [[0.0, 0.0, 33.0, 100.0]]
+    # limit first, then the filter (the kept images of the first `limit`)
+    assert [f.stem for f in ImageNetBoxes(root, "attribution", p, limit=2, max_box_coverage=0.33).files] == ["a"]
+    assert len(ImageNetBoxes(root, "attribution", p, max_box_coverage=1.0)) == 4  # every boxed image
+    for bad in (0, -0.1, 1.5):
+        with pytest.raises(XattrConfigError, match=rf"bad max_box_coverage {bad!r}; valid choices: a share in"):
+            ImageNetBoxes(root, "attribution", p, max_box_coverage=bad)
+
+
+def test_max_box_coverage_names_or_skips_an_unreadable_image(tmp_path):
+    root = _boxed_root(tmp_path, {"a": [(50, 0, 79, 29)], "b": [(50, 0, 79, 29)]})
+    bad = next((root / "images" / "attribution").glob("*/b.JPEG"))
+    bad.write_bytes(b"not a jpeg")
+    p = Preprocess(size=100, resize=100)
+    with pytest.raises(XattrConfigError, match="cannot read image .*b.JPEG"):
+        ImageNetBoxes(root, "attribution", p, max_box_coverage=0.33)
+    ds = ImageNetBoxes(root, "attribution", p, max_box_coverage=0.33, on_error="skip")
+    assert [f.stem for f in ds.files] == ["a"]
+
+
+def test_box_coverage_is_the_metrics_union_share():
+    from xattr.core.boxes import box_coverage
+
+    assert box_coverage(torch.zeros(0, 4), 10, 10) == 0.0
+    assert box_coverage(torch.tensor([[0.0, 0, 5, 4]]), 10, 10) == pytest.approx(0.2)
+    # union, not sum; pixel centres: a box 0.4..0.6 covers no centre, 0.4..1.6 covers one column (centre 0.5... 1.5)
+    assert box_coverage(torch.tensor([[0.0, 0, 5, 4], [2.0, 0, 5, 2]]), 10, 10) == pytest.approx(0.2)
+    assert box_coverage(torch.tensor([[0.6, 0, 1.4, 10]]), 10, 10) == 0.0
+    assert box_coverage(torch.tensor([[0.4, 0, 1.6, 10]]), 10, 10) == pytest.approx(0.2)

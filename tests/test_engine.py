@@ -220,3 +220,36 @@ def test_random_maps_differ_between_images_and_match_one_at_a_time():
     assert not torch.equal(maps[0], maps[1])
     assert torch.equal(maps[2:], m.attribute(x[2:], torch.zeros(1, dtype=torch.long)))
     assert ((maps >= 0) & (maps < 1)).all()
+
+
+def test_resume_over_a_dataset_that_gives_other_images_at_finished_indices_fails_naming_them(tmp_path):
+    """A folder whose finished index 0 held another image (another dataset.root, limit order or
+    max_box_coverage behind the same folder): one error, not a silent skip of the wrong image."""
+    from xattr.core.store import RunStore
+    from xattr.errors import XattrConfigError
+
+    run_dir = run(_cfg(tmp_path, ["method=random", "dataset.limit=2"]))
+    ids = list(pd.read_parquet(run_dir / "per_image.parquet")["id"])
+    run(_cfg(tmp_path, ["method=random", "dataset.limit=4"]))  # the same images at the same indices: resumes
+    store = RunStore(tmp_path / "other")
+    store.write_maps(torch.zeros(1, 32, 32), ["some_other_image"], index=[0])
+    with pytest.raises(XattrConfigError, match=rf"holds image 'some_other_image' at dataset index 0, the dataset "
+                                               rf"now gives '{ids[0]}' there"):
+        run(compose_cfg(FAST + ["method=random", "dataset.limit=2"], output_dir=tmp_path / "other"))
+
+
+@pytest.mark.shared
+def test_max_box_coverage_run_scores_the_same_images_as_the_full_run(shared_data, tmp_path):
+    """``dataset.max_box_coverage=0.33`` makes maps only for the images bbox ratio and EHR count: their scores
+    equal the full run's non-NaN rows, image by image, and the full run has no counted image the filter left out."""
+    common = ["model=mobilenet_v2", "dataset=imagenet", f"paths.data_dir={shared_data}", "dataset.limit=40",
+              "method=gradient", "target=label", "batch_size=8", "trainer=cpu", "metric=[bbox_ratio,ehr]",
+              "logger=csv", "trainer.enable_progress_bar=false", "dataset.num_workers=0"]
+    full = pd.read_parquet(run(compose_cfg(common, output_dir=tmp_path / "full")) / "per_image.parquet")
+    kept = pd.read_parquet(run(compose_cfg([*common, "dataset.max_box_coverage=0.33"], output_dir=tmp_path / "kept"))
+                           / "per_image.parquet")
+    counted = full.dropna(subset=["bbox_ratio/bbox_ratio"]).set_index("id")
+    assert 3 <= len(counted) < 40 and len(kept) == len(counted)
+    kept = kept.set_index("id").loc[counted.index]
+    for s in ("bbox_ratio/bbox_ratio", "ehr/ehr"):
+        np.testing.assert_allclose(kept[s], counted[s], rtol=0, atol=1e-6)

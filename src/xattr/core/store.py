@@ -186,10 +186,14 @@ class RunStore:
 
     def done_indices(self) -> set[int]:
         """Dataset indices of every image in a finished batch (read from the heatmap files' ``index``)."""
-        out: set[int] = set()
+        return set(self.done_ids())
+
+    def done_ids(self) -> dict[int, str]:
+        """Dataset index -> image id of every image in a finished batch (the heatmap files' ``index``, ``id``)."""
+        out: dict[int, str] = {}
         for f in self.batch_files(HEATMAPS):
             with np.load(f) as z:
-                out.update(int(i) for i in z["index"])
+                out.update((int(i), str(n)) for i, n in zip(z["index"], z["id"]))
         return out
 
     # ------------------------------------------------------------------ writing

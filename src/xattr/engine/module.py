@@ -26,6 +26,7 @@ from torch import nn
 from xattr.analyses.base import Analysis
 from xattr.core.store import RunStore, batch_key, take
 from xattr.engine.targets import resolve_target
+from xattr.errors import XattrConfigError
 from xattr.methods.base import Attribution, Explanation
 from xattr.metrics.base import Metric, MetricResult
 
@@ -69,8 +70,8 @@ class AttributionModule(pl.LightningModule):
         self.fitted = False
         self.skipped = 0
         self.computed = 0
-        #: dataset indices finished before this run (read in ``setup``): their images are not recomputed
-        self.done_before: set[int] = set()
+        #: dataset index -> image id of the images finished before this run (read in ``setup``): not recomputed
+        self.done_before: dict[int, str] = {}
         #: keys of the batches each analysis holds (saved with its state)
         self.analysis_keys: dict[str, list[str]] = {}
         needed = {n for m in metrics.values() for n in m.needs} | {n for a in self.analyses.values() for n in a.needs}
@@ -84,7 +85,7 @@ class AttributionModule(pl.LightningModule):
     def setup(self, stage: str) -> None:
         self.net.eval().requires_grad_(False)
         self.method = self.method_factory(self.net)
-        self.done_before = self.store.done_indices()
+        self.done_before = self.store.done_ids()
         for name, analysis in self.analyses.items():
             saved = self.store.load_state(self.state_name(name))
             if saved is not None:
@@ -107,10 +108,23 @@ class AttributionModule(pl.LightningModule):
             method.fit(self.estimation_loader, None)
         return method
 
+    def _check_same_images(self, batch: dict) -> None:
+        """A resumed run's dataset must give the finished indices the images they held: one error otherwise
+        (another ``dataset.root``, ``limit`` order or ``max_box_coverage`` behind the same folder would
+        silently skip the wrong images)."""
+        for i, n in zip(batch["index"], batch["id"]):
+            was = self.done_before.get(int(i))
+            if was is not None and was != str(n):
+                raise XattrConfigError(
+                    f"bad run folder {self.store.dir}: it holds image {was!r} at dataset index {int(i)}, the "
+                    f"dataset now gives {str(n)!r} there (dataset settings changed); valid choices: the settings "
+                    "that made the folder, or a new folder (hydra.run.dir=...)")
+
     def predict_step(self, batch: dict | None, batch_idx: int) -> None:
         if batch is None:  # every image of the batch was unreadable and skipped (dataset.on_error=skip)
             return None
         if self.done_before:  # a resumed run: leave out images finished before, whatever their batching was
+            self._check_same_images(batch)
             keep = torch.tensor([int(i) not in self.done_before for i in batch["index"]], dtype=torch.bool)
             if not keep.any():
                 self.skipped += 1

@@ -14,6 +14,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from xattr.core.boxes import box_masks, uncounted  # noqa: F401  (the metrics' names for them)
 from xattr.core.checks import check_positive_int
 from xattr.core.chunk import autocast, items_per_call
 from xattr.core.derived import DerivedCache
@@ -164,31 +165,6 @@ def flat_map(maps: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
             f"bad maps shape {given}; valid choices: (B, 1, H, W) with H, W = {tuple(x.shape[-2:])}"
         )
     return maps.reshape(maps.shape[0], -1).float()
-
-
-def box_masks(boxes: list | None, b: int, h: int, w: int, device: torch.device) -> torch.Tensor:
-    """Union of each image's xyxy boxes as a bool ``(B, H*W)``: pixel (i, j) is inside when its centre
-    (j + 0.5, i + 0.5) lies in [x1, x2) x [y1, y2) (integer boxes give ``mask[y1:y2, x1:x2]`` as the
-    reference codes do)."""
-    if boxes is None:
-        raise XattrConfigError("missing extra 'boxes'; valid choices: a list of (N_i, 4) xyxy tensors per image")
-    if len(boxes) != b:
-        raise XattrConfigError(f"bad boxes length {len(boxes)}; valid choices: one entry per image ({b})")
-    ys = torch.arange(h, device=device, dtype=torch.float32) + 0.5
-    xs = torch.arange(w, device=device, dtype=torch.float32) + 0.5
-    per = [torch.as_tensor(bx, dtype=torch.float32).reshape(-1, 4) for bx in boxes]
-    sizes = [p.shape[0] for p in per]
-    k = max(sizes + [1])
-    if sizes.count(k) == b:
-        padded = torch.stack(per)
-    else:
-        padded = torch.zeros(b, k, 4)  # missing boxes: empty (x1 = x2 = 0)
-        for i, p in enumerate(per):
-            padded[i, : sizes[i]] = p
-    x1, y1, x2, y2 = padded.to(device).unbind(-1)  # (B, K) each: all boxes at once
-    rows = (ys >= y1[..., None]) & (ys < y2[..., None])  # (B, K, H)
-    cols = (xs >= x1[..., None]) & (xs < x2[..., None])  # (B, K, W)
-    return (rows[..., :, None] & cols[..., None, :]).any(1).reshape(b, -1)
 
 
 def trapezoid(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

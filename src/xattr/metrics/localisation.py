@@ -42,7 +42,7 @@ from torch import nn
 from xattr.core.checks import check_choice
 from xattr.core.ranking import highest
 from xattr.errors import XattrConfigError
-from xattr.metrics._perturb import TIES, box_masks, flat_map, ranks, trapezoid
+from xattr.metrics._perturb import TIES, box_masks, flat_map, ranks, trapezoid, uncounted
 from xattr.metrics.base import Metric, MetricResult
 
 NORMALISATIONS = ("max", "reference_uint8", "none", "minmax", "auto")
@@ -142,10 +142,7 @@ class _Localisation(Metric):
 
 def _coverage_filter(values: torch.Tensor, box: torch.Tensor, max_coverage: float | None) -> torch.Tensor:
     """NaN where the box union covers more than ``max_coverage`` of the image, or the image has no box."""
-    cover = box.float().mean(1)
-    bad = box.sum(1) == 0
-    if max_coverage is not None:
-        bad |= cover > max_coverage
+    bad = uncounted(box, max_coverage)  # core.boxes: the same rule as the datasets' max_box_coverage filter
     return torch.where(bad, torch.full_like(values, float("nan")), values)
 
 
