@@ -111,6 +111,8 @@ MODULES: dict[str, list[str]] = {
     "metrics/region.py": ["tests/test_cxr_training.py", "tests/test_metric_names.py", "-k", "by_hand or named_after"],
     "metrics/_perturb.py": ["tests/test_metrics_perturbation.py", "tests/test_metrics_insdel_points.py",
                             "tests/test_cpu_paths.py"],
+    "core/boxes.py": ["tests/test_cpu_paths.py", "tests/test_data.py", "tests/reference/test_ehr.py",
+                      "tests/test_metrics_localisation_sanity.py", "tests/test_cxr_iou.py"],
     "core/ranking.py": ["tests/test_cpu_paths.py", "tests/test_pathways_methods.py", "tests/test_roar.py",
                         "tests/reference/test_lerf_roar.py", "-k", "not train and not sweep and not subprocess"],
     "metrics/sanity_check.py": ["tests/test_metrics_localisation_sanity.py", "tests/test_metric_names.py"],

@@ -58,6 +58,18 @@ def setup(name: str | None, cwd: Path) -> None:
         np.savez(run / "heatmaps" / "b0000000-2.npz", maps=np.zeros((2, 4, 4), np.float16),
                  id=np.array(["a", "b"]), index=np.arange(2), label=np.zeros(2, np.int64),
                  target=np.zeros(2, np.int64))
+    elif name == "imagenet_root":  # one boxed photo in the ImageNet layout (images/ + annotations/)
+        from PIL import Image
+
+        from xattr.core.labels import imagenet_wnids
+
+        wnid = imagenet_wnids()[0]
+        for sub in ("images", "annotations"):
+            (cwd / "imagenet" / sub / "attribution" / wnid).mkdir(parents=True)
+        Image.new("RGB", (64, 64)).save(cwd / "imagenet" / "images" / "attribution" / wnid / "a.JPEG")
+        (cwd / "imagenet" / "annotations" / "attribution" / wnid / "a.xml").write_text(
+            "<annotation><size><width>64</width><height>64</height><depth>3</depth></size><object><name>x</name>"
+            "<bndbox><xmin>1</xmin><ymin>1</ymin><xmax>9</xmax><ymax>9</ymax></bndbox></object></annotation>")
     elif name in ("finished_run", "planted_run"):  # a finished run folder; planted: a foreign _target_
         import pandas as pd
 

@@ -55,6 +55,8 @@ ROWS: dict[str, list[tuple[list[str], str | None, str]]] = {
         ([*RUN, "+method.betta=10"], None, "error: unknown key 'method.betta'; valid choices: reduce, abs"),
         ([*RUN, "method.betta=10"], None, "error: unknown key 'method.betta'; valid choices: abs, reduce (or +method.betta=... to add"),
         ([*RUN, "dataset.limit=0"], None, "error: bad dataset.limit 0; valid choices: an integer >= 1"),
+        ([*RUN, "dataset=imagenet", "dataset.root={cwd}/imagenet", "dataset.max_box_coverage=abc"], "imagenet_root",
+         "error: bad dataset.max_box_coverage 'abc'; valid choices: a share in (0, 1], or null for every image"),
         ([*RUN, "method=iba", "method.beta=abc"], None, "error: bad method.beta 'abc'; valid choices: a number"),
         ([*RUN, "method=iba", "method.steps=0"], None, "error: bad method.steps 0; valid choices: "),
         ([*RUN, "threads=0"], None, "error: bad threads 0; valid choices: "),

@@ -156,8 +156,8 @@ def test_max_box_coverage_keeps_the_images_whose_boxes_cover_at_most_that_share(
     # limit first, then the filter (the kept images of the first `limit`)
     assert [f.stem for f in ImageNetBoxes(root, "attribution", p, limit=2, max_box_coverage=0.33).files] == ["a"]
     assert len(ImageNetBoxes(root, "attribution", p, max_box_coverage=1.0)) == 4  # every boxed image
-    for bad in (0, -0.1, 1.5):
-        with pytest.raises(XattrConfigError, match=rf"bad max_box_coverage {bad!r}; valid choices: a share in"):
+    for bad in (0, -0.1, 1.5, "abc", float("nan")):
+        with pytest.raises(XattrConfigError, match=rf"bad dataset.max_box_coverage {bad!r}; valid choices: a share"):
             ImageNetBoxes(root, "attribution", p, max_box_coverage=bad)
 
 

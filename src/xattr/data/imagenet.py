@@ -8,6 +8,7 @@ class order (``imagenet_class_index.json``).
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 
 import torch
@@ -67,10 +68,13 @@ class ImageNetBoxes(Dataset):
         self.ann_dir = self.root / "annotations" / split
         self.on_error = on_error
         if max_box_coverage is not None:
-            cover = float(max_box_coverage)
+            try:
+                cover = float(max_box_coverage)
+            except (TypeError, ValueError):
+                cover = math.nan
             if not 0.0 < cover <= 1.0:
-                raise XattrConfigError(f"bad max_box_coverage {max_box_coverage!r}; valid choices: a share in "
-                                       "(0, 1], or null for every image")
+                raise XattrConfigError(f"bad dataset.max_box_coverage {max_box_coverage!r}; valid choices: a share "
+                                       "in (0, 1], or null for every image")
             self.files = [p for i, p in enumerate(files) if self.counted(i, cover)]
             log.info("dataset.max_box_coverage=%g: %d of %d images have boxes covering at most that share "
                      "(the images the localisation metrics count)", cover, len(self.files), len(files))
