@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from xattr.core.threads import choose_threads, free_cores
@@ -53,3 +55,19 @@ def test_apply_threads_sets_torch_and_says_why(monkeypatch, capsys):
     assert threads.apply_threads(2) == 2 and capsys.readouterr().err == ""  # asked for: no message
     monkeypatch.undo()
     assert torch.get_num_threads() == before
+
+
+def test_the_loader_has_no_more_workers_than_the_cores_this_process_may_use(monkeypatch):
+    """Under ``taskset -c 1`` torch warns that 2 workers exceed the 1 usable core (console noise on every run)."""
+    from xattr.core import threads
+    from xattr.run import make_loader
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {1})
+    assert threads.usable_cores() == 1
+    assert make_loader(list(range(4)), 2, 2).num_workers == 1
+    assert make_loader(list(range(4)), 2, 0).num_workers == 0
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    assert make_loader(list(range(4)), 2, 2).num_workers == 2
+    monkeypatch.delattr(os, "sched_getaffinity")
+    monkeypatch.setattr(os, "cpu_count", lambda: 3)
+    assert threads.usable_cores() == 3

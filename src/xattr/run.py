@@ -24,7 +24,7 @@ from xattr.config import build, check_values, validate
 from xattr.core.checks import naming
 from xattr.core.signals import worker_ignores_interrupts
 from xattr.core.store import RunStore
-from xattr.core.threads import apply_threads
+from xattr.core.threads import apply_threads, usable_cores
 from xattr.core.trainer import build_loggers, make_trainer
 from xattr.data.transforms import collate
 from xattr.engine.cost import estimate, human
@@ -132,7 +132,9 @@ def _say_duration(method, metrics, net, ds, run_dir: Path) -> None:
 
 def make_loader(ds, batch_size: int, num_workers: int) -> DataLoader:
     """In-order loader with the dataset's own ``collate`` (text) or the image one. Workers ignore Ctrl-C:
-    the main process stops them (no traceback per worker)."""
+    the main process stops them (no traceback per worker). No more workers than the cores this process may
+    use (``taskset``): more only compete for them, and torch warns about it once per loader."""
+    num_workers = min(int(num_workers), usable_cores())
     return DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                       collate_fn=getattr(ds, "collate", collate),
                       worker_init_fn=worker_ignores_interrupts if num_workers else None)

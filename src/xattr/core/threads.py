@@ -17,6 +17,14 @@ import sys
 from xattr.errors import XattrConfigError
 
 
+def usable_cores() -> int:
+    """Cores this process may run on (its CPU affinity, e.g. under ``taskset``), else the machine's."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
 def free_cores(cores: int, load: float) -> int:
     """Cores not taken by other jobs: ``cores - load`` rounded to the nearest core, between 1 and ``cores``."""
     return max(1, min(cores, math.floor(cores - load + 0.5)))
