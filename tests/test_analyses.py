@@ -228,3 +228,48 @@ def test_the_engine_hands_each_analysis_what_it_needs_and_each_is_named_after_it
         assert getattr(importlib.import_module(module), cls).name == path.stem, path.name
         checked += 1
     assert checked >= 4
+
+
+def test_constant_sums_of_any_value_have_no_correlation_as_scipy_says():
+    """Equal values whose rounded mean is not themselves (1.1 x 11 in float64: the mean is 1.1000000000000003)
+    leave a spread of ~1e-16 in the sums and in a centred pass: without an equality check the correlation of
+    that residue came out as 0.0. scipy's ``pearsonr`` returns NaN for any constant input; so do the pooled
+    analysis, :func:`pooled_curve` and the per-image ``pearson`` of the metrics."""
+    import warnings
+
+    from scipy.stats import pearsonr
+
+    from xattr.metrics._perturb import pearson
+
+    drops = torch.arange(11.0, dtype=torch.float64)[None] * 0.37 + 1
+    for value in (1.1, 0.1, 0.7, 3.3, 1e6 + 0.1):
+        flat = torch.full((1, 11), value, dtype=torch.float64)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            assert np.isnan(pearsonr(flat[0].numpy(), drops[0].numpy())[0])
+        pooled = PooledSensitivityN()
+        pooled.add(flat, drops, torch.ones(11))
+        assert pooled.compute()["correlation"].isna().all(), value
+        assert torch.isnan(pooled_curve(flat, drops, torch.ones(11))[1]).all(), value
+        assert torch.isnan(pearson(flat, drops)).all() and torch.isnan(pearson(drops, flat)).all(), value
+        # the constant side split over two batches and merged: still constant; a second value makes it vary
+        first, second = PooledSensitivityN(), PooledSensitivityN()
+        first.add(flat[:, :5], drops[:, :5], torch.ones(5))
+        second.add(flat[:, 5:], drops[:, 5:], torch.ones(6))
+        first.merge(second)
+        assert first.compute()["correlation"].isna().all()
+        other = PooledSensitivityN()
+        other.add(flat[:, :1] + 1, drops[:, :1] + 1, torch.ones(1))
+        first.merge(other)
+        assert first.compute()["correlation"].notna().all()
+    # a state saved before the extremes were kept loads as "not known constant": the sums decide, as before
+    pooled = PooledSensitivityN()
+    a, d, xa = _ancona_pairs(7, 3)
+    pooled.add(a, d, xa)
+    old = pooled.state_dict()
+    old["stats"] = {k: v for k, v in old["stats"].items() if k in ("count", "sa", "sd", "saa", "sdd", "sad")}
+    loaded = PooledSensitivityN()
+    loaded.load_state_dict(old)
+    pd.testing.assert_frame_equal(loaded.compute(), pooled.compute())
+    loaded.merge(pooled)  # the saved state is a copy: merging into the loaded one leaves the source as it was
+    assert loaded.compute()["pairs"].tolist() == [2 * p for p in pooled.compute()["pairs"]] == [30, 30, 30]

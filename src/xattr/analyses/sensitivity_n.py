@@ -21,6 +21,9 @@ from xattr.analyses.base import Analysis
 from xattr.metrics._perturb import pearson
 
 STATS = ("count", "sa", "sd", "saa", "sdd", "sad")
+#: each side's least and largest value per n: a constant side gives NaN, as scipy's ``pearsonr`` (the sums alone
+#: leave a rounding residue for equal values such as 1.1, and the correlation of that residue instead)
+EXTREMES = {"amin": torch.minimum, "amax": torch.maximum, "dmin": torch.minimum, "dmax": torch.maximum}
 
 
 def pooled_curve(attr_sum: torch.Tensor, output_drop: torch.Tensor, x_axis: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -62,6 +65,7 @@ class PooledSensitivityN(Analysis):
         if self.n is None:
             self.n = values
             self.stats = {k: torch.zeros(len(values), dtype=torch.float64) for k in STATS}
+            self.stats.update(_no_extremes(len(values)))
         elif not torch.equal(self.n, values):
             raise ValueError(f"Sensitivity-N n values changed between batches: {self.n.tolist()} vs {values.tolist()}")
         for j, v in enumerate(values):
@@ -71,6 +75,9 @@ class PooledSensitivityN(Analysis):
             for k, val in zip(STATS, (float(aj.numel()), aj.sum(), dj.sum(), (aj * aj).sum(), (dj * dj).sum(),
                                       (aj * dj).sum())):
                 self.stats[k][j] += val
+            if aj.numel():
+                for k, val in zip(EXTREMES, (aj.min(), aj.max(), dj.min(), dj.max())):
+                    self.stats[k][j] = EXTREMES[k](self.stats[k][j], val)
 
     def correlation(self) -> torch.Tensor:
         s = self.stats
@@ -79,7 +86,8 @@ class PooledSensitivityN(Analysis):
         va = s["saa"] - s["sa"] ** 2 / c
         vd = s["sdd"] - s["sd"] ** 2 / c
         den = (va * vd).clamp_min(0).sqrt()
-        return torch.where(den > 0, cov / den, torch.full_like(den, float("nan")))
+        constant = (s["amin"] == s["amax"]) | (s["dmin"] == s["dmax"])
+        return torch.where((den > 0) & ~constant, cov / den, torch.full_like(den, float("nan")))
 
     def compute(self) -> pd.DataFrame:
         if self.n is None:
@@ -88,10 +96,12 @@ class PooledSensitivityN(Analysis):
                              "pairs": self.stats["count"].numpy().astype(int)})
 
     def state_dict(self) -> dict[str, Any]:
-        return {"metric": self.metric, "n": self.n, "stats": dict(self.stats)}
+        return {"metric": self.metric, "n": self.n, "stats": {k: v.clone() for k, v in self.stats.items()}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.n, self.stats = state["n"], dict(state["stats"])
+        if self.n is not None and "amin" not in self.stats:  # saved before the extremes were kept: unknown
+            self.stats.update({k: v.neg() for k, v in _no_extremes(len(self.n)).items()})
 
     def merge(self, other: PooledSensitivityN) -> None:
         if other.n is None:
@@ -103,3 +113,11 @@ class PooledSensitivityN(Analysis):
             raise ValueError("cannot merge Sensitivity-N states with different n values")
         for k in STATS:
             self.stats[k] += other.stats[k]
+        for k, pick in EXTREMES.items():
+            self.stats[k] = pick(self.stats[k], other.stats[k])
+
+
+def _no_extremes(n: int) -> dict[str, torch.Tensor]:
+    """The extremes of no value yet: least +inf, largest -inf (``load_state_dict`` negates them: unknown)."""
+    return {k: torch.full((n,), (1.0 if k.endswith("min") else -1.0) * float("inf"), dtype=torch.float64)
+            for k in EXTREMES}

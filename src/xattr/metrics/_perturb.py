@@ -174,10 +174,12 @@ def trapezoid(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
 
 def pearson(a: torch.Tensor, b: torch.Tensor, dim: int = -1) -> torch.Tensor:
-    """Pearson correlation along ``dim`` (float64); NaN where either side is constant."""
+    """Pearson correlation along ``dim`` (float64); NaN where either side is constant (as scipy's ``pearsonr``:
+    by equal values, since the rounded mean of equal values can differ from them and leave a tiny spread)."""
     a, b = a.double(), b.double()
+    constant = (a.amax(dim) == a.amin(dim)) | (b.amax(dim) == b.amin(dim))
     a = a - a.mean(dim, keepdim=True)
     b = b - b.mean(dim, keepdim=True)
     den = (a.square().sum(dim) * b.square().sum(dim)).sqrt()
     r = (a * b).sum(dim) / den
-    return torch.where(den > 0, r, torch.full_like(r, float("nan")))
+    return torch.where((den > 0) & ~constant, r, torch.full_like(r, float("nan")))
