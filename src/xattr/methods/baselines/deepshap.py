@@ -7,6 +7,10 @@ DeepLIFT multipliers (rescale rule, Shrikumar et al. 2017, Eq. 6 ff.) averaged o
 Baseline set (``baselines``): ``"normal"`` draws ``n_baselines`` images from N(0, 1) in the normalised space
 (the input prior of InputIBA, seeded by ``seed``), ``"zero"`` is the single all-zero image, ``"data"`` takes
 ``n_baselines`` images of the estimation split through :meth:`fit` (Lundberg & Lee's background set).
+The configs default to ``zero`` (``conf/method/deepshap.yaml``): the InputIBA code's baselines (CAMP-eXplain-AI/
+InputIBA ``tools/train_baseline.py``: ``DeepLiftShap`` with ten all-zero images, whose attributions are those
+of one; the published ch. 6 numbers come from it, and the text names no baseline); ch. 7's row sets its own
+(``conf/row/deepshap_axioms.yaml``). The class keeps ``normal`` for direct use.
 
 Model-side fixes (:mod:`xattr.methods.baselines.model_fixes`), because Captum's DeepLift keeps one input per non-linear
 module and hooks ``nn.ReLU`` only: a copy with out-of-place activations, one module per call site
@@ -62,8 +66,9 @@ class DeepSHAP(Attribution):
 
     def forwards_per_image(self, shape: tuple[int, ...]) -> float:
         """Cost rule: DeepLift runs the input and each reference (``n_baselines``; ``data``: the fitted
-        background; at least 2), forward and backward: ``2 refs x 3``."""
+        background; ``zero``: one; at least 2), forward and backward: ``2 refs x 3``."""
         refs = self.background.shape[0] if self.baselines == "data" and self.background is not None else self.n_baselines
+        refs = 1 if self.baselines == "zero" else refs
         return 6.0 * max(2, refs)
 
     def __init__(
