@@ -5,7 +5,10 @@ The metric :class:`xattr.metrics.sensitivity_n.SensitivityN` (``protocol: iba``)
 attribution sums ``attr_sum`` and output drops ``output_drop`` of its masks (``(B, N_n * M)``, the ``n`` of
 each column on the x axis). :class:`PooledSensitivityN` accumulates their sufficient statistics per ``n``
 (count, sums, sums of squares and products, float64) batch by batch, so the dataset's correlation needs
-no second pass and a killed run resumes; :func:`pooled_curve` is the same correlation computed at once
+no second pass and a killed run resumes. The sums are of values shifted by a per-n constant (the first
+batch's means: the shifted-data algorithm, Chan, Golub & LeVeque 1983): a correlation does not depend on a
+shift, and without it the one-pass variance ``sum a^2 - (sum a)^2 / n`` of sums far from 0 with a small
+spread rounds to nothing (sums around 1e9 varying by 1e-6: 2.8e-8 instead of 0.59); :func:`pooled_curve` is the same correlation computed at once
 from all pairs (used by tests and to re-pool the stored curves of runs made before this analysis).
 """
 
@@ -24,6 +27,7 @@ STATS = ("count", "sa", "sd", "saa", "sdd", "sad")
 #: each side's least and largest value per n: a constant side gives NaN, as scipy's ``pearsonr`` (the sums alone
 #: leave a rounding residue for equal values such as 1.1, and the correlation of that residue instead)
 EXTREMES = {"amin": torch.minimum, "amax": torch.maximum, "dmin": torch.minimum, "dmax": torch.maximum}
+SHIFTS = ("ka", "kd")  # the values subtracted before summing, per n (0 in states saved before the shift)
 
 
 def pooled_curve(attr_sum: torch.Tensor, output_drop: torch.Tensor, x_axis: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -64,7 +68,7 @@ class PooledSensitivityN(Analysis):
         values = torch.unique_consecutive(xa)
         if self.n is None:
             self.n = values
-            self.stats = {k: torch.zeros(len(values), dtype=torch.float64) for k in STATS}
+            self.stats = {k: torch.zeros(len(values), dtype=torch.float64) for k in STATS + SHIFTS}
             self.stats.update(_no_extremes(len(values)))
         elif not torch.equal(self.n, values):
             raise ValueError(f"Sensitivity-N n values changed between batches: {self.n.tolist()} vs {values.tolist()}")
@@ -72,12 +76,15 @@ class PooledSensitivityN(Analysis):
             aj, dj = a[:, xa == v].reshape(-1), d[:, xa == v].reshape(-1)
             ok = torch.isfinite(aj) & torch.isfinite(dj)
             aj, dj = aj[ok], dj[ok]
-            for k, val in zip(STATS, (float(aj.numel()), aj.sum(), dj.sum(), (aj * aj).sum(), (dj * dj).sum(),
-                                      (aj * dj).sum())):
-                self.stats[k][j] += val
+            if self.stats["count"][j] == 0 and aj.numel():  # the first pairs of this n fix its shift
+                self.stats["ka"][j], self.stats["kd"][j] = aj.mean(), dj.mean()
             if aj.numel():
                 for k, val in zip(EXTREMES, (aj.min(), aj.max(), dj.min(), dj.max())):
                     self.stats[k][j] = EXTREMES[k](self.stats[k][j], val)
+            aj, dj = aj - self.stats["ka"][j], dj - self.stats["kd"][j]
+            for k, val in zip(STATS, (float(aj.numel()), aj.sum(), dj.sum(), (aj * aj).sum(), (dj * dj).sum(),
+                                      (aj * dj).sum())):
+                self.stats[k][j] += val
 
     def correlation(self) -> torch.Tensor:
         s = self.stats
@@ -102,6 +109,8 @@ class PooledSensitivityN(Analysis):
         self.n, self.stats = state["n"], dict(state["stats"])
         if self.n is not None and "amin" not in self.stats:  # saved before the extremes were kept: unknown
             self.stats.update({k: v.neg() for k, v in _no_extremes(len(self.n)).items()})
+        if self.n is not None and "ka" not in self.stats:  # saved before the shift: sums of the values themselves
+            self.stats.update({k: torch.zeros(len(self.n), dtype=torch.float64) for k in SHIFTS})
 
     def merge(self, other: PooledSensitivityN) -> None:
         if other.n is None:
@@ -111,10 +120,25 @@ class PooledSensitivityN(Analysis):
             return
         if not torch.equal(self.n, other.n):
             raise ValueError("cannot merge Sensitivity-N states with different n values")
+        empty = self.stats["count"] == 0  # no pair here yet: take the other's shift (these sums are 0)
+        for k in SHIFTS:
+            self.stats[k] = torch.where(empty, other.stats[k], self.stats[k])
+        o = _shifted_to(other.stats, self.stats["ka"], self.stats["kd"])
         for k in STATS:
-            self.stats[k] += other.stats[k]
+            self.stats[k] += o[k]
         for k, pick in EXTREMES.items():
             self.stats[k] = pick(self.stats[k], other.stats[k])
+
+
+def _shifted_to(stats: dict[str, torch.Tensor], ka: torch.Tensor, kd: torch.Tensor) -> dict[str, torch.Tensor]:
+    """``stats``' sums re-expressed for the shifts ``ka``, ``kd``: with ``x = a - ka_old`` and ``da = ka_old - ka``,
+    ``sum (x + da) = sa + c da``, ``sum (x + da)^2 = saa + 2 da sa + c da^2``, ``sum (x + da)(y + dd) = sad + dd sa
+    + da sd + c da dd`` (exact in exact arithmetic; the shifts of one run's shards are close, so the terms are
+    small). Where ``stats`` hold no pair yet its shift does not matter."""
+    c, da, dd = stats["count"], stats["ka"] - ka, stats["kd"] - kd
+    sa, sd = stats["sa"], stats["sd"]
+    return {"count": c, "sa": sa + c * da, "sd": sd + c * dd, "saa": stats["saa"] + 2 * da * sa + c * da * da,
+            "sdd": stats["sdd"] + 2 * dd * sd + c * dd * dd, "sad": stats["sad"] + dd * sa + da * sd + c * da * dd}
 
 
 def _no_extremes(n: int) -> dict[str, torch.Tensor]:
