@@ -1,7 +1,10 @@
-"""InputIBA's DeepSHAP baselines (CAMP-eXplain-AI/InputIBA ``tools/train_baseline.py``), written here from the
-facts: Captum's ``DeepLiftShap`` on one image at a time with ``baselines`` = ten all-zero images, the map the
-mean over the batch and channel axes. xattr's configured DeepSHAP (``conf/method/deepshap.yaml``:
-``baselines: zero``) gives the same signed channel-mean map (relative 1e-5)."""
+"""InputIBA's baseline methods as its code calls them (CAMP-eXplain-AI/InputIBA ``tools/train_baseline.py``),
+written here from the facts, one image at a time, the map the mean over the batch and channel axes:
+
+- DeepSHAP: Captum's ``DeepLiftShap`` with ``baselines`` = ten all-zero images. xattr's configured DeepSHAP
+  (``conf/method/deepshap.yaml``: ``baselines: zero``) gives the same signed channel-mean map (relative 1e-5).
+- Extremal Perturbation: TorchRay's ``extremal_perturbation(model, x, target, areas=[0.3])``; xattr's with
+  ``areas: [0.3]`` gives the same mask (the text's 10% for EHR is the config's default)."""
 
 from __future__ import annotations
 
@@ -49,3 +52,24 @@ def test_configured_deepshap_is_inputibas_zero_baseline_deepliftshap():
     # another baseline set gives other maps: the comparison can tell them apart
     normal = instantiate(cfg, baselines="normal")(net).attribute_channels(x, target).mean(1)
     assert (normal - ref).abs().max() > 1e-4
+
+
+def test_extremal_perturbation_with_the_codes_area_is_torchrays_call():
+    from hydra.utils import instantiate
+    from torchray.attribution.extremal_perturbation import extremal_perturbation
+
+    torch.manual_seed(0)
+    net = SmallNet().eval()
+    x, target = torch.randn(2, 3, 64, 64), torch.tensor([1, 2])
+    cfg = compose_cfg(["method=extremal_perturbation", "method.max_iter=6", "method.areas=[0.3]"]).method
+    ours = instantiate(cfg)(net).attribute(x, target)
+    ref = []
+    for xi, ti in zip(x, target):
+        mask, _ = extremal_perturbation(net, xi[None], int(ti), areas=[0.3], max_iter=6)
+        ref.append(mask.detach().mean((0, 1)))
+    for p in net.parameters():
+        p.requires_grad_(True)  # TorchRay leaves them off
+    torch.testing.assert_close(ours[:, 0], torch.stack(ref), rtol=0, atol=1e-6)
+    assert compose_cfg(["method=extremal_perturbation"]).method.areas == [0.1]  # the text's EHR setting
+    text = instantiate(cfg, areas=[0.1])(net).attribute(x, target)
+    assert (text - ours).abs().max() > 1e-2  # the area changes the mask: the comparison can tell them apart
