@@ -138,8 +138,10 @@ class TextIntegratedGradients(TokenAttribution):
 
 
 class TextDeepLift(TokenAttribution):
-    """DeepLiftShap (``baselines: normal``, the ``deepshap`` config's default) or DeepLift from one baseline
-    (``pad`` / ``unk`` / ``zero``) on the embeddings. ``n_baselines`` and ``seed`` apply to ``normal``.
+    """DeepLiftShap (``baselines: normal``: ``n_baselines`` Gaussian embeddings) or DeepLift from one baseline
+    (``pad`` / ``unk`` / ``zero``; the ``deepshap`` config's default is ``zero``, the zero baseline of InputIBA's
+    code for images, here the all-zero embedding) on the embeddings. ``n_baselines`` and ``seed`` apply to
+    ``normal``.
     Through an LSTM (no module non-linearities) DeepLift from ``pad`` (a zero row) equals Input x Gradient.
     """
 
