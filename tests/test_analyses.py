@@ -231,10 +231,10 @@ def test_the_engine_hands_each_analysis_what_it_needs_and_each_is_named_after_it
 
 
 def test_constant_sums_of_any_value_have_no_correlation_as_scipy_says():
-    """Equal values whose rounded mean is not themselves (1.1 x 11 in float64: the mean is 1.1000000000000003)
-    leave a spread of ~1e-16 in the sums and in a centred pass: without an equality check the correlation of
-    that residue came out as 0.0. scipy's ``pearsonr`` returns NaN for any constant input; so do the pooled
-    analysis, :func:`pooled_curve` and the per-image ``pearson`` of the metrics."""
+    """Equal values whose rounded mean is not themselves (1.1 x 11 in float64) leave a spread of ~1e-16 in raw
+    sums and in a centred pass: the correlation of that residue came out as 0.0. scipy's ``pearsonr`` returns NaN
+    for any constant input; so do the pooled analysis, :func:`pooled_curve` and the per-image ``pearson`` of
+    the metrics (shifted by one of the values, equal values are exactly 0)."""
     import warnings
 
     from scipy.stats import pearsonr
@@ -262,17 +262,26 @@ def test_constant_sums_of_any_value_have_no_correlation_as_scipy_says():
         other.add(flat[:, :1] + 1, drops[:, :1] + 1, torch.ones(1))
         first.merge(other)
         assert first.compute()["correlation"].notna().all()
-    # a state saved before the extremes were kept loads as "not known constant": the sums decide, as before
+    # a state saved before the shift (sums of the raw values, no ka / kd) loads with shift 0 and merges right
     pooled = PooledSensitivityN()
     a, d, xa = _ancona_pairs(7, 3)
     pooled.add(a, d, xa)
-    old = pooled.state_dict()
-    old["stats"] = {k: v for k, v in old["stats"].items() if k in ("count", "sa", "sd", "saa", "sdd", "sad")}
+    raw = {"count": [], "sa": [], "sd": [], "saa": [], "sdd": [], "sad": []}
+    for v in (1.0, 3.0, 6.0):
+        aj, dj = a[:, xa == v].reshape(-1).double(), d[:, xa == v].reshape(-1).double()
+        for k, val in zip(raw, (aj.numel(), aj.sum(), dj.sum(), (aj * aj).sum(), (dj * dj).sum(), (aj * dj).sum())):
+            raw[k].append(float(val))
+    old = {"metric": "sensitivity_n", "n": pooled.n.clone(),
+           "stats": {k: torch.tensor(v, dtype=torch.float64) for k, v in raw.items()}}
     loaded = PooledSensitivityN()
     loaded.load_state_dict(old)
-    pd.testing.assert_frame_equal(loaded.compute(), pooled.compute())
+    pd.testing.assert_frame_equal(loaded.compute(), pooled.compute(), atol=1e-12, rtol=0)
     loaded.merge(pooled)  # the saved state is a copy: merging into the loaded one leaves the source as it was
     assert loaded.compute()["pairs"].tolist() == [2 * p for p in pooled.compute()["pairs"]] == [30, 30, 30]
+    twice = PooledSensitivityN()
+    for _ in range(2):
+        twice.add(a, d, xa)
+    pd.testing.assert_frame_equal(loaded.compute(), twice.compute(), atol=1e-12, rtol=0)
 
 
 def _exact_pearson(x: torch.Tensor, y: torch.Tensor) -> float:

@@ -5,10 +5,12 @@ The metric :class:`xattr.metrics.sensitivity_n.SensitivityN` (``protocol: iba``)
 attribution sums ``attr_sum`` and output drops ``output_drop`` of its masks (``(B, N_n * M)``, the ``n`` of
 each column on the x axis). :class:`PooledSensitivityN` accumulates their sufficient statistics per ``n``
 (count, sums, sums of squares and products, float64) batch by batch, so the dataset's correlation needs
-no second pass and a killed run resumes. The sums are of values shifted by a per-n constant (the first
-batch's means: the shifted-data algorithm, Chan, Golub & LeVeque 1983): a correlation does not depend on a
+no second pass and a killed run resumes. The sums are of values shifted by a per-n constant (each side's first
+finite value: the shifted-data algorithm, Chan, Golub & LeVeque 1983): a correlation does not depend on a
 shift, and without it the one-pass variance ``sum a^2 - (sum a)^2 / n`` of sums far from 0 with a small
-spread rounds to nothing (sums around 1e9 varying by 1e-6: 2.8e-8 instead of 0.59); :func:`pooled_curve` is the same correlation computed at once
+spread rounds to nothing (sums around 1e9 varying by 1e-6: 2.8e-8 instead of 0.59), and equal values such as
+1.1 left a rounding residue whose correlation came out as 0.0 (scipy's ``pearsonr``: NaN); shifted by one of
+them they are exactly 0; :func:`pooled_curve` is the same correlation computed at once
 from all pairs (used by tests and to re-pool the stored curves of runs made before this analysis).
 """
 
@@ -24,9 +26,6 @@ from xattr.analyses.base import Analysis
 from xattr.metrics._perturb import pearson
 
 STATS = ("count", "sa", "sd", "saa", "sdd", "sad")
-#: each side's least and largest value per n: a constant side gives NaN, as scipy's ``pearsonr`` (the sums alone
-#: leave a rounding residue for equal values such as 1.1, and the correlation of that residue instead)
-EXTREMES = {"amin": torch.minimum, "amax": torch.maximum, "dmin": torch.minimum, "dmax": torch.maximum}
 SHIFTS = ("ka", "kd")  # the values subtracted before summing, per n (0 in states saved before the shift)
 
 
@@ -69,18 +68,14 @@ class PooledSensitivityN(Analysis):
         if self.n is None:
             self.n = values
             self.stats = {k: torch.zeros(len(values), dtype=torch.float64) for k in STATS + SHIFTS}
-            self.stats.update(_no_extremes(len(values)))
         elif not torch.equal(self.n, values):
             raise ValueError(f"Sensitivity-N n values changed between batches: {self.n.tolist()} vs {values.tolist()}")
         for j, v in enumerate(values):
             aj, dj = a[:, xa == v].reshape(-1), d[:, xa == v].reshape(-1)
             ok = torch.isfinite(aj) & torch.isfinite(dj)
             aj, dj = aj[ok], dj[ok]
-            if self.stats["count"][j] == 0 and aj.numel():  # the first pairs of this n fix its shift
-                self.stats["ka"][j], self.stats["kd"][j] = aj.mean(), dj.mean()
-            if aj.numel():
-                for k, val in zip(EXTREMES, (aj.min(), aj.max(), dj.min(), dj.max())):
-                    self.stats[k][j] = EXTREMES[k](self.stats[k][j], val)
+            if self.stats["count"][j] == 0 and aj.numel():  # the first pair of this n fixes its shift
+                self.stats["ka"][j], self.stats["kd"][j] = aj[0], dj[0]
             aj, dj = aj - self.stats["ka"][j], dj - self.stats["kd"][j]
             for k, val in zip(STATS, (float(aj.numel()), aj.sum(), dj.sum(), (aj * aj).sum(), (dj * dj).sum(),
                                       (aj * dj).sum())):
@@ -93,8 +88,7 @@ class PooledSensitivityN(Analysis):
         va = s["saa"] - s["sa"] ** 2 / c
         vd = s["sdd"] - s["sd"] ** 2 / c
         den = (va * vd).clamp_min(0).sqrt()
-        constant = (s["amin"] == s["amax"]) | (s["dmin"] == s["dmax"])
-        return torch.where((den > 0) & ~constant, cov / den, torch.full_like(den, float("nan")))
+        return torch.where(den > 0, cov / den, torch.full_like(den, float("nan")))
 
     def compute(self) -> pd.DataFrame:
         if self.n is None:
@@ -107,8 +101,6 @@ class PooledSensitivityN(Analysis):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.n, self.stats = state["n"], dict(state["stats"])
-        if self.n is not None and "amin" not in self.stats:  # saved before the extremes were kept: unknown
-            self.stats.update({k: v.neg() for k, v in _no_extremes(len(self.n)).items()})
         if self.n is not None and "ka" not in self.stats:  # saved before the shift: sums of the values themselves
             self.stats.update({k: torch.zeros(len(self.n), dtype=torch.float64) for k in SHIFTS})
 
@@ -126,8 +118,6 @@ class PooledSensitivityN(Analysis):
         o = _shifted_to(other.stats, self.stats["ka"], self.stats["kd"])
         for k in STATS:
             self.stats[k] += o[k]
-        for k, pick in EXTREMES.items():
-            self.stats[k] = pick(self.stats[k], other.stats[k])
 
 
 def _shifted_to(stats: dict[str, torch.Tensor], ka: torch.Tensor, kd: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -140,8 +130,3 @@ def _shifted_to(stats: dict[str, torch.Tensor], ka: torch.Tensor, kd: torch.Tens
     return {"count": c, "sa": sa + c * da, "sd": sd + c * dd, "saa": stats["saa"] + 2 * da * sa + c * da * da,
             "sdd": stats["sdd"] + 2 * dd * sd + c * dd * dd, "sad": stats["sad"] + dd * sa + da * sd + c * da * dd}
 
-
-def _no_extremes(n: int) -> dict[str, torch.Tensor]:
-    """The extremes of no value yet: least +inf, largest -inf (``load_state_dict`` negates them: unknown)."""
-    return {k: torch.full((n,), (1.0 if k.endswith("min") else -1.0) * float("inf"), dtype=torch.float64)
-            for k in EXTREMES}
