@@ -321,6 +321,8 @@ def test_sums_far_from_zero_with_a_small_spread_correlate_exactly():
     assert float(pearson(a[:, :4].ravel(), d[:, :4].ravel())) == pytest.approx(want[0], abs=1e-12)
     empty = pearson(torch.zeros(3, 0), torch.zeros(3, 0))  # no pairs: NaN per row
     assert empty.shape == (3,) and torch.isnan(empty).all()
+    single = pearson(torch.tensor([[2.0], [3.0]]), torch.tensor([[1.0], [5.0]]))  # one pair: no spread, NaN
+    assert single.shape == (2,) and torch.isnan(single).all()
     shards = [PooledSensitivityN() for _ in range(3)]
     for shard, rows in zip(shards, (slice(4, 6), slice(0, 1), slice(1, 4))):  # each its own shift
         shard.add(a[rows], d[rows], xa)
