@@ -16,6 +16,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from xattr.core.boxes import box_coverage, counted
+from xattr.core.checks import bad
 from xattr.core.labels import imagenet_wnids
 from xattr.core.preprocess import Preprocess
 from xattr.data.transforms import ImageTransform, read_image, resize_crop_boxes
@@ -59,9 +60,9 @@ class ImageNetBoxes(Dataset):
         files = sorted(
             (p for p in img_dir.glob("*/*") if p.suffix.lower() in IMG_EXT), key=lambda p: (p.name, p.parent.name)
         )
-        bad = sorted({p.parent.name for p in files} - set(wnid_to_idx))
-        if bad:
-            raise unknown("ImageNet class folder", bad[0], ["a WordNet id of imagenet_class_index.json"])
+        foreign = sorted({p.parent.name for p in files} - set(wnid_to_idx))
+        if foreign:
+            raise unknown("ImageNet class folder", foreign[0], ["a WordNet id of imagenet_class_index.json"])
         if limit is not None:
             files = files[: int(limit)]
         self.files = files
@@ -73,8 +74,7 @@ class ImageNetBoxes(Dataset):
             except (TypeError, ValueError):
                 cover = math.nan
             if not 0.0 < cover <= 1.0:
-                raise XattrConfigError(f"bad dataset.max_box_coverage {max_box_coverage!r}; valid choices: a share "
-                                       "in (0, 1], or null for every image")
+                raise bad("dataset.max_box_coverage", max_box_coverage, "a share in (0, 1], or null for every image")
             self.files = [p for i, p in enumerate(files) if self.counted(i, cover)]
             log.info("dataset.max_box_coverage=%g: %d of %d images have boxes covering at most that share "
                      "(the images the localisation metrics count)", cover, len(self.files), len(files))
