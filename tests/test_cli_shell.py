@@ -371,3 +371,28 @@ def test_help_lists_only_the_entry_points_own_groups(in_tmp, capsys, name, group
     listed = out.split("Config groups")[1].split("\n\n")[0].splitlines()[1:]
     assert sorted(ln.split(":")[0].strip() for ln in listed) == groups.split()
     assert not (in_tmp / "outputs").exists()
+
+
+def test_a_sigchld_pending_with_the_sigterm_prints_nothing(tmp_path):
+    """A SIGTERM to the group ends the loader workers, so a SIGCHLD is pending beside the SIGTERM. Python runs
+    the SIGTERM handler first; if that handler left SIGCHLD without a Python handler, the pending SIGCHLD
+    printed "OSError: Signal 17 ignored due to race condition" (seen on a stopped ReadoutIBA training). Both
+    signals are made pending together here (blocked, sent, unblocked), so the order is the real one."""
+    script = tmp_path / "race.py"
+    script.write_text(
+        "import os, signal, sys\n"
+        "from xattr.core.signals import install_terminate_handler\n"
+        "signal.signal(signal.SIGCHLD, lambda *a: None)  # as torch's loader installs one\n"
+        "install_terminate_handler()\n"
+        "both = {signal.SIGTERM, signal.SIGCHLD}\n"
+        "signal.pthread_sigmask(signal.SIG_BLOCK, both)\n"
+        "os.kill(os.getpid(), signal.SIGTERM); os.kill(os.getpid(), signal.SIGCHLD)\n"
+        "try:\n"
+        "    signal.pthread_sigmask(signal.SIG_UNBLOCK, both)\n"
+        "    for _ in range(1000): pass\n"
+        "except KeyboardInterrupt:\n"
+        "    for _ in range(1000): pass\n"
+        "    print('stopped')\n")
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    out = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "stopped" and out.stderr == "", out.stderr

@@ -36,8 +36,16 @@ def killed_with_its_group(exc: BaseException) -> bool:
         "Terminated" in msg or "Interrupt" in msg or "killed by signal" in msg)
 
 
+def _worker_died(_signum, _frame) -> None:
+    """SIGCHLD handler on the way out: nothing to do (see :func:`ignore_worker_deaths`)."""
+
+
 def ignore_worker_deaths() -> None:
     """On the way out after an interrupt: loader workers die with the group, and torch's SIGCHLD handler would
-    raise (and print at shutdown) "DataLoader worker ... killed by signal" after the one line; let them go."""
+    raise (and print at shutdown) "DataLoader worker ... killed by signal" after the one line; let them go.
+
+    The replacement is a Python handler that does nothing, not ``SIG_DFL``: a SIGCHLD that arrived with the
+    SIGTERM is already pending when this runs (inside the SIGTERM handler), and Python reports a pending signal
+    whose handler became ``SIG_DFL`` as "OSError: Signal 17 ignored due to race condition" on stderr."""
     if hasattr(signal, "SIGCHLD"):
-        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        signal.signal(signal.SIGCHLD, _worker_died)
