@@ -60,7 +60,7 @@ def models() -> dict:
     }
 
 
-def methods(fast: bool, chunk: int | None) -> dict:
+def methods(fast: bool, chunk: int | str | None) -> dict:
     def k(full, cheap):
         return cheap if fast else full
 
@@ -90,8 +90,9 @@ def main() -> None:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--images", type=int, default=8)
-    ap.add_argument("--chunk", type=int, default=256,
-                    help="forward rows per device call of the chunked methods (IG, SmoothGrad, DeepSHAP, Occlusion, LIME)")
+    ap.add_argument("--chunk", type=lambda v: v if v == "auto" else int(v), default=256,
+                    help="forward rows per device call of the chunked methods (IG, SmoothGrad, DeepSHAP, Occlusion, "
+                         "LIME): an integer or auto (xattr.core.chunk.resolve_chunk)")
     ap.add_argument("--models", nargs="*", default=None)
     ap.add_argument("--methods", nargs="*", default=None)
     ap.add_argument("--fast", action="store_true", help="cheap hyper-parameters (smoke run)")
@@ -134,7 +135,7 @@ def main() -> None:
                 rows[meth][mname] = f"error: {type(e).__name__}"
         del net
     dev = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
-    print(f"Images per second, {args.images} images of {args.size}x{args.size}, {dev}"
+    print(f"Images per second, {args.images} images of {args.size}x{args.size}, {dev}, chunk {args.chunk}"
           f"{' (fast hyper-parameters)' if args.fast else ''}\n")
     print("Each cell: images/s (GFLOP per image, GFLOP/s reached, % of the limit row). Limit: a plain forward + "
           "input-gradient backward of the model at the bench's batch, in this run (timing.limit): "
