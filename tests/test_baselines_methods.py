@@ -271,6 +271,28 @@ def test_input_x_gradient_and_ig_exact_on_linear_model():
     torch.testing.assert_close(IntegratedGradients(model, n_steps=5).attribute(x, target), truth, rtol=1e-5, atol=1e-6)
 
 
+def test_ig_without_inputs_is_the_iba_paper_codes_mean_path_gradient():
+    """``multiply_by_inputs=False`` with the mean-colour baseline is IBA-paper-code's "Int. Grad." heatmap before its
+    channel mean: ``1/m sum_{k=1..m} dF(x' + k/m (x - x'))/dx``, computed here by autograd one point at a time.
+    With ``True`` the same gradient times ``x - x'`` (Eq. 3)."""
+    model, _ = _get_model("tiny")
+    torch.manual_seed(3)
+    x, target, m = torch.randn(2, 3, 16, 16), torch.tensor([0, 2]), 6
+    base = x.mean((2, 3), keepdim=True).expand_as(x)  # per-image channel mean (the reference's Mean())
+    grads = []
+    for k in range(1, m + 1):
+        p = (base + k / m * (x - base)).requires_grad_(True)
+        model(p)[torch.arange(2), target].sum().backward()
+        grads.append(p.grad)
+    mean_grad = torch.stack(grads).mean(0)
+    got = IntegratedGradients(model, baseline="mean", n_steps=m, multiply_by_inputs=False).attribute_channels(x, target)
+    torch.testing.assert_close(got, mean_grad, rtol=1e-5, atol=1e-7)
+    ig = IntegratedGradients(model, baseline="mean", n_steps=m).attribute_channels(x, target)
+    torch.testing.assert_close(ig, mean_grad * (x - base), rtol=1e-5, atol=1e-7)
+    with pytest.raises(XattrConfigError, match="multiply_by_inputs"):
+        IntegratedGradients(model, multiply_by_inputs="no")
+
+
 def test_occlusion_closed_form_on_linear_model():
     """Drop of a window on a linear model = sum over the window of W_c * (x - fill)."""
     model = _half_null_linear()

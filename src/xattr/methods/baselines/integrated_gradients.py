@@ -5,6 +5,12 @@ approximation Eq. 3: ``IG_i = (x_i - x'_i) * 1/m sum_{k=1..m} dF(x' + k/m (x - x
 InputIBA dissertation (appendix D.1): zero baseline, 50 steps. ``method="riemann_right"`` is Eq. 3 (the IBA paper
 code's sum too); Captum's ``gausslegendre`` is available. The IBA paper code used the per-image mean colour as
 baseline (``baseline="mean"``).
+
+Departure of the IBA paper's Table 2 row "Int. Grad. (of Saliency)" (IBA-paper-code @105969b,
+``attribution/averaging_gradient.py``): its heatmap is the channel mean of ``1/m sum_k dF/dx`` along the path
+from the mean-colour baseline, *not* multiplied by ``x - x'`` (the factory's comment says that something is
+missing). ``multiply_by_inputs=False`` (Captum's switch of the same name) gives that path-averaged gradient;
+``baseline="mean"``, ``reduce="sum"`` rank as the reference's channel mean does. The default keeps Eq. 3.
 """
 
 from __future__ import annotations
@@ -36,6 +42,8 @@ class IntegratedGradients(Attribution):
             step of every image of its call.
         reduce: channel reduction of the signed ``(B, C, H, W)`` attribution (``sum`` keeps completeness:
             the map sums to ``F(x) - F(x')``).
+        multiply_by_inputs: multiply the path-averaged gradient by ``x - x'`` (Eq. 3, default); ``False``:
+            the IBA paper code's map (module docstring), which is not complete.
     """
 
     name = "integrated_gradients"
@@ -55,15 +63,17 @@ class IntegratedGradients(Attribution):
         method: str = "riemann_right",
         chunk: int | str | None = None,
         reduce: str = "sum",
+        multiply_by_inputs: bool = True,
     ) -> None:
         super().__init__(model)
         check_choice("integration method", method, METHODS)
+        check_choice("multiply_by_inputs", multiply_by_inputs, (True, False))
         check_positive_int("n_steps", n_steps)
         check_chunk(chunk)
         baseline_tensor(torch.zeros(1, 1, 1, 1), baseline)
         reduce_channels(torch.zeros(1, 1, 1, 1), reduce)
         self.baseline, self.n_steps, self.method = baseline, int(n_steps), method
-        self.chunk, self.reduce = chunk, reduce
+        self.chunk, self.reduce, self.multiply_by_inputs = chunk, reduce, multiply_by_inputs
 
     def attribute_channels(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """The un-reduced ``(B, C, H, W)`` attribution (for completeness checks)."""
@@ -72,7 +82,7 @@ class IntegratedGradients(Attribution):
         step = items_per_call(x.shape[0], 1, chunk)  # Captum runs >= 1 step of each image per call
         out = []
         with torch.enable_grad(), frozen(self.model):
-            ig = _CaptumIG(self.model)
+            ig = _CaptumIG(self.model, multiply_by_inputs=self.multiply_by_inputs)
             for i in range(0, x.shape[0], step):
                 xi = x[i : i + step]
                 out.append(
