@@ -29,8 +29,8 @@ class Occlusion(Attribution):
 
     ``chunk``: forward rows (occluded copies) per device call, ``None``: all windows of all images in one
     call, ``"auto"`` (the default): :func:`~xattr.core.chunk.resolve_chunk` (on a CPU ~13 rows of 224 px,
-    which ran 1.6-2.7x faster per forward than the 256 of before: docs/speed.md); the result does not
-    depend on it. Mapping: ``chunk`` -> Captum's
+    which ran 2x faster than the 256 of before in the bench and 3x in a bbox run: docs/speed.md); the
+    result does not depend on it. Mapping: ``chunk`` -> Captum's
     ``perturbations_per_eval = max(1, min(n_windows, chunk // b))`` for groups of ``b = min(B, chunk)``
     images per Captum call (Captum runs each perturbation on every image of its call).
     """
