@@ -21,6 +21,7 @@ from timing import (  # scripts/ is on sys.path when run as a script
     flops,
     fmt,
     limit,
+    parse_chunk,
     ratio,
     record,
 )
@@ -90,9 +91,9 @@ def main() -> None:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--images", type=int, default=8)
-    ap.add_argument("--chunk", type=lambda v: v if v == "auto" else int(v), default=256,
+    ap.add_argument("--chunk", type=parse_chunk, default=256,
                     help="forward rows per device call of the chunked methods (IG, SmoothGrad, DeepSHAP, Occlusion, "
-                         "LIME): an integer or auto (xattr.core.chunk.resolve_chunk)")
+                         "LIME): an integer, auto (xattr.core.chunk.resolve_chunk) or null")
     ap.add_argument("--models", nargs="*", default=None)
     ap.add_argument("--methods", nargs="*", default=None)
     ap.add_argument("--fast", action="store_true", help="cheap hyper-parameters (smoke run)")

@@ -40,7 +40,13 @@ import warnings
 import torch
 from torch import nn
 
-from timing import device_name, flops, record, timed  # scripts/ is on sys.path when run as a script
+from timing import (  # scripts/ is on sys.path when run as a script
+    device_name,
+    flops,
+    parse_chunk,
+    record,
+    timed,
+)
 from xattr.core.hooks import capture, frozen
 from xattr.methods.iba.statistics import estimate
 from xattr.methods.input_iba import ConvDiscriminators, InputIBA
@@ -216,10 +222,6 @@ def memory_rows(method: InputIBA, x: torch.Tensor, target: torch.Tensor, device:
         _sec, peak = timed(lambda meth=meth: meth.explain(x, target), device)
         rows.append((chunk, group, peak, peak / group))
     return rows
-
-
-def parse_chunk(text: str):
-    return None if text in ("null", "none", "None") else "auto" if text == "auto" else int(text)
 
 
 def main(argv: list[str] | None = None) -> None:

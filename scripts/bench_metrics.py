@@ -48,7 +48,7 @@ import torch
 import torchvision
 from torchvision.transforms.functional import gaussian_blur
 
-from timing import device_name, flops, fmt, limit, ratio, record
+from timing import device_name, flops, fmt, limit, parse_chunk, ratio, record
 from timing import timed as timed_mem  # scripts/ is on sys.path when run as a script
 from xattr.core.chunk import autocast, resolve_chunk
 from xattr.metrics._perturb import folded
@@ -420,7 +420,7 @@ def main() -> None:
     p.add_argument("--images", type=int, default=2)
     p.add_argument("--size", type=int, default=32)
     p.add_argument("--per-step", type=int, default=10)
-    p.add_argument("--chunk", type=lambda v: v if v == "auto" else int(v), default=256, help="forwards per call, or auto")
+    p.add_argument("--chunk", type=parse_chunk, default=256, help="forwards per call, auto or null")
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
     p.add_argument("--n-masks", type=int, default=10)
     p.add_argument("--models", default="vgg16,mobilenet_v2")

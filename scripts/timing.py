@@ -187,6 +187,12 @@ def record(bench: str, **row: object) -> None:
         f.write(json.dumps({"bench": bench, **clean}) + "\n")
 
 
+def parse_chunk(text: str) -> int | str | None:
+    """A ``--chunk`` value on a bench's command line: an integer, ``auto`` or ``null`` (the config's choices,
+    :mod:`xattr.core.chunk`)."""
+    return None if text in ("null", "none", "None") else "auto" if text == "auto" else int(text)
+
+
 def device_name(device: torch.device | str) -> str:
     """``NVIDIA H100 ...`` or ``CPU (n threads)``."""
     device = torch.device(device)
