@@ -659,6 +659,43 @@ def test_smoothgrad_mean_equals_closed_form_expectation():
     torch.testing.assert_close(estimate.mean((1, 2, 3)), torch.full((2,), sigma**2), rtol=0.05, atol=0.0)
 
 
+class _Quadratic(nn.Module):
+    """logit_c = sum_p w_cp x_p^2 over 3 colour channels: the gradient 2 w_cp (x_p + sigma eps_p) changes sign under
+    the noise where x_p is near 0, so the mean of the signed gradient (2 w x) and the mean of |gradient| differ."""
+
+    num_classes = 2
+
+    def __init__(self):
+        super().__init__()
+        g = torch.Generator().manual_seed(5)
+        self.w = nn.Parameter(torch.rand(2, 3, 4, 4, generator=g) * 2 - 1)
+
+    def forward(self, x):
+        return (self.w[None] * x[:, None] ** 2).flatten(2).sum(2)
+
+
+def test_the_smoothgrad_row_is_saliency_of_the_mean_signed_gradient():
+    """The published row "SmoothGrad (of Saliency)" (conf/row/smoothgrad.yaml): max over channels of |mean signed
+    gradient| = max_c |2 w_c x_c| in expectation, by Monte-Carlo; SmoothGrad of |gradient| would give
+    2 |w| E|x + sigma eps| >= 2 |w| sigma sqrt(2 / pi) even at x = 0."""
+    from tests.helpers import compose_cfg
+    from xattr.config import build
+
+    cfg = compose_cfg(["experiment=iba_t2_bbox", "row=smoothgrad", "model.weights=random"])
+    model = _Quadratic().eval()
+    g = torch.Generator().manual_seed(6)
+    x = torch.rand(2, 3, 4, 4, generator=g) * 2 - 1
+    x[:, :, :2] = 0.0  # half the pixels at 0 in every channel: the expected signed gradient is 0 there
+    target = torch.tensor([0, 1])
+    method = build(cfg.method)(model=model)
+    method.n_samples = 3000
+    maps = method.attribute(x, target)
+    expected = (2 * model.w.detach()[target] * x).abs().amax(1, keepdim=True)
+    sigma = 0.15 * (x.amax((1, 2, 3)) - x.amin((1, 2, 3))).view(2, 1, 1, 1)
+    se = 2 * model.w.detach()[target].abs().amax(1, keepdim=True) * sigma / 3000**0.5  # one channel's MC error
+    assert ((maps - expected).abs() <= 4 * se + 1e-6).all()
+
+
 def _fullgrad_net():
     torch.manual_seed(13)
     net = nn.Sequential(
