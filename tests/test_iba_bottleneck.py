@@ -196,6 +196,23 @@ def test_fx_tail_scales_the_batch_size_read_from_the_input():
     assert torch.allclose(fx_tail(z), hook_tail(z), atol=1e-5)
 
 
+@pytest.mark.parametrize("make,layer,mode", [(Residual, "inner", "fx"), (ViewsByBatchSize, "inner", "fx"),
+                                             (Residual, "inner", "hook")])
+def test_a_tail_moved_to_another_batch_equals_a_tail_built_on_it(make, layer, mode):
+    """``for_input`` (one split, many batches: the read-out's training) gives the tail a fresh split on the
+    new batch would: its ``r``, the skip value and the batch size read from the input (3 images after 2)."""
+    torch.manual_seed(0)
+    model = make().eval()
+    first, second = torch.randn(2, 3, 8, 8), torch.randn(3, 3, 8, 8)
+    moved = NetworkTail(model, layer, first, mode).for_input(second)
+    fresh = NetworkTail(model, layer, second, mode)
+    assert moved.mode == fresh.mode == mode
+    torch.testing.assert_close(moved.r, fresh.r, rtol=0, atol=0)
+    z = torch.randn(6, *fresh.r.shape[1:])  # 2 copies of the 3 images
+    torch.testing.assert_close(moved(z), fresh(z), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(moved(moved.r), model(second), rtol=1e-4, atol=1e-5)
+
+
 def test_heatmap_in_bits_and_ignored_half_gets_near_zero():
     torch.manual_seed(0)
     model = HalfIgnoring().eval()

@@ -345,3 +345,35 @@ def test_readout_table1_result_has_no_steps_and_the_same_map(tmp_path):
     e = rb.explain(x, torch.tensor([1, 2]), aux=["bottleneck/top1"])
     assert e.maps.shape == (2, 1, 16, 16)
     torch.testing.assert_close(e.maps, rb.attribute(x, torch.tensor([1, 2])))
+
+
+def test_one_tail_for_every_training_batch_trains_the_read_out_a_fresh_split_per_batch_does(tmp_path, monkeypatch):
+    """The read-out's training splits the network once and moves the tail from batch to batch
+    (``NetworkTail.for_input``); before, every step traced, folded and checked a new split. Same batches
+    (24 images in batches of 5: the last one 4), same seed: the same read-out, the same maps."""
+    warnings.simplefilter("ignore")
+    from xattr.methods.iba import tail as tail_mod
+
+    model = TinyCNN().eval()
+    x = torch.randn(3, 3, 16, 16)
+
+    def train(cache):
+        torch.manual_seed(0)  # the read-out's initial weights
+        rb = ReadoutIBA(model, "conv2", ["conv1", "conv3", "fc"], epochs=2, lr=1e-2, n_samples=24, train_batch_size=5)
+        rb.fit(_loader(), cache)
+        return rb.readout.state_dict(), rb.attribute(x, torch.tensor([0, 1, 2]))
+
+    built = []
+    real_init = tail_mod.NetworkTail.__init__
+    monkeypatch.setattr(tail_mod.NetworkTail, "__init__", lambda self, *a, **k: built.append(1) or real_init(self, *a, **k))
+    new, new_maps = train(tmp_path / "new")
+    assert len(built) == 1  # one split for 2 epochs x 5 batches
+    monkeypatch.setattr(tail_mod.NetworkTail, "for_input",
+                        lambda self, xb: tail_mod.NetworkTail(self.model, self.path, xb))  # the old way
+    old, old_maps = train(tmp_path / "old")
+    assert len(built) == 1 + 1 + 10  # the first step builds one, then every step (the first too) a fresh one
+    init = ReadoutNet(old["net.0.weight"].shape[1], 16).state_dict()
+    assert not torch.allclose(old["net.4.bias"], init["net.4.bias"])  # it trained
+    for k in old:
+        torch.testing.assert_close(new[k], old[k], rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(new_maps, old_maps, rtol=1e-5, atol=1e-7)

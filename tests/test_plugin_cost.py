@@ -303,6 +303,64 @@ def test_a_class_without_a_stated_cost_is_caught():
     assert not overrides(SilentMetric, "forwards_per_image", Metric)
 
 
+def _fits(name: str) -> bool:
+    from hydra.utils import get_class
+
+    return get_class(yaml_node("method", name)._target_).fit is not Attribution.fit
+
+
+FITTED = [n for n in METHODS if n not in TEXT_ONLY + TRANSFORMER_ONLY and _fits(n)]
+
+
+@pytest.mark.parametrize("name", FITTED)
+def test_every_fitted_method_states_its_fit_cost_and_the_counter_agrees(name, tmp_path):
+    """What ``fit`` costs (feature statistics, a read-out's training) is stated before it runs, so the
+    duration said up front includes it; the counter measures the same; once cached it costs nothing."""
+    net, x, _ = images()
+    cheap = {**CHEAP.get(name, {}), **({"train_batch_limit": None} if name == "readout_iba" else {})}  # 2 batches
+    method = build(yaml_node("method", name, **cheap))(model=net)
+    n = 3  # estimation images: fewer than n_samples (4), so the statistics take them all
+    declared = method.fit_forwards(n, tmp_path / "cache")
+    counter = Counter(net)
+    try:
+        method.fit(loader(x, n), tmp_path / "cache")
+    finally:
+        counter.close()
+    assert counter.rows == declared, (declared, counter.rows)
+    again = build(yaml_node("method", name, **cheap))(model=net)
+    assert again.fit_forwards(n, tmp_path / "cache") == 0
+    assert again.fit_forwards(n, None) == declared
+
+
+def test_the_text_input_iba_states_its_fit_cost_and_the_counter_agrees(tmp_path):
+    """The text form's statistics pool over real tokens (its own cache key): one forward per review."""
+    net, x, _ = tokens()
+    cheap = {k: v for k, v in CHEAP["input_iba_text"].items()}
+    method = build(yaml_node("method", "input_iba_text", **cheap))(model=net)
+    data = [{"x": x.repeat(3, 1), "mask": torch.ones(3 * x.shape[0], x.shape[1], dtype=torch.bool)}]
+    declared = method.fit_forwards(3, tmp_path / "cache")
+    counter = Counter(net)
+    try:
+        method.fit(data, tmp_path / "cache")
+    finally:
+        counter.close()
+    assert declared == counter.rows == 3
+    again = build(yaml_node("method", "input_iba_text", **cheap))(model=net)
+    assert again.fit_forwards(3, tmp_path / "cache") == 0
+
+
+def test_the_duration_said_up_front_counts_the_fit():
+    from xattr.engine.cost import estimate
+    from xattr.methods.baselines.integrated_gradients import IntegratedGradients
+
+    net, x, _ = images()
+    method = IntegratedGradients(net, n_steps=7)
+    plain, _ = estimate(method, {}, net, x[:1], 10, per_forward=0.5)
+    fitted, text = estimate(method, {}, net, x[:1], 10, per_forward=0.5, fit=1000)
+    assert (plain, fitted) == (10 * 21 * 0.5, (10 * 21 + 1000) * 0.5)
+    assert text.startswith("~1,000 forwards once to fit integrated_gradients (cached after), then ")
+
+
 def test_engine_estimate_asks_the_objects():
     from xattr.engine.cost import estimate
     from xattr.methods.baselines.integrated_gradients import IntegratedGradients
@@ -423,3 +481,21 @@ def test_input_iba_imports_nothing_of_the_text_methods():
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                        env={**__import__("os").environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")})
     assert p.returncode == 0, p.stderr[-1500:]
+
+
+def test_a_run_says_the_fit_before_its_first_image(tmp_path, capsys):
+    """``python -m xattr.run`` says up front what fitting costs when it is not cached (a read-out trained on
+    ten million estimation images, 4 statistics + 2 probe + 4 x 2 for the split + 4 x 10^7 training rows:
+    hours even on the tiny network), and nothing without a fit."""
+    from types import SimpleNamespace
+
+    from xattr.run import _say_duration
+
+    net, x, _ = images()
+    method = build(yaml_node("method", "readout_iba", **{**CHEAP["readout_iba"], "train_batch_limit": None}))(model=net)
+    est = SimpleNamespace(dataset=range(10_000_000))
+    _say_duration(method, {}, net, [{"x": x[0]}], tmp_path / "run", est, tmp_path / "cache")
+    out = capsys.readouterr().out
+    assert "~40,000,014 forwards once to fit readout_iba (cached after), then readout_iba ~1 forwards per image" in out
+    _say_duration(method, {}, net, [{"x": x[0]}], tmp_path / "run", None, tmp_path / "cache")
+    assert capsys.readouterr().out == ""  # one image, no fit: under a minute, nothing to say

@@ -82,7 +82,7 @@ def run(cfg: DictConfig, set_threads: bool = False) -> Path:
     if set_threads:  # after every check: a bad input stays one line
         apply_threads(cfg.get("threads", "auto"))
     if trainer.is_global_zero and trainer.strategy.root_device.type == "cpu" and len(ds):
-        _say_duration(probe, metrics, zoo.net, ds, run_dir)
+        _say_duration(probe, metrics, zoo.net, ds, run_dir, est_loader, cfg.paths.cache_dir)
     trainer.predict(module, loader, return_predictions=False)
     trainer.strategy.barrier()
     if trainer.is_global_zero:
@@ -115,8 +115,9 @@ def run(cfg: DictConfig, set_threads: bool = False) -> Path:
     return run_dir
 
 
-def _say_duration(method, metrics, net, ds, run_dir: Path) -> None:
-    """One line before a long CPU run: its estimated duration and what it is made of."""
+def _say_duration(method, metrics, net, ds, run_dir: Path, est_loader=None, cache_dir=None) -> None:
+    """One line before a long CPU run: its estimated duration and what it is made of, with what the method
+    fits once before the first image (feature statistics, a read-out network) when it is not cached."""
     todo = len(ds) - sum(1 for i in RunStore(run_dir).done_indices() if i < len(ds))
     if todo <= 0:
         return
@@ -124,7 +125,10 @@ def _say_duration(method, metrics, net, ds, run_dir: Path) -> None:
     if item is None or not torch.is_tensor(item.get("x") if isinstance(item, dict) else item[0]):
         return
     x = (item["x"] if isinstance(item, dict) else item[0])[None]
-    sec, what = estimate(method, metrics, net, x, todo)
+    fit = 0.0
+    if method.needs_fit and est_loader is not None:
+        fit = method.fit_forwards(len(est_loader.dataset), None if cache_dir is None else Path(cache_dir))
+    sec, what = estimate(method, metrics, net, x, todo, fit=fit)
     if sec >= 60:
         print(f"estimated CPU time: ~{human(sec)} for {todo} images ({what}); fewer with dataset.limit=N, "
               "faster on a GPU", flush=True)

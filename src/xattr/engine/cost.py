@@ -31,16 +31,19 @@ def seconds_per_forward(net: nn.Module, x: torch.Tensor, batch: int = 4) -> floa
 
 
 def estimate(method: Attribution, metrics: dict[str, Metric], net: nn.Module, example: torch.Tensor,
-             n_images: int, per_forward: float | None = None) -> tuple[float, str]:
+             n_images: int, per_forward: float | None = None, fit: float = 0.0) -> tuple[float, str]:
     """(seconds, one-line explanation) for ``n_images`` images like ``example`` ``(1, ...)``; ``per_forward``:
-    seconds of one forward when already measured (:func:`seconds_per_forward`), else measured here."""
+    seconds of one forward when already measured (:func:`seconds_per_forward`), else measured here; ``fit``:
+    forwards the method spends once before the first image (:meth:`Attribution.fit_forwards`)."""
     shape = tuple(example.shape[1:])
     m = float(method.forwards_per_image(shape))
     costs = {name: float(metric.forwards_per_image(shape, m)) for name, metric in metrics.items()}
     per_image = m + sum(costs.values())
-    sec = n_images * per_image * (seconds_per_forward(net, example) if per_forward is None else per_forward)
+    per_forward = seconds_per_forward(net, example) if per_forward is None else per_forward
+    sec = (n_images * per_image + fit) * per_forward
     parts = [f"{method.name} ~{m:.0f}"] + [f"{k} ~{v:.0f}" for k, v in costs.items() if v]
-    return sec, f"{', '.join(parts)} forwards per image"
+    first = f"~{fit:,.0f} forwards once to fit {method.name} (cached after), then " if fit > 0 else ""
+    return sec, f"{first}{', '.join(parts)} forwards per image"
 
 
 def human(seconds: float) -> str:

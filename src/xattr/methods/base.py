@@ -151,6 +151,12 @@ class Attribution(ABC):
         (``tests/test_plugin_cost.py`` counts the forwards of each ``conf/method`` option)."""
         return 3.0
 
+    def fit_forwards(self, n_images: int, cache_dir: Path | None = None) -> float:
+        """Forward-pass equivalents :meth:`fit` will spend on an estimation split of ``n_images`` images with
+        this ``cache_dir``, counted as :meth:`forwards_per_image` counts (0: nothing to fit, or all of it
+        cached). ``engine.cost`` adds it to the duration said before a run. Default: 0."""
+        return 0.0
+
     def fit(self, loader: Iterable[dict], cache_dir: Path | None = None) -> None:  # noqa: B027 (optional hook)
         """Estimate what the method needs from data before attributing (feature statistics, a read-out
         network, ...). ``loader`` yields batches (dicts with ``x``) of the *estimation* split, on any

@@ -103,6 +103,14 @@ class IBABase(Attribution):
             raise XattrConfigError(f"method {self.name} has no vision-transformer form (layer {tokens[0]!r} gives "
                                    f"tokens): {why}; use iba or inverse_iba (docs/transformers.md)")
 
+    def fit_forwards(self, n_images: int, cache_dir: Path | None = None) -> float:
+        """Cost rule of :meth:`fit`: one forward per statistics image (``min(n_samples, n_images)``), 0 when the
+        statistics come from a file or the cache."""
+        if self.statistics or st.is_cached(self.model, self.layers, cache_dir, self.n_samples, self.model_name,
+                                           self.weights, self.dataset):
+            return 0.0
+        return float(min(self.n_samples, n_images))
+
     def fit(self, loader: Iterable[dict], cache_dir: Path | None = None) -> None:
         """Estimate (or load from ``cache_dir``, or from the ``statistics`` file) the layers' statistics."""
         if self.statistics:

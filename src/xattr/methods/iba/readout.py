@@ -128,6 +128,33 @@ class ReadoutIBA(IBABase):
         digest = hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:10]
         return Path(cache_dir) / "iba_readout" / f"{key['model']}-{st._slug(self.layer)}-b{self.beta:g}-e{self.epochs}-bs{batch_size}-{digest}"
 
+    def fit_forwards(self, n_images: int, cache_dir: Path | None = None) -> float:
+        """Cost rule of :meth:`fit`, as counted through the head: the feature statistics (0 when cached), a probe
+        of two images for the read-out's width, the tail's split on the first training batch (a recording
+        forward and the split's check on one and two copies: 4 per image), then per training image and epoch 4:
+        a clean forward for the read-out's input (1) and the tail's forward and input backward (3; moving
+        the split to the batch runs only the layers before the bottleneck, which the head does not see); over
+        the epochs a checkpoint in ``cache_dir`` has not finished (known only with ``train_batch_size``, part
+        of its key, which also sizes the first batch)."""
+        stats = super().fit_forwards(n_images, cache_dir)
+        epochs_left = self.epochs
+        if cache_dir is not None and self.train_batch_size is not None:
+            last = self._ckpt_dir(Path(cache_dir), self.train_batch_size) / "last.ckpt"
+            if last.is_file():
+                try:  # Lightning's checkpoint: "epoch" is the last finished epoch (0-based)
+                    done = int(torch.load(last, map_location="cpu", weights_only=False).get("epoch", -1)) + 1
+                except Exception:  # noqa: BLE001 - unreadable: count every epoch (it only sizes the estimate)
+                    done = 0
+                epochs_left = max(0, self.epochs - done)
+        per_epoch = n_images
+        if self.train_batch_limit is not None:
+            per_epoch = min(n_images, self.train_batch_limit * (self.train_batch_size or 1))
+        if not epochs_left:
+            return stats
+        probe = min(2, n_images, self.train_batch_size or 2)
+        split = 4 * min(self.train_batch_size or 0, per_epoch)
+        return stats + probe + split + 4.0 * epochs_left * per_epoch
+
     def fit(self, loader: Iterable[dict], cache_dir: Path | None = None) -> None:
         """Feature statistics (cached), then the read-out network (Lightning; resumes from ``last.ckpt``)."""
         super().fit(loader, cache_dir)
@@ -215,6 +242,7 @@ class ReadoutTraining(pl.LightningModule):
         super().__init__()
         self.readout = readout
         object.__setattr__(self, "_method", method)  # not a submodule: never saved, never moved
+        object.__setattr__(self, "_tail", None)  # the network after the bottleneck, built at the first step
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         m = self._method
@@ -233,7 +261,9 @@ class ReadoutTraining(pl.LightningModule):
         kl = bn.kl(r, lam)
         g = torch.Generator(device=m.device).manual_seed(m.seed * 100_003 + self.current_epoch * 10_007 + batch_idx)
         z = bn.sample(r, lam, torch.randn(r.shape, generator=g, device=m.device))
-        tail = NetworkTail(m.model, m.resolved[m.layer], x)
+        if self._tail is None:  # split and checked once; each batch after only recomputes its inputs
+            object.__setattr__(self, "_tail", NetworkTail(m.model, m.resolved[m.layer], x))
+        tail = self._tail.for_input(x)
         ce = cross_entropy_loss(target)(tail(z).float()[:, None])
         loss = (ce + m.beta * kl.flatten(1).mean(1)).mean()
         self.log("loss", loss.detach(), prog_bar=False, batch_size=x.shape[0])

@@ -203,6 +203,17 @@ def _read(path: Path) -> dict:
     return blob
 
 
+def is_cached(model: nn.Module, layers: Sequence[str], cache_dir: Path | str | None, n_samples: int = 10_000,
+              model_name: str | None = None, weights: str | None = None, dataset: str | None = None,
+              tokens: bool = False) -> bool:
+    """Whether :func:`load_or_estimate` would read these statistics from ``cache_dir`` (a file of the same name
+    exists; a stale one, re-estimated there, also counts: this only sizes the duration estimate)."""
+    if cache_dir is None:
+        return False
+    fname, _ = cache_key(model, layers, n_samples, model_name, weights, dataset, tokens)
+    return (Path(cache_dir) / "iba_stats" / fname).is_file()
+
+
 def load_or_estimate(
     model: nn.Module, layers: Sequence[str], loader: Iterable, cache_dir: Path | str | None,
     n_samples: int = 10_000, model_name: str | None = None, weights: str | None = None,

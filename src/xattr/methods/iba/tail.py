@@ -54,16 +54,25 @@ def _descendants(nodes: list[fx.Node]) -> set[fx.Node]:
     return seen
 
 
+class _Kept(Exception):
+    """Raised by a :class:`_Recorder` with ``stop=True`` once every kept value is recorded."""
+
+
 class _Recorder(fx.Interpreter):
-    def __init__(self, gm: fx.GraphModule, keep: set[fx.Node]) -> None:
+    """Runs the traced model and keeps the values of the nodes ``keep``; ``stop``: stops (raising
+    :class:`_Kept`) as soon as all of them are kept, so the layers after them do not run."""
+
+    def __init__(self, gm: fx.GraphModule, keep: set[fx.Node], stop: bool = False) -> None:
         super().__init__(gm)
-        self.keep = keep
+        self.keep, self.stop = keep, stop
         self.kept: dict[fx.Node, object] = {}
 
     def run_node(self, n: fx.Node):
         out = super().run_node(n)
         if n in self.keep:
             self.kept[n] = out
+            if self.stop and len(self.kept) == len(self.keep):
+                raise _Kept
         return out
 
 
@@ -207,14 +216,10 @@ class NetworkTail:
         rec = _Recorder(gm, set(frontier) | {layer})
         with torch.no_grad():
             full = rec.run(self.x)
-            self.r = rec.kept[layer].detach()
             self.tail = tail
-            self.channels_last = cl and self.r.dim() == 4
-            self.pre = [self._fmt(rec.kept[n]) for n in frontier]
-            self.batched = [n in from_input and torch.is_tensor(v) and v.shape[:1] == (self.b,) for n, v in
-                            zip(frontier, self.pre)]
-            # the batch size read from the input (``x.size(0)`` before a ``view``) scales with the copies
-            self.batch_ints = [n in from_input and type(v) is int and v == self.b for n, v in zip(frontier, self.pre)]
+            self.channels_last = cl and rec.kept[layer].dim() == 4
+            self._graph = (gm, layer, frontier, from_input)
+            self._keep(rec)
             check = self(self.r)
             check2 = self(self.r.repeat_interleave(2, 0))  # with copies: rows are image-major
         ok = torch.is_tensor(full) and torch.allclose(check.float(), full.float(), rtol=1e-3, atol=1e-4)
@@ -222,6 +227,38 @@ class NetworkTail:
             check2.float(), full.float().repeat_interleave(2, 0), rtol=1e-3, atol=1e-4)
         if not ok:
             raise RuntimeError("the split tail does not reproduce the model's output")
+
+    def _keep(self, rec: _Recorder) -> None:
+        """``r`` and the values the tail needs from before the layer, from a recording run on ``self.x``."""
+        _, layer, frontier, from_input = self._graph
+        self.r = rec.kept[layer].detach()
+        self.pre = [self._fmt(rec.kept[n]) for n in frontier]
+        self.batched = [n in from_input and torch.is_tensor(v) and v.shape[:1] == (self.b,) for n, v in
+                        zip(frontier, self.pre)]
+        # the batch size read from the input (``x.size(0)`` before a ``view``) scales with the copies
+        self.batch_ints = [n in from_input and type(v) is int and v == self.b for n, v in zip(frontier, self.pre)]
+
+    def for_input(self, x: torch.Tensor) -> NetworkTail:
+        """The same split for another input batch ``x`` (any batch size): ``r`` and the values the tail needs
+        from before the layer, recomputed by a forward that stops once it has them. The tracing, folding and
+        self-check ran once, at construction, and are not repeated: for loops over many batches through one
+        tail (the read-out's training), where they cost more than the step itself. The model's weights must
+        not change in between (the tail holds folded copies of them)."""
+        if x is self.x:
+            return self
+        self.x, self.b, self._cache = x, x.shape[0], {}
+        with torch.no_grad():
+            if self.mode == "hook":
+                self.r = capture(self.model, self.module, x).detach()
+                return self
+            gm, layer, frontier, _ = self._graph
+            rec = _Recorder(gm, set(frontier) | {layer}, stop=True)
+            try:
+                rec.run(x)
+            except _Kept:
+                pass
+            self._keep(rec)
+        return self
 
     def _fmt(self, v):
         if self.channels_last and torch.is_tensor(v) and v.dim() == 4:

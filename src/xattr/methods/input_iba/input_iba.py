@@ -211,6 +211,10 @@ class InputIBA(Attribution):
 
     # ------------------------------------------------------------------------------------- API
 
+    def fit_forwards(self, n_images: int, cache_dir: Path | None = None) -> float:
+        """Cost rule of :meth:`fit`: the feature IBA's statistics."""
+        return self.feature_iba.fit_forwards(n_images, cache_dir)
+
     def fit(self, loader: Iterable[dict], cache_dir: Path | None = None) -> None:
         """Feature statistics at ``layer`` (delegated to the Per-Sample IBA, cached in ``cache_dir``)."""
         self.feature_iba.fit(loader, cache_dir)

@@ -106,6 +106,13 @@ class _WithMask:
 class TextFeatureIBA(PerSampleIBA):
     """Per-Sample IBA on token inputs: statistics per hidden unit over real tokens, KL over real tokens."""
 
+    def fit_forwards(self, n_images: int, cache_dir: Path | None = None) -> float:
+        """Cost rule of :meth:`fit`: one forward per statistics review, 0 when cached (token-pooled key)."""
+        if st.is_cached(self.model, [self.layer], cache_dir, self.n_samples, self.model_name, self.weights,
+                        self.dataset, tokens=True):
+            return 0.0
+        return float(min(self.n_samples, n_images))
+
     def fit(self, loader: Iterable[dict], cache_dir: Path | None = None) -> None:
         """Mean / std per hidden unit of the layer's output over the real tokens of ``n_samples`` reviews
         (:func:`xattr.methods.iba.statistics.estimate` with ``tokens=True``, cached like IBA's)."""
