@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -109,3 +111,30 @@ def test_mobilenet_v2_strided_convs_use_tf_padding():
     strided = [m for m in net.modules() if isinstance(m, nn.Conv2d) and max(m.stride) > 1]
     assert strided and all(type(m) is TFSameConv2d for m in strided)
     assert "features.1.conv.0.0.weight" in net.state_dict()  # paths unchanged
+
+
+def test_model_preprocess_replaces_a_zoo_entrys_fields_and_keeps_its_fits_apart():
+    """``model.preprocess`` on a zoo model (the IBA paper's bbox script fed its networks [0, 1] images: mean 0,
+    std 1): the loaded model's preprocessing, the images the dataset gives, and a cache folder of its own for
+    what methods fit (feature statistics depend on the input); without it, the zoo's as before."""
+    from tests.helpers import compose_cfg
+    from xattr.config import build
+    from xattr.core.preprocess import Preprocess
+    from xattr.run import cache_dir_for
+
+    raw = ["dataset=samples", "model.preprocess.mean=[0,0,0]", "model.preprocess.std=[1,1,1]"]
+    plain, unnorm = compose_cfg(["dataset=samples"]), compose_cfg(raw)
+    assert load_model("mobilenet_v2", "random", spec=plain.model).preprocess == Preprocess((0.5,) * 3, (0.5,) * 3)
+    zoo = load_model("mobilenet_v2", "random", spec=unnorm.model)
+    assert zoo.preprocess == Preprocess((0.0,) * 3, (1.0,) * 3, 224, 256)
+    ds = build(unnorm.dataset.attribution, preprocess=zoo.preprocess)
+    ref = build(plain.dataset.attribution, preprocess=load_model("mobilenet_v2", "random", spec=plain.model).preprocess)
+    x, x_ref = ds[0]["x"], ref[0]["x"]
+    assert 0.0 <= float(x.min()) and float(x.max()) <= 1.0 and float(x_ref.min()) < 0.0
+    torch.testing.assert_close(x, x_ref * 0.5 + 0.5, rtol=0, atol=1e-6)  # the same pixels, not normalised
+    assert cache_dir_for(plain) == Path(plain.paths.cache_dir)
+    other = compose_cfg([*raw[:2], "model.preprocess.std=[0.5,0.5,0.5]"])
+    dirs = {cache_dir_for(unnorm), cache_dir_for(other), cache_dir_for(plain)}
+    assert len(dirs) == 3 and cache_dir_for(unnorm).parent == Path(plain.paths.cache_dir)
+    with pytest.raises(XattrConfigError, match=r"std \[0.0, 0.0, 0.0\].*std > 0"):
+        load_model("mobilenet_v2", "random", spec=compose_cfg(["model.preprocess.std=[0,0,0]"]).model)

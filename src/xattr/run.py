@@ -8,6 +8,8 @@ shell (``xattr.cli``: ``@hydra.main``, one-line errors, Ctrl-C / SIGTERM). Flow:
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from functools import partial
 from pathlib import Path
@@ -71,8 +73,8 @@ def run(cfg: DictConfig, set_threads: bool = False) -> Path:
         probe = method_factory(zoo.net)
     metrics = {name: build(node) for name, node in (cfg.get("metric") or {}).items()}
     analyses = {name: build(node) for name, node in (cfg.get("analysis") or {}).items()}
-    module = AttributionModule(zoo.net, method_factory, metrics, run_dir, target, est_loader,
-                               cfg.paths.cache_dir, analyses)
+    cache_dir = cache_dir_for(cfg)
+    module = AttributionModule(zoo.net, method_factory, metrics, run_dir, target, est_loader, cache_dir, analyses)
     group, swept = sweep_info(cfg)
     loggers = build_loggers(cfg.logger.get("kind", "csv"), run_dir, name=cfg.name,
                             project=cfg.logger.get("project", "xattr"),
@@ -82,7 +84,7 @@ def run(cfg: DictConfig, set_threads: bool = False) -> Path:
     if set_threads:  # after every check: a bad input stays one line
         apply_threads(cfg.get("threads", "auto"))
     if trainer.is_global_zero and trainer.strategy.root_device.type == "cpu" and len(ds):
-        _say_duration(probe, metrics, zoo.net, ds, run_dir, est_loader, cfg.paths.cache_dir)
+        _say_duration(probe, metrics, zoo.net, ds, run_dir, est_loader, cache_dir)
     trainer.predict(module, loader, return_predictions=False)
     trainer.strategy.barrier()
     if trainer.is_global_zero:
@@ -113,6 +115,23 @@ def run(cfg: DictConfig, set_threads: bool = False) -> Path:
                 _wandb_extras(lg, run_dir, summary)
                 lg.experiment.finish()  # the next job of a multirun (same process) starts its own W&B run
     return run_dir
+
+
+def cache_dir_for(cfg: DictConfig) -> Path | None:
+    """Where methods cache what they fit (feature statistics, read-outs): ``paths.cache_dir``, or a folder in it
+    named for the given ``model.preprocess`` fields when there are any. A network fed otherwise (e.g. [0, 1]
+    images) has other feature statistics, and the caches' keys (network, weights, layers, data) do not
+    include the preprocessing."""
+    base = cfg.paths.get("cache_dir")
+    if base is None:
+        return None
+    node = cfg.model.get("preprocess")
+    given = {k: v for k, v in (OmegaConf.to_container(node, resolve=True) if node is not None else {}).items()
+             if v is not None}
+    if not given:
+        return Path(base)
+    digest = hashlib.sha1(json.dumps(given, sort_keys=True).encode()).hexdigest()[:10]
+    return Path(base) / f"preprocess-{digest}"
 
 
 def _say_duration(method, metrics, net, ds, run_dir: Path, est_loader=None, cache_dir=None) -> None:

@@ -10,6 +10,9 @@ papers' layer names.
 - ``"random"``: the architecture with its default random initialisation (tests, timing).
 - a path to a state-dict file.
 
+``spec["preprocess"]`` (``model.preprocess``) replaces fields of a zoo entry's preprocessing, e.g. ``{mean: [0, 0,
+0], std: [1, 1, 1]}`` feeds the network [0, 1] images, as the IBA paper's bbox script fed its torchvision networks.
+
 Your own model needs no code here: ``spec`` (the ``model`` config node) with ``kind: torchvision`` builds any
 torchvision classification architecture by name, ``kind: custom`` any ``nn.Module`` from a factory function
 (:mod:`xattr.models.custom`); ``register`` adds a named entry.
@@ -19,7 +22,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -320,6 +323,9 @@ def load_model(
         wdir = Path(weights_dir) if weights_dir else default_weights_dir()
         net = entry.build(weights, wdir)
         pre, num_classes, layers = entry.preprocess, entry.num_classes, entry.layers
+        given = (_plain(spec) or {}).get("preprocess")
+        if given:  # model.preprocess: fields that replace the zoo's (e.g. mean 0, std 1: [0, 1] images)
+            pre = custom._preprocess(given, asdict(entry.preprocess))
         labels = {"imagenet": imagenet_labels, "cifar10": lambda: CIFAR10_CLASSES,
                   "imdb": lambda: IMDB_CLASSES, "nih": lambda: NIH_FINDINGS, "brixia_score": lambda: BRIXIA_SCORE,
                   "brixia_detector": lambda: BRIXIA_DETECTORS,
