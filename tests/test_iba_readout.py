@@ -259,7 +259,8 @@ def test_checkpoint_directory_by_hand_and_training_reads_the_loader_in_order(tmp
     loader = _loader(n=6, b=4)
     rb.fit(loader, tmp_path)
     _, key = st.cache_key(model, ["conv1", "conv3"], 24)
-    key.update(readout=["conv1", "conv3"], beta=10.0, lr=0.01, epochs=1, limit=5, sigma=1.0, seed=0, batch_size=4)
+    key.update(readout=["conv1", "conv3"], beta=10.0, lr=0.01, epochs=1, limit=5, sigma=1.0, seed=0, batch_size=4,
+               targets="label")
     digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
     folder = tmp_path / "iba_readout" / f"TinyCNN-conv1-b10-e1-bs4-{digest}"
     assert sorted(p.name for p in folder.iterdir()) == ["last.ckpt"]
@@ -377,3 +378,44 @@ def test_one_tail_for_every_training_batch_trains_the_read_out_a_fresh_split_per
     for k in old:
         torch.testing.assert_close(new[k], old[k], rtol=1e-5, atol=1e-7)
     torch.testing.assert_close(new_maps, old_maps, rtol=1e-5, atol=1e-7)
+
+
+def test_the_read_out_trains_on_the_labels_as_the_reference_notebook():
+    """The reference notebook's loss takes the dataset's class (``-log_softmax(model(x))[:, target]``); xattr's
+    datasets name it ``label``. -1 (an unlabelled photo) and multi-hot findings fall back to the model's top-1."""
+    from xattr.methods.iba.readout import training_targets
+
+    torch.manual_seed(0)
+    model = TinyCNN(num_classes=10).eval()
+    x = torch.randn(4, 3, 16, 16)
+    top1 = model(x).argmax(1)
+    labels = (top1 + 1) % 10  # never the top-1
+    assert torch.equal(training_targets({"x": x, "label": labels}, x, model), labels)
+    assert torch.equal(training_targets({"x": x, "target": labels, "label": top1}, x, model), labels)
+    assert torch.equal(training_targets((x, labels), x, model), labels)
+    partly = labels.clone()
+    partly[1] = -1
+    assert torch.equal(training_targets({"x": x, "label": partly}, x, model),
+                       torch.where(partly >= 0, partly, top1))
+    assert torch.equal(training_targets({"x": x, "label": torch.ones(4, 10)}, x, model), top1)  # multi-hot
+    assert torch.equal(training_targets({"x": x}, x, model), top1)
+
+
+def test_a_read_out_fitted_on_label_batches_is_the_one_fitted_on_the_same_targets(tmp_path):
+    warnings.simplefilter("ignore")
+    model = TinyCNN().eval()
+    batches = _loader()
+    as_label = [{"x": b["x"], "label": b["target"]} for b in batches]
+
+    def fit(data, cache):
+        torch.manual_seed(0)
+        rb = ReadoutIBA(model, "conv2", ["conv1", "conv3"], epochs=1, lr=1e-2, n_samples=24, train_batch_size=8)
+        rb.fit(data, cache)
+        return rb.readout.state_dict()
+
+    ref, got = fit(batches, tmp_path / "t"), fit(as_label, tmp_path / "l")
+    top1 = [{"x": b["x"]} for b in batches]
+    other = fit(top1, tmp_path / "p")
+    for k in ref:
+        torch.testing.assert_close(got[k], ref[k], rtol=0, atol=0)
+    assert any(not torch.allclose(other[k], ref[k]) for k in ref)

@@ -10,7 +10,9 @@ normalised by ``(r - mean) / max(std, min_std)``, resized bilinearly to the bott
 such as ``fc`` are broadcast) and concatenated; three 1x1 convolutions ``in -> in/2 -> 2 out -> out`` with
 ReLUs; the last has bias 5 and weights scaled by 1e-3 (so lambda starts near sigmoid(5)); alpha is clamped
 to +-5; then eq. 7's smoothing. Adam 1e-5, beta 10 (mean-KL convention), 10 epochs. Departure: the
-released notebook's loss indexed a B x B matrix by mistake; xattr uses the per-image cross-entropy.
+released notebook's loss indexed a B x B matrix by mistake; xattr uses the per-image cross-entropy. The
+class is the training image's label, as the notebook's (before session 15 the model's top-1 was used when the
+batch named it ``label`` instead of ``target``, as xattr's datasets do): :func:`training_targets`.
 
 The training batch size is the method's own (``train_batch_size``), not the run's ``batch_size``, and is
 part of the checkpoint's key: two configurations never share a read-out. Asked for the auxiliaries
@@ -124,7 +126,8 @@ class ReadoutIBA(IBABase):
     def _ckpt_dir(self, cache_dir: Path, batch_size: int) -> Path:
         _, key = st.cache_key(self.model, self.layers, self.n_samples, self.model_name, self.weights, self.dataset)
         key = {**key, "readout": self.readout_layers, "beta": self.beta, "lr": self.lr, "epochs": self.epochs,
-               "limit": self.train_batch_limit, "sigma": self.sigma, "seed": self.seed, "batch_size": batch_size}
+               "limit": self.train_batch_limit, "sigma": self.sigma, "seed": self.seed, "batch_size": batch_size,
+               "targets": "label"}  # trained on the labels (session 15; before: top-1 for "label" batches)
         digest = hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:10]
         return Path(cache_dir) / "iba_readout" / f"{key['model']}-{st._slug(self.layer)}-b{self.beta:g}-e{self.epochs}-bs{batch_size}-{digest}"
 
@@ -133,7 +136,8 @@ class ReadoutIBA(IBABase):
         of two images for the read-out's width, the tail's split on the first training batch (a recording
         forward and the split's check on one and two copies: 4 per image), then per training image and epoch 4:
         a clean forward for the read-out's input (1) and the tail's forward and input backward (3; moving
-        the split to the batch runs only the layers before the bottleneck, which the head does not see); over
+        the split to the batch runs only the layers before the bottleneck, which the head does not see; batches
+        without labels add the model's top-1 forward, not counted here); over
         the epochs a checkpoint in ``cache_dir`` has not finished (known only with ``train_batch_size``, part
         of its key, which also sizes the first batch)."""
         stats = super().fit_forwards(n_images, cache_dir)
@@ -191,10 +195,10 @@ class ReadoutIBA(IBABase):
                                                **({"collate_fn": collate} if collate else {}))
         batches = list(loader)
         xs = torch.cat([st.batch_images(b) for b in batches])
-        has_t = all(isinstance(b, dict) and "target" in b for b in batches)
-        ts = torch.cat([b["target"] for b in batches]) if has_t else None
+        key = next((k for k in ("target", "label") if all(isinstance(b, dict) and k in b for b in batches)), None)
+        ts = torch.cat([torch.as_tensor(b[key]).reshape(-1) for b in batches]) if key else None
         n = self.train_batch_size
-        rows = [{"x": xs[i : i + n], **({"target": ts[i : i + n]} if has_t else {})} for i in range(0, len(xs), n)]
+        rows = [{"x": xs[i : i + n], **({key: ts[i : i + n]} if key else {})} for i in range(0, len(xs), n)]
         return torch.utils.data.DataLoader(rows, batch_size=None, shuffle=False)
 
     # --------------------------------------------------------------------- attribution
@@ -234,6 +238,26 @@ class ReadoutIBA(IBABase):
         return AlphaResult(alpha=alpha, kl=kl, outputs=out, losses=empty, info=empty)
 
 
+def training_targets(batch, x: torch.Tensor, model: nn.Module) -> torch.Tensor:
+    """The class each training image's cross-entropy is taken for: the batch's ``target``, else its ``label``
+    (the dataset's class: the reference notebook trains on ImageNet's labels), else the second item of a
+    ``(x, y)`` pair; the model's top-1 where there is none (label -1: an unlabelled photo) or where the labels
+    are not class indices (multi-hot findings)."""
+    y = None
+    if isinstance(batch, dict):
+        y = batch.get("target", batch.get("label"))
+    elif isinstance(batch, (list, tuple)) and len(batch) > 1:
+        y = batch[1]
+    y = torch.as_tensor(y, device=x.device) if y is not None and not isinstance(y, (str, list)) else None
+    if y is not None and y.shape == (x.shape[0],) and not y.is_floating_point() and bool((y >= 0).all()):
+        return y.long()
+    with torch.no_grad():
+        top1 = model(x).argmax(1)
+    if y is not None and y.shape == (x.shape[0],) and not y.is_floating_point():
+        return torch.where(y >= 0, y.long(), top1)
+    return top1
+
+
 class ReadoutTraining(pl.LightningModule):
     """Trains a :class:`ReadoutNet` for a :class:`ReadoutIBA` (the classifier stays frozen and outside
     the checkpoint): ``loss = CE(target) + beta * mean KL`` with one noisy pass per image."""
@@ -248,13 +272,7 @@ class ReadoutTraining(pl.LightningModule):
         m = self._method
         x = st.batch_images(batch).to(m.device)
         r, feats = m.features(x)
-        if isinstance(batch, dict) and "target" in batch:
-            target = batch["target"].to(m.device).long()
-        elif isinstance(batch, (list, tuple)) and len(batch) > 1:
-            target = batch[1].to(m.device).long()
-        else:
-            with torch.no_grad():
-                target = m.model(x).argmax(1)
+        target = training_targets(batch, x, m.model)
         bn = m.bottleneck(m.layer)
         alpha = self.readout(feats.to(self.device)).to(m.device)
         lam = bn.lam(alpha)
