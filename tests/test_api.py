@@ -299,3 +299,28 @@ def test_a_text_model_gets_the_methods_text_forms_as_on_the_cli():
     tokens = torch.tensor([[5, 6, 7, 8, 0, 0]])
     scores = xattr.explain(lstm, tokens, target=1, method="gradient").maps
     assert scores.shape == (1, 6) and (scores[0, 4:] == 0).all()
+
+
+def test_a_run_still_going_is_summarised_over_its_finished_images(saved_run, tmp_path):
+    """A long run read from a notebook before it ends: ``summary`` over the images finished so far, each
+    metric summarising its own scores as the run's report does (here: the full run's own summary, rebuilt from
+    the per-batch files alone; and on one of its two images, that image's scores)."""
+    import shutil
+
+    from xattr.core.store import RunStore
+
+    going = tmp_path / "going"
+    shutil.copytree(saved_run, going)
+    for name in ("summary.csv", "summary.md", "per_image.parquet", "per_image.csv"):
+        (going / name).unlink(missing_ok=True)
+    assert len(RunStore(going).summary()) == 0  # what the store alone has: no report yet
+    full, interim = xattr.open_run(saved_run).summary, xattr.open_run(going).summary
+    pd.testing.assert_frame_equal(interim.set_index("score").sort_index(), full.set_index("score").sort_index(),
+                                  check_dtype=False)
+    first = sorted((going / "per_image").glob("*.parquet"))
+    rows = pd.read_parquet(first[0])
+    if len(rows) == 2:  # one batch of two: keep its first image only
+        rows.iloc[:1].to_parquet(first[0])
+    one = xattr.open_run(going).summary.set_index("score")
+    assert one.loc["insertion_deletion/prob", "n"] == 1
+    assert one.loc["insertion_deletion/prob", "mean"] == pytest.approx(float(rows["insertion_deletion/prob"].iloc[0]))

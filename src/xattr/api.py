@@ -584,7 +584,8 @@ class Run:
     """A run folder of ``python -m xattr.run`` as data (read only; opening it writes nothing).
 
     ``config`` (the resolved config), ``per_image`` (one row per image: id, index, label, target, prob, top1,
-    ``<metric>/<score>``), ``summary`` (each score's mean, s.e., count), ``maps`` (id -> ``(H, W)`` map),
+    ``<metric>/<score>``), ``summary`` (each score's mean, s.e., count; of the images finished so far while the
+    run is going), ``maps`` (id -> ``(H, W)`` map),
     ``curves`` (``<metric>/<curve>`` -> ``(N, T)``, with ``.../x``), ``aux`` (id -> {name: array}),
     ``analyses`` (name -> DataFrame)."""
 
@@ -611,7 +612,17 @@ class Run:
 
     @property
     def summary(self) -> pd.DataFrame:
-        return self.store.summary()
+        """Each score's mean, s.e. and count: the finished run's ``summary.csv``; for a run still going (or
+        stopped) the same summary of the images finished so far (each metric of its config summarises its own
+        scores, as the run's report will)."""
+        done = self.store.summary()
+        if len(done) or not self.store.has_finished_work():
+            return done
+        from xattr.config import build
+        from xattr.metrics.summary import summarise_run_scores
+
+        metrics = {name: build(node) for name, node in (self.config.get("metric") or {}).items()}
+        return summarise_run_scores(self.store.per_image(), metrics)
 
     @property
     def maps(self) -> dict[str, np.ndarray]:
