@@ -786,3 +786,22 @@ def test_lrp_alpha_beta_hand_case_and_conservation():
     with torch.no_grad():
         logits = net(x)[torch.arange(2), target]
     torch.testing.assert_close(rel.sum((1, 2, 3)), logits, rtol=1e-3, atol=1e-5)
+
+
+def test_the_lrp_row_is_the_iba_paper_codes_b_rule():
+    """The published LRP row (conf/row/lrp.yaml) builds the code's rule: on a tiny VGG-like network its map is the
+    b-rule's with beta -1, epsilon 5 from the target's logit (checked against the code's arithmetic in
+    tests/reference/test_lrp_b_rule.py), not the epsilon rule's."""
+    from tests.helpers import compose_cfg
+    from tests.reference.test_lrp_b_rule import SmallVGG, reference_lrp
+    from xattr.config import build
+
+    cfg = compose_cfg(["experiment=iba_t2_bbox", "row=lrp", "model.weights=random"])
+    net = SmallVGG().eval()
+    x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(3))
+    method = build(cfg.method)(model=net)
+    method.canonize = False  # the tiny network has no batch norm to merge
+    maps = method.attribute(x, torch.tensor([3, 1]))
+    refs = torch.stack([reference_lrp(net, x[i : i + 1], t, -1.0, 5.0) for i, t in enumerate([3, 1])]).detach()
+    assert refs.abs().max() > 1e-3
+    torch.testing.assert_close(maps[:, 0], refs, rtol=1e-5, atol=1e-6 * float(refs.abs().max()))

@@ -9,7 +9,16 @@ Montavon et al., "Layer-Wise Relevance Propagation: An Overview", 2019. Rules (`
 - ``alpha_beta``: alpha-beta on convolutions, epsilon on linear layers (zennit's ``EpsilonAlpha2Beta1`` with
   free ``alpha``, ``beta``);
 - ``epsilon_plus_flat``: zennit's ``EpsilonPlusFlat`` (flat first layer, z+ convs, epsilon dense);
-- ``epsilon_alpha2_beta1_flat``: zennit's ``EpsilonAlpha2Beta1Flat``.
+- ``epsilon_alpha2_beta1_flat``: zennit's ``EpsilonAlpha2Beta1Flat``;
+- ``b_rule``: the rule of the IBA paper's code (BioroboticsLab/IBA-paper-code @105969b,
+  ``attribution/factory.py``: ``LRP(model, eps=5, beta=-1)`` through Böhle et al.'s innvestigator,
+  ``method='b-rule'``) on every conv and linear layer, biases left out:
+  ``R_i = sum_j ((1 + beta) z_ij^+ / (z_j^+ + eps) - beta z_ij^- / (z_j^- - eps)) R_j``, with
+  ``z_ij^+ = w^+ x^+ + w^- x^-`` and ``z_ij^- = w^+ x^- + w^- x^+``. The paper's ``beta = -1`` keeps only the
+  negative contributions (the code's warning says "positive"; its arithmetic, re-implemented in
+  ``tests/reference/test_lrp_b_rule.py``, does this), ``eps = 5``, and the relevance starts at the target's
+  logit (``init: logit``). zennit's ``AlphaBeta`` refuses a negative ``beta``, so this one rule is written here
+  on zennit's ``BasicHook`` (:class:`BRule`); pooling, activations and the rest are zennit's.
 
 Activations pass relevance through (zennit's ``Pass``), batch-norms are merged into the preceding conv by a
 canonizer (``ResNetCanonizer`` for torchvision ResNets, whose residual sums also get zennit's ``Sum`` module
@@ -38,7 +47,50 @@ from xattr.core.tokens import no_transformer_form
 from xattr.methods.base import Attribution, reduce_channels
 from xattr.methods.baselines.model_fixes import fixed_copy
 
-RULES = ("epsilon", "alpha_beta", "epsilon_plus_flat", "epsilon_alpha2_beta1_flat")
+RULES = ("epsilon", "alpha_beta", "epsilon_plus_flat", "epsilon_alpha2_beta1_flat", "b_rule")
+
+
+def b_rule(beta: float, epsilon: float):
+    """Böhle et al.'s b-rule as the IBA paper's code runs it (module docstring), a zennit rule: zennit's
+    ``AlphaBeta`` modifiers (the four sign combinations of inputs and weights, biases zeroed) with
+    ``alpha = 1 + beta``, no check that ``beta >= 0``, and the code's norms (:func:`denominators`: its zero and
+    "rare neuron" handling, ``eps`` added with the sign). Written here because zennit refuses the paper's
+    ``beta = -1`` and has no rare-neuron rescaling."""
+    from zennit.core import BasicHook
+    from zennit.rules import ClampMod
+
+    eps, alpha, beta = float(epsilon), 1.0 + float(beta), float(beta)
+    nobias = {"zero_params": ["bias"]}
+
+    def denominators(out_grad: torch.Tensor, outputs: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The code's norms: zero ones set to 1; a neuron whose positive or negative part is zero ("rare") has
+        the other's norm scaled by its factor (1 + beta, or -beta) so that its relevance is conserved; then
+        ``eps`` times the sign added."""
+        zp, zn = outputs[0] + outputs[1], outputs[2] + outputs[3]
+        mp, mn = zp == 0, zn == 0
+        rare = mp | mn
+        zp, zn = torch.where(mp, torch.ones_like(zp), zp), torch.where(mn, torch.ones_like(zn), zn)
+        if beta != -1:
+            zp = torch.where(rare, zp * alpha, zp)
+        if beta != 0:
+            zn = torch.where(rare, zn * -beta, zn)
+        zp, zn = zp + eps * torch.sign(zp), zn + eps * torch.sign(zn)
+        return [out_grad / zp] * 2 + [out_grad / zn] * 2
+
+    class BRule(BasicHook):
+        def __init__(self) -> None:
+            super().__init__(
+                input_modifiers=[lambda v: v.clamp(min=0), lambda v: v.clamp(max=0),
+                                 lambda v: v.clamp(min=0), lambda v: v.clamp(max=0)],
+                param_modifiers=[ClampMod(min=0.0, **nobias), ClampMod(max=0.0, **nobias),
+                                 ClampMod(max=0.0, **nobias), ClampMod(min=0.0, **nobias)],
+                output_modifiers=[lambda out: out] * 4,
+                gradient_mapper=denominators,
+                reducer=lambda inputs, grads: (alpha * (inputs[0] * grads[0] + inputs[1] * grads[1])
+                                               - beta * (inputs[2] * grads[2] + inputs[3] * grads[3])),
+            )
+
+    return BRule()
 INITS = ("onehot", "logit")
 
 
@@ -55,6 +107,9 @@ def _composite(rule: str, epsilon: float, alpha: float, beta: float, canonizers:
             (Convolution, AlphaBeta(alpha=alpha, beta=beta)),
             (nn.Linear, Epsilon(epsilon=epsilon)),
         ]
+        return LayerMapComposite(layer_map=layer_map, canonizers=canonizers)
+    if rule == "b_rule":
+        layer_map = layer_map_base() + [(Convolution, b_rule(beta, epsilon)), (nn.Linear, b_rule(beta, epsilon))]
         return LayerMapComposite(layer_map=layer_map, canonizers=canonizers)
     if rule == "epsilon_plus_flat":
         return EpsilonPlusFlat(epsilon=epsilon, canonizers=canonizers)
