@@ -211,6 +211,27 @@ def test_a_tail_moved_to_another_batch_equals_a_tail_built_on_it(make, layer, mo
     z = torch.randn(6, *fresh.r.shape[1:])  # 2 copies of the 3 images
     torch.testing.assert_close(moved(z), fresh(z), rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(moved(moved.r), model(second), rtol=1e-4, atol=1e-5)
+    given = NetworkTail(model, layer, first, mode).for_input(second, fresh.r.clone())  # r known: the same tail
+    torch.testing.assert_close(given(z), fresh(z), rtol=1e-6, atol=1e-6)
+
+
+def test_a_sequential_tail_given_r_runs_no_forward():
+    """``for_input(x, r)`` on a tail that needs nothing from before the layer but ``r`` (TinyCNN at conv2): no
+    forward of the network; the same outputs as a split built on the new batch."""
+    torch.manual_seed(0)
+    model = TinyCNN(num_classes=4).eval()
+    first, second = torch.randn(2, 3, 16, 16), torch.randn(3, 3, 16, 16)
+    tail = NetworkTail(model, "conv2", first)
+    fresh = NetworkTail(model, "conv2", second)
+    calls = []
+    handle = model.features[0].register_forward_hook(lambda *a: calls.append(1))  # conv1
+    try:
+        tail.for_input(second, fresh.r.clone())
+    finally:
+        handle.remove()
+    assert calls == [] and tail.mode == "fx"
+    z = torch.randn(6, *fresh.r.shape[1:])
+    torch.testing.assert_close(tail(z), fresh(z), rtol=1e-6, atol=1e-6)
 
 
 def test_heatmap_in_bits_and_ignored_half_gets_near_zero():

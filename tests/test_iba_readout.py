@@ -370,7 +370,7 @@ def test_one_tail_for_every_training_batch_trains_the_read_out_a_fresh_split_per
     new, new_maps = train(tmp_path / "new")
     assert len(built) == 1  # one split for 2 epochs x 5 batches
     monkeypatch.setattr(tail_mod.NetworkTail, "for_input",
-                        lambda self, xb: tail_mod.NetworkTail(self.model, self.path, xb))  # the old way
+                        lambda self, xb, r=None: tail_mod.NetworkTail(self.model, self.path, xb))  # the old way
     old, old_maps = train(tmp_path / "old")
     assert len(built) == 1 + 1 + 10  # the first step builds one, then every step (the first too) a fresh one
     init = ReadoutNet(old["net.0.weight"].shape[1], 16).state_dict()
@@ -419,3 +419,38 @@ def test_a_read_out_fitted_on_label_batches_is_the_one_fitted_on_the_same_target
     for k in ref:
         torch.testing.assert_close(got[k], ref[k], rtol=0, atol=0)
     assert any(not torch.allclose(other[k], ref[k]) for k in ref)
+
+
+def test_a_stopped_read_out_training_resumes_from_its_last_finished_epoch(tmp_path, monkeypatch):
+    """``last.ckpt`` is written after every epoch (Lightning's ``save_last`` alone writes none with
+    ``save_top_k=0``): a training stopped in its third epoch resumes there, runs only the epochs left, and ends
+    with the read-out of an uninterrupted training."""
+    warnings.simplefilter("ignore")
+    from xattr.methods.iba import readout as ro
+
+    model = TinyCNN().eval()
+
+    def make():
+        torch.manual_seed(0)
+        return ReadoutIBA(model, "conv2", ["conv1", "conv3"], epochs=3, lr=1e-2, n_samples=24, train_batch_size=8)
+
+    whole = make()
+    whole.fit(_loader(), tmp_path / "whole")
+    orig, epochs = ro.ReadoutTraining.training_step, []
+
+    def stop_in_epoch_2(self, batch, i):
+        if self.current_epoch == 2:
+            raise RuntimeError("stopped")
+        return orig(self, batch, i)
+
+    monkeypatch.setattr(ro.ReadoutTraining, "training_step", stop_in_epoch_2)
+    with pytest.raises(RuntimeError, match="stopped"):
+        make().fit(_loader(), tmp_path / "stopped")
+    assert len(list((tmp_path / "stopped").rglob("last.ckpt"))) == 1
+    monkeypatch.setattr(ro.ReadoutTraining, "training_step",
+                        lambda self, batch, i: epochs.append(self.current_epoch) or orig(self, batch, i))
+    resumed = make()
+    resumed.fit(_loader(), tmp_path / "stopped")
+    assert epochs == [2, 2, 2]  # 24 images in batches of 8: only the third epoch ran
+    for k, v in whole.readout.state_dict().items():
+        torch.testing.assert_close(resumed.readout.state_dict()[k], v, rtol=0, atol=0)

@@ -89,7 +89,8 @@ def train(cfg: DictConfig, set_threads: bool = False) -> Path:
     from xattr.core.trainer import build_loggers, make_trainer, quiet_lightning
     from xattr.training.data import ClassificationData
     from xattr.training.module import Classifier
-    from xattr.training.resume import LastEveryEpoch, RandomState
+    from xattr.core.trainer import LastEveryEpoch
+    from xattr.training.resume import RandomState
 
     quiet_lightning()
     if cfg.monitor not in MONITORS:

@@ -82,3 +82,19 @@ def build_loggers(kind: str, run_dir: str | Path, name: str = "xattr", project: 
         os.environ["WANDB_MODE"] = "offline"
     return [pl.loggers.WandbLogger(project=project, name=name, save_dir=str(run_dir),
                                    offline=os.environ["WANDB_MODE"] == "offline", config=config, group=group)]
+
+
+class LastEveryEpoch(pl.callbacks.ModelCheckpoint):
+    """``<dirpath>/last.ckpt`` at the end of every training epoch (after its validation), independent of the
+    monitored value; the best epoch is another callback's (``best.ckpt``). (Lightning's own ``save_last`` writes
+    ``last.ckpt`` only when a top-k checkpoint was saved in the same step: never with ``save_top_k=0``.) Used by
+    ``python -m xattr.train`` and Readout IBA's read-out training, so a stopped training resumes from its last
+    finished epoch."""
+
+    def __init__(self, dirpath: str) -> None:
+        super().__init__(dirpath=dirpath, filename="last", monitor=None, save_top_k=1, save_last=False,
+                         save_on_train_epoch_end=True, auto_insert_metric_name=False, enable_version_counter=False)
+
+    @property
+    def state_key(self) -> str:
+        return "xattr.LastEveryEpoch"

@@ -3,7 +3,7 @@
 A run killed after any epoch and resumed with ``ckpt_path=last`` ends bitwise equal to an uninterrupted run
 on CPU (``tests/test_train_resume.py``). Three pieces make it so:
 
-- :class:`LastEveryEpoch`: ``checkpoints/last.ckpt`` is written at the end of every epoch, whatever
+- :class:`~xattr.core.trainer.LastEveryEpoch`: ``checkpoints/last.ckpt`` is written at the end of every epoch, whatever
   ``monitor`` says (Lightning's ``save_last`` follows the best checkpoint: after an epoch that did not
   improve, ``last.ckpt`` was an older epoch).
 - :class:`RandomState` (a callback with state): every random number generator a training draws from, saved
@@ -77,16 +77,3 @@ class RandomState(pl.Callback):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         set_rng_state(state_dict, self.generators)
-
-
-class LastEveryEpoch(pl.callbacks.ModelCheckpoint):
-    """``<dirpath>/last.ckpt`` at the end of every training epoch (after its validation), independent of the
-    monitored value; the best epoch is another callback's (``best.ckpt``)."""
-
-    def __init__(self, dirpath: str) -> None:
-        super().__init__(dirpath=dirpath, filename="last", monitor=None, save_top_k=1, save_last=False,
-                         save_on_train_epoch_end=True, auto_insert_metric_name=False, enable_version_counter=False)
-
-    @property
-    def state_key(self) -> str:
-        return "xattr.LastEveryEpoch"

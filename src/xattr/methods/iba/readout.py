@@ -35,7 +35,7 @@ from torch.nn import functional as F
 from xattr.core.checks import check_positive, check_positive_int
 from xattr.core.hooks import capture_many, frozen
 from xattr.core.seeding import draw_noise
-from xattr.core.trainer import accelerator_of, make_trainer
+from xattr.core.trainer import LastEveryEpoch, accelerator_of, make_trainer
 from xattr.errors import XattrConfigError
 from xattr.methods.base import Explanation, with_prefix
 from xattr.methods.iba import statistics as st
@@ -170,7 +170,7 @@ class ReadoutIBA(IBABase):
         ckpt_dir = self._ckpt_dir(cache_dir, self.train_batch_size or first.shape[0]) if cache_dir is not None else None
         callbacks, resume = [], None
         if ckpt_dir is not None:
-            callbacks.append(pl.callbacks.ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=0))
+            callbacks.append(LastEveryEpoch(str(ckpt_dir)))  # last.ckpt after every epoch: a stop resumes there
             resume = ckpt_dir / "last.ckpt" if (ckpt_dir / "last.ckpt").is_file() else None
         trainer = make_trainer(
             max_epochs=self.epochs, accelerator=accelerator_of(self.device), devices=1,
@@ -281,7 +281,7 @@ class ReadoutTraining(pl.LightningModule):
         z = bn.sample(r, lam, torch.randn(r.shape, generator=g, device=m.device))
         if self._tail is None:  # split and checked once; each batch after only recomputes its inputs
             object.__setattr__(self, "_tail", NetworkTail(m.model, m.resolved[m.layer], x))
-        tail = self._tail.for_input(x)
+        tail = self._tail.for_input(x, r)
         ce = cross_entropy_loss(target)(tail(z).float()[:, None])
         loss = (ce + m.beta * kl.flatten(1).mean(1)).mean()
         self.log("loss", loss.detach(), prog_bar=False, batch_size=x.shape[0])

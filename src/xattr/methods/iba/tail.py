@@ -238,20 +238,25 @@ class NetworkTail:
         # the batch size read from the input (``x.size(0)`` before a ``view``) scales with the copies
         self.batch_ints = [n in from_input and type(v) is int and v == self.b for n, v in zip(frontier, self.pre)]
 
-    def for_input(self, x: torch.Tensor) -> NetworkTail:
+    def for_input(self, x: torch.Tensor, r: torch.Tensor | None = None) -> NetworkTail:
         """The same split for another input batch ``x`` (any batch size): ``r`` and the values the tail needs
         from before the layer, recomputed by a forward that stops once it has them. The tracing, folding and
         self-check ran once, at construction, and are not repeated: for loops over many batches through one
         tail (the read-out's training), where they cost more than the step itself. The model's weights must
-        not change in between (the tail holds folded copies of them)."""
+        not change in between (the tail holds folded copies of them). ``r``: the layer's output on ``x`` when
+        the caller has it (the read-out's own forward records it); then a tail that needs nothing else from
+        before the layer (a sequential network) runs no forward at all."""
         if x is self.x:
             return self
         self.x, self.b, self._cache = x, x.shape[0], {}
         with torch.no_grad():
             if self.mode == "hook":
-                self.r = capture(self.model, self.module, x).detach()
+                self.r = r.detach() if r is not None else capture(self.model, self.module, x).detach()
                 return self
             gm, layer, frontier, _ = self._graph
+            if r is not None and not frontier:
+                self.r, self.pre, self.batched, self.batch_ints = r.detach(), [], [], []
+                return self
             rec = _Recorder(gm, set(frontier) | {layer}, stop=True)
             try:
                 rec.run(x)
