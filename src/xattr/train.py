@@ -86,10 +86,9 @@ def train(cfg: DictConfig, set_threads: bool = False) -> Path:
     import pytorch_lightning as pl
     import torch
 
-    from xattr.core.trainer import build_loggers, make_trainer, quiet_lightning
+    from xattr.core.trainer import LastEveryEpoch, build_loggers, make_trainer, quiet_lightning
     from xattr.training.data import ClassificationData
     from xattr.training.module import Classifier
-    from xattr.core.trainer import LastEveryEpoch
     from xattr.training.resume import RandomState
 
     quiet_lightning()
