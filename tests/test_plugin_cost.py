@@ -496,6 +496,7 @@ def test_a_run_says_the_fit_before_its_first_image(tmp_path, capsys):
     est = SimpleNamespace(dataset=range(10_000_000))
     _say_duration(method, {}, net, [{"x": x[0]}], tmp_path / "run", est, tmp_path / "cache")
     out = capsys.readouterr().out
+    assert "for 1 image (" in out
     assert "~40,000,014 forwards once to fit readout_iba (cached after), then readout_iba ~1 forwards per image" in out
     _say_duration(method, {}, net, [{"x": x[0]}], tmp_path / "run", None, tmp_path / "cache")
     assert capsys.readouterr().out == ""  # one image, no fit: under a minute, nothing to say

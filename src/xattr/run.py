@@ -149,8 +149,9 @@ def _say_duration(method, metrics, net, ds, run_dir: Path, est_loader=None, cach
         fit = method.fit_forwards(len(est_loader.dataset), None if cache_dir is None else Path(cache_dir))
     sec, what = estimate(method, metrics, net, x, todo, fit=fit)
     if sec >= 60:
-        print(f"estimated CPU time: ~{human(sec)} for {todo} images ({what}); fewer with dataset.limit=N, "
-              "faster on a GPU", flush=True)
+        images = f"{todo} image{'s' if todo != 1 else ''}"
+        print(f"estimated CPU time: ~{human(sec)} for {images} ({what}); fewer with dataset.limit=N, faster on a GPU",
+              flush=True)
 
 
 def make_loader(ds, batch_size: int, num_workers: int) -> DataLoader:
