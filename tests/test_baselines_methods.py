@@ -293,6 +293,31 @@ def test_ig_without_inputs_is_the_iba_paper_codes_mean_path_gradient():
         IntegratedGradients(model, multiply_by_inputs="no")
 
 
+def test_the_iba_papers_ig_row_is_saliency_of_the_mean_path_gradient():
+    """The IBA tables' row "Int. Grad. (of Saliency)" (conf/row/integrated_gradients_of_saliency.yaml): max over
+    channels of |mean path gradient from the mean colour| (autograd, one path point at a time); InputIBA's row
+    (integrated_gradients) stays Captum's IG, the gradient times x - x' summed over channels."""
+    from tests.helpers import compose_cfg
+    from xattr.config import build
+
+    model, _ = _get_model("tiny")
+    torch.manual_seed(4)
+    x, target = torch.randn(2, 3, 16, 16), torch.tensor([1, 3])
+    base = x.mean((2, 3), keepdim=True).expand_as(x)
+    cfg = compose_cfg(["experiment=iba_t2_bbox", "row=integrated_gradients_of_saliency", "model.weights=random"])
+    method = build(cfg.method)(model=model)
+    grads = []
+    for k in range(1, method.n_steps + 1):
+        p = (base + k / method.n_steps * (x - base)).requires_grad_(True)
+        model(p)[torch.arange(2), target].sum().backward()
+        grads.append(p.grad)
+    mean_grad = torch.stack(grads).mean(0)
+    torch.testing.assert_close(method.attribute(x, target), mean_grad.abs().amax(1, keepdim=True), rtol=1e-5, atol=1e-7)
+    captum = build(compose_cfg(["experiment=inputiba_t2_ehr", "row=integrated_gradients",
+                                "model.weights=random"]).method)(model=model)
+    assert (captum.baseline, captum.multiply_by_inputs, captum.reduce) == ("zero", True, "sum")
+
+
 def test_occlusion_closed_form_on_linear_model():
     """Drop of a window on a linear model = sum over the window of W_c * (x - fill)."""
     model = _half_null_linear()
