@@ -1,19 +1,22 @@
-"""Readout IBA's training speed: a new network split per step (before session 15) vs one split moved from batch
-to batch (``NetworkTail.for_input``), against the limit row.
+"""Readout IBA's training speed: the step before session 15 (a new network split per step, the read-out on the
+resized concatenation of its features) vs xattr's (one split moved from batch to batch, the read-out by parts),
+against the limit row.
 
 Each training step of the read-out (``ReadoutTraining.training_step``) needs the model's features for the
-read-out's input (one clean forward) and the network after the bottleneck (the *tail*) run forward and
-backward on the noisy feature. Before, every step built a new ``NetworkTail``: an fx trace, BatchNorm folding,
-a recording forward and the split's self-check on one and two copies (three more tail passes). Now the split
-is built and checked once, and each batch only re-runs the layers before the bottleneck.
+read-out's input (one clean forward), the read-out network, and the network after the bottleneck (the *tail*)
+run forward and backward on the noisy feature. Before, every step built a new ``NetworkTail`` (an fx trace,
+BatchNorm folding, a recording forward and the split's self-check on one and two copies); now the split is built
+and checked once and takes the bottleneck's output from the read-out's own forward (``NetworkTail.for_input``).
 
 Rows: ms per training image (a step = the read-out's forward, the loss, the backward and Adam's update, as
 Lightning runs it, without Lightning's own loop), GFLOP per image (``torch.utils.flop_counter``, one step),
 the rate reached and its share of the *limit row*, measured in the same run at the same batch
 (``timing.limit``): a plain forward of the whole network, a plain forward + input backward of the tail, and
-the read-out network's forward + input backward on its features (for its 1x1 convolutions the same FLOPs as
-the weight gradient the training takes). The read-out is most of the work: its first convolution maps the
-concatenated features (1 432 channels on MobileNet-V2) to half as many at every bottleneck pixel. Peak memory is
+the read-out network's forward by parts and the backward to its weights (what training takes). Before, the
+read-out convolved the resized, concatenated features (1 432 channels on MobileNet-V2, most of them ``last_conv``'s
+7 x 7 map upsampled to 28 x 28) at every bottleneck pixel; by parts, each is convolved at the smaller of its and
+the bottleneck's resolution, then resized (``ReadoutNet.forward_parts``: the same map up to float rounding). The limit row is the part xattr runs (by
+parts), so only xattr's row gets a share of it; the row before did other arithmetic. Peak memory is
 the resident set size above the start (CPU) or torch's allocated peak (CUDA). The read-outs of both paths are
 compared after the timed steps (same seed, same batches).
 
@@ -24,11 +27,14 @@ compared after the timed steps (same seed, same batches).
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import sys
+import time
 import warnings
 
 import torch
+import torch.nn.functional as F
 
 from timing import device_name, flops, fmt, limit, ratio, record, timed  # scripts/ is on sys.path as a script
 from xattr.core.hooks import frozen
@@ -37,7 +43,8 @@ from xattr.methods.iba.readout import ReadoutIBA, ReadoutNet, ReadoutTraining
 from xattr.methods.iba.tail import NetworkTail
 from xattr.models import load_model
 
-OLD, NEW = "a new split per step (before)", "one split, moved per batch (xattr)"
+OLD = "before session 15: a new split per step, the read-out on the resized concatenation"
+NEW = "xattr: one split moved per batch, the read-out by parts"
 
 
 def trainer(method: ReadoutIBA, seed: int = 0) -> tuple[ReadoutTraining, torch.optim.Optimizer]:
@@ -48,10 +55,21 @@ def trainer(method: ReadoutIBA, seed: int = 0) -> tuple[ReadoutTraining, torch.o
     return module, module.configure_optimizers()
 
 
-def steps(module: ReadoutTraining, opt, batches: list[dict], fresh: bool) -> None:
+def concatenated(readout: ReadoutNet):
+    """The read-out as before session 15: every part resized to the bottleneck's size, concatenated, convolved."""
+
+    def forward_parts(parts, size):
+        return readout(torch.cat([p if p.shape[-2:] == size else F.interpolate(p, size=size, mode="bilinear",
+                                                                              align_corners=False) for p in parts], 1))
+
+    return forward_parts
+
+
+def steps(module: ReadoutTraining, opt, batches: list[dict], old: bool) -> None:
     for i, b in enumerate(batches):
-        if fresh:  # the old way: every step splits (traces, folds, checks) the network anew
+        if old:  # every step splits (traces, folds, checks) the network anew; the read-out on the concatenation
             object.__setattr__(module, "_tail", None)
+            module.readout.forward_parts = concatenated(module.readout)
         loss = module.training_step(b, i)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -59,6 +77,27 @@ def steps(module: ReadoutTraining, opt, batches: list[dict], fresh: bool) -> Non
 
 
 BATCH_SHAPE: tuple[int, ...] = ()
+
+
+def readout_limit(readout: ReadoutNet, parts: list[torch.Tensor], size: tuple[int, int], repeat: int, device,
+                  clock: str) -> dict[str, float]:
+    """The read-out's piece of the limit row: a plain forward by parts and the backward to its weights (what
+    training takes), nothing else, timed as ``timing.limit`` times (median of ``repeat`` after a warm-up)."""
+    now = time.process_time if clock == "process" else time.perf_counter
+
+    def fn() -> None:
+        readout.zero_grad(set_to_none=True)
+        readout.forward_parts(parts, size).sum().backward()
+
+    work = flops(fn)
+    fn()
+    times = []
+    for _ in range(repeat):
+        t0 = now()
+        fn()
+        times.append(now() - t0)
+    sec = statistics.median(times)
+    return {"gflop": work / 1e9, "seconds": sec, "rate": work / 1e9 / sec}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -96,9 +135,9 @@ def main(argv: list[str] | None = None) -> None:
     work, runs = {}, {}
     with frozen(zoo.net):
         for path, (module, opt) in modules.items():
-            fresh = path == OLD
-            steps(module, opt, batches[:1], fresh)  # warm-up: oneDNN primitives, the first split
-            work[path] = flops(lambda m=module, o=opt, f=fresh: steps(m, o, batches[1:2] or batches[:1], f)) / args.batch
+            old = path == OLD
+            steps(module, opt, batches[:1], old)  # warm-up: oneDNN primitives, the first split
+            work[path] = flops(lambda m=module, o=opt, f=old: steps(m, o, batches[1:2] or batches[:1], f)) / args.batch
         # the same seed and batches for both: reset, then time in turn
         modules = {OLD: trainer(method), NEW: trainer(method)}
         for _ in range(args.repeat):
@@ -115,8 +154,7 @@ def main(argv: list[str] | None = None) -> None:
         part = limit(tail, tail.r, device, backward=True, repeat=rep, params=list(zoo.net.parameters()),
                      clock=args.clock)
         readout = modules[NEW][0].readout
-        head = limit(readout, method.features(xb)[1], device, backward=True, repeat=rep,
-                     params=list(readout.parameters()), clock=args.clock)
+        head = readout_limit(readout, method.feature_parts(xb)[1], tuple(tail.r.shape[-2:]), rep, device, args.clock)
     pieces = (full, part, head)
     lim_gflop, lim_sec = sum(p["gflop"] for p in pieces), sum(p["seconds"] for p in pieces)
     lim_rate = lim_gflop / lim_sec
@@ -130,7 +168,7 @@ def main(argv: list[str] | None = None) -> None:
     for path, r in runs.items():
         ms = statistics.median(m for m, _ in r)
         rate = work[path] / 1e9 / (ms / 1000)
-        print(f"| {path} | {ms:.0f} | {fmt(work[path] / 1e9, 2)} | {fmt(rate)} | {fmt(ratio(rate, lim_rate), pct=True)} "
+        print(f"| {path} | {ms:.0f} | {fmt(work[path] / 1e9, 2)} | {fmt(rate)} | {fmt(ratio(rate, lim_rate) if path == NEW else math.nan, pct=True)} "
               f"| {fmt(max(p for _, p in r), 0)} |")
         record("readout", model=args.model, path=path, device=device_name(device), ms_per_image=ms,
                gflop_per_image=work[path] / 1e9, rate=rate, limit_rate=lim_rate, peak_mib=max(p for _, p in r))

@@ -454,3 +454,23 @@ def test_a_stopped_read_out_training_resumes_from_its_last_finished_epoch(tmp_pa
     assert epochs == [2, 2, 2]  # 24 images in batches of 8: only the third epoch ran
     for k, v in whole.readout.state_dict().items():
         torch.testing.assert_close(resumed.readout.state_dict()[k], v, rtol=0, atol=0)
+
+
+def test_the_read_out_on_parts_equals_the_read_out_on_the_resized_concatenation():
+    """``forward_parts`` convolves each part at the smaller of its and the bottleneck's resolution, then resizes:
+    a 1x1 convolution and a bilinear resize commute, so it is the reference's read-out (resize, concatenate,
+    convolve) up to float rounding: a larger part (16 -> 8), a smaller one (4 -> 8), a vector (1 x 1) and one of
+    the bottleneck's size."""
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    net = ReadoutNet(3 + 5 + 7 + 4, 6)
+    with torch.no_grad():
+        net.net[-1].weight.normal_()  # away from the initial near-constant alpha, so a wrong path shows
+        net.net[-1].bias.zero_()
+    parts = [torch.randn(2, 3, 16, 16), torch.randn(2, 5, 4, 4), torch.randn(2, 7, 1, 1), torch.randn(2, 4, 8, 8)]
+    cat = torch.cat([p if p.shape[-2:] == (8, 8) else F.interpolate(p, size=(8, 8), mode="bilinear",
+                                                                    align_corners=False) for p in parts], 1)
+    want = net(cat)
+    assert want.abs().max() > 0.5 and want.std() > 0.1
+    torch.testing.assert_close(net.forward_parts(parts, (8, 8)), want, rtol=1e-5, atol=1e-5)

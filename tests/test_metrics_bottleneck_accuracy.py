@@ -73,7 +73,7 @@ def test_readout_bottleneck_accuracy(tmp_path):
     assert ((res.scores["top1"] >= 0) & (res.scores["top1"] <= 1)).all()
     assert torch.isnan(res.scores["initial_top1"]).all()
     # a fully open read-out (alpha = +5, the trained net's start) keeps the model's predictions
-    rb.readout.forward = lambda feats: torch.full_like(rb.features(x)[0], 5.0)
+    rb.readout.forward_parts = lambda parts, size: torch.full_like(rb.features(x)[0], 5.0)
     open_res = BottleneckAccuracy()(model, x, target, torch.zeros(4, 1, 16, 16),
                                     **rb.explain(x, target, aux=BottleneckAccuracy.needs).aux)
     assert open_res.scores["top1"].mean() > 0.9
@@ -128,6 +128,9 @@ def test_readout_info_per_k_closed_form_at_a_constant_alpha():
     class Constant(nn.Module):
         def forward(self, feats):
             return torch.full((feats.shape[0], 16, *feats.shape[-2:]), 0.7)
+
+        def forward_parts(self, parts, size):  # the read-out's own path (ReadoutNet.forward_parts)
+            return torch.full((parts[0].shape[0], 16, *size), 0.7)
 
     rb.readout = Constant()
     x = torch.randn(4, 3, 16, 16)

@@ -63,6 +63,26 @@ class ReadoutNet(nn.Module):
     def forward(self, feats: torch.Tensor) -> torch.Tensor:
         return self.net(feats).clamp(-5.0, 5.0)
 
+    def forward_parts(self, parts: Sequence[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
+        """``forward`` of the concatenated parts, each resized bilinearly to ``size`` first, with the first 1x1
+        convolution taken part by part at the smaller of the part's and ``size``'s resolution. A 1x1 convolution
+        (a mix of channels at each pixel) commutes with a bilinear resize (a mix of pixels in each channel), so
+        the result is the same up to float rounding (``tests/test_iba_readout.py``); on MobileNet-V2, 1 280 of
+        the 1 432 input channels (``last_conv``, 7 x 7) are convolved at 7 x 7 instead of 28 x 28, most of the
+        read-out's arithmetic (docs/speed.md)."""
+        first, out, start = self.net[0], None, 0
+        h, w = size
+        for part in parts:
+            weight = first.weight[:, start : start + part.shape[1]]
+            start += part.shape[1]
+            if part.shape[-2:] != size and part.shape[-2] * part.shape[-1] > h * w:
+                part = F.interpolate(part, size=size, mode="bilinear", align_corners=False)
+            y = F.conv2d(part, weight)
+            if y.shape[-2:] != size:
+                y = F.interpolate(y, size=size, mode="bilinear", align_corners=False)
+            out = y if out is None else out + y
+        return self.net[1:](out + first.bias.view(1, -1, 1, 1)).clamp(-5.0, 5.0)
+
 
 class ReadoutIBA(IBABase):
     """Readout Bottleneck.
@@ -106,21 +126,25 @@ class ReadoutIBA(IBABase):
         self.readout: ReadoutNet | None = None
 
     # --------------------------------------------------------------------- features
-    def features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """One clean forward pass: (bottleneck feature ``r`` (B, C, h, w), read-out input (B, in, h, w))."""
+    def feature_parts(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """One clean forward pass: (bottleneck feature ``r`` (B, C, h, w), each read-out layer's output
+        normalised by ``(f - mean) / max(std, min_std)`` at its own resolution, vectors as (B, C, 1, 1))."""
         with torch.no_grad():
             got = capture_many(self.model, {n: layer.module for n, layer in self.resolved.items()}, x)
-        r = got[self.layer]
-        size = r.shape[-2:]
         parts = []
         for name in self.readout_layers:
             s = self.stats[name]
             f = (got[name] - s.mean) / s.std.clamp_min(self.min_std)
-            f = f.reshape(f.shape[0], -1, 1, 1) if f.dim() == 2 else f
-            if f.shape[-2:] != size:
-                f = F.interpolate(f, size=size, mode="bilinear", align_corners=False)
-            parts.append(f)
-        return r, torch.cat(parts, 1)
+            parts.append(f.reshape(f.shape[0], -1, 1, 1) if f.dim() == 2 else f)
+        return got[self.layer], parts
+
+    def features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One clean forward pass: (bottleneck feature ``r`` (B, C, h, w), read-out input (B, in, h, w): the
+        normalised parts resized bilinearly to ``h x w`` and concatenated, the reference's input)."""
+        r, parts = self.feature_parts(x)
+        size = r.shape[-2:]
+        return r, torch.cat([f if f.shape[-2:] == size else
+                             F.interpolate(f, size=size, mode="bilinear", align_corners=False) for f in parts], 1)
 
     # --------------------------------------------------------------------- training
     def _ckpt_dir(self, cache_dir: Path, batch_size: int) -> Path:
@@ -164,7 +188,7 @@ class ReadoutIBA(IBABase):
         super().fit(loader, cache_dir)
         loader = self._training_loader(loader)
         first = st.batch_images(next(iter(loader)))
-        feats_in = self.features(first[:2].to(self.device))[1].shape[1]
+        feats_in = sum(p.shape[1] for p in self.feature_parts(first[:2].to(self.device))[1])
         out_c = self.stats[self.layer].mean.shape[0]
         module = ReadoutTraining(self, ReadoutNet(feats_in, out_c))
         ckpt_dir = self._ckpt_dir(cache_dir, self.train_batch_size or first.shape[0]) if cache_dir is not None else None
@@ -206,10 +230,10 @@ class ReadoutIBA(IBABase):
         """(alpha, per-feature KL in nats, r) for ``x`` from the trained read-out."""
         if self.readout is None:
             raise XattrConfigError("the read-out network is not trained: call fit(loader, cache_dir) first")
-        r, feats = self.features(x)
+        r, parts = self.feature_parts(x)
         bn = self.bottleneck(self.layer)
         check_shape(r, bn, self.layer)
-        alpha = self.readout(feats)
+        alpha = self.readout.forward_parts(parts, tuple(r.shape[-2:]))
         return alpha, bn.kl(r, bn.lam(alpha)), r
 
     def _attribute(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -271,10 +295,10 @@ class ReadoutTraining(pl.LightningModule):
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         m = self._method
         x = st.batch_images(batch).to(m.device)
-        r, feats = m.features(x)
+        r, parts = m.feature_parts(x)
         target = training_targets(batch, x, m.model)
         bn = m.bottleneck(m.layer)
-        alpha = self.readout(feats.to(self.device)).to(m.device)
+        alpha = self.readout.forward_parts([p.to(self.device) for p in parts], tuple(r.shape[-2:])).to(m.device)
         lam = bn.lam(alpha)
         kl = bn.kl(r, lam)
         g = torch.Generator(device=m.device).manual_seed(m.seed * 100_003 + self.current_epoch * 10_007 + batch_idx)
