@@ -257,6 +257,13 @@ def test_gradient_and_saliency_rows_differ():
     assert (grad.abs, grad.reduce) == (False, "sum") and (sal.abs, sal.reduce) == (True, "max_abs")
 
 
+def test_the_extremal_perturbation_row_takes_the_area_inputibas_code_passes():
+    """InputIBA's tables run TorchRay with ``areas=[0.3]`` (its tools/train_baseline.py), the method alone its
+    appendix's 10%."""
+    assert list(compose_cfg(["experiment=inputiba_t2_ehr", "row=extremal_perturbation"]).method.areas) == [0.3]
+    assert list(compose_cfg(["method=extremal_perturbation"]).method.areas) == [0.1]
+
+
 @pytest.mark.parametrize("value,ok", [("all", True), (50, True), ("most", False)])
 def test_number_options_that_take_a_word(value, ok):
     """``points: all`` (the full insertion/deletion curve) passes the pre-run checks; another word names the
