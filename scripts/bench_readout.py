@@ -30,13 +30,21 @@ import argparse
 import math
 import statistics
 import sys
-import time
 import warnings
 
 import torch
 import torch.nn.functional as F
 
-from timing import device_name, flops, fmt, limit, ratio, record, timed  # scripts/ is on sys.path as a script
+from timing import (  # scripts/ is on sys.path as a script
+    device_name,
+    flops,
+    fmt,
+    limit,
+    measured,
+    ratio,
+    record,
+    timed,
+)
 from xattr.core.hooks import frozen
 from xattr.methods.iba import statistics as st
 from xattr.methods.iba.readout import ReadoutIBA, ReadoutNet, ReadoutTraining
@@ -82,22 +90,13 @@ BATCH_SHAPE: tuple[int, ...] = ()
 def readout_limit(readout: ReadoutNet, parts: list[torch.Tensor], size: tuple[int, int], repeat: int, device,
                   clock: str) -> dict[str, float]:
     """The read-out's piece of the limit row: a plain forward by parts and the backward to its weights (what
-    training takes), nothing else, timed as ``timing.limit`` times (median of ``repeat`` after a warm-up)."""
-    now = time.process_time if clock == "process" else time.perf_counter
+    training takes), nothing else (``timing.measured``)."""
 
     def fn() -> None:
         readout.zero_grad(set_to_none=True)
         readout.forward_parts(parts, size).sum().backward()
 
-    work = flops(fn)
-    fn()
-    times = []
-    for _ in range(repeat):
-        t0 = now()
-        fn()
-        times.append(now() - t0)
-    sec = statistics.median(times)
-    return {"gflop": work / 1e9, "seconds": sec, "rate": work / 1e9 / sec}
+    return measured(fn, device, repeat, clock)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -137,29 +137,38 @@ def limit(module: Callable[[torch.Tensor], torch.Tensor], inputs: torch.Tensor, 
     the backward is the input gradient only, as in the hot loops. ``clock``: ``wall`` (CUDA synchronised) or
     ``process`` (this process's CPU time: on a one-thread CPU run, other jobs on a shared machine do not inflate
     it; use the clock the row it is compared with used)."""
-    device = torch.device(device)
-    now = time.process_time if clock == "process" else time.perf_counter
     if params is None:
         params = list(module.parameters()) if isinstance(module, torch.nn.Module) else []
     flags = [p.requires_grad for p in params]
     try:
         for p in params:
             p.requires_grad_(False)
-        fn = plain_pass(module, inputs, backward)
-        work = flops(fn)
-        fn()  # warm-up (oneDNN primitives, cuDNN autotune, the allocator)
-        times = []
-        for _ in range(max(1, repeat)):
-            _sync(device)
-            t0 = now()
-            fn()
-            _sync(device)
-            times.append(now() - t0)
+        row = measured(plain_pass(module, inputs, backward), device, repeat, clock)
     finally:
         for p, f in zip(params, flags):
             p.requires_grad_(f)
+    return {**row, "batch": int(inputs.shape[0])}
+
+
+def measured(fn: Callable[[], object], device: torch.device | str, repeat: int = 5,
+             clock: str = "wall") -> dict[str, float]:
+    """``{"gflop", "seconds", "rate"}`` of ``fn()``: its arithmetic (:func:`flops`) and the median of ``repeat``
+    calls after one warm-up (oneDNN primitives, cuDNN autotune, the allocator), CUDA synchronised; ``clock`` as
+    in :func:`limit`. :func:`limit` times a plain pass with it; a bench whose limit piece is not a plain pass
+    of one batch (a read-out's forward and weight backward) passes its own ``fn``."""
+    device = torch.device(device)
+    now = time.process_time if clock == "process" else time.perf_counter
+    work = flops(fn)
+    fn()
+    times = []
+    for _ in range(max(1, repeat)):
+        _sync(device)
+        t0 = now()
+        fn()
+        _sync(device)
+        times.append(now() - t0)
     sec = statistics.median(times)
-    return {"gflop": work / 1e9, "seconds": sec, "rate": work / 1e9 / sec, "batch": int(inputs.shape[0])}
+    return {"gflop": work / 1e9, "seconds": sec, "rate": work / 1e9 / sec}
 
 
 def ratio(rate: float, limit_rate: float) -> float:
