@@ -210,8 +210,14 @@ def is_cached(model: nn.Module, layers: Sequence[str], cache_dir: Path | str | N
     exists; a stale one, re-estimated there, also counts: this only sizes the duration estimate)."""
     if cache_dir is None:
         return False
-    fname, _ = cache_key(model, layers, n_samples, model_name, weights, dataset, tokens)
-    return (Path(cache_dir) / "iba_stats" / fname).is_file()
+    return _cache_file(cache_dir, model, layers, n_samples, model_name, weights, dataset, tokens)[0].is_file()
+
+
+def _cache_file(cache_dir: Path | str, model: nn.Module, layers: Sequence[str], n_samples: int,
+                model_name: str | None, weights: str | None, dataset: str | None, tokens: bool) -> tuple[Path, dict]:
+    """(path, key) of these statistics' cache file in ``cache_dir``."""
+    fname, key = cache_key(model, layers, n_samples, model_name, weights, dataset, tokens)
+    return Path(cache_dir) / "iba_stats" / fname, key
 
 
 def load_or_estimate(
@@ -223,8 +229,7 @@ def load_or_estimate(
     device = module_device(model)
     if cache_dir is None:
         return estimate(model, layers, loader, n_samples, device, tokens, warn)
-    fname, key = cache_key(model, layers, n_samples, model_name, weights, dataset, tokens)
-    path = Path(cache_dir) / "iba_stats" / fname
+    path, key = _cache_file(cache_dir, model, layers, n_samples, model_name, weights, dataset, tokens)
     if path.is_file():
         blob = _read(path)
         if blob.get("key") == key:
