@@ -49,6 +49,8 @@ from xattr.methods.baselines.model_fixes import fixed_copy
 
 RULES = ("epsilon", "alpha_beta", "epsilon_plus_flat", "epsilon_alpha2_beta1_flat", "b_rule")
 
+INITS = ("onehot", "logit")
+
 
 def b_rule(beta: float, epsilon: float):
     """Böhle et al.'s b-rule as the IBA paper's code runs it (module docstring), a zennit rule: zennit's
@@ -91,7 +93,6 @@ def b_rule(beta: float, epsilon: float):
             )
 
     return BRule()
-INITS = ("onehot", "logit")
 
 
 def _composite(rule: str, epsilon: float, alpha: float, beta: float, canonizers: list):
@@ -109,7 +110,8 @@ def _composite(rule: str, epsilon: float, alpha: float, beta: float, canonizers:
         ]
         return LayerMapComposite(layer_map=layer_map, canonizers=canonizers)
     if rule == "b_rule":
-        layer_map = layer_map_base() + [(Convolution, b_rule(beta, epsilon)), (nn.Linear, b_rule(beta, epsilon))]
+        rule_ = b_rule(beta, epsilon)  # zennit copies a rule for each module it hooks
+        layer_map = layer_map_base() + [(Convolution, rule_), (nn.Linear, rule_)]
         return LayerMapComposite(layer_map=layer_map, canonizers=canonizers)
     if rule == "epsilon_plus_flat":
         return EpsilonPlusFlat(epsilon=epsilon, canonizers=canonizers)

@@ -273,13 +273,12 @@ def training_targets(batch, x: torch.Tensor, model: nn.Module) -> torch.Tensor:
     elif isinstance(batch, (list, tuple)) and len(batch) > 1:
         y = batch[1]
     y = torch.as_tensor(y, device=x.device) if y is not None and not isinstance(y, (str, list)) else None
-    if y is not None and y.shape == (x.shape[0],) and not y.is_floating_point() and bool((y >= 0).all()):
-        return y.long()
+    classes = y is not None and y.shape == (x.shape[0],) and not y.is_floating_point()
+    if classes and bool((y >= 0).all()):
+        return y.long()  # no forward for the top-1
     with torch.no_grad():
         top1 = model(x).argmax(1)
-    if y is not None and y.shape == (x.shape[0],) and not y.is_floating_point():
-        return torch.where(y >= 0, y.long(), top1)
-    return top1
+    return torch.where(y >= 0, y.long(), top1) if classes else top1
 
 
 class ReadoutTraining(pl.LightningModule):
