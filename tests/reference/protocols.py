@@ -20,10 +20,18 @@ from torchvision.transforms import GaussianBlur
 
 
 def store_mask_uint8(mask: np.ndarray) -> np.ndarray:
-    """IBA / InputIBA masks: divided by their max, then saved as an 8-bit PNG (``(m * 255).astype(uint8)``)."""
+    """IBA masks (``show_feat_mask``): divided by their max, then saved as an 8-bit PNG
+    (``(m * 255).astype(uint8)``)."""
     m = mask.astype(np.float32)
     m = m / m.max()
     return (m * np.float32(255)).astype(np.uint8)
+
+
+def store_input_mask_uint8(input_mask: np.ndarray) -> np.ndarray:
+    """InputIBA's input masks (``show_input_mask``): ``sigmoid(alpha)`` averaged over the colour channels, in
+    (0, 1), saved as ``(m * 255).astype(uint8)`` with no division by the max (every commit of the code from
+    April to December 2021)."""
+    return (input_mask.astype(np.float32) * np.float32(255)).astype(np.uint8)
 
 
 def store_baseline_uint8(attribution: np.ndarray) -> np.ndarray:

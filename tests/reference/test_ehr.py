@@ -17,6 +17,7 @@ from xattr.methods.base import reduce_channels
 from xattr.methods.baselines.cam import GradCAM
 from xattr.methods.baselines.gradient import Gradient
 from xattr.methods.iba import PerSampleIBA
+from xattr.methods.input_iba import InputIBA
 from xattr.metrics.localisation import EffectiveHeatRatio, to_uint8
 from xattr.models.tiny import TinyCNN
 
@@ -75,12 +76,26 @@ def test_legacy_auto_depends_on_the_scale():
 
 @x86
 def test_reference_uint8_of_masks_equals_the_reference_pipeline():
-    """IBA / InputIBA maps: divided by their max, 8-bit, read back / 255."""
+    """IBA maps: divided by their max, 8-bit, read back / 255."""
     m = smooth(B).abs() * 3e-3  # bits per pixel: small numbers
     expected = reference_ehr([ref.store_mask_uint8(mi[0].numpy()) for mi in m])
     assert torch.allclose(xattr_ehr(m, normalise="reference_uint8", map_kind="mask"), expected, atol=1e-6)
     iba = PerSampleIBA(TinyCNN(), layer="conv2")  # map_kind auto: the IBA family is a mask
     assert torch.allclose(xattr_ehr(m, normalise="reference_uint8", method=iba), expected, atol=1e-6)
+
+
+@x86
+def test_reference_uint8_of_input_iba_masks_keeps_their_scale_as_the_reference_pipeline():
+    """InputIBA's input masks (``sigmoid(alpha)`` channel mean, in (0, 1)): x 255, 8-bit, no division by the
+    max (``show_input_mask``). A mask whose max is 0.6 scores lower than divided by its max would."""
+    m = torch.sigmoid(smooth(B) * 8 - 3)
+    m = 0.6 * m / m.amax((1, 2, 3), keepdim=True)  # max 0.6: the division would matter
+    expected = reference_ehr([ref.store_input_mask_uint8(mi[0].numpy()) for mi in m])
+    method = InputIBA(TinyCNN(), layer="conv2")  # map_kind auto: InputIBA is stored as it is
+    assert torch.allclose(xattr_ehr(m, normalise="reference_uint8", method=method), expected, atol=1e-6)
+    assert torch.allclose(xattr_ehr(m, normalise="reference_uint8", map_kind="signed"), expected, atol=1e-6)
+    as_iba = reference_ehr([ref.store_mask_uint8(mi[0].numpy()) for mi in m])
+    assert (as_iba >= expected - 1e-9).all() and (as_iba - expected).max() > 0.03  # the division raises scores
 
 
 @x86
@@ -140,7 +155,8 @@ def _full(message: str) -> str:
 
 
 def test_map_kind_auto_reads_the_method_and_bad_ones_are_one_line():
-    """``map_kind: auto`` by hand (module docstring): IBA / InputIBA packages store masks; ``reduce`` none ->
+    """``map_kind: auto`` by hand (module docstring): the IBA package stores masks, InputIBA its map as it is;
+    ``reduce`` none ->
     signed, sum / abs_sum -> channel_sum; no method, a saved run, another reduce: one whole-line error each."""
     from xattr.metrics.localisation import resolve_map_kind
 
@@ -149,7 +165,7 @@ def test_map_kind_auto_reads_the_method_and_bad_ones_are_one_line():
 
     assert resolve_map_kind("signed", None) == "signed"
     assert resolve_map_kind("auto", method("xattr.methods.iba.per_sample")) == "mask"
-    assert resolve_map_kind("auto", method("xattr.methods.input_iba.input_iba")) == "mask"
+    assert resolve_map_kind("auto", method("xattr.methods.input_iba.input_iba")) == "signed"  # stored as it is
     assert resolve_map_kind("auto", method("xattr.methods.input_iba_like")) == "signed"   # not the package
     assert resolve_map_kind("auto", method("xattr.methods.gradients", reduce="none")) == "signed"
     for r in ("sum", "abs_sum"):

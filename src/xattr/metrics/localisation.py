@@ -8,24 +8,27 @@ image's region is the union of its boxes (pixel centres inside, so integer boxes
 **Map normalisation** (``normalise``, the same for all three metrics, :func:`normalise_maps`):
 
 - ``max`` (default): negative scores count as no heat (clamped at 0), then each map is divided by its own
-  maximum, so a score never depends on a map's absolute scale (as the InputIBA code does for IBA and
-  InputIBA masks). An all-zero map stays zero.
+  maximum, so a score never depends on a map's absolute scale (as the InputIBA code does for IBA
+  masks). An all-zero map stays zero.
 - ``reference_uint8``: the InputIBA evaluation pipeline exactly (InputIBA @5f03549e,
-  ``vision_attributor.py`` and ``effective_heat_ratios.py``; ../shared/REFERENCE.md): IBA-family masks are
-  divided by their max, the baseline maps (Captum's *signed channel mean*) are not normalised; both are
+  ``vision_attributor.py`` and ``effective_heat_ratios.py``; ../shared/REFERENCE.md): IBA masks are
+  divided by their max (``show_feat_mask``); InputIBA's input masks (``sigmoid(alpha)``, in (0, 1)) and the
+  baseline maps (Captum's *signed channel mean*) are not normalised (``show_input_mask`` has no division,
+  in every commit of 2021; ../shared/REFERENCE.md says "InputIBA and IBA masks are divided by their max",
+  which holds for the feature masks only); all are
   multiplied by 255 and cast to ``uint8`` as numpy does on x86-64 (truncation toward zero, then modulo 256,
   so a negative value such as -0.01 becomes 254/255 = 0.996: "wrap-around"); the evaluator then divides by
   255 when the 8-bit map's max is above 1. Which of the two a map is comes from ``map_kind``.
 - ``none`` (raw scores), ``minmax`` (each map to [0, 1]) and ``auto`` (legacy, scale-dependent: keeps maps
   that happen to lie in [0, 1] and min-max scales the others; earlier xattr default, kept to reproduce old runs).
 
-``map_kind`` (used by ``reference_uint8`` only): ``mask`` (IBA family: divided by the max first),
+``map_kind`` (used by ``reference_uint8`` only): ``mask`` (IBA: divided by the max first),
 ``signed`` (a baseline map that already is the reference's channel mean, or has one channel),
 ``channel_sum`` (a baseline map summed over the input's C channels, xattr's ``reduce: sum`` or
 ``abs_sum``: divided by C to give the reference's channel mean), or ``auto``: from the run's method (the
-declared extra ``method``): the IBA and InputIBA families (``xattr.methods.iba``, ``xattr.methods.input_iba``)
-are ``mask``; a method reducing channels by ``sum`` / ``abs_sum`` is ``channel_sum``; a method without
-channel reduction (Grad-CAM, Extremal Perturbation, random, ...) is ``signed``; any other reduction
+declared extra ``method``): the IBA family (``xattr.methods.iba``) is ``mask``; InputIBA
+(``xattr.methods.input_iba``, a map in (0, 1)) is ``signed``, as the code stored it; a method reducing
+channels by ``sum`` / ``abs_sum`` is ``channel_sum``; a method without channel reduction (Grad-CAM, Extremal Perturbation, random, ...) is ``signed``; any other reduction
 (``max_abs``, ...) has no counterpart in the reference pipeline and is refused with the fix
 (``method.reduce=sum``, the reference's Captum maps), as is ``method=saved`` (set ``map_kind``).
 """
@@ -48,7 +51,7 @@ from xattr.metrics.base import Metric, MetricResult
 NORMALISATIONS = ("max", "reference_uint8", "none", "minmax", "auto")
 MAP_KINDS = ("auto", "mask", "signed", "channel_sum")
 #: method packages whose maps the reference stored max-normalised (``map_kind: auto``)
-MASK_FAMILIES = ("xattr.methods.iba", "xattr.methods.input_iba")
+MASK_FAMILIES = ("xattr.methods.iba",)
 
 
 def to_uint8(v: torch.Tensor) -> torch.Tensor:
