@@ -37,6 +37,15 @@ def test_demo_draws_one_column_per_method_with_the_labels(tmp_path, capsys):
     assert "  bird: chickadee (0." in out and out.count("  bird: chickadee") == 1  # listed once, not per method
     # the shipped statistics were used, not estimated from the photos
     assert not (tmp_path / "demo" / "cache").exists()
+    # a second demo with one method's settings changed makes that method's folder again, resumes the others
+    with open_dict(cfg):
+        cfg.demo.methods.iba.overrides = [STATS, "method.steps=3"]
+    kept = (tmp_path / "demo" / "gradient" / "heatmaps" / "b0000000-2.npz").stat().st_mtime_ns
+    demo(cfg)
+    out = capsys.readouterr().out
+    assert re.search(r"demo/iba was made with other settings \(method\.steps=2 \(here 3\)\): made again", out), out
+    assert out.count("made again") == 1 and "0 batches computed" not in out.split("[iba]")[1].split("[input_iba]")[0]
+    assert (tmp_path / "demo" / "gradient" / "heatmaps" / "b0000000-2.npz").stat().st_mtime_ns == kept  # resumed
 
 
 def test_statistics_of_other_weights_are_refused(tmp_path):

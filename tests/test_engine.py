@@ -103,6 +103,43 @@ def test_resume_with_another_batch_size_or_more_images_computes_each_image_once(
     assert CrashOnCall.calls == 0 and "0 batches computed, 3 skipped" in capsys.readouterr().out
 
 
+def test_resume_with_other_result_settings_is_refused_naming_each_key(tmp_path):
+    """A finished image made with other result settings (a method's seed, a metric's step, the target) behind
+    the same folder: one line naming each changed key, before any work; the folder is left as it was. What
+    changes only how a run goes (batch size, threads, the devices, chunk, more images) resumes."""
+    import re
+
+    from xattr.errors import XattrConfigError
+
+    CrashOnCall.calls = 100
+    base = ["method._target_=tests.test_engine.CrashOnCall", "method=random", "dataset.limit=3"]
+    run_dir = run(_cfg(tmp_path, [*base, "method.seed=1"]))
+    before = {p.name: p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.is_file()}
+    CrashOnCall.calls = 0
+    message = (f"bad run folder {run_dir}: its 3 finished images were made with "
+               "method.seed=1 (here 2); metric.insertion_deletion.per_step=256 (here 128); valid choices: the "
+               "settings that made the folder, or a new folder (hydra.run.dir=...)")
+    with pytest.raises(XattrConfigError, match="^" + re.escape(message) + "$"):
+        run(_cfg(tmp_path, [*base, "method.seed=2", "metric.insertion_deletion.per_step=128"]))
+    assert CrashOnCall.calls == 0
+    assert {p.name: p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.is_file()} == before
+    # how the run goes, not what it computes: resumes, and computes only the new images
+    run(_cfg(tmp_path, [*base[:2], "method.seed=1", "dataset.limit=5", "batch_size=1", "threads=1",
+                        "metric.insertion_deletion.chunk=3", "dataset.num_workers=0"]))
+    assert CrashOnCall.calls == 2
+    assert sorted(pd.read_parquet(run_dir / "per_image.parquet")["index"]) == list(range(5))
+
+
+def test_changed_settings_compares_the_keys_both_configs_have():
+    from xattr.engine.resume import changed_settings
+
+    old = {"method": {"beta": 10, "areas": [0.1], "chunk": 4}, "trainer": {"devices": 1}, "dataset": {"limit": 5}}
+    new = {"method": {"beta": 10, "areas": [0.3], "chunk": "auto", "new_option": 1}, "trainer": {"devices": 2},
+           "dataset": {"limit": 50}, "seed": 3}
+    assert changed_settings(old, new) == ["method.areas=[0.1] (here [0.3])"]
+    assert changed_settings(old, old) == []
+
+
 def test_take_cuts_every_per_image_field():
     from xattr.core.store import take
 

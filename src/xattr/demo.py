@@ -10,6 +10,7 @@ family reads the feature statistics shipped in ``assets/stats/``.
 
 from __future__ import annotations
 
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -25,6 +26,7 @@ from xattr.config import CONF_DIR, build, check_values, validate
 from xattr.core.store import RunStore
 from xattr.core.threads import apply_threads
 from xattr.engine.cost import estimate
+from xattr.engine.resume import stale_settings
 from xattr.models.zoo import load_model
 from xattr.run import run
 from xattr.viz.heatmaps import comparison_grid
@@ -60,6 +62,15 @@ def method_config(base: DictConfig, method: str, overrides: list[str]) -> DictCo
     return cfg
 
 
+def _start_over_if_stale(cfg: DictConfig) -> None:
+    """A demo folder made with other settings (an older xattr, other overrides) is made again, not refused:
+    the demo's folders are its own cache."""
+    changed = stale_settings(cfg.paths.output_dir, cfg)
+    if changed:
+        print(f"  {cfg.paths.output_dir} was made with other settings ({'; '.join(changed)}): made again", flush=True)
+        shutil.rmtree(cfg.paths.output_dir)
+
+
 def demo(cfg: DictConfig, set_threads: bool = False) -> Path:
     """Run every method of ``cfg.demo.methods`` and draw the comparison; returns the figure's path.
     ``set_threads``: apply ``cfg.threads`` to torch (the command line does; a caller keeps its threads)."""
@@ -84,6 +95,7 @@ def demo(cfg: DictConfig, set_threads: bool = False) -> Path:
     for m, spec in methods.items():
         t0 = time.time()
         print(f"\n[{m}] {spec.title}")
+        _start_over_if_stale(configs[m])
         runs[m] = run(configs[m])
         print(f"[{m}] done in {time.time() - t0:.0f} s")
     per_image = RunStore(next(iter(runs.values()))).rows()

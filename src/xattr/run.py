@@ -32,6 +32,7 @@ from xattr.data.transforms import collate
 from xattr.engine.cost import estimate, human
 from xattr.engine.module import AttributionModule
 from xattr.engine.report import finish_analyses, write_report
+from xattr.engine.resume import check_resume, short
 from xattr.engine.targets import parse_target
 from xattr.errors import XattrConfigError
 from xattr.models.zoo import load_model
@@ -52,6 +53,7 @@ def run(cfg: DictConfig, set_threads: bool = False) -> Path:
     _record_source_method(cfg)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     run_dir = Path(cfg.paths.output_dir)
+    check_resume(run_dir, cfg)
     RunStore(run_dir).write_config(cfg)
 
     zoo = load_model(cfg.model.name, weights=cfg.model.weights, weights_dir=cfg.paths.get("weights_dir"), spec=cfg.model)
@@ -188,7 +190,7 @@ def _record_source_method(cfg: DictConfig) -> None:
             theirs, ours = (OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v
                             for v in (theirs, ours))
             if theirs != ours:
-                differ.append(f"{k}={_short(theirs)} (here {_short(ours)})")
+                differ.append(f"{k}={short(theirs)} (here {short(ours)})")
         if differ:
             raise XattrConfigError(
                 f"bad method.{key} {str(source)!r}: its maps were made with {'; '.join(differ)}; valid choices: the "
@@ -201,11 +203,6 @@ def _record_source_method(cfg: DictConfig) -> None:
             cfg.dataset.limit = int(limit)
         cfg.method_name = orig.get("method_name", cfg.method_name)
         cfg.source_method = orig.get("method")
-
-
-def _short(value: object) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _source_run_key(node: DictConfig) -> str | None:
