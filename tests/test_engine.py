@@ -133,9 +133,10 @@ def test_resume_with_other_result_settings_is_refused_naming_each_key(tmp_path):
 def test_changed_settings_compares_the_keys_both_configs_have():
     from xattr.engine.resume import changed_settings
 
-    old = {"method": {"beta": 10, "areas": [0.1], "chunk": 4}, "trainer": {"devices": 1}, "dataset": {"limit": 5}}
+    old = {"method": {"beta": 10, "areas": [0.1], "chunk": 4}, "trainer": {"devices": 1},
+           "dataset": {"limit": 5, "root": "../shared/data", "split": "val"}}
     new = {"method": {"beta": 10, "areas": [0.3], "chunk": "auto", "new_option": 1}, "trainer": {"devices": 2},
-           "dataset": {"limit": 50}, "seed": 3}
+           "dataset": {"limit": 50, "root": "/data", "split": "val"}, "seed": 3}
     assert changed_settings(old, new) == ["method.areas=[0.1] (here [0.3])"]
     assert changed_settings(old, old) == []
 

@@ -8,8 +8,8 @@ new configuration and refuses such a resume in one line naming each changed key.
 
 What may change on a resume (it changes how a run goes, not what it computes): the devices and processes
 (``trainer``, ``threads``), ``batch_size``, logging, paths, the number of images (``dataset.limit``: a run
-extends to more images), data loading (``dataset.num_workers``, ``on_error``) and every ``chunk`` (memory
-only: maps unchanged, tested per method). Keys that only one of the two configurations has are not compared
+extends to more images), where the data lies and how it loads (``dataset.root``, ``num_workers``,
+``on_error``) and every ``chunk`` (memory only: maps unchanged, tested per method). Keys that only one of the two configurations has are not compared
 (a newer xattr adds options with their defaults). The images themselves are checked one by one as they
 come (``AttributionModule._check_same_images``).
 """
@@ -24,9 +24,10 @@ from xattr.errors import XattrConfigError
 
 #: top-level groups that do not decide results (``demo``: the demo's list of every method, each run has its own)
 FREE_GROUPS = ("trainer", "logger", "paths", "hydra", "batch_size", "threads", "list_images", "name", "demo")
-#: dotted keys that do not decide results
-FREE_KEYS = ("dataset.limit", "dataset.num_workers", "dataset.on_error", "dataset.attribution.limit",
-             "dataset.attribution.on_error", "dataset.estimation.on_error")
+#: dotted keys that do not decide results (``root``: where the data lies; the images are checked one by one)
+FREE_KEYS = ("dataset.limit", "dataset.num_workers", "dataset.on_error", "dataset.root", "dataset.attribution.limit",
+             "dataset.attribution.on_error", "dataset.attribution.root", "dataset.estimation.on_error",
+             "dataset.estimation.root")
 #: leaf names that do not decide results wherever they are (memory only)
 FREE_LEAVES = ("chunk",)
 
