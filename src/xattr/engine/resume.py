@@ -9,9 +9,9 @@ new configuration and refuses such a resume in one line naming each changed key.
 What may change on a resume (it changes how a run goes, not what it computes): the devices and processes
 (``trainer``, ``threads``), ``batch_size``, logging, paths, the number of images (``dataset.limit``: a run
 extends to more images), where the data lies and how it loads (``dataset.root``, ``num_workers``,
-``on_error``) and every ``chunk`` (memory only: maps unchanged, tested per method). Keys that only one of the two configurations has are not compared
-(a newer xattr adds options with their defaults). The images themselves are checked one by one as they
-come (``AttributionModule._check_same_images``).
+``on_error``) and every ``chunk`` (memory only: maps unchanged, tested per method). Keys that only one of
+the two configurations has are not compared (a newer xattr adds options with their defaults). The images
+themselves are checked one by one as they come (``AttributionModule._check_same_images``).
 """
 
 from __future__ import annotations

@@ -28,9 +28,10 @@ image's region is the union of its boxes (pixel centres inside, so integer boxes
 ``abs_sum``: divided by C to give the reference's channel mean), or ``auto``: from the run's method (the
 declared extra ``method``): the IBA family (``xattr.methods.iba``) is ``mask``; InputIBA
 (``xattr.methods.input_iba``, a map in (0, 1)) is ``signed``, as the code stored it; a method reducing
-channels by ``sum`` / ``abs_sum`` is ``channel_sum``; a method without channel reduction (Grad-CAM, Extremal Perturbation, random, ...) is ``signed``; any other reduction
-(``max_abs``, ...) has no counterpart in the reference pipeline and is refused with the fix
-(``method.reduce=sum``, the reference's Captum maps), as is ``method=saved`` (set ``map_kind``).
+channels by ``sum`` / ``abs_sum`` is ``channel_sum``; a method without channel reduction (Grad-CAM,
+Extremal Perturbation, random, ...) is ``signed``; any other reduction (``max_abs``, ...) has no counterpart
+in the reference pipeline and is refused with the fix (``method.reduce=sum``, the reference's Captum maps), as
+is ``method=saved`` (set ``map_kind``).
 """
 
 from __future__ import annotations
