@@ -215,6 +215,30 @@ def test_chunk_bounds_rows_per_call_and_never_changes_maps(method):
     assert make(model, 1).chunk == 1
 
 
+@pytest.mark.parametrize("method", list(CHUNKED))
+def test_default_chunk_is_auto_sized_for_the_cpu_and_never_changes_maps(method, monkeypatch):
+    """Every chunked method defaults to ``chunk: auto`` (issue 31: 64-256 fixed rows ran 1.3-2.5x slower per
+    image on a CPU than the cache-sized ``auto``, docs/speed.md). Off CUDA ``auto`` is
+    ``CPU_CHUNK_VALUES // values per row`` rows (at least 4), patched here to 5 rows of 3 x 16 x 16 so the
+    split shows: the calls hold at most max(5, one image's rows) rows, and the maps equal ``chunk=None``."""
+    import inspect
+
+    import xattr.core.chunk as chunk_mod
+
+    make, floor, _ = CHUNKED[method]
+    torch.manual_seed(12)
+    model = nn.Sequential(_Rows(), TinyCNN(num_classes=10)).eval()
+    x, target = torch.randn(_B, 3, 16, 16), torch.tensor([2, 5, 9])
+    ref = make(model, None).attribute(x, target)
+    cls = type(make(model, None))
+    assert inspect.signature(cls.__init__).parameters["chunk"].default == "auto"
+    monkeypatch.setattr(chunk_mod, "CPU_CHUNK_VALUES", 5 * 3 * 16 * 16)
+    _Rows.seen.clear()
+    maps = make(model, "auto").attribute(x, target)
+    torch.testing.assert_close(maps, ref, rtol=1e-4, atol=1e-6)
+    assert max(_Rows.seen) <= max(5, floor) and len(_Rows.seen) > 1, _Rows.seen
+
+
 @pytest.mark.parametrize("bad", [0, -3, "x", 2.5, True])
 @pytest.mark.parametrize("method", list(CHUNKED))
 def test_bad_chunk_is_one_line_error_naming_the_value(method, bad):

@@ -15,6 +15,7 @@ from xattr.analyses.sensitivity_n import pooled_curve
 from xattr.errors import XattrConfigError
 from xattr.metrics.degradation import Degradation
 from xattr.metrics.insertion_deletion import InsertionDeletion
+from xattr.metrics.lerf import LeRF
 from xattr.metrics.sensitivity_n import SensitivityN, default_fractions, default_n
 from xattr.models.tiny import PixelLinear, TinyCNN
 
@@ -191,6 +192,36 @@ def test_sensitivity_n_defaults():
         SensitivityN(protocol="ancona")
 
 
+@pytest.mark.parametrize("make", [
+    lambda c: SensitivityN(protocol="iba", tile=2, n_masks=10, chunk=c),
+    lambda c: Degradation(tile=2, n_points=9, chunk=c),
+    lambda c: LeRF(fractions=(0.1, 0.3, 0.5), chunk=c),
+], ids=["sensitivity_n", "degradation", "lerf"])
+def test_default_chunk_is_auto_sized_for_the_cpu_and_never_changes_scores(make, monkeypatch):
+    """Sensitivity-N, Degradation and LeRF default to ``chunk: auto`` (issue 31: 256 fixed forwards per call
+    ran 1.3-2.4x slower per image on a CPU, docs/speed.md). Off CUDA ``auto`` is ``CPU_CHUNK_VALUES // values
+    per row`` (at least 4), patched here to 5 rows of 3 x 8 x 8: no call holds more, and every score and curve
+    equals ``chunk=None``'s."""
+    import inspect
+
+    import xattr.core.chunk as chunk_mod
+
+    seen: list[int] = []
+    net = TinyCNN(num_classes=3).eval()
+    net.register_forward_pre_hook(lambda m, a: seen.append(a[0].shape[0]))
+    x, t, maps = torch.randn(4, 3, S, S), torch.tensor([0, 1, 2, 0]), rand_map(4)
+    ref = make(None)(net, x, t, maps)
+    assert inspect.signature(type(make(None)).__init__).parameters["chunk"].default == "auto"
+    monkeypatch.setattr(chunk_mod, "CPU_CHUNK_VALUES", 5 * 3 * S * S)
+    seen.clear()
+    res = make("auto")(net, x, t, maps)
+    assert max(seen) <= 5 and len(seen) > 2, seen
+    for key, v in ref.scores.items():
+        torch.testing.assert_close(res.scores[key], v, rtol=1e-5, atol=1e-6)
+    for key, v in ref.curves.items():
+        torch.testing.assert_close(res.curves[key], v, rtol=1e-5, atol=1e-6)
+
+
 # ----------------------------------------------------------------------------- degradation
 def test_degradation_true_map_beats_random_and_scaling():
     model, x, t, truth, _ = linear_setup(c=3, scale=2.0)
@@ -247,7 +278,7 @@ def test_sensitivity_n_protocols_pinned_to_reference_md():
 
     m = SensitivityN()
     assert (m.protocol, m.n_masks, m.fill, m.output, m.tile, m.return_pairs, m.seed) == ("inputiba", 100, 0.0, "logit", 1, False, 0)
-    assert (m.precision, m.chunk, m.fold_bn, m.channels_last) == ("fp32", 256, True, None)
+    assert (m.precision, m.chunk, m.fold_bn, m.channels_last) == ("fp32", "auto", True, None)
     iba = SensitivityN(protocol="iba")
     assert (iba.tile, iba.return_pairs) == (8, True)
     expected = [int(v) for v in np.unique(np.logspace(0, 4.5, 45).astype(int))]  # the reference's expression

@@ -45,6 +45,16 @@ def check_chunk(chunk: object, kind: str = "chunk") -> int | str | None:
     return chunk
 
 
+TOKEN_CHUNK = 256
+"""``chunk: auto`` for token inputs: no probe forward (a text model may need a mask beside its ids), so a fixed
+number of rows per call (the text metrics' default before ``auto``)."""
+
+
+def token_chunk(chunk: int | str | None) -> int | None:
+    """``chunk`` for a batch of token ids: :data:`TOKEN_CHUNK` for ``auto``, else ``chunk`` itself."""
+    return TOKEN_CHUNK if check_chunk(chunk) == "auto" else chunk
+
+
 def autocast(device: torch.device, precision: str = "fp32"):
     """Autocast to ``bf16`` / ``fp16`` on ``device``, or nothing for ``fp32``."""
     if precision == "fp32":

@@ -77,7 +77,7 @@ class Degradation(Metric):
         b: float | None = None,
         ties: str = "stable",
         seed: int = 0,
-        chunk: int | str | None = 256,
+        chunk: int | str | None = "auto",
         precision: str = "fp32",
     ) -> None:
         self.tile = check_positive_int("tile", tile)

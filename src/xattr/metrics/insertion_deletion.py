@@ -64,7 +64,7 @@ from torch import nn
 from torchvision.transforms.functional import gaussian_blur
 
 from xattr.core.checks import bad, check_choice, check_positive_int, module_device
-from xattr.core.chunk import check_chunk, resolve_chunk
+from xattr.core.chunk import check_chunk, resolve_chunk, token_chunk
 from xattr.errors import XattrConfigError
 from xattr.metrics._perturb import (
     OUTPUTS,
@@ -336,7 +336,7 @@ class InsertionDeletion(Metric):
         cap = (mask.sum(1).float() * self.max_fraction).round().clamp_min(1).long()
         unk = torch.full_like(x, unk_index)
         canvases = {"deletion": (x, unk), "insertion": (torch.where(mask, unk, x), x)}
-        chunk = 256 if self.chunk == "auto" else self.chunk  # tokens: no probe forward (a model may need a mask)
+        chunk = token_chunk(self.chunk)
         res = MetricResult()
         for mode in self.modes:
             start, fill = canvases[mode]

@@ -85,7 +85,7 @@ class LeRF(Metric):
 
     def __init__(self, fractions: Sequence[float] = DEFAULT_FRACTIONS, rank: str = "signed", channels: str = "max",
                  count: str = "floor", fill: float = 0.0,
-                 output: str = "softmax", ties: str = "stable", seed: int = 0, chunk: int | str | None = 256,
+                 output: str = "softmax", ties: str = "stable", seed: int = 0, chunk: int | str | None = "auto",
                  precision: str = "fp32") -> None:
         fr = [float(f) for f in fractions]
         if len(fr) < 2 or any(not 0 <= f <= 1 for f in fr) or any(b <= a for a, b in zip(fr, fr[1:])):

@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 from xattr.core.checks import check_choice, check_positive_int, module_device
-from xattr.core.chunk import check_chunk, resolve_chunk
+from xattr.core.chunk import check_chunk, resolve_chunk, token_chunk
 from xattr.errors import XattrConfigError
 from xattr.metrics._perturb import (
     PRECISIONS,
@@ -122,7 +122,7 @@ class SensitivityN(Metric):
         fill: float = 0.0,
         output: str = "logit",
         return_pairs: bool | None = None,
-        chunk: int | str | None = 256,
+        chunk: int | str | None = "auto",
         precision: str = "fp32",
         fractions: Sequence[float] | None = None,
         unk_index: int | None = None,
@@ -244,7 +244,7 @@ class SensitivityN(Metric):
             i = jobs // per
             return torch.where(masks_t[jobs], unk, x[i]), target[i]
 
-        chunk = resolve_chunk(self.chunk, model, x[:1], self.precision)
+        chunk = token_chunk(self.chunk)
         clean = chunked_readout(model, b, lambda j: (x[j], target[j]), chunk, device, self.output, self.precision)
         pert = chunked_readout(model, b * per, build, chunk, device, self.output, self.precision)
         drop = clean[:, None, None].double() - pert.view(b, nf, m).double()

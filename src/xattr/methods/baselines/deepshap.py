@@ -77,7 +77,7 @@ class DeepSHAP(Attribution):
         baselines: str = "normal",
         n_baselines: int = 10,
         seed: int = 0,
-        chunk: int | str | None = None,
+        chunk: int | str | None = "auto",
         reduce: str = "sum",
         mean: float = 0.0,
         std: float = 1.0,

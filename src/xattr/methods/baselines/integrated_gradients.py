@@ -61,7 +61,7 @@ class IntegratedGradients(Attribution):
         baseline: str | float = "zero",
         n_steps: int = 50,
         method: str = "riemann_right",
-        chunk: int | str | None = None,
+        chunk: int | str | None = "auto",
         reduce: str = "sum",
         multiply_by_inputs: bool = True,
     ) -> None:

@@ -79,7 +79,7 @@ class LIME(Attribution):
         lasso_alpha: float = 0.01,
         baseline: str | float = "zero",
         seed: int | None = 0,
-        chunk: int | str | None = 256,
+        chunk: int | str | None = "auto",
         reduce: str = "sum",
     ) -> None:
         super().__init__(model)

@@ -55,7 +55,7 @@ class SmoothGrad(Attribution):
         noise_level: float = 0.15,
         abs: bool = True,
         seed: int | None = 0,
-        chunk: int | str | None = None,
+        chunk: int | str | None = "auto",
         reduce: str = "max_abs",
     ) -> None:
         super().__init__(model)
