@@ -139,3 +139,29 @@ def test_cost_model_counts_forwards_and_a_long_cpu_run_says_its_duration(tmp_pat
                               torch.zeros(1, 3, 20, 20), n_images=100)
     assert sec == pytest.approx(100 * (304 + 81) * 0.01) and "iba ~304" in what and "insertion_deletion ~81" in what
     assert cost.human(sec) == "6 min"
+
+
+def test_timings_behind_the_estimate_count_the_processs_own_cores(monkeypatch):
+    """``own_seconds``: the lesser of wall and process CPU time. Faked clocks: beside two other jobs (wall 3 s,
+    CPU 1 s) it says 1 s, what the work takes on a core of its own; with 2 threads on free cores (wall 1 s, CPU
+    2 s) it says 1 s, the wall time. ``seconds_per_forward`` takes the median of 3 such timings per image."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from xattr.engine import cost
+
+    clocks = {"wall": 0.0, "cpu": 0.0}
+    monkeypatch.setattr(cost, "time", SimpleNamespace(perf_counter=lambda: clocks["wall"],
+                                                      process_time=lambda: clocks["cpu"]))
+
+    def work(wall, cpu):
+        def fn():
+            clocks["wall"] += wall
+            clocks["cpu"] += cpu
+        return fn
+
+    assert cost.own_seconds(work(3.0, 1.0)) == 1.0  # shared CPU: its CPU time
+    assert cost.own_seconds(work(1.0, 2.0)) == 1.0  # threads on free cores: its wall time
+    net = lambda x: work(0.6, 0.2)()  # noqa: E731 - a "network" that spends 0.2 s of CPU in 0.6 s of wall time
+    assert cost.seconds_per_forward(net, torch.zeros(1, 3), batch=4) == pytest.approx(0.2 / 4)

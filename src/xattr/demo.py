@@ -25,7 +25,7 @@ from xattr.cli import HELP_FLAGS, Stop, checked, command, help_text, parents_to_
 from xattr.config import CONF_DIR, build, check_values, validate
 from xattr.core.store import RunStore
 from xattr.core.threads import apply_threads
-from xattr.engine.cost import estimate
+from xattr.engine.cost import estimate, own_seconds
 from xattr.engine.resume import stale_settings
 from xattr.models.zoo import load_model
 from xattr.run import run
@@ -124,9 +124,10 @@ def seconds_per_equivalent(net, x: torch.Tensor) -> float:
     """Seconds of one forward equivalent as the demo's costly methods spend them: a third of one row's forward
     and input-gradient backward (a backward counts 2 in every stated cost), on a CPU in channels-last pieces of
     ``chunk: auto``'s rows (InputIBA's and IBA's passes; :func:`xattr.core.chunk.resolve_chunk`), the best of 3
-    after a warm-up. Why not ``engine.cost.seconds_per_forward`` (one plain forward of 4 rows): on this CPU
-    a backward costs about one forward, not two, and the pieces run ~1.3x faster, so that estimate said
-    3x the measured time for InputIBA (docs/speed.md, InputIBA)."""
+    after a warm-up, each :func:`~xattr.engine.cost.own_seconds` (the cores' time, not other jobs'). Why not
+    ``engine.cost.seconds_per_forward`` (one plain forward of 4 rows): on this CPU a backward costs about one
+    forward, not two, and the pieces run ~1.3x faster, so that estimate said 3x the measured time for InputIBA
+    (docs/speed.md, InputIBA)."""
     from xattr.core.chunk import resolve_chunk
     from xattr.core.hooks import frozen
 
@@ -136,9 +137,7 @@ def seconds_per_equivalent(net, x: torch.Tensor) -> float:
     with frozen(net), torch.enable_grad():
         for _ in range(4):
             z = xb.clone().requires_grad_(True)
-            t0 = time.perf_counter()
-            net(z).sum().backward()
-            times.append(time.perf_counter() - t0)
+            times.append(own_seconds(lambda z=z: net(z).sum().backward()))
     return min(times[1:]) / (3 * rows)
 
 

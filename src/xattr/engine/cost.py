@@ -9,6 +9,7 @@ somewhat faster; the order of magnitude is what lets a user choose ``dataset.lim
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -17,17 +18,24 @@ from xattr.methods.base import Attribution
 from xattr.metrics.base import Metric
 
 
+def own_seconds(fn: Callable[[], object]) -> float:
+    """Seconds ``fn()`` takes on cores of its own: the lesser of its wall time and this process's CPU time
+    (``time.process_time``, all threads). On a CPU shared with other jobs the wall time also counts their turns
+    (a one-thread InputIBA run beside two others was estimated at twice the time it then took per image,
+    issue 31); with several threads on free cores the CPU time adds the threads up and the wall time is less."""
+    w0, c0 = time.perf_counter(), time.process_time()
+    fn()
+    return min(time.perf_counter() - w0, time.process_time() - c0)
+
+
 @torch.no_grad()
 def seconds_per_forward(net: nn.Module, x: torch.Tensor, batch: int = 4) -> float:
-    """Wall seconds of one image's forward within a batch of ``batch`` (median of 3, after a warm-up)."""
+    """Seconds of one image's forward within a batch of ``batch`` (median of 3 after a warm-up, each
+    :func:`own_seconds`: what a run takes when the cores are its own)."""
     xb = x[:1].expand(batch, *x.shape[1:]).contiguous()
     net(xb)
-    times = []
-    for _ in range(3):
-        t0 = time.perf_counter()
-        net(xb)
-        times.append(time.perf_counter() - t0)
-    return sorted(times)[1] / batch
+    times = sorted(own_seconds(lambda: net(xb)) for _ in range(3))
+    return times[1] / batch
 
 
 def estimate(method: Attribution, metrics: dict[str, Metric], net: nn.Module, example: torch.Tensor,
