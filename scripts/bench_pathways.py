@@ -16,6 +16,19 @@ Each row also gives the method's arithmetic (GFLOP per image, ``timing.flops`` o
 batched path reached, and the *limit row* (issue 31): a plain batched forward + input-gradient backward of the
 whole model at ``min(images x rows per image, --chunk)`` rows, measured in the same run (``timing.limit``);
 "% of limit" is the batched rate's share of it (target: >= 80%). ``--threads 1`` / ``--threads 0`` (all cores).
+
+The last row of each model, *gated pass*, is the floor of every pathway method: one forward with a 0/1 gate
+multiplied into every ReLU neuron and the input-gradient backward through it (the pathway gradient with every
+neuron kept), at the limit's rows, nothing else. A GreedyPruning round is this pass plus its selection, a DGR
+iteration this pass plus its gate update, NeuronMCT one plain and one gated pass plus a selection: no method
+can come closer to the limit than this row, whatever its own bookkeeping costs. The gates' two elementwise
+passes per neuron weigh by the network's arithmetic per neuron (CIFAR ResNet-20: ~220 multiply-adds per neuron;
+VGG-16 at 224 px: ~1 100), so this row is far below 100% on a small network and near it on a large one.
+
+``--breakdown`` adds, per model, where a GreedyPruning round's time goes (its scored pass on the pruned network,
+its exact selection, its counts and gates; each call of the module's pieces timed in place) and two ceilings of
+its "% of limit": with every piece but the scored pass free, and with the selection at its floor (one
+``np.partition`` of the round's scores, the fastest exact selection at hand on a CPU).
 """
 
 from __future__ import annotations
@@ -26,7 +39,9 @@ import resource
 import statistics
 import time
 import warnings
+from unittest import mock
 
+import numpy as np
 import torch
 
 from timing import (  # scripts/ is on sys.path when run as a script
@@ -34,10 +49,15 @@ from timing import (  # scripts/ is on sys.path when run as a script
     flops,
     fmt,
     limit,
+    measured,
     ratio,
     record,
 )
+from xattr.core.hooks import frozen
 from xattr.methods.pathways import DGR, GreedyPruning, InputIntGrad, InputMCT, NeuronIntGrad, NeuronMCT
+from xattr.methods.pathways import greedy as greedy_module
+from xattr.methods.pathways.neurons import Neurons
+from xattr.methods.pathways.pathway import pathway_gradient
 from xattr.models import load_model
 
 
@@ -74,7 +94,9 @@ def measure(method, x: torch.Tensor, t: torch.Tensor, batched: bool, clock: str 
     process's CPU time, for one thread on a shared CPU); the median of ``repeat`` runs, as the limit row."""
     now = time.process_time if clock == "process" else time.perf_counter
     dev = x.device
-    method.explain(x[:1], t[:1])  # warm-up
+    # warm-up at the shapes the timed runs use (oneDNN makes its primitives per shape on the first call: a
+    # batched row warmed at one image only built them inside its timed runs)
+    method.explain(x, t) if batched else method.explain(x[:1], t[:1])
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
     times = []
@@ -91,6 +113,84 @@ def measure(method, x: torch.Tensor, t: torch.Tensor, batched: bool, clock: str 
     return 1000 * statistics.median(times) / len(x), _peak_mb(dev)
 
 
+def gated_row(net: torch.nn.Module, x: torch.Tensor, t: torch.Tensor, device: torch.device, clock: str,
+              repeat: int, lims: dict[int, dict], mname: str, dev_label: str) -> str:
+    """The *gated pass* row (module docstring): the pathway gradient of ``x`` with every neuron's gate 1, against
+    the limit at the same rows (measured here when no method row measured it)."""
+    neurons = Neurons(net)
+    with frozen(net):
+        layout = neurons.layout(x)
+        gates = layout.split(torch.ones(x.shape[0], layout.total, device=x.device, dtype=x.dtype))
+        row = measured(lambda: pathway_gradient(neurons, x, t, gates), device, max(3, repeat), clock)
+    if x.shape[0] not in lims:
+        lims[x.shape[0]] = limit(net, x[:1].expand(x.shape[0], -1, -1, -1).contiguous(), device, backward=True,
+                                 clock=clock)
+    lim = lims[x.shape[0]]["rate"]
+    ms = 1000 * row["seconds"] / x.shape[0]
+    record("pathways", model=mname, path="gated pass (the floor of every method)", device=device_name(device),
+           ms_per_image=ms, gflop_per_image=row["gflop"] / x.shape[0], rate=row["rate"], limit_rate=lim)
+    return (f"| {mname} | {dev_label} | gated pass (the floor of every method) | | {ms:.1f} | | | "
+            f"{row['gflop'] / x.shape[0]:.2f} | {row['rate']:.1f} | {lim:.1f} | {fmt(ratio(row['rate'], lim), pct=True)} |")
+
+
+#: GreedyPruning's pieces timed by ``--breakdown``: the names its module calls
+GREEDY_PIECES = {"flat_mct_scores": "scored pass (forward + backward on the pruned network)",
+                 "lowest_positive": "selection (the lowest 1% of the live scores)",
+                 "count_true": "live count", "greater": "live mask", "as_float": "gates to float"}
+
+
+def greedy_breakdown(net: torch.nn.Module, x: torch.Tensor, t: torch.Tensor, device: torch.device, clock: str,
+                     plain_ms: float) -> list[str]:
+    """Markdown lines: GreedyPruning's milliseconds per round by piece (the module's own calls timed in place, one
+    explained batch after a warm-up) and its ceilings against ``plain_ms``, the limit's pass at the same rows."""
+    now = time.process_time if clock == "process" else time.perf_counter
+    spent = dict.fromkeys(GREEDY_PIECES, 0.0)
+    seen: list[torch.Tensor] = []
+
+    def timed(name, fn):
+        def call(*a, **k):
+            _sync(device)
+            t0 = now()
+            out = fn(*a, **k)
+            _sync(device)
+            spent[name] += now() - t0
+            if name == "lowest_positive":
+                seen[:] = [a[0]]
+            return out
+        return call
+
+    m = GreedyPruning(net)
+    m.explain(x, t)  # warm-up
+    with mock.patch.multiple(greedy_module, **{k: timed(k, getattr(greedy_module, k)) for k in GREEDY_PIECES}):
+        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        _sync(device)
+        t0 = now()
+        aux = m.explain(x, t).aux
+        _sync(device)
+        total = now() - t0
+        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
+    rounds = int(aux["pathway/iterations"].max()) + 1  # + the first scoring
+    per = {k: 1000 * v / rounds for k, v in spent.items()}
+    rest = 1000 * total / rounds - sum(per.values())
+    keys = seen[0].detach().float().cpu().numpy().view(np.uint32) - np.uint32(1)  # the selection's own order:
+    k = max(1, keys.shape[1] // 100)  # zeros (pruned, dead) wrap behind every positive score
+    floor = 1000 * statistics.median(_timed_partition(keys, k, now) for _ in range(5))
+    lines = [f"\nGreedyPruning, {x.shape[0]} images, {rounds} scorings: ms per round (plain pass at the same rows "
+             f"{plain_ms:.2f} ms; {faults / rounds:.0f} page faults per round)\n", "| piece | ms per round |", "|---|---:|"]
+    lines += [f"| {GREEDY_PIECES[k]} | {v:.2f} |" for k, v in per.items()]
+    lines += [f"| the rest (Python, the closing pathway gradient spread over the rounds) | {rest:.2f} |",
+              f"| selection's floor: one np.partition of the scores | {floor:.2f} |",
+              f"\nceiling of % of limit: every piece but the scored pass free {plain_ms / per['flat_mct_scores']:.0%}; "
+              f"the selection at its floor {plain_ms / (per['flat_mct_scores'] + floor):.0%}"]
+    return lines
+
+
+def _timed_partition(keys: np.ndarray, k: int, now) -> float:
+    t0 = now()
+    np.partition(keys, k, axis=1)
+    return now() - t0
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--devices", nargs="*", default=["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
@@ -105,6 +205,8 @@ def main() -> None:
                     help="DGR's iterations per round (default 1 000; e.g. 20 to time VGG-16 at 224 px)")
     ap.add_argument("--repeat", type=int, default=3, help="timed runs per row, the median kept (DGR at full size: 1)")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (0: all cores; default torch's)")
+    ap.add_argument("--breakdown", action="store_true",
+                    help="also GreedyPruning's milliseconds per round by piece, and its ceilings")
     ap.add_argument("--clock", default="wall", choices=["wall", "process"],
                     help="process: CPU time (one thread on a shared CPU), for every row and the limit")
     args = ap.parse_args()
@@ -151,6 +253,16 @@ def main() -> None:
                 except Exception as e:  # noqa: BLE001 - a table cell, not a crash
                     print(f"| {mname} | {dev_label} | {meth} | error: {type(e).__name__}: {e} | | | | | | | |",
                           flush=True)
+            rows = min(args.images, args.chunk)
+            try:
+                print(gated_row(zoo.net, x[:rows], t[:rows], device, args.clock, args.repeat, lims, mname, dev_label),
+                      flush=True)
+            except Exception as e:  # noqa: BLE001 - a table cell, not a crash
+                print(f"| {mname} | {dev_label} | gated pass | error: {type(e).__name__}: {e} | | | | | | | |",
+                      flush=True)
+            if args.breakdown:
+                print("\n".join(greedy_breakdown(zoo.net, x[:rows], t[:rows], device, args.clock,
+                                                1000 * lims[rows]["seconds"])) + "\n", flush=True)
             del zoo
 
 

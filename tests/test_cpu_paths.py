@@ -3,6 +3,7 @@ metrics' box masks."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -153,6 +154,28 @@ def test_lowest_positive_takes_the_smallest_positive_values_in_a_stable_order_on
     no_rows = torch.zeros(0, 5)
     assert lowest_positive(no_rows, torch.zeros(0, dtype=torch.long)).shape == (0, 5)
     assert ranking.lowest(no_rows, torch.zeros(0, dtype=torch.long)).shape == (0, 5)
+
+
+def test_row_counts_equal_numpys_axis_count_on_long_short_and_empty_rows(monkeypatch):
+    """``row_counts`` (issue 31): ``np.count_nonzero(a, axis=1)`` whatever the rows, with rows of at least
+    ``ROW_COUNT_MIN`` counted one by one (numpy's count without an axis) and shorter rows with the axis."""
+    from xattr.core import ranking
+
+    rng = np.random.default_rng(3)
+    long_rows = rng.random((3, ranking.ROW_COUNT_MIN + 7)) < 0.3
+    cases = [long_rows, long_rows[:, ::2], rng.random((5, 100)) < 0.5, (rng.random((2, 9000)) < 0.5) * 2.5,
+             np.zeros((0, 9000), bool), np.ones((4, 9000), bool)]
+    for a in cases:
+        got = ranking.row_counts(a)
+        assert got.dtype == np.int64 and got.tolist() == [int(sum(bool(v) for v in row)) for row in a]
+    calls = []
+    real = ranking.np.count_nonzero
+    monkeypatch.setattr(ranking.np, "count_nonzero", lambda a, **kw: calls.append(kw.get("axis")) or real(a, **kw))
+    ranking.row_counts(long_rows)
+    assert calls == [None, None, None]
+    calls.clear()
+    ranking.row_counts(cases[2])
+    assert calls == [1]
 
 
 def test_the_selections_take_numpy_on_a_cpu_and_torch_on_a_device(monkeypatch):
