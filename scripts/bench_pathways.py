@@ -22,7 +22,7 @@ multiplied into every ReLU neuron and the input-gradient backward through it (th
 neuron kept), at the limit's rows, nothing else. A GreedyPruning round is this pass plus its selection, a DGR
 iteration this pass plus its gate update, NeuronMCT one plain and one gated pass plus a selection: no method
 can come closer to the limit than this row, whatever its own bookkeeping costs. On CIFAR ResNet-20 (~220
-multiply-adds per neuron, VGG-16 ~1 100) it read 88-98% with one thread and 85-89% with two here (session 18): the
+multiply-adds per neuron, VGG-16 ~1 100) it read 86-98% with one thread and 85-89% with two here (session 18): the
 gates themselves cost little, and what keeps a method below it is its own work on every neuron.
 
 ``--breakdown`` adds, per model, where a GreedyPruning round's time goes (its scored pass on the pruned network,
@@ -96,7 +96,8 @@ def measure(method, x: torch.Tensor, t: torch.Tensor, batched: bool, clock: str 
     dev = x.device
     # warm-up at the shapes the timed runs use (oneDNN makes its primitives per shape on the first call: a
     # batched row warmed at one image only built them inside its timed runs)
-    method.explain(x, t) if batched else method.explain(x[:1], t[:1])
+    warm = len(x) if batched else 1
+    method.explain(x[:warm], t[:warm])
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
     times = []
@@ -113,6 +114,14 @@ def measure(method, x: torch.Tensor, t: torch.Tensor, batched: bool, clock: str 
     return 1000 * statistics.median(times) / len(x), _peak_mb(dev)
 
 
+def limit_at(lims: dict[int, dict], net: torch.nn.Module, x: torch.Tensor, rows: int, device: torch.device,
+             clock: str) -> dict:
+    """The limit row at ``rows`` rows (``x``'s first image repeated), measured once per model and kept in ``lims``."""
+    if rows not in lims:
+        lims[rows] = limit(net, x[:1].expand(rows, -1, -1, -1).contiguous(), device, backward=True, clock=clock)
+    return lims[rows]
+
+
 def gated_row(net: torch.nn.Module, x: torch.Tensor, t: torch.Tensor, device: torch.device, clock: str,
               repeat: int, lims: dict[int, dict], mname: str, dev_label: str) -> str:
     """The *gated pass* row (module docstring): the pathway gradient of ``x`` with every neuron's gate 1, against
@@ -122,10 +131,7 @@ def gated_row(net: torch.nn.Module, x: torch.Tensor, t: torch.Tensor, device: to
         layout = neurons.layout(x)
         gates = layout.split(torch.ones(x.shape[0], layout.total, device=x.device, dtype=x.dtype))
         row = measured(lambda: pathway_gradient(neurons, x, t, gates), device, max(3, repeat), clock)
-    if x.shape[0] not in lims:
-        lims[x.shape[0]] = limit(net, x[:1].expand(x.shape[0], -1, -1, -1).contiguous(), device, backward=True,
-                                 clock=clock)
-    lim = lims[x.shape[0]]["rate"]
+    lim = limit_at(lims, net, x, x.shape[0], device, clock)["rate"]
     ms = 1000 * row["seconds"] / x.shape[0]
     record("pathways", model=mname, path="gated pass (the floor of every method)", device=device_name(device),
            ms_per_image=ms, gflop_per_image=row["gflop"] / x.shape[0], rate=row["rate"], limit_rate=lim)
@@ -174,7 +180,7 @@ def greedy_breakdown(net: torch.nn.Module, x: torch.Tensor, t: torch.Tensor, dev
     rest = 1000 * total / rounds - sum(per.values())
     keys = seen[0].detach().float().cpu().numpy().view(np.uint32) - np.uint32(1)  # the selection's own order:
     k = max(1, keys.shape[1] // 100)  # zeros (pruned, dead) wrap behind every positive score
-    floor = 1000 * statistics.median(_timed_partition(keys, k, now) for _ in range(5))
+    floor = 1000 * measured(lambda: np.partition(keys, k, axis=1), device, 5, clock)["seconds"]
     lines = [f"\nGreedyPruning, {x.shape[0]} images, {rounds} scorings: ms per round (plain pass at the same rows "
              f"{plain_ms:.2f} ms; {faults / rounds:.0f} page faults per round)\n", "| piece | ms per round |", "|---|---:|"]
     lines += [f"| {GREEDY_PIECES[k]} | {v:.2f} |" for k, v in per.items()]
@@ -183,12 +189,6 @@ def greedy_breakdown(net: torch.nn.Module, x: torch.Tensor, t: torch.Tensor, dev
               f"\nceiling of % of limit: every piece but the scored pass free {plain_ms / per['flat_mct_scores']:.0%}; "
               f"the selection at its floor {plain_ms / (per['flat_mct_scores'] + floor):.0%}"]
     return lines
-
-
-def _timed_partition(keys: np.ndarray, k: int, now) -> float:
-    t0 = now()
-    np.partition(keys, k, axis=1)
-    return now() - t0
 
 
 def main() -> None:
@@ -241,10 +241,7 @@ def main() -> None:
                     bat, peakb = measure(m, x, t, batched=True, clock=args.clock, repeat=args.repeat)
                     work = flops(lambda m=m, x=x, t=t: m.explain(x[:1], t[:1]))
                     rows = min(args.images * getattr(m, "n_steps", 1), args.chunk)
-                    if rows not in lims:
-                        lims[rows] = limit(zoo.net, x[:1].expand(rows, -1, -1, -1).contiguous(), device, backward=True,
-                                           clock=args.clock)
-                    rate, lim = work / 1e6 / bat, lims[rows]["rate"]
+                    rate, lim = work / 1e6 / bat, limit_at(lims, zoo.net, x, rows, device, args.clock)["rate"]
                     print(f"| {mname} | {dev_label} | {meth} | {one:.1f} | {bat:.1f} | {one / bat:.2f}x | "
                           f"{peak1:.0f} / {peakb:.0f} | {work / 1e9:.2f} | {rate:.1f} | {lim:.1f} | "
                           f"{fmt(ratio(rate, lim), pct=True)} |", flush=True)
@@ -262,7 +259,8 @@ def main() -> None:
                       flush=True)
             if args.breakdown:
                 print("\n".join(greedy_breakdown(zoo.net, x[:rows], t[:rows], device, args.clock,
-                                                1000 * lims[rows]["seconds"])) + "\n", flush=True)
+                                                1000 * limit_at(lims, zoo.net, x, rows, device, args.clock)["seconds"]))
+                      + "\n", flush=True)
             del zoo
 
 

@@ -53,16 +53,6 @@ def test_dry_run_of_every_bench(tmp_path):
         assert f"| {b.name} | 0 |" in text
 
 
-@pytest.fixture
-def one_thread():
-    """One torch thread: the process clock then counts one core's work, not a second thread's spinning (with
-    two threads and another job on the CPU the batched pass read 2.4x slower than one image at a time)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_limit_row_counts_a_conv_stack_in_closed_form_and_the_ratio_is_a_share(one_thread):
     torch.manual_seed(0)
     c, h, n = 32, 40, 16  # ~20 ms a pass: far above the clock's noise
