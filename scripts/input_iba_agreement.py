@@ -40,7 +40,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--targets", type=int, default=64)
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--reference", action="store_true",
-                   help="the demo's preset against the reference settings and their seed-to-seed spread")
+                   help="the demo's preset against the reference settings and their seed-to-seed spread "
+                        "(--epochs, --targets and --steps are not read)")
     p.add_argument("--blur", type=float, default=4.0, help="--reference: sigma (px) of the blurred comparison")
     p.add_argument("--figure", type=Path, default=None, help="--reference: the maps over the photos (PNG)")
     args = p.parse_args(argv)
@@ -90,6 +91,7 @@ def blurred(maps: torch.Tensor, sigma: float) -> torch.Tensor:
 
 
 def pearson(u: torch.Tensor, v: torch.Tensor) -> float:
+    """Pearson's r of the entries of ``u`` and ``v`` (same shape)."""
     return float(torch.corrcoef(torch.stack([u.flatten(), v.flatten()]))[0, 1])
 
 
