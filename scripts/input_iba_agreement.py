@@ -12,7 +12,7 @@ the shipped feature statistics, as ``make demo``.
 ``--reference`` asks another question: is the demo's speckle its shortcut (4 of the 20 WGAN epochs, 40 of the 60
 input steps) or the method's own? It runs the demo's preset (seed 0) and the reference settings (seeds 0 and 1)
 and prints, per photo, the Pearson r of the preset against the reference and of the reference's two seeds, over
-the raw maps and over maps blurred by a Gaussian of ``--blur`` px (where the map's mass lies, not which pixel
+the raw maps and over maps blurred by IBA's Gaussian of ``--blur`` px (where the map's mass lies, not which pixel
 speckles); ``--figure`` draws the three maps over each photo (README, "The demo's InputIBA").
 
     python scripts/input_iba_agreement.py --reference --figure docs/demo_input_iba_reference.png
@@ -21,14 +21,15 @@ speckles); ``--figure`` draws the three maps over each photo (README, "The demo'
 from __future__ import annotations
 
 import argparse
-import math
 import time
 from pathlib import Path
 
 import torch
 
 import xattr
+from xattr.methods.iba.bottleneck import Smoothing
 from xattr.methods.input_iba import InputIBA
+from xattr.metrics._perturb import pearson
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -73,7 +74,7 @@ def main(argv: list[str] | None = None) -> None:
         cells = []
         for a, b in pairs:
             u, v = maps[a][i], maps[b][i]
-            cells.append(f"{torch.corrcoef(torch.stack([u, v]))[0, 1]:.4f} ({(u - v).abs().max():.2f})")
+            cells.append(f"{float(pearson(u, v)):.4f} ({(u - v).abs().max():.2f})")
         print(f"| {photo} | " + " | ".join(cells) + " |")
 
 
@@ -82,39 +83,26 @@ PRESET = {"epochs": 4, "steps": 40}
 REFERENCE = {"epochs": 20, "steps": 60}
 
 
-def blurred(maps: torch.Tensor, sigma: float) -> torch.Tensor:
-    """``maps`` ``(B, 1, H, W)`` blurred by a Gaussian of ``sigma`` px (kernel +-3 sigma)."""
-    from torchvision.transforms.functional import gaussian_blur
-
-    k = 2 * math.ceil(3 * sigma) + 1
-    return gaussian_blur(maps, [k, k], [sigma, sigma])
-
-
-def pearson(u: torch.Tensor, v: torch.Tensor) -> float:
-    """Pearson's r of the entries of ``u`` and ``v`` (same shape)."""
-    return float(torch.corrcoef(torch.stack([u.flatten(), v.flatten()]))[0, 1])
-
-
 def against_reference(model, x, ids, target, stats, sigma: float, figure: Path | None) -> None:
     """The ``--reference`` comparison (module docstring)."""
     runs = (("demo preset, seed 0", PRESET, 0), ("reference, seed 0", REFERENCE, 0),
             ("reference, seed 1", REFERENCE, 1))
-    maps, secs = {}, {}
+    maps = {}
     for name, settings, seed in runs:
         m = xattr.method("input_iba", model, seed=seed, statistics=str(stats), chunk="auto", **settings)
         xattr.fit(m, str(stats))
         t0 = time.perf_counter()
         maps[name] = m.attribute(x, target)
-        secs[name] = time.perf_counter() - t0
-        print(f"{name}: {secs[name] / len(x):.0f} s a photo", flush=True)
+        print(f"{name}: {(time.perf_counter() - t0) / len(x):.0f} s a photo", flush=True)
     pre, ref0, ref1 = (maps[name] for name, _, _ in runs)
     print(f"\n| photo | preset vs reference | reference, seed 0 vs 1 | preset vs reference, blurred {sigma:g} px | "
           f"reference, seed 0 vs 1, blurred |")
     print("|---|---:|---:|---:|---:|")
-    bpre, bref0, bref1 = (blurred(m, sigma) for m in (pre, ref0, ref1))
+    blur = Smoothing(sigma)  # IBA's blur (reflection padding, kernel +-2 sigma)
+    flat = [m.flatten(1) for m in (pre, ref0, ref1, blur(pre), blur(ref0), blur(ref1))]
+    r = [pearson(flat[a], flat[b]) for a, b in ((0, 1), (1, 2), (3, 4), (4, 5))]  # (B,) each
     for i, photo in enumerate(ids):
-        print(f"| {photo} | {pearson(pre[i], ref0[i]):.3f} | {pearson(ref0[i], ref1[i]):.3f} | "
-              f"{pearson(bpre[i], bref0[i]):.3f} | {pearson(bref0[i], bref1[i]):.3f} |")
+        print(f"| {photo} | " + " | ".join(f"{float(v[i]):.3f}" for v in r) + " |")
     if figure is not None:
         cols = {f"demo preset {PRESET['epochs']}/20 ep., {PRESET['steps']}/60 steps": pre,
                 "reference 20 ep., 60 steps, seed 0": ref0, "reference, seed 1": ref1}
